@@ -1,0 +1,143 @@
+"""Reverse-mode autodiff as an IR-to-IR pass: forward Graph in, forward+backward Graph out.
+
+`VJP` is the one gradient table: `rule(emit, node, g)` returns one gradient
+node name (or None) per input, in the *output's* broadcast shape. The driver
+`grad_graph` alone sums fan-out contributions (the copy gate) and un-broadcasts
+each contribution to its input's shape, once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import networkx as nx
+
+from .errors import SpecError
+from .ir import Graph, GraphBuilder, Node, schedule, verify_graph
+from .ops import OPS
+
+NON_DIFFERENTIABLE = {"input", "param", "const"}
+
+
+def _linear(*signs):
+    """add/sub/neg/identity: the gradient passes through, negated where the sign is -1."""
+    def rule(e, n, g):
+        return tuple(g if s > 0 else e("neg", g) for s in signs)
+    return rule
+
+
+def _div(e, n, g):
+    a, b = n.inputs
+    return e("div", g, b), e("neg", e("div", e("mul", g, n.name), b))
+
+
+VJP = {
+    "identity": _linear(1),
+    "add": _linear(1, 1),
+    "sub": _linear(1, -1),
+    "neg": _linear(-1),
+    "mul": lambda e, n, g: (e("mul", g, n.inputs[1]), e("mul", g, n.inputs[0])),
+    "div": _div,
+    "maximum": lambda e, n, g: (e("maximum_grad", g, *n.inputs),
+                                e("maximum_grad", g, *reversed(n.inputs))),
+    "pow": lambda e, n, g: (e("pow_grad", g, n.inputs[0], exponent=n.attrs["exponent"]),),
+    "square": lambda e, n, g: (e("pow_grad", g, n.inputs[0], exponent=2.0),),
+    "exp": lambda e, n, g: (e("mul", g, n.name),),
+    "log": lambda e, n, g: (e("div", g, n.inputs[0]),),
+    "relu": lambda e, n, g: (e("relu_grad", g, n.name),),
+    "sigmoid": lambda e, n, g: (e("sigmoid_grad", g, n.name),),
+    "tanh": lambda e, n, g: (e("tanh_grad", g, n.name),),
+    "sum": lambda e, n, g: (e("expand", g, shape=e.shape(n.inputs[0]), **n.attrs),),
+    "mean": lambda e, n, g: (e("expand", g, shape=e.shape(n.inputs[0]), mean=True,
+                               **n.attrs),),
+    "matmul": lambda e, n, g: (e("matmul_ga", g, n.inputs[1], shape=e.shape(n.inputs[0])),
+                               e("matmul_gb", n.inputs[0], g, shape=e.shape(n.inputs[1]))),
+    "mse": lambda e, n, g: (lambda d: (d, e("neg", d)))(e("mse_grad", g, *n.inputs)),
+    "softmax_cross_entropy": lambda e, n, g: (e("softmax_cross_entropy_grad", g, *n.inputs),
+                                              None),
+    "hinge": lambda e, n, g: (e("hinge_grad", g, *n.inputs),
+                              e("hinge_grad", g, *reversed(n.inputs))),
+}
+VJP["dot"] = VJP["matmul"]
+
+
+class _Emit:
+    """`emit(op, *inputs, **attrs)`: add a backward node named after the forward one."""
+
+    def __init__(self, builder: GraphBuilder):
+        self.b = builder
+        self.prefix = "d:"
+        self.mark = None
+
+    def shape(self, name: str) -> tuple:
+        return self.b.nodes[name].shape
+
+    def __call__(self, op: str, *inputs: str, **attrs) -> str:
+        attrs = {**{k: v for k, v in OPS[op].attrs.items()}, **attrs}
+        return self.b.add(self.b.fresh(f"{self.prefix}{op}"), op, inputs, attrs, self.mark)
+
+
+@dataclass(frozen=True)
+class GradGraph:
+    """The forward+backward graph; `grads[v]` names the node holding d loss / d v."""
+    graph: Graph
+    grads: Mapping[str, Optional[str]]
+
+
+def path_nodes(graph: Graph, wrt) -> set:
+    """Nodes on some path from a leaf in `wrt` to the loss: the only ones worth differentiating."""
+    g = graph.digraph()
+    upstream = nx.ancestors(g, graph.loss) | {graph.loss}
+    downstream = set(wrt).union(*(nx.descendants(g, w) for w in wrt)) if wrt else set()
+    return upstream & downstream
+
+
+def grad_graph(graph: Graph, wrt) -> GradGraph:
+    """Append the reverse graph of d loss / d each of `wrt` (leaves) to `graph`."""
+    b = GraphBuilder(graph.dtype, graph.nodes)
+    emit = _Emit(b)
+    need = path_nodes(graph, wrt)
+    pending = {name: [] for name in need}
+    seed = b.fresh("d:" + graph.loss)
+    b.nodes[seed] = Node(seed, "const", (), {"shape": (), "value": 1.0}, (), graph.dtype)
+    pending[graph.loss].append(seed)
+    totals = {}
+    for node in reversed(list(graph.nodes.values())):
+        if node.name not in need:
+            continue
+        if not pending[node.name]:
+            continue    # on a path, but only through non-differentiable inputs (labels)
+        emit.prefix, emit.mark = f"d:{node.name}/", node.mark
+        g = totals[node.name] = _total(emit, node, pending[node.name])
+        if node.is_leaf:
+            continue
+        for x, gx in zip(node.inputs, VJP[node.op](emit, node, g)):
+            if gx is not None and x in need:
+                pending[x].append(gx)
+    out = schedule(b.graph(graph.loss, graph.outputs, graph.after))
+    verify_graph(out)
+    return GradGraph(out, {**totals, **{w: totals.get(w) for w in wrt}})
+
+
+def _total(emit: _Emit, node: Node, contributions: list) -> str:
+    """Sum the fan-out contributions, each first un-broadcast to the node's shape."""
+    parts = [c if emit.shape(c) == node.shape else emit("sum_to", c, shape=node.shape)
+             for c in contributions]
+    total = parts[0]
+    for c in parts[1:]:
+        total = emit("add", total, c)
+    return total
+
+
+def trained_params(graph: Graph) -> list:
+    return [n.name for n in graph.leaves("param")]
+
+
+def check_params_reach_loss(graph: Graph, grads: Mapping) -> None:
+    """A parameter with no path to the loss is an error, never a silent zero gradient."""
+    for p in trained_params(graph):
+        if grads.get(p) is None:
+            n = graph[p]
+            raise SpecError(f"parameter '{p}' does not affect the loss '{graph.loss}'",
+                            mark=n.mark, node=p,
+                            hint="use it in a node the loss depends on, or remove it")

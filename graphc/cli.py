@@ -1,0 +1,254 @@
+"""The `graphc` command line (click): check, grad, train, plan, ops.
+
+Every GraphcError becomes one `error:` line on stderr and its exit code
+(2 bad input, 1 failed check); nothing here computes, it only calls the
+stages and prints.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from . import shapes as S
+from .errors import GraphcError, SpecError
+from .ops import OPS, ops_in
+
+SPEC = click.Path(dir_okay=False, path_type=Path)
+
+
+class Group(click.Group):
+    """Turns errors into `error: ...` lines with the right exit code, never a traceback."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+            sys.exit(rv if isinstance(rv, int) else 0)
+        except GraphcError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(130)
+        except click.UsageError as exc:
+            hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:    # a bug in graphc, not in the user's input
+            if os.environ.get("GRAPHC_DEBUG"):
+                raise
+            click.echo(f"error: internal error ({type(exc).__name__}: {exc}); this is a "
+                       "graphc bug: rerun with GRAPHC_DEBUG=1 for the traceback", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=Group)
+@click.version_option(package_name="graphc")
+def main():
+    """graphc: a graph-definition compiler with static execution plans."""
+
+
+def _nested(arr: np.ndarray):
+    return np.asarray(arr).tolist()
+
+
+def _fmt_array(arr: np.ndarray) -> str:
+    arr = np.asarray(arr)
+    if arr.ndim == 0:
+        return f"{float(arr):.6g}"
+    if arr.size <= 16:
+        return np.array2string(arr, precision=6, separator=", ").replace("\n", "")
+    return (f"shape {list(arr.shape)}, mean {arr.mean():.4g}, norm {np.linalg.norm(arr):.4g}, "
+            f"min {arr.min():.4g}, max {arr.max():.4g}")
+
+
+@main.command()
+@click.argument("spec", type=SPEC)
+def check(spec):
+    """Validate SPEC; print nodes, shapes and the parameter count."""
+    from .autodiff import check_params_reach_loss, grad_graph, trained_params
+    from .model import load_model
+    model = load_model(spec)
+    gg = grad_graph(model.graph, trained_params(model.graph))
+    check_params_reach_loss(model.graph, gg.grads)
+    click.echo(model.graph.dump())
+    count = sum(int(np.prod(model.store[p].shape)) for p in trained_params(model.graph))
+    click.echo(f"ok: {len(model.graph.nodes)} nodes, {len(trained_params(model.graph))} "
+               f"params ({count} values), loss '{model.graph.loss}'")
+
+
+def _feeds(model, inputs_path, batch_size=None):
+    """Fed inputs for one pass: --inputs FILE.npz, else the first batch of train.data."""
+    from .data import first_batch
+    from .train import load_dataset, parse_train
+    fed = model.fed_inputs
+    given = {}
+    if inputs_path:
+        given = _load_npz(inputs_path)
+        for name, arr in given.items():
+            if name not in model.graph.nodes or model.graph[name].op != "input":
+                raise SpecError(f"--inputs {inputs_path}: '{name}' is not an input of the spec")
+            if name not in fed:
+                model.store[name] = arr.astype(model.graph[name].dtype).reshape(
+                    model.store[name].shape)
+    missing = [n for n in fed if n not in given]
+    if missing and "data" in model.spec.train:
+        cfg = parse_train(model, batch_size=batch_size)
+        data = first_batch(load_dataset(model, cfg).train, cfg.batch_size)
+        given = {**{n: data[n] for n in missing}, **given}
+    elif missing:
+        raise SpecError(f"input '{missing[0]}' has no value and the spec has no train.data",
+                        mark=model.graph[missing[0]].mark, node=missing[0],
+                        hint="give it a value: in the spec, or pass --inputs FILE.npz")
+    return {n: given[n] for n in fed}
+
+
+def _load_npz(path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"cannot read {path}: {exc}") from None
+
+
+@main.command()
+@click.argument("spec", type=SPEC)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the gradients to FILE.npz, one array per leaf.")
+@click.option("--all", "everything", is_flag=True,
+              help="Also print every node's value and gradient.")
+@click.option("--params", type=click.Path(dir_okay=False, path_type=Path),
+              help="Load parameter values from a checkpoint .npz.")
+@click.option("--inputs", type=click.Path(dir_okay=False, path_type=Path),
+              help="Load input values from an .npz (arrays named like the inputs).")
+def grad(spec, as_json, out, everything, params, inputs):
+    """One forward + backward pass: the loss and d loss / d every leaf."""
+    from .model import load_model, run_grads
+    from .train import load_params
+    model = load_model(spec)
+    if params:
+        load_params(params, model)
+    result = run_grads(model, _feeds(model, inputs), everything)
+    if out:
+        from .train import atomic_savez
+        atomic_savez(out, result.grads)
+    if as_json:
+        grads = {**{k: _nested(v) for k, v in result.node_grads.items()},
+                 **{k: _nested(v) for k, v in result.grads.items()}}
+        click.echo(json.dumps({"loss": result.loss, "grads": grads,
+                               "values": {k: _nested(v) for k, v in result.values.items()}}))
+        return
+    click.echo(f"loss = {result.loss:.6g}")
+    for name, g in result.grads.items():
+        click.echo(f"d loss / d {name} = {_fmt_array(g)}")
+    if everything:
+        click.echo("")
+        for name, v in result.values.items():
+            g = result.node_grads.get(name)
+            tail = f"   grad {_fmt_array(g)}" if g is not None else ""
+            click.echo(f"{name} = {_fmt_array(v)}{tail}")
+
+
+@main.command()
+@click.argument("spec", type=SPEC)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint path (default <name>.ckpt.npz here).")
+@click.option("--json", "as_json", is_flag=True, help="Print the final metrics as JSON.")
+@click.option("--epochs", type=click.IntRange(min=1))
+@click.option("--batch-size", type=click.IntRange(min=1))
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True))
+@click.option("--seed", type=int)
+def train(spec, out, as_json, epochs, batch_size, lr, seed):
+    """Train SPEC on its train.data; save a checkpoint."""
+    from .model import load_model
+    from .train import parse_train, train as run_train
+    model = load_model(spec, seed)
+    cfg = parse_train(model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    out = out or Path(f"{model.spec.name}.ckpt.npz")
+    progress = _progress(cfg.epochs, as_json)
+    with progress as log:
+        result = run_train(model, cfg, out=out, log=log)
+    summary = " ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+    click.echo(f"final: loss {result.loss:.4f} {summary}  ({result.samples_per_s:.0f} samples/s)"
+               f" -> {out}", err=as_json)
+    if as_json:
+        click.echo(json.dumps(result.json()))
+
+
+class _progress:
+    """A click progress bar on a terminal; plain per-epoch lines otherwise."""
+
+    def __init__(self, epochs: int, quiet_stdout: bool):
+        self.epochs, self.err = epochs, quiet_stdout
+        self.every = max(1, epochs // 30)
+        self.bar = None
+
+    def __enter__(self):
+        if sys.stderr.isatty() if self.err else sys.stdout.isatty():
+            self.bar = click.progressbar(length=self.epochs, label="training",
+                                         file=sys.stderr if self.err else None)
+            self.bar.__enter__()
+        return self.log
+
+    def log(self, e):
+        text = f"epoch {e.epoch:>4}/{self.epochs}  loss {e.loss:.4f}  " + "  ".join(
+            f"{k} {v:.4f}" for k, v in e.metrics.items()) + f"  lr {e.lr:.4g}"
+        if self.bar is not None:
+            self.bar.label = text
+            self.bar.update(1)
+        elif e.epoch % self.every == 0 or e.epoch in (1, self.epochs):
+            click.echo(text, err=self.err)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+@main.command()
+@click.argument("spec", type=SPEC)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (contract §2).")
+@click.option("--dot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the plan as Graphviz DOT.")
+@click.option("--batch-size", type=click.IntRange(min=1))
+def plan(spec, as_json, dot, batch_size):
+    """Compile the training step; print its schedule, buffers and memory summary."""
+    from .model import load_model
+    from .plan import compile_plan, plan_json, plan_table, verify_plan
+    from .step import parse_optimizer, training_graph
+    model = load_model(spec)
+    train_cfg = model.spec.train
+    opt = parse_optimizer(train_cfg.get("optimizer"), train_cfg.mark_of("optimizer"))
+    step = training_graph(model.graph, opt)
+    bs = batch_size or train_cfg.get("batch_size", 32)
+    compiled = compile_plan(step.graph, {"batch": bs}, {model.graph.loss}, step.forward)
+    verify_plan(compiled)
+    if dot:
+        from .dot import plan_dot
+        dot.write_text(plan_dot(step.graph, compiled))
+    if as_json:
+        click.echo(json.dumps(plan_json(compiled)))
+    else:
+        click.echo(plan_table(compiled))
+
+
+@main.command()
+def ops():
+    """List the op catalog with signatures."""
+    for group in ("forward", "backward", "update"):
+        click.echo(f"[{group}]")
+        for name in ops_in(group):
+            click.echo(f"  {OPS[name].doc}")

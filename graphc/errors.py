@@ -1,0 +1,61 @@
+"""Errors a user can act on: where (file:line:col), which node, what was expected, a fix.
+
+Every stage raises `SpecError` (bad input, exit 2) or `CheckFailed` (a check
+the user asked for failed, exit 1). The CLI prints `str(err)` after `error: `
+and never a traceback.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A place in a file: 1-based line and column."""
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+class GraphcError(Exception):
+    """Base of graphc's user-facing errors; `exit_code` is what the CLI returns."""
+    exit_code = 2
+
+    def __init__(self, message: str, *, mark: Optional[Mark] = None,
+                 node: Optional[str] = None, hint: Optional[str] = None,
+                 context: Iterable[str] = ()):
+        self.message = message
+        self.mark = mark
+        self.node = node
+        self.hint = hint
+        self.context = tuple(context)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        head = f"{self.mark}: " if self.mark else ""
+        where = f"node '{self.node}': " if self.node else ""
+        tail = f"; {self.hint}" if self.hint else ""
+        lines = [f"{head}{where}{self.message}{tail}"]
+        lines += [f"  {c}" for c in self.context]
+        return "\n".join(lines)
+
+
+class SpecError(GraphcError):
+    """Bad input: the spec, its data, or a flag (exit 2)."""
+    exit_code = 2
+
+
+class CheckFailed(GraphcError):
+    """A check that ran to completion and failed: gradcheck, NaN in training (exit 1)."""
+    exit_code = 1
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> Optional[str]:
+    """'did you mean X?' for the closest choice by edit similarity, or None."""
+    close = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=0.5)
+    return f"did you mean '{close[0]}'?" if close else None

@@ -1,0 +1,190 @@
+"""The IR: immutable nodes on a NetworkX DAG, with inferred shapes and a schedule.
+
+`build_graph(spec)` proves the spec acyclic, infers every shape (symbolic dims
+such as `batch` bound consistently) and orders the nodes deterministically.
+`GraphBuilder` adds nodes with shape inference; autodiff and training reuse it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Optional
+
+import networkx as nx
+
+from . import shapes as S
+from .errors import Mark, SpecError
+from .ops import OPS
+
+
+@dataclass(frozen=True)
+class Node:
+    """One value: `op` applied to `inputs`; `shape` may hold symbolic dims."""
+    name: str
+    op: str
+    inputs: tuple
+    attrs: Mapping = field(default_factory=dict, hash=False)
+    shape: tuple = ()
+    dtype: str = "float32"
+    mark: Optional[Mark] = field(default=None, compare=False)
+
+    @property
+    def is_leaf(self) -> bool:
+        return OPS[self.op].group == "leaf"
+
+
+@dataclass(frozen=True)
+class Graph:
+    """Nodes in schedule order, the loss, the user's outputs and extra ordering edges.
+
+    `after` holds (before, after) pairs beyond data edges: an optimizer update
+    must follow every reader of the parameter it overwrites.
+    """
+    nodes: Mapping[str, Node]
+    loss: str
+    outputs: tuple = ()
+    dtype: str = "float32"
+    after: tuple = ()
+
+    def __getitem__(self, name: str) -> Node:
+        return self.nodes[name]
+
+    def leaves(self, op: Optional[str] = None) -> list:
+        return [n for n in self.nodes.values() if n.is_leaf and (op is None or n.op == op)]
+
+    def digraph(self) -> nx.DiGraph:
+        """Data edges input -> node, plus the ordering edges in `after`."""
+        g = nx.DiGraph()
+        g.add_nodes_from(self.nodes)
+        for n in self.nodes.values():
+            g.add_edges_from((i, n.name) for i in n.inputs)
+        g.add_edges_from(self.after)
+        return g
+
+    def consumers(self) -> dict:
+        out = {name: [] for name in self.nodes}
+        for n in self.nodes.values():
+            for i in n.inputs:
+                out[i].append(n.name)
+        return out
+
+    def dump(self) -> str:
+        """A readable table: name, op, inputs, shape (torch.fx print_tabular style)."""
+        rows = [(n.name, n.op, ", ".join(n.inputs), S.fmt(n.shape), n.dtype)
+                for n in self.nodes.values()]
+        widths = [max(len(r[i]) for r in rows + [("node", "op", "inputs", "shape", "dtype")])
+                  for i in range(5)]
+        head = ("node", "op", "inputs", "shape", "dtype")
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+                         for r in [head] + rows)
+
+
+def node_error(node: Node, message: str, hint: Optional[str] = None, context=()) -> SpecError:
+    """SpecError at the node's line, naming the user's node (not an anonymous sub-node)."""
+    return SpecError(message, mark=node.mark, node=node.name.split("/")[0], hint=hint,
+                     context=context)
+
+
+class GraphBuilder:
+    """Accumulates nodes, inferring each one's shape and dtype from its inputs."""
+
+    def __init__(self, dtype: str, nodes: Mapping[str, Node] = ()):
+        self.dtype = dtype
+        self.nodes: dict = dict(nodes)
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 2
+        while name in self.nodes:
+            name, k = f"{base}_{k}", k + 1
+        return name
+
+    def add(self, name: str, op: str, inputs: Iterable[str], attrs: Mapping = None,
+            mark: Optional[Mark] = None, dtype: Optional[str] = None) -> str:
+        """Add a node; ShapeError becomes a SpecError naming the inputs and their shapes."""
+        inputs, attrs = tuple(inputs), dict(attrs or {})
+        opdef = OPS[op]
+        in_nodes = [self.nodes[i] for i in inputs]
+        probe = Node(name, op, inputs, attrs, (), self.dtype, mark)
+        for pos, n in enumerate(in_nodes):
+            is_int = n.dtype.startswith("int")
+            if is_int != (pos in opdef.labels):
+                want = "integer class labels" if pos in opdef.labels else "floating-point values"
+                raise node_error(probe, f"input {pos + 1} of {op} ('{n.name}', {n.dtype}) "
+                                        f"must be {want}")
+        try:
+            shape = tuple(opdef.infer([n.shape for n in in_nodes], attrs))
+        except S.ShapeError as exc:
+            context = [f"{n.name}: {S.fmt(n.shape)}" for n in in_nodes]
+            raise node_error(probe, f"shape mismatch in {op}: {exc}", context=context) from None
+        self.nodes[name] = Node(name, op, inputs, attrs, shape, dtype or self.dtype, mark)
+        return name
+
+    def graph(self, loss: str, outputs=(), after=()) -> Graph:
+        return Graph(dict(self.nodes), loss, tuple(outputs), self.dtype, tuple(after))
+
+
+def schedule(graph: Graph) -> Graph:
+    """The same graph with nodes in a deterministic topological order (ties: current order)."""
+    order = {name: i for i, name in enumerate(graph.nodes)}
+    g = graph.digraph()
+    names = nx.lexicographical_topological_sort(g, key=order.__getitem__)
+    return Graph({n: graph.nodes[n] for n in names}, graph.loss, graph.outputs,
+                 graph.dtype, graph.after)
+
+
+def _check_acyclic(spec, node_specs: dict):
+    g = nx.DiGraph()
+    for n in node_specs.values():
+        g.add_edges_from((i, n.name) for i in n.inputs if i in node_specs)
+    try:
+        cycle = nx.find_cycle(g)
+    except nx.NetworkXNoCycle:
+        return
+    path = [u for u, _ in cycle] + [cycle[0][0]]
+    first = node_specs[path[0]]
+    lines = [f"{p} (line {node_specs[p].mark.line})" for p in path[:-1] if node_specs[p].mark]
+    raise SpecError("cycle: " + " -> ".join(p.split("/")[0] for p in path), mark=first.mark,
+                    node=path[0].split("/")[0], context=lines,
+                    hint="a spec is a DAG: one of these nodes must not depend on the others")
+
+
+def build_graph(spec) -> Graph:
+    """Spec -> scheduled Graph with every shape inferred; the loss must be a scalar."""
+    b = GraphBuilder(spec.dtype)
+    for leaf in spec.leaves.values():
+        b.nodes[leaf.name] = Node(leaf.name, leaf.kind, (), {"shape": leaf.shape},
+                                  leaf.shape, leaf.dtype, leaf.mark)
+    node_specs = {n.name: n for n in spec.nodes}
+    _check_acyclic(spec, node_specs)
+    g = nx.DiGraph()
+    g.add_nodes_from(node_specs)
+    for n in spec.nodes:
+        g.add_edges_from((i, n.name) for i in n.inputs if i in node_specs)
+    order = {name: i for i, name in enumerate(node_specs)}
+    for name in nx.lexicographical_topological_sort(g, key=order.__getitem__):
+        n = node_specs[name]
+        if n.op == "const":
+            b.nodes[name] = Node(name, "const", (), n.attrs, (), spec.dtype, n.mark)
+        else:
+            b.add(name, n.op, n.inputs, n.attrs, n.mark)
+    graph = schedule(b.graph(spec.loss, spec.outputs))
+    loss = graph[spec.loss]
+    if loss.shape != ():
+        raise node_error(loss, f"the loss must be a scalar, but '{loss.name}' has shape "
+                               f"{S.fmt(loss.shape)}", hint="wrap the loss in mean(...) or sum(...)")
+    verify_graph(graph)
+    return graph
+
+
+def verify_graph(graph: Graph) -> None:
+    """Stage-boundary check: inputs defined earlier, shapes re-infer, attrs complete."""
+    seen = set()
+    for n in graph.nodes.values():
+        for i in n.inputs:
+            assert i in seen, f"{n.name} reads {i} before it is computed"
+        missing = set(OPS[n.op].attrs) - set(n.attrs)
+        assert not missing, f"{n.name} ({n.op}) lacks attrs {missing}"
+        if not n.is_leaf and n.op != "const":
+            shape = OPS[n.op].infer([graph[i].shape for i in n.inputs], n.attrs)
+            assert tuple(shape) == n.shape, f"{n.name}: shape {n.shape} != inferred {shape}"
+        seen.add(n.name)
+    assert graph.loss in graph.nodes

@@ -1,0 +1,185 @@
+"""NumPy kernels, one per op: `kernel(out, *inputs, **attrs)` writes its result into `out`.
+
+A dispatch table, not logic: the executor binds each step's arrays once and
+calls these in order. Update kernels receive the parameter itself as `out`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _sum_into(out: np.ndarray, full: np.ndarray) -> None:
+    """out = full summed down to out's shape (leading axes and stretched 1-dims)."""
+    if full.shape == out.shape:
+        np.copyto(out, full)
+        return
+    lead = full.ndim - out.ndim
+    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(out.shape)
+                                      if d == 1 and full.shape[lead + i] != 1)
+    np.sum(full, axis=axes, keepdims=True, out=out.reshape((1,) * lead + out.shape))
+
+
+def _count(big: np.ndarray, small: np.ndarray) -> float:
+    return big.size / max(small.size, 1)
+
+
+def k_sum(out, x, axis=None, keepdims=False):
+    np.sum(x, axis=axis, keepdims=keepdims, out=out)
+
+
+def k_mean(out, x, axis=None, keepdims=False):
+    np.mean(x, axis=axis, keepdims=keepdims, out=out)
+
+
+def k_expand(out, g, shape=None, axis=None, keepdims=False, mean=False):
+    if not keepdims:
+        axes = range(out.ndim) if axis is None else \
+            [axis] if isinstance(axis, int) else list(axis)
+        axes = sorted(a % out.ndim for a in axes)
+        g = np.expand_dims(g, tuple(axes)) if axes else g
+    if mean:
+        np.divide(g, _count(out, g), out=out)
+    else:
+        np.copyto(out, g)
+
+
+def k_sum_to(out, g, shape=None):
+    _sum_into(out, g)
+
+
+def k_matmul(out, a, b):
+    np.matmul(a, b, out=out)
+
+
+def k_dot(out, a, b):
+    np.matmul(a, b, out=out)
+
+
+def k_matmul_ga(out, g, b, shape=None):
+    """d(a @ b)/da: g @ b^T, with NumPy's 1-D promotion undone, summed to a's shape."""
+    if out.ndim == 2 and b.ndim == 2 and g.ndim == 2:
+        np.matmul(g, b.T, out=out)
+        return
+    if b.ndim == 1:
+        full = np.multiply.outer(g, b) if g.ndim else g * b
+    else:
+        gm = g[..., None, :] if out.ndim == 1 else g
+        full = np.matmul(gm, np.swapaxes(b, -1, -2))
+        if out.ndim == 1:
+            full = full[..., 0, :]
+    _sum_into(out, full)
+
+
+def k_matmul_gb(out, a, g, shape=None):
+    """d(a @ b)/db: a^T @ g, with NumPy's 1-D promotion undone, summed to b's shape."""
+    if out.ndim == 2 and a.ndim == 2 and g.ndim == 2:
+        np.matmul(a.T, g, out=out)
+        return
+    if a.ndim == 1:
+        full = a[:, None] * g[..., None, :] if out.ndim > 1 else a * g
+    else:
+        gm = g[..., None] if out.ndim == 1 else g
+        full = np.matmul(np.swapaxes(a, -1, -2), gm)
+        if out.ndim == 1:
+            full = full[..., 0]
+    _sum_into(out, full)
+
+
+def k_relu_grad(out, g, y):
+    np.multiply(g, y > 0, out=out)
+
+
+def k_sigmoid_grad(out, g, y):
+    np.multiply(g, y * (1 - y), out=out)
+
+
+def k_tanh_grad(out, g, y):
+    np.multiply(g, 1 - y * y, out=out)
+
+
+def k_pow_grad(out, g, x, exponent):
+    np.multiply(g, exponent * np.power(x, exponent - 1), out=out)
+
+
+def k_maximum_grad(out, g, a, b):
+    np.multiply(g, (a > b) + 0.5 * (a == b), out=out)
+
+
+def _log_softmax(logits):
+    z = logits - logits.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def k_softmax_cross_entropy(out, logits, labels):
+    logp = _log_softmax(logits)
+    picked = np.take_along_axis(logp, labels[..., None].astype(np.intp), axis=-1)
+    out[...] = -picked.mean()
+
+
+def k_softmax_cross_entropy_grad(out, g, logits, labels):
+    np.exp(_log_softmax(logits), out=out)
+    np.put_along_axis(out, labels[..., None].astype(np.intp),
+                      np.take_along_axis(out, labels[..., None].astype(np.intp), -1) - 1, -1)
+    out *= g / max(labels.size, 1)
+
+
+def k_mse(out, p, t):
+    d = p - t
+    out[...] = np.mean(d * d)
+
+
+def k_mse_grad(out, g, p, t):
+    np.subtract(p, t, out=out)
+    out *= 2 * g / out.size
+
+
+def k_hinge(out, s, y):
+    out[...] = np.mean(np.maximum(0, 1 - s * y))
+
+
+def k_hinge_grad(out, g, a, b):
+    np.multiply(-b, (1 - a * b) > 0, out=out)
+    out *= g / out.size
+
+
+def k_sgd(out, w, g, lr):
+    w -= lr * g
+
+
+def k_sgd_momentum(out, w, g, v, lr, momentum):
+    v *= momentum
+    v += g
+    w -= lr * v
+
+
+def _unary(ufunc):
+    return lambda out, x: ufunc(x, out=out)
+
+
+def _binary(ufunc):
+    return lambda out, a, b: ufunc(a, b, out=out)
+
+
+def k_sigmoid(out, x):
+    np.negative(x, out=out)
+    np.exp(out, out=out)
+    out += 1
+    np.reciprocal(out, out=out)
+
+
+KERNELS = {
+    "identity": lambda out, x: np.copyto(out, x),
+    "add": _binary(np.add), "sub": _binary(np.subtract), "mul": _binary(np.multiply),
+    "div": _binary(np.divide), "maximum": _binary(np.maximum),
+    "pow": lambda out, x, exponent: np.power(x, exponent, out=out),
+    "neg": _unary(np.negative), "exp": _unary(np.exp), "log": _unary(np.log),
+    "square": _unary(np.square), "tanh": _unary(np.tanh), "sigmoid": k_sigmoid,
+    "relu": lambda out, x: np.maximum(x, 0, out=out),
+    "sum": k_sum, "mean": k_mean, "matmul": k_matmul, "dot": k_dot,
+    "mse": k_mse, "softmax_cross_entropy": k_softmax_cross_entropy, "hinge": k_hinge,
+    "sum_to": k_sum_to, "expand": k_expand, "relu_grad": k_relu_grad,
+    "sigmoid_grad": k_sigmoid_grad, "tanh_grad": k_tanh_grad, "pow_grad": k_pow_grad,
+    "maximum_grad": k_maximum_grad, "matmul_ga": k_matmul_ga, "matmul_gb": k_matmul_gb,
+    "mse_grad": k_mse_grad, "softmax_cross_entropy_grad": k_softmax_cross_entropy_grad,
+    "hinge_grad": k_hinge_grad, "sgd": k_sgd, "sgd_momentum": k_sgd_momentum,
+}

@@ -1,0 +1,152 @@
+"""A loaded model: spec, forward graph, persistent values, and runs of compiled plans.
+
+`load_model` is the front half of every command (spec -> validated graph);
+`run_grads` is one forward + backward pass; `Runner` caches one compiled
+executor per batch size, as the plan depends on the bound `batch` dim.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import numpy as np
+
+from . import shapes as S
+from .autodiff import check_params_reach_loss, grad_graph, path_nodes
+from .errors import SpecError
+from .executor import Executor
+from .initializers import initialize
+from .ir import Graph, build_graph
+from .plan import compile_plan, verify_plan
+from .spec import Spec, load_spec
+
+
+@dataclass
+class Model:
+    spec: Spec
+    graph: Graph
+    store: dict
+
+    @property
+    def fed_inputs(self) -> list:
+        """Inputs the data feeds: those declared without a value."""
+        return [n.name for n in self.graph.leaves("input")
+                if self.spec.leaves[n.name].value is None]
+
+
+def load_model(path, seed: Optional[int] = None) -> Model:
+    spec = load_spec(path)
+    graph = build_graph(spec)
+    return Model(spec, graph, init_store(spec, graph, spec_seed(spec, seed)))
+
+
+def spec_seed(spec: Spec, override: Optional[int] = None) -> int:
+    if override is not None:
+        return int(override)
+    seed = spec.train.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise SpecError(f"train.seed must be an integer, got {seed!r}",
+                        mark=spec.train.mark_of("seed"))
+    return seed
+
+
+def init_store(spec: Spec, graph: Graph, seed: int) -> dict:
+    """Persistent values: params (value or initializer, in file order), given inputs, consts."""
+    rng = np.random.default_rng(seed)
+    store = {}
+    for leaf in spec.leaves.values():
+        if leaf.value is not None:
+            store[leaf.name] = leaf.value.astype(leaf.dtype)
+        elif leaf.kind == "param":
+            if S.symbols(leaf.shape):
+                raise SpecError(f"parameter shape {S.fmt(leaf.shape)} has symbolic dims",
+                                mark=leaf.mark, node=leaf.name,
+                                hint="parameters need fixed sizes; symbolic dims are for inputs")
+            store[leaf.name] = initialize(leaf.init, leaf.shape, leaf.dtype, rng,
+                                          mark=leaf.mark, node=leaf.name)
+    return store
+
+
+def bind_dims(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict:
+    """Symbolic dims from the fed arrays' shapes; every use of a dim must agree."""
+    dims = {}
+    for name, arr in feeds.items():
+        node = graph[name]
+        want = node.shape
+        if len(want) != arr.ndim:
+            raise SpecError(f"input '{name}' expects shape {S.fmt(want)}, "
+                            f"got an array of shape {list(arr.shape)}", mark=node.mark,
+                            node=name)
+        for d, got in zip(want, arr.shape):
+            if isinstance(d, str):
+                if dims.setdefault(d, got) != got:
+                    raise SpecError(f"dim '{d}' is {dims[d]} in one input and {got} in "
+                                    f"'{name}'", mark=node.mark, node=name)
+            elif d != got:
+                raise SpecError(f"input '{name}' expects shape {S.fmt(want)}, "
+                                f"got an array of shape {list(arr.shape)}", mark=node.mark,
+                                node=name)
+    return dims
+
+
+class Runner:
+    """One compiled executor per bound dims (batch size), sharing the model's store."""
+
+    def __init__(self, graph: Graph, store: dict, keep=(), forward=None):
+        self.graph, self.store, self.keep, self.forward = graph, store, tuple(keep), forward
+        self.cache: dict = {}
+
+    def executor(self, dims: Mapping[str, int]) -> Executor:
+        key = tuple(sorted(dims.items()))
+        if key not in self.cache:
+            plan = compile_plan(self.graph, dims, self.keep, self.forward)
+            verify_plan(plan)
+            self.cache[key] = Executor(plan, self.store)
+        return self.cache[key]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> Executor:
+        ex = self.executor(bind_dims(self.graph, feeds))
+        ex.run(feeds)
+        return ex
+
+
+@dataclass(frozen=True)
+class GradResult:
+    loss: float
+    grads: dict       # leaf -> array
+    values: dict      # node -> array (with everything=True)
+    node_grads: dict  # node -> array (with everything=True)
+
+
+def differentiable_leaves(model: Model) -> list:
+    return [n.name for n in model.graph.leaves() if n.op in ("input", "param")
+            and not n.dtype.startswith("int")]
+
+
+def run_grads(model: Model, feeds: Mapping[str, np.ndarray], everything=False) -> GradResult:
+    """One forward + backward pass: d loss / d every float leaf (zeros where no path)."""
+    graph = model.graph
+    wrt = differentiable_leaves(model)
+    gg = grad_graph(graph, wrt)
+    check_params_reach_loss(graph, gg.grads)
+    user_nodes = [n for n in graph.nodes if not graph[n].is_leaf or n in wrt]
+    keep = {graph.loss} | {g for g in gg.grads.values() if g}
+    if everything:
+        keep |= set(graph.nodes)
+    runner = Runner(gg.graph, model.store, keep, forward=set(graph.nodes))
+    ex = runner.run(feeds)
+    grads = {w: _copy(ex, gg.grads[w], graph[w]) for w in wrt}
+    values, node_grads = {}, {}
+    if everything:
+        on_path = path_nodes(graph, wrt)
+        for n in user_nodes:
+            values[n] = np.array(ex[n])
+            if n in on_path and gg.grads.get(n):
+                node_grads[n] = np.array(ex[gg.grads[n]])
+    return GradResult(float(ex[graph.loss]), grads, values, node_grads)
+
+
+def _copy(ex: Executor, grad_node: Optional[str], leaf) -> np.ndarray:
+    if grad_node is None:
+        return np.zeros(S.bind(leaf.shape, ex.plan.dims), dtype=leaf.dtype)
+    return np.array(ex[grad_node])
