@@ -190,17 +190,16 @@ def n_samples(arrays: Mapping[str, np.ndarray]) -> int:
 
 def _split(arrays: Arrays, cfg: Mapping, seed: int) -> tuple[Arrays, Optional[Arrays]]:
     """Hold out round(f*N) samples, chosen by a seeded permutation (or the last ones, shuffle: false)."""
-    fraction = cfg.get("validation")
+    fraction, shuffle = cfg.get("validation"), cfg.get("shuffle", True)
+    if not isinstance(shuffle, bool):
+        raise SpecError(f"shuffle must be true or false, got {shuffle!r}",
+                        mark=_value_mark(cfg, "shuffle"))
     if fraction is None:
         return arrays, None
     if not _is_number(fraction) or not 0 < fraction < 1:
         raise SpecError(f"validation must be a fraction strictly between 0 and 1, got {fraction!r}",
                         mark=_value_mark(cfg, "validation"),
                         hint="omit `validation` to train on every sample")
-    shuffle = cfg.get("shuffle", True)
-    if not isinstance(shuffle, bool):
-        raise SpecError(f"shuffle must be true or false, got {shuffle!r}",
-                        mark=_value_mark(cfg, "shuffle"))
     n = n_samples(arrays)
     n_valid = max(1, round(fraction * n))
     if n - n_valid < 1:
