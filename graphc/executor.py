@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .kernels import KERNELS
+from .kernels import BINDERS, KERNELS
 from .plan import Plan
 
 DROP_ATTRS = {"shape"}    # shape attributes are for inference; kernels see real arrays
@@ -39,7 +39,10 @@ class Executor:
     def _bind(self, step):
         attrs = {k: v for k, v in step.attrs.items() if k not in DROP_ATTRS}
         ins = [self.values[i] for i in step.inputs]
-        return partial(KERNELS[step.op], self.values[step.outputs[0]], *ins, **attrs)
+        out = self.values[step.outputs[0]]
+        if step.op in BINDERS:
+            return BINDERS[step.op](out, *ins, **attrs)
+        return partial(KERNELS[step.op], out, *ins, **attrs)
 
     def feed(self, feeds: Mapping[str, np.ndarray]) -> None:
         for name, arr in feeds.items():

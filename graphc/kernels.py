@@ -2,6 +2,9 @@
 
 A dispatch table, not logic: the executor binds each step's arrays once and
 calls these in order. Update kernels receive the parameter itself as `out`.
+An op whose kernel needs scratch space registers a binder in `BINDERS`
+instead: `binder(out, *inputs, **attrs)` allocates once at compile time and
+returns a no-argument callable, so a training step allocates nothing.
 """
 from __future__ import annotations
 
@@ -183,3 +186,5 @@ KERNELS = {
     "mse_grad": k_mse_grad, "softmax_cross_entropy_grad": k_softmax_cross_entropy_grad,
     "hinge_grad": k_hinge_grad, "sgd": k_sgd, "sgd_momentum": k_sgd_momentum,
 }
+
+BINDERS: dict = {}
