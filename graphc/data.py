@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import inspect
 import math
+import typing
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ class _Raw:
     """A source's arrays per input before shape and dtype fitting, and how to point into them."""
     arrays: Arrays
     origin: Mapping[str, str]              # input -> "dataset 'blobs'", "data.npz array 'x'"
-    where: Callable[[str, tuple], str]     # input, index into its array -> "data.csv line 7, column 'a'"
+    where: Callable[[str, tuple], str]     # input, index -> "data.csv line 7, column 'a'"
     targets: tuple[str, ...]               # inputs that `normalize: standard` leaves alone
     n_classes: Optional[int]
 
@@ -189,7 +190,7 @@ def n_samples(arrays: Mapping[str, np.ndarray]) -> int:
 # --- validation split and normalization -----------------------------------------------------
 
 def _split(arrays: Arrays, cfg: Mapping, seed: int) -> tuple[Arrays, Optional[Arrays]]:
-    """Hold out round(f*N) samples, chosen by a seeded permutation (or the last ones, shuffle: false)."""
+    """Hold out round(f*N) samples: a seeded permutation's tail (the rows' tail if no shuffle)."""
     fraction, shuffle = cfg.get("validation"), cfg.get("shuffle", True)
     if not isinstance(shuffle, bool):
         raise SpecError(f"shuffle must be true or false, got {shuffle!r}",
@@ -197,15 +198,17 @@ def _split(arrays: Arrays, cfg: Mapping, seed: int) -> tuple[Arrays, Optional[Ar
     if fraction is None:
         return arrays, None
     if not _is_number(fraction) or not 0 < fraction < 1:
-        raise SpecError(f"validation must be a fraction strictly between 0 and 1, got {fraction!r}",
-                        mark=_value_mark(cfg, "validation"),
+        raise SpecError(f"validation must be a fraction strictly between 0 and 1, "
+                        f"got {fraction!r}", mark=_value_mark(cfg, "validation"),
                         hint="omit `validation` to train on every sample")
     n = n_samples(arrays)
     n_valid = max(1, round(fraction * n))
     if n - n_valid < 1:
         raise SpecError(f"validation {fraction} of {n} samples leaves none to train on",
                         mark=_value_mark(cfg, "validation"))
-    order = np.random.default_rng([seed, _SPLIT_STREAM]).permutation(n) if shuffle else np.arange(n)
+    order = np.arange(n)
+    if shuffle:
+        order = np.random.default_rng([seed, _SPLIT_STREAM]).permutation(n)
     train_idx, valid_idx = order[:n - n_valid], order[n - n_valid:]
     return ({k: v[train_idx] for k, v in arrays.items()},
             {k: v[valid_idx] for k, v in arrays.items()})
@@ -218,11 +221,13 @@ def _normalized_inputs(cfg: Mapping, dtypes: dict, targets: tuple) -> tuple[str,
         return ()
     if rule == "standard":
         return tuple(n for n, d in dtypes.items() if d.kind == "f" and n not in targets)
-    if isinstance(rule, Mapping) and list(rule) == ["standard"] and isinstance(rule["standard"], list):
+    listed = isinstance(rule, Mapping) and list(rule) == ["standard"]
+    if listed and isinstance(rule["standard"], list):
         for name in rule["standard"]:
-            if name not in dtypes:
+            if not isinstance(name, str) or name not in dtypes:
                 raise SpecError(f"normalize names '{name}', which is not a fed input",
-                                mark=_value_mark(cfg, "normalize"), hint=did_you_mean(str(name), dtypes))
+                                mark=_value_mark(cfg, "normalize"),
+                                hint=did_you_mean(str(name), dtypes))
             if dtypes[name].kind != "f":
                 raise SpecError(f"input '{name}' is {dtypes[name]}: labels are never normalized",
                                 mark=_value_mark(cfg, "normalize"))
@@ -243,7 +248,7 @@ def compute_stats(train: Arrays, names) -> Stats:
 
 
 def apply_stats(arrays: Mapping[str, np.ndarray], stats: Stats) -> Arrays:
-    """x' = (x - mean) / std for each input with stats, in the input's dtype; others as they are."""
+    """x' = (x - mean) / std, in x's dtype, for each input with stats; others pass through."""
     out = dict(arrays)
     for name, s in stats.items():
         if name not in out:
@@ -259,7 +264,8 @@ def apply_stats(arrays: Mapping[str, np.ndarray], stats: Stats) -> Arrays:
 
 def stats_to_arrays(stats: Stats, prefix: str = "stats/") -> Arrays:
     """Flatten stats for a checkpoint: {prefix + 'x/mean': ..., prefix + 'x/std': ...}."""
-    return {f"{prefix}{name}/{k}": np.asarray(v) for name, s in stats.items() for k, v in s.items()}
+    return {f"{prefix}{name}/{part}": np.asarray(v)
+            for name, s in stats.items() for part, v in s.items()}
 
 
 def stats_from_arrays(arrays: Mapping[str, np.ndarray], prefix: str = "stats/") -> Stats:
@@ -276,7 +282,7 @@ def stats_from_arrays(arrays: Mapping[str, np.ndarray], prefix: str = "stats/") 
 
 def batches(arrays: Mapping[str, np.ndarray], batch_size: int,
             rng: np.random.Generator) -> Iterator[Arrays]:
-    """One epoch: a fresh permutation from `rng` cut into batch_size pieces; the last may be smaller."""
+    """One epoch: a new permutation from `rng` in batch_size pieces; the last may be smaller."""
     _check_batch_size(batch_size)
     return _epoch(dict(arrays), batch_size, rng.permutation(n_samples(arrays)))
 
@@ -294,14 +300,16 @@ def first_batch(arrays: Mapping[str, np.ndarray], batch_size: int) -> Arrays:
 
 
 def _check_batch_size(batch_size) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    integer = isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
+    if not integer or batch_size < 1:
         raise SpecError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 # --- built-in datasets ------------------------------------------------------------------------
 
 def _spiral(n: int, rng: np.random.Generator, *, classes: int = 3, noise: float = 0.2):
-    """CS231n spiral; arm j: r = linspace(0, 1), t = linspace(4j, 4j + 4) + noise*N(0,1), x = r*(sin t, cos t)."""
+    """CS231n spiral, arm j: r = linspace(0, 1), t = linspace(4j, 4j+4) + noise*N(0,1),
+    x = r*(sin t, cos t)."""
     _require(classes >= 1, f"classes must be >= 1, got {classes}")
     _require(n >= classes, f"samples ({n}) must be at least classes ({classes})")
     sizes = _even_sizes(n, classes)
@@ -353,7 +361,7 @@ def _blobs(n: int, rng: np.random.Generator, *, features: int = 2, classes: int 
 
 
 def _linear(n: int, rng: np.random.Generator, *, features: int = 1, noise: float = 0.1):
-    """Regression: x ~ N(0, I), y = x @ w_true + b_true + noise*N(0, 1), with w_true, b_true ~ N(0, 1)."""
+    """Regression: x ~ N(0, I), y = x @ w + b + noise*N(0, 1), with w, b ~ N(0, 1)."""
     _require(features >= 1, f"features must be >= 1, got {features}")
     w_true, b_true = rng.standard_normal(features), rng.standard_normal()
     x = rng.standard_normal((n, features))
@@ -381,8 +389,7 @@ def _generator(cfg: Mapping) -> Callable:
 def _load_dataset(cfg: Mapping, spec_dir: Path, inputs: dict, seed: int) -> _Raw:
     name, fn = cfg["dataset"], _generator(cfg)
     kwargs = {k: cfg[k] for k in _arguments(fn) if k in cfg}
-    _check_types(cfg, {"samples": int, **{k: p.annotation for k, p in _arguments(fn).items()}},
-                 f"dataset '{name}'")
+    _check_types(cfg, {"samples": int, **_arguments(fn)}, f"dataset '{name}'")
     n = cfg.get("samples", DEFAULT_SAMPLES)
     if n < 1:
         raise SpecError(f"samples must be positive, got {n}", mark=_value_mark(cfg, "samples"))
@@ -422,7 +429,7 @@ def _explicit_map(cfg: Mapping, inputs: dict, choices, what: str) -> dict[str, s
     for name, array in given.items():
         if name not in inputs:
             raise SpecError(f"map names '{name}', which is not a fed input", mark=mark,
-                            hint=did_you_mean(str(name), inputs) or f"fed inputs: {', '.join(inputs)}")
+                            hint=_suggest(name, inputs, "fed inputs"))
         if choices is not None and array not in choices:
             raise SpecError(f"map: {what} has no array '{array}' (it has {', '.join(choices)})",
                             mark=mark, node=name, hint=did_you_mean(str(array), choices))
@@ -448,7 +455,8 @@ def _load_csv(cfg: Mapping, spec_dir: Path, inputs: dict, seed: int) -> _Raw:
 
     def where(name, idx):
         cols = columns[name][0]
-        return f"{shown} line {lines[idx[0]]}, column '{cols[idx[1]] if len(idx) > 1 else cols[0]}'"
+        column = cols[idx[1]] if len(idx) > 1 else cols[0]
+        return f"{shown} line {lines[idx[0]]}, column '{column}'"
 
     origin = {name: f"{shown} (columns {', '.join(cols)})" for name, (cols, _) in columns.items()}
     return _Raw(arrays, origin, where, _file_targets(inputs), _classes_option(cfg))
@@ -491,7 +499,7 @@ def _check_header(header: list[str], shown: str, line: int) -> None:
 
 
 def _csv_columns(cfg: Mapping, header: list[str], inputs: dict, shown: str):
-    """input -> (column names, single): `columns:` entries, else the column named like the input."""
+    """input -> (column names, single): its `columns:` entry, else the column of its name."""
     spec = cfg.get("columns") or {}
     mark = _value_mark(cfg, "columns")
     if not isinstance(spec, Mapping):
@@ -500,7 +508,7 @@ def _csv_columns(cfg: Mapping, header: list[str], inputs: dict, shown: str):
     for name in spec:
         if name not in inputs:
             raise SpecError(f"columns names '{name}', which is not a fed input", mark=mark,
-                            hint=did_you_mean(str(name), inputs) or f"fed inputs: {', '.join(inputs)}")
+                            hint=_suggest(name, inputs, "fed inputs"))
     chosen, rest = {}, None
     for name in inputs:
         choice = spec.get(name, name if name in header else None)
@@ -534,7 +542,7 @@ def _column_list(name: str, choice, header: list[str], shown: str, mark) -> tupl
     for c in cols:
         if c not in header:
             raise SpecError(f"{shown} has no column '{c}' (wanted by input '{name}')", mark=mark,
-                            node=name, hint=did_you_mean(c, header) or f"its columns: {', '.join(header)}")
+                            node=name, hint=_suggest(c, header, "its columns"))
     return cols, single
 
 
@@ -543,7 +551,8 @@ def _check_disjoint(chosen: dict, mark) -> None:
     for name, (cols, _) in chosen.items():
         for c in cols:
             if c in owner:
-                raise SpecError(f"column '{c}' is given to both '{owner[c]}' and '{name}'", mark=mark)
+                raise SpecError(f"column '{c}' is given to both '{owner[c]}' and '{name}'",
+                                mark=mark)
             owner[c] = name
 
 
@@ -712,13 +721,15 @@ def _dtype(name, input_name: str) -> np.dtype:
     try:
         return np.dtype(name)
     except TypeError:
-        raise SpecError(f"input '{input_name}' has unknown dtype {name!r}", node=input_name) from None
+        raise SpecError(f"input '{input_name}' has unknown dtype {name!r}",
+                        node=input_name) from None
 
 
-def _arguments(fn) -> dict[str, inspect.Parameter]:
-    """A generator's keyword-only parameters: the options its `dataset:` entry may set."""
-    sig = inspect.signature(fn, eval_str=True)
-    return {k: p for k, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+def _arguments(fn) -> dict[str, type]:
+    """name -> type of a generator's keyword-only parameters: the options a `dataset:` may set."""
+    types = typing.get_type_hints(fn)  # not signature(eval_str=True): that needs Python 3.10
+    return {k: types[k] for k, p in inspect.signature(fn).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def _even_sizes(n: int, k: int) -> list[int]:
@@ -733,6 +744,11 @@ def _labels(n0: int, n1: int) -> np.ndarray:
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
+
+
+def _suggest(word, choices, what: str) -> str:
+    """'did you mean X?' when one is close, else the whole list."""
+    return did_you_mean(str(word), choices) or f"{what}: {', '.join(choices)}"
 
 
 def _key_mark(cfg: Mapping, key) -> Optional[Mark]:

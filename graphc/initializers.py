@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import typing
 from typing import Callable, Mapping, Optional
 
 import numpy as np
@@ -22,7 +23,8 @@ Shape = tuple[int, ...]
 
 
 def fans(shape: Shape) -> tuple[int, int]:
-    """(fan_in, fan_out): (shape[-2]*rf, shape[-1]*rf) with rf = prod(shape[:-2]); (n, n) for [n]; (1, 1) for []."""
+    """(fan_in, fan_out) = (shape[-2]*rf, shape[-1]*rf), rf = prod(shape[:-2]) (Keras);
+    (n, n) for [n]; (1, 1) for []. graphc weights are [in, out]."""
     if len(shape) == 0:
         return 1, 1
     if len(shape) == 1:
@@ -32,7 +34,7 @@ def fans(shape: Shape) -> tuple[int, int]:
 
 
 def default_init(shape: Shape) -> str:
-    """The init of a param that names none: zeros for scalars and vectors (biases), glorot_uniform otherwise."""
+    """The init of a param that names none: zeros for 0-D and 1-D (biases), else glorot_uniform."""
     return "zeros" if len(shape) <= 1 else "glorot_uniform"
 
 
@@ -101,8 +103,8 @@ def lecun_normal(shape: Shape, rng: np.random.Generator) -> np.ndarray:
 
 
 def orthogonal(shape: Shape, rng: np.random.Generator, *, gain: float = 1.0) -> np.ndarray:
-    """W = gain * Q with Q from QR of a normal draw, flattened to [prod(shape[:-1]), shape[-1]]:
-    orthonormal columns when rows >= cols (W.T @ W = gain^2 I), else orthonormal rows  (Saxe et al. 2014)."""
+    """W = gain * Q, Q from the QR of a normal draw viewed as [prod(shape[:-1]), shape[-1]]:
+    orthonormal columns if rows >= cols (W.T @ W = gain^2 I), else rows  (Saxe et al. 2014)."""
     _require(len(shape) >= 2, f"orthogonal needs at least 2 dimensions, got shape {list(shape)}")
     rows, cols = math.prod(shape[:-1]), shape[-1]
     if rows * cols == 0:
@@ -137,7 +139,7 @@ INITIALIZERS: dict[str, Callable[..., np.ndarray]] = {
 
 def initialize(init, shape: Shape, dtype, rng: np.random.Generator, *,
                mark: Optional[Mark] = None, node: Optional[str] = None) -> np.ndarray:
-    """A fresh array of `shape` and `dtype` drawn by the initializer `init` names (None: default_init)."""
+    """A new array of `shape` and `dtype` drawn by the initializer `init` (None: default_init)."""
     shape = _check_shape(shape, mark, node)
     name, kwargs = parse_init(default_init(shape) if init is None else init, mark=mark, node=node)
     try:
@@ -149,7 +151,7 @@ def initialize(init, shape: Shape, dtype, rng: np.random.Generator, *,
 
 def parse_init(init, *, mark: Optional[Mark] = None,
                node: Optional[str] = None) -> tuple[str, dict]:
-    """A spec's init value -> (name, kwargs), with the name and argument names and types checked."""
+    """A spec's init value -> (name, kwargs), the name, argument names and types checked."""
     if isinstance(init, str):
         name, kwargs = init, {}
     elif isinstance(init, Mapping) and len(init) == 1:
@@ -179,22 +181,24 @@ def _check_args(name: str, kwargs: dict, mark, node) -> None:
     accepted = ", ".join(params) or "no arguments"
     for key, value in kwargs.items():
         if key not in params:
-            raise SpecError(f"initializer '{name}' has no argument '{key}'; it accepts: {accepted}",
-                            mark=mark, node=node, hint=did_you_mean(str(key), params))
-        if not _has_type(value, params[key].annotation):
+            raise SpecError(f"initializer '{name}' has no argument '{key}'; "
+                            f"it accepts: {accepted}", mark=mark, node=node,
+                            hint=did_you_mean(str(key), params))
+        kind = params[key][0]
+        if not _has_type(value, kind):
             raise SpecError(f"argument '{key}' of initializer '{name}' must be "
-                            f"{_type_word(params[key].annotation)}, got {value!r}",
-                            mark=mark, node=node)
-    for key, p in params.items():
-        if p.default is inspect.Parameter.empty and key not in kwargs:
+                            f"{_type_word(kind)}, got {value!r}", mark=mark, node=node)
+    for key, (_, default) in params.items():
+        if default is inspect.Parameter.empty and key not in kwargs:
             raise SpecError(f"initializer '{name}' needs argument '{key}'; it accepts: {accepted}",
                             mark=mark, node=node, hint=f"e.g. {{{name}: {{{key}: 0.5}}}}")
 
 
-def _arguments(fn) -> dict[str, inspect.Parameter]:
-    """The keyword-only parameters of an initializer: the names a spec may give."""
-    sig = inspect.signature(fn, eval_str=True)
-    return {k: p for k, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+def _arguments(fn) -> dict[str, tuple[type, object]]:
+    """name -> (type, default) of an initializer's keyword-only parameters: what a spec sets."""
+    types = typing.get_type_hints(fn)  # not signature(eval_str=True): that needs Python 3.10
+    return {k: (types[k], p.default) for k, p in inspect.signature(fn).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def _has_type(value, annotation) -> bool:
