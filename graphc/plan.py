@@ -1,8 +1,10 @@
 """Execution plan: the scheduled steps of a graph, each value's live range and arena offset.
 
-`compile_plan` binds symbolic dims (the batch size), numbers the steps, computes
-liveness and places every non-persistent value in one byte arena. `verify_plan`
-is the stage-boundary checker: values whose step ranges meet never share bytes.
+`compile_plan` binds symbolic dims (the batch size), picks a memory-friendly
+order, computes liveness, writes elementwise outputs in place of dying inputs
+and places every non-persistent value in one byte arena (arena.py does the
+arithmetic). `verify_plan` is the stage-boundary checker: values whose step
+ranges meet never share bytes unless one is written in place of the other.
 """
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from . import arena as A
 from . import shapes as S
 from .ir import Graph
-from .ops import OPS
+from .ops import ELEMENTWISE, OPS
 
 ALIGN = 64
 PERSISTENT_OPS = ("input", "param", "const", "state", "hyper")
@@ -54,6 +57,8 @@ class Plan:
     arena_bytes: int
     naive_bytes: int
     lower_bound_bytes: int
+    plain_lower_bound_bytes: int = 0         # the bound of the plain topological order
+    reuse: bool = True
 
 
 def aligned(nbytes: int) -> int:
@@ -66,9 +71,10 @@ def phase_of(graph: Graph, forward: set, name: str) -> str:
     return "forward" if name in forward else "backward"
 
 
-def _steps(graph: Graph, forward: set) -> tuple:
+def _steps(graph: Graph, order, forward: set) -> tuple:
     steps = []
-    for n in graph.nodes.values():
+    for name in order:
+        n = graph[name]
         if n.op in PERSISTENT_OPS:
             continue
         mutated = [n.inputs[i] for i in OPS[n.op].mutates]
@@ -98,44 +104,69 @@ def liveness(steps, planned: set, keep: set) -> dict:
     return {v: tuple(r) for v, r in ranges.items()}
 
 
-def lower_bound(buffers) -> int:
-    """The liveness lower bound: the most bytes live at any one step."""
-    events = {}
-    for b in buffers:
-        events[b.first_step] = events.get(b.first_step, 0) + b.bytes
-        events[b.last_step + 1] = events.get(b.last_step + 1, 0) - b.bytes
-    peak = live = 0
-    for step in sorted(events):
-        live += events[step]
-        peak = max(peak, live)
-    return peak
+def in_place_pairs(steps, ranges: Mapping, layout: Mapping, keep: set) -> dict:
+    """output -> input it overwrites: elementwise steps whose same-layout input dies there
+    (values kept for the caller never die)."""
+    pairs, taken = {}, set(keep)
+    for s in steps:
+        if s.op not in ELEMENTWISE or s.node not in ranges:
+            continue
+        for i in dict.fromkeys(s.inputs):
+            if i in ranges and i not in taken and ranges[i][1] == s.index \
+                    and layout[i] == layout[s.node]:
+                pairs[s.node] = i
+                taken.add(i)
+                break
+    return pairs
 
 
-def compile_plan(graph: Graph, dims: Mapping[str, int], keep=(), forward=None) -> Plan:
-    """Bind dims, number the steps, plan one buffer per value (reuse: see the planner issue)."""
+def _sizes(graph: Graph, names, dims) -> dict:
+    return {v: aligned(S.size(S.bind(graph[v].shape, dims)) * np.dtype(graph[v].dtype).itemsize)
+            for v in names}
+
+
+def _order(graph: Graph, sizes: Mapping, keep: set, reuse: bool) -> list:
+    names = list(graph.nodes)
+    if not reuse:
+        return names
+    rank = {n: i for i, n in enumerate(names)}
+    inputs = {n.name: n.inputs for n in graph.nodes.values()}
+    return A.memory_order(graph.digraph(), inputs, sizes, keep, rank)
+
+
+def compile_plan(graph: Graph, dims: Mapping[str, int], keep=(), forward=None,
+                 reuse: bool = True) -> Plan:
+    """Bind dims, order the steps for memory, plan liveness, in-place writes and offsets."""
     forward = set(graph.nodes) if forward is None else set(forward)
-    steps = _steps(graph, forward)
+    keep = set(keep)
+    computed = [n for n in graph.nodes.values()
+                if n.op not in PERSISTENT_OPS and not OPS[n.op].mutates]
+    sizes = _sizes(graph, [n.name for n in computed], dims)
+    plain_steps = _steps(graph, graph.nodes, forward)
+    plain = liveness(plain_steps, set(sizes), keep)
+    plain_bound = A.peak_bytes(A.merge_in_place(plain, sizes, {}))
+    steps = _steps(graph, _order(graph, sizes, keep, reuse), forward)
+    ranges = liveness(steps, set(sizes), keep)
+    layout = {v: (S.bind(graph[v].shape, dims), graph[v].dtype) for v in sizes}
+    pairs = in_place_pairs(steps, ranges, layout, keep) if reuse else {}
+    blocks = A.merge_in_place(ranges, sizes, pairs)
+    top, offsets = (A.assign_offsets if reuse else A.sequential_offsets)(blocks)
+    buffers = {}
+    for blk in blocks:
+        for v in blk.values:
+            shape, dtype = layout[v]
+            buffers[v] = Buffer(v, shape, dtype, offsets[blk.values], sizes[v],
+                                ranges[v][0], ranges[v][1], pairs.get(v))
+    buffers = {s.node: buffers[s.node] for s in steps if s.node in buffers}
     persistent = {n.name: (n.op, S.bind(n.shape, dims), n.dtype, n.attrs.get("value"))
                   for n in graph.nodes.values() if n.op in PERSISTENT_OPS}
-    planned = {s.node for s in steps if s.outputs == (s.node,)}
-    ranges = liveness(steps, planned, set(keep))
-    buffers, offset = {}, 0
-    for s in steps:
-        if s.node not in planned:
-            continue
-        n = graph[s.node]
-        shape = S.bind(n.shape, dims)
-        nbytes = aligned(S.size(shape) * np.dtype(n.dtype).itemsize)
-        first, last = ranges[s.node]
-        buffers[s.node] = Buffer(s.node, shape, n.dtype, offset, nbytes, first, last)
-        offset += nbytes
-    naive = sum(b.bytes for b in buffers.values())
-    return Plan(dims.get("batch"), dict(dims), steps, buffers, persistent, offset, naive,
-                lower_bound(buffers.values()))
+    return Plan(dims.get("batch"), dict(dims), steps, buffers, persistent, top,
+                sum(sizes.values()), A.peak_bytes(blocks), plain_bound, reuse)
 
 
 def verify_plan(plan: Plan) -> None:
-    """Prove that no two values whose step ranges meet share arena bytes (in-place pairs aside)."""
+    """Prove no two values whose step ranges meet share bytes (except in-place pairs),
+    that every read happens while its value is live, and recompute the lower bound."""
     bufs = sorted(plan.buffers.values(), key=lambda b: b.offset)
     for i, a in enumerate(bufs):
         assert a.offset % ALIGN == 0 and a.offset + a.bytes <= plan.arena_bytes, a
@@ -143,9 +174,31 @@ def verify_plan(plan: Plan) -> None:
             if b.offset >= a.offset + a.bytes:
                 break
             meet = a.first_step <= b.last_step and b.first_step <= a.last_step
-            pair = a.in_place_of == b.value or b.in_place_of == a.value
+            pair = (a.in_place_of == b.value and a.first_step == b.last_step) or \
+                   (b.in_place_of == a.value and b.first_step == a.last_step)
             assert not meet or pair, f"{a.value} and {b.value} overlap while both live"
-    assert plan.lower_bound_bytes <= plan.arena_bytes <= plan.naive_bytes or not plan.buffers
+    for s in plan.steps:
+        for v in s.inputs:
+            if v in plan.buffers:
+                b = plan.buffers[v]
+                assert b.first_step < s.index <= b.last_step, f"step {s.index} reads dead {v}"
+    bound = _bound_with_pairs(plan)
+    assert bound == plan.lower_bound_bytes, (bound, plan.lower_bound_bytes)
+    assert plan.lower_bound_bytes <= plan.arena_bytes <= plan.naive_bytes
+
+
+def _bound_with_pairs(plan: Plan) -> int:
+    """Lower bound recomputed from the buffers: an in-place pair counts once at its join."""
+    events: dict = {}
+    for b in plan.buffers.values():
+        start = b.first_step + (1 if b.in_place_of else 0)
+        events[start] = events.get(start, 0) + b.bytes
+        events[b.last_step + 1] = events.get(b.last_step + 1, 0) - b.bytes
+    peak = live = 0
+    for step in sorted(events):
+        live += events[step]
+        peak = max(peak, live)
+    return peak
 
 
 def plan_json(plan: Plan) -> dict:
@@ -167,6 +220,16 @@ def mib(nbytes: int) -> str:
     return f"{nbytes / 2**20:.3f} MiB"
 
 
+def plan_summary(plan: Plan) -> str:
+    """naive X · lower bound Y · arena Z (Z/Y ratio, X/Z saved), and the plain order's bound."""
+    lb, arena, naive = plan.lower_bound_bytes, plan.arena_bytes, plan.naive_bytes
+    ratio = arena / lb if lb else 1.0
+    saved = naive / arena if arena else 1.0
+    return (f"naive {mib(naive)} · lower bound {mib(lb)} · arena {mib(arena)} "
+            f"({ratio:.2f}× bound, {saved:.2f}× saved); "
+            f"plain schedule's bound {mib(plan.plain_lower_bound_bytes)}")
+
+
 def plan_table(plan: Plan) -> str:
     """The human-readable plan: one row per step, then the memory summary."""
     head = ("step", "phase", "op", "output", "shape", "bytes", "offset", "live", "in-place")
@@ -182,9 +245,4 @@ def plan_table(plan: Plan) -> str:
                      str(b.offset), f"{b.first_step}-{b.last_step}", b.in_place_of or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lb, arena, naive = plan.lower_bound_bytes, plan.arena_bytes, plan.naive_bytes
-    ratio = arena / lb if lb else 1.0
-    saved = naive / arena if arena else 1.0
-    lines.append(f"naive {mib(naive)} · lower bound {mib(lb)} · arena {mib(arena)} "
-                 f"({ratio:.2f}× bound, {saved:.2f}× saved)")
-    return "\n".join(lines)
+    return "\n".join(lines + [plan_summary(plan)])

@@ -1,0 +1,132 @@
+"""Memory planning algorithms over plain numbers: liveness, in-place merging, offsets, order.
+
+Pure functions, no graph objects: a value is a name with a byte size and a
+step range [first, last]; plan.py turns a Graph into these and back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import networkx as nx
+
+
+@dataclass(frozen=True)
+class Block:
+    """A piece of arena storage: one value, or an in-place chain sharing the same bytes."""
+    values: tuple
+    bytes: int
+    first: int
+    last: int
+
+
+def peak_bytes(blocks: Iterable[Block]) -> int:
+    """The liveness lower bound: the most bytes live at any one step (sweep over events)."""
+    events: dict = {}
+    for b in blocks:
+        events[b.first] = events.get(b.first, 0) + b.bytes
+        events[b.last + 1] = events.get(b.last + 1, 0) - b.bytes
+    peak = live = 0
+    for step in sorted(events):
+        live += events[step]
+        peak = max(peak, live)
+    return peak
+
+
+def merge_in_place(ranges: Mapping[str, tuple], sizes: Mapping[str, int],
+                   in_place: Mapping[str, str]) -> list:
+    """Blocks: each in-place chain out -> in becomes one block spanning all its values."""
+    root = {}
+
+    def find(v):
+        while v in in_place:
+            v = in_place[v]
+        return v
+    for v in ranges:
+        root.setdefault(find(v), []).append(v)
+    out = []
+    for members in root.values():
+        members.sort(key=lambda v: ranges[v][0])
+        out.append(Block(tuple(members), max(sizes[v] for v in members),
+                         min(ranges[v][0] for v in members),
+                         max(ranges[v][1] for v in members)))
+    return out
+
+
+def _place(blocks: list) -> tuple:
+    """Best-fit offsets in the given order: the smallest gap among time-overlapping blocks."""
+    placed, offsets, top = [], {}, 0
+    for blk in blocks:
+        overlap = sorted(((offsets[p.values], p) for p in placed
+                          if p.first <= blk.last and blk.first <= p.last), key=lambda t: t[0])
+        best, best_gap, end = None, None, 0
+        for off, p in overlap:
+            gap = off - end
+            if gap >= blk.bytes and (best_gap is None or gap < best_gap):
+                best, best_gap = end, gap
+            end = max(end, off + p.bytes)
+        offsets[blk.values] = end if best is None else best
+        placed.append(blk)
+        top = max(top, offsets[blk.values] + blk.bytes)
+    return top, offsets
+
+
+ORDERINGS = {
+    "size": lambda b: (-b.bytes, b.first),
+    "duration": lambda b: (-(b.last - b.first), -b.bytes, b.first),
+    "area": lambda b: (-b.bytes * (b.last - b.first + 1), b.first),
+}
+
+
+def assign_offsets(blocks: list) -> tuple:
+    """(arena bytes, {block values: offset}): the best of greedy-by-size and two other orders."""
+    best = None
+    for key in ORDERINGS.values():
+        top, offsets = _place(sorted(blocks, key=key))
+        if best is None or top < best[0]:
+            best = (top, offsets)
+    return best or (0, {})
+
+
+def sequential_offsets(blocks: list) -> tuple:
+    """No reuse: every block at its own offset, in order (the `--no-reuse` plan)."""
+    offsets, top = {}, 0
+    for blk in blocks:
+        offsets[blk.values] = top
+        top += blk.bytes
+    return top, offsets
+
+
+def memory_order(g: nx.DiGraph, inputs: Mapping[str, tuple], sizes: Mapping[str, int],
+                 pinned: set, rank: Mapping) -> list:
+    """A topological order that greedily lowers the live bytes.
+
+    Among ready nodes, run first the one whose step frees the most bytes net of what it
+    allocates (an update frees its gradient; an add frees two partial sums); ties keep
+    the original order `rank`. `pinned` values (kept to the end) are never freed.
+    `g` has data and ordering edges; `inputs` the data inputs alone; `sizes` the bytes
+    of planned values.
+    """
+    indeg = {n: d for n, d in g.in_degree()}
+    data_inputs = {n: [p for p in set(inputs.get(n, ())) if p in sizes] for n in g}
+    readers = {n: 0 for n in g}
+    for n in g:
+        for p in data_inputs[n]:
+            readers[p] += 1
+    ready = {n for n, d in indeg.items() if d == 0}
+    order = []
+    while ready:
+        def gain(n):
+            freed = sum(sizes[p] for p in data_inputs[n]
+                        if readers[p] == 1 and p not in pinned)
+            return (sizes.get(n, 0) - freed, rank[n])
+        n = min(ready, key=gain)
+        ready.remove(n)
+        order.append(n)
+        for p in data_inputs[n]:
+            readers[p] -= 1
+        for s in g.successors(n):
+            indeg[s] -= 1
+            if indeg[s] == 0:
+                ready.add(s)
+    return order
