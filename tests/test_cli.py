@@ -1,0 +1,296 @@
+"""End to end: the CLI as a user types it (`python -m graphc ...` and the `graphc` script).
+
+Oracles: parameter counts recomputed from the YAML; the contract's JSON keys; a
+one-weight regression whose SGD trajectory is known in closed form, so that
+--epochs, --batch-size and --lr can be checked exactly; the spiral's accuracy bar
+from the issue (>= 0.97 in under a minute).
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SPECS = REPO / "specs"
+SPIRAL = SPECS / "spiral_mlp.yaml"
+ALL_SPECS = sorted(p.name for p in SPECS.glob("*.yaml"))
+
+
+def graphc(*args, cwd=REPO, timeout=120, exe=None) -> subprocess.CompletedProcess:
+    """Run graphc as a user does; `exe` overrides `python -m graphc` (e.g. the console script)."""
+    cmd = (exe or [sys.executable, "-m", "graphc"]) + [str(a) for a in args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, (f"{' '.join(proc.args[1:])} exited {proc.returncode}:\n"
+                                  f"{proc.stderr}")
+    return proc
+
+
+def one_json(proc: subprocess.CompletedProcess) -> dict:
+    """stdout is exactly one JSON object: nothing before it, nothing after it."""
+    text = proc.stdout.strip()
+    assert text, f"no output on stdout; stderr:\n{proc.stderr}"
+    obj, end = json.JSONDecoder().raw_decode(text)
+    assert end == len(text), f"stdout has more than one JSON object: {text[end:end + 200]!r}"
+    assert isinstance(obj, dict)
+    return obj
+
+
+def load_npz(path) -> dict:
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def console_script() -> list:
+    """The installed `graphc` script: beside this interpreter, else on PATH."""
+    beside = Path(sys.executable).parent / "graphc"
+    found = str(beside) if beside.exists() else shutil.which("graphc")
+    assert found, "the `graphc` console script is not installed: run pip install -e '.[test]'"
+    return [found]
+
+
+# --- check ---------------------------------------------------------------------------------
+
+def param_count(spec: Path) -> tuple:
+    """(params, values) from the YAML itself: a shape list, a `value:`, or a bare number."""
+    params = yaml.safe_load(spec.read_text()).get("params") or {}
+    total = 0
+    for body in params.values():
+        if isinstance(body, dict):
+            shape = body["shape"] if "shape" in body else np.shape(body["value"])
+        else:
+            shape = body if isinstance(body, list) else ()
+        total += int(np.prod(shape))
+    return len(params), total
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS)
+def test_check_every_shipped_spec(spec):
+    out = ok(graphc("check", SPECS / spec)).stdout
+    got = re.search(r"(\d+) params \((\d+) values\)", out)
+    assert got, f"check {spec} printed no parameter count:\n{out}"
+    assert (int(got[1]), int(got[2])) == param_count(SPECS / spec)
+
+
+def test_check_spiral_counts_by_hand():
+    out = ok(graphc("check", SPIRAL)).stdout
+    assert "4 params (603 values)" in out         # 2*100 + 100 + 100*3 + 3
+    assert re.search(r"^h\s+relu\s+h/add\s+\[batch, 100\]", out, re.MULTILINE), out
+
+
+# --- train ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def spiral_run(tmp_path_factory):
+    """`graphc train specs/spiral_mlp.yaml --json --out CKPT`, timed; shared by several tests."""
+    ckpt = tmp_path_factory.mktemp("spiral") / "spiral.ckpt.npz"
+    start = time.perf_counter()
+    proc = graphc("train", SPIRAL, "--json", "--out", ckpt, timeout=60)
+    return proc, time.perf_counter() - start, ckpt
+
+
+def test_train_spiral_reaches_97_percent_within_a_minute(spiral_run):
+    proc, seconds, ckpt = spiral_run
+    result = one_json(ok(proc))
+    assert seconds < 60
+    assert set(result) == {"loss", "metrics", "epochs", "samples_per_s"}
+    assert result["metrics"]["accuracy"] >= 0.97, result
+    assert result["epochs"] == 300                  # the spec's train.epochs
+    assert np.isfinite(result["loss"]) and result["samples_per_s"] > 0
+
+
+def test_train_json_keeps_stdout_pure_and_progress_on_stderr(spiral_run):
+    proc, _, _ = spiral_run
+    assert len(proc.stdout.strip().splitlines()) == 1, proc.stdout
+    assert "epoch" in proc.stderr and "final:" in proc.stderr
+
+
+def test_train_checkpoint_loads_without_pickle(spiral_run):
+    _, _, ckpt = spiral_run
+    arrays = load_npz(ckpt)
+    shapes = {"W1": (2, 100), "b1": (100,), "W2": (100, 3), "b2": (3,)}
+    assert {k: arrays[k].shape for k in shapes} == shapes
+    assert not list(ckpt.parent.glob("*.tmp")), "the atomic write left a temp file behind"
+
+
+def test_train_default_out_is_name_ckpt_npz_in_cwd(tmp_path):
+    ok(graphc("train", SPIRAL, "--epochs", "1", cwd=tmp_path))
+    assert [p.name for p in tmp_path.iterdir()] == ["spiral_mlp.ckpt.npz"]
+
+
+def test_train_with_console_script(tmp_path):
+    proc = ok(graphc("train", SPIRAL, "--epochs", "2", "--json", "--out", tmp_path / "c.npz",
+                     exe=console_script()))
+    assert one_json(proc)["epochs"] == 2
+
+
+def spiral_params(tmp_path, name, *flags) -> dict:
+    out = tmp_path / f"{name}.npz"
+    ok(graphc("train", SPIRAL, "--epochs", "3", "--out", out, *flags))
+    return {k: v.tobytes() for k, v in load_npz(out).items() if k in ("W1", "b1", "W2", "b2")}
+
+
+def test_same_seed_gives_identical_params_and_another_seed_does_not(tmp_path):
+    first = spiral_params(tmp_path, "a", "--seed", "7")
+    assert first == spiral_params(tmp_path, "b", "--seed", "7")
+    assert first["W1"] != spiral_params(tmp_path, "c", "--seed", "8")["W1"]
+
+
+# A one-weight regression with every sample (x=1, y=1): loss = (w - 1)^2 on any batch, so
+# one SGD step maps 1 - w to (1 - 2 lr)(1 - w), whatever the shuffle. From w = 0, after
+# E epochs of ceil(N / batch) steps: w = 1 - (1 - 2 lr) ** (E * ceil(N / batch)).
+TINY = """\
+name: tiny
+dtype: float64
+inputs:
+  x: [batch]
+  y: [batch]
+params:
+  w: {value: 0.0}
+nodes:
+  pred: w * x
+  loss: mse(pred, y)
+train:
+  data: {npz: data.npz}
+  batch_size: 4
+  epochs: 1
+  optimizer: {sgd: {lr: 0.1}}
+"""
+N = 5
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    np.savez(tmp_path / "data.npz", x=np.ones(N), y=np.ones(N))
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    return tmp_path / "tiny.yaml"
+
+
+def tiny_w(spec: Path, *flags) -> tuple:
+    out = spec.parent / "out.ckpt.npz"
+    result = one_json(ok(graphc("train", spec, "--json", "--out", out, *flags)))
+    return float(load_npz(out)["w"]), result
+
+
+def expected_w(lr, epochs, batch) -> float:
+    return 1 - (1 - 2 * lr) ** (epochs * -(-N // batch))
+
+
+def test_tiny_spec_defaults(tiny):
+    w, result = tiny_w(tiny)                      # batch 4 of 5: a last batch of 1
+    assert w == pytest.approx(expected_w(0.1, 1, 4), abs=1e-12)
+    assert result["epochs"] == 1 and result["metrics"] == {}
+
+
+@pytest.mark.parametrize("flags, lr, epochs, batch", [
+    (["--epochs", "2"], 0.1, 2, 4),
+    (["--batch-size", "1"], 0.1, 1, 1),
+    (["--batch-size", "3"], 0.1, 1, 3),           # 5 = 3 + 2: a smaller last batch
+    (["--lr", "0.25"], 0.25, 1, 4),
+    (["--epochs", "3", "--batch-size", "2", "--lr", "0.05"], 0.05, 3, 2),
+])
+def test_train_overrides_take_effect(tiny, flags, lr, epochs, batch):
+    w, result = tiny_w(tiny, *flags)
+    assert w == pytest.approx(expected_w(lr, epochs, batch), abs=1e-12)
+    assert result["epochs"] == epochs
+
+
+# --- grad ----------------------------------------------------------------------------------
+
+def test_grad_out_writes_one_array_per_leaf(tmp_path):
+    spec = SPECS / "lecture_cs221_linear_regression.yaml"
+    out = tmp_path / "g.npz"
+    shown = one_json(ok(graphc("grad", spec, "--json", "--out", out)))
+    arrays = load_npz(out)
+    assert set(arrays) == {"w", "phi", "y"} == set(shown["grads"])
+    np.testing.assert_array_equal(arrays["w"], [6.0, 12.0])     # the lecture's numbers
+    for leaf, g in shown["grads"].items():
+        np.testing.assert_array_equal(arrays[leaf], g)
+
+
+def test_grad_params_from_a_checkpoint_changes_the_result(spiral_run):
+    _, _, ckpt = spiral_run
+    before = one_json(ok(graphc("grad", SPIRAL, "--json")))
+    after = one_json(ok(graphc("grad", SPIRAL, "--json", "--params", ckpt)))
+    assert after["loss"] < before["loss"], "trained params should fit the first batch better"
+    assert after["grads"]["W2"] != before["grads"]["W2"]
+
+
+def test_grad_text_output():
+    out = ok(graphc("grad", SPECS / "lecture_cs231n_add_mul.yaml")).stdout.splitlines()
+    assert out == ["loss = -12", "d loss / d x = -4", "d loss / d y = -4", "d loss / d z = 3"]
+
+
+# --- plan, ops, help, errors -----------------------------------------------------------------
+
+PLAN_KEYS = {"batch_size", "arena_bytes", "naive_bytes", "lower_bound_bytes", "steps",
+             "buffers"}
+STEP_KEYS = {"index", "op", "phase", "inputs", "outputs"}
+BUFFER_KEYS = {"value", "offset", "bytes", "first_step", "last_step", "in_place_of"}
+
+
+def test_plan_json_has_the_contract_keys():
+    plan = one_json(ok(graphc("plan", SPIRAL, "--json")))
+    assert set(plan) == PLAN_KEYS
+    assert plan["batch_size"] == 64                 # the spec's train.batch_size
+    assert [s["index"] for s in plan["steps"]] == list(range(len(plan["steps"])))
+    assert {s["phase"] for s in plan["steps"]} == {"forward", "backward", "update"}
+    for s in plan["steps"]:
+        assert set(s) == STEP_KEYS, s
+    assert plan["buffers"], "a training step has intermediate values"
+    for b in plan["buffers"]:
+        assert set(b) == BUFFER_KEYS, b
+        assert 0 <= b["first_step"] <= b["last_step"] < len(plan["steps"]), b
+        assert 0 <= b["offset"] and b["offset"] + b["bytes"] <= plan["arena_bytes"], b
+        assert b["in_place_of"] is None or isinstance(b["in_place_of"], str)
+    assert plan["lower_bound_bytes"] <= plan["arena_bytes"] <= plan["naive_bytes"]
+
+
+def test_plan_batch_size_override():
+    assert one_json(ok(graphc("plan", SPIRAL, "--json", "--batch-size", "10")))["batch_size"] == 10
+
+
+def test_plan_table():
+    out = ok(graphc("plan", SPIRAL)).stdout
+    assert out.splitlines()[0].split()[:3] == ["step", "phase", "op"]
+    assert "arena" in out.splitlines()[-1]
+
+
+def test_ops_lists_matmul():
+    out = ok(graphc("ops")).stdout
+    assert re.search(r"^\s+matmul\(a, b\)", out, re.MULTILINE), out
+
+
+def test_help():
+    assert "Commands:" in ok(graphc("--help")).stdout
+    assert "--batch-size" in ok(graphc("train", "--help")).stdout
+
+
+def test_version():
+    assert re.search(r"\d+\.\d+", ok(graphc("--version")).stdout)
+
+
+@pytest.mark.parametrize("args", [
+    ["train", str(SPIRAL), "--bogus"],
+    ["train", str(SPIRAL), "--epochs", "0"],
+    ["no-such-command"],
+    ["check", "no/such/spec.yaml"],
+])
+def test_bad_input_is_exit_2_with_one_error_line(args):
+    proc = graphc(*args)
+    assert proc.returncode == 2, proc
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert proc.stdout == ""
