@@ -1,9 +1,10 @@
 """Run a Plan with NumPy: every step's kernel bound once to views of one arena.
 
-Persistent values (params, optimizer state, constants, the learning rate)
-live in a `store` shared by all executors of a model; fed inputs get buffers
-of the plan's batch size. `run(feeds)` copies the batch in and calls the
-bound kernels in order.
+Persistent values (params, optimizer state, the learning rate) live in a
+`store` shared by all executors of a model; fed inputs get buffers of the
+plan's batch size. Binding happens twice: once to measure the largest step's
+scratch, once with a workspace of exactly that size. After that, `run`
+copies the batch in and calls the bound kernels in order, allocating nothing.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Mapping
 import numpy as np
 
 from .kernels import BINDERS, KERNELS
-from .plan import Plan
+from .plan import ALIGN, Plan
+from .workspace import Workspace
 
 DROP_ATTRS = {"shape"}    # shape attributes are for inference; kernels see real arrays
 
@@ -21,8 +23,8 @@ DROP_ATTRS = {"shape"}    # shape attributes are for inference; kernels see real
 class Executor:
     def __init__(self, plan: Plan, store: Mapping[str, np.ndarray]):
         self.plan = plan
-        self.arena = np.zeros(plan.arena_bytes + 64, dtype=np.uint8)
-        base = (-self.arena.ctypes.data) % 64          # 64-byte aligned start
+        self.arena = np.zeros(plan.arena_bytes + ALIGN, dtype=np.uint8)
+        base = (-self.arena.ctypes.data) % ALIGN
         self.values: dict = {}
         for name, (op, shape, dtype, value) in plan.persistent.items():
             if op == "const":
@@ -34,19 +36,38 @@ class Executor:
         for b in plan.buffers.values():
             self.values[b.value] = np.ndarray(b.shape, dtype=b.dtype, buffer=self.arena,
                                               offset=base + b.offset)
-        self.calls = [self._bind(s) for s in plan.steps]
+        measuring = Workspace(0)
+        self._bind_all(measuring)
+        self.workspace = Workspace(measuring.high, measuring.consts)
+        self.calls = self._bind_all(self.workspace)
 
-    def _bind(self, step):
+    @property
+    def scratch_bytes(self) -> int:
+        return self.workspace.capacity + self.workspace.const_bytes
+
+    def _bind_all(self, ws: Workspace) -> list:
+        with ws.binding():
+            return [self._bind(ws, s) for s in self.plan.steps]
+
+    def _bind(self, ws: Workspace, step):
         attrs = {k: v for k, v in step.attrs.items() if k not in DROP_ATTRS}
         ins = [self.values[i] for i in step.inputs]
         out = self.values[step.outputs[0]]
+        ws.begin_step()
         if step.op in BINDERS:
-            return BINDERS[step.op](out, *ins, **attrs)
+            call = BINDERS[step.op](out, *ins, **attrs)
+            if call is not None:
+                return call
         return partial(KERNELS[step.op], out, *ins, **attrs)
 
     def feed(self, feeds: Mapping[str, np.ndarray]) -> None:
         for name, arr in feeds.items():
             np.copyto(self.values[name], arr, casting="same_kind")
+
+    def feed_rows(self, arrays: Mapping[str, np.ndarray], rows: np.ndarray) -> None:
+        """Gather the batch `rows` of each array straight into its input buffer."""
+        for name, arr in arrays.items():
+            np.take(arr, rows, axis=0, out=self.values[name])
 
     def run(self, feeds: Mapping[str, np.ndarray] = {}) -> None:
         self.feed(feeds)

@@ -92,14 +92,15 @@ def bind_dims(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict:
 class Runner:
     """One compiled executor per bound dims (batch size), sharing the model's store."""
 
-    def __init__(self, graph: Graph, store: dict, keep=(), forward=None):
+    def __init__(self, graph: Graph, store: dict, keep=(), forward=None, reuse: bool = True):
         self.graph, self.store, self.keep, self.forward = graph, store, tuple(keep), forward
+        self.reuse = reuse
         self.cache: dict = {}
 
     def executor(self, dims: Mapping[str, int]) -> Executor:
         key = tuple(sorted(dims.items()))
         if key not in self.cache:
-            plan = compile_plan(self.graph, dims, self.keep, self.forward)
+            plan = compile_plan(self.graph, dims, self.keep, self.forward, self.reuse)
             verify_plan(plan)
             self.cache[key] = Executor(plan, self.store)
         return self.cache[key]

@@ -1,0 +1,182 @@
+"""Zero-allocation kernels for the hot ops of a training step.
+
+Each binder `(out, *inputs, **attrs) -> callable` takes its scratch and
+constants from the workspace at compile time and returns a closure made of
+NumPy calls with `out=`, so a step allocates no arrays. Forms are chosen by
+measurement (benchmarks/): array operands of the right dtype instead of
+Python scalars, reductions over the batch through `np.dot` with a ones vector.
+Elementwise kernels stay correct when `out` aliases an input (see ops.ELEMENTWISE).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .workspace import constant, scratch
+
+
+def b_relu(out, x):
+    zeros = constant(0, x.shape, x.dtype)
+    return lambda: np.maximum(x, zeros, out=out)
+
+
+def b_relu_grad(out, g, y):
+    """g * (y > 0): the mask goes to scratch first, so out may alias g or y."""
+    zeros = constant(0, y.shape, y.dtype)
+    mask = scratch(out.shape, out.dtype)
+
+    def run():
+        np.greater(y, zeros, out=mask)
+        np.multiply(g, mask, out=out)
+    return run
+
+
+def b_sigmoid_grad(out, g, y):
+    """g * y * (1 - y)."""
+    one = constant(1, (), y.dtype)
+    t = scratch(out.shape, out.dtype)
+
+    def run():
+        np.subtract(one, y, out=t)
+        np.multiply(t, y, out=t)
+        np.multiply(g, t, out=out)
+    return run
+
+
+def b_tanh_grad(out, g, y):
+    """g * (1 - y * y)."""
+    one = constant(1, (), y.dtype)
+    t = scratch(out.shape, out.dtype)
+
+    def run():
+        np.multiply(y, y, out=t)
+        np.subtract(one, t, out=t)
+        np.multiply(g, t, out=out)
+    return run
+
+
+def b_pow_grad(out, g, x, exponent):
+    """g * p * x ** (p - 1)."""
+    p = constant(exponent, (), out.dtype)
+    pm1 = constant(exponent - 1, (), out.dtype)
+    t = scratch(out.shape, out.dtype)
+
+    def run():
+        np.power(x, pm1, out=t)
+        np.multiply(t, p, out=t)
+        np.multiply(g, t, out=out)
+    return run
+
+
+def b_maximum_grad(out, g, a, b):
+    """g * ((a > b) + 0.5 * (a == b)): ties share the gradient."""
+    half = constant(0.5, (), out.dtype)
+    t, e = scratch(out.shape, out.dtype), scratch(out.shape, out.dtype)
+
+    def run():
+        np.greater(a, b, out=t)
+        np.equal(a, b, out=e)
+        np.multiply(e, half, out=e)
+        np.add(t, e, out=t)
+        np.multiply(g, t, out=out)
+    return run
+
+
+def _batch_sum(out, g):
+    """A closure summing g down to out's shape, or None when this is not a plain sum."""
+    lead = g.ndim - out.ndim
+    if lead == 1 and g.ndim == 2 and g.flags.c_contiguous:
+        ones = constant(1, (g.shape[0],), g.dtype)
+        return lambda: np.dot(ones, g, out=out)
+    return None
+
+
+def b_sum_to(out, g, shape=None):
+    """g summed down to out's shape: over leading axes and stretched 1-dims."""
+    fast = _batch_sum(out, g)
+    if fast is not None:
+        return fast
+    if g.shape == out.shape:
+        return lambda: np.copyto(out, g)
+    lead = g.ndim - out.ndim
+    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(out.shape)
+                                      if d == 1 and g.shape[lead + i] != 1)
+    view = out.reshape((1,) * lead + out.shape)
+    return lambda: np.sum(g, axis=axes, keepdims=True, out=view)
+
+
+def _matmul_2d(out, a, b):
+    return lambda: np.matmul(a, b, out=out)
+
+
+def b_matmul_ga(out, g, b, shape=None):
+    """d(a @ b)/da = g @ b.T for matrices; other ranks use the general kernel."""
+    if out.ndim == 2 and b.ndim == 2 and g.ndim == 2:
+        return _matmul_2d(out, g, b.T)
+    return None
+
+
+def b_matmul_gb(out, a, g, shape=None):
+    """d(a @ b)/db = a.T @ g for matrices; other ranks use the general kernel."""
+    if out.ndim == 2 and a.ndim == 2 and g.ndim == 2:
+        return _matmul_2d(out, a.T, g)
+    return None
+
+
+def b_softmax_cross_entropy(out, logits, labels):
+    """mean over rows of logsumexp(z) - z[label], z = logits - max (stable)."""
+    return _sce(out, logits, labels, grad=None)
+
+
+def b_softmax_cross_entropy_grad(out, g, logits, labels):
+    """g * (softmax(logits) - onehot(labels)) / rows."""
+    return _sce(out, logits, labels, grad=g)
+
+
+def _sce(out, logits, labels, grad):
+    rows = int(np.prod(logits.shape[:-1], dtype=np.int64))
+    classes = logits.shape[-1]
+    flat = logits.reshape(rows, classes)
+    lab = labels.reshape(rows)
+    z = scratch((rows, classes), logits.dtype) if grad is None else out.reshape(rows, classes)
+    mx = scratch((rows, 1), logits.dtype)
+    s = scratch((rows, 1), logits.dtype)
+    idx = scratch((rows,), np.intp)
+    picked = scratch((rows,), logits.dtype)
+    offsets = constant(0, (rows,), np.intp)
+    offsets[...] = np.arange(rows) * classes
+    one = constant(1, (), logits.dtype)
+
+    def softmax_parts():
+        np.max(flat, axis=1, keepdims=True, out=mx)
+        np.subtract(flat, mx, out=z)
+        np.add(lab, offsets, out=idx, casting="unsafe")
+
+    def forward():
+        softmax_parts()
+        np.take(z.reshape(-1), idx, out=picked)
+        np.exp(z, out=z)
+        np.sum(z, axis=1, keepdims=True, out=s)
+        np.log(s, out=s)
+        out[...] = (s.sum() - picked.sum()) / max(rows, 1)
+
+    def backward():
+        scale = grad / max(rows, 1)
+        softmax_parts()
+        np.exp(z, out=z)
+        np.sum(z, axis=1, keepdims=True, out=s)
+        np.divide(z, s, out=z)
+        zf = z.reshape(-1)
+        np.take(zf, idx, out=picked)
+        np.subtract(picked, one, out=picked)
+        zf.put(idx, picked)
+        np.multiply(z, scale, out=z)
+    return forward if grad is None else backward
+
+
+BINDERS = {
+    "relu": b_relu, "relu_grad": b_relu_grad, "sigmoid_grad": b_sigmoid_grad,
+    "tanh_grad": b_tanh_grad, "pow_grad": b_pow_grad, "maximum_grad": b_maximum_grad,
+    "sum_to": b_sum_to, "matmul_ga": b_matmul_ga, "matmul_gb": b_matmul_gb,
+    "softmax_cross_entropy": b_softmax_cross_entropy,
+    "softmax_cross_entropy_grad": b_softmax_cross_entropy_grad,
+}

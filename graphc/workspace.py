@@ -1,0 +1,74 @@
+"""Compile-time memory for kernels: step-local scratch and shared constants.
+
+Binders (kernels that preallocate) call `scratch(shape, dtype)` and
+`constant(value, shape, dtype)` while the executor binds a plan. Scratch is
+valid only during the calling step's own call: every step's scratch starts at
+offset 0 of one shared buffer, so the whole plan needs only the largest
+step's scratch. Constants (zeros for relu, ones for reductions through dot)
+are shared by every step that asks for the same one.
+"""
+from __future__ import annotations
+
+import contextvars
+from contextlib import contextmanager
+
+import numpy as np
+
+ALIGN = 64
+_CURRENT = contextvars.ContextVar("graphc workspace", default=None)
+
+
+class Workspace:
+    """A scratch buffer of `capacity` bytes (0: measuring, every request gets its own array)."""
+
+    def __init__(self, capacity: int = 0, consts: dict = None):
+        self.capacity = capacity
+        self.buf = np.zeros(capacity + ALIGN, dtype=np.uint8)
+        self.base = (-self.buf.ctypes.data) % ALIGN
+        self.cursor = self.high = 0
+        self.consts = {} if consts is None else consts
+
+    @property
+    def const_bytes(self) -> int:
+        return sum(a.nbytes for a in self.consts.values())
+
+    def begin_step(self) -> None:
+        self.cursor = 0
+
+    def scratch(self, shape, dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        nbytes = -(-int(np.prod(shape, dtype=np.int64)) * dtype.itemsize // ALIGN) * ALIGN
+        start, self.cursor = self.cursor, self.cursor + nbytes
+        self.high = max(self.high, self.cursor)
+        if self.cursor > self.capacity:
+            return np.empty(shape, dtype=dtype)
+        return np.ndarray(shape, dtype=dtype, buffer=self.buf, offset=self.base + start)
+
+    def constant(self, value, shape, dtype) -> np.ndarray:
+        key = (float(value), tuple(shape), np.dtype(dtype).str)
+        if key not in self.consts:
+            self.consts[key] = np.full(shape, value, dtype=dtype)
+        return self.consts[key]
+
+    @contextmanager
+    def binding(self):
+        token = _CURRENT.set(self)
+        try:
+            yield self
+        finally:
+            _CURRENT.reset(token)
+
+
+def _current() -> Workspace:
+    ws = _CURRENT.get()
+    return ws if ws is not None else Workspace()
+
+
+def scratch(shape, dtype) -> np.ndarray:
+    """Step-local scratch: overwritten by the next step, never keep data in it."""
+    return _current().scratch(shape, dtype)
+
+
+def constant(value, shape, dtype) -> np.ndarray:
+    """A read-only constant array, shared across steps."""
+    return _current().constant(value, shape, dtype)
