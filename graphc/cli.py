@@ -246,6 +246,36 @@ def plan(spec, as_json, dot, batch_size):
 
 
 @main.command()
+@click.argument("spec", type=SPEC)
+@click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=1e-6,
+              show_default=True, help="Central-difference step.")
+@click.option("--tol", type=click.FloatRange(min=0), default=1e-5, show_default=True,
+              help="Largest allowed rel error |a-n| / max(1e-8, |a|+|n|).")
+@click.option("--atol", type=click.FloatRange(min=0),
+              help="Abs error that passes whatever the rel error "
+                   "[default: the central difference's rounding noise].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--params", type=click.Path(dir_okay=False, path_type=Path),
+              help="Load parameter values from a checkpoint .npz.")
+@click.option("--inputs", type=click.Path(dir_okay=False, path_type=Path),
+              help="Load input values from an .npz (arrays named like the inputs).")
+def gradcheck(spec, eps, tol, atol, as_json, params, inputs):
+    """Analytic vs central-difference gradients of every leaf, in float64 (exit 1 on failure)."""
+    from .errors import CheckFailed
+    from .gradcheck import check_json, check_model, check_table
+    from .model import load_model
+    from .train import load_params
+    model = load_model(spec)
+    if params:
+        load_params(params, model)
+    result = check_model(model, _feeds(model, inputs), eps=eps, tol=tol, atol=atol)
+    click.echo(json.dumps(check_json(result)) if as_json else check_table(result))
+    if not result.ok:
+        failed = ", ".join(c.leaf for c in result.leaves if not c.ok)
+        raise CheckFailed(f"gradient check failed for {failed} (tol {tol:g})")
+
+
+@main.command()
 def ops():
     """List the op catalog with signatures."""
     for group in ("forward", "backward", "update"):

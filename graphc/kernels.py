@@ -26,20 +26,30 @@ def _count(big: np.ndarray, small: np.ndarray) -> float:
     return big.size / max(small.size, 1)
 
 
+def _axes(axis, ndim: int) -> tuple:
+    """axis None/int/list/tuple -> distinct non-negative axes, as the shape rule reads them.
+
+    YAML gives lists, which NumPy rejects; a scalar's axis 0 (allowed by the shape
+    rule) reduces nothing, which np.mean rejects.
+    """
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else axis
+    return tuple(sorted({a % ndim for a in axes})) if ndim else ()
+
+
 def k_sum(out, x, axis=None, keepdims=False):
-    np.sum(x, axis=axis, keepdims=keepdims, out=out)
+    np.sum(x, axis=_axes(axis, x.ndim), keepdims=keepdims, out=out)
 
 
 def k_mean(out, x, axis=None, keepdims=False):
-    np.mean(x, axis=axis, keepdims=keepdims, out=out)
+    np.mean(x, axis=_axes(axis, x.ndim), keepdims=keepdims, out=out)
 
 
 def k_expand(out, g, shape=None, axis=None, keepdims=False, mean=False):
     if not keepdims:
-        axes = range(out.ndim) if axis is None else \
-            [axis] if isinstance(axis, int) else list(axis)
-        axes = sorted(a % out.ndim for a in axes)
-        g = np.expand_dims(g, tuple(axes)) if axes else g
+        axes = _axes(axis, out.ndim)
+        g = np.expand_dims(g, axes) if axes else g
     if mean:
         np.divide(g, _count(out, g), out=out)
     else:

@@ -1,0 +1,426 @@
+"""Per-op gradient checks, table-driven over the op vocabulary (jax LAX_GRAD_OPS style).
+
+Every forward op in ops.OPS has a row in CASES (a generator of random inputs,
+with NumPy broadcasting, and a NumPy reference of the forward value) or in
+NON_DIFFERENTIABLE with a reason; adding an op without either fails
+test_table_covers_the_forward_ops. Each case builds `out = op(x0, x1, ...)`,
+reduces it with a fixed random weighting `loss = sum(out * R)` so that every
+output element matters, and compares the reverse graph's gradients (planned and
+executed) with central differences in float64. Inputs stay away from kinks
+(relu, maximum, hinge) and from where an op is undefined (log, fractional pow).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+from click.testing import CliRunner
+
+from graphc import autodiff, kernels
+from graphc.cli import _feeds, main
+from graphc.gradcheck import check_grads, check_model, rel_error
+from graphc.ir import GraphBuilder, Node, schedule
+from graphc.model import load_model
+from graphc.ops import OPS, attrs_with_defaults, ops_in
+
+REPO = Path(__file__).resolve().parents[1]
+SPECS = sorted((REPO / "specs").glob("*.yaml"))
+SPIRAL = REPO / "specs" / "spiral_mlp.yaml"
+
+SIDE = 4
+SHAPE = hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=SIDE)
+PAIR = hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, min_side=1,
+                                         max_side=SIDE)
+TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class Case:
+    """`gen(draw, rng) -> (arrays, attrs)` makes one random instance; `ref` is NumPy's answer."""
+    gen: Callable
+    ref: Callable
+
+
+def uniform(rng, shape, lo=-2.0, hi=2.0):
+    return rng.uniform(lo, hi, size=shape)
+
+
+def away_from_zero(rng, shape, gap=0.5, hi=2.0):
+    """|x| in [gap, hi], either sign: clear of the kink of relu and the pole of 1/x."""
+    return rng.choice([-1.0, 1.0], size=shape) * rng.uniform(gap, hi, size=shape)
+
+
+def _reduce_ref(fn):
+    """NumPy's sum/mean; a list axis means the tuple, a scalar's axis 0 reduces nothing."""
+    def ref(x, axis, keepdims):
+        axis = (() if x.ndim == 0 and axis is not None else
+                tuple(axis) if isinstance(axis, list) else axis)
+        return fn(x, axis=axis, keepdims=keepdims)
+    return ref
+
+
+def _log_softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def _sce_ref(logits, labels):
+    picked = np.take_along_axis(_log_softmax(logits), labels[..., None], axis=-1)
+    return -picked.mean()
+
+
+def unary(values=uniform):
+    return lambda draw, rng: ([values(rng, draw(SHAPE))], {})
+
+
+def binary(second=uniform):
+    def gen(draw, rng):
+        a, b = draw(PAIR).input_shapes
+        return [uniform(rng, a), second(rng, b)], {}
+    return gen
+
+
+def gen_maximum(draw, rng):
+    """a on k + 1/4, b on m + 3/4 (jittered): never within 0.3 of each other, so no ties."""
+    a, b = draw(PAIR).input_shapes
+    jitter = lambda s: rng.uniform(-0.1, 0.1, size=s)   # noqa: E731
+    return [rng.integers(-2, 2, size=a) + 0.25 + jitter(a),
+            rng.integers(-2, 2, size=b) + 0.75 + jitter(b)], {}
+
+
+def gen_pow(draw, rng):
+    p = draw(st.sampled_from([2.0, 3.0, 1.0, 0.0, -1.0, -2.0, 0.5, 1.5, -2.5]))
+    shape = draw(SHAPE)
+    x = away_from_zero(rng, shape) if p == int(p) else rng.uniform(0.5, 2.0, size=shape)
+    return [x], {"exponent": p}
+
+
+def gen_reduce(draw, rng):
+    """axis None, an int or a tuple/list of axes (negative ones too), keepdims either way."""
+    shape = draw(SHAPE)
+    ndim = len(shape)
+    axes = st.integers(-ndim, ndim - 1) if ndim else st.just(0)
+    axis = draw(st.one_of(st.none(), axes,
+                          st.lists(axes, unique_by=lambda a: a % max(ndim, 1), max_size=ndim)
+                          .flatmap(lambda xs: st.sampled_from([xs, tuple(xs)]))))
+    return [uniform(rng, shape)], {"axis": axis, "keepdims": draw(st.booleans())}
+
+
+def gen_matmul(draw, rng, max_rank=4):
+    """Ranks 1..max_rank on either side, batch dims broadcasting, 1-D operands as numpy.matmul."""
+    m, k, n = (draw(st.integers(1, SIDE)) for _ in range(3))
+    batch = hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=max_rank - 2,
+                                              max_side=3) if max_rank > 2 else st.just(None)
+    batches = draw(batch)
+    ba, bb = batches.input_shapes if batches else ((), ())
+
+    def operand(matrix, vector):
+        return draw(st.sampled_from([vector, matrix, batch_of(matrix)]))
+
+    def batch_of(matrix):
+        return (ba if matrix == (m, k) else bb) + matrix
+
+    a, b = operand((m, k), (k,)), operand((k, n), (k,))
+    return [uniform(rng, a), uniform(rng, b)], {}
+
+
+def gen_dot(draw, rng):
+    return gen_matmul(draw, rng, max_rank=2)
+
+
+def gen_softmax_cross_entropy(draw, rng):
+    logits = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=SIDE))
+    labels = rng.integers(0, logits[-1], size=logits[:-1])
+    return [uniform(rng, logits, -3, 3), labels.astype(np.int64)], {}
+
+
+def gen_hinge(draw, rng):
+    """y = +-1 and |score| off [0.8, 1.2], so the margin 1 - score y is never within 0.2 of 0."""
+    s, y = draw(PAIR).input_shapes
+    mag = np.where(rng.random(s) < 0.5, rng.uniform(0.0, 0.8, s), rng.uniform(1.2, 2.0, s))
+    return [rng.choice([-1.0, 1.0], s) * mag, rng.choice([-1.0, 1.0], y)], {}
+
+
+CASES = {
+    "add": Case(binary(), np.add),
+    "sub": Case(binary(), np.subtract),
+    "mul": Case(binary(), np.multiply),
+    "div": Case(binary(away_from_zero), np.divide),
+    "maximum": Case(gen_maximum, np.maximum),
+    "pow": Case(gen_pow, lambda x, exponent: np.power(x, exponent)),
+    "identity": Case(unary(), lambda x: x),
+    "neg": Case(unary(), np.negative),
+    "exp": Case(unary(), np.exp),
+    "log": Case(unary(lambda rng, s: rng.uniform(0.2, 3.0, s)), np.log),
+    "square": Case(unary(), lambda x: x * x),
+    "relu": Case(unary(away_from_zero), lambda x: np.where(x > 0, x, 0.0)),
+    "sigmoid": Case(unary(lambda rng, s: uniform(rng, s, -4, 4)), lambda x: 1 / (1 + np.exp(-x))),
+    "tanh": Case(unary(), np.tanh),
+    "sum": Case(gen_reduce, _reduce_ref(np.sum)),
+    "mean": Case(gen_reduce, _reduce_ref(np.mean)),
+    "matmul": Case(gen_matmul, np.matmul),
+    "dot": Case(gen_dot, np.dot),
+    "mse": Case(binary(), lambda p, t: np.mean(np.square(p - t))),
+    "softmax_cross_entropy": Case(gen_softmax_cross_entropy, _sce_ref),
+    "hinge": Case(gen_hinge, lambda s, y: np.mean(np.maximum(0.0, 1 - s * y))),
+}
+
+
+# --- the op catalog of issue 4 (cases by helper-4; docs/ops.md states each op's math) -----
+def _sigmoid_ref(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def with_attr(name, values, gen):
+    """`gen` with one attribute drawn from `values`."""
+    def wrapped(draw, rng):
+        arrays, attrs = gen(draw, rng)
+        return arrays, {**attrs, name: draw(st.sampled_from(values))}
+    return wrapped
+
+
+def gen_axis(draw, rng):
+    """Rank >= 1 and one axis, negative ones too (softmax, log_softmax)."""
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=SIDE))
+    return [uniform(rng, shape, -3, 3)], {"axis": draw(st.integers(-len(shape),
+                                                                   len(shape) - 1))}
+
+
+def gen_transpose(draw, rng):
+    shape = draw(SHAPE)
+    perm = draw(st.permutations(range(len(shape))))
+    axes = [a - len(shape) if draw(st.booleans()) else a for a in perm]
+    return [uniform(rng, shape)], {"axes": draw(st.sampled_from([None, axes]))}
+
+
+def gen_reshape(draw, rng):
+    shape = draw(SHAPE)
+    n = int(np.prod(shape))
+    target = draw(st.sampled_from([[n], [-1], [1, n], [n, -1], [-1, 1], list(shape[::-1]) or [1]]))
+    return [uniform(rng, shape)], {"shape": target}
+
+
+def gen_concat(draw, rng):
+    """1-3 inputs of equal rank, equal off the axis, any sizes on it."""
+    base = list(draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=SIDE)))
+    axis = draw(st.integers(-len(base), len(base) - 1))
+    shapes = []
+    for _ in range(draw(st.integers(1, 3))):
+        base[axis] = draw(st.integers(1, SIDE))
+        shapes.append(tuple(base))
+    return [uniform(rng, s) for s in shapes], {"axis": axis}
+
+
+def gen_multiclass_hinge(draw, rng):
+    """Scores on a half grid (+-0.1) and margins 0.25/0.75 off it: m_j is never within 0.05 of 0."""
+    logits = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=SIDE))
+    scores = rng.integers(-4, 4, size=logits) / 2 + rng.uniform(-0.1, 0.1, size=logits)
+    labels = rng.integers(0, logits[-1], size=logits[:-1]).astype(np.int64)
+    return [scores, labels], {"margin": draw(st.sampled_from([0.25, 0.75, 1.25]))}
+
+
+def _multiclass_hinge_ref(scores, labels, margin):
+    """The SVM loss by loops: sum over j != y of max(0, s_j - s_y + margin), mean over examples."""
+    flat_s, flat_y = scores.reshape(-1, scores.shape[-1]), labels.reshape(-1)
+    total = sum(max(0.0, s[j] - s[y] + margin)
+                for s, y in zip(flat_s, flat_y) for j in range(len(s)) if j != y)
+    return total / len(flat_y)
+
+
+def _bce_ref(x, t):
+    """-(t log p + (1 - t) log(1 - p)), p = sigmoid(x): the textbook form, fine for |x| <= 2."""
+    p = _sigmoid_ref(x)
+    return np.mean(-(t * np.log(p) + (1 - t) * np.log(1 - p)))
+
+
+def _huber_ref(p, t, delta):
+    d = np.abs(p - t)
+    return np.mean(np.where(d < delta, 0.5 * d * d, delta * (d - 0.5 * delta)))
+
+
+def _gelu_ref(x):
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _softmax_ref(x, axis):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+CASES.update({
+    "minimum": Case(gen_maximum, np.minimum),
+    "abs": Case(unary(away_from_zero), np.abs),
+    "sqrt": Case(unary(lambda rng, s: rng.uniform(0.2, 3.0, s)), np.sqrt),
+    "reciprocal": Case(unary(away_from_zero), lambda x: 1 / x),
+    "leaky_relu": Case(with_attr("alpha", [0.01, 0.2, 0.0, -0.5, 1.5], unary(away_from_zero)),
+                       lambda x, alpha: np.where(x > 0, x, alpha * x)),
+    "elu": Case(with_attr("alpha", [1.0, 0.5, 0.0, -0.5], unary(away_from_zero)),
+                lambda x, alpha: np.where(x > 0, x, alpha * (np.exp(x) - 1))),
+    "softplus": Case(unary(lambda rng, s: uniform(rng, s, -6, 6)),
+                     lambda x: np.log(1 + np.exp(x))),
+    "silu": Case(unary(lambda rng, s: uniform(rng, s, -4, 4)), lambda x: x * _sigmoid_ref(x)),
+    "gelu": Case(unary(lambda rng, s: uniform(rng, s, -3, 3)), _gelu_ref),
+    "amax": Case(gen_reduce, _reduce_ref(np.amax)),
+    "transpose": Case(gen_transpose, lambda x, axes: np.transpose(x, axes)),
+    "reshape": Case(gen_reshape, lambda x, shape: np.reshape(x, shape)),
+    "concat": Case(gen_concat, lambda *xs, axis: np.concatenate(xs, axis)),
+    "softmax": Case(gen_axis, _softmax_ref),
+    "log_softmax": Case(gen_axis, lambda x, axis: np.log(_softmax_ref(x, axis))),
+    "l1": Case(gen_maximum, lambda p, t: np.mean(np.abs(p - t))),
+    "huber": Case(with_attr("delta", [1.0, 0.5, 2.0], binary()), _huber_ref),
+    "binary_cross_entropy_with_logits": Case(binary(lambda rng, s: rng.uniform(0, 1, s)),
+                                             _bce_ref),
+    "multiclass_hinge": Case(gen_multiclass_hinge, _multiclass_hinge_ref),
+})
+
+# Forward ops with no gradient at all, each with the reason. (Integer inputs such as
+# class labels are not here: they are a per-input matter, `None` in the op's VJP rule.)
+NON_DIFFERENTIABLE: dict[str, str] = {}
+
+
+class Recorder:
+    """Stands in for autodiff's emitter, to call one VJP rule on its own."""
+
+    def __init__(self, graph):
+        self.graph = graph
+
+    def shape(self, name):
+        return self.graph[name].shape
+
+    def __call__(self, op, *inputs, **attrs):
+        return f"{op}({', '.join(inputs)})"
+
+
+def op_graph(op: str, arrays: list, attrs: dict):
+    """x0, x1, ... -> out = op(x...) -> loss = sum(out * R), in float64."""
+    b = GraphBuilder("float64")
+    names = []
+    for i, arr in enumerate(arrays):
+        name = f"x{i}"
+        b.nodes[name] = Node(name, "input", (), {"shape": arr.shape}, arr.shape, arr.dtype.name)
+        names.append(name)
+    b.add("out", op, names, attrs_with_defaults(OPS[op], attrs))
+    shape = b.nodes["out"].shape
+    b.nodes["R"] = Node("R", "input", (), {"shape": shape}, shape, "float64")
+    b.add("weighted", "mul", ("out", "R"))
+    b.add("loss", "sum", ("weighted",), {"axis": None, "keepdims": False})
+    return schedule(b.graph("loss", ("out",))), names
+
+
+def test_table_covers_the_forward_ops():
+    forward = set(ops_in("forward"))
+    missing = forward - set(CASES) - set(NON_DIFFERENTIABLE)
+    assert not missing, f"forward ops without a gradient-check case or a reason: {missing}"
+    assert set(CASES) | set(NON_DIFFERENTIABLE) == forward
+    assert not set(CASES) & set(NON_DIFFERENTIABLE)
+
+
+def test_every_op_has_a_kernel():
+    # layers (dense) are expanded into other ops by the spec loader and never run
+    computed = [name for name, op in OPS.items() if op.group not in ("leaf", "layer")]
+    missing = [op for op in computed if op not in kernels.KERNELS and op not in kernels.BINDERS]
+    assert not missing, f"ops without a kernel: {missing}"
+
+
+def test_every_differentiable_op_has_a_vjp_rule():
+    assert not set(CASES) - set(autodiff.VJP), "differentiable ops without a VJP rule"
+    assert not set(NON_DIFFERENTIABLE) & set(autodiff.VJP)
+    assert set(autodiff.VJP) <= set(ops_in("forward")), "a VJP rule for an unknown op"
+
+
+@pytest.mark.parametrize("op", sorted(CASES))
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_op_gradient(op, data, seed):
+    rng = np.random.default_rng(seed)
+    arrays, attrs = CASES[op].gen(data.draw, rng)
+    graph, names = op_graph(op, arrays, attrs)
+    R = rng.normal(size=graph["out"].shape)
+    values = {**dict(zip(names, arrays)), "R": R}
+    wrt = [n for n, a in zip(names, arrays) if a.dtype.kind == "f"]
+    rule = autodiff.VJP[op](Recorder(graph), graph["out"], "g")
+    assert isinstance(rule, tuple) and len(rule) == len(names), "one gradient per input"
+    result = check_grads(graph, values, wrt, eps=1e-6, tol=TOL)
+    expected = np.sum(CASES[op].ref(*arrays, **attrs) * R)
+    assert result.loss == pytest.approx(expected, rel=1e-12, abs=1e-12), "forward kernel"
+    report = "\n".join(f"{w}: analytic {result.analytic[w]} numeric {result.numeric[w]}"
+                       for w in wrt)
+    assert result.ok, f"{op}{[a.shape for a in arrays]} {attrs}\n{report}"
+
+
+# --- the checker itself: its formula, a wrong rule caught, the CLI ---------------------
+
+def test_rel_error_formula():
+    # |a - n| / max(1e-8, |a| + |n|)
+    assert rel_error(1.0, 3.0) == pytest.approx(0.5)
+    assert rel_error(0.0, 0.0) == 0.0
+    assert rel_error(0.0, 1e-9) == pytest.approx(0.1)
+
+
+def tanh_graph():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-2, 2, (3, 2))
+    graph, names = op_graph("tanh", [x], {})
+    return graph, {"x0": x, "R": rng.normal(size=(3, 2))}
+
+
+def test_a_wrong_rule_fails(monkeypatch):
+    graph, values = tanh_graph()
+    assert check_grads(graph, values, ["x0"]).ok
+    monkeypatch.setitem(autodiff.VJP, "tanh", lambda e, n, g: (e("sigmoid_grad", g, n.name),))
+    result = check_grads(graph, values, ["x0"])
+    assert not result.ok and result.leaves[0].max_rel > 0.01
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_specs_pass_in_float64(path):
+    model = load_model(path)
+    result = check_model(model, _feeds(model, None))
+    assert result.ok, "\n".join(map(str, result.leaves))
+    assert all(g.dtype == np.float64 for g in result.analytic.values())
+    # float32 central differences would be off by ~1e-2 at eps 1e-6
+    assert max(c.max_abs for c in result.leaves) < 1e-7
+
+
+def test_cli_json_as_a_user_types_it():
+    proc = subprocess.run([sys.executable, "-m", "graphc", "gradcheck", str(SPIRAL), "--json"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["ok"] is True and out["eps"] == 1e-6 and out["tol"] == 1e-5
+    shapes = {c["leaf"]: c["shape"] for c in out["leaves"]}
+    assert shapes == {"x": [64, 2], "W1": [2, 100], "b1": [100], "W2": [100, 3], "b2": [3]}
+    assert all(set(c) == {"leaf", "shape", "max_abs_error", "max_rel_error", "ok"}
+               for c in out["leaves"])
+
+
+def test_cli_exits_1_on_a_wrong_rule(monkeypatch):
+    monkeypatch.setitem(autodiff.VJP, "relu", lambda e, n, g: (g,))
+    result = CliRunner().invoke(main, ["gradcheck", str(SPIRAL)])
+    assert result.exit_code == 1
+    assert "FAIL" in result.stdout and "gradient check failed for x, W1, b1" in result.output
+
+
+def test_cli_params_and_inputs(tmp_path):
+    # all weights 0: every score is 0, so the loss is log(3) (3 classes) plus reg 0
+    zeros = {"W1": np.zeros((2, 100)), "b1": np.zeros(100), "W2": np.zeros((100, 3)),
+             "b2": np.zeros(3)}
+    np.savez(tmp_path / "ckpt.npz", **zeros)
+    np.savez(tmp_path / "batch.npz", x=np.ones((5, 2)), y=np.array([0, 1, 2, 0, 1]))
+    result = CliRunner().invoke(main, ["gradcheck", str(SPIRAL), "--json", "--params",
+                                       str(tmp_path / "ckpt.npz"), "--inputs",
+                                       str(tmp_path / "batch.npz")])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["loss"] == pytest.approx(np.log(3.0), rel=1e-12)
+    assert {c["leaf"]: c["shape"] for c in out["leaves"]}["x"] == [5, 2]
