@@ -1,0 +1,90 @@
+"""`graphc time`: the compiled training step timed on synthetic data of the spec's shapes.
+
+Like `caffe time`: warm up, then time whole steps (median and p10) and, in a
+separate pass, each bound kernel call, summed per (op, phase).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .model import Model, Runner
+from .step import LR, StepGraph
+
+
+@dataclass(frozen=True)
+class Timing:
+    batch_size: int
+    steps: int
+    step_us_median: float
+    step_us_p10: float
+    per_op: list          # [{"op", "phase", "us"}], us per step, slowest first
+
+    def json(self) -> dict:
+        return {"batch_size": self.batch_size, "steps": self.steps,
+                "step_us_median": self.step_us_median, "step_us_p10": self.step_us_p10,
+                "per_op": self.per_op}
+
+
+def synthetic_batch(model: Model, batch: int, seed: int = 0) -> dict:
+    """Standard-normal floats and in-range integer labels for every fed input."""
+    rng = np.random.default_rng(seed)
+    graph, feeds = model.graph, {}
+    for name in model.fed_inputs:
+        n = graph[name]
+        shape = tuple(batch if isinstance(d, str) else d for d in n.shape)
+        if n.dtype.startswith("int"):
+            feeds[name] = rng.integers(0, _classes(model, name), shape).astype(n.dtype)
+        else:
+            feeds[name] = rng.standard_normal(shape).astype(n.dtype)
+    return feeds
+
+
+def _classes(model: Model, labels: str) -> int:
+    for n in model.graph.nodes.values():
+        if labels in n.inputs and n.inputs.index(labels) > 0 and n.op.endswith(
+                ("cross_entropy", "hinge")):
+            c = model.graph[n.inputs[0]].shape[-1]
+            return c if isinstance(c, int) else 2
+    return 2
+
+
+def time_step(model: Model, step: StepGraph, batch: int, steps: int = 200,
+              warmup: int = 20, reuse: bool = True) -> Timing:
+    """Median/p10 of whole training steps, then per-kernel time summed by (op, phase)."""
+    for n in step.graph.leaves("state"):
+        model.store.setdefault(n.name, np.zeros(n.shape, dtype=n.dtype))
+    model.store.setdefault(LR, np.asarray(1e-6, dtype=model.graph.dtype))
+    feeds = synthetic_batch(model, batch)
+    ex = Runner(step.graph, model.store, {model.graph.loss}, step.forward, reuse).executor(
+        {"batch": batch})
+    ex.feed(feeds)
+    for _ in range(warmup):
+        ex.run()
+    samples = np.empty(steps)
+    for i in range(steps):
+        t0 = time.perf_counter()
+        ex.run()
+        samples[i] = time.perf_counter() - t0
+    return Timing(batch, steps, float(np.median(samples)) * 1e6,
+                  float(np.percentile(samples, 10)) * 1e6, _per_op(ex, steps))
+
+
+def _per_op(ex, steps: int) -> list:
+    """Median time of each bound call (robust to a busy machine), summed per (op, phase)."""
+    samples = np.zeros((steps, len(ex.calls)))
+    clock = time.perf_counter
+    with np.errstate(over="ignore", under="ignore"):
+        for r in range(steps):
+            for i, call in enumerate(ex.calls):
+                t0 = clock()
+                call()
+                samples[r, i] = clock() - t0
+    by_op: dict = {}
+    for s, t in zip(ex.plan.steps, np.median(samples, axis=0)):
+        key = (s.op, s.phase)
+        by_op[key] = by_op.get(key, 0.0) + float(t) * 1e6
+    rows = [{"op": op, "phase": phase, "us": us} for (op, phase), us in by_op.items()]
+    return sorted(rows, key=lambda r: -r["us"])
