@@ -1,0 +1,108 @@
+"""Reading `train.data`'s files: CSV tables and .npz/.npy arrays, with errors that point
+into the file (its name as the spec wrote it, `shown`, and a line or array name).
+
+These readers know nothing of inputs or the spec; graphc/datasources.py decides which
+file and which columns or arrays feed which input.
+"""
+from __future__ import annotations
+
+import csv
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SpecError
+
+
+def resolve(spec_dir: Path, text: str) -> Path:
+    """Relative paths are relative to the spec's folder, not the working directory."""
+    path = Path(text).expanduser()
+    path = path if path.is_absolute() else spec_dir / path
+    if not path.is_file():
+        raise SpecError(f"data file not found: {text}", hint=f"looked for {path}")
+    return path
+
+
+def read_csv(path: Path, shown: str) -> tuple[list[str], list[list[str]], list[int]]:
+    """Header, data rows and each row's 1-based line; blank lines skipped, widths checked."""
+    rows, lines, header = [], [], None
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            for row in reader:
+                if not row or all(not cell.strip() for cell in row):
+                    continue
+                if header is None:
+                    header = [cell.strip() for cell in row]
+                    _check_header(header, shown, reader.line_num)
+                elif len(row) != len(header):
+                    raise SpecError(f"{shown} line {reader.line_num}: {len(row)} fields, but the "
+                                    f"header has {len(header)}")
+                else:
+                    rows.append(row)
+                    lines.append(reader.line_num)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise SpecError(f"cannot read {shown}: {e}") from None
+    if not rows:
+        raise SpecError(f"{shown} has no data rows" if header else f"{shown} is empty",
+                        hint="the first row names the columns; each later row is one sample")
+    return header, rows, lines
+
+
+def _check_header(header: list[str], shown: str, line: int) -> None:
+    seen = set()
+    for name in header:
+        if not name or name in seen:
+            raise SpecError(f"{shown} line {line}: header has "
+                            f"{'an empty' if not name else 'a repeated'} column name "
+                            f"{name!r}", hint="give every column a distinct name")
+        seen.add(name)
+
+
+def parse_cells(rows, lines, picks: list[int], cols: list[str], shown: str) -> np.ndarray:
+    """The picked columns as float64 [rows, len(picks)]; a cell float() rejects is an error."""
+    out = np.empty((len(rows), len(picks)))
+    for i, row in enumerate(rows):
+        for j, pick in enumerate(picks):
+            cell = row[pick].strip()
+            try:
+                out[i, j] = float(cell)
+            except ValueError:
+                what = "empty cell" if not cell else f"{cell!r} is not a number"
+                raise SpecError(f"{shown} line {lines[i]}, column '{cols[j]}': {what}",
+                                hint="every data cell must be a number") from None
+    return out
+
+
+def np_load(path: Path, shown: str, *, archive: bool):
+    """np.load without pickles (data files must not run code); an .npz archive or one array."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise SpecError(f"cannot read {shown}: {e}") from None
+    is_archive = isinstance(loaded, np.lib.npyio.NpzFile)
+    if is_archive and not archive:
+        loaded.close()
+        raise SpecError(f"{shown} is an .npz archive; npy wants one array per file",
+                        hint="use {npz: FILE.npz} for archives")
+    if archive and not is_archive:
+        raise SpecError(f"{shown} holds one array, not an .npz archive of named arrays",
+                        hint="use {npy: {INPUT: FILE.npy}} for single arrays")
+    return loaded
+
+
+def member(archive, key: str, shown: str) -> np.ndarray:
+    try:
+        return archive[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise SpecError(f"cannot read array '{key}' of {shown}: {e}") from None
+
+
+def numeric(arr: np.ndarray, what: str) -> np.ndarray:
+    """A samples-first array of numbers (bools read as 0/1)."""
+    if arr.dtype.kind not in "biuf":
+        raise SpecError(f"{what} has dtype {arr.dtype}; data must be numbers")
+    if arr.ndim == 0:
+        raise SpecError(f"{what} is a scalar; data arrays hold one sample per row")
+    return arr.astype(np.int64) if arr.dtype.kind == "b" else arr

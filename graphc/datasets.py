@@ -1,0 +1,105 @@
+"""The built-in datasets of `train.data: {dataset: NAME}`, each generated from a seed.
+
+A generator is `fn(n, rng, **options) -> (x [n, features], y [n], n_classes or None)`;
+its keyword-only parameters are the options a spec may set (`options(fn)`). A bad
+option value raises ValueError, which the caller turns into a SpecError with the
+spec's line. The formulas are in docs/data.md.
+"""
+from __future__ import annotations
+
+import inspect
+import typing
+
+import numpy as np
+
+
+def spiral(n: int, rng: np.random.Generator, *, classes: int = 3, noise: float = 0.2):
+    """CS231n spiral, arm j: r = linspace(0, 1), t = linspace(4j, 4j+4) + noise*N(0,1),
+    x = r*(sin t, cos t)."""
+    _require(classes >= 1, f"classes must be >= 1, got {classes}")
+    _require(n >= classes, f"samples ({n}) must be at least classes ({classes})")
+    sizes = _even_sizes(n, classes)
+    arms = []
+    for j, m in enumerate(sizes):
+        r = np.linspace(0.0, 1.0, m)
+        t = np.linspace(4.0 * j, 4.0 * (j + 1), m) + noise * rng.standard_normal(m)
+        arms.append(np.stack([r * np.sin(t), r * np.cos(t)], axis=1))
+    return np.concatenate(arms), np.repeat(np.arange(classes), sizes), classes
+
+
+def moons(n: int, rng: np.random.Generator, *, noise: float = 0.1):
+    """sklearn make_moons: two interleaved half circles, each plus noise*N(0, I)."""
+    _require(n >= 2, f"samples must be at least 2, got {n}")
+    n_out, n_in = n // 2, n - n // 2
+    t_out, t_in = np.linspace(0, np.pi, n_out), np.linspace(0, np.pi, n_in)
+    x = np.concatenate([np.stack([np.cos(t_out), np.sin(t_out)], axis=1),
+                        np.stack([1 - np.cos(t_in), 0.5 - np.sin(t_in)], axis=1)])
+    return x + noise * rng.standard_normal(x.shape), _labels(n_out, n_in), 2
+
+
+def circles(n: int, rng: np.random.Generator, *, noise: float = 0.05, factor: float = 0.5):
+    """sklearn make_circles: a unit circle (label 0) around one of radius `factor` (label 1)."""
+    _require(n >= 2, f"samples must be at least 2, got {n}")
+    _require(0 < factor < 1, f"factor must be between 0 and 1, got {factor}")
+    n_out, n_in = n // 2, n - n // 2
+    t_out = np.linspace(0, 2 * np.pi, n_out, endpoint=False)
+    t_in = np.linspace(0, 2 * np.pi, n_in, endpoint=False)
+    x = np.concatenate([np.stack([np.cos(t_out), np.sin(t_out)], axis=1),
+                        factor * np.stack([np.cos(t_in), np.sin(t_in)], axis=1)])
+    return x + noise * rng.standard_normal(x.shape), _labels(n_out, n_in), 2
+
+
+def xor(n: int, rng: np.random.Generator, *, noise: float = 0.0):
+    """x ~ U[-1, 1]^2, label 1 where x0 * x1 < 0 (the signs differ), then x += noise*N(0, I)."""
+    x = rng.uniform(-1.0, 1.0, (n, 2))
+    y = (x[:, 0] * x[:, 1] < 0).astype(np.int64)
+    return x + noise * rng.standard_normal(x.shape), y, 2
+
+
+def blobs(n: int, rng: np.random.Generator, *, features: int = 2, classes: int = 3,
+           std: float = 1.0):
+    """sklearn make_blobs: centers ~ U[-10, 10]^features, x = center[y] + std*N(0, I)."""
+    _require(features >= 1, f"features must be >= 1, got {features}")
+    _require(classes >= 1 and n >= classes, f"need 1 <= classes <= samples, got classes={classes}")
+    centers = rng.uniform(-10.0, 10.0, (classes, features))
+    y = np.repeat(np.arange(classes), _even_sizes(n, classes))
+    return centers[y] + std * rng.standard_normal((n, features)), y, classes
+
+
+def linear(n: int, rng: np.random.Generator, *, features: int = 1, noise: float = 0.1):
+    """Regression: x ~ N(0, I), y = x @ w + b + noise*N(0, 1), with w, b ~ N(0, 1)."""
+    _require(features >= 1, f"features must be >= 1, got {features}")
+    w_true, b_true = rng.standard_normal(features), rng.standard_normal()
+    x = rng.standard_normal((n, features))
+    return x, x @ w_true + b_true + noise * rng.standard_normal(n), None
+
+
+def sine(n: int, rng: np.random.Generator, *, noise: float = 0.1):
+    """Regression: x ~ U[-pi, pi], y = sin(x) + noise*N(0, 1)."""
+    x = rng.uniform(-np.pi, np.pi, (n, 1))
+    return x, np.sin(x[:, 0]) + noise * rng.standard_normal(n), None
+
+
+DATASETS = {"spiral": spiral, "moons": moons, "circles": circles, "xor": xor,
+            "blobs": blobs, "linear": linear, "sine": sine}
+
+
+def options(fn) -> dict[str, type]:
+    """name -> type of a generator's keyword-only parameters: the options a `dataset:` may set."""
+    types = typing.get_type_hints(fn)  # not signature(eval_str=True): that needs Python 3.10
+    return {k: types[k] for k, p in inspect.signature(fn).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def _even_sizes(n: int, k: int) -> list[int]:
+    """n split into k parts differing by at most one, larger parts first."""
+    return [n // k + (1 if j < n % k else 0) for j in range(k)]
+
+
+def _labels(n0: int, n1: int) -> np.ndarray:
+    return np.concatenate([np.zeros(n0, np.int64), np.ones(n1, np.int64)])
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
