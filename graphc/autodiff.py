@@ -97,7 +97,7 @@ def grad_graph(graph: Graph, wrt) -> GradGraph:
     b = GraphBuilder(graph.dtype, graph.nodes)
     emit = _Emit(b)
     need = path_nodes(graph, wrt)
-    pending = {name: [] for name in need}
+    pending = {name: [] for name in need | {graph.loss}}   # no params: need is empty
     seed = b.fresh("d:" + graph.loss)
     b.nodes[seed] = Node(seed, "const", (), {"shape": (), "value": 1.0}, (), graph.dtype)
     pending[graph.loss].append(seed)

@@ -7,6 +7,7 @@ sub-expression becomes an anonymous node named `<node>/<op>`.
 from __future__ import annotations
 
 import ast
+import math
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
@@ -18,7 +19,7 @@ MAX_DEPTH = 100
 
 BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div",
           ast.MatMult: "matmul"}
-ALIASES = {"max": "maximum"}
+ALIASES = {"max": "maximum", "min": "minimum"}
 
 
 @dataclass(frozen=True)
@@ -31,43 +32,126 @@ class NodeSpec:
     mark: Optional[Mark] = field(default=None, compare=False)
 
 
-def check_attrs(op: str, attrs: Mapping, node: str, mark: Mark) -> dict:
-    """Reject unknown and missing attributes; return attrs with defaults filled."""
+def check_attrs(op: str, attrs: Mapping, node: str, mark: Mark,
+                marks: Optional[Mapping] = None) -> dict:
+    """Reject unknown, missing and ill-typed attributes; return attrs with defaults filled.
+
+    `marks` may point at each attribute's own value (else `mark` is used).
+    """
     known = OPS[op].attrs
     for key in attrs:
         if key not in known:
             expected = ", ".join(known) or "none"
             raise SpecError(f"op '{op}' has no attribute '{key}' (its attributes: {expected})",
-                            mark=mark, node=node, hint=did_you_mean(key, known))
+                            mark=(marks or {}).get(key, mark), node=node,
+                            hint=did_you_mean(key, known))
     missing = [k for k, v in known.items() if v is REQUIRED and k not in attrs]
     if missing:
         raise SpecError(f"op '{op}' needs attribute '{missing[0]}'", mark=mark, node=node,
                         hint=f"write {op}(..., {missing[0]}=VALUE)")
+    for key, value in attrs.items():
+        problem = attr_problem(key, known[key], value)
+        if problem:
+            raise SpecError(f"attribute '{key}' of {op} is {_short(value)}, expected "
+                            f"{problem}", mark=(marks or {}).get(key, mark), node=node)
     return {k: attrs.get(k, v) for k, v in known.items()}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return _is_int(v) or (isinstance(v, float) and math.isfinite(v))
+
+
+def _is_plain(v) -> bool:
+    if isinstance(v, (list, tuple)):
+        return all(_is_plain(x) for x in v)
+    return v is None or isinstance(v, (bool, str)) or _is_number(v)
+
+
+# attribute name -> (test, what the user should write); other attributes are checked
+# against their default's type, or must at least be plain constants
+ATTR_KINDS = {
+    "axis": (lambda v: v is None or _is_int(v) or
+             (isinstance(v, (list, tuple)) and all(_is_int(x) for x in v)),
+             "an integer, a list of integers, or None"),
+    "axes": (lambda v: v is None or (isinstance(v, (list, tuple)) and all(map(_is_int, v))),
+             "a list of integers or None"),
+    "shape": (lambda v: isinstance(v, (list, tuple)) and all(
+        (_is_int(d) and (d >= 1 or d == -1)) or (isinstance(d, str) and d.isidentifier())
+        for d in v), "a list of sizes, dim names and -1, such as [batch, -1]"),
+    "init": (lambda v: v is None or isinstance(v, (str, dict)),
+             "an initializer name or {name: {argument: value}}"),
+    "exponent": (_is_number, "a finite number"),
+    "units": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+}
+
+
+def attr_problem(key: str, default, value) -> Optional[str]:
+    """What `value` should have been for attribute `key`, or None when it is fine."""
+    if key in ATTR_KINDS:
+        test, want = ATTR_KINDS[key]
+    elif isinstance(default, bool):
+        test, want = (lambda v: isinstance(v, bool)), "true or false"
+    elif _is_int(default):
+        test, want = _is_int, "an integer"
+    elif isinstance(default, float):
+        test, want = _is_number, "a finite number"
+    else:
+        test, want = _is_plain, "a number, a name or a list of numbers"
+    return None if test(value) else want
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def lookup_op(name: str, node: str, mark: Mark) -> str:
     """A user-callable op name (aliases resolved), or SpecError with the closest name."""
     op = ALIASES.get(name, name)
-    if op not in OPS or OPS[op].group != "forward":
-        choices = ops_in("forward") + list(ALIASES)
+    if op not in OPS or OPS[op].group not in ("forward", "layer"):
+        choices = ops_in("forward") + ops_in("layer") + list(ALIASES)
         raise SpecError(f"unknown op '{name}'", mark=mark, node=node,
                         hint=did_you_mean(name, choices) or "run `graphc ops` for the list")
     return op
 
 
+# what a user wrote, in their words, for constructs the whitelist rejects
+FORBIDDEN = {
+    ast.Attribute: "attribute access", ast.Lambda: "a lambda",
+    ast.ListComp: "a comprehension", ast.SetComp: "a comprehension",
+    ast.DictComp: "a comprehension", ast.GeneratorExp: "a comprehension",
+    ast.Subscript: "indexing", ast.Compare: "a comparison", ast.BoolOp: "'and'/'or'",
+    ast.IfExp: "a conditional expression", ast.NamedExpr: "an assignment",
+    ast.List: "a list", ast.Tuple: "a tuple", ast.Dict: "a dict", ast.Set: "a set",
+    ast.JoinedStr: "an f-string", ast.Starred: "unpacking", ast.Await: "await",
+}
+OPERATORS = {ast.Mod: "%", ast.FloorDiv: "//", ast.LShift: "<<", ast.RShift: ">>",
+             ast.BitOr: "|", ast.BitXor: "^", ast.BitAnd: "&", ast.Not: "not",
+             ast.Invert: "~"}
+ALLOWED = "use names, numbers, + - * / @ **, and op calls such as relu(x)"
+
+
 class _Parser:
-    def __init__(self, name: str, mark: Mark, col0: int):
-        self.name, self.mark, self.col0 = name, mark, col0
+    def __init__(self, name: str, mark: Mark, col0: int, text: str):
+        self.name, self.mark, self.col0, self.text = name, mark, col0, text
         self.nodes: list[NodeSpec] = []
         self.used: set = set()
 
     def at(self, tree: ast.AST) -> Mark:
-        col = getattr(tree, "col_offset", 0)
-        return Mark(self.mark.file, self.mark.line, self.col0 + col)
+        if getattr(tree, "lineno", 1) != 1:     # a multi-line block scalar: its first line
+            return self.mark
+        return Mark(self.mark.file, self.mark.line, self.col0 + getattr(tree, "col_offset", 0))
 
     def fail(self, msg: str, tree: ast.AST, hint: Optional[str] = None):
         raise SpecError(msg, mark=self.at(tree), node=self.name, hint=hint)
+
+    def source(self, tree: ast.AST) -> str:
+        text = ast.get_source_segment(self.text, tree) or type(tree).__name__
+        return text if len(text) <= 30 else text[:27] + "..."
 
     def emit(self, op: str, inputs: tuple, attrs: Mapping, tree: ast.AST, top: bool) -> str:
         if top:
@@ -85,22 +169,12 @@ class _Parser:
             self.fail(f"expression nested deeper than {MAX_DEPTH} levels", tree,
                       "split it into several named nodes")
         if isinstance(tree, ast.Name):
-            if tree.id.startswith("__"):
-                self.fail(f"name '{tree.id}' is not allowed", tree)
-            if top:
-                return self.emit("identity", (tree.id,), {}, tree, top)
-            return tree.id
+            self.check_name(tree.id, tree)
+            return self.emit("identity", (tree.id,), {}, tree, top) if top else tree.id
         if isinstance(tree, ast.Constant):
             return self.emit("const", (), {"shape": (), "value": self.number(tree)}, tree, top)
         if isinstance(tree, ast.UnaryOp) and isinstance(tree.op, (ast.USub, ast.UAdd)):
-            if isinstance(tree.operand, ast.Constant):
-                value = self.number(tree.operand)
-                value = -value if isinstance(tree.op, ast.USub) else value
-                return self.emit("const", (), {"shape": (), "value": value}, tree, top)
-            x = self.visit(tree.operand, depth + 1)
-            if isinstance(tree.op, ast.UAdd):
-                return self.emit("identity", (x,), {}, tree, top) if top else x
-            return self.emit("neg", (x,), {}, tree, top)
+            return self.unary(tree, depth, top)
         if isinstance(tree, ast.BinOp) and isinstance(tree.op, ast.Pow):
             exponent = self.constant_exponent(tree.right)
             x = self.visit(tree.left, depth + 1)
@@ -111,27 +185,69 @@ class _Parser:
             return self.emit(BINOPS[type(tree.op)], (a, b), {}, tree, top)
         if isinstance(tree, ast.Call):
             return self.call(tree, depth, top)
-        self.fail(f"'{type(tree).__name__}' is not allowed in an expression", tree,
-                  "use names, numbers, + - * / @ **, and op calls such as relu(x)")
+        self.fail(f"{self.describe(tree)} '{self.source(tree)}' is not allowed in an "
+                  "expression", tree, ALLOWED)
+
+    def describe(self, tree: ast.AST) -> str:
+        if isinstance(tree, (ast.BinOp, ast.UnaryOp)):
+            return f"the operator {OPERATORS.get(type(tree.op), type(tree.op).__name__)} in"
+        return FORBIDDEN.get(type(tree), type(tree).__name__)
+
+    def check_name(self, name: str, tree: ast.AST):
+        if name.startswith("__"):
+            self.fail(f"name '{name}' is not allowed", tree,
+                      "names starting with __ are reserved; rename the node")
+
+    def unary(self, tree: ast.UnaryOp, depth: int, top: bool) -> str:
+        if isinstance(tree.operand, ast.Constant):
+            value = self.number(tree.operand)
+            value = -value if isinstance(tree.op, ast.USub) else value
+            return self.emit("const", (), {"shape": (), "value": value}, tree, top)
+        x = self.visit(tree.operand, depth + 1)
+        if isinstance(tree.op, ast.UAdd):
+            return self.emit("identity", (x,), {}, tree, top) if top else x
+        return self.emit("neg", (x,), {}, tree, top)
 
     def number(self, tree: ast.Constant) -> float:
         if isinstance(tree.value, bool) or not isinstance(tree.value, (int, float)):
-            self.fail(f"constant {tree.value!r} is not a number", tree)
-        return float(tree.value)
+            self.fail(f"constant {_short(tree.value)} is not a number", tree, ALLOWED)
+        try:
+            return float(tree.value)
+        except OverflowError:
+            self.fail(f"constant {self.source(tree)} is too large for a float", tree)
+
+    def literal(self, tree: ast.AST):
+        """The constant `tree` spells (numbers, strings, lists, ...), or _NOT_CONSTANT.
+
+        A bare name spells its string, so dim names and op names read as written:
+        reshape(x, shape=[batch, -1]), dense(x, units=10, activation=relu).
+        """
+        if isinstance(tree, ast.Name):
+            return tree.id
+        if isinstance(tree, (ast.List, ast.Tuple)):
+            items = [self.literal(t) for t in tree.elts]
+            if any(i is _NOT_CONSTANT for i in items):
+                return _NOT_CONSTANT
+            return items if isinstance(tree, ast.List) else tuple(items)
+        try:
+            return ast.literal_eval(tree)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return _NOT_CONSTANT
 
     def constant_exponent(self, tree: ast.AST) -> float:
-        try:
-            value = ast.literal_eval(tree)
-        except ValueError:
-            value = None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail("the exponent of ** must be a constant number", tree,
-                      "write x ** 2, or exp(y * log(x)) for a variable exponent")
+        value = self.literal(tree)
+        if not _is_number(value):
+            self.fail(f"the exponent of ** is '{self.source(tree)}', expected a constant "
+                      "number", tree, "write x ** 2, or exp(y * log(x)) for a variable "
+                                      "exponent")
         return float(value)
 
     def call(self, tree: ast.Call, depth: int, top: bool) -> str:
         if not isinstance(tree.func, ast.Name):
-            self.fail("only op names can be called (no attribute access)", tree)
+            self.visit(tree.func, depth + 1)      # says what is wrong with it
+            self.fail(f"'{self.source(tree.func)}' cannot be called; only op names can",
+                      tree.func, ALLOWED)
+        self.check_name(tree.func.id, tree.func)
         op = lookup_op(tree.func.id, self.name, self.at(tree))
         arity = OPS[op].arity
         if any(isinstance(a, ast.Starred) for a in tree.args) or \
@@ -141,14 +257,18 @@ class _Parser:
             self.fail(f"{op} takes {arity} input(s), got {len(tree.args)}", tree,
                       "attributes are passed by keyword, e.g. sum(x, axis=1)")
         inputs = tuple(self.visit(a, depth + 1) for a in tree.args)
-        attrs = {}
+        attrs, marks = {}, {}
         for kw in tree.keywords:
-            try:
-                attrs[kw.arg] = ast.literal_eval(kw.value)
-            except ValueError:
-                self.fail(f"attribute '{kw.arg}' of {op} must be a constant", kw.value)
-        attrs = check_attrs(op, attrs, self.name, self.at(tree))
+            attrs[kw.arg], marks[kw.arg] = self.literal(kw.value), self.at(kw.value)
+            if attrs[kw.arg] is _NOT_CONSTANT:
+                self.fail(f"attribute '{kw.arg}' of {op} is '{self.source(kw.value)}', "
+                          "expected a constant", kw.value,
+                          f"write {kw.arg}=1 or {kw.arg}=[0, 1]; inputs go by position")
+        attrs = check_attrs(op, attrs, self.name, self.at(tree), marks)
         return self.emit(op, inputs, attrs, tree, top)
+
+
+_NOT_CONSTANT = object()
 
 
 def parse_expression(text: str, name: str, mark: Mark, quoted: bool = False) -> list:
@@ -156,17 +276,21 @@ def parse_expression(text: str, name: str, mark: Mark, quoted: bool = False) -> 
     if len(text) > MAX_LENGTH:
         raise SpecError(f"expression is {len(text)} characters long (limit {MAX_LENGTH})",
                         mark=mark, node=name, hint="split it into several named nodes")
-    col0 = mark.col + (1 if quoted else 0)
+    body = text.strip()
+    col0 = mark.col + (1 if quoted else 0) + len(text) - len(text.lstrip())
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        tree = ast.parse(body, mode="eval")
     except SyntaxError as exc:
-        col = col0 + max((exc.offset or 1) - 1, 0)
-        raise SpecError(f"syntax error in expression '{text.strip()}': {exc.msg}",
-                        mark=Mark(mark.file, mark.line, col), node=name) from None
+        col = col0 + max((exc.offset or 1) - 1, 0) if (exc.lineno or 1) == 1 else mark.col
+        shown = body if len(body) <= 40 else body[:37] + "..."
+        raise SpecError(f"syntax error in expression '{shown}': {exc.msg}",
+                        mark=Mark(mark.file, mark.line, col), node=name,
+                        hint="expressions use Python syntax, e.g. relu(x @ W + b)") from None
+    except ValueError as exc:           # e.g. a NUL character from a "\0" escape
+        raise SpecError(f"expression cannot be read: {exc}", mark=mark, node=name) from None
     except (RecursionError, MemoryError):
         raise SpecError("expression is too deeply nested", mark=mark, node=name,
                         hint="split it into several named nodes") from None
-    parser = _Parser(name, mark, col0)
+    parser = _Parser(name, mark, col0, body)
     parser.visit(tree.body, top=True)
     return parser.nodes
-

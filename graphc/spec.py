@@ -11,14 +11,20 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from .errors import Mark, SpecError, did_you_mean
+from . import shapes as S
+from .errors import Mark, SpecError, check_memory, did_you_mean
 from .expr import NodeSpec, check_attrs, lookup_op, parse_expression
+from .layers import expand_layers
 from .ops import OPS
 from .yamlload import MarkedDict, load_yaml
 
 TOP_KEYS = ("graphc", "name", "dtype", "inputs", "params", "nodes", "loss", "outputs",
             "train")
 LEAF_KEYS = ("shape", "dtype", "init", "value")
+TRAIN_KEYS = ("data", "batch_size", "epochs", "optimizer", "schedule", "metrics", "seed",
+              "clip_grad_norm", "early_stopping")
+NODE_KEYS = ("op", "inputs")
+MAX_DIM = 2**31 - 1
 FLOAT_DTYPES = ("float32", "float64")
 INPUT_DTYPES = FLOAT_DTYPES + ("int32", "int64")
 
@@ -57,13 +63,20 @@ class Spec:
         return None
 
 
-def check_keys(mapping: MarkedDict, allowed, where: str):
+def check_keys(mapping: MarkedDict, allowed, where: str, node: Optional[str] = None):
     """Unknown keys are errors with the closest allowed key, never ignored."""
     for key in mapping:
         if key not in allowed:
             raise SpecError(f"unknown key '{key}' in {where}", mark=mapping.key_marks[key],
-                            hint=did_you_mean(key, allowed) or
+                            node=node, hint=did_you_mean(key, allowed) or
                             "allowed keys: " + ", ".join(allowed))
+
+
+def _check_name(name: str, mark: Mark, what: str):
+    """Leaf and node names are identifiers, so expressions can refer to them."""
+    if not name.isidentifier() or name.startswith("__"):
+        raise SpecError(f"{what} name '{name}' is not an identifier", mark=mark, node=name,
+                        hint="use letters, digits and _, not starting with a digit or __")
 
 
 def _mapping(value, what: str, mark: Mark) -> MarkedDict:
@@ -76,22 +89,27 @@ def _mapping(value, what: str, mark: Mark) -> MarkedDict:
     return value
 
 
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _shape(value, name: str, mark: Mark) -> tuple:
     if not isinstance(value, list):
-        raise SpecError(f"shape must be a list such as [batch, 2], got {value!r}",
+        raise SpecError(f"shape must be a list such as [batch, 2], got {_short(value)}",
                         mark=mark, node=name)
     for d in value:
-        ok = (isinstance(d, int) and not isinstance(d, bool) and d >= 1) or \
+        ok = (isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_DIM) or \
              (isinstance(d, str) and d.isidentifier())
         if not ok:
-            raise SpecError(f"bad dimension {d!r} in shape {value}", mark=mark, node=name,
-                            hint="dims are positive integers or names such as batch")
+            raise SpecError(f"bad dimension {d!r} in shape {_short(value)}", mark=mark,
+                            node=name, hint="dims are positive integers or names such as batch")
     return tuple(value)
 
 
 def _dtype(value, allowed, name: str, mark: Mark) -> str:
-    if value not in allowed:
-        raise SpecError(f"dtype '{value}' is not supported (expected one of "
+    if not isinstance(value, str) or value not in allowed:
+        raise SpecError(f"dtype '{_short(value)}' is not supported (expected one of "
                         f"{', '.join(allowed)})", mark=mark, node=name,
                         hint=did_you_mean(str(value), allowed))
     return value
@@ -101,7 +119,8 @@ def _value(value, name: str, mark: Mark) -> np.ndarray:
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise SpecError(f"value must be a number or a nested list of numbers, got {value!r}",
+        raise SpecError("value must be a number or a nested list of numbers, got "
+                        f"{_short(value)}",
                         mark=mark, node=name) from None
     if not np.all(np.isfinite(arr)):
         raise SpecError("value contains NaN or infinity", mark=mark, node=name)
@@ -118,8 +137,8 @@ def _leaf(name: str, raw, kind: str, dtype: str, mark: Mark) -> LeafSpec:
         return LeafSpec(name, kind, _shape(raw, name, mark), dtype, None, None, mark)
     if not isinstance(raw, dict):
         raise SpecError(f"leaf '{name}' must be a shape list, a number or a mapping, "
-                        f"got {raw!r}", mark=mark, node=name)
-    check_keys(raw, LEAF_KEYS, f"leaf '{name}'")
+                        f"got {_short(raw)}", mark=mark, node=name)
+    check_keys(raw, LEAF_KEYS, f"leaf '{name}'", node=name)
     allowed = INPUT_DTYPES if kind == "input" else FLOAT_DTYPES
     leaf_dtype = _dtype(raw.get("dtype", dtype), allowed, name, raw.mark_of("dtype"))
     value = _value(raw["value"], name, raw.mark_of("value")) if "value" in raw else None
@@ -136,20 +155,33 @@ def _leaf(name: str, raw, kind: str, dtype: str, mark: Mark) -> LeafSpec:
     return LeafSpec(name, kind, shape, leaf_dtype, raw.get("init"), value, mark)
 
 
+def _check_size(leaf: LeafSpec):
+    """A leaf of fixed shape is allocated whole: refuse one above the memory limit first."""
+    if not S.symbols(leaf.shape):
+        nbytes = S.size(leaf.shape) * np.dtype(leaf.dtype).itemsize
+        check_memory(nbytes, f"{leaf.kind} '{leaf.name}' of shape {S.fmt(leaf.shape)} "
+                             f"({leaf.dtype})", mark=leaf.mark, node=leaf.name)
+
+
 def _explicit_node(name: str, raw: MarkedDict) -> NodeSpec:
     if "op" not in raw:
         raise SpecError("explicit node needs 'op'", mark=raw.mark, node=name,
                         hint="write {op: matmul, inputs: [x, W]}")
-    op = lookup_op(str(raw["op"]), name, raw.mark_of("op"))
+    if not isinstance(raw["op"], str):
+        raise SpecError(f"op is {_short(raw['op'])}, expected an op name such as relu",
+                        mark=raw.mark_of("op"), node=name)
+    op = lookup_op(raw["op"], name, raw.mark_of("op"))
+    check_keys(raw, NODE_KEYS + tuple(OPS[op].attrs), f"the {op} node", node=name)
     inputs = raw.get("inputs", [])
     if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
-        raise SpecError("'inputs' must be a list of names", mark=raw.mark_of("inputs"),
-                        node=name)
-    if len(inputs) != OPS[op].arity:
-        raise SpecError(f"{op} takes {OPS[op].arity} input(s), got {len(inputs)}",
+        raise SpecError(f"inputs is {_short(inputs)}, expected a list of names such as "
+                        "[x, W]", mark=raw.mark_of("inputs"), node=name)
+    arity = OPS[op].arity
+    if arity is not None and len(inputs) != arity:
+        raise SpecError(f"{op} takes {arity} input(s), got {len(inputs)}",
                         mark=raw.mark_of("inputs"), node=name)
-    attrs = {k: v for k, v in raw.items() if k not in ("op", "inputs")}
-    attrs = check_attrs(op, attrs, name, raw.mark)
+    attrs = {k: v for k, v in raw.items() if k not in NODE_KEYS}
+    attrs = check_attrs(op, attrs, name, raw.mark, {k: raw.mark_of(k) for k in attrs})
     return NodeSpec(name, op, tuple(inputs), attrs, raw.mark)
 
 
@@ -157,18 +189,17 @@ def _nodes(raw: MarkedDict, lines: list) -> list:
     out = []
     for name, body in raw.items():
         mark = raw.mark_of(name)
-        if isinstance(body, bool):
-            raise SpecError("a node must be an expression or {op:, inputs:}", mark=mark,
-                            node=name)
-        if isinstance(body, (int, float)):
+        _check_name(name, raw.key_marks[name], "node")
+        if isinstance(body, (int, float)) and not isinstance(body, bool):
             body = repr(float(body))
         if isinstance(body, str):
             out += parse_expression(body, name, mark, _is_quoted(lines, mark))
         elif isinstance(body, dict):
             out.append(_explicit_node(name, body))
         else:
-            raise SpecError("a node must be an expression string or {op:, inputs:}",
-                            mark=mark, node=name)
+            raise SpecError(f"node is {_short(body)}, expected an expression string or "
+                            "{op:, inputs:}", mark=mark, node=name,
+                            hint="e.g. relu(x @ W + b)")
     return out
 
 
@@ -195,50 +226,101 @@ def _check_names(leaves, nodes):
                                 "define it under inputs, params or nodes")
 
 
-def load_spec(path, text: Optional[str] = None) -> Spec:
-    """Read and validate a spec file; every error is a SpecError pointing at its line."""
-    path = Path(path)
-    if text is None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise SpecError(f"cannot read spec: {exc.strerror}", mark=Mark(str(path), 1, 1)
-                            ) from None
-        except UnicodeDecodeError:
-            raise SpecError("spec is not UTF-8 text", mark=Mark(str(path), 1, 1)) from None
-    raw = load_yaml(text, str(path))
-    top = Mark(str(path), 1, 1)
-    if not isinstance(raw, dict):
-        raise SpecError("a spec is a YAML mapping with inputs, params and nodes", mark=top)
-    check_keys(raw, TOP_KEYS, "the spec")
-    if raw.get("graphc", 1) != 1:
-        raise SpecError(f"format version {raw['graphc']!r} is not supported (expected 1)",
-                        mark=raw.mark_of("graphc"))
-    dtype = _dtype(raw.get("dtype", "float32"), FLOAT_DTYPES, None, raw.mark_of("dtype"))
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"cannot read spec: {exc.strerror or exc}",
+                        mark=Mark(str(path), 1, 1)) from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise SpecError(f"spec is not UTF-8 text (byte {exc.object[exc.start]:#04x})",
+                        mark=Mark(str(path), line, 1), hint="save the file as UTF-8") from None
+
+
+def _leaves(raw: MarkedDict, dtype: str) -> dict:
     leaves = {}
     for kind, key in (("input", "inputs"), ("param", "params")):
         section = _mapping(raw.get(key), key, raw.mark_of(key))
         for name, body in section.items():
+            mark = section.key_marks[name]
+            _check_name(name, mark, kind)
             if name in leaves:
-                raise SpecError(f"'{name}' is defined twice", mark=section.key_marks[name],
-                                node=name)
-            leaves[name] = _leaf(name, body, kind, dtype, section.key_marks[name])
+                raise SpecError(f"'{name}' is defined twice (also at line "
+                                f"{leaves[name].mark.line})", mark=mark, node=name)
+            leaves[name] = _leaf(name, body, kind, dtype, mark)
+            _check_size(leaves[name])
+    return leaves
+
+
+def _loss(raw: MarkedDict, names: set, top: Mark) -> str:
+    loss = raw.get("loss", "loss")
+    if not isinstance(loss, str) or loss not in names:
+        found = f"'{loss}' is not a node" if isinstance(loss, str) else \
+            f"is {_short(loss)}, expected a node name"
+        raise SpecError(f"loss {found}", mark=raw.mark_of("loss") if "loss" in raw else top,
+                        hint=did_you_mean(str(loss), names) or
+                        "name a node 'loss' or set loss: NODE")
+    return loss
+
+
+def _outputs(raw: MarkedDict, names: set) -> tuple:
+    outputs = raw.get("outputs", [])
+    outputs = [outputs] if isinstance(outputs, str) else outputs
+    if not isinstance(outputs, list):
+        raise SpecError(f"outputs is {_short(outputs)}, expected a list of node names",
+                        mark=raw.mark_of("outputs"))
+    for i, o in enumerate(outputs):
+        if not isinstance(o, str) or o not in names:
+            where = getattr(outputs, "mark_of", lambda i: raw.mark_of("outputs"))(i)
+            raise SpecError(f"output {_short(o)} is not a node", mark=where,
+                            hint=did_you_mean(str(o), names))
+    return tuple(outputs)
+
+
+def _name(raw: MarkedDict, path: Path) -> str:
+    """The spec's name, used for file names such as <name>.ckpt.npz: no path separators."""
+    name = raw.get("name", path.stem)
+    if not isinstance(name, (str, int, float)) or isinstance(name, bool) or \
+            not str(name) or not all(c.isalnum() or c in "_-." for c in str(name)) or \
+            str(name).startswith("."):
+        raise SpecError(f"name is {_short(name)}, expected a plain name such as spiral_mlp",
+                        mark=raw.mark_of("name"), hint="letters, digits, _ - and . only")
+    return str(name)
+
+
+def _expand_layers(leaves: dict, nodes: list, dtype: str) -> list:
+    """Layers become plain nodes (layers.py); the params they create join `leaves`."""
+    params, nodes = expand_layers({k: v.shape for k, v in leaves.items()}, nodes)
+    for p in params:
+        leaves[p.name] = LeafSpec(p.name, "param", p.shape, dtype, p.init, None, p.mark)
+        _check_size(leaves[p.name])
+    return nodes
+
+
+def load_spec(path, text: Optional[str] = None) -> Spec:
+    """Read and validate a spec file; every error is a SpecError pointing at its line."""
+    path = Path(path)
+    text = _read(path) if text is None else text
+    raw = load_yaml(text, str(path))
+    top = Mark(str(path), 1, 1)
+    if not isinstance(raw, dict):
+        found = "empty" if raw is None else f"a {type(raw).__name__.replace('Marked', '')}"
+        raise SpecError(f"the spec is {found}, expected a YAML mapping with inputs, params "
+                        "and nodes", mark=top, hint="start from specs/spiral_mlp.yaml")
+    check_keys(raw, TOP_KEYS, "the spec")
+    if raw.get("graphc", 1) != 1:
+        raise SpecError(f"format version {_short(raw['graphc'])} is not supported "
+                        "(expected 1)", mark=raw.mark_of("graphc"))
+    dtype = _dtype(raw.get("dtype", "float32"), FLOAT_DTYPES, None, raw.mark_of("dtype"))
+    leaves = _leaves(raw, dtype)
     nodes = _nodes(_mapping(raw.get("nodes"), "nodes", raw.mark_of("nodes")),
                    text.splitlines())
     _check_names(leaves, nodes)
+    nodes = _expand_layers(leaves, nodes, dtype)
     names = set(leaves) | {n.name for n in nodes}
-    loss = raw.get("loss", "loss")
-    if loss not in names:
-        raise SpecError(f"loss '{loss}' is not a node", mark=raw.mark_of("loss") if "loss"
-                        in raw else top, hint=did_you_mean(str(loss), names) or
-                        "name a node 'loss' or set loss: NODE")
-    outputs = raw.get("outputs", [])
-    if isinstance(outputs, str):
-        outputs = [outputs]
-    for o in outputs:
-        if o not in names:
-            raise SpecError(f"output '{o}' is not a node", mark=raw.mark_of("outputs"),
-                            hint=did_you_mean(str(o), names))
+    loss = _loss(raw, names, top)
+    outputs = _outputs(raw, names)
     train = _mapping(raw.get("train"), "train", raw.mark_of("train"))
-    name = str(raw.get("name", path.stem))
-    return Spec(path, name, dtype, leaves, tuple(nodes), loss, tuple(outputs), train, text)
+    check_keys(train, TRAIN_KEYS, "train")
+    return Spec(path, _name(raw, path), dtype, leaves, tuple(nodes), loss, outputs, train, text)

@@ -1,16 +1,22 @@
 """YAML text -> plain dicts/lists that remember where each key and value came from.
 
 A SafeLoader subclass: duplicate keys are errors, object-constructing tags are
-errors, alias expansion is bounded, and every mapping/sequence carries the
-line and column of its items so later stages can point at the YAML.
+errors, alias expansion and nesting depth are bounded, and every mapping/sequence
+carries the line and column of its items so later stages can point at the YAML.
 """
 from __future__ import annotations
+
+import re
 
 import yaml
 
 from .errors import Mark, SpecError
 
-MAX_ALIASES = 100
+MAX_ALIAS_EXPANSION = 100_000   # values that aliases may add once expanded (billion laughs)
+MAX_DEPTH = 100                 # nested maps/lists; PyYAML's composer recurses per level
+PLAIN_KEY_TAGS = {"tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool")}
+BOOL_TAG = "tag:yaml.org,2002:bool"
+REJECTED_TAGS = ("binary", "omap", "pairs", "set")
 
 
 class MarkedDict(dict):
@@ -36,21 +42,74 @@ class _Loader(yaml.SafeLoader):
     def __init__(self, stream, filename):
         super().__init__(stream)
         self.filename = filename
-        self.alias_count = 0
+        self.depth = 0
+        self.expansion = 0
+        self.sizes: dict = {}    # id(node) -> values in its alias-expanded tree
 
     def mark(self, node) -> Mark:
-        return Mark(self.filename, node.start_mark.line + 1, node.start_mark.column + 1)
+        return self.at(node.start_mark)
+
+    def at(self, yaml_mark) -> Mark:
+        return Mark(self.filename, yaml_mark.line + 1, yaml_mark.column + 1)
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
-            self.alias_count += 1
-            if self.alias_count > MAX_ALIASES:
-                event = self.peek_event()
-                m = Mark(self.filename, event.start_mark.line + 1, event.start_mark.column + 1)
-                raise SpecError(f"more than {MAX_ALIASES} YAML aliases", mark=m,
-                                hint="write the values out; specs bound aliases so a "
-                                     "small file cannot expand to gigabytes")
+            return self._alias(parent, index)
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise SpecError(f"YAML nested deeper than {MAX_DEPTH} levels",
+                            mark=self.at(self.peek_event().start_mark),
+                            hint="a spec needs a few levels; flatten this value")
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+        children = node.value if isinstance(node.value, list) else []
+        pairs = (c if isinstance(c, tuple) else (c,) for c in children)
+        self.sizes[id(node)] = 1 + sum(self.sizes[id(n)] for p in pairs for n in p)
+        return node
+
+    def _alias(self, parent, index):
+        """An alias counts as the values it expands to; the total is bounded."""
+        event = self.peek_event()
+        node = self.anchors.get(event.anchor)
+        if node is not None and id(node) not in self.sizes:
+            raise SpecError(f"alias *{event.anchor} refers to the node that contains it",
+                            mark=self.at(event.start_mark),
+                            hint="a recursive value cannot be written out")
+        if node is not None:
+            self.expansion += self.sizes[id(node)]
+            if self.expansion > MAX_ALIAS_EXPANSION:
+                raise SpecError(f"YAML aliases expand to more than {MAX_ALIAS_EXPANSION} "
+                                "values", mark=self.at(event.start_mark),
+                                hint="write the values out; specs bound aliases so a small "
+                                     "file cannot expand to gigabytes")
         return super().compose_node(parent, index)
+
+    def construct_object(self, node, deep=False):
+        """Bad scalars under standard tags (`!!float abc`) are spec errors at their line."""
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, OverflowError) as exc:
+            text = str(node.value)
+            text = text if len(text) <= 40 else text[:37] + "..."
+            raise SpecError(f"'{text}' is not a valid {node.tag.rsplit(':', 1)[-1]}",
+                            mark=self.mark(node), hint="drop the !! tag or fix the value"
+                            ) from None
+
+
+def _key(loader: _Loader, key_node) -> str:
+    """A key as written: `on:` and `1:` are the names 'on' and '1', not True and 1."""
+    if isinstance(key_node, yaml.ScalarNode) and key_node.tag in PLAIN_KEY_TAGS:
+        return key_node.value
+    raise SpecError(f"mapping keys must be plain names, got {_describe(key_node)}",
+                    mark=loader.mark(key_node), hint="write name: value")
+
+
+def _describe(node) -> str:
+    if isinstance(node, yaml.ScalarNode):
+        return "null" if node.tag.endswith(":null") else repr(node.value)
+    return "a list" if isinstance(node, yaml.SequenceNode) else "a mapping"
 
 
 def _construct_mapping(loader: _Loader, node, deep=False):
@@ -58,11 +117,7 @@ def _construct_mapping(loader: _Loader, node, deep=False):
     out.mark, out.key_marks, out.value_marks = loader.mark(node), {}, {}
     loader.flatten_mapping(node)
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if not isinstance(key, (str, int, float, bool)) or key is None:
-            raise SpecError(f"mapping keys must be plain names, got {key!r}",
-                            mark=loader.mark(key_node))
-        key = str(key)
+        key = _key(loader, key_node)
         if key in out:
             first = out.key_marks[key]
             raise SpecError(f"duplicate key '{key}' (first defined at line {first.line})",
@@ -81,12 +136,24 @@ def _construct_sequence(loader: _Loader, node, deep=False):
 
 
 def _reject_tag(loader: _Loader, suffix, node):
-    raise SpecError(f"YAML tag '{node.tag}' is not allowed", mark=loader.mark(node),
+    tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+    raise SpecError(f"YAML tag '{tag}' is not allowed", mark=loader.mark(node),
                     hint="specs are data: use plain maps, lists, strings and numbers")
 
 
+# YAML 1.2 booleans: only true/false; `on`, `no`, `y` stay names (the "Norway problem")
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+# a date such as 2024-01-31 stays the text it is; graphc has no use for datetimes
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+for _tag in REJECTED_TAGS:
+    _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}",
+                            lambda loader, node: _reject_tag(loader, None, node))
 _Loader.add_multi_constructor("", _reject_tag)
 _Loader.add_multi_constructor("tag:yaml.org,2002:python/", _reject_tag)
 
