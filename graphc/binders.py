@@ -192,11 +192,18 @@ def _sce(out, logits, labels, grad):
     return forward if grad is None else backward
 
 
+def _axes(axis, ndim: int) -> tuple:
+    """axis None/int/list -> sorted non-negative axes; a scalar has none to reduce."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else axis
+    return tuple(sorted({a % ndim for a in axes})) if ndim else ()
+
+
 def _reducer(out, x, axis, keepdims):
     """A closure for sum(x, axis): np.dot with ones over the batch axis of a matrix, else
     np.add.reduce (the np.sum wrapper costs ~4 us of Python per call)."""
-    axes = tuple(range(x.ndim)) if axis is None else \
-        tuple(sorted(a % x.ndim for a in ((axis,) if isinstance(axis, int) else axis)))
+    axes = _axes(axis, x.ndim)
     if x.ndim == 2 and axes == (0,) and x.flags.c_contiguous and not keepdims:
         ones = constant(1, (x.shape[0],), x.dtype)
         return lambda: np.dot(ones, x, out=out)
@@ -223,9 +230,7 @@ def b_mean(out, x, axis=None, keepdims=False):
 def b_expand(out, g, shape=None, axis=None, keepdims=False, mean=False):
     """g broadcast back over the reduced axes (divided by their count for a mean)."""
     if not keepdims and g.ndim < out.ndim:
-        axes = tuple(range(out.ndim)) if axis is None else tuple(sorted(
-            a % out.ndim for a in ((axis,) if isinstance(axis, int) else axis)))
-        g = np.expand_dims(g, axes)
+        g = np.expand_dims(g, _axes(axis, out.ndim))
     if mean:
         scale = constant(g.size / max(out.size, 1), (), out.dtype)
         return lambda: np.multiply(g, scale, out=out)
