@@ -1,14 +1,14 @@
 """Training: data -> mini-batches -> the compiled training step, per-epoch metrics, checkpoints.
 
 One `StepGraph` (forward + backward + updates) is compiled per batch size; the
-learning rate is written into its `hyper` leaf each epoch. Checkpoints are
-`.npz` files written atomically (temp file + os.replace).
+learning rate is written into its `hyper` leaf each epoch. A non-finite loss or
+gradient skips that step's updates (see step.py) and stops training with the
+node that first went non-finite. Checkpoints (checkpoint.py) hold everything a
+resume needs to continue bit for bit; Ctrl-C saves one and exits 130.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,16 +16,26 @@ from typing import Callable, Mapping, Optional
 
 import numpy as np
 
-from .data import batches, load_data
+from . import checkpoint as C
+from .checkpoint import RESERVED, atomic_savez, init_from, load_params  # noqa: F401 (cli)
+from .data import apply_stats, batches, load_data, stats_from_arrays, stats_to_arrays
 from .errors import SpecError
-from .metrics import METRICS, parse_metrics
+from .metrics import (METRICS, EarlyStopping, EarlyStoppingConfig, parse_early_stopping,
+                      parse_metrics)
 from .model import Model, Runner, spec_seed
-from .schedules import learning_rate, parse_schedule
-from .spec import check_keys
-from .step import LR, parse_optimizer, training_graph
+from .guard import deferred_sigint, diagnose
+from .schedules import Schedule, parse_schedule
+from .spec import TRAIN_KEYS, check_keys
+from .step import LR, NORM, Optimizer, parse_optimizer, training_graph
 
-TRAIN_KEYS = ("data", "batch_size", "epochs", "optimizer", "schedule", "metrics", "seed")
-RESERVED = "__graphc__/"
+SHUFFLE_STREAM = 2          # the batch order's RNG: default_rng([seed, 2]) (data uses 1)
+SAVE_INTERVAL_S = 1.0       # default checkpoint cadence: each epoch end, at most once a second
+STATS = RESERVED + "stats/"
+
+
+class Interrupted(SpecError):
+    """Ctrl-C: a checkpoint was saved; exit 130 like a shell's SIGINT."""
+    exit_code = 130
 
 
 @dataclass(frozen=True)
@@ -33,10 +43,16 @@ class TrainConfig:
     data: Mapping
     batch_size: int
     epochs: int
-    optimizer: object
-    schedule: tuple
+    optimizer: Optimizer
+    schedule: Schedule
     metrics: Mapping
     seed: int
+    clip_grad_norm: Optional[float] = None
+    early_stopping: Optional[EarlyStoppingConfig] = None
+
+    def run_settings(self) -> dict:
+        """What a resume must share with the run it continues, besides the spec text."""
+        return {"batch_size": self.batch_size, "lr": self.optimizer.lr, "seed": self.seed}
 
 
 def _positive_int(raw: Mapping, key: str, default: int, override=None) -> int:
@@ -56,21 +72,32 @@ def parse_train(model: Model, epochs=None, batch_size=None, lr=None, seed=None) 
                         hint="e.g. data: {dataset: spiral, samples: 300, classes: 3}")
     optimizer = parse_optimizer(raw.get("optimizer"), raw.mark_of("optimizer"))
     if lr is not None:
-        optimizer = type(optimizer)(optimizer.name, {**optimizer.args, "lr": float(lr)})
-    names = set(model.graph.nodes)
+        optimizer = Optimizer(optimizer.name, {**optimizer.args, "lr": float(lr)})
+    total = _positive_int(raw, "epochs", 10, epochs)
+    metrics = parse_metrics(raw.get("metrics"), set(model.graph.nodes), raw.mark_of("metrics"))
     return TrainConfig(
-        data=raw["data"],
-        batch_size=_positive_int(raw, "batch_size", 32, batch_size),
-        epochs=_positive_int(raw, "epochs", 10, epochs),
-        optimizer=optimizer,
-        schedule=parse_schedule(raw.get("schedule"), raw.mark_of("schedule")),
-        metrics=parse_metrics(raw.get("metrics"), names, raw.mark_of("metrics")),
-        seed=spec_seed(model.spec, seed),
-    )
+        data=raw["data"], batch_size=_positive_int(raw, "batch_size", 32, batch_size),
+        epochs=total, optimizer=optimizer,
+        schedule=parse_schedule(raw.get("schedule"), raw.mark_of("schedule"),
+                                _positive_int(raw, "epochs", total)),
+        metrics=metrics, seed=spec_seed(model.spec, seed),
+        clip_grad_norm=_clip(raw),
+        early_stopping=parse_early_stopping(raw.get("early_stopping"), metrics,
+                                            raw.mark_of("early_stopping")))
 
 
-def load_dataset(model: Model, cfg: TrainConfig):
-    """The spec's data, fitted to its fed inputs, labels checked against the class count."""
+def _clip(raw: Mapping) -> Optional[float]:
+    value = raw.get("clip_grad_norm")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not value > 0):
+        raise SpecError(f"train.clip_grad_norm must be a number > 0, got {value!r}",
+                        mark=raw.mark_of("clip_grad_norm"), hint="e.g. clip_grad_norm: 1.0")
+    return None if value is None else float(value)
+
+
+def load_dataset(model: Model, cfg: TrainConfig, stats=None):
+    """The spec's data fitted to its fed inputs; `stats` (from a checkpoint) replace the
+    normalization statistics computed on this data."""
     graph = model.graph
     fed = model.fed_inputs
     classes = {}
@@ -79,60 +106,26 @@ def load_dataset(model: Model, cfg: TrainConfig):
             c = graph[n.inputs[0]].shape[-1]
             if isinstance(c, int):
                 classes[n.inputs[1]] = c
-    return load_data(cfg.data, spec_dir=model.spec.path.parent,
+    cfg_data = cfg.data
+    if stats and isinstance(cfg_data, Mapping) and cfg_data.get("normalize"):
+        cfg_data = _without(cfg_data, "normalize")
+    data = load_data(cfg_data, spec_dir=model.spec.path.parent,
                      inputs={n: graph[n].shape for n in fed},
                      input_dtypes={n: graph[n].dtype for n in fed}, seed=cfg.seed,
                      classes=classes, mark=model.spec.train.mark_of("data"))
+    if cfg_data is cfg.data:
+        return data
+    valid = None if data.valid is None else apply_stats(data.valid, stats)
+    return type(data)(apply_stats(data.train, stats), valid, stats, data.n_classes)
 
 
-def spec_hash(model: Model) -> str:
-    return hashlib.sha256(model.spec.text.encode()).hexdigest()[:16]
-
-
-def atomic_savez(path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write an .npz via a temp file in the same folder and os.replace: all or nothing."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp",
-                               dir=str(path.parent) if str(path.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_checkpoint(path: Path, model: Model, extra: Mapping[str, np.ndarray]) -> None:
-    """Params and optimizer state by name, plus reserved keys (epoch, spec hash, data stats)."""
-    arrays = {k: v for k, v in model.store.items() if k in model.graph.nodes
-              and model.graph[k].op == "param"}
-    arrays.update({k: v for k, v in model.store.items() if k.endswith(".velocity")})
-    arrays.update({RESERVED + k: np.asarray(v) for k, v in extra.items()})
-    arrays[RESERVED + "spec_hash"] = np.asarray(spec_hash(model))
-    try:
-        atomic_savez(path, arrays)
-    except OSError as exc:
-        raise SpecError(f"cannot write checkpoint {path}: {exc.strerror}") from None
-
-
-def load_params(path, model: Model) -> None:
-    """Overwrite the store's params (and state) with a checkpoint's arrays, shapes checked."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as exc:
-        raise SpecError(f"cannot read checkpoint {path}: {exc}") from None
-    for name, arr in arrays.items():
-        if name.startswith(RESERVED) or name not in model.store:
-            continue
-        have = model.store[name]
-        if have.shape != arr.shape:
-            raise SpecError(f"checkpoint {path}: '{name}' has shape {list(arr.shape)}, "
-                            f"the spec says {list(have.shape)}", node=name)
-        have[...] = arr
+def _without(mapping: Mapping, key: str) -> Mapping:
+    """A copy of a (marked) mapping without `key`, keeping its marks for error messages."""
+    copy = type(mapping)((k, v) for k, v in mapping.items() if k != key)
+    for attr in ("mark", "key_marks", "value_marks"):
+        if hasattr(mapping, attr):
+            setattr(copy, attr, getattr(mapping, attr))
+    return copy
 
 
 @dataclass
@@ -150,63 +143,242 @@ class TrainResult:
     epochs: int
     samples_per_s: float
     history: list = field(default_factory=list)
+    notes: list = field(default_factory=list)       # lines for the user (early stopping)
 
     def json(self) -> dict:
         return {"loss": self.loss, "metrics": self.metrics, "epochs": self.epochs,
                 "samples_per_s": self.samples_per_s}
 
 
+class Evaluator:
+    """(loss, {metric: value}) of the current params over a whole split, forward only."""
+
+    def __init__(self, model: Model, metrics: Mapping, batch_size: int = 1024):
+        self.loss, self.metrics, self.batch_size = model.graph.loss, metrics, batch_size
+        keep = {self.loss} | {v for pair in metrics.values() for v in pair}
+        self.runner = Runner(model.graph, model.store, keep)
+
+    def __call__(self, arrays: Mapping[str, np.ndarray]) -> tuple:
+        n = len(next(iter(arrays.values())))
+        total, parts = 0.0, {v: [] for pair in self.metrics.values() for v in pair}
+        for start in range(0, n, self.batch_size):
+            batch = {k: v[start:start + self.batch_size] for k, v in arrays.items()}
+            ex = self.runner.run(batch)
+            total += float(ex[self.loss]) * len(next(iter(batch.values())))
+            for v in parts:
+                parts[v].append(np.array(arrays[v][start:start + self.batch_size]
+                                         if v in arrays else ex[v]))
+        out = {name: METRICS[name](np.concatenate(parts[p]), np.concatenate(parts[t]))
+               for name, (p, t) in self.metrics.items()}
+        return total / max(n, 1), out
+
+
 def evaluate(model: Model, arrays: Mapping[str, np.ndarray], metrics: Mapping,
              batch_size: int = 1024) -> tuple:
-    """(loss, {metric: value}) of the current params over all of `arrays`, forward only."""
-    keep = {model.graph.loss} | {v for pair in metrics.values() for v in pair}
-    runner = Runner(model.graph, model.store, keep)
-    n = len(next(iter(arrays.values())))
-    total, preds = 0.0, {name: [] for name in metrics}
-    for start in range(0, n, batch_size):
-        batch = {k: v[start:start + batch_size] for k, v in arrays.items()}
-        ex = runner.run(batch)
+    """(loss, {metric: value}) of the current params over all of `arrays`."""
+    return Evaluator(model, metrics, batch_size)(arrays)
+
+
+def evaluate_checkpoint(model: Model, path) -> dict:
+    """`graphc eval`: loss and metrics of a checkpoint's params on the spec's data (its
+    validation split where it has one, drawn with the run's seed), normalized with the
+    checkpoint's statistics."""
+    arrays = C.read(path)
+    cfg = parse_train(model, seed=C.saved_settings(arrays).get("seed"))
+    missing = [p for p in C.params_of(model) if p not in arrays]
+    if missing:
+        raise SpecError(f"checkpoint {path} has no parameter '{missing[0]}'", node=missing[0],
+                        hint="was it saved from another spec?")
+    load_params(path, model)
+    data = load_dataset(model, cfg, stats_from_arrays(arrays, STATS) or None)
+    split = data.valid if data.valid is not None else data.train
+    loss, metrics = evaluate(model, split, cfg.metrics)
+    return {"loss": loss, "metrics": metrics, "samples": len(next(iter(split.values())))}
+
+
+@dataclass
+class Position:
+    """Where a run is: `epoch` epochs done, `step` batches of the next one, the RNG state at
+    that epoch's start (its batch order), and that partial epoch's loss sum and samples."""
+    rng: np.ndarray
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    global_samples: int = 0
+    loss_sum: float = 0.0
+    samples: int = 0
+
+    COUNTS = ("epoch", "step", "global_step", "global_samples", "samples")
+
+    def arrays(self) -> dict:
+        out = {RESERVED + k: np.asarray(getattr(self, k), np.int64) for k in self.COUNTS}
+        out[RESERVED + "loss_sum"] = np.asarray(self.loss_sum, np.float64)
+        out[RESERVED + "rng"] = self.rng
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping) -> "Position":
+        pos = cls(np.asarray(arrays[RESERVED + "rng"]))
+        for k in cls.COUNTS:
+            setattr(pos, k, int(arrays[RESERVED + k]))
+        pos.loss_sum = float(arrays[RESERVED + "loss_sum"])
+        return pos
+
+
+class Run:
+    """One training run's moving parts: step executor, evaluator, position, early stopping."""
+
+    def __init__(self, model: Model, cfg: TrainConfig, out: Path, save_every: Optional[int]):
+        self.model, self.cfg, self.out, self.save_every = model, cfg, out, save_every
+        self.data = load_dataset(model, cfg)
+        if cfg.early_stopping and self.data.valid is None:
+            raise SpecError("early_stopping watches the validation split, and train.data has "
+                            "none", mark=model.spec.train.mark_of("early_stopping"),
+                            hint="add validation: 0.2 to train.data")
+        self.step = training_graph(model.graph, cfg.optimizer, cfg.clip_grad_norm)
+        for n in self.step.graph.leaves("state"):
+            model.store[n.name] = np.zeros(n.shape, dtype=n.dtype)
+        model.store[LR] = np.zeros((), dtype=model.graph.dtype)
+        self.runner = Runner(self.step.graph, model.store, {model.graph.loss, NORM},
+                             forward=self.step.forward)
+        self.evaluate = Evaluator(model, cfg.metrics)
+        self.rng = np.random.default_rng([cfg.seed, SHUFFLE_STREAM])
+        self.pos = Position(C.rng_array(self.rng.bit_generator.state))
+        self.early = cfg.early_stopping and EarlyStopping(cfg.early_stopping)
+        self.best: dict = {}
+        self.notes: list = []
+        self.saved_epoch, self.last_save = None, time.monotonic()
+
+    def state_names(self) -> list:
+        return [s for names in self.step.states.values() for s in names]
+
+    def loop(self, log, interrupted) -> list:
+        history = []
+        while self.pos.epoch < self.cfg.epochs and not (self.early and self.early.stop):
+            lr = self.cfg.schedule.lr(self.cfg.optimizer.lr, self.pos.epoch)
+            self.model.store[LR][...] = lr
+            self.rng.bit_generator.state = C.rng_state(self.pos.rng)
+            for i, batch in enumerate(batches(self.data.train, self.cfg.batch_size, self.rng)):
+                if i >= self.pos.step:
+                    self._step(batch, i)
+                    if interrupted():
+                        self._interrupt()
+            history.append(self._end_epoch(lr))
+            log(history[-1])
+            if interrupted():
+                self._interrupt()
+        return history
+
+    def _step(self, batch, i: int) -> None:
+        ex = self.runner.run(batch)
+        loss, norm = float(ex[self.model.graph.loss]), float(ex[NORM])
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            where = (f"epoch {self.pos.epoch + 1}, batch {i} "
+                     f"(step {self.pos.global_step + 1})")
+            raise diagnose(self.model, batch, where, self._kept())
         m = len(next(iter(batch.values())))
-        total += float(ex[model.graph.loss]) * m
-        for name, (p, _) in metrics.items():
-            preds[name].append(np.array(ex[p]))
-    out = {}
-    for name, (p, t) in metrics.items():
-        target = arrays[t] if t in arrays else None
-        out[name] = METRICS[name](np.concatenate(preds[name]), target)
-    return total / max(n, 1), out
+        p = self.pos
+        p.loss_sum, p.samples, p.step = p.loss_sum + loss * m, p.samples + m, i + 1
+        p.global_step, p.global_samples = p.global_step + 1, p.global_samples + m
+
+    def _kept(self) -> str:
+        if self.saved_epoch is None:
+            return "training stopped before any checkpoint was saved"
+        return (f"training stopped; {self.out} keeps the last good state (after epoch "
+                f"{self.saved_epoch})")
+
+    def _end_epoch(self, lr: float) -> EpochLog:
+        p = self.pos
+        loss = p.loss_sum / max(p.samples, 1)
+        metrics = self.evaluate(self.data.train)[1] if self.cfg.metrics else {}
+        if self.data.valid is not None:
+            val_loss, val = self.evaluate(self.data.valid)
+            metrics.update({"val_loss": val_loss, **{f"val_{k}": v for k, v in val.items()}})
+        if self.early:
+            watched = metrics["val_" + self.early.cfg.metric]
+            if self.early.update(watched, p.epoch + 1):
+                self.best = {k: v.copy() for k, v in C.params_of(self.model).items()}
+        self.pos = Position(C.rng_array(self.rng.bit_generator.state), p.epoch + 1, 0,
+                            p.global_step, p.global_samples)
+        if self.save_every and self.pos.epoch % self.save_every == 0 or not self.save_every \
+                and time.monotonic() - self.last_save >= SAVE_INTERVAL_S:
+            self.save()
+        return EpochLog(self.pos.epoch, loss, metrics, lr)
+
+    def _interrupt(self):
+        self.save()
+        p = self.pos
+        at = f"epoch {p.epoch + 1}, batch {p.step}" if p.step else f"the end of epoch {p.epoch}"
+        raise Interrupted(f"interrupted at {at}; checkpoint saved to {self.out}",
+                          hint=f"continue with --resume {self.out}")
+
+    def save(self, extra: Optional[dict] = None) -> None:
+        """Params, optimizer state, position, RNG, early stopping, spec and stats, atomically."""
+        m = self.model
+        arrays = {**C.params_of(m), **self.pos.arrays(),
+                  **C.spec_arrays(m, self.cfg.run_settings()),
+                  **stats_to_arrays(self.data.stats, STATS)}
+        arrays.update({RESERVED + "state/" + s: m.store[s] for s in self.state_names()})
+        if self.early:
+            e = self.early
+            arrays[RESERVED + "early"] = np.array([e.best, e.best_epoch, e.wait], np.float64)
+            arrays.update({RESERVED + "best/" + k: v for k, v in self.best.items()})
+        arrays.update(extra or {})
+        C.write(self.out, arrays)
+        self.saved_epoch, self.last_save = self.pos.epoch, time.monotonic()
+
+    def restore(self, path) -> None:
+        """Continue from a checkpoint of the same spec and settings, exactly where it was."""
+        arrays = C.read(path)
+        C.check_same_run(arrays, self.model, self.cfg.run_settings(), path)
+        names = list(C.params_of(self.model)) + [RESERVED + "state/" + s
+                                                 for s in self.state_names()]
+        for key in names:
+            stored = arrays.get(RESERVED + "last/" + key, arrays.get(key))
+            if stored is None:
+                raise SpecError(f"cannot resume from {path}: it has no '{key}'",
+                                hint="it was saved by another optimizer or graphc version")
+            target = key[len(RESERVED + "state/"):] if key.startswith(RESERVED) else key
+            self.model.store[target][...] = stored
+        self.pos = Position.from_arrays(arrays)
+        if self.early and RESERVED + "early" in arrays:
+            best, epoch, wait = arrays[RESERVED + "early"]
+            self.early.best, self.early.best_epoch, self.early.wait = best, int(epoch), int(wait)
+            self.best = {k[len(RESERVED + "best/"):]: v.copy() for k, v in arrays.items()
+                         if k.startswith(RESERVED + "best/")}
+        self.saved_epoch = self.pos.epoch
+
+    def finish(self) -> tuple:
+        """Restore the best params (early stopping), evaluate, save the final checkpoint."""
+        last = {}
+        if self.best:
+            for k, v in C.params_of(self.model).items():
+                last[RESERVED + "last/" + k] = v.copy()
+                v[...] = self.best[k]
+            e = self.early
+            stopped = f"stopped at epoch {self.pos.epoch} (patience {e.cfg.patience}); " \
+                if e.stop else ""
+            self.notes.append(f"early stopping: {stopped}restored the params of epoch "
+                              f"{e.best_epoch}, val_{e.cfg.metric} {e.best:.4f}")
+        split = self.data.valid if self.data.valid is not None else self.data.train
+        loss, metrics = self.evaluate(split)
+        self.save(last)
+        return loss, metrics
 
 
 def train(model: Model, cfg: TrainConfig, *, out: Path,
-          log: Callable[[EpochLog], None] = lambda e: None) -> TrainResult:
-    """Run cfg.epochs epochs of mini-batch training; save a checkpoint at the end."""
-    data = load_dataset(model, cfg)
-    step = training_graph(model.graph, cfg.optimizer)
-    for n in step.graph.leaves("state"):
-        model.store.setdefault(n.name, np.zeros(n.shape, dtype=n.dtype))
-    model.store[LR] = np.zeros((), dtype=model.graph.dtype)
-    keep = {model.graph.loss}
-    runner = Runner(step.graph, model.store, keep, forward=step.forward)
-    rng = np.random.default_rng(cfg.seed)
-    base_lr = float(cfg.optimizer.args["lr"])
-    seen, start, history = 0, time.perf_counter(), []
-    for epoch in range(cfg.epochs):
-        lr = learning_rate(cfg.schedule, base_lr, epoch)
-        model.store[LR][...] = lr
-        total = 0.0
-        n = 0
-        for batch in batches(data.train, cfg.batch_size, rng):
-            ex = runner.run(batch)
-            m = len(next(iter(batch.values())))
-            total += float(ex[model.graph.loss]) * m
-            n += m
-        seen += n
-        _, metrics = evaluate(model, data.train, cfg.metrics)
-        entry = EpochLog(epoch + 1, total / max(n, 1), metrics, lr)
-        history.append(entry)
-        log(entry)
+          log: Callable[[EpochLog], None] = lambda e: None, resume=None,
+          save_every: Optional[int] = None) -> TrainResult:
+    """Train to cfg.epochs (from a checkpoint's position with `resume`); save checkpoints
+    every `save_every` epochs (default: at epoch ends, at most once a second) and at the end."""
+    run = Run(model, cfg, Path(out), save_every)
+    if resume is not None:
+        run.restore(resume)
+    start, done = time.perf_counter(), run.pos.global_samples
+    with deferred_sigint() as interrupted, np.errstate(all="ignore"):
+        history = run.loop(log, interrupted)
     elapsed = time.perf_counter() - start
-    final = data.valid if data.valid is not None else data.train
-    loss, metrics = evaluate(model, final, cfg.metrics)
-    save_checkpoint(out, model, {"epoch": cfg.epochs})
-    return TrainResult(loss, metrics, cfg.epochs, seen / elapsed if elapsed else 0.0, history)
+    loss, metrics = run.finish()
+    seen = run.pos.global_samples - done
+    return TrainResult(loss, metrics, run.pos.epoch, seen / elapsed if elapsed else 0.0,
+                       history, run.notes)

@@ -1,0 +1,160 @@
+"""Checkpoints: `.npz` files of plain arrays (no pickle), written atomically.
+
+Params are stored under their own names, so a checkpoint is also a plain
+parameter file; everything else lives under `__graphc__/` (optimizer state,
+position, RNG state, spec text and hash, normalization stats). Writes go to a
+temp file in the same folder, are fsynced and then `os.replace`d: a crash at
+any instant leaves the previous checkpoint whole.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .errors import SpecError
+from .model import Model
+
+RESERVED = "__graphc__/"
+MAX_DIFF_LINES = 12
+
+
+def atomic_savez(path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write an .npz via a temp file in the same folder and os.replace: all or nothing."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp",
+                               dir=str(path.parent) if str(path.parent) else ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write(path, arrays: Mapping[str, np.ndarray]) -> None:
+    """atomic_savez, with a failure to write reported as a user error."""
+    try:
+        atomic_savez(path, arrays)
+    except OSError as exc:
+        raise SpecError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
+
+
+def read(path) -> dict:
+    """Every array of an .npz, loaded without pickle."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise SpecError(f"cannot read checkpoint {path}: {exc}") from None
+
+
+def params_of(model: Model) -> dict:
+    """The model's trained params by name (copies are not made: save right away)."""
+    return {n.name: model.store[n.name] for n in model.graph.leaves("param")}
+
+
+def text_array(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+
+
+def array_text(arr: np.ndarray) -> str:
+    return np.asarray(arr, dtype=np.uint8).tobytes().decode("utf-8", errors="replace")
+
+
+def spec_hash(model: Model) -> str:
+    return hashlib.sha256(model.spec.text.encode()).hexdigest()[:16]
+
+
+def spec_arrays(model: Model, config: Mapping) -> dict:
+    """The spec's text and hash and the run's effective settings, to check a resume against."""
+    return {RESERVED + "spec": text_array(model.spec.text),
+            RESERVED + "spec_hash": np.asarray(spec_hash(model)),
+            RESERVED + "config": text_array(json.dumps(dict(config), sort_keys=True))}
+
+
+def check_same_run(arrays: Mapping, model: Model, config: Mapping, path) -> None:
+    """Refuse to resume from a checkpoint of another spec (with a diff) or other settings."""
+    if RESERVED + "spec" not in arrays:
+        raise SpecError(f"{path} is not a graphc training checkpoint (no saved spec)",
+                        hint="--init-from loads its params without resuming")
+    old, new = array_text(arrays[RESERVED + "spec"]), model.spec.text
+    if old != new:
+        diff = list(difflib.unified_diff(old.splitlines(), new.splitlines(), "checkpoint",
+                                         str(model.spec.path), n=0, lineterm=""))
+        shown = diff[2:2 + MAX_DIFF_LINES] + (["..."] if len(diff) > 2 + MAX_DIFF_LINES else [])
+        raise SpecError(f"cannot resume from {path}: the spec changed since it was saved",
+                        context=shown, hint="use --init-from to start from its params "
+                        "with the changed spec")
+    saved = saved_settings(arrays)
+    changed = [f"{k}: {saved.get(k)!r} in the checkpoint, {v!r} now" for k, v in config.items()
+               if saved.get(k) != v]
+    if changed:
+        raise SpecError(f"cannot resume from {path}: the command line changed the run",
+                        context=changed, hint="resume with the same --batch-size, --lr and --seed")
+
+
+def saved_settings(arrays: Mapping) -> dict:
+    """The run settings a training checkpoint was saved with ({} for a plain param file)."""
+    raw = arrays.get(RESERVED + "config")
+    return {} if raw is None else json.loads(array_text(raw))
+
+
+def load_params(path, model: Model) -> None:
+    """Overwrite the store's params with a checkpoint's arrays of the same names, shapes checked."""
+    for name, arr in read(path).items():
+        if name.startswith(RESERVED) or name not in model.store:
+            continue
+        have = model.store[name]
+        if have.shape != arr.shape:
+            raise SpecError(f"checkpoint {path}: '{name}' has shape {list(arr.shape)}, "
+                            f"the spec says {list(have.shape)}", node=name)
+        have[...] = arr
+
+
+def init_from(path, model: Model) -> list:
+    """Load the params whose name and shape match; returns a note per param left as it was."""
+    arrays = read(path)
+    params = params_of(model)
+    notes, loaded = [], 0
+    for name, have in params.items():
+        if name not in arrays:
+            notes.append(f"'{name}' is not in {path}; it keeps its initializer")
+        elif arrays[name].shape != have.shape:
+            notes.append(f"'{name}' has shape {list(arrays[name].shape)} in {path}, the spec "
+                         f"says {list(have.shape)}; it keeps its initializer")
+        else:
+            have[...] = arrays[name]
+            loaded += 1
+    if not loaded:
+        raise SpecError(f"--init-from {path}: no parameter of the spec matches the "
+                        "checkpoint's by name and shape", context=notes)
+    return notes
+
+
+def rng_array(state: Mapping) -> np.ndarray:
+    """numpy's PCG64 bit_generator.state as six uint64: state and inc (128-bit, hi/lo), the
+    buffered uint32 flag and value."""
+    if state.get("bit_generator") != "PCG64":
+        raise ValueError(f"cannot save a {state.get('bit_generator')} generator")
+    s, inc = state["state"]["state"], state["state"]["inc"]
+    mask = (1 << 64) - 1
+    return np.array([s >> 64, s & mask, inc >> 64, inc & mask, state["has_uint32"],
+                     state["uinteger"]], dtype=np.uint64)
+
+
+def rng_state(arr: np.ndarray) -> dict:
+    """The inverse of rng_array."""
+    v = [int(x) for x in np.asarray(arr, dtype=np.uint64)]
+    return {"bit_generator": "PCG64", "state": {"state": (v[0] << 64) | v[1],
+                                                "inc": (v[2] << 64) | v[3]},
+            "has_uint32": v[4], "uinteger": v[5]}
