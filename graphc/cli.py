@@ -116,6 +116,22 @@ def _feeds(model, inputs_path, batch_size=None):
     return {n: given[n] for n in fed}
 
 
+def _write_dot(path: Path, text: str, render: bool) -> None:
+    """Always write the DOT; render it to SVG only where Graphviz's `dot` is installed."""
+    from .dot import render as render_dot
+    path.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {path}", err=True)
+    if not render:
+        return
+    svg = render_dot(path, "svg")
+    if svg is None:
+        click.echo(f"Graphviz's `dot` is not installed, so {path} was not rendered; install "
+                   f"Graphviz (apt-get install graphviz, brew install graphviz) and run: "
+                   f"dot -Tsvg {path} -o {path.with_suffix('.svg')}", err=True)
+    else:
+        click.echo(f"wrote {svg}", err=True)
+
+
 def _load_npz(path) -> dict:
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -135,14 +151,22 @@ def _load_npz(path) -> dict:
               help="Load parameter values from a checkpoint .npz.")
 @click.option("--inputs", type=click.Path(dir_okay=False, path_type=Path),
               help="Load input values from an .npz (arrays named like the inputs).")
-def grad(spec, as_json, out, everything, params, inputs):
+@click.option("--dot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the forward graph as Graphviz DOT, each node with its value and "
+                   "gradient, each edge with its local gradient.")
+@click.option("--render", is_flag=True, help="Also render the DOT to SVG with Graphviz.")
+def grad(spec, as_json, out, everything, params, inputs, dot, render):
     """One forward + backward pass: the loss and d loss / d every leaf."""
     from .model import load_model, run_grads
     from .train import load_params
     model = load_model(spec)
     if params:
         load_params(params, model)
-    result = run_grads(model, _feeds(model, inputs), everything)
+    feeds = _feeds(model, inputs)
+    result = run_grads(model, feeds, everything)
+    if dot:
+        from .annotate import grad_dot
+        _write_dot(dot, grad_dot(model, feeds), render)
     if out:
         from .train import atomic_savez
         atomic_savez(out, result.grads)
@@ -172,7 +196,9 @@ def grad(spec, as_json, out, everything, params, inputs):
 @click.option("--batch-size", type=click.IntRange(min=1))
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True))
 @click.option("--seed", type=int)
-def train(spec, out, as_json, epochs, batch_size, lr, seed):
+@click.option("--plot", type=click.Path(file_okay=False, path_type=Path),
+              help="Write loss/metric curves per epoch (and a 2-D decision boundary) to DIR.")
+def train(spec, out, as_json, epochs, batch_size, lr, seed, plot):
     """Train SPEC on its train.data; save a checkpoint."""
     from .model import load_model
     from .train import parse_train, train as run_train
@@ -185,8 +211,21 @@ def train(spec, out, as_json, epochs, batch_size, lr, seed):
     summary = " ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
     click.echo(f"final: loss {result.loss:.4f} {summary}  ({result.samples_per_s:.0f} samples/s)"
                f" -> {out}", err=as_json)
+    if plot:
+        _write_plots(plot, model, cfg, result.history, as_json)
     if as_json:
         click.echo(json.dumps(result.json()))
+
+
+def _write_plots(out_dir: Path, model, cfg, history, quiet_stdout: bool) -> None:
+    from .plots import INSTALL, write_plots
+    from .train import load_dataset
+    written, with_mpl = write_plots(out_dir, model, history, load_dataset(model, cfg).train,
+                                    cfg.metrics)
+    if not with_mpl:
+        click.echo(f"matplotlib is not installed, so no pictures were drawn; the numbers are "
+                   f"in CSV instead. To draw them: {INSTALL}", err=True)
+    click.echo("plots: " + ", ".join(str(p) for p in written), err=quiet_stdout)
 
 
 class _progress:
@@ -224,7 +263,12 @@ class _progress:
 @click.option("--dot", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the plan as Graphviz DOT.")
 @click.option("--batch-size", type=click.IntRange(min=1))
-def plan(spec, as_json, dot, batch_size):
+@click.option("--memory", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the arena over time as SVG: one bar per buffer.")
+@click.option("--only", metavar="FIRST..LAST",
+              help="With --dot: draw only these steps (node names or step numbers).")
+@click.option("--render", is_flag=True, help="Also render the DOT to SVG with Graphviz.")
+def plan(spec, as_json, dot, batch_size, memory, only, render):
     """Compile the training step; print its schedule, buffers and memory summary."""
     from .model import load_model
     from .plan import compile_plan, plan_json, plan_table, verify_plan
@@ -236,9 +280,16 @@ def plan(spec, as_json, dot, batch_size):
     bs = batch_size or train_cfg.get("batch_size", 32)
     compiled = compile_plan(step.graph, {"batch": bs}, {model.graph.loss}, step.forward)
     verify_plan(compiled)
+    if only and not dot:
+        raise click.UsageError("--only selects the steps --dot draws: give --dot FILE too")
     if dot:
         from .dot import plan_dot
-        dot.write_text(plan_dot(step.graph, compiled))
+        _write_dot(dot, plan_dot(step.graph, compiled, only), render)
+    if memory:
+        from .memsvg import memory_svg
+        memory.write_text(memory_svg(compiled, f"{model.spec.name}: the arena over one "
+                                               f"training step"), encoding="utf-8")
+        click.echo(f"wrote {memory}", err=True)
     if as_json:
         click.echo(json.dumps(plan_json(compiled)))
     else:
@@ -273,6 +324,30 @@ def gradcheck(spec, eps, tol, atol, as_json, params, inputs):
     if not result.ok:
         failed = ", ".join(c.leaf for c in result.leaves if not c.ok)
         raise CheckFailed(f"gradient check failed for {failed} (tol {tol:g})")
+
+
+@main.command()
+@click.argument("spec", type=SPEC)
+@click.option("--wrt", required=True, metavar="LEAF",
+              help="The leaf (or node) whose gradient to take apart.")
+@click.option("--max-paths", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Print at most this many paths.")
+@click.option("--params", type=click.Path(dir_okay=False, path_type=Path),
+              help="Load parameter values from a checkpoint .npz.")
+@click.option("--inputs", type=click.Path(dir_okay=False, path_type=Path),
+              help="Load input values from an .npz (arrays named like the inputs).")
+def explain(spec, wrt, max_paths, params, inputs):
+    """The chain rule for d loss / d LEAF: local gradients multiplied along each path,
+    added over paths, next to the gradient graphc computes."""
+    from .explain import check_explanation, explain as run_explain, explanation_text
+    from .model import load_model
+    from .train import load_params
+    model = load_model(spec)
+    if params:
+        load_params(params, model)
+    e = run_explain(model, _feeds(model, inputs), wrt, max_paths)
+    click.echo(explanation_text(e))
+    check_explanation(e)
 
 
 @main.command()

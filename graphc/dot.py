@@ -1,0 +1,207 @@
+"""Graphviz DOT: writing helpers, the training step as one picture, and rendering.
+
+`plan_dot` draws the forward, backward and update steps of a plan in one picture,
+each backward node on the row of the forward node it differentiates, a shape on
+every data edge (the annotated lecture graph is annotate.py). DOT is plain text;
+`render` calls Graphviz's `dot` where it is installed.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Mapping, Optional
+
+from . import shapes as S
+from .errors import GraphcError, SpecError, did_you_mean
+from .ir import Graph
+from .ops import OPS
+from .plan import Plan
+
+NOTE = "#57606a"
+PLAN_STYLE = {
+    "forward": {"shape": "box", "style": "filled", "fillcolor": "#dbeafe", "color": "#1d4ed8"},
+    "backward": {"shape": "box", "style": "filled,rounded,dashed", "fillcolor": "#fee2e2",
+                 "color": "#b91c1c", "fontcolor": "#7f1d1d"},
+    "update": {"shape": "hexagon", "style": "filled", "fillcolor": "#fef3c7",
+               "color": "#b45309"},
+    "param": {"shape": "cylinder", "style": "filled", "fillcolor": "#ede9fe",
+              "color": "#6d28d9"},
+    "input": {"shape": "box", "style": "filled", "fillcolor": "#f3f4f6"},
+    "state": {"shape": "cylinder", "style": "filled", "fillcolor": "#fef3c7"},
+    "hyper": {"shape": "note"},
+    "const": {"shape": "plaintext"},
+    "external": {"shape": "box", "style": "dotted", "fontcolor": NOTE},
+}
+
+
+class Html(str):
+    """A Graphviz HTML-like label: written between < and >, not quoted."""
+
+
+def quote(text: str) -> str:
+    """A DOT double-quoted string; a newline becomes DOT's \\n."""
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def attr_list(attrs: Mapping) -> str:
+    parts = [f"{k}=<{v}>" if isinstance(v, Html) else f"{k}={quote(v)}"
+             for k, v in attrs.items()]
+    return "[" + ", ".join(parts) + "]"
+
+
+def node_line(name: str, attrs: Mapping, indent: str = "  ") -> str:
+    return f"{indent}{quote(name)} {attr_list(attrs)};"
+
+
+def edge_line(src: str, dst: str, attrs: Mapping) -> str:
+    return f"  {quote(src)} -> {quote(dst)} {attr_list(attrs)};"
+
+
+def render(dot_path: Path, fmt: str = "svg") -> Optional[Path]:
+    """Run Graphviz `dot -T<fmt>` next to the DOT file; None when `dot` is not installed."""
+    exe = shutil.which("dot")
+    if exe is None:
+        return None
+    out = Path(dot_path).with_suffix("." + fmt)
+    done = subprocess.run([exe, f"-T{fmt}", str(dot_path), "-o", str(out)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise GraphcError(f"Graphviz dot failed on {dot_path}: {done.stderr.strip()}")
+    return out
+
+
+def parse_range(plan: Plan, text: str) -> tuple:
+    """`A..B` (node names or step numbers, either end optional) -> inclusive step indices."""
+    if ".." not in text:
+        raise SpecError(f"--only '{text}' is not a range", hint="write FIRST..LAST, e.g. h..loss")
+    first, last = text.split("..", 1)
+    by_name = {s.node: s.index for s in plan.steps}
+    by_name.update({s.outputs[0]: s.index for s in plan.steps if s.outputs[0] not in by_name})
+
+    def index(end: str, default: int) -> int:
+        if end == "":
+            return default
+        if end.isdigit() and int(end) < len(plan.steps):
+            return int(end)
+        if end not in by_name:
+            raise SpecError(f"--only: '{end}' is not a step of the plan",
+                            hint=did_you_mean(end, by_name) or "see `graphc plan SPEC`")
+        return by_name[end]
+    a, b = index(first, 0), index(last, len(plan.steps) - 1)
+    if a > b:
+        raise SpecError(f"--only {text}: step {a} comes after step {b}",
+                        hint=f"write {last}..{first}")
+    return a, b
+
+
+def forward_of(name: str) -> Optional[str]:
+    """The forward node a backward node differentiates: `d:J/pow/pow_grad` -> `J/pow`."""
+    if not name.startswith("d:"):
+        return None
+    rest = name[2:]
+    return rest.rsplit("/", 1)[0] if "/" in rest else rest
+
+
+def _block(name: str, phase: str) -> Optional[str]:
+    """The user's node a step belongs to (`h/matmul` -> `h`); its backward steps -> `d:h`."""
+    if phase == "forward":
+        return name.split("/")[0]
+    if phase == "backward":
+        return "d:" + forward_of(name).split("/")[0]
+    return None
+
+
+def _value_shape(plan: Plan, value: str) -> tuple:
+    b = plan.buffers.get(value)
+    return b.shape if b is not None else plan.persistent[value][1]
+
+
+def _plan_nodes(graph: Graph, plan: Plan, steps) -> tuple:
+    """(node lines by cluster, ids of drawn values): steps, then the values they read."""
+    written = {s.node: s for s in steps if s.outputs == (s.node,)}
+    clusters, drawn = {}, set()
+    for s in steps:
+        shape = S.fmt(_value_shape(plan, s.outputs[0]))
+        label = f"{s.node}\n{s.op} {shape}\nstep {s.index}"
+        if OPS[s.op].mutates:
+            label += "\nwrites " + ", ".join(s.inputs[p] for p in OPS[s.op].mutates)
+        attrs = {**PLAN_STYLE[s.phase], "label": label, "class": s.phase,
+                 "tooltip": f"step {s.index} ({s.phase}): {s.op}"}
+        clusters.setdefault(_block(s.node, s.phase), []).append((s.node, attrs))
+        drawn.add(s.node)
+    for s in steps:
+        for v in s.inputs:
+            if v in drawn or v in written:
+                continue
+            drawn.add(v)
+            clusters.setdefault(None, []).append((v, _outside_attrs(graph, plan, v)))
+    return clusters, drawn
+
+
+def _outside_attrs(graph: Graph, plan: Plan, v: str) -> dict:
+    """A value the drawn steps read but do not write: a leaf, or a step outside --only."""
+    if v in plan.persistent:
+        op, shape, _, const = plan.persistent[v]
+        label = f"{v}\n{op} {S.fmt(shape)}"
+        if op == "const":     # a number in an expression; the seed d:loss = 1 keeps its name
+            label = f"{v} = {const:g}" if v.startswith("d:") else f"{const:g}"
+        return {**PLAN_STYLE.get(op, PLAN_STYLE["input"]), "label": label, "class": op}
+    step = next(s.index for s in plan.steps if s.outputs[0] == v)
+    return {**PLAN_STYLE["external"], "label": f"{v}\n(step {step}, not drawn)",
+            "class": "external"}
+
+
+def _plan_edges(graph: Graph, plan: Plan, steps, drawn: set) -> list:
+    lines = []
+    for s in steps:
+        for v in s.inputs:
+            lines.append(edge_line(v, s.node, {"label": S.fmt(_value_shape(plan, v)),
+                                               "class": "data"}))
+        target = forward_of(s.node)
+        if target in drawn:
+            lines.append(edge_line(s.node, target, {
+                "class": "differentiates", "style": "dashed", "color": "#9ca3af",
+                "arrowhead": "none", "constraint": "false", "tooltip": f"d of {target}"}))
+    return lines
+
+
+def plan_dot(graph: Graph, plan: Plan, only: Optional[str] = None,
+             clusters: bool = True) -> str:
+    """Forward, backward and update steps in one picture; `only` = `A..B` draws a sub-range.
+
+    Backward steps are red, rounded and dashed, each linked (dashed, no arrow) to the
+    forward node it differentiates; updates are hexagons with a bold `writes` edge to
+    their parameter; every data edge carries the shape of the value it moves.
+    """
+    a, b = parse_range(plan, only) if only else (0, len(plan.steps) - 1)
+    steps = plan.steps[a:b + 1]
+    groups, drawn = _plan_nodes(graph, plan, steps)
+    batch = f", batch {plan.batch_size}" if plan.batch_size else ""
+    title = (f"training step, steps {a}..{b}{batch}: forward (blue), backward (red, dashed "
+             f"link to the node it differentiates), update (orange)")
+    lines = ["digraph plan {", '  rankdir="TB"; newrank="true";',
+             f'  label={quote(title)}; labelloc="t"; fontsize="12";',
+             '  node [fontname="Helvetica", fontsize="10"];',
+             '  edge [fontname="Helvetica", fontsize="9", color="#4b5563"];']
+    for block, members in groups.items():
+        boxed = clusters and block is not None and len(members) > 1
+        if boxed:
+            lines += [f"  subgraph {quote('cluster_' + block)} {{",
+                      f'    label={quote(block)}; style="dashed"; color="#9ca3af";']
+        lines += [node_line(n, attrs, "    " if boxed else "  ") for n, attrs in members]
+        if boxed:
+            lines.append("  }")
+    return "\n".join(lines + _mirror(drawn) + _plan_edges(graph, plan, steps, drawn)
+                     + ["}"]) + "\n"
+
+
+def _mirror(drawn: set) -> list:
+    """Each backward node on the row of the forward node it differentiates."""
+    rows = {}
+    for name in sorted(drawn):
+        target = forward_of(name)
+        if target in drawn:
+            rows.setdefault(target, [target]).append(name)
+    return ["  { rank=\"same\"; " + " ".join(quote(n) + ";" for n in row) + " }"
+            for row in rows.values()]

@@ -1,0 +1,290 @@
+"""The chain rule, printed: d loss / d v = sum over paths v -> loss of the product of local gradients.
+
+Each edge x -> n (input `position` of node n) has a local gradient d n / d x. Along
+one path the local gradients multiply (applied as vector-Jacobian products, right to
+left, for tensors); over the paths they add: the lecture's "multiply along edges, add
+over paths". Each edge's product is computed by graphc's own gradient table (autodiff.VJP)
+on a one-node graph, so `explain` decomposes graphc's gradient, it does not re-derive it;
+the sum over paths must equal the gradient the whole reverse graph computes.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import networkx as nx
+import numpy as np
+
+from .autodiff import grad_graph
+from .errors import CheckFailed, SpecError, did_you_mean
+from .ir import Graph, GraphBuilder, Node, schedule
+from .model import Model, Runner, run_grads
+
+MAX_PATHS = 64
+ELEMENTWISE = {"add", "sub", "mul", "div", "maximum", "pow", "identity", "neg", "exp", "log",
+               "square", "relu", "sigmoid", "tanh"}
+
+
+def fmt_num(x) -> str:
+    return f"{float(x) + 0.0:.4g}"     # + 0.0 turns -0.0 into 0.0
+
+
+def fmt_array(arr, full: int = 9) -> str:
+    """Scalars and small tensors in full; larger ones as shape, mean, norm, min, max."""
+    arr = np.asarray(arr)
+    if arr.ndim == 0:
+        return fmt_num(arr)
+    if arr.size <= full:
+        return np.array2string(arr, separator=", ", formatter={"all": fmt_num}).replace("\n", "")
+    return (f"{list(arr.shape)} mean {fmt_num(arr.mean())} norm {fmt_num(np.linalg.norm(arr))} "
+            f"min {fmt_num(arr.min())} max {fmt_num(arr.max())}")
+
+
+def all_values(model: Model, feeds: Mapping, everything=True):
+    """(GradResult, every forward node's value): run_grads' values plus consts, labels, leaves."""
+    result = run_grads(model, feeds, everything=everything)
+    values = dict(result.values)
+    for n in model.graph.nodes.values():
+        if n.name in values:
+            continue
+        if n.op == "const":
+            values[n.name] = np.full(n.shape, n.attrs["value"], dtype=n.dtype)
+        elif n.name in feeds:
+            values[n.name] = np.asarray(feeds[n.name])
+        elif n.name in model.store:
+            values[n.name] = np.asarray(model.store[n.name])
+    return result, values
+
+
+def display_name(graph: Graph, name: str) -> str:
+    """A constant reads as its value (-1, 0.5); every other node by its name."""
+    n = graph[name]
+    return f"{n.attrs['value']:g}" if n.op == "const" else name
+
+
+def _formulas(op: str, a: list, o: str, attrs: Mapping) -> Optional[tuple]:
+    """d o / d a[i] for each input, in the lecture's notation; None for an op not listed."""
+    p = attrs.get("exponent", 2.0)
+    power = "" if p == 2 else f"^{p - 1:g}"
+    table = {
+        "add": lambda: ("1", "1"), "sub": lambda: ("1", "-1"), "neg": lambda: ("-1",),
+        "identity": lambda: ("1",), "mul": lambda: (a[1], a[0]),
+        "div": lambda: (f"1/{a[1]}", f"-{a[0]}/{a[1]}²"),
+        "maximum": lambda: (f"1[{a[0]} > {a[1]}]", f"1[{a[1]} > {a[0]}]"),
+        "pow": lambda: (f"{p:g}·{a[0]}{power}",), "square": lambda: (f"2·{a[0]}",),
+        "exp": lambda: (f"exp({a[0]}) = {o}",), "log": lambda: (f"1/{a[0]}",),
+        "relu": lambda: (f"1[{a[0]} > 0]",), "sigmoid": lambda: (f"{o}·(1 - {o})",),
+        "tanh": lambda: (f"1 - {o}²",), "sum": lambda: ("1",), "mean": lambda: ("1/n",),
+        "matmul": lambda: (f"g ↦ g @ {a[1]}ᵀ", f"g ↦ {a[0]}ᵀ @ g"),
+        "dot": lambda: (a[1], a[0]),
+        "mse": lambda: (f"2({a[0]} - {a[1]})/n", f"-2({a[0]} - {a[1]})/n"),
+        "softmax_cross_entropy": lambda: (f"(softmax({a[0]}) - onehot({a[1]}))/n", None),
+        "hinge": lambda: (f"-{a[1]}·1[1 - {a[1]}·{a[0]} > 0]/n",
+                          f"-{a[0]}·1[1 - {a[1]}·{a[0]} > 0]/n"),
+    }
+    return table[op]() if op in table else None
+
+
+def local_formula(graph: Graph, node: str, position: int) -> str:
+    """The local gradient d node / d input[position] as a formula over the node's inputs."""
+    n = graph[node]
+    names = [display_name(graph, i) for i in n.inputs]
+    row = _formulas(n.op, names, node, n.attrs)
+    return row[position] if row and row[position] else f"d {n.op} / d input {position + 1}"
+
+
+class LocalGrads:
+    """Per node, a compiled one-node graph: vjp(node, position, g) = g · d node / d input."""
+
+    def __init__(self, graph: Graph, values: Mapping[str, np.ndarray]):
+        self.graph, self.values = graph, values
+        self.cache: dict = {}
+
+    def _compile(self, node: str):
+        n = self.graph[node]
+        b = GraphBuilder(self.graph.dtype)
+        store, wrt = {}, []
+        for pos, x in enumerate(n.inputs):
+            arr = np.asarray(self.values[x])
+            leaf = f"in{pos}"
+            b.nodes[leaf] = Node(leaf, "input", (), {"shape": arr.shape}, arr.shape, str(arr.dtype))
+            store[leaf] = arr.copy()
+            if not str(arr.dtype).startswith("int"):
+                wrt.append(leaf)
+        b.add("out", n.op, [f"in{p}" for p in range(len(n.inputs))], n.attrs)
+        out = b.nodes["out"]
+        b.nodes["g"] = Node("g", "input", (), {"shape": out.shape}, out.shape, out.dtype)
+        store["g"] = np.zeros(out.shape, dtype=out.dtype)
+        b.add("out_g", "mul", ("out", "g"))
+        b.add("loss", "sum", ("out_g",), {"axis": None, "keepdims": False})
+        forward = schedule(b.graph("loss"))
+        gg = grad_graph(forward, wrt)
+        keep = {gg.grads[w] for w in wrt if gg.grads.get(w)}
+        runner = Runner(gg.graph, store, keep, forward=set(forward.nodes))
+        return runner, store, gg.grads
+
+    def vjp(self, node: str, position: int, g) -> Optional[np.ndarray]:
+        """g (shaped like node) pulled back to input[position]; None where no gradient flows."""
+        if node not in self.cache:
+            self.cache[node] = self._compile(node)
+        runner, store, grads = self.cache[node]
+        store["g"][...] = g
+        ex = runner.run({})
+        name = grads.get(f"in{position}")
+        return None if name is None else np.array(ex[name])
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One edge `src -> dst` at input `position` and its local gradient d dst / d src.
+
+    `kind`: "scalar" (a number), "row" (a scalar output: the gradient, shaped like src),
+    "diagonal" (an elementwise op: the Jacobian's diagonal) or "jacobian" (`value` None).
+    """
+    src: str
+    dst: str
+    position: int
+    formula: str
+    kind: str
+    value: Optional[np.ndarray]
+
+    def value_text(self) -> str:
+        if self.value is None:
+            return "(a Jacobian, applied to g)"
+        return ("elementwise " if self.kind == "diagonal" else "") + fmt_array(self.value)
+
+
+def edge_local(graph: Graph, values: Mapping, vjps: LocalGrads, src: str, dst: str,
+               position: int) -> Edge:
+    """The local gradient of one edge: a number for scalars, the gradient row for a scalar
+    output, the diagonal for an elementwise op; None for a general Jacobian."""
+    out_shape, in_shape = np.shape(values[dst]), np.shape(values[src])
+    if out_shape == ():
+        kind = "scalar" if in_shape == () else "row"
+    elif graph[dst].op in ELEMENTWISE and in_shape == out_shape:
+        kind = "diagonal"
+    else:
+        kind = "jacobian"
+    value = None if kind == "jacobian" else vjps.vjp(dst, position, np.ones(out_shape))
+    formula = local_formula(graph, dst, position)
+    if graph[dst].inputs.count(src) > 1:      # x * x: one edge per input position
+        formula += f"  (as input {position + 1})"
+    return Edge(src, dst, position, formula, kind, value)
+
+
+def multigraph(graph: Graph) -> nx.MultiDiGraph:
+    """Data edges input -> node keyed by input position (x * x is two edges)."""
+    g = nx.MultiDiGraph()
+    g.add_nodes_from(graph.nodes)
+    for n in graph.nodes.values():
+        for pos, x in enumerate(n.inputs):
+            g.add_edge(x, n.name, key=pos)
+    return g
+
+
+def chain_paths(graph: Graph, wrt: str, cap: int = MAX_PATHS) -> tuple:
+    """(paths, truncated): edge paths wrt -> loss, each a list of (src, dst, position)."""
+    if wrt == graph.loss:
+        return [[]], False
+    found = nx.all_simple_edge_paths(multigraph(graph), wrt, graph.loss)
+    paths = list(itertools.islice(found, cap + 1))
+    return paths[:cap], len(paths) > cap
+
+
+@dataclass(frozen=True)
+class Term:
+    """One path: its edges (leaf first) and the product of their local gradients."""
+    edges: tuple
+    product: np.ndarray
+
+
+@dataclass(frozen=True)
+class Explanation:
+    wrt: str
+    loss: str
+    value: np.ndarray
+    terms: tuple
+    truncated: bool
+    total: np.ndarray
+    grad: np.ndarray
+
+
+def path_product(vjps: LocalGrads, graph: Graph, values: Mapping, path) -> np.ndarray:
+    """Upstream gradient 1 at the loss, pulled back edge by edge (right to left) to the leaf."""
+    g = np.ones(np.shape(values[graph.loss]))
+    for src, dst, pos in reversed(path):
+        g = vjps.vjp(dst, pos, g)
+    return np.asarray(g)
+
+
+def _check_wrt(model: Model, wrt: str) -> None:
+    graph = model.graph
+    if wrt not in graph.nodes or "/" in wrt:
+        names = [n for n in graph.nodes if "/" not in n]
+        raise SpecError(f"--wrt '{wrt}' is not a node of the spec",
+                        hint=did_you_mean(wrt, names) or "nodes: " + ", ".join(names))
+    if graph[wrt].dtype.startswith("int") or graph[wrt].op == "const":
+        raise SpecError(f"--wrt '{wrt}' is not differentiable ({graph[wrt].dtype} "
+                        f"{graph[wrt].op})", node=wrt, mark=graph[wrt].mark)
+
+
+def explain(model: Model, feeds: Mapping, wrt: str, cap: int = MAX_PATHS) -> Explanation:
+    """Sum over the paths wrt -> loss of the product of local gradients, next to graphc's grad."""
+    _check_wrt(model, wrt)
+    graph = model.graph
+    result, values = all_values(model, feeds)
+    grad = result.grads.get(wrt, result.node_grads.get(wrt))
+    if grad is None:
+        grad = np.zeros_like(values[wrt])
+    vjps = LocalGrads(graph, values)
+    paths, truncated = chain_paths(graph, wrt, cap)
+    terms = tuple(Term(tuple(edge_local(graph, values, vjps, *e) for e in path),
+                       path_product(vjps, graph, values, path)) for path in paths)
+    total = sum((t.product for t in terms), np.zeros(np.shape(values[wrt])))
+    return Explanation(wrt, graph.loss, values[wrt], terms, truncated, total, grad)
+
+
+def matches(e: Explanation) -> bool:
+    tol = 1e-9 if np.asarray(e.grad).dtype == np.float64 else 1e-4
+    return bool(np.allclose(e.total, e.grad, rtol=tol, atol=tol))
+
+
+def _term_lines(k: int, term: Term, loss: str) -> list:
+    route = " <- ".join([loss] + [e.src for e in reversed(term.edges)])
+    lines = [f"path {k}: {route}"]
+    for e in reversed(term.edges):
+        lines.append(f"  d {e.dst} / d {e.src} = {e.formula}  =  {e.value_text()}")
+    scalars = all(e.kind == "scalar" for e in term.edges)
+    if scalars and term.edges:
+        factors = " × ".join(fmt_num(e.value) for e in reversed(term.edges))
+        lines.append(f"  product: {factors} = {fmt_array(term.product)}")
+    else:
+        lines.append(f"  product (right to left): {fmt_array(term.product)}")
+    return lines
+
+
+def explanation_text(e: Explanation) -> str:
+    """The printout: every path, its local gradients and product, the sum, graphc's gradient."""
+    n = len(e.terms)
+    lines = [f"d {e.loss} / d {e.wrt} at {e.wrt} = {fmt_array(e.value)}: {n} path"
+             f"{'' if n == 1 else 's'} from {e.loss} to {e.wrt}; multiply the local gradients "
+             "along each path, add over paths", ""]
+    for k, term in enumerate(e.terms, 1):
+        lines += _term_lines(k, term, e.loss) + [""]
+    if e.truncated:
+        lines.append(f"more than {n} paths: showing the first {n}; the sum below covers "
+                     "only these (raise --max-paths to see all)")
+    if not e.terms:
+        lines.append(f"no path: {e.loss} does not depend on {e.wrt}, so the gradient is 0")
+    lines.append(f"sum over paths   = {fmt_array(e.total)}")
+    verdict = "matches" if matches(e) else "DOES NOT MATCH"
+    lines.append(f"graphc's gradient = {fmt_array(e.grad)}  ({verdict})")
+    return "\n".join(lines)
+
+
+def check_explanation(e: Explanation) -> None:
+    """A mismatch between the path sum and graphc's reverse graph is a failed check (exit 1)."""
+    if not e.truncated and not matches(e):
+        raise CheckFailed(f"the sum over paths {fmt_array(e.total)} differs from graphc's "
+                          f"gradient {fmt_array(e.grad)} for '{e.wrt}'")
