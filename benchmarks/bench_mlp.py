@@ -1,0 +1,272 @@
+"""graphc's compiled training step against a hand-written, preallocated NumPy step.
+
+    python benchmarks/bench_mlp.py [--models tiny,small] [--reps N] [--json]
+
+For each MLP of the ladder the script writes a graphc spec, compiles its
+training step (forward + backward + plain SGD) through graphc's public pipeline
+and times it next to benchmarks/handwritten.py on the same model, batch and
+initial weights, in the same process, interleaved rep by rep (A B, B A, ...)
+so machine noise hits both alike. One rep is one step; the table shows the
+median and p10 over the reps, the step of only the matmuls (the floor), and
+the memory figures of graphc's plan. BLAS runs on one thread.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+if __name__ == "__main__":
+    for _var in THREAD_VARS:        # before NumPy loads its BLAS: one thread, for every model
+        os.environ[_var] = "1"
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse  # noqa: E402
+import ctypes  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from handwritten import HandwrittenMLP  # noqa: E402
+
+from graphc import step as graphc_step  # noqa: E402
+from graphc.model import Runner, load_model  # noqa: E402
+from graphc.plan import compile_plan  # noqa: E402
+
+LADDER = {     # name -> (layer sizes, batch)
+    "tiny": ([2, 100, 3], 32),
+    "small": ([64, 128, 128, 10], 64),
+    "medium": ([784, 512, 512, 10], 256),
+    "deep": ([32] + [64] * 16 + [10], 64),
+}
+LR = 0.01
+BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") + THREAD_VARS
+
+
+def blas_info() -> dict:
+    """Which BLAS NumPy was built with, the kernel it runs, and the variables that steer it."""
+    info = {"numpy": np.__version__}
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        info["blas"] = f"{blas.get('name')} {blas.get('version')}"
+    except Exception:                        # older NumPy: no dict form; not worth failing for
+        info["blas"] = "unknown"
+    info.update(_openblas_runtime())
+    for var in BLAS_VARS:
+        info[var] = os.environ.get(var, "(unset)")
+    return info
+
+
+def _openblas_runtime() -> dict:
+    """OpenBLAS's own word on its core type and threads, from the loaded library (Linux)."""
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {line.split()[-1] for line in f if "openblas" in line.lower()}
+    except OSError:
+        return {}
+    for path in sorted(libs):
+        lib = ctypes.CDLL(path)
+        for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "64_"), ("openblas", "")):
+            core = getattr(lib, f"{prefix}_get_corename{suffix}", None)
+            threads = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            if core is not None and threads is not None:
+                core.restype, threads.restype = ctypes.c_char_p, ctypes.c_int
+                return {"openblas_core": core().decode(), "openblas_threads": threads()}
+    return {}
+
+
+def mlp_spec(name: str, sizes, lr: float = LR, dtype: str = "float32") -> str:
+    """The graphc spec of a ReLU MLP with softmax cross-entropy and plain SGD, as YAML text."""
+    layers = len(sizes) - 1
+    lines = [f"name: mlp_{name}", f"dtype: {dtype}", "inputs:", f"  x: [batch, {sizes[0]}]",
+             "  y: {shape: [batch], dtype: int64}", "params:"]
+    for i in range(1, layers + 1):
+        lines += [f"  W{i}: {{shape: [{sizes[i - 1]}, {sizes[i]}], init: he_normal}}",
+                  f"  b{i}: [{sizes[i]}]"]
+    lines.append("nodes:")
+    prev = "x"
+    for i in range(1, layers):
+        lines.append(f"  h{i}: relu({prev} @ W{i} + b{i})")
+        prev = f"h{i}"
+    lines += [f"  scores: {prev} @ W{layers} + b{layers}",
+              "  loss: softmax_cross_entropy(scores, y)", "loss: loss", "outputs: [scores]",
+              "train:", f"  optimizer: {{sgd: {{lr: {lr!r}}}}}", "  seed: 0"]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class GraphcStep:
+    """A compiled graphc training step: `run(feeds)` is one SGD step, returning the loss."""
+    model: object
+    step: object
+    runner: Runner
+    keep: frozenset
+
+    def run(self, feeds) -> float:
+        ex = self.runner.run(feeds)
+        return float(ex[self.model.graph.loss])
+
+    def params(self, layers: int) -> tuple:
+        store = self.model.store
+        return ([store[f"W{i}"] for i in range(1, layers + 1)],
+                [store[f"b{i}"] for i in range(1, layers + 1)])
+
+    def plan(self, batch: int):
+        return compile_plan(self.step.graph, {"batch": batch}, self.keep, self.step.forward)
+
+
+def build_graphc(spec_path, lr: float = LR) -> GraphcStep:
+    """Compile a spec's training step as `graphc train` does (see graphc/train.py)."""
+    model = load_model(spec_path)
+    optimizer = graphc_step.parse_optimizer(model.spec.train.get("optimizer"))
+    step = graphc_step.training_graph(model.graph, optimizer)
+    for n in step.graph.leaves("state"):
+        model.store[n.name] = np.zeros(n.shape, dtype=n.dtype)
+    model.store[graphc_step.LR] = np.full((), lr, dtype=model.graph.dtype)
+    keep = {model.graph.loss}
+    norm = getattr(graphc_step, "NORM", None)       # the trainer keeps the grad-norm guard
+    if norm in step.graph.nodes:
+        keep.add(norm)
+    runner = Runner(step.graph, model.store, keep, forward=step.forward)
+    return GraphcStep(model, step, runner, frozenset(keep))
+
+
+def batch_of(sizes, batch: int, seed: int = 0, dtype=np.float32) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"x": rng.standard_normal((batch, sizes[0])).astype(dtype),
+            "y": rng.integers(0, sizes[-1], batch).astype(np.int64)}
+
+
+def time_interleaved(calls: dict, reps: int) -> dict:
+    """name -> per-rep seconds; one call of each per rep, the order reversed every other rep."""
+    names = list(calls)
+    times = {n: np.empty(reps) for n in names}
+    clock = time.perf_counter
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(reps):
+            for n in (names if r % 2 == 0 else names[::-1]):
+                f = calls[n]
+                t = clock()
+                f()
+                times[n][r] = clock() - t
+    finally:
+        if enabled:
+            gc.enable()
+    return times
+
+
+def auto_reps(calls: dict, seconds: float) -> int:
+    """Reps that fill about `seconds`, from one timed round of every call."""
+    start = time.perf_counter()
+    for f in calls.values():
+        f()
+    per_rep = time.perf_counter() - start
+    return int(min(5000, max(30, seconds / max(per_rep, 1e-9))))
+
+
+def bench_model(name: str, reps: int, seconds: float, workdir: Path) -> dict:
+    sizes, batch = LADDER[name]
+    path = workdir / f"mlp_{name}.yaml"
+    path.write_text(mlp_spec(name, sizes))
+    g = build_graphc(path)
+    weights, biases = g.params(len(sizes) - 1)
+    hand = HandwrittenMLP(weights, biases, batch, LR)
+    feeds = batch_of(sizes, batch)
+    x, y = feeds["x"], feeds["y"]
+    calls = {"graphc": lambda: g.run(feeds), "numpy": lambda: hand.step(x, y),
+             "floor": lambda: hand.matmul_floor(x)}
+    for _ in range(5):                                 # warm-up: compile, caches, BLAS
+        for f in calls.values():
+            f()
+    reps = reps or auto_reps(calls, seconds)
+    times = time_interleaved(calls, reps)
+    return row(name, sizes, batch, reps, times, g.plan(batch))
+
+
+def row(name, sizes, batch, reps, times, plan) -> dict:
+    us = {n: (float(np.median(t)) * 1e6, float(np.percentile(t, 10)) * 1e6)
+          for n, t in times.items()}
+    return {
+        "model": name, "sizes": list(sizes), "batch": batch, "reps": reps,
+        "graphc_us": us["graphc"][0], "graphc_p10_us": us["graphc"][1],
+        "numpy_us": us["numpy"][0], "numpy_p10_us": us["numpy"][1],
+        "floor_us": us["floor"][0], "floor_p10_us": us["floor"][1],
+        "graphc_over_numpy": us["graphc"][0] / us["numpy"][0],
+        "numpy_over_floor": us["numpy"][0] / us["floor"][0],
+        "naive_bytes": getattr(plan, "naive_bytes", None),
+        "lower_bound_bytes": getattr(plan, "lower_bound_bytes", None),
+        "arena_bytes": getattr(plan, "arena_bytes", None),
+    }
+
+
+def _mib(nbytes) -> str:
+    return "-" if nbytes is None else f"{nbytes / 2**20:.3f}"
+
+
+def table(rows) -> str:
+    head = ("model", "batch", "graphc us/step (p10)", "numpy us/step (p10)", "graphc/numpy",
+            "floor us", "numpy/floor", "naive MiB", "bound MiB", "arena MiB", "naive/arena")
+    lines = [head]
+    for r in rows:
+        naive, arena = r["naive_bytes"], r["arena_bytes"]
+        lines.append((
+            r["model"], str(r["batch"]),
+            f"{r['graphc_us']:.1f} ({r['graphc_p10_us']:.1f})",
+            f"{r['numpy_us']:.1f} ({r['numpy_p10_us']:.1f})",
+            f"{r['graphc_over_numpy']:.2f}", f"{r['floor_us']:.1f}",
+            f"{r['numpy_over_floor']:.2f}", _mib(naive), _mib(r["lower_bound_bytes"]),
+            _mib(arena), f"{naive / arena:.2f}" if naive and arena else "-"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) if i > 1 else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+                     for line in lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=",".join(LADDER),
+                   help="comma-separated, from: " + ", ".join(LADDER))
+    p.add_argument("--reps", type=int, default=0,
+                   help="steps timed per model and contender (default: about --seconds)")
+    p.add_argument("--seconds", type=float, default=6.0,
+                   help="time per model when --reps is not given")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    args = p.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in args.models if m not in LADDER]
+    if unknown:
+        p.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(LADDER)}")
+    if args.reps < 0:
+        p.error("--reps must be >= 0")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    info = blas_info()
+    if not args.json:
+        for key, value in info.items():
+            print(f"{key}: {value}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, np.errstate(over="ignore", under="ignore"):
+        for name in args.models:
+            rows.append(bench_model(name, args.reps, args.seconds, Path(tmp)))
+            if not args.json:
+                print(f"... {name} done ({rows[-1]['reps']} reps)", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"environment": info, "rows": rows}, indent=2))
+        return 0
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""The benchmark's yardstick is right, and the benchmark runs.
+
+The hand-written NumPy step is checked against central differences in float64
+and against graphc's own compiled step (same spec, init and batch). Timings
+are never asserted: the smoke run only checks that the table comes out.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import bench_mlp  # noqa: E402
+from handwritten import HandwrittenMLP  # noqa: E402
+
+SIZES = [3, 5, 4, 3]
+BATCH = 6
+
+
+def small_model(dtype=np.float64, lr=0.1, seed=0):
+    rng = np.random.default_rng(seed)
+    weights = [rng.standard_normal((a, b)) for a, b in zip(SIZES, SIZES[1:])]
+    biases = [0.1 * rng.standard_normal(b) for b in SIZES[1:]]
+    x = rng.standard_normal((BATCH, SIZES[0])).astype(dtype)
+    y = rng.integers(0, SIZES[-1], BATCH)
+    return HandwrittenMLP(weights, biases, BATCH, lr, dtype), x, y
+
+
+def reference_loss(weights, biases, x, y) -> float:
+    """The MLP's mean softmax cross-entropy, written the plain way."""
+    h = x
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        h = h @ w + b
+        if i < len(weights) - 1:
+            h = np.maximum(h, 0)
+    z = h - h.max(axis=1, keepdims=True)
+    return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]))
+
+
+def test_handwritten_loss_matches_the_plain_formula():
+    m, x, y = small_model()
+    loss, _, _ = m.gradients(x, y)
+    assert loss == pytest.approx(reference_loss(m.W, m.b, x, y), rel=1e-12)
+
+
+def test_handwritten_gradients_match_central_differences():
+    m, x, y = small_model()
+    m.forward(x)
+    hidden = np.concatenate([h.ravel() for h in m.h[:-1]])
+    assert (hidden == 0).any() and (hidden > 0).any(), "the ReLU masks should be exercised"
+    _, dW, db = m.gradients(x, y)
+    eps = 1e-6
+    for params, grads in ((m.W, dW), (m.b, db)):
+        for p, g in zip(params, grads):
+            numeric = np.zeros_like(p)
+            for i in np.ndindex(p.shape):
+                keep = p[i]
+                p[i] = keep + eps
+                up = reference_loss(m.W, m.b, x, y)
+                p[i] = keep - eps
+                down = reference_loss(m.W, m.b, x, y)
+                p[i] = keep
+                numeric[i] = (up - down) / (2 * eps)
+            np.testing.assert_allclose(g, numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_handwritten_step_is_one_sgd_update():
+    m, x, y = small_model(lr=0.3)
+    loss, dW, db = m.gradients(x, y)
+    want = [w - 0.3 * g for w, g in zip(m.W, dW)] + [b - 0.3 * g for b, g in zip(m.b, db)]
+    assert m.step(x, y) == pytest.approx(loss, rel=1e-12)
+    for got, expect in zip(m.W + m.b, want):
+        np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-14)
+
+
+def step_peak_bytes(batch: int) -> int:
+    """The most bytes traced at once during a warm step, above what was live before it."""
+    rng = np.random.default_rng(0)
+    sizes = [4, 8, 8, 10]
+    m = HandwrittenMLP([rng.standard_normal((a, b)) for a, b in zip(sizes, sizes[1:])],
+                       [np.zeros(b) for b in sizes[1:]], batch, 0.1, np.float32)
+    x = rng.standard_normal((batch, sizes[0])).astype(np.float32)
+    y = rng.integers(0, sizes[-1], batch)
+    m.step(x, y)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(3):
+            m.step(x, y)
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_handwritten_step_allocates_nothing_that_grows_with_the_batch():
+    # NumPy's ufunc iterator borrows a fixed buffer (np.getbufsize() elements) for
+    # broadcasting and casting calls; any array the step made would grow 4x here.
+    small, large = step_peak_bytes(4096), step_peak_bytes(4 * 4096)
+    assert large <= small + 1024, f"peak {small} B at batch 4096, {large} B at 16384"
+    assert small <= 2 * np.getbufsize() * 8 + 4096
+
+
+def graphc_and_handwritten(tmp_path, sizes, batch, dtype, lr=0.1):
+    path = tmp_path / "mlp.yaml"
+    path.write_text(bench_mlp.mlp_spec("test", sizes, lr, dtype))
+    g = bench_mlp.build_graphc(path, lr)
+    weights, biases = g.params(len(sizes) - 1)
+    hand = HandwrittenMLP(weights, biases, batch, lr, dtype)
+    return g, hand, bench_mlp.batch_of(sizes, batch, seed=1, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype, tol", [("float32", 1e-5), ("float64", 1e-12)])
+def test_one_graphc_step_matches_the_handwritten_step(tmp_path, dtype, tol):
+    sizes = [4, 16, 16, 3]
+    g, hand, feeds = graphc_and_handwritten(tmp_path, sizes, 8, dtype)
+    before = [w.copy() for w in hand.W]
+    loss_g = g.run(feeds)
+    loss_h = hand.step(feeds["x"], feeds["y"])
+    assert loss_g == pytest.approx(loss_h, rel=tol)
+    weights, biases = g.params(len(sizes) - 1)
+    assert any(not np.array_equal(w, b) for w, b in zip(hand.W, before)), "no update happened"
+    for got, want in zip(weights + biases, hand.W + hand.b):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_deep_spec_has_sixteen_hidden_layers(tmp_path):
+    sizes, batch = bench_mlp.LADDER["deep"]
+    g, hand, feeds = graphc_and_handwritten(tmp_path, sizes, batch, "float32")
+    params = [n.name for n in g.model.graph.leaves("param")]
+    assert sorted(params) == sorted([f"W{i}" for i in range(1, 18)] +
+                                    [f"b{i}" for i in range(1, 18)])
+    assert len(hand.mask) == 16
+    assert g.run(feeds) == pytest.approx(hand.step(feeds["x"], feeds["y"]), rel=1e-5)
+
+
+def run_bench(*args):
+    return subprocess.run([sys.executable, str(BENCH / "bench_mlp.py"), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_bench_prints_the_table():
+    out = run_bench("--models", "tiny", "--reps", "3")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("blas:") for line in lines)
+    assert any(line.startswith("OPENBLAS_CORETYPE:") for line in lines)
+    head = next(i for i, line in enumerate(lines) if line.startswith("model"))
+    assert "graphc/numpy" in lines[head] and "naive/arena" in lines[head]
+    cells = lines[head + 1].split()
+    assert cells[:2] == ["tiny", "32"]
+    assert float(cells[2]) > 0 and float(cells[-1]) >= 1
+
+
+def test_bench_json_has_one_row_per_model():
+    out = run_bench("--models", "tiny", "--reps", "3", "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    (r,) = report["rows"]
+    assert (r["model"], r["batch"], r["reps"]) == ("tiny", 32, 3)
+    assert r["lower_bound_bytes"] <= r["arena_bytes"] <= r["naive_bytes"]
+    assert report["environment"]["OMP_NUM_THREADS"] == "1"
+
+
+def test_bench_rejects_an_unknown_model():
+    out = run_bench("--models", "tiny,huge")
+    assert out.returncode == 2
+    assert "huge" in out.stderr
