@@ -7,7 +7,6 @@ element at a time and runs the compiled forward plan twice:
 
     abs error = |a - n|
     rel error = |a - n| / max(FLOOR, |a| + |n|)        FLOOR = 1e-8
-NOISE_ULPS = 64       # safety factor over the ~1 ulp of f that a central difference sees
 
 and an element passes when rel error <= tol or abs error <= atol; a leaf passes
 when all its elements do. FLOOR keeps two zeros from dividing by zero. `atol`
