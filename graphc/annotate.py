@@ -1,4 +1,4 @@
-"""The lecture's picture: the forward graph with each node's value and gradient, each edge's local gradient.
+"""The lecture's picture: the forward graph with values, gradients and local gradients.
 
 As the CS231n slides draw it: on each node its value (green, forward pass) above
 d loss / d node (red, backward pass); on each edge the local gradient d node / d input,

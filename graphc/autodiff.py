@@ -12,6 +12,7 @@ from typing import Mapping, Optional
 
 import networkx as nx
 
+from . import shapes as S
 from .errors import SpecError
 from .ir import Graph, GraphBuilder, Node, schedule, verify_graph
 from .ops import OPS
@@ -59,6 +60,76 @@ VJP = {
                               e("hinge_grad", g, *reversed(n.inputs))),
 }
 VJP["dot"] = VJP["matmul"]
+
+
+# --- the op catalog of issue 4 --------------------------------------------------------------
+def _leaky_relu(e, n, g):
+    alpha = n.attrs["alpha"]
+    # for alpha >= 0, y > 0 exactly where x > 0: read the output, so x may be overwritten
+    return (e("leaky_relu_grad", g, n.name if alpha >= 0 else n.inputs[0], alpha=alpha),)
+
+
+def _elu(e, n, g):
+    alpha = n.attrs["alpha"]
+    output = alpha >= 0     # as for leaky_relu; then the slope alpha e^x is y + alpha
+    return (e("elu_grad", g, n.name if output else n.inputs[0], alpha=alpha, output=output),)
+
+
+def _transpose(e, n, g):
+    axes = n.attrs["axes"]
+    if axes is None:
+        return (e("transpose", g, axes=None),)
+    perm = S.permutation(axes, len(n.shape))
+    return (e("transpose", g, axes=sorted(range(len(perm)), key=perm.__getitem__)),)
+
+
+def _concat(e, n, g):
+    """Each input's gradient is its own slice of g along the axis."""
+    if len(n.inputs) == 1:
+        return (g,)
+    axis = S.normalize_axis(n.attrs["axis"], len(n.shape))[0]
+    grads, start = [], 0
+    for x in n.inputs:
+        stop = start + e.shape(x)[axis]
+        grads.append(e("slice", g, axis=axis, start=start, stop=stop))
+        start = stop
+    return tuple(grads)
+
+
+def _pair_loss(grad_op):
+    """Losses of (pred - target): d/d target = -d/d pred."""
+    return lambda e, n, g: (lambda d: (d, e("neg", d)))(e(grad_op, g, *n.inputs, **n.attrs))
+
+
+def _bce(e, n, g):
+    return tuple(e("binary_cross_entropy_with_logits_grad", g, *n.inputs, wrt=wrt)
+                 for wrt in ("logits", "targets"))
+
+
+VJP.update({
+    # min(a, b)'s d/da is max's d/db: (a < b) + 1/2 where tied
+    "minimum": lambda e, n, g: (e("maximum_grad", g, *reversed(n.inputs)),
+                                e("maximum_grad", g, *n.inputs)),
+    "abs": lambda e, n, g: (e("abs_grad", g, n.inputs[0]),),
+    "sqrt": lambda e, n, g: (e("sqrt_grad", g, n.name),),
+    "reciprocal": lambda e, n, g: (e("reciprocal_grad", g, n.name),),
+    "leaky_relu": _leaky_relu,
+    "elu": _elu,
+    "softplus": lambda e, n, g: (e("softplus_grad", g, n.name),),
+    "silu": lambda e, n, g: (e("silu_grad", g, n.inputs[0]),),
+    "gelu": lambda e, n, g: (e("gelu_grad", g, n.inputs[0]),),
+    "amax": lambda e, n, g: (e("amax_grad", g, n.inputs[0], n.name, **n.attrs),),
+    "transpose": _transpose,
+    "reshape": lambda e, n, g: (e("reshape", g, shape=e.shape(n.inputs[0])),),
+    "concat": _concat,
+    "softmax": lambda e, n, g: (e("softmax_grad", g, n.name, **n.attrs),),
+    "log_softmax": lambda e, n, g: (e("log_softmax_grad", g, n.name, **n.attrs),),
+    "l1": _pair_loss("l1_grad"),
+    "huber": _pair_loss("huber_grad"),
+    "binary_cross_entropy_with_logits": _bce,
+    "multiclass_hinge": lambda e, n, g: (e("multiclass_hinge_grad", g, *n.inputs, **n.attrs),
+                                         None),
+})
 
 
 class _Emit:

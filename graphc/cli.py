@@ -353,7 +353,13 @@ def explain(spec, wrt, max_paths, params, inputs):
 @main.command()
 def ops():
     """List the op catalog with signatures."""
-    for group in ("forward", "backward", "update"):
-        click.echo(f"[{group}]")
+    groups = {"forward": "ops to write in expressions and {op:} nodes; docs/ops.md has each "
+                         "one's math and gradient",
+              "layer": "expand into their own params and forward ops",
+              "backward": "added by autodiff", "update": "added by the optimizer"}
+    for group, what in groups.items():
+        click.echo(f"[{group}] {what}")
         for name in ops_in(group):
             click.echo(f"  {OPS[name].doc}")
+    from .expr import ALIASES
+    click.echo("[aliases] " + ", ".join(f"{a} = {op}" for a, op in ALIASES.items()))

@@ -1,4 +1,4 @@
-"""The chain rule, printed: d loss / d v = sum over paths v -> loss of the product of local gradients.
+"""The chain rule, printed: d loss / d v = sum over paths v -> loss of products of local gradients.
 
 Each edge x -> n (input `position` of node n) has a local gradient d n / d x. Along
 one path the local gradients multiply (applied as vector-Jacobian products, right to
@@ -22,8 +22,10 @@ from .ir import Graph, GraphBuilder, Node, schedule
 from .model import Model, Runner, run_grads
 
 MAX_PATHS = 64
-ELEMENTWISE = {"add", "sub", "mul", "div", "maximum", "pow", "identity", "neg", "exp", "log",
-               "square", "relu", "sigmoid", "tanh"}
+# Forward ops whose Jacobian is diagonal when input and output shapes agree.
+ELEMENTWISE = {"add", "sub", "mul", "div", "maximum", "minimum", "pow", "identity", "neg", "exp",
+               "log", "square", "relu", "sigmoid", "tanh", "abs", "sqrt", "reciprocal",
+               "leaky_relu", "elu", "softplus", "silu", "gelu"}
 
 
 def fmt_num(x) -> str:
@@ -82,8 +84,35 @@ def _formulas(op: str, a: list, o: str, attrs: Mapping) -> Optional[tuple]:
         "softmax_cross_entropy": lambda: (f"(softmax({a[0]}) - onehot({a[1]}))/n", None),
         "hinge": lambda: (f"-{a[1]}·1[1 - {a[1]}·{a[0]} > 0]/n",
                           f"-{a[0]}·1[1 - {a[1]}·{a[0]} > 0]/n"),
+        **_more_formulas(a, o, attrs),
     }
     return table[op]() if op in table else None
+
+
+def _more_formulas(a: list, o: str, attrs: Mapping) -> dict:
+    """The rest of the catalog: activations, shape ops, softmax and the other losses."""
+    alpha = attrs.get("alpha", 0.0)
+    return {
+        "minimum": lambda: (f"1[{a[0]} < {a[1]}]", f"1[{a[1]} < {a[0]}]"),
+        "abs": lambda: (f"sign({a[0]})",), "sqrt": lambda: (f"1/(2·{o})",),
+        "reciprocal": lambda: (f"-{o}²",),
+        "leaky_relu": lambda: (f"1 if {a[0]} > 0 else {alpha:g}",),
+        "elu": lambda: (f"1 if {a[0]} > 0 else {o} + {alpha:g}",),
+        "softplus": lambda: (f"sigmoid({a[0]})",),
+        "silu": lambda: (f"σ({a[0]})·(1 + {a[0]}·(1 - σ({a[0]})))",),
+        "gelu": lambda: (f"gelu'({a[0]})",),
+        "amax": lambda: (f"1[{a[0]} = max] (ties share)",),
+        "transpose": lambda: ("g ↦ g transposed back",),
+        "reshape": lambda: ("g ↦ g reshaped back",),
+        "concat": lambda: tuple(f"g ↦ slice {k + 1} of g" for k in range(len(a))),
+        "softmax": lambda: (f"g ↦ {o}·(g - Σ g·{o})",),
+        "log_softmax": lambda: (f"g ↦ g - softmax({a[0]})·Σ g",),
+        "l1": lambda: (f"sign({a[0]} - {a[1]})/n", f"-sign({a[0]} - {a[1]})/n"),
+        "huber": lambda: (f"clip({a[0]} - {a[1]}, ±δ)/n", f"-clip({a[0]} - {a[1]}, ±δ)/n"),
+        "binary_cross_entropy_with_logits": lambda: (f"(σ({a[0]}) - {a[1]})/n",
+                                                     f"-{a[0]}/n"),
+        "multiclass_hinge": lambda: ("g ↦ Σ over violated margins of ±1/n", None),
+    }
 
 
 def local_formula(graph: Graph, node: str, position: int) -> str:

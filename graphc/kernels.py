@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .kernels_nn import KERNELS_NN
+
 
 def _sum_into(out: np.ndarray, full: np.ndarray) -> None:
     """out = full summed down to out's shape (leading axes and stretched 1-dims)."""
@@ -142,8 +144,9 @@ def k_mse(out, p, t):
 
 
 def k_mse_grad(out, g, p, t):
+    scale = 2 * g / out.size        # read g first: with scalar operands out may alias it
     np.subtract(p, t, out=out)
-    out *= 2 * g / out.size
+    out *= scale
 
 
 def k_hinge(out, s, y):
@@ -151,8 +154,9 @@ def k_hinge(out, s, y):
 
 
 def k_hinge_grad(out, g, a, b):
+    scale = g / out.size            # read g first: with scalar operands out may alias it
     np.multiply(-b, (1 - a * b) > 0, out=out)
-    out *= g / out.size
+    out *= scale
 
 
 def k_sgd(out, w, g, lr):
@@ -196,5 +200,8 @@ KERNELS = {
     "mse_grad": k_mse_grad, "softmax_cross_entropy_grad": k_softmax_cross_entropy_grad,
     "hinge_grad": k_hinge_grad, "sgd": k_sgd, "sgd_momentum": k_sgd_momentum,
 }
+
+# --- the op catalog of issue 4 (activations, softmax, shape ops, losses): kernels_nn.py ----
+KERNELS.update(KERNELS_NN)
 
 BINDERS: dict = {}

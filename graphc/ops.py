@@ -61,6 +61,48 @@ def _dot(shapes, attrs):
     return S.matmul(a, b)
 
 
+def _axis_of(shape, attrs) -> int:
+    """The single `axis` attribute as a non-negative axis of `shape`."""
+    axis = attrs["axis"]
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise S.ShapeError(f"axis must be one integer, got {axis!r}")
+    return S.normalize_axis(axis, len(shape))[0]
+
+
+def _along_axis(shapes, attrs):
+    """softmax and friends: the input's shape, `axis` checked against its rank."""
+    if not shapes[0]:
+        raise S.ShapeError("needs an input of rank >= 1, got a scalar")
+    _axis_of(shapes[0], attrs)
+    return shapes[0]
+
+
+def _transpose(shapes, attrs):
+    return S.transpose(shapes[0], attrs["axes"])
+
+
+def _reshape(shapes, attrs):
+    return S.reshape(shapes[0], attrs["shape"])
+
+
+def _concat(shapes, attrs):
+    return S.concat(shapes, attrs["axis"])
+
+
+def _slice(shapes, attrs):
+    shape = list(shapes[0])
+    shape[_axis_of(shapes[0], attrs)] = attrs["stop"] - attrs["start"]
+    return tuple(shape)
+
+
+def _dense(shapes, attrs):
+    """The layer's output shape: x's shape with its last axis replaced by `units`."""
+    x, units = shapes[0], attrs["units"]
+    if not x:
+        raise S.ShapeError("dense needs an input of rank >= 1, got a scalar")
+    return tuple(x[:-1]) + (units,)
+
+
 def _loss_pair(shapes, attrs):
     S.broadcast(shapes[0], shapes[1])
     return ()
@@ -118,6 +160,18 @@ _def("square", 1, _same, "square(x) = x * x")
 _def("relu", 1, _same, "relu(x) = max(x, 0)")
 _def("sigmoid", 1, _same, "sigmoid(x) = 1 / (1 + exp(-x))")
 _def("tanh", 1, _same, "tanh(x) = (e^x - e^-x) / (e^x + e^-x)")
+_def("minimum", 2, _bcast, "minimum(a, b) = min(a, b) elementwise; min(a, b) is an alias")
+_def("abs", 1, _same, "abs(x) = |x| (gradient sign(x), 0 at 0 as in PyTorch)")
+_def("sqrt", 1, _same, "sqrt(x) = x ** 0.5")
+_def("reciprocal", 1, _same, "reciprocal(x) = 1 / x")
+_def("leaky_relu", 1, _same, "leaky_relu(x, alpha=0.01) = x if x > 0 else alpha * x",
+     attrs={"alpha": 0.01})
+_def("elu", 1, _same, "elu(x, alpha=1.0) = x if x > 0 else alpha * (exp(x) - 1)",
+     attrs={"alpha": 1.0})
+_def("softplus", 1, _same, "softplus(x) = log(1 + exp(x)), as max(x, 0) + log1p(exp(-|x|))")
+_def("silu", 1, _same, "silu(x) = x * sigmoid(x) (swish)")
+_def("gelu", 1, _same, "gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) "
+     "(tanh form, torch approximate='tanh')")
 
 # reductions and products
 _def("sum", 1, _reduce, "sum(x, axis=None, keepdims=False) = sum of x over axis", attrs=_AXES)
@@ -125,6 +179,18 @@ _def("mean", 1, _reduce, "mean(x, axis=None, keepdims=False) = mean of x over ax
      attrs=_AXES)
 _def("matmul", 2, _matmul, "matmul(a, b) = a @ b (numpy.matmul, 1-D operands as in NumPy)")
 _def("dot", 2, _dot, "dot(a, b) = numpy.dot for vectors and matrices")
+_def("amax", 1, _reduce, "amax(x, axis=None, keepdims=False) = max of x over axis "
+     "(gradient shared equally among ties, as torch.amax)", attrs=_AXES)
+_def("transpose", 1, _transpose, "transpose(x, axes=None) = numpy.transpose(x, axes) "
+     "(None reverses the axes)", attrs={"axes": None})
+_def("reshape", 1, _reshape, "reshape(x, shape=[batch, -1]) = numpy.reshape; dim names "
+     "stay, one -1 takes the rest", attrs={"shape": REQUIRED})
+_def("concat", None, _concat, "concat(x1, x2, ..., axis=0) = numpy.concatenate([x1, x2, ...], "
+     "axis)", attrs={"axis": 0})
+_def("softmax", 1, _along_axis, "softmax(x, axis=-1) = exp(x - max) / sum(exp(x - max)) "
+     "over axis", attrs={"axis": -1})
+_def("log_softmax", 1, _along_axis, "log_softmax(x, axis=-1) = x - max - log(sum(exp(x - max)))"
+     " over axis", attrs={"axis": -1})
 
 # losses: scalars, mean over the batch
 _def("mse", 2, _loss_pair, "mse(pred, target) = mean((pred - target) ** 2)")
@@ -132,6 +198,20 @@ _def("softmax_cross_entropy", 2, _labels,
      "softmax_cross_entropy(logits, labels) = mean(logsumexp(logits) - logits[labels])",
      labels=(1,))
 _def("hinge", 2, _loss_pair, "hinge(score, y) = mean(max(0, 1 - y * score)), y in {-1, 1}")
+_def("l1", 2, _loss_pair, "l1(pred, target) = mean(|pred - target|)")
+_def("huber", 2, _loss_pair, "huber(pred, target, delta=1.0) = mean(0.5 d^2 if |d| < delta "
+     "else delta (|d| - 0.5 delta)), d = pred - target", attrs={"delta": 1.0})
+_def("binary_cross_entropy_with_logits", 2, _loss_pair,
+     "binary_cross_entropy_with_logits(logits, targets) = mean(max(x, 0) - x t + "
+     "log1p(exp(-|x|))), t in [0, 1]")
+_def("multiclass_hinge", 2, _labels, "multiclass_hinge(scores, labels, margin=1.0) = "
+     "mean over examples of sum_{j != y} max(0, s_j - s_y + margin) (the SVM loss)",
+     attrs={"margin": 1.0}, labels=(1,))
+
+# layers: expanded by the spec loader into params and forward ops (layers.py)
+_def("dense", 1, _dense, "dense(x, units=N, activation=None, init=None, bias=True) = "
+     "activation(x @ <node>.W + <node>.b); W [in, N], b [N]",
+     group="layer", attrs={"units": REQUIRED, "activation": None, "init": None, "bias": True})
 
 # backward helpers: added by autodiff, never written by users
 _BW = {"group": "backward"}
@@ -159,13 +239,82 @@ _def("softmax_cross_entropy_grad", 3, _grad_of(1),
      labels=(2,), **_BW)
 _def("hinge_grad", 3, _bcast,
      "hinge_grad(g, a, b) = -g * b * (1 - a * b > 0) / n (d hinge / d a; swap for b)", **_BW)
+_def("abs_grad", 2, _grad_of(1), "abs_grad(g, x) = g * sign(x)", **_BW)
+_def("sqrt_grad", 2, _grad_of(1), "sqrt_grad(g, y) = g / (2 y), y = sqrt(x)", **_BW)
+_def("reciprocal_grad", 2, _grad_of(1), "reciprocal_grad(g, y) = -g * y * y, y = 1 / x", **_BW)
+_def("leaky_relu_grad", 2, _grad_of(1), "leaky_relu_grad(g, v, alpha) = g * (1 if v > 0 else "
+     "alpha); v = y when alpha >= 0 (same sign as x), else x", attrs={"alpha": REQUIRED}, **_BW)
+_def("elu_grad", 2, _grad_of(1), "elu_grad(g, v, alpha, output) = g * (1 if v > 0 else "
+     "v + alpha) for v = y (output, alpha >= 0), else g * (1 if v > 0 else alpha exp(v)), v = x",
+     attrs={"alpha": REQUIRED, "output": True}, **_BW)
+_def("softplus_grad", 2, _grad_of(1), "softplus_grad(g, y) = g * (1 - exp(-y)) = g * sigmoid(x)",
+     **_BW)
+_def("silu_grad", 2, _grad_of(1), "silu_grad(g, x) = g * s (1 + x (1 - s)), s = sigmoid(x)",
+     **_BW)
+_def("gelu_grad", 2, _grad_of(1), "gelu_grad(g, x) = g * d gelu / dx (tanh form)", **_BW)
+_def("amax_grad", 3, _grad_of(1), "amax_grad(g, x, y, axis, keepdims) = g * (x == y) / "
+     "(number of ties), y = amax(x)", attrs=_AXES, **_BW)
+_def("slice", 1, _slice, "slice(g, axis, start, stop) = g[start:stop] along axis (the "
+     "gradient of one concat input)", attrs={"axis": REQUIRED, "start": REQUIRED,
+                                             "stop": REQUIRED}, **_BW)
+_def("softmax_grad", 2, _grad_of(1), "softmax_grad(g, y, axis) = y * (g - sum(g * y, axis))",
+     attrs={"axis": -1}, **_BW)
+_def("log_softmax_grad", 2, _grad_of(1),
+     "log_softmax_grad(g, y, axis) = g - exp(y) * sum(g, axis)", attrs={"axis": -1}, **_BW)
+_def("l1_grad", 3, _bcast, "l1_grad(g, pred, target) = g * sign(pred - target) / n", **_BW)
+_def("huber_grad", 3, _bcast, "huber_grad(g, pred, target, delta) = g * clip(pred - target, "
+     "-delta, delta) / n", attrs={"delta": 1.0}, **_BW)
+_def("binary_cross_entropy_with_logits_grad", 3, _bcast,
+     "binary_cross_entropy_with_logits_grad(g, x, t, wrt) = g * (sigmoid(x) - t) / n for "
+     "wrt='logits', g * -x / n for wrt='targets'", attrs={"wrt": "logits"}, **_BW)
+_def("multiclass_hinge_grad", 3, _grad_of(1), "multiclass_hinge_grad(g, s, labels, margin) = "
+     "g * (m_j > 0 for j != y; -count(m > 0) at y) / n, m_j = s_j - s_y + margin",
+     attrs={"margin": 1.0}, labels=(2,), **_BW)
 
 # optimizer updates: write the parameter (and its state) in place
+# (w, g, norm, lr, *state): g' = c * g + weight_decay * w, where the clip factor
+# c = min(1, max_norm / (norm + 1e-6)) if max_norm else 1; a non-finite norm skips the
+# step. Formulas are PyTorch's (docs/training.md); states are updated in place too.
 _UP = {"group": "update"}
-_def("sgd", 3, _update, "sgd(w, g, lr): w -= lr * g", mutates=(0,), **_UP)
-_def("sgd_momentum", 4, _update,
-     "sgd_momentum(w, g, v, lr, momentum): v = momentum * v + g; w -= lr * v",
-     attrs={"momentum": 0.9}, mutates=(0, 2), **_UP)
+_DECAY = {"weight_decay": 0.0, "max_norm": 0.0}
+_ADAM = {"betas": (0.9, 0.999), "eps": 1e-8, **_DECAY}
+_def("grad_norm", None, _scalar,
+     "grad_norm(loss, *grads) = sqrt(sum of |g|^2 over all grads), NaN if the loss is not "
+     "finite; every update reads it, so all grads are complete before any update", **_UP)
+_def("sgd", None, _update,
+     "sgd(w, g, norm, lr, [v]): v = momentum v + g'; w -= lr * (g' + momentum v if nesterov "
+     "else v), v = g' without momentum", attrs={"momentum": 0.0, "nesterov": False, **_DECAY},
+     mutates=(0,), **_UP)
+_def("rmsprop", None, _update,
+     "rmsprop(w, g, norm, lr, s, [b], [a]): s = alpha s + (1-alpha) g'^2; a = alpha a + "
+     "(1-alpha) g' if centered; d = g' / (sqrt(s - a^2) + eps); b = momentum b + d; w -= lr b",
+     attrs={"alpha": 0.99, "eps": 1e-8, "momentum": 0.0, "centered": False, **_DECAY},
+     mutates=(0,), **_UP)
+_def("adagrad", None, _update,
+     "adagrad(w, g, norm, lr, s): s += g'^2; w -= lr * g' / (sqrt(s) + eps)",
+     attrs={"eps": 1e-10, **_DECAY}, mutates=(0,), **_UP)
+_def("adam", None, _update,
+     "adam(w, g, norm, lr, m, v, t): t += 1; m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2; "
+     "w -= lr / (1-b1^t) * m / (sqrt(v) / sqrt(1-b2^t) + eps)", attrs=_ADAM, mutates=(0,),
+     **_UP)
+_def("adamw", None, _update,
+     "adamw(w, g, norm, lr, m, v, t): w *= 1 - lr * weight_decay, then adam without the "
+     "L2 term", attrs={**_ADAM, "weight_decay": 0.01}, mutates=(0,), **_UP)
+
+
+# Ops whose output element i depends only on element i of each same-shape input. Their
+# kernels must stay correct when `out` is one of those inputs: the planner may then
+# write the output in place of an input whose last reader is this op.
+ELEMENTWISE = {
+    "identity", "add", "sub", "mul", "div", "maximum", "pow", "neg", "exp", "log", "square",
+    "relu", "sigmoid", "tanh", "relu_grad", "sigmoid_grad", "tanh_grad", "pow_grad",
+    "maximum_grad", "mse_grad", "hinge_grad",
+    # the catalog of issue 4
+    "minimum", "abs", "sqrt", "reciprocal", "leaky_relu", "elu", "softplus", "silu", "gelu",
+    "abs_grad", "sqrt_grad", "reciprocal_grad", "leaky_relu_grad", "elu_grad",
+    "softplus_grad", "silu_grad", "gelu_grad", "l1_grad", "huber_grad",
+    "binary_cross_entropy_with_logits_grad",
+}
 
 
 def ops_in(group: str) -> list[str]:

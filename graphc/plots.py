@@ -37,7 +37,8 @@ def write_history_csv(history, path: Path) -> None:
         w = csv.writer(f)
         w.writerow(["epoch", "loss", "lr"] + names)
         for e in history:
-            w.writerow([e.epoch, repr(e.loss), repr(e.lr)] + [repr(e.metrics.get(k)) for k in names])
+            w.writerow([e.epoch, repr(e.loss), repr(e.lr)]
+                       + [repr(e.metrics.get(k)) for k in names])
 
 
 def classifier_2d(model: Model, metrics: Mapping) -> Optional[tuple]:

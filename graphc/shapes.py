@@ -84,3 +84,71 @@ def symbols(shape: Shape) -> set:
 
 def size(shape: Sequence[int]) -> int:
     return int(prod(shape))
+
+
+def permutation(axes, ndim: int) -> tuple:
+    """`axes` (negatives allowed) as non-negative axes, checked to be a permutation of range(ndim)."""
+    ok = isinstance(axes, (list, tuple)) and len(axes) == ndim and all(
+        isinstance(a, int) and not isinstance(a, bool) and -ndim <= a < ndim for a in axes)
+    perm = tuple(a % ndim for a in axes) if ok else ()
+    if not ok or sorted(perm) != list(range(ndim)):
+        raise ShapeError(f"axes {axes!r} are not a permutation of the {ndim} axes "
+                         f"(expected an order of 0..{ndim - 1})")
+    return perm
+
+
+def transpose(shape: Shape, axes) -> Shape:
+    """Shape after numpy.transpose(x, axes); `axes` None reverses the axes."""
+    if axes is None:
+        return tuple(reversed(shape))
+    return tuple(shape[a] for a in permutation(axes, len(shape)))
+
+
+def reshape(shape: Shape, target) -> Shape:
+    """Shape after numpy.reshape(x, target): sizes, dim names and at most one -1.
+
+    The dim names of `target` must be those of `shape` (each as often); -1 takes what
+    is left of the fixed size: reshape([batch, 4, 5], [batch, -1]) = [batch, 20].
+    """
+    ok = isinstance(target, (list, tuple)) and all(
+        (isinstance(d, int) and not isinstance(d, bool) and (d >= 1 or d == -1)) or
+        (isinstance(d, str) and d.isidentifier()) for d in target)
+    if not ok or list(target).count(-1) > 1:
+        raise ShapeError(f"reshape's shape must be a list of sizes, dim names and at most "
+                         f"one -1, such as [batch, -1]; got {target!r}")
+    names_in = sorted(d for d in shape if isinstance(d, str))
+    names_out = sorted(d for d in target if isinstance(d, str))
+    if names_in != names_out:
+        raise ShapeError(f"cannot reshape {fmt(shape)} to {fmt(target)}: the dim names must "
+                         f"stay the same ({', '.join(names_in) or 'none'} in the input)")
+    fixed_in = prod(d for d in shape if isinstance(d, int))
+    fixed_out = prod(d for d in target if isinstance(d, int) and d != -1)
+    if -1 in target and fixed_in % fixed_out == 0:
+        return tuple(fixed_in // fixed_out if d == -1 else d for d in target)
+    if -1 not in target and fixed_in == fixed_out:
+        return tuple(target)
+    raise ShapeError(f"cannot reshape {fmt(shape)} to {fmt(target)}: the fixed sizes "
+                     f"{fixed_in} and {fixed_out} do not fit")
+
+
+def concat(shapes, axis) -> Shape:
+    """Shape after numpy.concatenate(xs, axis): same rank, same dims off `axis`, sizes on it add."""
+    if not shapes:
+        raise ShapeError("concat needs at least one input")
+    first = tuple(shapes[0])
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise ShapeError(f"axis must be one integer, got {axis!r}")
+    if not first:
+        raise ShapeError("concat cannot join scalars (rank 0); reshape them to [1] first")
+    ax = normalize_axis(axis, len(first))[0]
+    off_axis = [tuple(s[:ax]) + tuple(s[ax + 1:]) for s in shapes]
+    if any(len(s) != len(first) or o != off_axis[0] for s, o in zip(shapes, off_axis)):
+        raise ShapeError(f"concat along axis {axis} needs the same rank and the same dims "
+                         "on the other axes, got " + ", ".join(fmt(s) for s in shapes))
+    if len(shapes) == 1:
+        return first
+    along = [s[ax] for s in shapes]
+    if symbols(along):
+        raise ShapeError(f"concat along axis {axis} joins named dims "
+                         f"({', '.join(map(str, along))}) whose total is unknown until run time")
+    return first[:ax] + (sum(along),) + first[ax + 1:]

@@ -129,7 +129,8 @@ def test_every_lecture_picture_shows_graphcs_values_and_gradients(spec):
                                        rtol=1e-3, atol=1e-4, err_msg=n.name)
     for e in g.get_edges():
         src = unquote(e.get_source())
-        assert e.get("tooltip") == f'"{S.fmt(np.shape(result.values.get(src, model.store.get(src))))}"'
+        value = result.values.get(src, model.store.get(src))
+        assert e.get("tooltip") == f'"{S.fmt(np.shape(value))}"'
         assert e.get_label(), f"edge {src} -> {e.get_destination()} has no label"
 
 
@@ -186,6 +187,33 @@ def test_sum_over_paths_equals_graphcs_gradient(spec):
         assert not e.truncated
         np.testing.assert_allclose(e.total, grad, rtol=1e-12, atol=1e-12, err_msg=leaf)
         np.testing.assert_allclose(sum(t.product for t in e.terms), grad, atol=1e-12)
+
+
+MANY_OPS = """\
+dtype: float64
+inputs:
+  x: {value: [[0.5, -1.0, 2.0], [1.5, 0.3, -0.7]]}
+  y: {shape: [2], dtype: int64, value: [1, 0]}
+params:
+  W: {value: [[0.2, -0.1], [0.4, 0.3], [-0.5, 0.6]]}
+nodes:
+  h: tanh(x @ W)
+  s: softplus(h) * leaky_relu(h, alpha=0.1)
+  p: softmax(s)
+  loss: softmax_cross_entropy(s, y) + mean(p * p) + huber(s, h)
+"""
+
+
+def test_sum_over_paths_through_tensors_and_fan_out(tmp_path):
+    """Matmul and softmax edges (Jacobians), h and s used three times each: 9 paths to x."""
+    spec = tmp_path / "many.yaml"
+    spec.write_text(MANY_OPS)
+    model = load_model(spec)
+    result = run_grads(model, {})
+    for leaf in ("x", "W"):
+        e = explain(model, {}, leaf)
+        assert len(e.terms) == 9 and not e.truncated
+        np.testing.assert_allclose(e.total, result.grads[leaf], rtol=1e-12, atol=1e-14)
 
 
 def test_explain_prints_the_lecture_chain_rule():

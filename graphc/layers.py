@@ -1,0 +1,104 @@
+"""Layers: spec-level ops that expand into their own params and plain forward ops.
+
+`h: dense(x, units=N, activation=A)` becomes params `h.W` [in, N] and `h.b` [N]
+and the nodes `h/matmul = x @ h.W`, `h/add = h/matmul + h.b`, `h = A(h/add)`.
+The IR thus keeps one closed vocabulary: every op in it has a shape rule, a
+gradient rule and a kernel, and a layer needs none of its own. `in` is the last
+dim of x, found by running the ops' own shape rules over the spec's nodes.
+"""
+from __future__ import annotations
+
+import graphlib
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+from . import shapes as S
+from .errors import Mark, SpecError, did_you_mean
+from .expr import NodeSpec
+from .ops import OPS
+
+ACTIVATIONS = ("relu", "leaky_relu", "elu", "softplus", "silu", "gelu", "sigmoid", "tanh",
+               "softmax", "log_softmax")
+# relu-like activations keep half the signal: He init (std sqrt(2 / in)) keeps its variance
+HE_ACTIVATIONS = ("relu", "leaky_relu", "elu", "softplus", "silu", "gelu")
+
+
+@dataclass(frozen=True)
+class LayerParam:
+    """A param a layer creates; the spec loader makes it a `param` leaf."""
+    name: str
+    shape: tuple
+    init: object
+    mark: Optional[Mark] = None
+
+
+def expand_layers(leaf_shapes: Mapping[str, tuple], nodes) -> tuple:
+    """(params, nodes): each layer node replaced by the params and nodes it stands for.
+
+    A layer whose input shape cannot be inferred (a cycle, a shape mismatch upstream)
+    stays as it is: building the IR then reports the cause at its own line.
+    """
+    if not any(OPS[n.op].group == "layer" for n in nodes):
+        return [], list(nodes)
+    shapes = infer_shapes(leaf_shapes, nodes)
+    params, out = [], []
+    for n in nodes:
+        if OPS[n.op].group == "layer" and n.inputs[0] in shapes:
+            layer_params, layer_nodes = dense(n, shapes[n.inputs[0]])
+            params += layer_params
+            out += layer_nodes
+        else:
+            out.append(n)
+    return params, out
+
+
+def infer_shapes(leaf_shapes: Mapping[str, tuple], nodes) -> dict:
+    """name -> shape by the ops' shape rules, in dependency order; unknown where they fail."""
+    specs = {n.name: n for n in nodes}
+    deps = {n.name: [i for i in n.inputs if i in specs] for n in nodes}
+    shapes = dict(leaf_shapes)
+    try:
+        order = list(graphlib.TopologicalSorter(deps).static_order())
+    except graphlib.CycleError:
+        return shapes
+    for name in order:
+        n = specs[name]
+        ins = [shapes.get(i) for i in n.inputs]
+        if n.op == "const":
+            shapes[name] = ()
+        elif all(s is not None for s in ins):
+            try:
+                shapes[name] = tuple(OPS[n.op].infer(ins, n.attrs))
+            except S.ShapeError:
+                pass
+    return shapes
+
+
+def dense(n: NodeSpec, x_shape: tuple) -> tuple:
+    """(params, nodes) of `activation(x @ W + b)` at node n; W [in, units], b [units]."""
+    units, activation, x = n.attrs["units"], n.attrs["activation"], n.inputs[0]
+    user_node = n.name.split("/")[0]
+    if not x_shape or isinstance(x_shape[-1], str):
+        raise SpecError(f"dense needs an input whose last dim is a fixed size, but '{x}' has "
+                        f"shape {S.fmt(x_shape)}", mark=n.mark, node=user_node,
+                        hint="reshape it first, e.g. reshape(x, shape=[batch, -1])")
+    if activation is not None and activation not in ACTIVATIONS:
+        raise SpecError(f"dense has no activation '{activation}'", mark=n.mark, node=user_node,
+                        hint=did_you_mean(str(activation), ACTIVATIONS) or
+                        "activations: " + ", ".join(ACTIVATIONS))
+    init = n.attrs["init"] or ("he_normal" if activation in HE_ACTIVATIONS else "glorot_uniform")
+    W, b = f"{n.name}.W", f"{n.name}.b"
+    params = [LayerParam(W, (x_shape[-1], units), init, n.mark)]
+    steps = [("matmul", (x, W), {})]
+    if n.attrs["bias"]:
+        params.append(LayerParam(b, (units,), "zeros", n.mark))
+        steps.append(("add", (b,), {}))
+    if activation is not None:
+        steps.append((activation, (), dict(OPS[activation].attrs)))
+    nodes, prev = [], None
+    for i, (op, inputs, attrs) in enumerate(steps):
+        name = n.name if i == len(steps) - 1 else f"{n.name}/{op}"
+        inputs = inputs if prev is None else (prev,) + inputs
+        nodes.append(NodeSpec(name, op, inputs, attrs, n.mark))
+        prev = name
+    return params, nodes
