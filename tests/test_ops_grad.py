@@ -424,3 +424,9 @@ def test_cli_params_and_inputs(tmp_path):
     out = json.loads(result.stdout)
     assert out["loss"] == pytest.approx(np.log(3.0), rel=1e-12)
     assert {c["leaf"]: c["shape"] for c in out["leaves"]}["x"] == [5, 2]
+
+
+@pytest.mark.parametrize("flag", [["--eps", "0"], ["--tol", "-1"]])
+def test_cli_rejects_bad_flags(flag):
+    result = CliRunner().invoke(main, ["gradcheck", str(SPIRAL), *flag])
+    assert result.exit_code == 2 and "error:" in result.output
