@@ -41,6 +41,13 @@ def atomic_savez(path, arrays: Mapping[str, np.ndarray]) -> None:
         raise
 
 
+def remove_stale_temps(path) -> None:
+    """Delete temp files a killed writer of `path` left behind (atomic_savez's names)."""
+    path = Path(path)
+    for stale in path.parent.glob(path.name + ".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def write(path, arrays: Mapping[str, np.ndarray]) -> None:
     """atomic_savez, with a failure to write reported as a user error."""
     try:

@@ -196,18 +196,33 @@ def grad(spec, as_json, out, everything, params, inputs, dot, render):
 @click.option("--batch-size", type=click.IntRange(min=1))
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True))
 @click.option("--seed", type=int)
+@click.option("--resume", type=click.Path(dir_okay=False, path_type=Path),
+              help="Continue the run saved in this checkpoint (same spec and settings); "
+                   "--out defaults to it.")
+@click.option("--init-from", type=click.Path(dir_okay=False, path_type=Path),
+              help="Start from this checkpoint's params that match by name and shape.")
+@click.option("--save-every", type=click.IntRange(min=1),
+              help="Save a checkpoint every N epochs [default: each epoch end, at most "
+                   "once a second].")
 @click.option("--plot", type=click.Path(file_okay=False, path_type=Path),
               help="Write loss/metric curves per epoch (and a 2-D decision boundary) to DIR.")
-def train(spec, out, as_json, epochs, batch_size, lr, seed, plot):
+def train(spec, out, as_json, epochs, batch_size, lr, seed, resume, init_from, save_every,
+          plot):
     """Train SPEC on its train.data; save a checkpoint."""
     from .model import load_model
-    from .train import parse_train, train as run_train
+    from .train import init_from as load_init, parse_train, train as run_train
+    if resume and init_from:
+        raise click.UsageError("--resume and --init-from exclude each other")
     model = load_model(spec, seed)
     cfg = parse_train(model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    out = out or Path(f"{model.spec.name}.ckpt.npz")
+    out = out or resume or Path(f"{model.spec.name}.ckpt.npz")
+    for note in load_init(init_from, model) if init_from else []:
+        click.echo(f"warning: --init-from: {note}", err=True)
     progress = _progress(cfg.epochs, as_json)
     with progress as log:
-        result = run_train(model, cfg, out=out, log=log)
+        result = run_train(model, cfg, out=out, log=log, resume=resume, save_every=save_every)
+    for note in result.notes:
+        click.echo(note, err=as_json)
     summary = " ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
     click.echo(f"final: loss {result.loss:.4f} {summary}  ({result.samples_per_s:.0f} samples/s)"
                f" -> {out}", err=as_json)
@@ -324,6 +339,23 @@ def gradcheck(spec, eps, tol, atol, as_json, params, inputs):
     if not result.ok:
         failed = ", ".join(c.leaf for c in result.leaves if not c.ok)
         raise CheckFailed(f"gradient check failed for {failed} (tol {tol:g})")
+
+
+@main.command("eval")
+@click.argument("spec", type=SPEC)
+@click.option("--params", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The checkpoint .npz to evaluate.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def eval_(spec, params, as_json):
+    """Loss and metrics of a checkpoint on SPEC's data (its validation split if it has one)."""
+    from .model import load_model
+    from .train import evaluate_checkpoint
+    result = evaluate_checkpoint(load_model(spec), params)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    metrics = "".join(f"  {k} {v:.4f}" for k, v in result["metrics"].items())
+    click.echo(f"loss {result['loss']:.4f}{metrics}  ({result['samples']} samples)")
 
 
 @main.command()

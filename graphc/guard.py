@@ -45,9 +45,9 @@ def _node_error(model: Model, node, ex, where: str, hint: str) -> CheckFailed:
     user = (node.name if forward else node.name[2:]).split("/")[0]
     value = ex[node.name]
     kind = "NaN" if np.isnan(value).any() else "inf"
-    phase = "forward" if forward else f"backward (the gradient through '{user}')"
+    what, phase = ("value", "forward") if forward else ("gradient", "backward")
     context = [f"input {i}: {_describe(ex[i])}" for i in dict.fromkeys(node.inputs)]
-    return CheckFailed(f"non-finite value ({kind}) from {node.op} in the {phase} pass at "
+    return CheckFailed(f"non-finite {what} ({kind}) from {node.op} in the {phase} pass at "
                        f"{where}", mark=node.mark, node=user, context=context, hint=hint)
 
 

@@ -8,9 +8,13 @@ returns a no-argument callable, so a training step allocates nothing.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from .binders import BINDERS as FAST_BINDERS
 from .kernels_nn import KERNELS_NN
+from .workspace import scratch
 
 
 def _sum_into(out: np.ndarray, full: np.ndarray) -> None:
@@ -159,16 +163,6 @@ def k_hinge_grad(out, g, a, b):
     out *= scale
 
 
-def k_sgd(out, w, g, lr):
-    w -= lr * g
-
-
-def k_sgd_momentum(out, w, g, v, lr, momentum):
-    v *= momentum
-    v += g
-    w -= lr * v
-
-
 def _unary(ufunc):
     return lambda out, x: ufunc(x, out=out)
 
@@ -198,10 +192,160 @@ KERNELS = {
     "sigmoid_grad": k_sigmoid_grad, "tanh_grad": k_tanh_grad, "pow_grad": k_pow_grad,
     "maximum_grad": k_maximum_grad, "matmul_ga": k_matmul_ga, "matmul_gb": k_matmul_gb,
     "mse_grad": k_mse_grad, "softmax_cross_entropy_grad": k_softmax_cross_entropy_grad,
-    "hinge_grad": k_hinge_grad, "sgd": k_sgd, "sgd_momentum": k_sgd_momentum,
+    "hinge_grad": k_hinge_grad,
 }
 
 # --- the op catalog of issue 4 (activations, softmax, shape ops, losses): kernels_nn.py ----
 KERNELS.update(KERNELS_NN)
 
-BINDERS: dict = {}
+BINDERS: dict = dict(FAST_BINDERS)   # zero-allocation forms of the hot ops: binders.py
+
+
+# --- optimizer updates --------------------------------------------------------------------
+# Binders `(w, g, norm, lr, *state, **attrs)`: two step-local scratch arrays of w's shape
+# from the workspace; each step then writes w and its state in place with no allocation.
+# Formulas are PyTorch's (see docs/training.md). Closures use ufunc `out=` forms, as an
+# augmented assignment would rebind the closed-over name.
+
+def _clip_factor(norm, max_norm: float):
+    """None (skip the step) when the gradient norm is not finite; else
+    clip_grad_norm_'s factor min(1, max_norm / (norm + 1e-6)), or 1 without clipping."""
+    n = float(norm)
+    if not math.isfinite(n):
+        return None
+    return min(1.0, max_norm / (n + 1e-6)) if max_norm else 1.0
+
+
+def _scratch2(w) -> tuple:
+    return scratch(w.shape, w.dtype), scratch(w.shape, w.dtype)
+
+
+def _grad_into(d, t, g, w, c: float, weight_decay: float) -> None:
+    """d = c * g + weight_decay * w: the clipped gradient plus torch's L2 term (t: scratch)."""
+    if c == 1.0:
+        np.copyto(d, g)
+    else:
+        np.multiply(g, c, out=d)
+    if weight_decay:
+        np.multiply(w, weight_decay, out=t)
+        np.add(d, t, out=d)
+
+
+def b_grad_norm(out, loss, *grads):
+    def step():
+        total = 0.0
+        for g in grads:
+            total += float(np.vdot(g, g))
+        out[...] = math.sqrt(total) if math.isfinite(float(loss)) else math.nan
+    return step
+
+
+def b_sgd(out, w, g, norm, lr, *state, momentum, nesterov, weight_decay, max_norm):
+    d, t = _scratch2(w)
+    v = state[0] if state else None
+
+    def step():
+        c = _clip_factor(norm, max_norm)
+        if c is None:
+            return
+        _grad_into(d, t, g, w, c, weight_decay)
+        u = d
+        if v is not None:
+            np.multiply(v, momentum, out=v)
+            np.add(v, d, out=v)
+            if nesterov:
+                np.multiply(v, momentum, out=t)
+                np.add(d, t, out=d)
+            else:
+                u = v
+        np.multiply(u, float(lr), out=t)
+        np.subtract(w, t, out=w)
+    return step
+
+
+def b_rmsprop(out, w, g, norm, lr, s, *state, alpha, eps, momentum, centered, weight_decay,
+              max_norm):
+    d, t = _scratch2(w)
+    b = state[0] if momentum else None
+    a = state[-1] if centered else None
+
+    def step():
+        c = _clip_factor(norm, max_norm)
+        if c is None:
+            return
+        _grad_into(d, t, g, w, c, weight_decay)
+        _ema(s, np.multiply(d, d, out=t), alpha)
+        if a is not None:
+            _ema(a, d, alpha, t)
+            np.multiply(a, a, out=t)
+            np.subtract(s, t, out=t)
+            np.sqrt(t, out=t)
+        else:
+            np.sqrt(s, out=t)
+        np.add(t, eps, out=t)
+        np.divide(d, t, out=t)
+        if b is not None:
+            np.multiply(b, momentum, out=b)
+            np.add(b, t, out=b)
+            np.multiply(b, float(lr), out=t)
+        else:
+            np.multiply(t, float(lr), out=t)
+        np.subtract(w, t, out=w)
+    return step
+
+
+def _ema(avg, x, beta: float, scratch=None) -> None:
+    """avg = beta * avg + (1 - beta) * x, in place (x itself is overwritten without scratch)."""
+    tmp = x if scratch is None else scratch
+    np.multiply(avg, beta, out=avg)
+    np.multiply(x, 1 - beta, out=tmp)
+    np.add(avg, tmp, out=avg)
+
+
+def b_adagrad(out, w, g, norm, lr, s, *, eps, weight_decay, max_norm):
+    d, t = _scratch2(w)
+
+    def step():
+        c = _clip_factor(norm, max_norm)
+        if c is None:
+            return
+        _grad_into(d, t, g, w, c, weight_decay)
+        np.multiply(d, d, out=t)
+        np.add(s, t, out=s)
+        np.sqrt(s, out=t)
+        np.add(t, eps, out=t)
+        np.divide(d, t, out=t)
+        np.multiply(t, float(lr), out=t)
+        np.subtract(w, t, out=w)
+    return step
+
+
+def _adam(decoupled: bool):
+    """Adam (L2 weight decay in the gradient) or AdamW (decoupled: w *= 1 - lr * wd first)."""
+    def bind(out, w, g, norm, lr, m, v, count, *, betas, eps, weight_decay, max_norm):
+        (b1, b2), (d, t) = betas, _scratch2(w)
+
+        def step():
+            c = _clip_factor(norm, max_norm)
+            if c is None:
+                return
+            rate = float(lr)
+            _grad_into(d, t, g, w, c, 0.0 if decoupled else weight_decay)
+            if decoupled and weight_decay:
+                np.multiply(w, 1 - rate * weight_decay, out=w)
+            np.add(count, 1, out=count)
+            k = float(count)
+            _ema(m, d, b1, t)
+            _ema(v, np.multiply(d, d, out=t), b2)
+            np.sqrt(v, out=t)
+            np.divide(t, math.sqrt(1 - b2 ** k), out=t)
+            np.add(t, eps, out=t)
+            np.divide(m, t, out=t)
+            np.multiply(t, rate / (1 - b1 ** k), out=t)
+            np.subtract(w, t, out=w)
+        return step
+    return bind
+
+
+BINDERS.update({"grad_norm": b_grad_norm, "sgd": b_sgd, "rmsprop": b_rmsprop,
+                "adagrad": b_adagrad, "adam": _adam(False), "adamw": _adam(True)})

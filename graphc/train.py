@@ -18,15 +18,13 @@ import numpy as np
 
 from . import checkpoint as C
 from .checkpoint import RESERVED, atomic_savez, init_from, load_params  # noqa: F401 (cli)
-from .data import apply_stats, batches, load_data, stats_from_arrays, stats_to_arrays
+from .data import batches, stats_from_arrays, stats_to_arrays
 from .errors import SpecError
-from .metrics import (METRICS, EarlyStopping, EarlyStoppingConfig, parse_early_stopping,
-                      parse_metrics)
-from .model import Model, Runner, spec_seed
 from .guard import deferred_sigint, diagnose
-from .schedules import Schedule, parse_schedule
-from .spec import TRAIN_KEYS, check_keys
-from .step import LR, NORM, Optimizer, parse_optimizer, training_graph
+from .metrics import METRICS, EarlyStopping
+from .model import Model, Runner
+from .step import LR, NORM, training_graph
+from .trainconfig import TrainConfig, load_dataset, parse_train  # noqa: F401 (cli)
 
 SHUFFLE_STREAM = 2          # the batch order's RNG: default_rng([seed, 2]) (data uses 1)
 SAVE_INTERVAL_S = 1.0       # default checkpoint cadence: each epoch end, at most once a second
@@ -36,96 +34,6 @@ STATS = RESERVED + "stats/"
 class Interrupted(SpecError):
     """Ctrl-C: a checkpoint was saved; exit 130 like a shell's SIGINT."""
     exit_code = 130
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    data: Mapping
-    batch_size: int
-    epochs: int
-    optimizer: Optimizer
-    schedule: Schedule
-    metrics: Mapping
-    seed: int
-    clip_grad_norm: Optional[float] = None
-    early_stopping: Optional[EarlyStoppingConfig] = None
-
-    def run_settings(self) -> dict:
-        """What a resume must share with the run it continues, besides the spec text."""
-        return {"batch_size": self.batch_size, "lr": self.optimizer.lr, "seed": self.seed}
-
-
-def _positive_int(raw: Mapping, key: str, default: int, override=None) -> int:
-    value = override if override is not None else raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SpecError(f"train.{key} must be a positive integer, got {value!r}",
-                        mark=raw.mark_of(key) if override is None else None)
-    return value
-
-
-def parse_train(model: Model, epochs=None, batch_size=None, lr=None, seed=None) -> TrainConfig:
-    """Validate `train:` (keys, numbers, names), applying command-line overrides."""
-    raw = model.spec.train
-    check_keys(raw, TRAIN_KEYS, "train")
-    if "data" not in raw:
-        raise SpecError("train.data is missing", mark=raw.mark,
-                        hint="e.g. data: {dataset: spiral, samples: 300, classes: 3}")
-    optimizer = parse_optimizer(raw.get("optimizer"), raw.mark_of("optimizer"))
-    if lr is not None:
-        optimizer = Optimizer(optimizer.name, {**optimizer.args, "lr": float(lr)})
-    total = _positive_int(raw, "epochs", 10, epochs)
-    metrics = parse_metrics(raw.get("metrics"), set(model.graph.nodes), raw.mark_of("metrics"))
-    return TrainConfig(
-        data=raw["data"], batch_size=_positive_int(raw, "batch_size", 32, batch_size),
-        epochs=total, optimizer=optimizer,
-        schedule=parse_schedule(raw.get("schedule"), raw.mark_of("schedule"),
-                                _positive_int(raw, "epochs", total)),
-        metrics=metrics, seed=spec_seed(model.spec, seed),
-        clip_grad_norm=_clip(raw),
-        early_stopping=parse_early_stopping(raw.get("early_stopping"), metrics,
-                                            raw.mark_of("early_stopping")))
-
-
-def _clip(raw: Mapping) -> Optional[float]:
-    value = raw.get("clip_grad_norm")
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                              or not value > 0):
-        raise SpecError(f"train.clip_grad_norm must be a number > 0, got {value!r}",
-                        mark=raw.mark_of("clip_grad_norm"), hint="e.g. clip_grad_norm: 1.0")
-    return None if value is None else float(value)
-
-
-def load_dataset(model: Model, cfg: TrainConfig, stats=None):
-    """The spec's data fitted to its fed inputs; `stats` (from a checkpoint) replace the
-    normalization statistics computed on this data."""
-    graph = model.graph
-    fed = model.fed_inputs
-    classes = {}
-    for n in graph.nodes.values():
-        if n.op == "softmax_cross_entropy" and n.inputs[1] in fed:
-            c = graph[n.inputs[0]].shape[-1]
-            if isinstance(c, int):
-                classes[n.inputs[1]] = c
-    cfg_data = cfg.data
-    if stats and isinstance(cfg_data, Mapping) and cfg_data.get("normalize"):
-        cfg_data = _without(cfg_data, "normalize")
-    data = load_data(cfg_data, spec_dir=model.spec.path.parent,
-                     inputs={n: graph[n].shape for n in fed},
-                     input_dtypes={n: graph[n].dtype for n in fed}, seed=cfg.seed,
-                     classes=classes, mark=model.spec.train.mark_of("data"))
-    if cfg_data is cfg.data:
-        return data
-    valid = None if data.valid is None else apply_stats(data.valid, stats)
-    return type(data)(apply_stats(data.train, stats), valid, stats, data.n_classes)
-
-
-def _without(mapping: Mapping, key: str) -> Mapping:
-    """A copy of a (marked) mapping without `key`, keeping its marks for error messages."""
-    copy = type(mapping)((k, v) for k, v in mapping.items() if k != key)
-    for attr in ("mark", "key_marks", "value_marks"):
-        if hasattr(mapping, attr):
-            setattr(copy, attr, getattr(mapping, attr))
-    return copy
 
 
 @dataclass
@@ -230,6 +138,7 @@ class Run:
 
     def __init__(self, model: Model, cfg: TrainConfig, out: Path, save_every: Optional[int]):
         self.model, self.cfg, self.out, self.save_every = model, cfg, out, save_every
+        C.remove_stale_temps(out)
         self.data = load_dataset(model, cfg)
         if cfg.early_stopping and self.data.valid is None:
             raise SpecError("early_stopping watches the validation split, and train.data has "

@@ -1,0 +1,107 @@
+"""The `train:` section of a spec -> a validated TrainConfig, and the data it names.
+
+Command-line overrides (--epochs, --batch-size, --lr, --seed) are applied here,
+so every later stage sees one effective configuration.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+from .data import apply_stats, load_data
+from .errors import SpecError
+from .metrics import EarlyStoppingConfig, parse_early_stopping, parse_metrics
+from .model import Model, spec_seed
+from .schedules import Schedule, parse_schedule
+from .spec import TRAIN_KEYS, check_keys
+from .step import Optimizer, parse_optimizer
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: Mapping
+    batch_size: int
+    epochs: int
+    optimizer: Optimizer
+    schedule: Schedule
+    metrics: Mapping
+    seed: int
+    clip_grad_norm: Optional[float] = None
+    early_stopping: Optional[EarlyStoppingConfig] = None
+
+    def run_settings(self) -> dict:
+        """What a resume must share with the run it continues, besides the spec text."""
+        return {"batch_size": self.batch_size, "lr": self.optimizer.lr, "seed": self.seed}
+
+
+def _positive_int(raw: Mapping, key: str, default: int, override=None) -> int:
+    value = override if override is not None else raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SpecError(f"train.{key} must be a positive integer, got {value!r}",
+                        mark=raw.mark_of(key) if override is None else None)
+    return value
+
+
+def parse_train(model: Model, epochs=None, batch_size=None, lr=None, seed=None) -> TrainConfig:
+    """Validate `train:` (keys, numbers, names), applying command-line overrides."""
+    raw = model.spec.train
+    check_keys(raw, TRAIN_KEYS, "train")
+    if "data" not in raw:
+        raise SpecError("train.data is missing", mark=raw.mark,
+                        hint="e.g. data: {dataset: spiral, samples: 300, classes: 3}")
+    optimizer = parse_optimizer(raw.get("optimizer"), raw.mark_of("optimizer"))
+    if lr is not None:
+        optimizer = Optimizer(optimizer.name, {**optimizer.args, "lr": float(lr)})
+    total = _positive_int(raw, "epochs", 10, epochs)
+    metrics = parse_metrics(raw.get("metrics"), set(model.graph.nodes), raw.mark_of("metrics"))
+    return TrainConfig(
+        data=raw["data"], batch_size=_positive_int(raw, "batch_size", 32, batch_size),
+        epochs=total, optimizer=optimizer,
+        schedule=parse_schedule(raw.get("schedule"), raw.mark_of("schedule"),
+                                _positive_int(raw, "epochs", total)),
+        metrics=metrics, seed=spec_seed(model.spec, seed),
+        clip_grad_norm=_clip(raw),
+        early_stopping=parse_early_stopping(raw.get("early_stopping"), metrics,
+                                            raw.mark_of("early_stopping")))
+
+
+def _clip(raw: Mapping) -> Optional[float]:
+    value = raw.get("clip_grad_norm")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not value > 0):
+        raise SpecError(f"train.clip_grad_norm must be a number > 0, got {value!r}",
+                        mark=raw.mark_of("clip_grad_norm"), hint="e.g. clip_grad_norm: 1.0")
+    return None if value is None else float(value)
+
+
+def load_dataset(model: Model, cfg: TrainConfig, stats=None):
+    """The spec's data fitted to its fed inputs; `stats` (from a checkpoint) replace the
+    normalization statistics computed on this data."""
+    graph = model.graph
+    fed = model.fed_inputs
+    classes = {}
+    for n in graph.nodes.values():
+        if n.op == "softmax_cross_entropy" and n.inputs[1] in fed:
+            c = graph[n.inputs[0]].shape[-1]
+            if isinstance(c, int):
+                classes[n.inputs[1]] = c
+    cfg_data = cfg.data
+    if stats and isinstance(cfg_data, Mapping) and cfg_data.get("normalize"):
+        cfg_data = _without(cfg_data, "normalize")
+    data = load_data(cfg_data, spec_dir=model.spec.path.parent,
+                     inputs={n: graph[n].shape for n in fed},
+                     input_dtypes={n: graph[n].dtype for n in fed}, seed=cfg.seed,
+                     classes=classes, mark=model.spec.train.mark_of("data"))
+    if cfg_data is cfg.data:
+        return data
+    valid = None if data.valid is None else apply_stats(data.valid, stats)
+    return type(data)(apply_stats(data.train, stats), valid, stats, data.n_classes)
+
+
+def _without(mapping: Mapping, key: str) -> Mapping:
+    """A copy of a (marked) mapping without `key`, keeping its marks for error messages."""
+    copy = type(mapping)((k, v) for k, v in mapping.items() if k != key)
+    for attr in ("mark", "key_marks", "value_marks"):
+        if hasattr(mapping, attr):
+            setattr(copy, attr, getattr(mapping, attr))
+    return copy

@@ -1,0 +1,217 @@
+"""Training: metrics by hand, early stopping, eval against the trainer, the NaN guard.
+
+Oracles: metric values worked out by hand; early stopping's patience arithmetic;
+`graphc eval` of the final checkpoint equals the trainer's final numbers; a
+spec that takes log of a negative number (forward) or the derivative of
+sqrt at 0 (backward) must stop with exit 1 naming that node, the epoch and the batch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from graphc.errors import CheckFailed, SpecError
+from graphc.metrics import (EarlyStopping, EarlyStoppingConfig, accuracy, mae,
+                            parse_early_stopping, rmse)
+from graphc.model import load_model
+from graphc.train import RESERVED, evaluate_checkpoint, parse_train, train
+
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}    # this checkout, whatever is installed
+
+
+def graphc(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "graphc", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=120, env=ENV)
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+def test_accuracy_by_hand():
+    scores = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.1, 0.0, 0.2], [1.0, 0.0, 0.0]])
+    assert accuracy(scores, np.array([0, 1, 1, 2])) == 0.5          # rows 0 and 1 right
+    assert accuracy(np.array([0.3, -2.0, 0.5]), np.array([1, -1, -1])) == pytest.approx(2 / 3)
+    probs = np.array([[0.9], [0.2], [0.6], [0.4]])                    # [N, 1] vs [N] targets
+    assert accuracy(probs, np.array([1.0, 0.0, 0.0, 0.0])) == 0.75
+
+
+def test_mae_and_rmse_by_hand():
+    pred, target = np.array([[1.0], [2.0], [4.0]]), np.array([1.0, 4.0, 0.0])
+    assert mae(pred, target) == pytest.approx((0 + 2 + 4) / 3)
+    assert rmse(pred, target) == pytest.approx(math.sqrt((0 + 4 + 16) / 3))
+    with pytest.raises(SpecError, match="shaped like its target"):
+        mae(np.zeros((3, 2)), np.zeros(3))
+
+
+def test_early_stopping_counts_epochs_without_improvement():
+    es = EarlyStopping(EarlyStoppingConfig("accuracy", patience=2, mode="max", min_delta=0.01))
+    seen = [(v, es.update(v, e), es.stop) for e, v in enumerate([0.5, 0.6, 0.605, 0.7, 0.69, 0.7],
+                                                               start=1)]
+    assert [s[1] for s in seen] == [True, True, False, True, False, False]
+    assert [s[2] for s in seen] == [False, False, False, False, False, True]
+    assert (es.best, es.best_epoch) == (0.7, 4)
+    low = EarlyStopping(EarlyStoppingConfig("loss", patience=1, mode="min"))
+    assert low.update(1.0, 1) and low.update(0.5, 2) and not low.update(0.5, 3) and low.stop
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    ({"metric": "acuracy"}, "did you mean 'accuracy'"),
+    ({"patience": 0}, "positive integer"),
+    ({"mode": "maximum"}, "max or min"),
+    ({"metric": "loss", "patiense": 3}, "did you mean 'patience'"),
+])
+def test_bad_early_stopping(raw, fragment):
+    with pytest.raises(SpecError) as err:
+        parse_early_stopping(raw, {"accuracy": ("scores", "y")})
+    assert fragment in str(err.value)
+
+
+def test_early_stopping_defaults_mode_from_the_metric():
+    assert parse_early_stopping({"metric": "accuracy"}, {"accuracy": 0}).mode == "max"
+    assert parse_early_stopping({}, {}).metric == "loss"
+    assert parse_early_stopping({}, {}).mode == "min"
+
+
+# --- training end to end -----------------------------------------------------------------------
+
+SPIRAL = """\
+name: small_spiral
+inputs:
+  x: [batch, 2]
+  y: {shape: [batch], dtype: int64}
+params:
+  W1: {shape: [2, 32], init: he_normal}
+  b1: [32]
+  W2: {shape: [32, 3], init: {normal: {std: 0.01}}}
+  b2: [3]
+nodes:
+  h: relu(x @ W1 + b1)
+  scores: h @ W2 + b2
+  loss: softmax_cross_entropy(scores, y)
+train:
+  data: {dataset: spiral, samples: 150, validation: 0.2, normalize: standard}
+  batch_size: 16
+  epochs: 200
+  optimizer: {adam: {lr: 0.02}}
+  schedule: {cosine: {}, warmup: {epochs: 3}}
+  clip_grad_norm: 5.0
+  metrics: {accuracy: [scores, y]}
+  early_stopping: {metric: accuracy, patience: 8}
+"""
+
+
+@pytest.fixture
+def spiral(tmp_path):
+    path = tmp_path / "spiral.yaml"
+    path.write_text(SPIRAL)
+    return path
+
+
+def test_early_stopping_restores_the_best_epoch_and_eval_agrees(spiral):
+    model = load_model(spiral)
+    cfg = parse_train(model)
+    out = spiral.parent / "es.npz"
+    result = train(model, cfg, out=out)
+    val = [e.metrics["val_accuracy"] for e in result.history]
+    best = int(np.argmax(val))                                 # first epoch with the max
+    assert result.epochs == best + 1 + 8 < 200, "stopped `patience` epochs after the best"
+    assert result.metrics["accuracy"] == val[best] and result.notes
+    assert f"epoch {best + 1}" in result.notes[0]
+    again = evaluate_checkpoint(load_model(spiral), out)
+    assert again == {"loss": result.loss, "metrics": result.metrics, "samples": 30}
+    lrs = [e.lr for e in result.history]
+    assert lrs[:3] == pytest.approx([0.02 * (e + 1) / 3 * (1 + math.cos(math.pi * e / 200)) / 2
+                                     for e in range(3)])
+
+
+def test_eval_cli_json_and_stats_come_from_the_checkpoint(spiral):
+    out = spiral.parent / "c.npz"
+    proc = graphc("train", spiral, "--epochs", "3", "--out", out, "--json", cwd=spiral.parent)
+    assert proc.returncode == 0, proc.stderr
+    final = json.loads(proc.stdout)
+    assert "val_loss" in proc.stderr and "lr " in proc.stderr
+    proc = graphc("eval", spiral, "--params", out, "--json", cwd=spiral.parent)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert set(got) == {"loss", "metrics", "samples"} and got["samples"] == 30
+    assert got["loss"] == pytest.approx(final["loss"], rel=1e-6)
+    # the stats in the checkpoint are what eval applies: shift them and the loss moves
+    arrays = dict(np.load(out, allow_pickle=False))
+    arrays[RESERVED + "stats/x/mean"] = arrays[RESERVED + "stats/x/mean"] + 1.0
+    np.savez(out, **arrays)
+    moved = json.loads(graphc("eval", spiral, "--params", out, "--json", cwd=spiral.parent).stdout)
+    assert moved["loss"] != pytest.approx(got["loss"], rel=1e-3)
+
+
+def test_eval_names_a_missing_param(spiral):
+    np.savez(spiral.parent / "bad.npz", W1=np.zeros((2, 32), np.float32))
+    with pytest.raises(SpecError, match="no parameter 'b1'"):
+        evaluate_checkpoint(load_model(spiral), spiral.parent / "bad.npz")
+
+
+# --- the NaN guard -----------------------------------------------------------------------------
+
+LINEAR = """\
+name: lin
+inputs:
+  x: [batch, 1]
+  y: [batch]
+params:
+  w: {value: [[0.5]]}
+nodes:
+  pred: %s
+  loss: %s
+train:
+  data: {dataset: linear, samples: 40}
+  batch_size: 10
+  epochs: 30
+  optimizer: {sgd: {lr: %s}}
+"""
+
+
+def write(tmp_path, pred="x @ w", loss="mse(pred, y)", lr=0.1):
+    path = tmp_path / "lin.yaml"
+    path.write_text(LINEAR % (pred, loss, lr))
+    return path
+
+
+def test_forward_nan_names_the_node_epoch_and_batch(tmp_path):
+    spec = write(tmp_path, loss="mean(log(pred))")          # x ~ N(0, 1): some pred < 0
+    proc = graphc("train", spec.name, "--out", "c.npz", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    err = proc.stderr.strip().splitlines()          # line 9, column 14: the log( call
+    assert err[0].startswith("error: lin.yaml:9:14: node 'loss': non-finite value (NaN) from log")
+    assert "forward pass at epoch 1, batch 0 (step 1)" in err[0]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "c.npz").exists()
+
+
+def test_backward_inf_names_the_gradient(tmp_path):
+    """d sqrt(w) / dw at w = 0 is infinite while the loss is finite."""
+    spec = write(tmp_path, pred="x @ pow(w, exponent=0.5)")
+    spec.write_text(spec.read_text().replace("[[0.5]]", "[[0.0]]"))
+    model = load_model(spec)
+    with pytest.raises(CheckFailed) as err:
+        train(model, parse_train(model), out=tmp_path / "c.npz")
+    text = str(err.value)
+    assert "node 'pred': non-finite gradient" in text and "pow_grad in the backward pass" in text
+    assert "epoch 1, batch 0" in text and model.store["w"].tolist() == [[0.0]]
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    spec = write(tmp_path, lr=5.0)                          # |1 - 2 lr x^2| > 1: blows up
+    out = tmp_path / "c.npz"
+    proc = graphc("train", spec, "--out", out, "--save-every", "1", cwd=tmp_path)
+    assert proc.returncode == 1 and "non-finite" in proc.stderr, proc.stderr
+    failed = int(proc.stderr.split("at epoch ")[1].split(",")[0])
+    assert failed > 1 and f"keeps the last good state (after epoch {failed - 1})" in proc.stderr
+    arrays = np.load(out, allow_pickle=False)
+    assert int(arrays[RESERVED + "epoch"]) == failed - 1
+    assert np.all(np.isfinite(arrays["w"])) and np.abs(arrays["w"]).max() > 1e3
