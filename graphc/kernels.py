@@ -220,8 +220,11 @@ def _scratch2(w) -> tuple:
     return scratch(w.shape, w.dtype), scratch(w.shape, w.dtype)
 
 
-def _grad_into(d, t, g, w, c: float, weight_decay: float) -> None:
-    """d = c * g + weight_decay * w: the clipped gradient plus torch's L2 term (t: scratch)."""
+def _grad_into(d, t, g, w, c: float, weight_decay: float):
+    """c * g + weight_decay * w, the clipped gradient plus torch's L2 term: g itself when
+    that is all it is, else written to d (t: scratch). The caller only reads the result."""
+    if c == 1.0 and not weight_decay:
+        return g
     if c == 1.0:
         np.copyto(d, g)
     else:
@@ -229,6 +232,7 @@ def _grad_into(d, t, g, w, c: float, weight_decay: float) -> None:
     if weight_decay:
         np.multiply(w, weight_decay, out=t)
         np.add(d, t, out=d)
+    return d
 
 
 def b_grad_norm(out, loss, *grads):
@@ -248,14 +252,13 @@ def b_sgd(out, w, g, norm, lr, *state, momentum, nesterov, weight_decay, max_nor
         c = _clip_factor(norm, max_norm)
         if c is None:
             return
-        _grad_into(d, t, g, w, c, weight_decay)
-        u = d
+        u = _grad_into(d, t, g, w, c, weight_decay)
         if v is not None:
             np.multiply(v, momentum, out=v)
-            np.add(v, d, out=v)
+            np.add(v, u, out=v)
             if nesterov:
                 np.multiply(v, momentum, out=t)
-                np.add(d, t, out=d)
+                u = np.add(u, t, out=d)
             else:
                 u = v
         np.multiply(u, float(lr), out=t)
@@ -273,17 +276,17 @@ def b_rmsprop(out, w, g, norm, lr, s, *state, alpha, eps, momentum, centered, we
         c = _clip_factor(norm, max_norm)
         if c is None:
             return
-        _grad_into(d, t, g, w, c, weight_decay)
-        _ema(s, np.multiply(d, d, out=t), alpha)
+        u = _grad_into(d, t, g, w, c, weight_decay)
+        _ema(s, np.multiply(u, u, out=t), alpha)
         if a is not None:
-            _ema(a, d, alpha, t)
+            _ema(a, u, alpha, t)
             np.multiply(a, a, out=t)
             np.subtract(s, t, out=t)
             np.sqrt(t, out=t)
         else:
             np.sqrt(s, out=t)
         np.add(t, eps, out=t)
-        np.divide(d, t, out=t)
+        np.divide(u, t, out=t)
         if b is not None:
             np.multiply(b, momentum, out=b)
             np.add(b, t, out=b)
@@ -309,12 +312,12 @@ def b_adagrad(out, w, g, norm, lr, s, *, eps, weight_decay, max_norm):
         c = _clip_factor(norm, max_norm)
         if c is None:
             return
-        _grad_into(d, t, g, w, c, weight_decay)
-        np.multiply(d, d, out=t)
+        u = _grad_into(d, t, g, w, c, weight_decay)
+        np.multiply(u, u, out=t)
         np.add(s, t, out=s)
         np.sqrt(s, out=t)
         np.add(t, eps, out=t)
-        np.divide(d, t, out=t)
+        np.divide(u, t, out=t)
         np.multiply(t, float(lr), out=t)
         np.subtract(w, t, out=w)
     return step
@@ -330,13 +333,13 @@ def _adam(decoupled: bool):
             if c is None:
                 return
             rate = float(lr)
-            _grad_into(d, t, g, w, c, 0.0 if decoupled else weight_decay)
+            u = _grad_into(d, t, g, w, c, 0.0 if decoupled else weight_decay)
             if decoupled and weight_decay:
                 np.multiply(w, 1 - rate * weight_decay, out=w)
             np.add(count, 1, out=count)
             k = float(count)
-            _ema(m, d, b1, t)
-            _ema(v, np.multiply(d, d, out=t), b2)
+            _ema(m, u, b1, t)
+            _ema(v, np.multiply(u, u, out=t), b2)
             np.sqrt(v, out=t)
             np.divide(t, math.sqrt(1 - b2 ** k), out=t)
             np.add(t, eps, out=t)
