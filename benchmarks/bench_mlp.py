@@ -200,6 +200,7 @@ def row(name, sizes, batch, reps, times, plan) -> dict:
         "numpy_us": us["numpy"][0], "numpy_p10_us": us["numpy"][1],
         "floor_us": us["floor"][0], "floor_p10_us": us["floor"][1],
         "graphc_over_numpy": us["graphc"][0] / us["numpy"][0],
+        "graphc_over_numpy_p10": us["graphc"][1] / us["numpy"][1],
         "numpy_over_floor": us["numpy"][0] / us["floor"][0],
         "naive_bytes": getattr(plan, "naive_bytes", None),
         "lower_bound_bytes": getattr(plan, "lower_bound_bytes", None),
@@ -212,8 +213,9 @@ def _mib(nbytes) -> str:
 
 
 def table(rows) -> str:
-    head = ("model", "batch", "graphc us/step (p10)", "numpy us/step (p10)", "graphc/numpy",
-            "floor us", "numpy/floor", "naive MiB", "bound MiB", "arena MiB", "naive/arena")
+    head = ("model", "batch", "graphc us/step (p10)", "numpy us/step (p10)",
+            "graphc/numpy (p10)", "floor us", "numpy/floor", "naive MiB", "bound MiB",
+            "arena MiB", "naive/arena")
     lines = [head]
     for r in rows:
         naive, arena = r["naive_bytes"], r["arena_bytes"]
@@ -221,7 +223,8 @@ def table(rows) -> str:
             r["model"], str(r["batch"]),
             f"{r['graphc_us']:.1f} ({r['graphc_p10_us']:.1f})",
             f"{r['numpy_us']:.1f} ({r['numpy_p10_us']:.1f})",
-            f"{r['graphc_over_numpy']:.2f}", f"{r['floor_us']:.1f}",
+            f"{r['graphc_over_numpy']:.2f} ({r['graphc_over_numpy_p10']:.2f})",
+            f"{r['floor_us']:.1f}",
             f"{r['numpy_over_floor']:.2f}", _mib(naive), _mib(r["lower_bound_bytes"]),
             _mib(arena), f"{naive / arena:.2f}" if naive and arena else "-"))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]

@@ -173,3 +173,13 @@ def test_bench_rejects_an_unknown_model():
     out = run_bench("--models", "tiny,huge")
     assert out.returncode == 2
     assert "huge" in out.stderr
+
+
+def test_forms_prints_both_tables():
+    out = subprocess.run([sys.executable, str(BENCH / "forms.py")], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if ":" in line]
+    assert any(r.startswith("relu: np.maximum(a, zeros, out=a)") for r in rows)
+    assert any(r.startswith("row max: np.maximum over columns") for r in rows)
+    assert all(float(cell) > 0 for r in rows for cell in r.split()[-3:])
