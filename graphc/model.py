@@ -95,7 +95,8 @@ class Runner:
     def __init__(self, graph: Graph, store: dict, keep=(), forward=None, reuse: bool = True):
         self.graph, self.store, self.keep, self.forward = graph, store, tuple(keep), forward
         self.reuse = reuse
-        self.cache: dict = {}
+        self.cache: dict = {}        # bound dims -> executor
+        self.by_shapes: dict = {}    # the feeds' shapes -> executor, skipping bind_dims
 
     def executor(self, dims: Mapping[str, int]) -> Executor:
         key = tuple(sorted(dims.items()))
@@ -106,7 +107,11 @@ class Runner:
         return self.cache[key]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> Executor:
-        ex = self.executor(bind_dims(self.graph, feeds))
+        """Bind dims from the feeds' shapes (cached per shape), copy them in, run the step."""
+        key = tuple((name, arr.shape) for name, arr in feeds.items())
+        ex = self.by_shapes.get(key)
+        if ex is None:
+            ex = self.by_shapes[key] = self.executor(bind_dims(self.graph, feeds))
         ex.run(feeds)
         return ex
 
