@@ -30,6 +30,7 @@ class NodeSpec:
     inputs: tuple
     attrs: Mapping = field(default_factory=dict, hash=False)
     mark: Optional[Mark] = field(default=None, compare=False)
+    input_marks: tuple = field(default=(), compare=False)    # where each input is named
 
 
 def check_attrs(op: str, attrs: Mapping, node: str, mark: Mark,
@@ -140,6 +141,7 @@ class _Parser:
         self.name, self.mark, self.col0, self.text = name, mark, col0, text
         self.nodes: list[NodeSpec] = []
         self.used: set = set()
+        self.marks: dict = {}     # name -> where it first appears in the expression
 
     def at(self, tree: ast.AST) -> Mark:
         if getattr(tree, "lineno", 1) != 1:     # a multi-line block scalar: its first line
@@ -161,7 +163,9 @@ class _Parser:
             while out in self.used:
                 out, k = f"{self.name}/{op}_{k}", k + 1
         self.used.add(out)
-        self.nodes.append(NodeSpec(out, op, inputs, attrs, self.at(tree)))
+        self.marks[out] = self.at(tree)
+        self.nodes.append(NodeSpec(out, op, inputs, attrs, self.at(tree),
+                                   tuple(self.marks.get(i) for i in inputs)))
         return out
 
     def visit(self, tree: ast.AST, depth: int = 0, top: bool = False) -> str:
@@ -170,6 +174,7 @@ class _Parser:
                       "split it into several named nodes")
         if isinstance(tree, ast.Name):
             self.check_name(tree.id, tree)
+            self.marks.setdefault(tree.id, self.at(tree))
             return self.emit("identity", (tree.id,), {}, tree, top) if top else tree.id
         if isinstance(tree, ast.Constant):
             return self.emit("const", (), {"shape": (), "value": self.number(tree)}, tree, top)
@@ -195,8 +200,8 @@ class _Parser:
 
     def check_name(self, name: str, tree: ast.AST):
         if name.startswith("__"):
-            self.fail(f"name '{name}' is not allowed", tree,
-                      "names starting with __ are reserved; rename the node")
+            self.fail(f"name '{name}' is not allowed", tree, "names starting with __ are "
+                      "reserved; specs refer to their own inputs, params and nodes only")
 
     def unary(self, tree: ast.UnaryOp, depth: int, top: bool) -> str:
         if isinstance(tree.operand, ast.Constant):

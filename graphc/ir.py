@@ -107,9 +107,11 @@ class GraphBuilder:
         for pos, n in enumerate(in_nodes):
             is_int = n.dtype.startswith("int")
             if is_int != (pos in opdef.labels):
-                want = "integer class labels" if pos in opdef.labels else "floating-point values"
-                raise node_error(probe, f"input {pos + 1} of {op} ('{n.name}', {n.dtype}) "
-                                        f"must be {want}")
+                want, dtype = (("integer class labels", "int64") if pos in opdef.labels
+                               else ("floating-point values", "float32"))
+                raise node_error(probe, f"input {pos + 1} of {op} is '{n.name}' ({n.dtype}), "
+                                        f"but must be {want}",
+                                 hint=f"declare {n.name} with dtype: {dtype}")
         try:
             shape = tuple(opdef.infer([n.shape for n in in_nodes], attrs))
         except S.ShapeError as exc:
@@ -139,11 +141,19 @@ def _check_acyclic(spec, node_specs: dict):
         cycle = nx.find_cycle(g)
     except nx.NetworkXNoCycle:
         return
-    path = [u for u, _ in cycle] + [cycle[0][0]]
-    first = node_specs[path[0]]
-    lines = [f"{p} (line {node_specs[p].mark.line})" for p in path[:-1] if node_specs[p].mark]
-    raise SpecError("cycle: " + " -> ".join(p.split("/")[0] for p in path), mark=first.mark,
-                    node=path[0].split("/")[0], context=lines,
+    users = []                          # the user's nodes, anonymous sub-nodes folded in
+    for u, _ in cycle:
+        user = u.split("/")[0]
+        if not users or users[-1] != user:
+            users.append(user)
+    if len(users) > 1 and users[-1] == users[0]:
+        users.pop()
+    order = list(node_specs)
+    start = min(range(len(users)), key=lambda i: order.index(users[i]))
+    users = users[start:] + users[:start]      # start where the file does: a -> b -> a
+    lines = [f"{u} (line {node_specs[u].mark.line})" for u in users if node_specs[u].mark]
+    raise SpecError("cycle: " + " -> ".join(users + users[:1]), mark=node_specs[users[0]].mark,
+                    node=users[0], context=lines,
                     hint="a spec is a DAG: one of these nodes must not depend on the others")
 
 

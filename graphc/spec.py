@@ -94,22 +94,34 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _shape(value, name: str, mark: Mark) -> tuple:
+def _shape(value, name: str, mark: Mark, kind: str = "input") -> tuple:
     if not isinstance(value, list):
-        raise SpecError(f"shape must be a list such as [batch, 2], got {_short(value)}",
+        raise SpecError(f"shape is {_short(value)}, expected a list such as [batch, 2]",
                         mark=mark, node=name)
-    for d in value:
+    for i, d in enumerate(value):
+        at = value.mark_of(i) if hasattr(value, "mark_of") else mark
         ok = (isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_DIM) or \
              (isinstance(d, str) and d.isidentifier())
         if not ok:
-            raise SpecError(f"bad dimension {d!r} in shape {_short(value)}", mark=mark,
-                            node=name, hint="dims are positive integers or names such as batch")
+            raise SpecError(f"dimension {i} of shape {_fmt(value)} is {_short(d)}, expected a "
+                            f"size from 1 to {MAX_DIM} or a dim name such as batch",
+                            mark=at, node=name)
+        if kind == "param" and isinstance(d, str):
+            raise SpecError(f"parameter shape {_fmt(value)} has the symbolic dim '{d}', "
+                            "expected fixed sizes", mark=at, node=name,
+                            hint="symbolic dims such as batch are for inputs")
     return tuple(value)
+
+
+def _fmt(shape) -> str:
+    """[batch, 2] as written in YAML, shortened when long."""
+    text = "[" + ", ".join(str(d) for d in shape) + "]"
+    return text if len(text) <= 40 else text[:36] + "...]"
 
 
 def _dtype(value, allowed, name: str, mark: Mark) -> str:
     if not isinstance(value, str) or value not in allowed:
-        raise SpecError(f"dtype '{_short(value)}' is not supported (expected one of "
+        raise SpecError(f"dtype {_short(value)} is not supported (expected one of "
                         f"{', '.join(allowed)})", mark=mark, node=name,
                         hint=did_you_mean(str(value), allowed))
     return value
@@ -134,7 +146,7 @@ def _leaf(name: str, raw, kind: str, dtype: str, mark: Mark) -> LeafSpec:
     if isinstance(raw, (int, float)):
         return LeafSpec(name, kind, (), dtype, None, _value(raw, name, mark), mark)
     if isinstance(raw, list):
-        return LeafSpec(name, kind, _shape(raw, name, mark), dtype, None, None, mark)
+        return LeafSpec(name, kind, _shape(raw, name, mark, kind), dtype, None, None, mark)
     if not isinstance(raw, dict):
         raise SpecError(f"leaf '{name}' must be a shape list, a number or a mapping, "
                         f"got {_short(raw)}", mark=mark, node=name)
@@ -143,7 +155,7 @@ def _leaf(name: str, raw, kind: str, dtype: str, mark: Mark) -> LeafSpec:
     leaf_dtype = _dtype(raw.get("dtype", dtype), allowed, name, raw.mark_of("dtype"))
     value = _value(raw["value"], name, raw.mark_of("value")) if "value" in raw else None
     if "shape" in raw:
-        shape = _shape(raw["shape"], name, raw.mark_of("shape"))
+        shape = _shape(raw["shape"], name, raw.mark_of("shape"), kind)
         if value is not None and value.shape != shape:
             raise SpecError(f"value has shape {list(value.shape)} but shape says {list(shape)}",
                             mark=raw.mark_of("value"), node=name)
@@ -182,7 +194,9 @@ def _explicit_node(name: str, raw: MarkedDict) -> NodeSpec:
                         mark=raw.mark_of("inputs"), node=name)
     attrs = {k: v for k, v in raw.items() if k not in NODE_KEYS}
     attrs = check_attrs(op, attrs, name, raw.mark, {k: raw.mark_of(k) for k in attrs})
-    return NodeSpec(name, op, tuple(inputs), attrs, raw.mark)
+    marks = tuple(inputs.mark_of(i) for i in range(len(inputs))) \
+        if hasattr(inputs, "mark_of") else ()
+    return NodeSpec(name, op, tuple(inputs), attrs, raw.mark, marks)
 
 
 def _nodes(raw: MarkedDict, lines: list) -> list:
@@ -219,9 +233,11 @@ def _check_names(leaves, nodes):
                             mark=n.mark, node=n.name)
         defined.add(n.name)
     for n in nodes:
-        for i in n.inputs:
+        for k, i in enumerate(n.inputs):
             if i not in defined:
-                raise SpecError(f"unknown name '{i}'", mark=n.mark, node=n.name.split("/")[0],
+                mark = n.input_marks[k] if k < len(n.input_marks) else None
+                raise SpecError(f"unknown name '{i}'", mark=mark or n.mark,
+                                node=n.name.split("/")[0],
                                 hint=did_you_mean(i, defined) or
                                 "define it under inputs, params or nodes")
 
@@ -254,6 +270,10 @@ def _leaves(raw: MarkedDict, dtype: str) -> dict:
 
 
 def _loss(raw: MarkedDict, names: set, top: Mark) -> str:
+    if "loss" not in raw and "loss" not in names:
+        raise SpecError("the spec has no loss: no `loss:` key and no node named 'loss'",
+                        mark=raw.key_marks.get("nodes", top),
+                        hint="set loss: NODE to the scalar to minimize")
     loss = raw.get("loss", "loss")
     if not isinstance(loss, str) or loss not in names:
         found = f"'{loss}' is not a node" if isinstance(loss, str) else \
@@ -305,7 +325,8 @@ def load_spec(path, text: Optional[str] = None) -> Spec:
     raw = load_yaml(text, str(path))
     top = Mark(str(path), 1, 1)
     if not isinstance(raw, dict):
-        found = "empty" if raw is None else f"a {type(raw).__name__.replace('Marked', '')}"
+        found = "empty" if raw is None else \
+            "a list" if isinstance(raw, list) else f"the value {_short(raw)}"
         raise SpecError(f"the spec is {found}, expected a YAML mapping with inputs, params "
                         "and nodes", mark=top, hint="start from specs/spiral_mlp.yaml")
     check_keys(raw, TOP_KEYS, "the spec")

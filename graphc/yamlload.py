@@ -167,7 +167,10 @@ def load_yaml(text: str, filename: str):
         m = exc.problem_mark or exc.context_mark
         mark = Mark(filename, m.line + 1, m.column + 1) if m else Mark(filename, 1, 1)
         what = exc.problem or exc.context or "invalid YAML"
-        raise SpecError(f"YAML syntax error: {what}", mark=mark,
+        c = exc.context_mark
+        context = [f"{exc.context} that starts at line {c.line + 1}, column {c.column + 1}"
+                   ] if exc.problem and exc.context and c and c.line != m.line else []
+        raise SpecError(f"YAML syntax error: {what}", mark=mark, context=context,
                         hint="check indentation and quoting on that line") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"YAML error: {exc}", mark=Mark(filename, 1, 1)) from None
