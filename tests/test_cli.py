@@ -294,3 +294,16 @@ def test_bad_input_is_exit_2_with_one_error_line(args):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert proc.stdout == ""
+
+
+# --- the front door: README and CI say the same thing --------------------------------------
+
+def test_readme_quickstart_and_ci_use_the_same_commands():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "pip install -e '.[test]' && pytest -q" in readme
+    assert "pip install -e . && graphc train specs/spiral_mlp.yaml" in readme
+    ci = REPO / ".ci" / "run"
+    text = ci.read_text(encoding="utf-8")
+    assert ci.stat().st_mode & 0o111, ".ci/run must be executable"
+    assert "set -euo pipefail" in text
+    assert "-m pip install -q -e '.[test]'" in text and "-m pytest -q" in text
