@@ -138,6 +138,8 @@ class Run:
 
     def __init__(self, model: Model, cfg: TrainConfig, out: Path, save_every: Optional[int]):
         self.model, self.cfg, self.out, self.save_every = model, cfg, out, save_every
+        if not out.parent.is_dir():                 # fail now, not after training
+            raise SpecError(f"cannot write checkpoint {out}: no folder {out.parent}")
         C.remove_stale_temps(out)
         self.data = load_dataset(model, cfg)
         if cfg.early_stopping and self.data.valid is None:

@@ -215,3 +215,8 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     arrays = np.load(out, allow_pickle=False)
     assert int(arrays[RESERVED + "epoch"]) == failed - 1
     assert np.all(np.isfinite(arrays["w"])) and np.abs(arrays["w"]).max() > 1e3
+
+
+def test_a_missing_output_folder_fails_before_training(tmp_path):
+    proc = graphc("train", write(tmp_path), "--out", tmp_path / "no" / "c.npz", cwd=tmp_path)
+    assert proc.returncode == 2 and "no folder" in proc.stderr and "epoch" not in proc.stdout
