@@ -53,10 +53,6 @@ def _decayed(name: str, a: Mapping, lr: float, e: int) -> float:
     return lr
 
 
-def learning_rate(schedule: Schedule, base_lr: float, epoch: int) -> float:
-    return schedule.lr(base_lr, epoch)
-
-
 def parse_schedule(raw, mark=None, epochs: Optional[int] = None) -> Schedule:
     """`{step: {every: 100, gamma: 0.5}, warmup: {epochs: 5}}`, `cosine`, None -> Schedule.
 
