@@ -163,14 +163,19 @@ def path_nodes(graph: Graph, wrt) -> set:
     return upstream & downstream
 
 
-def grad_graph(graph: Graph, wrt) -> GradGraph:
-    """Append the reverse graph of d loss / d each of `wrt` (leaves) to `graph`."""
+def grad_graph(graph: Graph, wrt, seed: Optional[str] = None) -> GradGraph:
+    """Append the reverse graph of d loss / d each of `wrt` (leaves) to `graph`.
+
+    The backward pass starts from d loss / d loss = 1, or from the scalar leaf `seed`:
+    every gradient is then scaled by it (training folds the learning rate in this way).
+    """
     b = GraphBuilder(graph.dtype, graph.nodes)
     emit = _Emit(b)
     need = path_nodes(graph, wrt)
     pending = {name: [] for name in need | {graph.loss}}   # no params: need is empty
-    seed = b.fresh("d:" + graph.loss)
-    b.nodes[seed] = Node(seed, "const", (), {"shape": (), "value": 1.0}, (), graph.dtype)
+    if seed is None:
+        seed = b.fresh("d:" + graph.loss)
+        b.nodes[seed] = Node(seed, "const", (), {"shape": (), "value": 1.0}, (), graph.dtype)
     pending[graph.loss].append(seed)
     totals = {}
     for node in reversed(list(graph.nodes.values())):
@@ -185,9 +190,23 @@ def grad_graph(graph: Graph, wrt) -> GradGraph:
         for x, gx in zip(node.inputs, VJP[node.op](emit, node, g)):
             if gx is not None and x in need:
                 pending[x].append(gx)
-    out = schedule(b.graph(graph.loss, graph.outputs, graph.after))
+    live = _reachable(b.nodes, set(totals.values()))
+    nodes = {k: v for k, v in b.nodes.items() if k in graph.nodes or k in live}
+    out = schedule(Graph(nodes, graph.loss, graph.outputs, graph.dtype, graph.after))
     verify_graph(out)
     return GradGraph(out, {**totals, **{w: totals.get(w) for w in wrt}})
+
+
+def _reachable(nodes: Mapping, roots: set) -> set:
+    """Names the roots depend on: backward nodes outside this set are dead (e.g. d/d x
+    of a matmul whose x is data) and are dropped."""
+    seen, stack = set(), list(roots)
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(nodes[n].inputs)
+    return seen
 
 
 def _total(emit: _Emit, node: Node, contributions: list) -> str:

@@ -13,6 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
+from .errors import check_memory
 from .kernels import BINDERS, KERNELS
 from .plan import ALIGN, Plan
 from .workspace import Workspace
@@ -23,6 +24,8 @@ DROP_ATTRS = {"shape"}    # shape attributes are for inference; kernels see real
 class Executor:
     def __init__(self, plan: Plan, store: Mapping[str, np.ndarray]):
         self.plan = plan
+        dims = ", ".join(f"{k}={v}" for k, v in sorted(plan.dims.items()))
+        check_memory(plan.arena_bytes, f"the plan's arena ({dims or 'no symbolic dims'})")
         self.arena = np.zeros(plan.arena_bytes + ALIGN, dtype=np.uint8)
         base = (-self.arena.ctypes.data) % ALIGN
         self.values: dict = {}
@@ -38,7 +41,7 @@ class Executor:
                                               offset=base + b.offset)
         measuring = Workspace(0)
         self._bind_all(measuring)
-        self.workspace = Workspace(measuring.high, measuring.consts)
+        self.workspace = Workspace(measuring.high, measuring.consts, measuring.carry)
         self.calls = self._bind_all(self.workspace)
 
     @property

@@ -207,13 +207,26 @@ BINDERS: dict = dict(FAST_BINDERS)   # zero-allocation forms of the hot ops: bin
 # Formulas are PyTorch's (see docs/training.md). Closures use ufunc `out=` forms, as an
 # augmented assignment would rebind the closed-over name.
 
-def _clip_factor(norm, max_norm: float):
-    """None (skip the step) when the gradient norm is not finite; else
-    clip_grad_norm_'s factor min(1, max_norm / (norm + 1e-6)), or 1 without clipping."""
-    n = float(norm)
-    if not math.isfinite(n):
+def _gate(g, guard, max_norm: float):
+    """A no-argument function giving this step's gradient factor, or None to skip the update.
+
+    With clipping, `guard` is the global norm: clip_grad_norm_'s factor
+    min(1, max_norm / (norm + 1e-6)), None when the norm is not finite. Without, `guard` is
+    a state leaf: 1 when this gradient is finite, else the guard becomes NaN and None.
+    """
+    if max_norm:
+        def clip():
+            n = float(guard)
+            return min(1.0, max_norm / (n + 1e-6)) if math.isfinite(n) else None
+        return clip
+    flat = g.reshape(-1)
+
+    def check():
+        if math.isfinite(np.dot(flat, flat)):
+            return 1.0
+        guard[...] = math.nan
         return None
-    return min(1.0, max_norm / (n + 1e-6)) if max_norm else 1.0
+    return check
 
 
 def _scratch2(w) -> tuple:
@@ -244,12 +257,19 @@ def b_grad_norm(out, loss, *grads):
     return step
 
 
-def b_sgd(out, w, g, norm, lr, *state, momentum, nesterov, weight_decay, max_norm):
+def b_sgd(out, w, g, norm, lr, *state, momentum, nesterov, weight_decay, max_norm,
+          folded=False):
+    gate = _gate(g, norm, max_norm)
+    if folded:        # g arrives as lr * g (step.py seeds the backward pass with lr)
+        def folded_step():
+            if gate() is not None:
+                np.subtract(w, g, out=w)
+        return folded_step
     d, t = _scratch2(w)
     v = state[0] if state else None
 
     def step():
-        c = _clip_factor(norm, max_norm)
+        c = gate()
         if c is None:
             return
         u = _grad_into(d, t, g, w, c, weight_decay)
@@ -271,9 +291,10 @@ def b_rmsprop(out, w, g, norm, lr, s, *state, alpha, eps, momentum, centered, we
     d, t = _scratch2(w)
     b = state[0] if momentum else None
     a = state[-1] if centered else None
+    gate = _gate(g, norm, max_norm)
 
     def step():
-        c = _clip_factor(norm, max_norm)
+        c = gate()
         if c is None:
             return
         u = _grad_into(d, t, g, w, c, weight_decay)
@@ -307,9 +328,10 @@ def _ema(avg, x, beta: float, scratch=None) -> None:
 
 def b_adagrad(out, w, g, norm, lr, s, *, eps, weight_decay, max_norm):
     d, t = _scratch2(w)
+    gate = _gate(g, norm, max_norm)
 
     def step():
-        c = _clip_factor(norm, max_norm)
+        c = gate()
         if c is None:
             return
         u = _grad_into(d, t, g, w, c, weight_decay)
@@ -327,9 +349,10 @@ def _adam(decoupled: bool):
     """Adam (L2 weight decay in the gradient) or AdamW (decoupled: w *= 1 - lr * wd first)."""
     def bind(out, w, g, norm, lr, m, v, count, *, betas, eps, weight_decay, max_norm):
         (b1, b2), (d, t) = betas, _scratch2(w)
+        gate = _gate(g, norm, max_norm)
 
         def step():
-            c = _clip_factor(norm, max_norm)
+            c = gate()
             if c is None:
                 return
             rate = float(lr)

@@ -272,9 +272,10 @@ _def("multiclass_hinge_grad", 3, _grad_of(1), "multiclass_hinge_grad(g, s, label
      attrs={"margin": 1.0}, labels=(2,), **_BW)
 
 # optimizer updates: write the parameter (and its state) in place
-# (w, g, norm, lr, *state): g' = c * g + weight_decay * w, where the clip factor
-# c = min(1, max_norm / (norm + 1e-6)) if max_norm else 1; a non-finite norm skips the
-# step. Formulas are PyTorch's (docs/training.md); states are updated in place too.
+# (w, g, guard, lr, *state): g' = c * g + weight_decay * w. With max_norm, `guard` is the
+# global norm, c = min(1, max_norm / (norm + 1e-6)) and a non-finite norm skips the step;
+# without, c = 1, and a non-finite g skips this update and sets the guard (a state leaf)
+# to NaN. Formulas are PyTorch's (docs/training.md); states are updated in place too.
 _UP = {"group": "update"}
 _DECAY = {"weight_decay": 0.0, "max_norm": 0.0}
 _ADAM = {"betas": (0.9, 0.999), "eps": 1e-8, **_DECAY}
@@ -283,7 +284,8 @@ _def("grad_norm", None, _scalar,
      "finite; every update reads it, so all grads are complete before any update", **_UP)
 _def("sgd", None, _update,
      "sgd(w, g, norm, lr, [v]): v = momentum v + g'; w -= lr * (g' + momentum v if nesterov "
-     "else v), v = g' without momentum", attrs={"momentum": 0.0, "nesterov": False, **_DECAY},
+     "else v), v = g' without momentum; folded: g already holds lr * g, w -= g",
+     attrs={"momentum": 0.0, "nesterov": False, "folded": False, **_DECAY},
      mutates=(0,), **_UP)
 _def("rmsprop", None, _update,
      "rmsprop(w, g, norm, lr, s, [b], [a]): s = alpha s + (1-alpha) g'^2; a = alpha a + "

@@ -1,11 +1,18 @@
-"""The training step as one graph: forward + reverse graph + a guard node + optimizer updates.
+"""The training step as one graph: forward + reverse graph + optimizer updates + a guard.
 
 One `update:<param>` node per parameter overwrites it in place (PyTorch's update
 formulas, docs/training.md), so each is ordered after every other reader of
-that parameter (the `after` edges). Every update also reads `opt:grad_norm`,
-the global gradient norm: that data edge puts all gradients before any update,
-which clipping needs, and lets an update skip a step whose loss or gradients
-are not finite. Optimizer state leaves (`<param>.velocity`, `.m`, ...) start at
+that parameter (the `after` edges). Every update also reads a guard value, which
+the trainer checks after each step:
+- with `clip_grad_norm`, the node `opt:grad_norm` (the global gradient norm, NaN
+  if the loss is not finite): clipping needs every gradient before any update,
+  and a non-finite norm skips every update of the step;
+- without, the state leaf `opt:grad_check` (0): each update runs as soon as its
+  own gradient is complete, so gradient buffers die early; an update whose
+  gradient is not finite skips itself and sets the guard to NaN.
+Plain SGD (no momentum, weight decay or clipping) starts the backward pass from
+the learning rate instead of 1, so every gradient arrives scaled and each update
+is one subtract. Optimizer state leaves (`<param>.velocity`, `.m`, ...) start at
 zero; the learning rate is the `hyper` leaf `opt:lr`, set by the trainer each
 epoch, so a schedule needs no recompile.
 """
@@ -20,6 +27,7 @@ from .ir import Graph, GraphBuilder, Node, schedule, verify_graph
 
 LR = "opt:lr"
 NORM = "opt:grad_norm"
+GUARD = "opt:grad_check"
 BETAS = (0.9, 0.999)
 
 # name -> settings with their defaults (PyTorch's, except sgd's lr, which Keras's 0.01 is)
@@ -58,12 +66,15 @@ class Optimizer:
 
 @dataclass(frozen=True)
 class StepGraph:
-    """The whole training step; `forward` names the forward nodes, `grads` leaf -> grad node,
-    `states` param -> its optimizer state leaves."""
+    """The whole training step; `forward` names the forward nodes, `grads` leaf -> grad node
+    (scaled by the learning rate where `folded`), `states` param -> its optimizer state
+    leaves, `guard` the scalar that is not finite after a bad step."""
     graph: Graph
     forward: frozenset
     grads: Mapping[str, str]
     states: Mapping[str, tuple]
+    guard: str = NORM
+    folded: bool = False
 
 
 def parse_optimizer(raw, mark=None) -> Optimizer:
@@ -122,25 +133,36 @@ def _setting(name: str, key: str, value, mark):
 
 def training_graph(graph: Graph, optimizer: Optimizer,
                    clip_grad_norm: Optional[float] = None) -> StepGraph:
-    """Forward graph -> forward + backward + grad_norm + one update per parameter, scheduled."""
+    """Forward graph -> forward + backward + one update per parameter + guard, scheduled."""
     params = trained_params(graph)
-    gg = grad_graph(graph, params)
+    a = optimizer.args
+    folded = optimizer.name == "sgd" and not (a["momentum"] or a["weight_decay"]
+                                              or clip_grad_norm)
+    lr = Node(LR, "hyper", (), {"shape": ()}, (), graph.dtype)
+    with_lr = Graph({**graph.nodes, LR: lr}, graph.loss, graph.outputs, graph.dtype,
+                    graph.after)
+    gg = grad_graph(with_lr, params, seed=LR if folded else None)
     check_params_reach_loss(graph, gg.grads)
     b = GraphBuilder(graph.dtype, gg.graph.nodes)
-    b.nodes[LR] = Node(LR, "hyper", (), {"shape": ()}, (), graph.dtype)
-    b.add(NORM, "grad_norm", (graph.loss, *(gg.grads[p] for p in params)))
-    attrs = {k: v for k, v in optimizer.args.items() if k != "lr"}
+    if clip_grad_norm:
+        guard = b.add(NORM, "grad_norm", (graph.loss, *(gg.grads[p] for p in params)))
+    else:
+        guard = GUARD
+        b.nodes[GUARD] = Node(GUARD, "state", (), {"shape": ()}, (), graph.dtype)
+    attrs = {k: v for k, v in a.items() if k != "lr"}
     attrs["max_norm"] = float(clip_grad_norm or 0.0)
+    if optimizer.name == "sgd":
+        attrs["folded"] = folded
     readers = gg.graph.consumers()
     after, states = list(gg.graph.after), {}
     for p in params:
         states[p] = tuple(_state_leaf(b, graph, p, s) for s in optimizer.state_names())
         update = f"update:{p}"
-        b.add(update, optimizer.name, (p, gg.grads[p], NORM, LR, *states[p]), attrs)
+        b.add(update, optimizer.name, (p, gg.grads[p], guard, LR, *states[p]), attrs)
         after += [(r, update) for r in readers[p]]
     out = schedule(b.graph(graph.loss, graph.outputs, after))
     verify_graph(out)
-    return StepGraph(out, frozenset(graph.nodes), gg.grads, states)
+    return StepGraph(out, frozenset(graph.nodes), gg.grads, states, guard, folded)
 
 
 def _state_leaf(b: GraphBuilder, graph: Graph, param: str, suffix: str) -> str:

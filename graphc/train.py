@@ -23,7 +23,7 @@ from .errors import SpecError
 from .guard import deferred_sigint, diagnose
 from .metrics import METRICS, EarlyStopping
 from .model import Model, Runner
-from .step import LR, NORM, training_graph
+from .step import LR, training_graph
 from .trainconfig import TrainConfig, load_dataset, parse_train  # noqa: F401 (cli)
 
 SHUFFLE_STREAM = 2          # the batch order's RNG: default_rng([seed, 2]) (data uses 1)
@@ -150,7 +150,7 @@ class Run:
         for n in self.step.graph.leaves("state"):
             model.store[n.name] = np.zeros(n.shape, dtype=n.dtype)
         model.store[LR] = np.zeros((), dtype=model.graph.dtype)
-        self.runner = Runner(self.step.graph, model.store, {model.graph.loss, NORM},
+        self.runner = Runner(self.step.graph, model.store, {model.graph.loss, self.step.guard},
                              forward=self.step.forward)
         self.evaluate = Evaluator(model, cfg.metrics)
         self.rng = np.random.default_rng([cfg.seed, SHUFFLE_STREAM])
@@ -182,7 +182,7 @@ class Run:
 
     def _step(self, batch, i: int) -> None:
         ex = self.runner.run(batch)
-        loss, norm = float(ex[self.model.graph.loss]), float(ex[NORM])
+        loss, norm = float(ex[self.model.graph.loss]), float(ex[self.step.guard])
         if not (math.isfinite(loss) and math.isfinite(norm)):
             where = (f"epoch {self.pos.epoch + 1}, batch {i} "
                      f"(step {self.pos.global_step + 1})")

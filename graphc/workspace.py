@@ -1,11 +1,14 @@
-"""Compile-time memory for kernels: step-local scratch and shared constants.
+"""Compile-time memory for kernels: step-local scratch, shared constants, carried values.
 
-Binders (kernels that preallocate) call `scratch(shape, dtype)` and
-`constant(value, shape, dtype)` while the executor binds a plan. Scratch is
-valid only during the calling step's own call: every step's scratch starts at
-offset 0 of one shared buffer, so the whole plan needs only the largest
-step's scratch. Constants (zeros for relu, ones for reductions through dot)
-are shared by every step that asks for the same one.
+Binders (kernels that preallocate) call `scratch(shape, dtype)`,
+`constant(value, shape, dtype)` and `carried(key, shape, dtype)` while the
+executor binds a plan. Scratch is valid only during the calling step's own
+call: every step's scratch starts at offset 0 of one shared buffer, so the
+whole plan needs only the largest step's scratch. Constants (zeros for relu,
+ones for reductions through dot) are shared by every step that asks for the
+same one. A carried array is handed from one step's kernel to a later one's
+under the same key (softmax cross-entropy's forward leaves exp(z) and the row
+sums for its gradient); `carried_from(key)` says whether an earlier step made it.
 """
 from __future__ import annotations
 
@@ -21,8 +24,10 @@ _CURRENT = contextvars.ContextVar("graphc workspace", default=None)
 class Workspace:
     """A scratch buffer of `capacity` bytes (0: measuring, every request gets its own array)."""
 
-    def __init__(self, capacity: int = 0, consts: dict = None):
+    def __init__(self, capacity: int = 0, consts: dict = None, carry: dict = None):
         self.capacity = capacity
+        self.carry = {} if carry is None else carry
+        self.made: set = set()       # keys carried by steps bound so far in this binding
         self.buf = np.zeros(capacity + ALIGN, dtype=np.uint8)
         self.base = (-self.buf.ctypes.data) % ALIGN
         self.cursor = self.high = 0
@@ -30,7 +35,7 @@ class Workspace:
 
     @property
     def const_bytes(self) -> int:
-        return sum(a.nbytes for a in self.consts.values())
+        return sum(a.nbytes for a in (*self.consts.values(), *self.carry.values()))
 
     def begin_step(self) -> None:
         self.cursor = 0
@@ -49,6 +54,12 @@ class Workspace:
         if key not in self.consts:
             self.consts[key] = np.full(shape, value, dtype=dtype)
         return self.consts[key]
+
+    def carried(self, key, shape, dtype) -> np.ndarray:
+        self.made.add(key)
+        if key not in self.carry:
+            self.carry[key] = np.zeros(shape, dtype=dtype)
+        return self.carry[key]
 
     @contextmanager
     def binding(self):
@@ -72,3 +83,13 @@ def scratch(shape, dtype) -> np.ndarray:
 def constant(value, shape, dtype) -> np.ndarray:
     """A read-only constant array, shared across steps."""
     return _current().constant(value, shape, dtype)
+
+
+def carried(key: tuple, shape, dtype) -> np.ndarray:
+    """An array that persists across steps, the same for every caller with this key."""
+    return _current().carried(key, shape, dtype)
+
+
+def carried_from(key: tuple) -> bool:
+    """Whether a step bound earlier in this binding carries `key`."""
+    return key in _current().made

@@ -55,7 +55,7 @@ def graphc_steps(spec, optimizer, steps=STEPS, clip=None, lr_of=None) -> dict:
     for n in sg.graph.leaves("state"):
         model.store[n.name] = np.zeros(n.shape, n.dtype)
     model.store[LR] = np.zeros(())
-    runner = Runner(sg.graph, model.store, {model.graph.loss, NORM}, forward=sg.forward)
+    runner = Runner(sg.graph, model.store, {model.graph.loss, sg.guard}, forward=sg.forward)
     for k in range(steps):
         model.store[LR][...] = lr_of(k) if lr_of else opt.lr
         runner.run({})
@@ -219,7 +219,7 @@ def _single(path, optimizer, steps) -> list:
     for n in sg.graph.leaves("state"):
         model.store[n.name] = np.zeros(n.shape, n.dtype)
     model.store[LR] = np.asarray(parse_optimizer(optimizer).lr)
-    runner = Runner(sg.graph, model.store, {model.graph.loss, NORM}, forward=sg.forward)
+    runner = Runner(sg.graph, model.store, {model.graph.loss, sg.guard}, forward=sg.forward)
     out = []
     for _ in range(steps):
         runner.run({})
@@ -258,8 +258,8 @@ def test_a_non_finite_gradient_skips_the_update(tmp_path):
     for n in sg.graph.leaves("state"):
         model.store[n.name] = np.zeros(n.shape, n.dtype)
     model.store[LR] = np.asarray(0.1)
-    ex = Runner(sg.graph, model.store, {model.graph.loss, NORM}, forward=sg.forward).run({})
-    assert not math.isfinite(float(ex[NORM]))
+    ex = Runner(sg.graph, model.store, {model.graph.loss, sg.guard}, forward=sg.forward).run({})
+    assert not math.isfinite(float(ex[sg.guard]))
     assert model.store["w"].tolist() == [0.0, 1.0] and not model.store["w.velocity"].any()
 
 

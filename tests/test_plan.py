@@ -84,6 +84,16 @@ def test_ladder_plans_at_the_bound_and_saves(name, tmp_path):
         assert plan.naive_bytes >= 2 * plan.arena_bytes
 
 
+def test_updates_run_as_soon_as_their_gradient_is_complete(tmp_path):
+    """Without clipping no barrier holds gradients back: the last layer's update comes
+    before the first layer's gradient exists, so gradient buffers die early."""
+    model, step, plan = step_plan(mlp_spec(LADDER["deep"][0], tmp_path / "d.yaml"), 64)
+    order = [s.node for s in plan.steps]
+    last = len(LADDER["deep"][0]) - 2
+    assert order.index(f"update:W{last}") < order.index(step.grads["W0"])
+    assert step.folded                 # plain SGD: lr rides in the backward seed
+
+
 def test_no_reuse_places_every_value_apart(tmp_path):
     _, _, plan = step_plan(mlp_spec([4, 8, 3], tmp_path / "m.yaml"), 5, reuse=False)
     verify_plan(plan)
@@ -176,6 +186,30 @@ def _run_op(op, ins, alias):
     else:
         call()
     return out.copy()
+
+
+@pytest.mark.parametrize("with_forward", [True, False])
+def test_softmax_cross_entropy_gradient_with_and_without_its_forward_step(with_forward):
+    """The gradient reuses what the forward step carried, or recomputes it when alone."""
+    from graphc.kernels import BINDERS
+    from graphc.workspace import Workspace
+    rng = np.random.default_rng(0)
+    logits, labels = rng.standard_normal((5, 4)), rng.integers(0, 4, 5)
+    g, loss, grad = np.asarray(2.0), np.zeros(()), np.zeros((5, 4))
+    with Workspace().binding():
+        if with_forward:
+            forward = BINDERS["softmax_cross_entropy"](loss, logits, labels)
+        backward = BINDERS["softmax_cross_entropy_grad"](grad, g, logits, labels)
+    if with_forward:
+        forward()
+    backward()
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    want = p.copy()
+    want[np.arange(5), labels] -= 1
+    assert np.allclose(grad, 2.0 * want / 5)
+    if with_forward:
+        assert np.isclose(loss, -np.mean(np.log(p[np.arange(5), labels])))
 
 
 # --- generated graphs --------------------------------------------------------------------
