@@ -275,14 +275,16 @@ def stats_from_arrays(arrays: Mapping[str, np.ndarray], prefix: str = "stats/") 
 def batches(arrays: Mapping[str, np.ndarray], batch_size: int,
             rng: np.random.Generator) -> Iterator[Arrays]:
     """One epoch: a new permutation from `rng` in batch_size pieces; the last may be smaller."""
+    rows = batch_rows(n_samples(arrays), batch_size, rng)
+    return ({k: v[r] for k, v in arrays.items()} for r in rows)
+
+
+def batch_rows(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """The row indices of `batches`, as views of one permutation: the trainer gathers them
+    straight into its input buffers, so a step copies no batch."""
     _check_batch_size(batch_size)
-    return _epoch(dict(arrays), batch_size, rng.permutation(n_samples(arrays)))
-
-
-def _epoch(arrays: Arrays, batch_size: int, order: np.ndarray) -> Iterator[Arrays]:
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        yield {k: v[idx] for k, v in arrays.items()}
+    order = rng.permutation(n)
+    return (order[start:start + batch_size] for start in range(0, n, batch_size))
 
 
 def first_batch(arrays: Mapping[str, np.ndarray], batch_size: int) -> Arrays:

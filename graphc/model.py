@@ -42,10 +42,12 @@ def load_model(path, seed: Optional[int] = None) -> Model:
 
 def spec_seed(spec: Spec, override: Optional[int] = None) -> int:
     if override is not None:
+        if int(override) < 0:
+            raise SpecError(f"--seed must be a non-negative integer, got {override}")
         return int(override)
     seed = spec.train.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise SpecError(f"train.seed must be an integer, got {seed!r}",
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise SpecError(f"train.seed is {seed!r}, expected a non-negative integer",
                         mark=spec.train.mark_of("seed"))
     return seed
 
@@ -113,6 +115,17 @@ class Runner:
         if ex is None:
             ex = self.by_shapes[key] = self.executor(bind_dims(self.graph, feeds))
         ex.run(feeds)
+        return ex
+
+    def run_rows(self, arrays: Mapping[str, np.ndarray], rows: np.ndarray) -> Executor:
+        """`run` on the batch `{k: v[rows]}`, gathered into the input buffers without a copy."""
+        key = tuple((name, (len(rows),) + arr.shape[1:]) for name, arr in arrays.items())
+        ex = self.by_shapes.get(key)
+        if ex is None:
+            views = {name: arr[:len(rows)] for name, arr in arrays.items()}
+            ex = self.by_shapes[key] = self.executor(bind_dims(self.graph, views))
+        ex.feed_rows(arrays, rows)
+        ex.run()
         return ex
 
 

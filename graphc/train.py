@@ -18,7 +18,7 @@ import numpy as np
 
 from . import checkpoint as C
 from .checkpoint import RESERVED, atomic_savez, init_from, load_params  # noqa: F401 (cli)
-from .data import batches, stats_from_arrays, stats_to_arrays
+from .data import batch_rows, n_samples, stats_from_arrays, stats_to_arrays
 from .errors import SpecError
 from .guard import deferred_sigint, diagnose
 from .metrics import METRICS, EarlyStopping
@@ -169,9 +169,10 @@ class Run:
             lr = self.cfg.schedule.lr(self.cfg.optimizer.lr, self.pos.epoch)
             self.model.store[LR][...] = lr
             self.rng.bit_generator.state = C.rng_state(self.pos.rng)
-            for i, batch in enumerate(batches(self.data.train, self.cfg.batch_size, self.rng)):
+            n = n_samples(self.data.train)
+            for i, rows in enumerate(batch_rows(n, self.cfg.batch_size, self.rng)):
                 if i >= self.pos.step:
-                    self._step(batch, i)
+                    self._step(rows, i)
                     if interrupted():
                         self._interrupt()
             history.append(self._end_epoch(lr))
@@ -180,14 +181,15 @@ class Run:
                 self._interrupt()
         return history
 
-    def _step(self, batch, i: int) -> None:
-        ex = self.runner.run(batch)
+    def _step(self, rows, i: int) -> None:
+        ex = self.runner.run_rows(self.data.train, rows)
         loss, norm = float(ex[self.model.graph.loss]), float(ex[self.step.guard])
         if not (math.isfinite(loss) and math.isfinite(norm)):
             where = (f"epoch {self.pos.epoch + 1}, batch {i} "
                      f"(step {self.pos.global_step + 1})")
+            batch = {k: v[rows] for k, v in self.data.train.items()}
             raise diagnose(self.model, batch, where, self._kept())
-        m = len(next(iter(batch.values())))
+        m = len(rows)
         p = self.pos
         p.loss_sum, p.samples, p.step = p.loss_sum + loss * m, p.samples + m, i + 1
         p.global_step, p.global_samples = p.global_step + 1, p.global_samples + m
