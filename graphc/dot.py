@@ -117,6 +117,22 @@ def _value_shape(plan: Plan, value: str) -> tuple:
     return b.shape if b is not None else plan.persistent[value][1]
 
 
+# Border colours of arena regions: values drawn in one colour share bytes (at other times).
+REGION_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02",
+                 "#a6761d", "#666666", "#1f78b4", "#b2df8a", "#fb9a99", "#cab2d6")
+
+
+def _region_attrs(plan: Plan, value: str) -> dict:
+    """A planned value's arena region: border colour by offset, and the bytes it holds."""
+    b = plan.buffers.get(value)
+    if b is None:
+        return {}
+    offsets = sorted({x.offset for x in plan.buffers.values()})
+    color = REGION_COLORS[offsets.index(b.offset) % len(REGION_COLORS)]
+    return {"color": color, "penwidth": "2.5",
+            "arena": f"[{b.offset}, {b.offset + b.bytes})"}
+
+
 def _plan_nodes(graph: Graph, plan: Plan, steps) -> tuple:
     """(node lines by cluster, ids of drawn values): steps, then the values they read."""
     written = {s.node: s for s in steps if s.outputs == (s.node,)}
@@ -126,7 +142,10 @@ def _plan_nodes(graph: Graph, plan: Plan, steps) -> tuple:
         label = f"{s.node}\n{s.op} {shape}\nstep {s.index}"
         if OPS[s.op].mutates:
             label += "\nwrites " + ", ".join(s.inputs[p] for p in OPS[s.op].mutates)
-        attrs = {**PLAN_STYLE[s.phase], "label": label, "class": s.phase,
+        region = _region_attrs(plan, s.outputs[0])
+        if region:
+            label += f"\narena {region['arena']}"
+        attrs = {**PLAN_STYLE[s.phase], **region, "label": label, "class": s.phase,
                  "tooltip": f"step {s.index} ({s.phase}): {s.op}"}
         clusters.setdefault(_block(s.node, s.phase), []).append((s.node, attrs))
         drawn.add(s.node)

@@ -276,6 +276,19 @@ def test_plan_picture_has_every_step_a_shape_on_every_data_edge_and_links():
         assert f"writes {p}" in nodes[f"update:{p}"].get_label()
 
 
+def test_plan_picture_colours_each_value_by_its_arena_region():
+    """Values at the same offset share a border colour; each names its bytes."""
+    model, step, plan = spiral_step()
+    nodes = all_nodes(parse_dot(plan_dot(step.graph, plan)))
+    by_offset = {}
+    for v, b in plan.buffers.items():
+        attrs = nodes[v]
+        assert attrs.get("arena") == f'"[{b.offset}, {b.offset + b.bytes})"', v
+        by_offset.setdefault(b.offset, set()).add(attrs.get("color"))
+    assert all(len(colors) == 1 for colors in by_offset.values())
+    assert len({c for cs in by_offset.values() for c in cs}) > 1
+
+
 def test_plan_only_draws_the_sub_range():
     model, step, plan = spiral_step()
     a, b = parse_range(plan, "h..d:h/relu_grad")
