@@ -239,6 +239,7 @@ PLAN_KEYS = {"batch_size", "arena_bytes", "naive_bytes", "lower_bound_bytes", "s
              "buffers"}
 STEP_KEYS = {"index", "op", "phase", "inputs", "outputs"}
 BUFFER_KEYS = {"value", "offset", "bytes", "first_step", "last_step", "in_place_of"}
+PHASES = {"forward", "backward", "update"}
 
 
 def test_plan_json_has_the_contract_keys():
@@ -246,7 +247,7 @@ def test_plan_json_has_the_contract_keys():
     assert set(plan) == PLAN_KEYS
     assert plan["batch_size"] == 64                 # the spec's train.batch_size
     assert [s["index"] for s in plan["steps"]] == list(range(len(plan["steps"])))
-    assert {s["phase"] for s in plan["steps"]} == {"forward", "backward", "update"}
+    assert {s["phase"] for s in plan["steps"]} == PHASES
     for s in plan["steps"]:
         assert set(s) == STEP_KEYS, s
     assert plan["buffers"], "a training step has intermediate values"
@@ -266,6 +267,17 @@ def test_plan_table():
     out = ok(graphc("plan", SPIRAL)).stdout
     assert out.splitlines()[0].split()[:3] == ["step", "phase", "op"]
     assert "arena" in out.splitlines()[-1]
+
+
+def test_time_json_has_the_contract_keys():
+    t = one_json(ok(graphc("time", SPIRAL, "--json", "--steps", "5", "--warmup", "1",
+                           "--batch-size", "16")))
+    assert set(t) == {"batch_size", "steps", "step_us_median", "step_us_p10", "per_op"}
+    assert (t["batch_size"], t["steps"]) == (16, 5)
+    assert 0 < t["step_us_p10"] <= t["step_us_median"]
+    assert {r["op"] for r in t["per_op"]} >= {"matmul", "relu", "softmax_cross_entropy"}
+    for row in t["per_op"]:
+        assert set(row) == {"op", "phase", "us"} and row["phase"] in PHASES, row
 
 
 def test_ops_lists_matmul():
