@@ -15,7 +15,7 @@ import click
 import numpy as np
 
 from . import shapes as S
-from .errors import GraphcError, SpecError
+from .errors import GraphcError, SpecError, set_memory_limit
 from .ops import OPS, ops_in
 
 SPEC = click.Path(dir_okay=False, path_type=Path)
@@ -57,6 +57,9 @@ class Group(click.Group):
 
 @click.group(cls=Group)
 @click.version_option(package_name="graphc")
+@click.option("--max-memory", metavar="SIZE", envvar="GRAPHC_MAX_MEMORY", expose_value=False,
+              callback=lambda ctx, param, size: set_memory_limit(size),
+              help="Refuse a parameter or arena above SIZE (512M, 4G) [default: half of RAM].")
 def main():
     """graphc: a graph-definition compiler with static execution plans."""
 

@@ -43,7 +43,15 @@ class GraphcError(Exception):
         tail = f"; {self.hint}" if self.hint else ""
         lines = [f"{head}{where}{self.message}{tail}"]
         lines += [f"  {c}" for c in self.context]
-        return "\n".join(lines)
+        return "\n".join(one_line(line) for line in lines)
+
+
+def one_line(text: str) -> str:
+    """`text` with newlines and other unprintable characters escaped: one terminal line,
+    whatever the spec's text quoted into the message held."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class SpecError(GraphcError):
@@ -78,10 +86,15 @@ def parse_bytes(text: str) -> int:
     return int(value * _UNITS[unit])
 
 
-def set_memory_limit(nbytes: Optional[int]) -> None:
-    """Override the memory limit for this process (the CLI's --max-memory); None resets."""
+def set_memory_limit(size) -> None:
+    """Set this process's memory limit (the CLI's --max-memory): bytes, or text such as
+    '512M'; None resets it to $GRAPHC_MAX_MEMORY or half of RAM."""
     global _limit
-    _limit = nbytes
+    try:
+        _limit = parse_bytes(size) if isinstance(size, str) else size
+    except ValueError:
+        raise SpecError(f"--max-memory is '{size}', expected a size such as 512M or 4G"
+                        ) from None
 
 
 def memory_limit() -> int:
@@ -112,7 +125,8 @@ def check_memory(nbytes: int, what: str, *, mark: Optional[Mark] = None,
     """SpecError before allocating: `what` would need `nbytes`, above the memory limit."""
     limit = memory_limit()
     if nbytes > limit:
-        raise SpecError(f"{what} needs {nbytes} bytes ({fmt_bytes(nbytes)}), above the memory "
+        size = f" ({fmt_bytes(nbytes)})" if nbytes >= 1024 else ""
+        raise SpecError(f"{what} needs {nbytes} bytes{size}, above the memory "
                         f"limit of {fmt_bytes(limit)}", mark=mark, node=node,
                         hint=f"make it smaller, or raise the limit with --max-memory or "
                              f"${MEMORY_ENV}")

@@ -70,6 +70,9 @@ def parse_metrics(raw, names, mark=None) -> dict:
             raise SpecError(f"metric '{metric}' takes [prediction, target], got {args!r}",
                             mark=where)
         for a in args:
+            if not isinstance(a, str):
+                raise SpecError(f"metric '{metric}' takes two node names, got {a!r}",
+                                mark=where, hint=f"e.g. {metric}: [scores, y]")
             if a not in names:
                 raise SpecError(f"metric '{metric}' names unknown node '{a}'", mark=where,
                                 hint=did_you_mean(str(a), names))

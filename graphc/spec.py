@@ -171,7 +171,8 @@ def _check_size(leaf: LeafSpec):
     """A leaf of fixed shape is allocated whole: refuse one above the memory limit first."""
     if not S.symbols(leaf.shape):
         nbytes = S.size(leaf.shape) * np.dtype(leaf.dtype).itemsize
-        check_memory(nbytes, f"{leaf.kind} '{leaf.name}' of shape {S.fmt(leaf.shape)} "
+        kind = "parameter" if leaf.kind == "param" else leaf.kind
+        check_memory(nbytes, f"{kind} '{leaf.name}' of shape {S.fmt(leaf.shape)} "
                              f"({leaf.dtype})", mark=leaf.mark, node=leaf.name)
 
 

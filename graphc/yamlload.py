@@ -160,9 +160,14 @@ _Loader.add_multi_constructor("tag:yaml.org,2002:python/", _reject_tag)
 
 def load_yaml(text: str, filename: str):
     """Parse one YAML document; syntax errors become SpecError with file:line:col."""
-    loader = _Loader(text, filename)
+    try:
+        loader = _Loader(text, filename)
+    except yaml.reader.ReaderError as exc:      # a control character, before any parsing
+        raise _reader_error(exc, text, filename) from None
     try:
         return loader.get_single_data()
+    except yaml.reader.ReaderError as exc:
+        raise _reader_error(exc, text, filename) from None
     except yaml.MarkedYAMLError as exc:
         m = exc.problem_mark or exc.context_mark
         mark = Mark(filename, m.line + 1, m.column + 1) if m else Mark(filename, 1, 1)
@@ -176,3 +181,13 @@ def load_yaml(text: str, filename: str):
         raise SpecError(f"YAML error: {exc}", mark=Mark(filename, 1, 1)) from None
     finally:
         loader.dispose()
+
+
+def _reader_error(exc, text: str, filename: str) -> SpecError:
+    """A character YAML forbids (NUL, BEL, ...), located by its position in the text."""
+    pos = exc.position
+    line, col = text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
+    char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+    return SpecError(f"character U+{ord(char):04X} is not allowed in YAML",
+                     mark=Mark(filename, line, col),
+                     hint="delete it; write control characters as escapes in quoted strings")

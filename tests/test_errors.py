@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from graphc.errors import SpecError, did_you_mean
+from graphc.errors import SpecError, did_you_mean, set_memory_limit
 from graphc.spec import load_spec
 
 CATALOG = Path(__file__).parent / "bad_specs"
@@ -125,10 +125,25 @@ def test_aliases_within_the_bound_still_work(tmp_path):
 
 def test_memory_limit_comes_from_the_environment(tmp_path, monkeypatch):
     path = spec(tmp_path, "params:\n  W: [1000, 1000]\nnodes:\n  loss: sum(W)\n")
+    set_memory_limit(None)                        # as a fresh process starts
     load_spec(path)                               # 4 MB: under the default limit
     monkeypatch.setenv("GRAPHC_MAX_MEMORY", "1M")
     with pytest.raises(SpecError, match=r"needs 4000000 bytes .* limit of 1\.0 MiB"):
         load_spec(path)
+
+
+@pytest.mark.parametrize("flag, fragment", [
+    ("1M", "parameter 'W' of shape [1000, 1000] (float32) needs 4000000 bytes (3.8 MiB), "
+           "above the memory limit of 1.0 MiB"),
+    ("lots", "--max-memory is 'lots', expected a size such as 512M or 4G"),
+])
+def test_max_memory_flag(tmp_path, flag, fragment):
+    path = spec(tmp_path, "params:\n  W: [1000, 1000]\nnodes:\n  loss: sum(W)\n")
+    r = subprocess.run([sys.executable, "-m", "graphc", "--max-memory", flag, "check",
+                        str(path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr
+    assert fragment in r.stderr
 
 
 def test_an_expression_is_never_evaluated(tmp_path):
