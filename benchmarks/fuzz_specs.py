@@ -376,6 +376,7 @@ def main_(argv=None) -> int:
     parser.add_argument("--cmd", default="check", choices=["check", "grad", "plan"])
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--show", type=int, default=5, help="findings to print in full")
+    parser.add_argument("--save", type=Path, help="write every finding's spec to this folder")
     args = parser.parse_args(argv)
     rnd, seeds = random.Random(args.seed), seed_specs()
     exits, per_mutation, findings, slowest = Counter(), Counter(), [], (0.0, "")
@@ -404,6 +405,11 @@ def main_(argv=None) -> int:
     if findings:
         print("\nmutations in findings: " + ", ".join(f"{k} {v}" for k, v in
                                                      per_mutation.most_common()))
+    if args.save:
+        args.save.mkdir(parents=True, exist_ok=True)
+        for i, (name, _, text, _) in enumerate(findings):
+            (args.save / f"finding_{i:03d}_{name}").write_bytes(
+                text.encode("utf-8", "surrogatepass"))
     for name, applied, text, out in findings[:args.show]:
         print(f"\n--- {name} after {', '.join(applied)}: exit {out.exit_code}\n{out.output}"
               f"\n--- text:\n{text}")

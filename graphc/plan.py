@@ -15,6 +15,7 @@ import numpy as np
 
 from . import arena as A
 from . import shapes as S
+from .errors import SpecError
 from .ir import Graph
 from .ops import ELEMENTWISE, OPS
 
@@ -134,9 +135,20 @@ def _order(graph: Graph, sizes: Mapping, keep: set, reuse: bool) -> list:
     return A.memory_order(graph.digraph(), inputs, sizes, keep, rank)
 
 
+def _check_bound(graph: Graph, dims: Mapping[str, int]) -> None:
+    """Every symbolic dim needs a size before anything is laid out."""
+    for n in graph.nodes.values():
+        for d in sorted(S.symbols(n.shape) - set(dims)):
+            bound = ", ".join(sorted(dims)) or "none"
+            raise SpecError(f"dim '{d}' of shape {S.fmt(n.shape)} has no size here (sized "
+                            f"dims: {bound})", mark=n.mark, node=n.name.split("/")[0],
+                            hint="write a number; only batch is sized by --batch-size")
+
+
 def compile_plan(graph: Graph, dims: Mapping[str, int], keep=(), forward=None,
                  reuse: bool = True) -> Plan:
     """Bind dims, order the steps for memory, plan liveness, in-place writes and offsets."""
+    _check_bound(graph, dims)
     forward = set(graph.nodes) if forward is None else set(forward)
     keep = set(keep)
     computed = [n for n in graph.nodes.values()

@@ -74,6 +74,15 @@ def test_mutated_specs_survive_a_forward_and_backward_pass(folder, name, rnd):
     assert_user_facing(F.run_graphc(text, folder, "grad", LIMIT_S), text)
 
 
+@settings(max_examples=500, deadline=2000, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(sorted(SEEDS)), rnd=st.randoms(use_true_random=False))
+def test_mutated_specs_compile_to_a_plan_or_fail_cleanly(folder, name, rnd):
+    """plan builds the training step and lays out the arena: dims, optimizer, batch size."""
+    text, _ = F.mutate(SEEDS[name], rnd, 1)
+    assert_user_facing(F.run_graphc(text, folder, "plan", LIMIT_S), text)
+
+
 def test_a_hang_is_caught_by_the_time_limit():
     with pytest.raises(F.Hang):
         with F.time_limit(0.05):
