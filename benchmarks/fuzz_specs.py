@@ -347,11 +347,15 @@ class Outcome:
     exit_code: int
     output: str
     seconds: float
+    cmd: str = "check"
 
     @property
     def ok(self) -> bool:
-        """What a user may see: success, or bad input as one located `error:` line."""
-        return self.exit_code in (0, 2) and "Traceback" not in self.output
+        """What a user may see: success, bad input (exit 2), or for train a failed check
+        such as a NaN (exit 1); never graphc's own "internal error" or a traceback."""
+        allowed = (0, 1, 2) if self.cmd == "train" else (0, 2)
+        return (self.exit_code in allowed and "Traceback" not in self.output
+                and "error: internal error" not in self.output)
 
 
 def run_graphc(text: str, folder: Path, cmd: str = "check", timeout: float = 10.0) -> Outcome:
@@ -360,25 +364,29 @@ def run_graphc(text: str, folder: Path, cmd: str = "check", timeout: float = 10.
     path.write_bytes(text.encode("utf-8", "surrogatepass"))
     start = time.perf_counter()
     with time_limit(timeout):
-        result = CliRunner().invoke(main, ["--max-memory", MAX_MEMORY, cmd, str(path)],
+        extra = ["--epochs", "1", "--out", str(folder / "out.ckpt.npz")] if cmd == "train" else []
+        result = CliRunner().invoke(main, ["--max-memory", MAX_MEMORY, cmd, str(path), *extra],
                                     catch_exceptions=True)
     output = result.output      # stdout and stderr, as the user's terminal shows them
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         output += f"\nuncaught {type(result.exception).__name__}: {result.exception}"
-        return Outcome(-1, output, time.perf_counter() - start)
-    return Outcome(result.exit_code, output, time.perf_counter() - start)
+        return Outcome(-1, output, time.perf_counter() - start, cmd)
+    return Outcome(result.exit_code, output, time.perf_counter() - start, cmd)
 
 
 def main_(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--examples", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cmd", default="check", choices=["check", "grad", "plan"])
+    parser.add_argument("--cmd", default="check", choices=["check", "grad", "plan", "train"],
+                        help="train runs one epoch")
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--show", type=int, default=5, help="findings to print in full")
     parser.add_argument("--save", type=Path, help="write every finding's spec to this folder")
     args = parser.parse_args(argv)
     rnd, seeds = random.Random(args.seed), seed_specs()
+    if args.cmd == "train":                 # only specs that can train: they have data
+        seeds = {k: v for k, v in seeds.items() if "data:" in v}
     exits, per_mutation, findings, slowest = Counter(), Counter(), [], (0.0, "")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -388,7 +396,7 @@ def main_(argv=None) -> int:
             try:
                 out = run_graphc(text, Path(tmp), args.cmd, args.timeout)
             except Hang as exc:
-                out = Outcome(-2, str(exc), args.timeout)
+                out = Outcome(-2, str(exc), args.timeout, args.cmd)
             exits[out.exit_code] += 1
             slowest = max(slowest, (out.seconds, name))
             if not out.ok:
@@ -398,7 +406,7 @@ def main_(argv=None) -> int:
     print(f"{args.examples} examples of `graphc {args.cmd}` in {elapsed:.1f} s "
           f"({args.examples / elapsed:.0f}/s), slowest {slowest[0] * 1000:.0f} ms ({slowest[1]})")
     print(f"{'outcome':<28}{'runs':>8}")
-    labels = {0: "exit 0 (valid)", 2: "exit 2 (bad input)", 1: "exit 1 (INTERNAL ERROR)",
+    labels = {0: "exit 0 (valid)", 2: "exit 2 (bad input)", 1: "exit 1 (check failed/internal)",
               -1: "uncaught exception", -2: "hang (time limit)"}
     for code, n in sorted(exits.items()):
         print(f"{labels.get(code, f'exit {code}'):<28}{n:>8}")

@@ -76,8 +76,22 @@ def parse_metrics(raw, names, mark=None) -> dict:
             if a not in names:
                 raise SpecError(f"metric '{metric}' names unknown node '{a}'", mark=where,
                                 hint=did_you_mean(str(a), names))
+        _check_per_sample(metric, args, names, where)
         out[metric] = tuple(args)
     return out
+
+
+def _check_per_sample(metric: str, args, shapes, where) -> None:
+    """With `names` given as {node: shape}: both nodes hold one value per sample, so
+    their first dims agree (the batch dim), and a batch's rows can be concatenated."""
+    if not isinstance(shapes, dict):
+        return
+    p, t = (tuple(shapes[a]) for a in args)
+    if not p or not t or p[0] != t[0]:
+        show = " and ".join(f"'{a}' [{', '.join(map(str, shapes[a]))}]" for a in args)
+        raise SpecError(f"metric '{metric}' compares {show}, expected two values per sample "
+                        "(the same batch dim first)", mark=where,
+                        hint=f"e.g. {metric}: [scores, y]")
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def generate_binaries(folder: Path) -> None:
 
 def run_graphc(folder: Path, row: dict) -> subprocess.CompletedProcess:
     cmd = row.get("cmd", "check")
-    extra = TRAIN_ARGS if cmd == "train" else ()
+    extra = (TRAIN_ARGS if cmd == "train" else ()) + tuple(row.get("args", ()))
     env = {k: v for k, v in os.environ.items() if k != "GRAPHC_DEBUG"}
     return subprocess.run([sys.executable, "-m", "graphc", cmd, row["file"], *extra],
                           cwd=folder, capture_output=True, text=True, timeout=120, env=env)
@@ -86,6 +86,7 @@ def test_the_catalog_covers_every_file_and_enough_cases():
     assert rows - files - set(GENERATED) == {"missing_file.yaml"}
     assert not (CATALOG / "missing_file.yaml").exists()
     assert len(ROWS) >= 40
+    assert len({row_id(row) for row in ROWS}) == len(ROWS), "two rows run the same command"
     for row in ROWS:
         assert {"file", "at", "expect", "exit"} <= set(row), row
 

@@ -4,9 +4,10 @@ hypothesis picks a valid spec (specs/*.yaml and the small ones in
 benchmarks/fuzz_specs.py), applies one to three mutations (the same ones as the
 benchmark script: delete/duplicate/swap lines, rename keys, re-indent, swap
 characters, replace numbers, truncate, insert unicode or YAML syntax, swap
-names and ops, add attributes) and runs `graphc check` in-process. The only
-acceptable outcomes are exit 0 (still valid) and exit 2 (one `error:` line);
-exit 1 here would be graphc's "internal error", a bug. Examples are
+names and ops, add attributes, edit the parsed tree) and runs `graphc check`
+in-process, and fewer examples through grad, plan and train. The only acceptable
+outcomes are exit 0 (still valid) and exit 2 (one `error:` line), plus exit 1 for
+a NaN that stops training; graphc's own "internal error" is a bug. Examples are
 derandomized so CI sees the same cases every run; the benchmark explores more.
 """
 from __future__ import annotations
@@ -81,6 +82,17 @@ def test_mutated_specs_compile_to_a_plan_or_fail_cleanly(folder, name, rnd):
     """plan builds the training step and lays out the arena: dims, optimizer, batch size."""
     text, _ = F.mutate(SEEDS[name], rnd, 1)
     assert_user_facing(F.run_graphc(text, folder, "plan", LIMIT_S), text)
+
+
+@settings(max_examples=300, deadline=4000, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(sorted(n for n, text in SEEDS.items() if "data:" in text)),
+       rnd=st.randoms(use_true_random=False))
+def test_mutated_specs_train_one_epoch_or_fail_cleanly(folder, name, rnd):
+    """train loads data and runs the step; a NaN may stop it (exit 1), nothing else may."""
+    text, _ = F.mutate(SEEDS[name], rnd, 1)
+    out = F.run_graphc(text, folder, "train", LIMIT_S)
+    assert out.ok, f"exit {out.exit_code}\n{out.output}\n--- spec:\n{text}"
 
 
 def test_a_hang_is_caught_by_the_time_limit():
