@@ -80,8 +80,24 @@ def sine(n: int, rng: np.random.Generator, *, noise: float = 0.1):
     return x, np.sin(x[:, 0]) + noise * rng.standard_normal(n), None
 
 
+def digits(n: int, rng: np.random.Generator):
+    """scikit-learn's digits: 8x8 images of handwritten digits, pixels 0..16 as 64 features,
+    labels 0..9; `samples` below 1797 keeps a seeded random subset."""
+    try:  # optional dependency, imported only when a spec asks for this dataset
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ValueError("needs scikit-learn, which is not installed; "
+                         "pip install scikit-learn") from None
+    bunch = load_digits()
+    total = len(bunch.target)
+    _require(n <= total, f"samples must be at most {total} (the whole dataset), got {n}")
+    keep = np.sort(rng.permutation(total)[:n])
+    return bunch.data[keep].astype(np.float64), bunch.target[keep].astype(np.int64), 10
+
+
 DATASETS = {"spiral": spiral, "moons": moons, "circles": circles, "xor": xor,
-            "blobs": blobs, "linear": linear, "sine": sine}
+            "blobs": blobs, "linear": linear, "sine": sine, "digits": digits}
+FULL_SIZE = {"digits": 1797}  # a fixed dataset's default `samples`: all of it (others: 300)
 
 
 def options(fn) -> dict[str, type]:

@@ -17,7 +17,7 @@ from typing import Callable, Mapping, Optional
 import numpy as np
 
 from .datafiles import member, np_load, numeric, parse_cells, read_csv, resolve
-from .datasets import DATASETS, options
+from .datasets import DATASETS, FULL_SIZE, options
 from .errors import Mark, SpecError, did_you_mean
 
 Arrays = dict[str, np.ndarray]
@@ -50,7 +50,7 @@ def _load_dataset(cfg: Mapping, spec_dir: Path, inputs: dict, seed: int) -> Raw:
     name, fn = cfg["dataset"], generator(cfg)
     kwargs = {k: cfg[k] for k in options(fn) if k in cfg}
     _check_types(cfg, {"samples": int, **options(fn)}, f"dataset '{name}'")
-    n = cfg.get("samples", DEFAULT_SAMPLES)
+    n = cfg.get("samples", FULL_SIZE.get(name, DEFAULT_SAMPLES))
     if n < 1:
         raise SpecError(f"samples must be positive, got {n}", mark=value_mark(cfg, "samples"))
     rng = np.random.default_rng(seed)

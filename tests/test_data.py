@@ -48,6 +48,8 @@ def test_regression_shapes_dtypes(name):
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
 def test_datasets_are_deterministic_in_the_seed(name):
+    if name == "digits":
+        pytest.importorskip("sklearn", reason="the digits dataset needs scikit-learn")
     inputs = {"x": ("batch", "f"), "y": ("batch",)}
     dtypes = TARGETS if name in ("linear", "sine") else LABELS
     a = load({"dataset": name, "seed": 3}, inputs, dtypes)
