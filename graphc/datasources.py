@@ -18,7 +18,7 @@ import numpy as np
 
 from .datafiles import member, np_load, numeric, parse_cells, read_csv, resolve
 from .datasets import DATASETS, FULL_SIZE, options
-from .errors import Mark, SpecError, did_you_mean
+from .errors import Mark, SpecError, check_memory, did_you_mean
 
 Arrays = dict[str, np.ndarray]
 
@@ -53,6 +53,10 @@ def _load_dataset(cfg: Mapping, spec_dir: Path, inputs: dict, seed: int) -> Raw:
     n = cfg.get("samples", FULL_SIZE.get(name, DEFAULT_SAMPLES))
     if n < 1:
         raise SpecError(f"samples must be positive, got {n}", mark=value_mark(cfg, "samples"))
+    # a float64 row per sample for every input, before the generator allocates anything
+    row = sum(math.prod(d for d in shape[1:] if isinstance(d, int)) for shape in inputs.values())
+    check_memory(n * 8 * max(row, 1), f"dataset '{name}' of {n} samples",
+                 mark=value_mark(cfg, "samples"))
     rng = np.random.default_rng(seed)
     try:
         x, y, n_classes = fn(n, rng, **kwargs)

@@ -23,7 +23,7 @@ from graphc.spec import load_spec
 
 CATALOG = Path(__file__).parent / "bad_specs"
 ROWS = yaml.safe_load((CATALOG / "catalog.yaml").read_text())
-GENERATED = ("non_utf8.yaml", "missing_key.npz", "three_features.npz")
+GENERATED = ("non_utf8.yaml", "missing_key.npz", "three_features.npz", "pickled.npz")
 TRAIN_ARGS = ("--epochs", "1", "--out", "out.ckpt.npz")
 
 
@@ -37,6 +37,8 @@ def generate_binaries(folder: Path) -> None:
         b"inputs:\n  x: [2]\nnodes:\n  loss: sum(x)  # caf\xe9\n")
     np.savez(folder / "missing_key.npz", x=np.zeros((4, 2)), labels=np.zeros(4, np.int64))
     np.savez(folder / "three_features.npz", x=np.zeros((4, 3)), y=np.zeros(4, np.int64))
+    np.savez(folder / "pickled.npz", x=np.array([{"a": 1}] * 4, dtype=object),
+             y=np.zeros(4, np.int64))              # loading it would need pickle: refused
 
 
 def run_graphc(folder: Path, row: dict) -> subprocess.CompletedProcess:
