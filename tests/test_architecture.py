@@ -25,6 +25,7 @@ STAGES = [
     "metrics", "schedules",
     "model", "checkpoint", "gradcheck", "explain", "annotate",      # commands' parts
     "guard", "timing", "plots", "trainconfig", "train",
+    "cli_common", "cli_grad", "cli_plan", "cli_train",       # one module per command family
     "cli", "__main__",                                      # the front door
 ]
 ENTRY_POINTS = {"cli", "__main__"}      # the front door; __main__ alone may import cli
@@ -33,9 +34,7 @@ PACKAGE_INIT = "__init__"               # the package docstring and version; imp
 MAX_LINES = 400
 # Modules over MAX_LINES today, each with the size it may not grow past. A ratchet, not
 # a pass: shrink the number when the module is split, delete the entry when it fits.
-OVERSIZE = {
-    "cli": 455,     # one function per command; split the commands out when it grows again
-}
+OVERSIZE: dict = {}
 
 
 def modules() -> dict:

@@ -1,0 +1,109 @@
+"""What the command modules share: the SPEC argument type, input feeds, array printing,
+DOT writing, the training step as `train` builds it, BLAS thread limits."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .errors import SpecError
+
+
+SPEC = click.Path(dir_okay=False, path_type=Path)
+
+
+def nested(arr: np.ndarray):
+    return np.asarray(arr).tolist()
+
+
+def fmt_array(arr: np.ndarray) -> str:
+    arr = np.asarray(arr)
+    if arr.ndim == 0:
+        return f"{float(arr):.6g}"
+    if arr.size <= 16:
+        return np.array2string(arr, precision=6, separator=", ").replace("\n", "")
+    return (f"shape {list(arr.shape)}, mean {arr.mean():.4g}, norm {np.linalg.norm(arr):.4g}, "
+            f"min {arr.min():.4g}, max {arr.max():.4g}")
+
+
+def input_feeds(model, inputs_path, batch_size=None):
+    """Fed inputs for one pass: --inputs FILE.npz, else the first batch of train.data."""
+    from .data import first_batch
+    from .train import load_dataset, parse_train
+    fed = model.fed_inputs
+    given = {}
+    if inputs_path:
+        given = load_npz(inputs_path)
+        for name, arr in given.items():
+            if name not in model.graph.nodes or model.graph[name].op != "input":
+                raise SpecError(f"--inputs {inputs_path}: '{name}' is not an input of the spec")
+            if name not in fed:
+                model.store[name] = arr.astype(model.graph[name].dtype).reshape(
+                    model.store[name].shape)
+    missing = [n for n in fed if n not in given]
+    if missing and "data" in model.spec.train:
+        cfg = parse_train(model, batch_size=batch_size)
+        data = first_batch(load_dataset(model, cfg).train, cfg.batch_size)
+        given = {**{n: data[n] for n in missing}, **given}
+    elif missing:
+        raise SpecError(f"input '{missing[0]}' has no value and the spec has no train.data",
+                        mark=model.graph[missing[0]].mark, node=missing[0],
+                        hint="give it a value: in the spec, or pass --inputs FILE.npz")
+    return {n: given[n] for n in fed}
+
+
+def write_dot(path: Path, text: str, render: bool) -> None:
+    """Always write the DOT; render it to SVG only where Graphviz's `dot` is installed."""
+    from .dot import render as render_dot
+    path.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {path}", err=True)
+    if not render:
+        return
+    svg = render_dot(path, "svg")
+    if svg is None:
+        click.echo(f"Graphviz's `dot` is not installed, so {path} was not rendered; install "
+                   f"Graphviz (apt-get install graphviz, brew install graphviz) and run: "
+                   f"dot -Tsvg {path} -o {path.with_suffix('.svg')}", err=True)
+    else:
+        click.echo(f"wrote {svg}", err=True)
+
+
+def load_npz(path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"cannot read {path}: {exc}") from None
+
+
+def training_step(spec, batch_size):
+    """(model, step graph, batch size) of the spec's training step, as `train` builds it."""
+    from .model import load_model
+    from .step import parse_optimizer, training_graph
+    model = load_model(spec)
+    raw = model.spec.train
+    opt = parse_optimizer(raw.get("optimizer"), raw.mark_of("optimizer"))
+    from .trainconfig import _clip, _positive_int     # the same checks as train's
+    step = training_graph(model.graph, opt, _clip(raw))
+    return model, step, _positive_int(raw, "batch_size", 32, batch_size)
+
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def limit_threads(threads) -> None:
+    """Cap BLAS threads: threadpoolctl when installed, else re-run with the env vars set
+    (BLAS reads them only at start-up)."""
+    if threads is None:
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        if all(os.environ.get(v) == str(threads) for v in THREAD_VARS):
+            return
+        env = {**os.environ, **{v: str(threads) for v in THREAD_VARS}}
+        os.execve(sys.executable, [sys.executable, "-m", "graphc", *sys.argv[1:]], env)
+    threadpool_limits(threads)

@@ -1,0 +1,109 @@
+"""`graphc grad`, `graphc gradcheck`, `graphc explain`: one pass, its checks, its paths."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from .cli_common import SPEC, input_feeds, fmt_array, nested, write_dot
+
+
+@click.command()
+@click.argument("spec", type=SPEC)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the gradients to FILE.npz, one array per leaf.")
+@click.option("--all", "everything", is_flag=True,
+              help="Also print every node's value and gradient.")
+@click.option("--params", type=click.Path(dir_okay=False, path_type=Path),
+              help="Load parameter values from a checkpoint .npz.")
+@click.option("--inputs", type=click.Path(dir_okay=False, path_type=Path),
+              help="Load input values from an .npz (arrays named like the inputs).")
+@click.option("--dot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the forward graph as Graphviz DOT, each node with its value and "
+                   "gradient, each edge with its local gradient.")
+@click.option("--render", is_flag=True, help="Also render the DOT to SVG with Graphviz.")
+def grad(spec, as_json, out, everything, params, inputs, dot, render):
+    """One forward + backward pass: the loss and d loss / d every leaf."""
+    from .model import load_model, run_grads
+    from .train import load_params
+    model = load_model(spec)
+    if params:
+        load_params(params, model)
+    feeds = input_feeds(model, inputs)
+    result = run_grads(model, feeds, everything)
+    if dot:
+        from .annotate import grad_dot
+        write_dot(dot, grad_dot(model, feeds), render)
+    if out:
+        from .train import atomic_savez
+        atomic_savez(out, result.grads)
+    if as_json:
+        grads = {**{k: nested(v) for k, v in result.node_grads.items()},
+                 **{k: nested(v) for k, v in result.grads.items()}}
+        click.echo(json.dumps({"loss": result.loss, "grads": grads,
+                               "values": {k: nested(v) for k, v in result.values.items()}}))
+        return
+    click.echo(f"loss = {result.loss:.6g}")
+    for name, g in result.grads.items():
+        click.echo(f"d loss / d {name} = {fmt_array(g)}")
+    if everything:
+        click.echo("")
+        for name, v in result.values.items():
+            g = result.node_grads.get(name)
+            tail = f"   grad {fmt_array(g)}" if g is not None else ""
+            click.echo(f"{name} = {fmt_array(v)}{tail}")
+
+
+@click.command()
+@click.argument("spec", type=SPEC)
+@click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=1e-6,
+              show_default=True, help="Central-difference step.")
+@click.option("--tol", type=click.FloatRange(min=0), default=1e-5, show_default=True,
+              help="Largest allowed rel error |a-n| / max(1e-8, |a|+|n|).")
+@click.option("--atol", type=click.FloatRange(min=0),
+              help="Abs error that passes whatever the rel error "
+                   "[default: the central difference's rounding noise].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--params", type=click.Path(dir_okay=False, path_type=Path),
+              help="Load parameter values from a checkpoint .npz.")
+@click.option("--inputs", type=click.Path(dir_okay=False, path_type=Path),
+              help="Load input values from an .npz (arrays named like the inputs).")
+def gradcheck(spec, eps, tol, atol, as_json, params, inputs):
+    """Analytic vs central-difference gradients of every leaf, in float64 (exit 1 on failure)."""
+    from .errors import CheckFailed
+    from .gradcheck import check_json, check_model, check_table
+    from .model import load_model
+    from .train import load_params
+    model = load_model(spec)
+    if params:
+        load_params(params, model)
+    result = check_model(model, input_feeds(model, inputs), eps=eps, tol=tol, atol=atol)
+    click.echo(json.dumps(check_json(result)) if as_json else check_table(result))
+    if not result.ok:
+        failed = ", ".join(c.leaf for c in result.leaves if not c.ok)
+        raise CheckFailed(f"gradient check failed for {failed} (tol {tol:g})")
+
+
+@click.command()
+@click.argument("spec", type=SPEC)
+@click.option("--wrt", required=True, metavar="LEAF",
+              help="The leaf (or node) whose gradient to take apart.")
+@click.option("--max-paths", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Print at most this many paths.")
+@click.option("--params", type=click.Path(dir_okay=False, path_type=Path),
+              help="Load parameter values from a checkpoint .npz.")
+@click.option("--inputs", type=click.Path(dir_okay=False, path_type=Path),
+              help="Load input values from an .npz (arrays named like the inputs).")
+def explain(spec, wrt, max_paths, params, inputs):
+    """The chain rule for d loss / d LEAF: local gradients multiplied along each path,
+    added over paths, next to the gradient graphc computes."""
+    from .explain import check_explanation, explain as run_explain, explanation_text
+    from .model import load_model
+    from .train import load_params
+    model = load_model(spec)
+    if params:
+        load_params(params, model)
+    e = run_explain(model, input_feeds(model, inputs), wrt, max_paths)
+    click.echo(explanation_text(e))
+    check_explanation(e)

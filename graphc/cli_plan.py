@@ -1,0 +1,68 @@
+"""`graphc plan` and `graphc time`: the compiled training step, its memory and its speed."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from .cli_common import SPEC, limit_threads, training_step, write_dot
+
+
+@click.command()
+@click.argument("spec", type=SPEC)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (contract §2).")
+@click.option("--dot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the plan as Graphviz DOT.")
+@click.option("--batch-size", type=click.IntRange(min=1))
+@click.option("--memory", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the arena over time as SVG: one bar per buffer.")
+@click.option("--only", metavar="FIRST..LAST",
+              help="With --dot: draw only these steps (node names or step numbers).")
+@click.option("--render", is_flag=True, help="Also render the DOT to SVG with Graphviz.")
+@click.option("--no-reuse", is_flag=True,
+              help="Give every value its own bytes (no arena reuse, no in-place), to compare.")
+def plan(spec, as_json, dot, batch_size, memory, only, render, no_reuse):
+    """Compile the training step; print its schedule, buffers and memory summary."""
+    from .plan import compile_plan, plan_json, plan_table, verify_plan
+    model, step, bs = training_step(spec, batch_size)
+    compiled = compile_plan(step.graph, {"batch": bs}, {model.graph.loss}, step.forward,
+                            reuse=not no_reuse)
+    verify_plan(compiled)
+    if only and not dot:
+        raise click.UsageError("--only selects the steps --dot draws: give --dot FILE too")
+    if dot:
+        from .dot import plan_dot
+        write_dot(dot, plan_dot(step.graph, compiled, only), render)
+    if memory:
+        from .memsvg import memory_svg
+        memory.write_text(memory_svg(compiled, f"{model.spec.name}: the arena over one "
+                                               f"training step"), encoding="utf-8")
+        click.echo(f"wrote {memory}", err=True)
+    if as_json:
+        click.echo(json.dumps(plan_json(compiled)))
+    else:
+        click.echo(plan_table(compiled))
+
+
+@click.command(name="time")
+@click.argument("spec", type=SPEC)
+@click.option("--batch-size", type=click.IntRange(min=1))
+@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="BLAS threads (default: as is).")
+@click.option("--no-reuse", is_flag=True, help="Time the plan without arena reuse.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def time_(spec, batch_size, steps, warmup, threads, no_reuse, as_json):
+    """Time the compiled training step on synthetic data: median per step, per-op table."""
+    from .timing import time_step
+    limit_threads(threads)
+    model, step, bs = training_step(spec, batch_size)
+    result = time_step(model, step, bs, steps, warmup, reuse=not no_reuse)
+    if as_json:
+        click.echo(json.dumps(result.json()))
+        return
+    click.echo(f"{model.spec.name}: batch {bs}, {steps} steps: median "
+               f"{result.step_us_median:.1f} us/step, p10 {result.step_us_p10:.1f} us")
+    click.echo(f"{'op':<28} {'phase':<9} {'us/step':>9}")
+    for row in result.per_op:
+        click.echo(f"{row['op']:<28} {row['phase']:<9} {row['us']:>9.1f}")

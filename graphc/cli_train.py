@@ -1,0 +1,111 @@
+"""`graphc train` and `graphc eval`: training with progress and plots; a checkpoint's metrics."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from .cli_common import SPEC
+
+
+@click.command()
+@click.argument("spec", type=SPEC)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint path (default <name>.ckpt.npz here).")
+@click.option("--json", "as_json", is_flag=True, help="Print the final metrics as JSON.")
+@click.option("--epochs", type=click.IntRange(min=1))
+@click.option("--batch-size", type=click.IntRange(min=1))
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True))
+@click.option("--seed", type=int)
+@click.option("--resume", type=click.Path(dir_okay=False, path_type=Path),
+              help="Continue the run saved in this checkpoint (same spec and settings); "
+                   "--out defaults to it.")
+@click.option("--init-from", type=click.Path(dir_okay=False, path_type=Path),
+              help="Start from this checkpoint's params that match by name and shape.")
+@click.option("--save-every", type=click.IntRange(min=1),
+              help="Save a checkpoint every N epochs [default: each epoch end, at most "
+                   "once a second].")
+@click.option("--plot", type=click.Path(file_okay=False, path_type=Path),
+              help="Write loss/metric curves per epoch (and a 2-D decision boundary) to DIR.")
+def train(spec, out, as_json, epochs, batch_size, lr, seed, resume, init_from, save_every,
+          plot):
+    """Train SPEC on its train.data; save a checkpoint."""
+    from .model import load_model
+    from .train import init_from as load_init, parse_train, train as run_train
+    if resume and init_from:
+        raise click.UsageError("--resume and --init-from exclude each other")
+    model = load_model(spec, seed)
+    cfg = parse_train(model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    out = out or resume or Path(f"{model.spec.name}.ckpt.npz")
+    for note in load_init(init_from, model) if init_from else []:
+        click.echo(f"warning: --init-from: {note}", err=True)
+    progress = _progress(cfg.epochs, as_json)
+    with progress as log:
+        result = run_train(model, cfg, out=out, log=log, resume=resume, save_every=save_every)
+    for note in result.notes:
+        click.echo(note, err=as_json)
+    summary = " ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+    click.echo(f"final: loss {result.loss:.4f} {summary}  ({result.samples_per_s:.0f} samples/s)"
+               f" -> {out}", err=as_json)
+    if plot:
+        _write_plots(plot, model, cfg, result.history, as_json)
+    if as_json:
+        click.echo(json.dumps(result.json()))
+
+
+def _write_plots(out_dir: Path, model, cfg, history, quiet_stdout: bool) -> None:
+    from .plots import INSTALL, write_plots
+    from .train import load_dataset
+    written, with_mpl = write_plots(out_dir, model, history, load_dataset(model, cfg).train,
+                                    cfg.metrics)
+    if not with_mpl:
+        click.echo(f"matplotlib is not installed, so no pictures were drawn; the numbers are "
+                   f"in CSV instead. To draw them: {INSTALL}", err=True)
+    click.echo("plots: " + ", ".join(str(p) for p in written), err=quiet_stdout)
+
+
+class _progress:
+    """A click progress bar on a terminal; plain per-epoch lines otherwise."""
+
+    def __init__(self, epochs: int, quiet_stdout: bool):
+        self.epochs, self.err = epochs, quiet_stdout
+        self.every = max(1, epochs // 30)
+        self.bar = None
+
+    def __enter__(self):
+        if sys.stderr.isatty() if self.err else sys.stdout.isatty():
+            self.bar = click.progressbar(length=self.epochs, label="training",
+                                         file=sys.stderr if self.err else None)
+            self.bar.__enter__()
+        return self.log
+
+    def log(self, e):
+        text = f"epoch {e.epoch:>4}/{self.epochs}  loss {e.loss:.4f}  " + "  ".join(
+            f"{k} {v:.4f}" for k, v in e.metrics.items()) + f"  lr {e.lr:.4g}"
+        if self.bar is not None:
+            self.bar.label = text
+            self.bar.update(1)
+        elif e.epoch % self.every == 0 or e.epoch in (1, self.epochs):
+            click.echo(text, err=self.err)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+@click.command("eval")
+@click.argument("spec", type=SPEC)
+@click.option("--params", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The checkpoint .npz to evaluate.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def eval_(spec, params, as_json):
+    """Loss and metrics of a checkpoint on SPEC's data (its validation split if it has one)."""
+    from .model import load_model
+    from .train import evaluate_checkpoint
+    result = evaluate_checkpoint(load_model(spec), params)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    metrics = "".join(f"  {k} {v:.4f}" for k, v in result["metrics"].items())
+    click.echo(f"loss {result['loss']:.4f}{metrics}  ({result['samples']} samples)")
