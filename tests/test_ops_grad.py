@@ -27,7 +27,8 @@ from hypothesis.extra import numpy as hnp
 from click.testing import CliRunner
 
 from graphc import autodiff, kernels
-from graphc.cli import _feeds, main
+from graphc.cli import main
+from graphc.cli_common import input_feeds
 from graphc.gradcheck import check_grads, check_model, rel_error
 from graphc.ir import GraphBuilder, Node, schedule
 from graphc.model import load_model
@@ -385,7 +386,7 @@ def test_a_wrong_rule_fails(monkeypatch):
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
 def test_specs_pass_in_float64(path):
     model = load_model(path)
-    result = check_model(model, _feeds(model, None))
+    result = check_model(model, input_feeds(model, None))
     assert result.ok, "\n".join(map(str, result.leaves))
     assert all(g.dtype == np.float64 for g in result.analytic.values())
     # float32 central differences would be off by ~1e-2 at eps 1e-6
