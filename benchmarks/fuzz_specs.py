@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import random
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -360,6 +361,8 @@ class Outcome:
 
 def run_graphc(text: str, folder: Path, cmd: str = "check", timeout: float = 10.0) -> Outcome:
     """`graphc CMD spec.yaml` in-process on `text`; Hang if it runs past `timeout`."""
+    if not (folder / "data").exists():      # specs/*.yaml read their files from data/
+        shutil.copytree(ROOT / "specs" / "data", folder / "data")
     path = folder / "spec.yaml"
     path.write_bytes(text.encode("utf-8", "surrogatepass"))
     start = time.perf_counter()

@@ -12,6 +12,7 @@ from .data import apply_stats, load_data
 from .errors import SpecError
 from .metrics import EarlyStoppingConfig, parse_early_stopping, parse_metrics
 from .model import Model, spec_seed
+from .ops import OPS
 from .schedules import Schedule, parse_schedule
 from .spec import TRAIN_KEYS, check_keys
 from .step import Optimizer, parse_optimizer
@@ -81,11 +82,11 @@ def load_dataset(model: Model, cfg: TrainConfig, stats=None):
     graph = model.graph
     fed = model.fed_inputs
     classes = {}
-    for n in graph.nodes.values():
-        if n.op == "softmax_cross_entropy" and n.inputs[1] in fed:
-            c = graph[n.inputs[0]].shape[-1]
-            if isinstance(c, int):
-                classes[n.inputs[1]] = c
+    for n in graph.nodes.values():      # every op taking class labels: scores' last axis
+        for pos in OPS[n.op].labels:
+            c = graph[n.inputs[0]].shape[-1] if graph[n.inputs[0]].shape else None
+            if n.inputs[pos] in fed and isinstance(c, int):
+                classes[n.inputs[pos]] = c
     cfg_data = cfg.data
     if stats and isinstance(cfg_data, Mapping) and cfg_data.get("normalize"):
         cfg_data = _without(cfg_data, "normalize")
