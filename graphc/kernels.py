@@ -14,7 +14,7 @@ import numpy as np
 
 from .binders import BINDERS as FAST_BINDERS
 from .kernels_nn import KERNELS_NN
-from .workspace import scratch
+from .workspace import constant, scratch
 
 
 def _sum_into(out: np.ndarray, full: np.ndarray) -> None:
@@ -267,6 +267,7 @@ def b_sgd(out, w, g, norm, lr, *state, momentum, nesterov, weight_decay, max_nor
         return folded_step
     d, t = _scratch2(w)
     v = state[0] if state else None
+    mu = constant(momentum, (), w.dtype)      # a 0-d array beats a Python float operand
 
     def step():
         c = gate()
@@ -274,14 +275,14 @@ def b_sgd(out, w, g, norm, lr, *state, momentum, nesterov, weight_decay, max_nor
             return
         u = _grad_into(d, t, g, w, c, weight_decay)
         if v is not None:
-            np.multiply(v, momentum, out=v)
+            np.multiply(v, mu, out=v)
             np.add(v, u, out=v)
             if nesterov:
-                np.multiply(v, momentum, out=t)
+                np.multiply(v, mu, out=t)
                 u = np.add(u, t, out=d)
             else:
                 u = v
-        np.multiply(u, float(lr), out=t)
+        np.multiply(u, lr, out=t)
         np.subtract(w, t, out=w)
     return step
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import check_memory
 from .model import Model, Runner
 from .step import LR, StepGraph
 
@@ -35,6 +36,9 @@ def synthetic_batch(model: Model, batch: int, seed: int = 0) -> dict:
     for name in model.fed_inputs:
         n = graph[name]
         shape = tuple(batch if isinstance(d, str) else d for d in n.shape)
+        check_memory(int(np.prod(shape, dtype=object)) * np.dtype(n.dtype).itemsize,
+                     f"a synthetic batch of {batch} for input '{name}'", mark=n.mark,
+                     node=name)
         if n.dtype.startswith("int"):
             feeds[name] = rng.integers(0, _classes(model, name), shape).astype(n.dtype)
         else:
