@@ -21,11 +21,16 @@ class Block:
 
 
 def peak_bytes(blocks: Iterable[Block]) -> int:
-    """The liveness lower bound: the most bytes live at any one step (sweep over events)."""
+    """The liveness lower bound: the most bytes live at any one step."""
+    return sweep_peak((b.first, b.last, b.bytes) for b in blocks)
+
+
+def sweep_peak(intervals) -> int:
+    """max over steps of the bytes of the (first, last, bytes) intervals covering it."""
     events: dict = {}
-    for b in blocks:
-        events[b.first] = events.get(b.first, 0) + b.bytes
-        events[b.last + 1] = events.get(b.last + 1, 0) - b.bytes
+    for first, last, nbytes in intervals:
+        events[first] = events.get(first, 0) + nbytes
+        events[last + 1] = events.get(last + 1, 0) - nbytes
     peak = live = 0
     for step in sorted(events):
         live += events[step]

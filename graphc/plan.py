@@ -201,16 +201,8 @@ def verify_plan(plan: Plan) -> None:
 
 def _bound_with_pairs(plan: Plan) -> int:
     """Lower bound recomputed from the buffers: an in-place pair counts once at its join."""
-    events: dict = {}
-    for b in plan.buffers.values():
-        start = b.first_step + (1 if b.in_place_of else 0)
-        events[start] = events.get(start, 0) + b.bytes
-        events[b.last_step + 1] = events.get(b.last_step + 1, 0) - b.bytes
-    peak = live = 0
-    for step in sorted(events):
-        live += events[step]
-        peak = max(peak, live)
-    return peak
+    return A.sweep_peak((b.first_step + (1 if b.in_place_of else 0), b.last_step, b.bytes)
+                        for b in plan.buffers.values())
 
 
 def plan_json(plan: Plan) -> dict:
