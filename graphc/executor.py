@@ -21,6 +21,20 @@ from .workspace import Workspace
 DROP_ATTRS = {"shape"}    # shape attributes are for inference; kernels see real arrays
 
 
+def bind_kernel(op: str, out: np.ndarray, ins, attrs):
+    """The no-argument call computing `op` into `out`: its binder's, else its plain kernel's."""
+    call = BINDERS[op](out, *ins, **attrs) if op in BINDERS else None
+    return call if call is not None else partial(KERNELS[op], out, *ins, **attrs)
+
+
+def run_kernel(op: str, out: np.ndarray, *ins, **attrs) -> np.ndarray:
+    """One call of `op` exactly as a plan runs it, with a workspace of its own (tests, tools)."""
+    with Workspace().binding():
+        call = bind_kernel(op, out, ins, attrs)
+    call()
+    return out
+
+
 class Executor:
     def __init__(self, plan: Plan, store: Mapping[str, np.ndarray]):
         self.plan = plan
@@ -57,11 +71,7 @@ class Executor:
         ins = [self.values[i] for i in step.inputs]
         out = self.values[step.outputs[0]]
         ws.begin_step()
-        if step.op in BINDERS:
-            call = BINDERS[step.op](out, *ins, **attrs)
-            if call is not None:
-                return call
-        return partial(KERNELS[step.op], out, *ins, **attrs)
+        return bind_kernel(step.op, out, ins, attrs)
 
     def feed(self, feeds: Mapping[str, np.ndarray]) -> None:
         for name, arr in feeds.items():

@@ -28,44 +28,6 @@ def _sum_into(out: np.ndarray, full: np.ndarray) -> None:
     np.sum(full, axis=axes, keepdims=True, out=out.reshape((1,) * lead + out.shape))
 
 
-def _count(big: np.ndarray, small: np.ndarray) -> float:
-    return big.size / max(small.size, 1)
-
-
-def _axes(axis, ndim: int) -> tuple:
-    """axis None/int/list/tuple -> distinct non-negative axes, as the shape rule reads them.
-
-    YAML gives lists, which NumPy rejects; a scalar's axis 0 (allowed by the shape
-    rule) reduces nothing, which np.mean rejects.
-    """
-    if axis is None:
-        return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else axis
-    return tuple(sorted({a % ndim for a in axes})) if ndim else ()
-
-
-def k_sum(out, x, axis=None, keepdims=False):
-    np.sum(x, axis=_axes(axis, x.ndim), keepdims=keepdims, out=out)
-
-
-def k_mean(out, x, axis=None, keepdims=False):
-    np.mean(x, axis=_axes(axis, x.ndim), keepdims=keepdims, out=out)
-
-
-def k_expand(out, g, shape=None, axis=None, keepdims=False, mean=False):
-    if not keepdims:
-        axes = _axes(axis, out.ndim)
-        g = np.expand_dims(g, axes) if axes else g
-    if mean:
-        np.divide(g, _count(out, g), out=out)
-    else:
-        np.copyto(out, g)
-
-
-def k_sum_to(out, g, shape=None):
-    _sum_into(out, g)
-
-
 def k_matmul(out, a, b):
     np.matmul(a, b, out=out)
 
@@ -102,44 +64,6 @@ def k_matmul_gb(out, a, g, shape=None):
         if out.ndim == 1:
             full = full[..., 0]
     _sum_into(out, full)
-
-
-def k_relu_grad(out, g, y):
-    np.multiply(g, y > 0, out=out)
-
-
-def k_sigmoid_grad(out, g, y):
-    np.multiply(g, y * (1 - y), out=out)
-
-
-def k_tanh_grad(out, g, y):
-    np.multiply(g, 1 - y * y, out=out)
-
-
-def k_pow_grad(out, g, x, exponent):
-    np.multiply(g, exponent * np.power(x, exponent - 1), out=out)
-
-
-def k_maximum_grad(out, g, a, b):
-    np.multiply(g, (a > b) + 0.5 * (a == b), out=out)
-
-
-def _log_softmax(logits):
-    z = logits - logits.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-
-
-def k_softmax_cross_entropy(out, logits, labels):
-    logp = _log_softmax(logits)
-    picked = np.take_along_axis(logp, labels[..., None].astype(np.intp), axis=-1)
-    out[...] = -picked.mean()
-
-
-def k_softmax_cross_entropy_grad(out, g, logits, labels):
-    np.exp(_log_softmax(logits), out=out)
-    np.put_along_axis(out, labels[..., None].astype(np.intp),
-                      np.take_along_axis(out, labels[..., None].astype(np.intp), -1) - 1, -1)
-    out *= g / max(labels.size, 1)
 
 
 def k_mse(out, p, t):
@@ -185,14 +109,11 @@ KERNELS = {
     "pow": lambda out, x, exponent: np.power(x, exponent, out=out),
     "neg": _unary(np.negative), "exp": _unary(np.exp), "log": _unary(np.log),
     "square": _unary(np.square), "tanh": _unary(np.tanh), "sigmoid": k_sigmoid,
-    "relu": lambda out, x: np.maximum(x, 0, out=out),
-    "sum": k_sum, "mean": k_mean, "matmul": k_matmul, "dot": k_dot,
-    "mse": k_mse, "softmax_cross_entropy": k_softmax_cross_entropy, "hinge": k_hinge,
-    "sum_to": k_sum_to, "expand": k_expand, "relu_grad": k_relu_grad,
-    "sigmoid_grad": k_sigmoid_grad, "tanh_grad": k_tanh_grad, "pow_grad": k_pow_grad,
-    "maximum_grad": k_maximum_grad, "matmul_ga": k_matmul_ga, "matmul_gb": k_matmul_gb,
-    "mse_grad": k_mse_grad, "softmax_cross_entropy_grad": k_softmax_cross_entropy_grad,
-    "hinge_grad": k_hinge_grad,
+    "matmul": k_matmul, "dot": k_dot, "mse": k_mse, "hinge": k_hinge,
+    "matmul_ga": k_matmul_ga, "matmul_gb": k_matmul_gb,   # binders.py: the 2-D fast path
+    "mse_grad": k_mse_grad, "hinge_grad": k_hinge_grad,
+    # relu, sum, mean, the reductions' and activations' gradients and softmax cross-entropy
+    # run only as zero-allocation binders (binders.py)
 }
 
 # --- the op catalog of issue 4 (activations, softmax, shape ops, losses): kernels_nn.py ----

@@ -25,7 +25,7 @@ from graphc.dot import forward_of, parse_range, plan_dot, render
 from graphc.errors import SpecError
 from graphc.explain import LocalGrads, all_values, chain_paths, edge_local, explain, \
     explanation_text, multigraph
-from graphc.kernels import KERNELS
+from graphc.executor import run_kernel
 from graphc import memsvg as M
 from graphc.memsvg import memory_svg
 from graphc.model import load_model, run_grads
@@ -156,7 +156,7 @@ def central_difference(op, inputs, attrs, position, h=1e-6):
         xs = [np.array(v, dtype=float) for v in inputs]
         xs[position] = xs[position] + delta
         out = np.zeros(())
-        KERNELS[op](out, *xs, **{k: v for k, v in attrs.items() if k != "shape"})
+        run_kernel(op, out, *xs, **{k: v for k, v in attrs.items() if k != "shape"})
         return float(out)
     return (f(h) - f(-h)) / (2 * h)
 
