@@ -80,7 +80,7 @@ def _per_op(ex, steps: int) -> list:
     """Median time of each bound call (robust to a busy machine), summed per (op, phase)."""
     samples = np.zeros((steps, len(ex.calls)))
     clock = time.perf_counter
-    with np.errstate(over="ignore", under="ignore"):
+    with np.errstate(all="ignore"):
         for r in range(steps):
             for i, call in enumerate(ex.calls):
                 t0 = clock()
