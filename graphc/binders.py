@@ -162,7 +162,9 @@ def _sce(out, logits, labels, grad):
     s = carried(key + ("sum",), (rows,), logits.dtype)
     idx = carried(key + ("index",), (rows,), np.intp)
     ef, mx, picked = e.reshape(-1), scratch((rows, 1), logits.dtype), scratch((rows,), e.dtype)
-    offsets = constant(0, (rows,), np.intp)
+    # keyed by (rows, classes): a constant(0, ...) filled here would be shared, and
+    # overwritten, by a second head with another class count
+    offsets = carried(("row offsets", rows, classes), (rows,), np.intp)
     offsets[...] = np.arange(rows) * classes
     ones_c = constant(1, (classes,), logits.dtype)
     mean_w = constant(1.0 / max(rows, 1), (rows,), logits.dtype)

@@ -53,6 +53,7 @@ class Workspace:
         key = (float(value), tuple(shape), np.dtype(dtype).str)
         if key not in self.consts:
             self.consts[key] = np.full(shape, value, dtype=dtype)
+            self.consts[key].flags.writeable = False     # shared: a write would leak
         return self.consts[key]
 
     def carried(self, key, shape, dtype) -> np.ndarray:

@@ -185,6 +185,23 @@ def test_softmax_cross_entropy_gradient_with_and_without_its_forward_step(with_f
         assert np.isclose(loss, -np.mean(np.log(p[np.arange(5), labels])))
 
 
+def test_two_softmax_heads_with_other_class_counts_keep_their_own_row_offsets():
+    """Two heads over the same rows bound into one workspace: neither sees the other's
+    flat label offsets (rows x classes differ), so each loss is its own."""
+    from graphc.kernels import BINDERS
+    from graphc.workspace import Workspace
+    rng = np.random.default_rng(0)
+    heads = [(rng.standard_normal((5, c)), rng.integers(0, c, 5), np.zeros(())) for c in (4, 3)]
+    with Workspace().binding():
+        calls = [BINDERS["softmax_cross_entropy"](loss, z, y) for z, y, loss in heads]
+    for call in calls:
+        call()
+    for z, y, loss in heads:
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        assert np.isclose(loss, -np.mean(np.log(p[np.arange(5), y])))
+
+
 # --- generated graphs --------------------------------------------------------------------
 
 @st.composite
