@@ -14,7 +14,8 @@ import numpy as np
 
 from . import shapes as S
 from .dot import Html, edge_line, node_line, quote
-from .explain import LocalGrads, all_values, display_name, edge_local, fmt_num, multigraph
+from .explain import (LocalGrads, all_values, display_name, edge_local, fmt_array, fmt_num,
+                      multigraph)
 from .ir import Graph
 
 VALUE, GRAD, NOTE = "#1a7f37", "#cf222e", "#57606a"
@@ -28,11 +29,8 @@ LEAF_STYLE = {
 def value_lines(arr) -> list:
     """Scalars and small tensors in full; larger ones as mean, norm, min, max (shape apart)."""
     arr = np.asarray(arr)
-    if arr.ndim == 0:
-        return [fmt_num(arr)]
     if arr.size <= 9:
-        return [np.array2string(arr, separator=", ", formatter={"all": fmt_num})
-                .replace("\n", "")]
+        return [fmt_array(arr, full=9)]
     return [f"mean {fmt_num(arr.mean())}  norm {fmt_num(np.linalg.norm(arr))}",
             f"min {fmt_num(arr.min())}  max {fmt_num(arr.max())}"]
 

@@ -18,6 +18,7 @@ from typing import Mapping
 
 import numpy as np
 
+from .datafiles import member, np_load
 from .errors import SpecError
 from .model import Model
 
@@ -56,13 +57,12 @@ def write(path, arrays: Mapping[str, np.ndarray]) -> None:
         raise SpecError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
 
 
-def read(path) -> dict:
-    """Every array of an .npz, loaded without pickle."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise SpecError(f"cannot read checkpoint {path}: {exc}") from None
+def read(path, what: str = "checkpoint") -> dict:
+    """Every array of an .npz, loaded without pickle; errors call it `what` and its path."""
+    shown = f"{what} {path}"
+    with np_load(path, shown, archive=True,
+                 hint="write named arrays with np.savez(FILE, NAME=array, ...)") as archive:
+        return {k: member(archive, k, shown) for k in archive.files}
 
 
 def params_of(model: Model) -> dict:

@@ -21,6 +21,7 @@ from .cli_plan import plan, time_
 from .cli_train import eval_, train
 from .ops import OPS, ops_in
 
+
 class Group(click.Group):
     """Turns errors into `error: ...` lines with the right exit code, never a traceback."""
 

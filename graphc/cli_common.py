@@ -31,12 +31,13 @@ def fmt_array(arr: np.ndarray) -> str:
 
 def input_feeds(model, inputs_path, batch_size=None):
     """Fed inputs for one pass: --inputs FILE.npz, else the first batch of train.data."""
+    from .checkpoint import read
     from .data import first_batch
     from .train import load_dataset, parse_train
     fed = model.fed_inputs
     given = {}
     if inputs_path:
-        given = load_npz(inputs_path)
+        given = read(inputs_path, "--inputs")
         for name, arr in given.items():
             if name not in model.graph.nodes or model.graph[name].op != "input":
                 raise SpecError(f"--inputs {inputs_path}: '{name}' is not an input of the spec")
@@ -69,14 +70,6 @@ def write_dot(path: Path, text: str, render: bool) -> None:
                    f"dot -Tsvg {path} -o {path.with_suffix('.svg')}", err=True)
     else:
         click.echo(f"wrote {svg}", err=True)
-
-
-def load_npz(path) -> dict:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except (OSError, ValueError) as exc:
-        raise SpecError(f"cannot read {path}: {exc}") from None
 
 
 def training_step(spec, batch_size):

@@ -26,7 +26,7 @@ from .cli_common import SPEC, input_feeds, fmt_array, nested, write_dot
 def grad(spec, as_json, out, everything, params, inputs, dot, render):
     """One forward + backward pass: the loss and d loss / d every leaf."""
     from .model import load_model, run_grads
-    from .train import load_params
+    from .checkpoint import load_params
     model = load_model(spec)
     if params:
         load_params(params, model)
@@ -36,7 +36,7 @@ def grad(spec, as_json, out, everything, params, inputs, dot, render):
         from .annotate import grad_dot
         write_dot(dot, grad_dot(model, feeds), render)
     if out:
-        from .train import atomic_savez
+        from .checkpoint import atomic_savez
         atomic_savez(out, result.grads)
     if as_json:
         grads = {**{k: nested(v) for k, v in result.node_grads.items()},
@@ -74,7 +74,7 @@ def gradcheck(spec, eps, tol, atol, as_json, params, inputs):
     from .errors import CheckFailed
     from .gradcheck import check_json, check_model, check_table
     from .model import load_model
-    from .train import load_params
+    from .checkpoint import load_params
     model = load_model(spec)
     if params:
         load_params(params, model)
@@ -100,7 +100,7 @@ def explain(spec, wrt, max_paths, params, inputs):
     added over paths, next to the gradient graphc computes."""
     from .explain import check_explanation, explain as run_explain, explanation_text
     from .model import load_model
-    from .train import load_params
+    from .checkpoint import load_params
     model = load_model(spec)
     if params:
         load_params(params, model)

@@ -24,12 +24,12 @@ from .cli_common import SPEC, limit_threads, training_step, write_dot
 def plan(spec, as_json, dot, batch_size, memory, only, render, no_reuse):
     """Compile the training step; print its schedule, buffers and memory summary."""
     from .plan import compile_plan, plan_json, plan_table, verify_plan
+    if only and not dot:
+        raise click.UsageError("--only selects the steps --dot draws: give --dot FILE too")
     model, step, bs = training_step(spec, batch_size)
     compiled = compile_plan(step.graph, {"batch": bs}, {model.graph.loss}, step.forward,
                             reuse=not no_reuse)
     verify_plan(compiled)
-    if only and not dot:
-        raise click.UsageError("--only selects the steps --dot draws: give --dot FILE too")
     if dot:
         from .dot import plan_dot
         write_dot(dot, plan_dot(step.graph, compiled, only), render)

@@ -32,7 +32,8 @@ def train(spec, out, as_json, epochs, batch_size, lr, seed, resume, init_from, s
           plot):
     """Train SPEC on its train.data; save a checkpoint."""
     from .model import load_model
-    from .train import init_from as load_init, parse_train, train as run_train
+    from .checkpoint import init_from as load_init
+    from .train import parse_train, train as run_train
     if resume and init_from:
         raise click.UsageError("--resume and --init-from exclude each other")
     model = load_model(spec, seed)

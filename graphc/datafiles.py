@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import zipfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -75,8 +76,9 @@ def parse_cells(rows, lines, picks: list[int], cols: list[str], shown: str) -> n
     return out
 
 
-def np_load(path: Path, shown: str, *, archive: bool):
-    """np.load without pickles (data files must not run code); an .npz archive or one array."""
+def np_load(path: Path, shown: str, *, archive: bool, hint: Optional[str] = None):
+    """np.load without pickles (data files must not run code); an .npz archive or one array.
+    `hint` says what to write instead when the file is of the other kind."""
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
@@ -84,11 +86,10 @@ def np_load(path: Path, shown: str, *, archive: bool):
     is_archive = isinstance(loaded, np.lib.npyio.NpzFile)
     if is_archive and not archive:
         loaded.close()
-        raise SpecError(f"{shown} is an .npz archive; npy wants one array per file",
-                        hint="use {npz: FILE.npz} for archives")
+        raise SpecError(f"{shown} is an .npz archive; npy wants one array per file", hint=hint)
     if archive and not is_archive:
         raise SpecError(f"{shown} holds one array, not an .npz archive of named arrays",
-                        hint="use {npy: {INPUT: FILE.npy}} for single arrays")
+                        hint=hint)
     return loaded
 
 

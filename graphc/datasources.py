@@ -187,7 +187,8 @@ def _check_disjoint(chosen: dict, mark) -> None:
 def _load_npz(cfg: Mapping, spec_dir: Path, inputs: dict, seed: int) -> Raw:
     shown = str(cfg["npz"])
     mapping = _explicit_map(cfg, inputs, None, shown) if "map" in cfg else {n: n for n in inputs}
-    with np_load(_data_path(cfg, "npz", spec_dir), shown, archive=True) as archive:
+    with np_load(_data_path(cfg, "npz", spec_dir), shown, archive=True,
+                 hint="use {npy: {INPUT: FILE.npy}} for single arrays") as archive:
         for name, key in mapping.items():
             if key not in archive.files:
                 raise SpecError(f"{shown} has no array '{key}' for input '{name}'; it has: "
@@ -218,7 +219,9 @@ def _load_npy(cfg: Mapping, spec_dir: Path, inputs: dict, seed: int) -> Raw:
     arrays = {}
     for name in inputs:
         shown = str(files[name])
-        arrays[name] = numeric(np_load(resolve(spec_dir, shown), shown, archive=False), shown)
+        loaded = np_load(resolve(spec_dir, shown), shown, archive=False,
+                         hint="use {npz: FILE.npz} for archives")
+        arrays[name] = numeric(loaded, shown)
     return Raw(arrays, {n: str(files[n]) for n in inputs},
                lambda n, idx: f"{files[n]} at index {_index(idx)}",
                _file_targets(inputs), _classes_option(cfg))

@@ -54,8 +54,9 @@ METRICS = {"accuracy": accuracy, "mae": mae, "rmse": rmse}
 MODES = {"accuracy": "max", "mae": "min", "rmse": "min", "loss": "min"}
 
 
-def parse_metrics(raw, names, mark=None) -> dict:
-    """`{accuracy: [scores, y]}` -> {metric: (prediction node, target node)}, names checked."""
+def parse_metrics(raw, shapes: dict, mark=None) -> dict:
+    """`{accuracy: [scores, y]}` -> {metric: (prediction node, target node)}, names checked
+    against `shapes` ({node: shape})."""
     if raw is not None and not isinstance(raw, dict):
         raise SpecError(f"metrics must map a metric to [prediction, target], got {raw!r}",
                         mark=mark, hint="e.g. metrics: {accuracy: [scores, y]}")
@@ -73,19 +74,17 @@ def parse_metrics(raw, names, mark=None) -> dict:
             if not isinstance(a, str):
                 raise SpecError(f"metric '{metric}' takes two node names, got {a!r}",
                                 mark=where, hint=f"e.g. {metric}: [scores, y]")
-            if a not in names:
+            if a not in shapes:
                 raise SpecError(f"metric '{metric}' names unknown node '{a}'", mark=where,
-                                hint=did_you_mean(str(a), names))
-        _check_per_sample(metric, args, names, where)
+                                hint=did_you_mean(str(a), shapes))
+        _check_per_sample(metric, args, shapes, where)
         out[metric] = tuple(args)
     return out
 
 
-def _check_per_sample(metric: str, args, shapes, where) -> None:
-    """With `names` given as {node: shape}: both nodes hold one value per sample, so
-    their first dims agree (the batch dim), and a batch's rows can be concatenated."""
-    if not isinstance(shapes, dict):
-        return
+def _check_per_sample(metric: str, args, shapes: dict, where) -> None:
+    """Both nodes hold one value per sample: their first dims agree (the batch dim), so a
+    batch's rows can be concatenated."""
     p, t = (tuple(shapes[a]) for a in args)
     if not p or not t or p[0] != t[0]:
         show = " and ".join(f"'{a}' [{', '.join(map(str, shapes[a]))}]" for a in args)

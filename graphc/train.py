@@ -17,14 +17,14 @@ from typing import Callable, Mapping, Optional
 import numpy as np
 
 from . import checkpoint as C
-from .checkpoint import RESERVED, atomic_savez, init_from, load_params  # noqa: F401 (cli)
+from .checkpoint import RESERVED, load_params
 from .data import batch_rows, n_samples, stats_from_arrays, stats_to_arrays
 from .errors import SpecError
 from .guard import deferred_sigint, diagnose
 from .metrics import METRICS, EarlyStopping
 from .model import Model, Runner
 from .step import LR, training_graph
-from .trainconfig import TrainConfig, load_dataset, parse_train  # noqa: F401 (cli)
+from .trainconfig import TrainConfig, load_dataset, parse_train
 
 SHUFFLE_STREAM = 2          # the batch order's RNG: default_rng([seed, 2]) (data uses 1)
 SAVE_INTERVAL_S = 1.0       # default checkpoint cadence: each epoch end, at most once a second
@@ -287,6 +287,9 @@ def train(model: Model, cfg: TrainConfig, *, out: Path,
     run = Run(model, cfg, Path(out), save_every)
     if resume is not None:
         run.restore(resume)
+        if run.pos.epoch >= cfg.epochs:
+            run.notes.append(f"{resume} is already at epoch {run.pos.epoch} of {cfg.epochs}: "
+                             "nothing left to train (raise --epochs to train longer)")
     start, done = time.perf_counter(), run.pos.global_samples
     with deferred_sigint() as interrupted, np.errstate(all="ignore"):
         history = run.loop(log, interrupted)

@@ -21,7 +21,8 @@ import pytest
 import graphc.train as T
 from graphc.errors import SpecError
 from graphc.model import load_model
-from graphc.train import RESERVED, Interrupted, init_from, parse_train, train
+from graphc.checkpoint import init_from
+from graphc.train import RESERVED, Interrupted, parse_train, train
 
 SPEC = """\
 name: resumable
@@ -181,6 +182,45 @@ def test_init_from_loads_matching_params_and_names_mismatches(tmp_path):
     np.savez(tmp_path / "other.npz", V=np.zeros(3))
     with pytest.raises(SpecError, match="no parameter of the spec matches"):
         init_from(tmp_path / "other.npz", model)
+
+
+def test_resume_past_the_last_epoch_says_nothing_is_left(tmp_path):
+    spec = write_spec(tmp_path)
+    run(spec, tmp_path / "c.npz", epochs=3)
+    before = arrays(tmp_path / "c.npz")
+    result = run(spec, tmp_path / "c.npz", epochs=2, resume=tmp_path / "c.npz")
+    assert result.history == [] and result.epochs == 3
+    assert result.notes == [f"{tmp_path / 'c.npz'} is already at epoch 3 of 2: nothing left "
+                            "to train (raise --epochs to train longer)"]
+    assert arrays(tmp_path / "c.npz")["W1"].tobytes() == before["W1"].tobytes()
+
+
+def bad_npz_files(folder) -> dict:
+    """Files np.load cannot give named arrays from, each with the message graphc gives."""
+    (folder / "empty.npz").write_bytes(b"")
+    (folder / "notzip.npz").write_bytes(b"PK\x03\x04 not a zip archive")
+    np.save(folder / "one.npy", np.zeros(3))
+    return {"empty.npz": "cannot read checkpoint .*empty.npz: No data left",
+            "notzip.npz": "cannot read checkpoint .*notzip.npz: File is not a zip file",
+            "one.npy": "one.npy holds one array, not an .npz archive"}
+
+
+def test_unreadable_checkpoints_are_user_errors(tmp_path):
+    model = load_model(write_spec(tmp_path))
+    for name, message in bad_npz_files(tmp_path).items():
+        with pytest.raises(SpecError, match=message):
+            init_from(tmp_path / name, model)
+
+
+@pytest.mark.parametrize("flag", ["--params", "--inputs"])
+def test_grad_refuses_an_empty_npz_with_exit_2(tmp_path, flag):
+    """An empty file raises EOFError inside np.load, which click would take for Ctrl-D."""
+    spec = write_spec(tmp_path)
+    (tmp_path / "empty.npz").write_bytes(b"")
+    proc = subprocess.run([sys.executable, "-m", "graphc", "grad", spec.name, flag, "empty.npz"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60, env=ENV)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: cannot read ") and "No data left" in proc.stderr
 
 
 # --- real signals ------------------------------------------------------------------------------
