@@ -19,8 +19,19 @@ def b_relu(out, x):
     return lambda: np.maximum(x, zeros, out=out)
 
 
+def _times_slope(out, g, slope):
+    """g * slope: `slope(t)` writes the local derivative to scratch first, so out may
+    alias g or any input the slope reads."""
+    t = scratch(out.shape, out.dtype)
+
+    def run():
+        slope(t)
+        np.multiply(g, t, out=out)
+    return run
+
+
 def b_relu_grad(out, g, y):
-    """g * (y > 0): the mask goes to scratch first, so out may alias g or y."""
+    """g * (y > 0), as `_times_slope` but inline: the hot one, each MLP layer runs it."""
     zeros = constant(0, y.shape, y.dtype)
     mask = scratch(out.shape, out.dtype)
 
@@ -33,52 +44,45 @@ def b_relu_grad(out, g, y):
 def b_sigmoid_grad(out, g, y):
     """g * y * (1 - y)."""
     one = constant(1, (), y.dtype)
-    t = scratch(out.shape, out.dtype)
 
-    def run():
+    def slope(t):
         np.subtract(one, y, out=t)
         np.multiply(t, y, out=t)
-        np.multiply(g, t, out=out)
-    return run
+    return _times_slope(out, g, slope)
 
 
 def b_tanh_grad(out, g, y):
     """g * (1 - y * y)."""
     one = constant(1, (), y.dtype)
-    t = scratch(out.shape, out.dtype)
 
-    def run():
+    def slope(t):
         np.multiply(y, y, out=t)
         np.subtract(one, t, out=t)
-        np.multiply(g, t, out=out)
-    return run
+    return _times_slope(out, g, slope)
 
 
 def b_pow_grad(out, g, x, exponent):
     """g * p * x ** (p - 1)."""
     p = constant(exponent, (), out.dtype)
     pm1 = constant(exponent - 1, (), out.dtype)
-    t = scratch(out.shape, out.dtype)
 
-    def run():
+    def slope(t):
         np.power(x, pm1, out=t)
         np.multiply(t, p, out=t)
-        np.multiply(g, t, out=out)
-    return run
+    return _times_slope(out, g, slope)
 
 
 def b_maximum_grad(out, g, a, b):
     """g * ((a > b) + 0.5 * (a == b)): ties share the gradient."""
     half = constant(0.5, (), out.dtype)
-    t, e = scratch(out.shape, out.dtype), scratch(out.shape, out.dtype)
+    e = scratch(out.shape, out.dtype)
 
-    def run():
+    def slope(t):
         np.greater(a, b, out=t)
         np.equal(a, b, out=e)
         np.multiply(e, half, out=e)
         np.add(t, e, out=t)
-        np.multiply(g, t, out=out)
-    return run
+    return _times_slope(out, g, slope)
 
 
 def _batch_sum(out, g):

@@ -123,8 +123,9 @@ BINDERS: dict = dict(FAST_BINDERS)   # zero-allocation forms of the hot ops: bin
 
 
 # --- optimizer updates --------------------------------------------------------------------
-# Binders `(w, g, norm, lr, *state, **attrs)`: two step-local scratch arrays of w's shape
-# from the workspace; each step then writes w and its state in place with no allocation.
+# Binders `(out, w, g, norm, lr, *state, **attrs)`, out being w itself: `_gated` takes two
+# step-local scratch arrays of w's shape from the workspace and applies the guard; each
+# step then writes w and its state in place with no allocation.
 # Formulas are PyTorch's (see docs/training.md). Closures use ufunc `out=` forms, as an
 # augmented assignment would rebind the closed-over name.
 
@@ -150,10 +151,6 @@ def _gate(g, guard, max_norm: float):
     return check
 
 
-def _scratch2(w) -> tuple:
-    return scratch(w.shape, w.dtype), scratch(w.shape, w.dtype)
-
-
 def _grad_into(d, t, g, w, c: float, weight_decay: float):
     """c * g + weight_decay * w, the clipped gradient plus torch's L2 term: g itself when
     that is all it is, else written to d (t: scratch). The caller only reads the result."""
@@ -169,6 +166,25 @@ def _grad_into(d, t, g, w, c: float, weight_decay: float):
     return d
 
 
+def _gated(w, g, norm, max_norm: float, weight_decay: float, body):
+    """An update step: unless the gate skips it, `body(u, d, t)`, u the clipped gradient
+    plus the L2 term (g itself, or d), d and t step-local scratch of w's shape."""
+    d, t = scratch(w.shape, w.dtype), scratch(w.shape, w.dtype)
+    gate = _gate(g, norm, max_norm)
+
+    def step():
+        c = gate()
+        if c is not None:
+            body(_grad_into(d, t, g, w, c, weight_decay), d, t)
+    return step
+
+
+def _descend(w, x, rate, t) -> None:
+    """w -= rate * x, through the scratch t (which may be x itself)."""
+    np.multiply(x, rate, out=t)
+    np.subtract(w, t, out=w)
+
+
 def b_grad_norm(out, loss, *grads):
     def step():
         total = 0.0
@@ -180,21 +196,17 @@ def b_grad_norm(out, loss, *grads):
 
 def b_sgd(out, w, g, norm, lr, *state, momentum, nesterov, weight_decay, max_norm,
           folded=False):
-    gate = _gate(g, norm, max_norm)
     if folded:        # g arrives as lr * g (step.py seeds the backward pass with lr)
+        gate = _gate(g, norm, max_norm)
+
         def folded_step():
             if gate() is not None:
                 np.subtract(w, g, out=w)
         return folded_step
-    d, t = _scratch2(w)
     v = state[0] if state else None
     mu = constant(momentum, (), w.dtype)      # a 0-d array beats a Python float operand
 
-    def step():
-        c = gate()
-        if c is None:
-            return
-        u = _grad_into(d, t, g, w, c, weight_decay)
+    def body(u, d, t):
         if v is not None:
             np.multiply(v, mu, out=v)
             np.add(v, u, out=v)
@@ -203,23 +215,16 @@ def b_sgd(out, w, g, norm, lr, *state, momentum, nesterov, weight_decay, max_nor
                 u = np.add(u, t, out=d)
             else:
                 u = v
-        np.multiply(u, lr, out=t)
-        np.subtract(w, t, out=w)
-    return step
+        _descend(w, u, lr, t)
+    return _gated(w, g, norm, max_norm, weight_decay, body)
 
 
 def b_rmsprop(out, w, g, norm, lr, s, *state, alpha, eps, momentum, centered, weight_decay,
               max_norm):
-    d, t = _scratch2(w)
     b = state[0] if momentum else None
     a = state[-1] if centered else None
-    gate = _gate(g, norm, max_norm)
 
-    def step():
-        c = gate()
-        if c is None:
-            return
-        u = _grad_into(d, t, g, w, c, weight_decay)
+    def body(u, d, t):
         _ema(s, np.multiply(u, u, out=t), alpha)
         if a is not None:
             _ema(a, u, alpha, t)
@@ -233,52 +238,36 @@ def b_rmsprop(out, w, g, norm, lr, s, *state, alpha, eps, momentum, centered, we
         if b is not None:
             np.multiply(b, momentum, out=b)
             np.add(b, t, out=b)
-            np.multiply(b, float(lr), out=t)
-        else:
-            np.multiply(t, float(lr), out=t)
-        np.subtract(w, t, out=w)
-    return step
+        _descend(w, t if b is None else b, float(lr), t)
+    return _gated(w, g, norm, max_norm, weight_decay, body)
 
 
-def _ema(avg, x, beta: float, scratch=None) -> None:
-    """avg = beta * avg + (1 - beta) * x, in place (x itself is overwritten without scratch)."""
-    tmp = x if scratch is None else scratch
+def _ema(avg, x, beta: float, tmp=None) -> None:
+    """avg = beta * avg + (1 - beta) * x, in place (x itself is overwritten without tmp)."""
+    tmp = x if tmp is None else tmp
     np.multiply(avg, beta, out=avg)
     np.multiply(x, 1 - beta, out=tmp)
     np.add(avg, tmp, out=avg)
 
 
 def b_adagrad(out, w, g, norm, lr, s, *, eps, weight_decay, max_norm):
-    d, t = _scratch2(w)
-    gate = _gate(g, norm, max_norm)
-
-    def step():
-        c = gate()
-        if c is None:
-            return
-        u = _grad_into(d, t, g, w, c, weight_decay)
+    def body(u, d, t):
         np.multiply(u, u, out=t)
         np.add(s, t, out=s)
         np.sqrt(s, out=t)
         np.add(t, eps, out=t)
         np.divide(u, t, out=t)
-        np.multiply(t, float(lr), out=t)
-        np.subtract(w, t, out=w)
-    return step
+        _descend(w, t, float(lr), t)
+    return _gated(w, g, norm, max_norm, weight_decay, body)
 
 
 def _adam(decoupled: bool):
     """Adam (L2 weight decay in the gradient) or AdamW (decoupled: w *= 1 - lr * wd first)."""
     def bind(out, w, g, norm, lr, m, v, count, *, betas, eps, weight_decay, max_norm):
-        (b1, b2), (d, t) = betas, _scratch2(w)
-        gate = _gate(g, norm, max_norm)
+        b1, b2 = betas
 
-        def step():
-            c = gate()
-            if c is None:
-                return
+        def body(u, d, t):
             rate = float(lr)
-            u = _grad_into(d, t, g, w, c, 0.0 if decoupled else weight_decay)
             if decoupled and weight_decay:
                 np.multiply(w, 1 - rate * weight_decay, out=w)
             np.add(count, 1, out=count)
@@ -289,9 +278,8 @@ def _adam(decoupled: bool):
             np.divide(t, math.sqrt(1 - b2 ** k), out=t)
             np.add(t, eps, out=t)
             np.divide(m, t, out=t)
-            np.multiply(t, rate / (1 - b1 ** k), out=t)
-            np.subtract(w, t, out=w)
-        return step
+            _descend(w, t, rate / (1 - b1 ** k), t)
+        return _gated(w, g, norm, max_norm, 0.0 if decoupled else weight_decay, body)
     return bind
 
 
