@@ -17,14 +17,16 @@ from .errors import SpecError
 from .ir import Graph, GraphBuilder, Node, schedule, verify_graph
 from .ops import OPS
 
-NON_DIFFERENTIABLE = {"input", "param", "const"}
-
-
 def _linear(*signs):
     """add/sub/neg/identity: the gradient passes through, negated where the sign is -1."""
     def rule(e, n, g):
         return tuple(g if s > 0 else e("neg", g) for s in signs)
     return rule
+
+
+def _pair_loss(grad_op):
+    """Losses of (pred - target): d/d target = -d/d pred."""
+    return lambda e, n, g: (lambda d: (d, e("neg", d)))(e(grad_op, g, *n.inputs, **n.attrs))
 
 
 def _div(e, n, g):
@@ -53,7 +55,7 @@ VJP = {
                                **n.attrs),),
     "matmul": lambda e, n, g: (e("matmul_ga", g, n.inputs[1], shape=e.shape(n.inputs[0])),
                                e("matmul_gb", n.inputs[0], g, shape=e.shape(n.inputs[1]))),
-    "mse": lambda e, n, g: (lambda d: (d, e("neg", d)))(e("mse_grad", g, *n.inputs)),
+    "mse": _pair_loss("mse_grad"),
     "softmax_cross_entropy": lambda e, n, g: (e("softmax_cross_entropy_grad", g, *n.inputs),
                                               None),
     "hinge": lambda e, n, g: (e("hinge_grad", g, *n.inputs),
@@ -94,11 +96,6 @@ def _concat(e, n, g):
         grads.append(e("slice", g, axis=axis, start=start, stop=stop))
         start = stop
     return tuple(grads)
-
-
-def _pair_loss(grad_op):
-    """Losses of (pred - target): d/d target = -d/d pred."""
-    return lambda e, n, g: (lambda d: (d, e("neg", d)))(e(grad_op, g, *n.inputs, **n.attrs))
 
 
 def _bce(e, n, g):
@@ -144,7 +141,7 @@ class _Emit:
         return self.b.nodes[name].shape
 
     def __call__(self, op: str, *inputs: str, **attrs) -> str:
-        attrs = {**{k: v for k, v in OPS[op].attrs.items()}, **attrs}
+        attrs = {**OPS[op].attrs, **attrs}
         return self.b.add(self.b.fresh(f"{self.prefix}{op}"), op, inputs, attrs, self.mark)
 
 
