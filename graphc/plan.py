@@ -177,8 +177,9 @@ def compile_plan(graph: Graph, dims: Mapping[str, int], keep=(), forward=None,
 
 
 def verify_plan(plan: Plan) -> None:
-    """Prove no two values whose step ranges meet share bytes (except in-place pairs),
-    that every read happens while its value is live, and recompute the lower bound."""
+    """Prove no two values whose step ranges meet share bytes (except in-place pairs, each
+    an elementwise step over its own dying input), that every read happens while its
+    value is live, and recompute the lower bound."""
     bufs = sorted(plan.buffers.values(), key=lambda b: b.offset)
     for i, a in enumerate(bufs):
         assert a.offset % ALIGN == 0 and a.offset + a.bytes <= plan.arena_bytes, a
@@ -194,9 +195,20 @@ def verify_plan(plan: Plan) -> None:
             if v in plan.buffers:
                 b = plan.buffers[v]
                 assert b.first_step < s.index <= b.last_step, f"step {s.index} reads dead {v}"
+    _check_in_place(plan)
     bound = _bound_with_pairs(plan)
     assert bound == plan.lower_bound_bytes, (bound, plan.lower_bound_bytes)
     assert plan.lower_bound_bytes <= plan.arena_bytes <= plan.naive_bytes
+
+
+def _check_in_place(plan: Plan) -> None:
+    """An in-place pair is an elementwise step writing over an input of the same layout
+    that it reads last (only such kernels are written to tolerate the alias)."""
+    for b in plan.buffers.values():
+        if b.in_place_of is not None:
+            s, src = plan.steps[b.first_step], plan.buffers[b.in_place_of]
+            assert s.op in ELEMENTWISE and b.in_place_of in s.inputs, f"{b.value} in place"
+            assert (src.shape, src.dtype, src.last_step) == (b.shape, b.dtype, s.index), b
 
 
 def _bound_with_pairs(plan: Plan) -> int:

@@ -3,6 +3,7 @@ reuse changes no bit of the results, and a compiled training step allocates noth
 from __future__ import annotations
 
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,16 @@ def test_verifier_catches_overlap(tmp_path):
                                 "first_step": a.first_step, "last_step": a.last_step})
     with pytest.raises(AssertionError):
         verify_plan(type(plan)(**{**plan.__dict__, "buffers": clash}))
+
+
+def test_verifier_refuses_an_in_place_pair_whose_step_is_not_elementwise(tmp_path):
+    _, _, plan = step_plan(mlp_spec([4, 8, 3], tmp_path / "m.yaml"), 5)
+    verify_plan(plan)
+    pair = next(b for b in plan.buffers.values() if b.in_place_of)
+    steps = list(plan.steps)
+    steps[pair.first_step] = replace(steps[pair.first_step], op="matmul")
+    with pytest.raises(AssertionError, match="in place"):
+        verify_plan(replace(plan, steps=tuple(steps)))
 
 
 def _train_params(spec: Path, reuse: bool, steps=6, batch=16) -> dict:
