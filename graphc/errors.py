@@ -7,6 +7,7 @@ and never a traceback.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from dataclasses import dataclass
 from typing import Iterable, Optional
@@ -54,6 +55,16 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def clip(text: str, limit: int = 40) -> str:
+    """`text` cut to `limit` characters, ending in '...' when cut: a quote in a message."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def short(value) -> str:
+    """repr(value) clipped to 40 characters: what the spec held, quoted into a message."""
+    return clip(repr(value))
+
+
 class SpecError(GraphcError):
     """Bad input: the spec, its data, or a flag (exit 2)."""
     exit_code = 2
@@ -77,11 +88,12 @@ _limit: Optional[int] = None
 
 
 def parse_bytes(text: str) -> int:
-    """'512M', '2G', '1.5gb', '1000000' -> bytes (binary units); ValueError if unreadable."""
+    """'512M', '2G', '1.5gb', '1000000' -> bytes (binary units); ValueError if unreadable,
+    infinite or under one byte."""
     s = str(text).strip().lower()
     digits = s.rstrip("kmgtb")
     value, unit = float(digits), s[len(digits):]
-    if unit not in _UNITS or not value > 0:
+    if unit not in _UNITS or not math.isfinite(value) or int(value * _UNITS[unit]) < 1:
         raise ValueError(f"not a size: {text!r}")
     return int(value * _UNITS[unit])
 
@@ -114,6 +126,7 @@ def memory_limit() -> int:
 
 
 def fmt_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB': the largest binary unit that n reaches, one decimal."""
     for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= size:
             return f"{n / size:.1f} {unit}"

@@ -11,8 +11,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
-from .errors import Mark, SpecError, did_you_mean
-from .ops import OPS, REQUIRED, ops_in
+from . import shapes as S
+from .errors import Mark, SpecError, clip, did_you_mean, short
+from .ops import OPS, REQUIRED, attrs_with_defaults, ops_in
 
 MAX_LENGTH = 10_000
 MAX_DEPTH = 100
@@ -53,17 +54,13 @@ def check_attrs(op: str, attrs: Mapping, node: str, mark: Mark,
     for key, value in attrs.items():
         problem = attr_problem(key, known[key], value)
         if problem:
-            raise SpecError(f"attribute '{key}' of {op} is {_short(value)}, expected "
+            raise SpecError(f"attribute '{key}' of {op} is {short(value)}, expected "
                             f"{problem}", mark=(marks or {}).get(key, mark), node=node)
-    return {k: attrs.get(k, v) for k, v in known.items()}
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return attrs_with_defaults(OPS[op], attrs)
 
 
 def _is_number(v) -> bool:
-    return _is_int(v) or (isinstance(v, float) and math.isfinite(v))
+    return S.is_int(v) or (isinstance(v, float) and math.isfinite(v))
 
 
 def _is_plain(v) -> bool:
@@ -75,18 +72,18 @@ def _is_plain(v) -> bool:
 # attribute name -> (test, what the user should write); other attributes are checked
 # against their default's type, or must at least be plain constants
 ATTR_KINDS = {
-    "axis": (lambda v: v is None or _is_int(v) or
-             (isinstance(v, (list, tuple)) and all(_is_int(x) for x in v)),
+    "axis": (lambda v: v is None or S.is_int(v) or
+             (isinstance(v, (list, tuple)) and all(map(S.is_int, v))),
              "an integer, a list of integers, or None"),
-    "axes": (lambda v: v is None or (isinstance(v, (list, tuple)) and all(map(_is_int, v))),
+    "axes": (lambda v: v is None or (isinstance(v, (list, tuple)) and all(map(S.is_int, v))),
              "a list of integers or None"),
     "shape": (lambda v: isinstance(v, (list, tuple)) and all(
-        (_is_int(d) and (d >= 1 or d == -1)) or (isinstance(d, str) and d.isidentifier())
-        for d in v), "a list of sizes, dim names and -1, such as [batch, -1]"),
+        S.is_dim(d, minus_one=True) for d in v),
+        "a list of sizes, dim names and -1, such as [batch, -1]"),
     "init": (lambda v: v is None or isinstance(v, (str, dict)),
              "an initializer name or {name: {argument: value}}"),
     "exponent": (_is_number, "a finite number"),
-    "units": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "units": (lambda v: S.is_int(v) and v >= 1, "a positive integer"),
 }
 
 
@@ -96,18 +93,13 @@ def attr_problem(key: str, default, value) -> Optional[str]:
         test, want = ATTR_KINDS[key]
     elif isinstance(default, bool):
         test, want = (lambda v: isinstance(v, bool)), "true or false"
-    elif _is_int(default):
-        test, want = _is_int, "an integer"
+    elif S.is_int(default):
+        test, want = S.is_int, "an integer"
     elif isinstance(default, float):
         test, want = _is_number, "a finite number"
     else:
         test, want = _is_plain, "a number, a name or a list of numbers"
     return None if test(value) else want
-
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def lookup_op(name: str, node: str, mark: Mark) -> str:
@@ -152,8 +144,7 @@ class _Parser:
         raise SpecError(msg, mark=self.at(tree), node=self.name, hint=hint)
 
     def source(self, tree: ast.AST) -> str:
-        text = ast.get_source_segment(self.text, tree) or type(tree).__name__
-        return text if len(text) <= 30 else text[:27] + "..."
+        return clip(ast.get_source_segment(self.text, tree) or type(tree).__name__, 30)
 
     def emit(self, op: str, inputs: tuple, attrs: Mapping, tree: ast.AST, top: bool) -> str:
         if top:
@@ -214,12 +205,16 @@ class _Parser:
         return self.emit("neg", (x,), {}, tree, top)
 
     def number(self, tree: ast.Constant) -> float:
+        """A numeric literal as a finite float: 1e400 (read as inf) and 10**400 are errors."""
         if isinstance(tree.value, bool) or not isinstance(tree.value, (int, float)):
-            self.fail(f"constant {_short(tree.value)} is not a number", tree, ALLOWED)
+            self.fail(f"constant {short(tree.value)} is not a number", tree, ALLOWED)
         try:
-            return float(tree.value)
+            value = float(tree.value)
         except OverflowError:
+            value = math.inf
+        if not math.isfinite(value):
             self.fail(f"constant {self.source(tree)} is too large for a float", tree)
+        return value
 
     def literal(self, tree: ast.AST):
         """The constant `tree` spells (numbers, strings, lists, ...), or _NOT_CONSTANT.
@@ -287,8 +282,7 @@ def parse_expression(text: str, name: str, mark: Mark, quoted: bool = False) -> 
         tree = ast.parse(body, mode="eval")
     except SyntaxError as exc:
         col = col0 + max((exc.offset or 1) - 1, 0) if (exc.lineno or 1) == 1 else mark.col
-        shown = body if len(body) <= 40 else body[:37] + "..."
-        raise SpecError(f"syntax error in expression '{shown}': {exc.msg}",
+        raise SpecError(f"syntax error in expression '{clip(body)}': {exc.msg}",
                         mark=Mark(mark.file, mark.line, col), node=name,
                         hint="expressions use Python syntax, e.g. relu(x @ W + b)") from None
     except ValueError as exc:           # e.g. a NUL character from a "\0" escape

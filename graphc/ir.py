@@ -69,13 +69,12 @@ class Graph:
 
     def dump(self) -> str:
         """A readable table: name, op, inputs, shape (torch.fx print_tabular style)."""
-        rows = [(n.name, n.op, ", ".join(n.inputs), S.fmt(n.shape), n.dtype)
-                for n in self.nodes.values()]
-        widths = [max(len(r[i]) for r in rows + [("node", "op", "inputs", "shape", "dtype")])
-                  for i in range(5)]
-        head = ("node", "op", "inputs", "shape", "dtype")
+        rows = [("node", "op", "inputs", "shape", "dtype")]
+        rows += [(n.name, n.op, ", ".join(n.inputs), S.fmt(n.shape), n.dtype)
+                 for n in self.nodes.values()]
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
-                         for r in [head] + rows)
+                         for r in rows)
 
 
 def node_error(node: Node, message: str, hint: Optional[str] = None, context=()) -> SpecError:
@@ -107,11 +106,11 @@ class GraphBuilder:
         for pos, n in enumerate(in_nodes):
             is_int = n.dtype.startswith("int")
             if is_int != (pos in opdef.labels):
-                want, dtype = (("integer class labels", "int64") if pos in opdef.labels
-                               else ("floating-point values", "float32"))
+                want, declare = (("integer class labels", "int64") if pos in opdef.labels
+                                 else ("floating-point values", "float32"))
                 raise node_error(probe, f"input {pos + 1} of {op} is '{n.name}' ({n.dtype}), "
                                         f"but must be {want}",
-                                 hint=f"declare {n.name} with dtype: {dtype}")
+                                 hint=f"declare {n.name} with dtype: {declare}")
         try:
             shape = tuple(opdef.infer([n.shape for n in in_nodes], attrs))
         except S.ShapeError as exc:
@@ -133,10 +132,8 @@ def schedule(graph: Graph) -> Graph:
                  graph.dtype, graph.after)
 
 
-def _check_acyclic(spec, node_specs: dict):
-    g = nx.DiGraph()
-    for n in node_specs.values():
-        g.add_edges_from((i, n.name) for i in n.inputs if i in node_specs)
+def _check_acyclic(g: nx.DiGraph, node_specs: dict):
+    """SpecError naming the first cycle of `g` (the spec's nodes) by the user's nodes."""
     try:
         cycle = nx.find_cycle(g)
     except nx.NetworkXNoCycle:
@@ -164,11 +161,11 @@ def build_graph(spec) -> Graph:
         b.nodes[leaf.name] = Node(leaf.name, leaf.kind, (), {"shape": leaf.shape},
                                   leaf.shape, leaf.dtype, leaf.mark)
     node_specs = {n.name: n for n in spec.nodes}
-    _check_acyclic(spec, node_specs)
     g = nx.DiGraph()
     g.add_nodes_from(node_specs)
     for n in spec.nodes:
         g.add_edges_from((i, n.name) for i in n.inputs if i in node_specs)
+    _check_acyclic(g, node_specs)
     order = {name: i for i, name in enumerate(node_specs)}
     for name in nx.lexicographical_topological_sort(g, key=order.__getitem__):
         n = node_specs[name]

@@ -30,6 +30,7 @@ class OpDef:
 
 
 def _same(shapes, attrs):
+    """The first input's shape: elementwise ops, and updates (the parameter's shape)."""
     return shapes[0]
 
 
@@ -61,19 +62,11 @@ def _dot(shapes, attrs):
     return S.matmul(a, b)
 
 
-def _axis_of(shape, attrs) -> int:
-    """The single `axis` attribute as a non-negative axis of `shape`."""
-    axis = attrs["axis"]
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise S.ShapeError(f"axis must be one integer, got {axis!r}")
-    return S.normalize_axis(axis, len(shape))[0]
-
-
 def _along_axis(shapes, attrs):
     """softmax and friends: the input's shape, `axis` checked against its rank."""
     if not shapes[0]:
         raise S.ShapeError("needs an input of rank >= 1, got a scalar")
-    _axis_of(shapes[0], attrs)
+    S.one_axis(attrs["axis"], len(shapes[0]))
     return shapes[0]
 
 
@@ -91,7 +84,7 @@ def _concat(shapes, attrs):
 
 def _slice(shapes, attrs):
     shape = list(shapes[0])
-    shape[_axis_of(shapes[0], attrs)] = attrs["stop"] - attrs["start"]
+    shape[S.one_axis(attrs["axis"], len(shape))] = attrs["stop"] - attrs["start"]
     return tuple(shape)
 
 
@@ -120,10 +113,6 @@ def _labels(shapes, attrs):
 def _grad_of(position):
     """Backward helpers whose output has the shape of their input at `position`."""
     return lambda shapes, attrs: shapes[position]
-
-
-def _update(shapes, attrs):
-    return shapes[0]
 
 
 _AXES = {"axis": None, "keepdims": False}
@@ -282,24 +271,24 @@ _ADAM = {"betas": (0.9, 0.999), "eps": 1e-8, **_DECAY}
 _def("grad_norm", None, _scalar,
      "grad_norm(loss, *grads) = sqrt(sum of |g|^2 over all grads), NaN if the loss is not "
      "finite; every update reads it, so all grads are complete before any update", **_UP)
-_def("sgd", None, _update,
+_def("sgd", None, _same,
      "sgd(w, g, norm, lr, [v]): v = momentum v + g'; w -= lr * (g' + momentum v if nesterov "
      "else v), v = g' without momentum; folded: g already holds lr * g, w -= g",
      attrs={"momentum": 0.0, "nesterov": False, "folded": False, **_DECAY},
      mutates=(0,), **_UP)
-_def("rmsprop", None, _update,
+_def("rmsprop", None, _same,
      "rmsprop(w, g, norm, lr, s, [b], [a]): s = alpha s + (1-alpha) g'^2; a = alpha a + "
      "(1-alpha) g' if centered; d = g' / (sqrt(s - a^2) + eps); b = momentum b + d; w -= lr b",
      attrs={"alpha": 0.99, "eps": 1e-8, "momentum": 0.0, "centered": False, **_DECAY},
      mutates=(0,), **_UP)
-_def("adagrad", None, _update,
+_def("adagrad", None, _same,
      "adagrad(w, g, norm, lr, s): s += g'^2; w -= lr * g' / (sqrt(s) + eps)",
      attrs={"eps": 1e-10, **_DECAY}, mutates=(0,), **_UP)
-_def("adam", None, _update,
+_def("adam", None, _same,
      "adam(w, g, norm, lr, m, v, t): t += 1; m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2; "
      "w -= lr / (1-b1^t) * m / (sqrt(v) / sqrt(1-b2^t) + eps)", attrs=_ADAM, mutates=(0,),
      **_UP)
-_def("adamw", None, _update,
+_def("adamw", None, _same,
      "adamw(w, g, norm, lr, m, v, t): w *= 1 - lr * weight_decay, then adam without the "
      "L2 term", attrs={**_ADAM, "weight_decay": 0.01}, mutates=(0,), **_UP)
 

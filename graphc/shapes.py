@@ -17,6 +17,17 @@ class ShapeError(ValueError):
     """Shapes that do not fit; the message names both shapes."""
 
 
+def is_int(v) -> bool:
+    """An integer that is not a bool (YAML and Python read `true` as 1 otherwise)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_dim(d, minus_one: bool = False) -> bool:
+    """A size >= 1 or a dim name such as batch; with `minus_one`, also -1 (reshape's rest)."""
+    return (is_int(d) and (d >= 1 or (minus_one and d == -1))) or \
+        (isinstance(d, str) and d.isidentifier())
+
+
 def fmt(shape: Sequence[Dim]) -> str:
     """[batch, 2] style, as the user wrote it in YAML."""
     return "[" + ", ".join(str(d) for d in shape) + "]"
@@ -65,6 +76,13 @@ def normalize_axis(axis, ndim: int) -> tuple:
     return tuple(sorted(set(out)))
 
 
+def one_axis(axis, ndim: int) -> int:
+    """A single integer `axis` (negatives allowed) as a non-negative axis of rank `ndim`."""
+    if not is_int(axis):
+        raise ShapeError(f"axis must be one integer, got {axis!r}")
+    return normalize_axis(axis, ndim)[0]
+
+
 def reduce(shape: Shape, axis, keepdims: bool) -> Shape:
     """Shape after reducing `axis` (None = all)."""
     axes = normalize_axis(axis, len(shape))
@@ -89,7 +107,7 @@ def size(shape: Sequence[int]) -> int:
 def permutation(axes, ndim: int) -> tuple:
     """`axes` (negatives allowed) as non-negative axes, checked to be a permutation of range(ndim)."""
     ok = isinstance(axes, (list, tuple)) and len(axes) == ndim and all(
-        isinstance(a, int) and not isinstance(a, bool) and -ndim <= a < ndim for a in axes)
+        is_int(a) and -ndim <= a < ndim for a in axes)
     perm = tuple(a % ndim for a in axes) if ok else ()
     if not ok or sorted(perm) != list(range(ndim)):
         raise ShapeError(f"axes {axes!r} are not a permutation of the {ndim} axes "
@@ -110,9 +128,7 @@ def reshape(shape: Shape, target) -> Shape:
     The dim names of `target` must be those of `shape` (each as often); -1 takes what
     is left of the fixed size: reshape([batch, 4, 5], [batch, -1]) = [batch, 20].
     """
-    ok = isinstance(target, (list, tuple)) and all(
-        (isinstance(d, int) and not isinstance(d, bool) and (d >= 1 or d == -1)) or
-        (isinstance(d, str) and d.isidentifier()) for d in target)
+    ok = isinstance(target, (list, tuple)) and all(is_dim(d, minus_one=True) for d in target)
     if not ok or list(target).count(-1) > 1:
         raise ShapeError(f"reshape's shape must be a list of sizes, dim names and at most "
                          f"one -1, such as [batch, -1]; got {target!r}")
@@ -136,11 +152,9 @@ def concat(shapes, axis) -> Shape:
     if not shapes:
         raise ShapeError("concat needs at least one input")
     first = tuple(shapes[0])
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise ShapeError(f"axis must be one integer, got {axis!r}")
-    if not first:
+    if not first and is_int(axis):
         raise ShapeError("concat cannot join scalars (rank 0); reshape them to [1] first")
-    ax = normalize_axis(axis, len(first))[0]
+    ax = one_axis(axis, len(first))
     off_axis = [tuple(s[:ax]) + tuple(s[ax + 1:]) for s in shapes]
     if any(len(s) != len(first) or o != off_axis[0] for s, o in zip(shapes, off_axis)):
         raise ShapeError(f"concat along axis {axis} needs the same rank and the same dims "

@@ -1,44 +1,28 @@
 """Spec file -> validated `Spec`: leaves, node specs (expressions expanded), loss, train config.
 
 Checks what can be checked without the graph: known keys (with did-you-mean),
-leaf forms, dtypes, op names and attributes, references to defined names.
+leaf forms and dtypes (leaves.py), op names and attributes (expr.py), references
+to defined names. Layers are expanded into params and plain nodes (layers.py).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
-import numpy as np
-
-from . import shapes as S
-from .errors import Mark, SpecError, check_memory, did_you_mean
+from .errors import Mark, SpecError, did_you_mean, short
 from .expr import NodeSpec, check_attrs, lookup_op, parse_expression
 from .layers import expand_layers
+from .leaves import FLOAT_DTYPES, LeafSpec, check_size, parse_dtype, parse_leaf
 from .ops import OPS
-from .yamlload import MarkedDict, load_yaml
+from .yamlload import MarkedDict, check_keys, load_yaml
 
 TOP_KEYS = ("graphc", "name", "dtype", "inputs", "params", "nodes", "loss", "outputs",
             "train")
-LEAF_KEYS = ("shape", "dtype", "init", "value")
 TRAIN_KEYS = ("data", "batch_size", "epochs", "optimizer", "schedule", "metrics", "seed",
               "clip_grad_norm", "early_stopping")
 NODE_KEYS = ("op", "inputs")
-MAX_DIM = 2**31 - 1
-FLOAT_DTYPES = ("float32", "float64")
-INPUT_DTYPES = FLOAT_DTYPES + ("int32", "int64")
-
-
-@dataclass(frozen=True)
-class LeafSpec:
-    """An `input` (fed per batch) or `param` (trained) leaf."""
-    name: str
-    kind: str
-    shape: tuple
-    dtype: str
-    init: object = None
-    value: Optional[np.ndarray] = field(default=None, compare=False)
-    mark: Optional[Mark] = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -53,23 +37,6 @@ class Spec:
     outputs: tuple
     train: Mapping
     text: str = field(repr=False, default="")
-
-    def mark_of(self, name: str) -> Optional[Mark]:
-        if name in self.leaves:
-            return self.leaves[name].mark
-        for n in self.nodes:
-            if n.name == name:
-                return n.mark
-        return None
-
-
-def check_keys(mapping: MarkedDict, allowed, where: str, node: Optional[str] = None):
-    """Unknown keys are errors with the closest allowed key, never ignored."""
-    for key in mapping:
-        if key not in allowed:
-            raise SpecError(f"unknown key '{key}' in {where}", mark=mapping.key_marks[key],
-                            node=node, hint=did_you_mean(key, allowed) or
-                            "allowed keys: " + ", ".join(allowed))
 
 
 def _check_name(name: str, mark: Mark, what: str):
@@ -89,105 +56,18 @@ def _mapping(value, what: str, mark: Mark) -> MarkedDict:
     return value
 
 
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _shape(value, name: str, mark: Mark, kind: str = "input") -> tuple:
-    if not isinstance(value, list):
-        raise SpecError(f"shape is {_short(value)}, expected a list such as [batch, 2]",
-                        mark=mark, node=name)
-    for i, d in enumerate(value):
-        at = value.mark_of(i) if hasattr(value, "mark_of") else mark
-        ok = (isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_DIM) or \
-             (isinstance(d, str) and d.isidentifier())
-        if not ok:
-            raise SpecError(f"dimension {i} of shape {_fmt(value)} is {_short(d)}, expected a "
-                            f"size from 1 to {MAX_DIM} or a dim name such as batch",
-                            mark=at, node=name)
-        if kind == "param" and isinstance(d, str):
-            raise SpecError(f"parameter shape {_fmt(value)} has the symbolic dim '{d}', "
-                            "expected fixed sizes", mark=at, node=name,
-                            hint="symbolic dims such as batch are for inputs")
-    return tuple(value)
-
-
-def _fmt(shape) -> str:
-    """[batch, 2] as written in YAML, shortened when long."""
-    text = "[" + ", ".join(str(d) for d in shape) + "]"
-    return text if len(text) <= 40 else text[:36] + "...]"
-
-
-def _dtype(value, allowed, name: str, mark: Mark) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise SpecError(f"dtype {_short(value)} is not supported (expected one of "
-                        f"{', '.join(allowed)})", mark=mark, node=name,
-                        hint=did_you_mean(str(value), allowed))
-    return value
-
-
-def _value(value, name: str, mark: Mark) -> np.ndarray:
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise SpecError("value must be a number or a nested list of numbers, got "
-                        f"{_short(value)}",
-                        mark=mark, node=name) from None
-    if not np.all(np.isfinite(arr)):
-        raise SpecError("value contains NaN or infinity", mark=mark, node=name)
-    return arr
-
-
-def _leaf(name: str, raw, kind: str, dtype: str, mark: Mark) -> LeafSpec:
-    if isinstance(raw, bool):
-        raise SpecError(f"leaf '{name}' is a boolean", mark=mark, node=name,
-                        hint="give a shape list, a number, or {shape:, dtype:, init:, value:}")
-    if isinstance(raw, (int, float)):
-        return LeafSpec(name, kind, (), dtype, None, _value(raw, name, mark), mark)
-    if isinstance(raw, list):
-        return LeafSpec(name, kind, _shape(raw, name, mark, kind), dtype, None, None, mark)
-    if not isinstance(raw, dict):
-        raise SpecError(f"leaf '{name}' must be a shape list, a number or a mapping, "
-                        f"got {_short(raw)}", mark=mark, node=name)
-    check_keys(raw, LEAF_KEYS, f"leaf '{name}'", node=name)
-    allowed = INPUT_DTYPES if kind == "input" else FLOAT_DTYPES
-    leaf_dtype = _dtype(raw.get("dtype", dtype), allowed, name, raw.mark_of("dtype"))
-    value = _value(raw["value"], name, raw.mark_of("value")) if "value" in raw else None
-    if "shape" in raw:
-        shape = _shape(raw["shape"], name, raw.mark_of("shape"), kind)
-        if value is not None and value.shape != shape:
-            raise SpecError(f"value has shape {list(value.shape)} but shape says {list(shape)}",
-                            mark=raw.mark_of("value"), node=name)
-    elif value is not None:
-        shape = value.shape
-    else:
-        raise SpecError(f"leaf '{name}' needs a shape or a value", mark=raw.mark, node=name,
-                        hint="e.g. {shape: [2, 3]}")
-    return LeafSpec(name, kind, shape, leaf_dtype, raw.get("init"), value, mark)
-
-
-def _check_size(leaf: LeafSpec):
-    """A leaf of fixed shape is allocated whole: refuse one above the memory limit first."""
-    if not S.symbols(leaf.shape):
-        nbytes = S.size(leaf.shape) * np.dtype(leaf.dtype).itemsize
-        kind = "parameter" if leaf.kind == "param" else leaf.kind
-        check_memory(nbytes, f"{kind} '{leaf.name}' of shape {S.fmt(leaf.shape)} "
-                             f"({leaf.dtype})", mark=leaf.mark, node=leaf.name)
-
-
 def _explicit_node(name: str, raw: MarkedDict) -> NodeSpec:
     if "op" not in raw:
         raise SpecError("explicit node needs 'op'", mark=raw.mark, node=name,
                         hint="write {op: matmul, inputs: [x, W]}")
     if not isinstance(raw["op"], str):
-        raise SpecError(f"op is {_short(raw['op'])}, expected an op name such as relu",
+        raise SpecError(f"op is {short(raw['op'])}, expected an op name such as relu",
                         mark=raw.mark_of("op"), node=name)
     op = lookup_op(raw["op"], name, raw.mark_of("op"))
     check_keys(raw, NODE_KEYS + tuple(OPS[op].attrs), f"the {op} node", node=name)
     inputs = raw.get("inputs", [])
     if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
-        raise SpecError(f"inputs is {_short(inputs)}, expected a list of names such as "
+        raise SpecError(f"inputs is {short(inputs)}, expected a list of names such as "
                         "[x, W]", mark=raw.mark_of("inputs"), node=name)
     arity = OPS[op].arity
     if arity is not None and len(inputs) != arity:
@@ -201,18 +81,21 @@ def _explicit_node(name: str, raw: MarkedDict) -> NodeSpec:
 
 
 def _nodes(raw: MarkedDict, lines: list) -> list:
+    """Node specs of the `nodes:` section: a number is read as the expression it spells."""
     out = []
     for name, body in raw.items():
         mark = raw.mark_of(name)
         _check_name(name, raw.key_marks[name], "node")
+        if isinstance(body, float) and not math.isfinite(body):
+            raise SpecError(f"node is {body}, expected a finite number", mark=mark, node=name)
         if isinstance(body, (int, float)) and not isinstance(body, bool):
-            body = repr(float(body))
+            body = repr(body)
         if isinstance(body, str):
             out += parse_expression(body, name, mark, _is_quoted(lines, mark))
         elif isinstance(body, dict):
             out.append(_explicit_node(name, body))
         else:
-            raise SpecError(f"node is {_short(body)}, expected an expression string or "
+            raise SpecError(f"node is {short(body)}, expected an expression string or "
                             "{op:, inputs:}", mark=mark, node=name,
                             hint="e.g. relu(x @ W + b)")
     return out
@@ -265,8 +148,8 @@ def _leaves(raw: MarkedDict, dtype: str) -> dict:
             if name in leaves:
                 raise SpecError(f"'{name}' is defined twice (also at line "
                                 f"{leaves[name].mark.line})", mark=mark, node=name)
-            leaves[name] = _leaf(name, body, kind, dtype, mark)
-            _check_size(leaves[name])
+            leaves[name] = parse_leaf(name, body, kind, dtype, mark)
+            check_size(leaves[name])
     return leaves
 
 
@@ -278,7 +161,7 @@ def _loss(raw: MarkedDict, names: set, top: Mark) -> str:
     loss = raw.get("loss", "loss")
     if not isinstance(loss, str) or loss not in names:
         found = f"'{loss}' is not a node" if isinstance(loss, str) else \
-            f"is {_short(loss)}, expected a node name"
+            f"is {short(loss)}, expected a node name"
         raise SpecError(f"loss {found}", mark=raw.mark_of("loss") if "loss" in raw else top,
                         hint=did_you_mean(str(loss), names) or
                         "name a node 'loss' or set loss: NODE")
@@ -289,12 +172,12 @@ def _outputs(raw: MarkedDict, names: set) -> tuple:
     outputs = raw.get("outputs", [])
     outputs = [outputs] if isinstance(outputs, str) else outputs
     if not isinstance(outputs, list):
-        raise SpecError(f"outputs is {_short(outputs)}, expected a list of node names",
+        raise SpecError(f"outputs is {short(outputs)}, expected a list of node names",
                         mark=raw.mark_of("outputs"))
     for i, o in enumerate(outputs):
         if not isinstance(o, str) or o not in names:
             where = getattr(outputs, "mark_of", lambda i: raw.mark_of("outputs"))(i)
-            raise SpecError(f"output {_short(o)} is not a node", mark=where,
+            raise SpecError(f"output {short(o)} is not a node", mark=where,
                             hint=did_you_mean(str(o), names))
     return tuple(outputs)
 
@@ -305,7 +188,7 @@ def _name(raw: MarkedDict, path: Path) -> str:
     if not isinstance(name, (str, int, float)) or isinstance(name, bool) or \
             not str(name) or not all(c.isalnum() or c in "_-." for c in str(name)) or \
             str(name).startswith("."):
-        raise SpecError(f"name is {_short(name)}, expected a plain name such as spiral_mlp",
+        raise SpecError(f"name is {short(name)}, expected a plain name such as spiral_mlp",
                         mark=raw.mark_of("name"), hint="letters, digits, _ - and . only")
     return str(name)
 
@@ -315,7 +198,7 @@ def _expand_layers(leaves: dict, nodes: list, dtype: str) -> list:
     params, nodes = expand_layers({k: v.shape for k, v in leaves.items()}, nodes)
     for p in params:
         leaves[p.name] = LeafSpec(p.name, "param", p.shape, dtype, p.init, None, p.mark)
-        _check_size(leaves[p.name])
+        check_size(leaves[p.name])
     return nodes
 
 
@@ -327,14 +210,14 @@ def load_spec(path, text: Optional[str] = None) -> Spec:
     top = Mark(str(path), 1, 1)
     if not isinstance(raw, dict):
         found = "empty" if raw is None else \
-            "a list" if isinstance(raw, list) else f"the value {_short(raw)}"
+            "a list" if isinstance(raw, list) else f"the value {short(raw)}"
         raise SpecError(f"the spec is {found}, expected a YAML mapping with inputs, params "
                         "and nodes", mark=top, hint="start from specs/spiral_mlp.yaml")
     check_keys(raw, TOP_KEYS, "the spec")
     if raw.get("graphc", 1) != 1:
-        raise SpecError(f"format version {_short(raw['graphc'])} is not supported "
+        raise SpecError(f"format version {short(raw['graphc'])} is not supported "
                         "(expected 1)", mark=raw.mark_of("graphc"))
-    dtype = _dtype(raw.get("dtype", "float32"), FLOAT_DTYPES, None, raw.mark_of("dtype"))
+    dtype = parse_dtype(raw.get("dtype", "float32"), FLOAT_DTYPES, None, raw.mark_of("dtype"))
     leaves = _leaves(raw, dtype)
     nodes = _nodes(_mapping(raw.get("nodes"), "nodes", raw.mark_of("nodes")),
                    text.splitlines())

@@ -1,21 +1,24 @@
 """YAML text -> plain dicts/lists that remember where each key and value came from.
 
 A SafeLoader subclass: duplicate keys are errors, object-constructing tags are
-errors, alias expansion and nesting depth are bounded, and every mapping/sequence
-carries the line and column of its items so later stages can point at the YAML.
+errors, alias expansion and nesting depth are bounded, booleans and exponent floats
+follow YAML 1.2, and every mapping/sequence carries the line and column of its items
+so later stages can point at the YAML (`check_keys` names an unknown key's place).
 """
 from __future__ import annotations
 
 import re
+from typing import Optional
 
 import yaml
 
-from .errors import Mark, SpecError
+from .errors import Mark, SpecError, clip, did_you_mean
 
 MAX_ALIAS_EXPANSION = 100_000   # values that aliases may add once expanded (billion laughs)
 MAX_DEPTH = 100                 # nested maps/lists; PyYAML's composer recurses per level
 PLAIN_KEY_TAGS = {"tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool")}
 BOOL_TAG = "tag:yaml.org,2002:bool"
+FLOAT_TAG = "tag:yaml.org,2002:float"
 REJECTED_TAGS = ("binary", "omap", "pairs", "set")
 
 
@@ -36,6 +39,15 @@ class MarkedList(list):
 
     def mark_of(self, i) -> Mark:
         return self.marks[i] if i < len(self.marks) else self.mark
+
+
+def check_keys(mapping: MarkedDict, allowed, where: str, node: Optional[str] = None):
+    """Unknown keys are errors at the key, with the closest allowed key; never ignored."""
+    for key in mapping:
+        if key not in allowed:
+            raise SpecError(f"unknown key '{key}' in {where}", mark=mapping.key_marks[key],
+                            node=node, hint=did_you_mean(key, allowed) or
+                            "allowed keys: " + ", ".join(allowed))
 
 
 class _Loader(yaml.SafeLoader):
@@ -90,10 +102,9 @@ class _Loader(yaml.SafeLoader):
         """Bad scalars under standard tags (`!!float abc`) are spec errors at their line."""
         try:
             return super().construct_object(node, deep)
-        except (ValueError, TypeError, OverflowError) as exc:
-            text = str(node.value)
-            text = text if len(text) <= 40 else text[:37] + "..."
-            raise SpecError(f"'{text}' is not a valid {node.tag.rsplit(':', 1)[-1]}",
+        except (ValueError, TypeError, OverflowError):
+            kind = node.tag.rsplit(":", 1)[-1]
+            raise SpecError(f"'{clip(str(node.value))}' is not a valid {kind}",
                             mark=self.mark(node), hint="drop the !! tag or fix the value"
                             ) from None
 
@@ -147,6 +158,11 @@ _Loader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _Loader.add_implicit_resolver(BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                               list("tTfF"))
+# YAML 1.2 floats: `1e-3` and `1.5e3` are numbers (YAML 1.1 reads them as text, as it
+# wants a dot and a signed exponent: 1.0e-3, 1.5e+3)
+_Loader.add_implicit_resolver(
+    FLOAT_TAG, re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 # a date such as 2024-01-31 stays the text it is; graphc has no use for datetimes

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "graphc"
 # Earlier stages first. A module imports only modules to its left.
 STAGES = [
     "errors", "shapes", "ops",                              # the vocabulary
-    "yamlload", "expr", "layers", "spec",                   # spec text -> validated spec
+    "yamlload", "leaves", "expr", "layers", "spec",         # spec text -> validated spec
     "ir", "autodiff", "step",                               # graph, reverse graph, step
     "arena", "plan", "dot", "memsvg",                       # the planner and its pictures
     "workspace", "binders", "kernels_nn", "kernels", "executor",    # NumPy execution

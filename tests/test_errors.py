@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from graphc.errors import SpecError, did_you_mean, set_memory_limit
+from graphc.errors import SpecError, did_you_mean, parse_bytes, set_memory_limit
 from graphc.spec import load_spec
 
 CATALOG = Path(__file__).parent / "bad_specs"
@@ -159,3 +159,68 @@ def test_an_expression_is_never_evaluated(tmp_path):
 def test_did_you_mean_picks_the_closest_choice():
     assert did_you_mean("rleu", ["relu", "tanh", "exp"]) == "did you mean 'relu'?"
     assert did_you_mean("zzzz", ["relu", "tanh"]) is None
+
+
+def test_yaml_12_floats_read_exponents_as_numbers(tmp_path):
+    s = load_spec(spec(tmp_path, "inputs:\n  x: 1e-3\n  y: 1.5e3\n  z: {value: [2E+2, -1e0]}\n"
+                                 "nodes:\n  loss: x * y * sum(z)\n"))
+    assert s.leaves["x"].value == 0.001 and s.leaves["y"].value == 1500.0
+    assert s.leaves["z"].value.tolist() == [200.0, -1.0]
+
+
+@pytest.mark.parametrize("node, where, fragment", [
+    ("sum(x) * 1e400", "4:18", "constant 1e400 is too large for a float"),
+    ("sum(x) * -1e400", "4:19", "constant 1e400 is too large for a float"),
+    ("x ** 1e400", "4:14", "the exponent of ** is '1e400', expected a constant number"),
+    ("1" + "0" * 400, "4:9", "constant 1" + "0" * 26 + "... is too large for a float"),
+    ("1e400", "4:9", "node is inf, expected a finite number"),
+    (".nan", "4:9", "node is nan, expected a finite number"),
+])
+def test_a_constant_that_is_not_a_finite_float_is_an_error(tmp_path, node, where, fragment):
+    path = spec(tmp_path, f"inputs:\n  x: [2]\nnodes:\n  loss: {node}\n")
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert str(err.value).startswith(f"{path}:{where}: node 'loss': "), str(err.value)
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("[true, 2]", "value must be a number or a nested list of numbers, got [True, 2]"),
+    ('["1", 2]', "value must be a number or a nested list of numbers, got ['1', 2]"),
+    ("[[1, 2], [3]]", "value must be a number or a nested list of numbers"),
+    ("[]", "value has shape [0], which holds no numbers"),
+    ("[[], []]", "value has shape [2, 0], which holds no numbers"),
+    ("[1, .inf]", "value contains NaN or infinity"),
+])
+def test_a_leaf_value_holds_finite_numbers_only(tmp_path, value, fragment):
+    path = spec(tmp_path, f"params:\n  W: {{value: {value}}}\nnodes:\n  loss: sum(W)\n")
+    with pytest.raises(SpecError, match=r"^" + str(path) + r":2:14: node 'W': ") as err:
+        load_spec(path)
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("text, nbytes", [("512M", 512 * 2**20), ("1.5k", 1536), ("7", 7)])
+def test_parse_bytes_reads_binary_units(text, nbytes):
+    assert parse_bytes(text) == nbytes
+
+
+@pytest.mark.parametrize("text", ["inf", "1e999", "nan", "0.1", "0", "-1M", "lots", "5q"])
+def test_parse_bytes_refuses_what_is_not_a_size_of_one_byte_or_more(text):
+    with pytest.raises(ValueError):
+        parse_bytes(text)
+
+
+@pytest.mark.parametrize("leaf, fragment", [
+    ("1e300", "leaf 'W' holds 1e+300, but float32 needs a number from -3.40282e+38"),
+    ("{value: [1, -1e39]}", "leaf 'W' holds -1e+39, but float32 needs a number from"),
+    ("{value: [1, 2.5], dtype: int32}", "holds 2.5, but int32 needs a whole number from "
+                                        "-2147483648 to 2147483647"),
+    ("{value: [3e9], dtype: int32}", "holds 3000000000.0, but int32 needs a whole number"),
+])
+def test_a_leaf_value_must_fit_its_dtype(tmp_path, leaf, fragment):
+    path = spec(tmp_path, f"inputs:\n  W: {leaf}\nnodes:\n  loss: sum(W)\n")
+    with pytest.raises(SpecError, match=r"^" + str(path) + r":2:\d+: node 'W': ") as err:
+        load_spec(path)
+    assert fragment in str(err.value)
+    float64 = spec(tmp_path, "dtype: float64\ninputs:\n  W: 1e300\nnodes:\n  loss: W\n", "f.yaml")
+    assert load_spec(float64).leaves["W"].value == 1e300

@@ -231,6 +231,8 @@ def test_symbolic_shapes_flow_through_the_new_ops(tmp_path):
     ("transpose(x, axes=[0, 1])", ["not a permutation of the 3 axes"]),
     ("concat(v, v, axis=0)", ["named dims (batch, batch)"]),
     ("concat(v, x, axis=1)", ["same rank", "[batch, 3], [batch, 4, 5]"]),
+    ("concat(sum(v), sum(u))", ["cannot join scalars (rank 0)"]),
+    ("concat(v, u, axis=[1])", ["axis must be one integer, got [1]"]),
     ("softmax(v, axis=2)", ["axis 2 is out of range for rank 2"]),
     ("huber(v, u)", ["cannot broadcast [batch, 3] and [batch, 2]"]),
     ("multiclass_hinge(v, u)", ["must be integer class labels"]),
