@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
+import numpy as np
+
 from .errors import Mark, SpecError, did_you_mean, short
 from .expr import NodeSpec, check_attrs, lookup_op, parse_expression
 from .layers import expand_layers
-from .leaves import FLOAT_DTYPES, LeafSpec, check_size, parse_dtype, parse_leaf
+from .leaves import FLOAT_DTYPES, LeafSpec, check_fits, check_size, parse_dtype, parse_leaf
 from .ops import OPS
 from .yamlload import MarkedDict, check_keys, load_yaml
 
@@ -222,6 +224,10 @@ def load_spec(path, text: Optional[str] = None) -> Spec:
     nodes = _nodes(_mapping(raw.get("nodes"), "nodes", raw.mark_of("nodes")),
                    text.splitlines())
     _check_names(leaves, nodes)
+    for n in nodes:
+        if n.op == "const":
+            check_fits(np.float64(n.attrs["value"]), dtype, "the constant", n.mark,
+                       n.name.split("/")[0])
     nodes = _expand_layers(leaves, nodes, dtype)
     names = set(leaves) | {n.name for n in nodes}
     loss = _loss(raw, names, top)

@@ -224,3 +224,12 @@ def test_a_leaf_value_must_fit_its_dtype(tmp_path, leaf, fragment):
     assert fragment in str(err.value)
     float64 = spec(tmp_path, "dtype: float64\ninputs:\n  W: 1e300\nnodes:\n  loss: W\n", "f.yaml")
     assert load_spec(float64).leaves["W"].value == 1e300
+
+
+def test_a_constant_must_fit_the_spec_dtype(tmp_path):
+    path = spec(tmp_path, "params:\n  W: [2]\nnodes:\n  loss: sum(W) * 1e39\n")
+    with pytest.raises(SpecError, match=r":4:18: node 'loss': the constant holds 1e\+39, "
+                                        r"but float32 needs a number from"):
+        load_spec(path)
+    assert load_spec(spec(tmp_path, path.read_text().replace("params", "dtype: float64\nparams"),
+                          "f64.yaml")).dtype == "float64"
