@@ -15,7 +15,7 @@ import numpy as np
 
 from . import arena as A
 from . import shapes as S
-from .errors import SpecError
+from .errors import SpecError, fmt_bytes
 from .ir import Graph
 from .ops import ELEMENTWISE, OPS
 
@@ -232,18 +232,15 @@ def plan_json(plan: Plan) -> dict:
     }
 
 
-def mib(nbytes: int) -> str:
-    return f"{nbytes / 2**20:.3f} MiB"
-
-
 def plan_summary(plan: Plan) -> str:
     """naive X · lower bound Y · arena Z (Z/Y ratio, X/Z saved), and the plain order's bound."""
     lb, arena, naive = plan.lower_bound_bytes, plan.arena_bytes, plan.naive_bytes
     ratio = arena / lb if lb else 1.0
     saved = naive / arena if arena else 1.0
-    return (f"naive {mib(naive)} · lower bound {mib(lb)} · arena {mib(arena)} "
+    return (f"naive {fmt_bytes(naive)} · lower bound {fmt_bytes(lb)} · "
+            f"arena {fmt_bytes(arena)} "
             f"({ratio:.2f}× bound, {saved:.2f}× saved); "
-            f"plain schedule's bound {mib(plan.plain_lower_bound_bytes)}")
+            f"plain schedule's bound {fmt_bytes(plan.plain_lower_bound_bytes)}")
 
 
 def plan_table(plan: Plan) -> str:
