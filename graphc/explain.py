@@ -3,7 +3,7 @@
 Each edge x -> n (input `position` of node n) has a local gradient d n / d x. Along
 one path the local gradients multiply (applied as vector-Jacobian products, right to
 left, for tensors); over the paths they add: the lecture's "multiply along edges, add
-over paths". Each edge's product is computed by graphc's own gradient table (autodiff.VJP)
+over paths". Each edge's product is computed by graphc's own gradient rules (the op records' `vjp`)
 on a one-node graph, so `explain` decomposes graphc's gradient, it does not re-derive it;
 the sum over paths must equal the gradient the whole reverse graph computes.
 """
@@ -20,12 +20,9 @@ from .autodiff import grad_graph
 from .errors import CheckFailed, SpecError, did_you_mean
 from .ir import Graph, GraphBuilder, Node, schedule
 from .model import Model, Runner, run_grads
+from .ops import OPS
 
 MAX_PATHS = 64
-# Forward ops whose Jacobian is diagonal when input and output shapes agree.
-ELEMENTWISE = {"add", "sub", "mul", "div", "maximum", "minimum", "pow", "identity", "neg", "exp",
-               "log", "square", "relu", "sigmoid", "tanh", "abs", "sqrt", "reciprocal",
-               "leaky_relu", "elu", "softplus", "silu", "gelu"}
 
 
 def fmt_num(x) -> str:
@@ -65,61 +62,12 @@ def display_name(graph: Graph, name: str) -> str:
     return f"{n.attrs['value']:g}" if n.op == "const" else name
 
 
-def _formulas(op: str, a: list, o: str, attrs: Mapping) -> Optional[tuple]:
-    """d o / d a[i] for each input, in the lecture's notation; None for an op not listed."""
-    p = attrs.get("exponent", 2.0)
-    power = "" if p == 2 else f"^{p - 1:g}"
-    table = {
-        "add": lambda: ("1", "1"), "sub": lambda: ("1", "-1"), "neg": lambda: ("-1",),
-        "identity": lambda: ("1",), "mul": lambda: (a[1], a[0]),
-        "div": lambda: (f"1/{a[1]}", f"-{a[0]}/{a[1]}²"),
-        "maximum": lambda: (f"1[{a[0]} > {a[1]}]", f"1[{a[1]} > {a[0]}]"),
-        "pow": lambda: (f"{p:g}·{a[0]}{power}",), "square": lambda: (f"2·{a[0]}",),
-        "exp": lambda: (f"exp({a[0]}) = {o}",), "log": lambda: (f"1/{a[0]}",),
-        "relu": lambda: (f"1[{a[0]} > 0]",), "sigmoid": lambda: (f"{o}·(1 - {o})",),
-        "tanh": lambda: (f"1 - {o}²",), "sum": lambda: ("1",), "mean": lambda: ("1/n",),
-        "matmul": lambda: (f"g ↦ g @ {a[1]}ᵀ", f"g ↦ {a[0]}ᵀ @ g"),
-        "dot": lambda: (a[1], a[0]),
-        "mse": lambda: (f"2({a[0]} - {a[1]})/n", f"-2({a[0]} - {a[1]})/n"),
-        "softmax_cross_entropy": lambda: (f"(softmax({a[0]}) - onehot({a[1]}))/n", None),
-        "hinge": lambda: (f"-{a[1]}·1[1 - {a[1]}·{a[0]} > 0]/n",
-                          f"-{a[0]}·1[1 - {a[1]}·{a[0]} > 0]/n"),
-        **_more_formulas(a, o, attrs),
-    }
-    return table[op]() if op in table else None
-
-
-def _more_formulas(a: list, o: str, attrs: Mapping) -> dict:
-    """The rest of the catalog: activations, shape ops, softmax and the other losses."""
-    alpha = attrs.get("alpha", 0.0)
-    return {
-        "minimum": lambda: (f"1[{a[0]} < {a[1]}]", f"1[{a[1]} < {a[0]}]"),
-        "abs": lambda: (f"sign({a[0]})",), "sqrt": lambda: (f"1/(2·{o})",),
-        "reciprocal": lambda: (f"-{o}²",),
-        "leaky_relu": lambda: (f"1 if {a[0]} > 0 else {alpha:g}",),
-        "elu": lambda: (f"1 if {a[0]} > 0 else {o} + {alpha:g}",),
-        "softplus": lambda: (f"sigmoid({a[0]})",),
-        "silu": lambda: (f"σ({a[0]})·(1 + {a[0]}·(1 - σ({a[0]})))",),
-        "gelu": lambda: (f"gelu'({a[0]})",),
-        "amax": lambda: (f"1[{a[0]} = max] (ties share)",),
-        "transpose": lambda: ("g ↦ g transposed back",),
-        "reshape": lambda: ("g ↦ g reshaped back",),
-        "concat": lambda: tuple(f"g ↦ slice {k + 1} of g" for k in range(len(a))),
-        "softmax": lambda: (f"g ↦ {o}·(g - Σ g·{o})",),
-        "log_softmax": lambda: (f"g ↦ g - softmax({a[0]})·Σ g",),
-        "l1": lambda: (f"sign({a[0]} - {a[1]})/n", f"-sign({a[0]} - {a[1]})/n"),
-        "huber": lambda: (f"clip({a[0]} - {a[1]}, ±δ)/n", f"-clip({a[0]} - {a[1]}, ±δ)/n"),
-        "binary_cross_entropy_with_logits": lambda: (f"(σ({a[0]}) - {a[1]})/n",
-                                                     f"-{a[0]}/n"),
-        "multiclass_hinge": lambda: ("g ↦ Σ over violated margins of ±1/n", None),
-    }
-
-
 def local_formula(graph: Graph, node: str, position: int) -> str:
     """The local gradient d node / d input[position] as a formula over the node's inputs."""
     n = graph[node]
     names = [display_name(graph, i) for i in n.inputs]
-    row = _formulas(n.op, names, node, n.attrs)
+    formula = OPS[n.op].formula
+    row = formula(names, node, n.attrs) if formula else None
     return row[position] if row and row[position] else f"d {n.op} / d input {position + 1}"
 
 
@@ -191,7 +139,7 @@ def edge_local(graph: Graph, values: Mapping, vjps: LocalGrads, src: str, dst: s
     out_shape, in_shape = np.shape(values[dst]), np.shape(values[src])
     if out_shape == ():
         kind = "scalar" if in_shape == () else "row"
-    elif graph[dst].op in ELEMENTWISE and in_shape == out_shape:
+    elif OPS[graph[dst].op].elementwise and in_shape == out_shape:
         kind = "diagonal"
     else:
         kind = "jacobian"

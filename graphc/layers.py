@@ -15,12 +15,9 @@ from typing import Mapping, Optional
 from . import shapes as S
 from .errors import Mark, SpecError, did_you_mean
 from .expr import NodeSpec
-from .ops import OPS
+from .ops import OPS, family
 
-ACTIVATIONS = ("relu", "leaky_relu", "elu", "softplus", "silu", "gelu", "sigmoid", "tanh",
-               "softmax", "log_softmax")
-# relu-like activations keep half the signal: He init (std sqrt(2 / in)) keeps its variance
-HE_ACTIVATIONS = ("relu", "leaky_relu", "elu", "softplus", "silu", "gelu")
+ACTIVATIONS = tuple(family("activations"))     # each record names the init dense picks
 
 
 @dataclass(frozen=True)
@@ -86,7 +83,7 @@ def dense(n: NodeSpec, x_shape: tuple) -> tuple:
         raise SpecError(f"dense has no activation '{activation}'", mark=n.mark, node=user_node,
                         hint=did_you_mean(str(activation), ACTIVATIONS) or
                         "activations: " + ", ".join(ACTIVATIONS))
-    init = n.attrs["init"] or ("he_normal" if activation in HE_ACTIVATIONS else "glorot_uniform")
+    init = n.attrs["init"] or (OPS[activation].layer_init if activation else "glorot_uniform")
     W, b = f"{n.name}.W", f"{n.name}.b"
     params = [LayerParam(W, (x_shape[-1], units), init, n.mark)]
     steps = [("matmul", (x, W), {})]

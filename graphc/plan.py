@@ -17,7 +17,7 @@ from . import arena as A
 from . import shapes as S
 from .errors import SpecError, fmt_bytes
 from .ir import Graph
-from .ops import ELEMENTWISE, OPS
+from .ops import OPS
 
 ALIGN = 64
 PERSISTENT_OPS = ("input", "param", "const", "state", "hyper")
@@ -110,7 +110,7 @@ def in_place_pairs(steps, ranges: Mapping, layout: Mapping, keep: set) -> dict:
     (values kept for the caller never die)."""
     pairs, taken = {}, set(keep)
     for s in steps:
-        if s.op not in ELEMENTWISE or s.node not in ranges:
+        if not OPS[s.op].elementwise or s.node not in ranges:
             continue
         for i in dict.fromkeys(s.inputs):
             if i in ranges and i not in taken and ranges[i][1] == s.index \
@@ -207,7 +207,7 @@ def _check_in_place(plan: Plan) -> None:
     for b in plan.buffers.values():
         if b.in_place_of is not None:
             s, src = plan.steps[b.first_step], plan.buffers[b.in_place_of]
-            assert s.op in ELEMENTWISE and b.in_place_of in s.inputs, f"{b.value} in place"
+            assert OPS[s.op].elementwise and b.in_place_of in s.inputs, f"{b.value} in place"
             assert (src.shape, src.dtype, src.last_step) == (b.shape, b.dtype, s.index), b
 
 

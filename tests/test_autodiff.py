@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from graphc.executor import run_kernel
-from graphc.autodiff import (VJP, check_params_reach_loss, grad_graph, path_nodes,
+from graphc.autodiff import (check_params_reach_loss, grad_graph, path_nodes,
                              trained_params)
 from graphc.errors import SpecError
 from graphc.gradcheck import analytic_grads
 from graphc.ir import GraphBuilder, Node, build_graph, verify_graph
 from graphc.model import differentiable_leaves, load_model
+from graphc.ops import OPS
 from graphc.spec import load_spec
 
 SPECS = sorted((Path(__file__).resolve().parents[1] / "specs").glob("*.yaml"))
@@ -39,7 +40,7 @@ class Recorder:
 
 def rule(op, inputs=("a", "b"), attrs=None, shapes=None):
     """The VJP rule of `op` applied to node y = op(inputs) and the incoming gradient g."""
-    return VJP[op](Recorder(shapes), Node("y", op, tuple(inputs), attrs or {}), "g")
+    return OPS[op].vjp(Recorder(shapes), Node("y", op, tuple(inputs), attrs or {}), "g")
 
 
 def graph_of(text: str):

@@ -1,0 +1,73 @@
+"""Elementwise arithmetic with NumPy broadcasting, and the fused gradients it needs."""
+from __future__ import annotations
+
+from .record import REQUIRED, OpDef, bcast, constant_formula, grad_of, linear, same, through
+
+_BW = {"group": "backward", "elementwise": True}
+
+
+def _div(e, n, g):
+    a, b = n.inputs
+    return e("div", g, b), e("neg", e("div", e("mul", g, n.name), b))
+
+
+def _pow_formula(a, o, attrs):
+    p = attrs.get("exponent", 2.0)
+    power = "" if p == 2 else f"^{p - 1:g}"
+    return (f"{p:g}·{a[0]}{power}",)
+
+
+OPS = (
+    OpDef("add", 2, bcast, "add(a, b) = a + b", vjp=linear(1, 1),
+          formula=constant_formula("1", "1"), elementwise=True),
+    OpDef("sub", 2, bcast, "sub(a, b) = a - b", vjp=linear(1, -1),
+          formula=constant_formula("1", "-1"), elementwise=True),
+    OpDef("mul", 2, bcast, "mul(a, b) = a * b",
+          vjp=lambda e, n, g: (e("mul", g, n.inputs[1]), e("mul", g, n.inputs[0])),
+          formula=lambda a, o, attrs: (a[1], a[0]), elementwise=True),
+    OpDef("div", 2, bcast, "div(a, b) = a / b", vjp=_div,
+          formula=lambda a, o, attrs: (f"1/{a[1]}", f"-{a[0]}/{a[1]}²"), elementwise=True),
+    OpDef("maximum", 2, bcast, "maximum(a, b) = max(a, b) elementwise (the max gate)",
+          vjp=lambda e, n, g: (e("maximum_grad", g, *n.inputs),
+                               e("maximum_grad", g, *reversed(n.inputs))),
+          formula=lambda a, o, attrs: (f"1[{a[0]} > {a[1]}]", f"1[{a[1]} > {a[0]}]"),
+          elementwise=True),
+    OpDef("minimum", 2, bcast, "minimum(a, b) = min(a, b) elementwise; min(a, b) is an alias",
+          # min(a, b)'s d/da is max's d/db: (a < b) + 1/2 where tied
+          vjp=lambda e, n, g: (e("maximum_grad", g, *reversed(n.inputs)),
+                               e("maximum_grad", g, *n.inputs)),
+          formula=lambda a, o, attrs: (f"1[{a[0]} < {a[1]}]", f"1[{a[1]} < {a[0]}]"),
+          elementwise=True),
+    OpDef("maximum_grad", 3, bcast,
+          "maximum_grad(g, a, b) = g * ((a > b) + 0.5 * (a == b)): ties share the gradient",
+          **_BW),
+    OpDef("pow", 1, same, "pow(x, exponent=p) = x ** p for a constant p",
+          attrs={"exponent": REQUIRED},
+          vjp=lambda e, n, g: (e("pow_grad", g, n.inputs[0], exponent=n.attrs["exponent"]),),
+          formula=_pow_formula, elementwise=True),
+    OpDef("square", 1, same, "square(x) = x * x",
+          vjp=through("pow_grad", read="input", exponent=2.0),
+          formula=lambda a, o, attrs: (f"2·{a[0]}",), elementwise=True),
+    OpDef("pow_grad", 2, grad_of(1), "pow_grad(g, x, exponent=p) = g * p * x ** (p - 1)",
+          attrs={"exponent": REQUIRED}, **_BW),
+    OpDef("identity", 1, same, "identity(x) = x (a named alias of another node)",
+          vjp=linear(1), formula=constant_formula("1"), elementwise=True),
+    OpDef("neg", 1, same, "neg(x) = -x", vjp=linear(-1), formula=constant_formula("-1"),
+          elementwise=True),
+    OpDef("exp", 1, same, "exp(x) = e ** x", vjp=lambda e, n, g: (e("mul", g, n.name),),
+          formula=lambda a, o, attrs: (f"exp({a[0]}) = {o}",), elementwise=True),
+    OpDef("log", 1, same, "log(x) = natural logarithm of x",
+          vjp=lambda e, n, g: (e("div", g, n.inputs[0]),),
+          formula=lambda a, o, attrs: (f"1/{a[0]}",), elementwise=True),
+    OpDef("abs", 1, same, "abs(x) = |x| (gradient sign(x), 0 at 0 as in PyTorch)",
+          vjp=through("abs_grad", read="input"),
+          formula=lambda a, o, attrs: (f"sign({a[0]})",), elementwise=True),
+    OpDef("abs_grad", 2, grad_of(1), "abs_grad(g, x) = g * sign(x)", **_BW),
+    OpDef("sqrt", 1, same, "sqrt(x) = x ** 0.5", vjp=through("sqrt_grad"),
+          formula=lambda a, o, attrs: (f"1/(2·{o})",), elementwise=True),
+    OpDef("sqrt_grad", 2, grad_of(1), "sqrt_grad(g, y) = g / (2 y), y = sqrt(x)", **_BW),
+    OpDef("reciprocal", 1, same, "reciprocal(x) = 1 / x", vjp=through("reciprocal_grad"),
+          formula=lambda a, o, attrs: (f"-{o}²",), elementwise=True),
+    OpDef("reciprocal_grad", 2, grad_of(1), "reciprocal_grad(g, y) = -g * y * y, y = 1 / x",
+          **_BW),
+)

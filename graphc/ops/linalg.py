@@ -1,0 +1,90 @@
+"""Products and shape ops: matmul, dot, transpose, reshape, concat, and their gradients."""
+from __future__ import annotations
+
+from .. import shapes as S
+from .record import REQUIRED, OpDef, attr_shape, constant_formula
+
+_BW = {"group": "backward", "elementwise": False}
+
+
+def _matmul(shapes, attrs):
+    return S.matmul(shapes[0], shapes[1])
+
+
+def _dot(shapes, attrs):
+    a, b = shapes
+    if len(a) > 2 or len(b) > 2:
+        raise S.ShapeError(f"dot takes vectors or matrices, got {S.fmt(a)} and {S.fmt(b)}; "
+                           "use matmul (@) for batched products")
+    return S.matmul(a, b)
+
+
+def _transpose(shapes, attrs):
+    return S.transpose(shapes[0], attrs["axes"])
+
+
+def _reshape(shapes, attrs):
+    return S.reshape(shapes[0], attrs["shape"])
+
+
+def _concat(shapes, attrs):
+    return S.concat(shapes, attrs["axis"])
+
+
+def _slice(shapes, attrs):
+    shape = list(shapes[0])
+    shape[S.one_axis(attrs["axis"], len(shape))] = attrs["stop"] - attrs["start"]
+    return tuple(shape)
+
+
+def _matmul_vjp(e, n, g):
+    return (e("matmul_ga", g, n.inputs[1], shape=e.shape(n.inputs[0])),
+            e("matmul_gb", n.inputs[0], g, shape=e.shape(n.inputs[1])))
+
+
+def _transpose_vjp(e, n, g):
+    axes = n.attrs["axes"]
+    if axes is None:
+        return (e("transpose", g, axes=None),)
+    perm = S.permutation(axes, len(n.shape))
+    return (e("transpose", g, axes=sorted(range(len(perm)), key=perm.__getitem__)),)
+
+
+def _concat_vjp(e, n, g):
+    """Each input's gradient is its own slice of g along the axis."""
+    if len(n.inputs) == 1:
+        return (g,)
+    axis = S.normalize_axis(n.attrs["axis"], len(n.shape))[0]
+    grads, start = [], 0
+    for x in n.inputs:
+        stop = start + e.shape(x)[axis]
+        grads.append(e("slice", g, axis=axis, start=start, stop=stop))
+        start = stop
+    return tuple(grads)
+
+
+OPS = (
+    OpDef("matmul", 2, _matmul, "matmul(a, b) = a @ b (numpy.matmul, 1-D operands as in NumPy)",
+          vjp=_matmul_vjp, formula=lambda a, o, attrs: (f"g ↦ g @ {a[1]}ᵀ", f"g ↦ {a[0]}ᵀ @ g"),
+          elementwise=False),
+    OpDef("dot", 2, _dot, "dot(a, b) = numpy.dot for vectors and matrices", vjp=_matmul_vjp,
+          formula=lambda a, o, attrs: (a[1], a[0]), elementwise=False),
+    OpDef("matmul_ga", 2, attr_shape, "matmul_ga(g, b) = g @ b.T, summed to a's shape",
+          attrs={"shape": REQUIRED}, **_BW),
+    OpDef("matmul_gb", 2, attr_shape, "matmul_gb(a, g) = a.T @ g, summed to b's shape",
+          attrs={"shape": REQUIRED}, **_BW),
+    OpDef("transpose", 1, _transpose, "transpose(x, axes=None) = numpy.transpose(x, axes) "
+          "(None reverses the axes)", attrs={"axes": None}, vjp=_transpose_vjp,
+          formula=constant_formula("g ↦ g transposed back"), elementwise=False),
+    OpDef("reshape", 1, _reshape, "reshape(x, shape=[batch, -1]) = numpy.reshape; dim names "
+          "stay, one -1 takes the rest", attrs={"shape": REQUIRED},
+          vjp=lambda e, n, g: (e("reshape", g, shape=e.shape(n.inputs[0])),),
+          formula=constant_formula("g ↦ g reshaped back"), elementwise=False),
+    OpDef("concat", None, _concat, "concat(x1, x2, ..., axis=0) = numpy.concatenate([x1, x2, "
+          "...], axis)", attrs={"axis": 0}, vjp=_concat_vjp,
+          formula=lambda a, o, attrs: tuple(f"g ↦ slice {k + 1} of g" for k in range(len(a))),
+          elementwise=False),
+    OpDef("slice", 1, _slice, "slice(g, axis, start, stop) = g[start:stop] along axis (the "
+          "gradient of one concat input)",
+          attrs={"axis": REQUIRED, "start": REQUIRED, "stop": REQUIRED}, **_BW),
+)

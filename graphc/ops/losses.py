@@ -1,0 +1,92 @@
+"""Losses: scalars, the mean over the batch; each beside its fused gradient."""
+from __future__ import annotations
+
+from .. import shapes as S
+from .record import OpDef, bcast, grad_of
+
+_BW = {"group": "backward"}
+
+
+def _loss_pair(shapes, attrs):
+    S.broadcast(shapes[0], shapes[1])
+    return ()
+
+
+def _labels(shapes, attrs):
+    logits, labels = shapes
+    if len(logits) < 1 or tuple(labels) != tuple(logits[:-1]):
+        raise S.ShapeError(f"labels must have the logits' shape without the class axis: "
+                           f"logits {S.fmt(logits)}, labels {S.fmt(labels)} "
+                           f"(expected {S.fmt(logits[:-1])})")
+    return ()
+
+
+def _pair_loss(grad_op):
+    """Losses of (pred - target): d/d target = -d/d pred."""
+    return lambda e, n, g: (lambda d: (d, e("neg", d)))(e(grad_op, g, *n.inputs, **n.attrs))
+
+
+def _bce(e, n, g):
+    return tuple(e("binary_cross_entropy_with_logits_grad", g, *n.inputs, wrt=wrt)
+                 for wrt in ("logits", "targets"))
+
+
+def _pair_formula(text):
+    """d/d pred as `text` over (pred, target); d/d target is its negative."""
+    return lambda a, o, attrs: (text.format(p=a[0], t=a[1]), "-" + text.format(p=a[0], t=a[1]))
+
+
+OPS = (
+    OpDef("mse", 2, _loss_pair, "mse(pred, target) = mean((pred - target) ** 2)",
+          vjp=_pair_loss("mse_grad"), formula=_pair_formula("2({p} - {t})/n"),
+          elementwise=False),
+    OpDef("mse_grad", 3, bcast, "mse_grad(g, pred, target) = g * 2 (pred - target) / n",
+          elementwise=True, **_BW),
+    OpDef("softmax_cross_entropy", 2, _labels,
+          "softmax_cross_entropy(logits, labels) = mean(logsumexp(logits) - logits[labels])",
+          labels=(1,),
+          vjp=lambda e, n, g: (e("softmax_cross_entropy_grad", g, *n.inputs), None),
+          formula=lambda a, o, attrs: (f"(softmax({a[0]}) - onehot({a[1]}))/n", None),
+          elementwise=False),
+    OpDef("softmax_cross_entropy_grad", 3, grad_of(1),
+          "softmax_cross_entropy_grad(g, logits, labels) = g * (softmax(logits) - onehot) / n",
+          labels=(2,), elementwise=False, **_BW),
+    OpDef("hinge", 2, _loss_pair, "hinge(score, y) = mean(max(0, 1 - y * score)), y in {-1, 1}",
+          vjp=lambda e, n, g: (e("hinge_grad", g, *n.inputs),
+                               e("hinge_grad", g, *reversed(n.inputs))),
+          formula=lambda a, o, attrs: (f"-{a[1]}·1[1 - {a[1]}·{a[0]} > 0]/n",
+                                       f"-{a[0]}·1[1 - {a[1]}·{a[0]} > 0]/n"),
+          elementwise=False),
+    OpDef("hinge_grad", 3, bcast,
+          "hinge_grad(g, a, b) = -g * b * (1 - a * b > 0) / n (d hinge / d a; swap for b)",
+          elementwise=True, **_BW),
+    OpDef("l1", 2, _loss_pair, "l1(pred, target) = mean(|pred - target|)",
+          vjp=_pair_loss("l1_grad"), formula=_pair_formula("sign({p} - {t})/n"),
+          elementwise=False),
+    OpDef("l1_grad", 3, bcast, "l1_grad(g, pred, target) = g * sign(pred - target) / n",
+          elementwise=True, **_BW),
+    OpDef("huber", 2, _loss_pair, "huber(pred, target, delta=1.0) = mean(0.5 d^2 if |d| < "
+          "delta else delta (|d| - 0.5 delta)), d = pred - target", attrs={"delta": 1.0},
+          vjp=_pair_loss("huber_grad"), formula=_pair_formula("clip({p} - {t}, ±δ)/n"),
+          elementwise=False),
+    OpDef("huber_grad", 3, bcast, "huber_grad(g, pred, target, delta) = g * clip(pred - "
+          "target, -delta, delta) / n", attrs={"delta": 1.0}, elementwise=True, **_BW),
+    OpDef("binary_cross_entropy_with_logits", 2, _loss_pair,
+          "binary_cross_entropy_with_logits(logits, targets) = mean(max(x, 0) - x t + "
+          "log1p(exp(-|x|))), t in [0, 1]", vjp=_bce,
+          formula=lambda a, o, attrs: (f"(σ({a[0]}) - {a[1]})/n", f"-{a[0]}/n"),
+          elementwise=False),
+    OpDef("binary_cross_entropy_with_logits_grad", 3, bcast,
+          "binary_cross_entropy_with_logits_grad(g, x, t, wrt) = g * (sigmoid(x) - t) / n for "
+          "wrt='logits', g * -x / n for wrt='targets'", attrs={"wrt": "logits"},
+          elementwise=True, **_BW),
+    OpDef("multiclass_hinge", 2, _labels, "multiclass_hinge(scores, labels, margin=1.0) = "
+          "mean over examples of sum_{j != y} max(0, s_j - s_y + margin) (the SVM loss)",
+          attrs={"margin": 1.0}, labels=(1,),
+          vjp=lambda e, n, g: (e("multiclass_hinge_grad", g, *n.inputs, **n.attrs), None),
+          formula=lambda a, o, attrs: ("g ↦ Σ over violated margins of ±1/n", None),
+          elementwise=False),
+    OpDef("multiclass_hinge_grad", 3, grad_of(1), "multiclass_hinge_grad(g, s, labels, "
+          "margin) = g * (m_j > 0 for j != y; -count(m > 0) at y) / n, m_j = s_j - s_y + "
+          "margin", attrs={"margin": 1.0}, labels=(2,), elementwise=False, **_BW),
+)

@@ -1,0 +1,107 @@
+"""The op record: everything the compiler knows about one op, backend-neutral.
+
+An `OpDef` holds the op's signature (arity, attributes with defaults, which inputs
+are integer labels), its shape rule, its gradient rule written with other ops, its
+in-place permission (`elementwise`), the local-gradient formula `explain` prints,
+the doc line `graphc ops` prints, and room for an export mapping (`onnx`). Kernels
+are not here: each backend keys its own by op name (graphc/backends/).
+
+Gradient rules: `vjp(emit, node, g)` returns one gradient node name (or None: no
+gradient, e.g. class labels) per input, in the *output's* broadcast shape; `emit(op,
+*inputs, **attrs)` adds a backward node. The driver (autodiff.py) sums fan-out and
+un-broadcasts, once. Explain formulas: `formula(a, o, attrs)` gives d o / d a[i] per
+input as text, `a` the inputs' display names, `o` the output's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional
+
+from .. import shapes as S
+
+REQUIRED = object()   # attribute default meaning "must be given"
+GROUPS = ("leaf", "forward", "layer", "backward", "update")
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """One op. `infer(input_shapes, attrs) -> shape`; `arity` None means variadic.
+
+    `elementwise`: output element i depends only on element i of each same-shape input,
+    so the planner may write the output over such an input (kernels must allow it) and
+    explain's Jacobian is a diagonal. Every computed op states it (None is incomplete).
+    """
+    name: str
+    arity: Optional[int]
+    infer: Callable
+    doc: str
+    group: str = "forward"
+    attrs: Mapping[str, object] = field(default_factory=dict)
+    vjp: Optional[Callable] = None          # forward ops: the gradient rule
+    formula: Optional[Callable] = None      # forward ops: explain's local gradients
+    elementwise: Optional[bool] = None      # computed ops: the in-place permission
+    mutates: tuple = ()                     # update ops: input positions written in place
+    labels: tuple = ()                      # input positions that take integer class labels
+    layer_init: Optional[str] = None        # activations: the init dense picks for its W
+    onnx: Optional[str] = None              # the export mapping, when export lands
+
+
+def missing_facts(op: OpDef) -> list:
+    """The facts a record of its group must state and does not (empty: complete)."""
+    missing = [] if op.doc.startswith(op.name) or op.group == "leaf" else ["doc"]
+    if op.group in ("forward", "backward", "update") and op.elementwise is None:
+        missing.append("elementwise")
+    if op.group == "forward":
+        missing += [f for f in ("vjp", "formula") if getattr(op, f) is None]
+    return missing
+
+
+# --- shape rules -----------------------------------------------------------------------------
+def same(shapes, attrs):
+    """The first input's shape: elementwise ops, and updates (the parameter's shape)."""
+    return shapes[0]
+
+
+def bcast(shapes, attrs):
+    return S.broadcast(*shapes)
+
+
+def reduced(shapes, attrs):
+    return S.reduce(shapes[0], attrs["axis"], attrs["keepdims"])
+
+
+def scalar(shapes, attrs):
+    return ()
+
+
+def attr_shape(shapes, attrs):
+    return tuple(attrs["shape"])
+
+
+def grad_of(position):
+    """Backward helpers whose output has the shape of their input at `position`."""
+    return lambda shapes, attrs: shapes[position]
+
+
+# --- gradient rule builders ------------------------------------------------------------------
+def linear(*signs):
+    """add/sub/neg/identity: the gradient passes through, negated where the sign is -1."""
+    def rule(e, n, g):
+        return tuple(g if s > 0 else e("neg", g) for s in signs)
+    return rule
+
+
+def through(grad_op: str, read: str = "output", **fixed):
+    """The one-input rule `grad_op(g, v)`, v the node's output (or its input with
+    read="input"); `fixed` attributes are passed as given."""
+    def rule(e, n, g):
+        return (e(grad_op, g, n.name if read == "output" else n.inputs[0], **fixed),)
+    return rule
+
+
+def constant_formula(*texts):
+    """An explain formula that does not depend on the names: ("1", "-1") for sub."""
+    return lambda a, o, attrs: texts
+
+
+AXES = {"axis": None, "keepdims": False}
