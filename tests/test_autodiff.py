@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graphc.executor import run_kernel
+from graphc.backends.numpy import run_kernel
 from graphc.autodiff import (check_params_reach_loss, grad_graph, path_nodes,
                              trained_params)
 from graphc.errors import SpecError

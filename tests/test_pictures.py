@@ -25,7 +25,7 @@ from graphc.dot import forward_of, parse_range, plan_dot, render
 from graphc.errors import SpecError
 from graphc.explain import LocalGrads, all_values, chain_paths, edge_local, explain, \
     explanation_text, multigraph
-from graphc.executor import run_kernel
+from graphc.backends.numpy import run_kernel
 from graphc import memsvg as M
 from graphc.memsvg import memory_svg
 from graphc.model import load_model, run_grads

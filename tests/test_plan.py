@@ -175,8 +175,8 @@ def test_training_step_allocates_nothing_after_warm_up(tmp_path, batches):
 @pytest.mark.parametrize("with_forward", [True, False])
 def test_softmax_cross_entropy_gradient_with_and_without_its_forward_step(with_forward):
     """The gradient reuses what the forward step carried, or recomputes it when alone."""
-    from graphc.kernels import BINDERS
-    from graphc.workspace import Workspace
+    from graphc.backends.numpy import KERNELS as BINDERS
+    from graphc.backends.numpy.workspace import Workspace
     rng = np.random.default_rng(0)
     logits, labels = rng.standard_normal((5, 4)), rng.integers(0, 4, 5)
     g, loss, grad = np.asarray(2.0), np.zeros(()), np.zeros((5, 4))
@@ -199,8 +199,8 @@ def test_softmax_cross_entropy_gradient_with_and_without_its_forward_step(with_f
 def test_two_softmax_heads_with_other_class_counts_keep_their_own_row_offsets():
     """Two heads over the same rows bound into one workspace: neither sees the other's
     flat label offsets (rows x classes differ), so each loss is its own."""
-    from graphc.kernels import BINDERS
-    from graphc.workspace import Workspace
+    from graphc.backends.numpy import KERNELS as BINDERS
+    from graphc.backends.numpy.workspace import Workspace
     rng = np.random.default_rng(0)
     heads = [(rng.standard_normal((5, c)), rng.integers(0, c, 5), np.zeros(())) for c in (4, 3)]
     with Workspace().binding():

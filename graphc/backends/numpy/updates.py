@@ -1,10 +1,10 @@
-"""NumPy kernels, one per op: `kernel(out, *inputs, **attrs)` writes its result into `out`.
+"""NumPy kernels of the optimizer updates: `bind(out, w, g, norm, lr, *state, **attrs)`.
 
-A dispatch table, not logic: the executor binds each step's arrays once and
-calls these in order. Update kernels receive the parameter itself as `out`.
-An op whose kernel needs scratch space registers a binder in `BINDERS`
-instead: `binder(out, *inputs, **attrs)` allocates once at compile time and
-returns a no-argument callable, so a training step allocates nothing.
+`out` is the parameter w itself: each update writes w and its state in place. `_gated`
+takes two step-local scratch arrays of w's shape from the workspace and applies the
+guard; each step then writes w and its state with no allocation. Formulas are PyTorch's
+(see docs/training.md). Closures use ufunc `out=` forms, as an augmented assignment
+would rebind the closed-over name.
 """
 from __future__ import annotations
 
@@ -12,122 +12,7 @@ import math
 
 import numpy as np
 
-from .binders import BINDERS as FAST_BINDERS
-from .kernels_nn import KERNELS_NN
 from .workspace import constant, scratch
-
-
-def _sum_into(out: np.ndarray, full: np.ndarray) -> None:
-    """out = full summed down to out's shape (leading axes and stretched 1-dims)."""
-    if full.shape == out.shape:
-        np.copyto(out, full)
-        return
-    lead = full.ndim - out.ndim
-    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(out.shape)
-                                      if d == 1 and full.shape[lead + i] != 1)
-    np.sum(full, axis=axes, keepdims=True, out=out.reshape((1,) * lead + out.shape))
-
-
-def k_matmul(out, a, b):
-    np.matmul(a, b, out=out)
-
-
-def k_dot(out, a, b):
-    np.matmul(a, b, out=out)
-
-
-def k_matmul_ga(out, g, b, shape=None):
-    """d(a @ b)/da: g @ b^T, with NumPy's 1-D promotion undone, summed to a's shape."""
-    if out.ndim == 2 and b.ndim == 2 and g.ndim == 2:
-        np.matmul(g, b.T, out=out)
-        return
-    if b.ndim == 1:
-        full = np.multiply.outer(g, b) if g.ndim else g * b
-    else:
-        gm = g[..., None, :] if out.ndim == 1 else g
-        full = np.matmul(gm, np.swapaxes(b, -1, -2))
-        if out.ndim == 1:
-            full = full[..., 0, :]
-    _sum_into(out, full)
-
-
-def k_matmul_gb(out, a, g, shape=None):
-    """d(a @ b)/db: a^T @ g, with NumPy's 1-D promotion undone, summed to b's shape."""
-    if out.ndim == 2 and a.ndim == 2 and g.ndim == 2:
-        np.matmul(a.T, g, out=out)
-        return
-    if a.ndim == 1:
-        full = a[:, None] * g[..., None, :] if out.ndim > 1 else a * g
-    else:
-        gm = g[..., None] if out.ndim == 1 else g
-        full = np.matmul(np.swapaxes(a, -1, -2), gm)
-        if out.ndim == 1:
-            full = full[..., 0]
-    _sum_into(out, full)
-
-
-def k_mse(out, p, t):
-    d = p - t
-    out[...] = np.mean(d * d)
-
-
-def k_mse_grad(out, g, p, t):
-    scale = 2 * g / out.size        # read g first: with scalar operands out may alias it
-    np.subtract(p, t, out=out)
-    out *= scale
-
-
-def k_hinge(out, s, y):
-    out[...] = np.mean(np.maximum(0, 1 - s * y))
-
-
-def k_hinge_grad(out, g, a, b):
-    scale = g / out.size            # read g first: with scalar operands out may alias it
-    np.multiply(-b, (1 - a * b) > 0, out=out)
-    out *= scale
-
-
-def _unary(ufunc):
-    return lambda out, x: ufunc(x, out=out)
-
-
-def _binary(ufunc):
-    return lambda out, a, b: ufunc(a, b, out=out)
-
-
-def k_sigmoid(out, x):
-    np.negative(x, out=out)
-    np.exp(out, out=out)
-    out += 1
-    np.reciprocal(out, out=out)
-
-
-KERNELS = {
-    "identity": lambda out, x: np.copyto(out, x),
-    "add": _binary(np.add), "sub": _binary(np.subtract), "mul": _binary(np.multiply),
-    "div": _binary(np.divide), "maximum": _binary(np.maximum),
-    "pow": lambda out, x, exponent: np.power(x, exponent, out=out),
-    "neg": _unary(np.negative), "exp": _unary(np.exp), "log": _unary(np.log),
-    "square": _unary(np.square), "tanh": _unary(np.tanh), "sigmoid": k_sigmoid,
-    "matmul": k_matmul, "dot": k_dot, "mse": k_mse, "hinge": k_hinge,
-    "matmul_ga": k_matmul_ga, "matmul_gb": k_matmul_gb,   # binders.py: the 2-D fast path
-    "mse_grad": k_mse_grad, "hinge_grad": k_hinge_grad,
-    # relu, sum, mean, the reductions' and activations' gradients and softmax cross-entropy
-    # run only as zero-allocation binders (binders.py)
-}
-
-# --- the op catalog of issue 4 (activations, softmax, shape ops, losses): kernels_nn.py ----
-KERNELS.update(KERNELS_NN)
-
-BINDERS: dict = dict(FAST_BINDERS)   # zero-allocation forms of the hot ops: binders.py
-
-
-# --- optimizer updates --------------------------------------------------------------------
-# Binders `(out, w, g, norm, lr, *state, **attrs)`, out being w itself: `_gated` takes two
-# step-local scratch arrays of w's shape from the workspace and applies the guard; each
-# step then writes w and its state in place with no allocation.
-# Formulas are PyTorch's (see docs/training.md). Closures use ufunc `out=` forms, as an
-# augmented assignment would rebind the closed-over name.
 
 def _gate(g, guard, max_norm: float):
     """A no-argument function giving this step's gradient factor, or None to skip the update.
@@ -283,5 +168,5 @@ def _adam(decoupled: bool):
     return bind
 
 
-BINDERS.update({"grad_norm": b_grad_norm, "sgd": b_sgd, "rmsprop": b_rmsprop,
-                "adagrad": b_adagrad, "adam": _adam(False), "adamw": _adam(True)})
+BIND = {"grad_norm": b_grad_norm, "sgd": b_sgd, "rmsprop": b_rmsprop, "adagrad": b_adagrad,
+        "adam": _adam(False), "adamw": _adam(True)}

@@ -1,16 +1,18 @@
-"""Zero-allocation kernels for the hot ops of a training step.
+"""Zero-allocation kernels for the hot ops of a training step (the contract: bind.py).
 
-Each binder `(out, *inputs, **attrs) -> callable` takes its scratch and
-constants from the workspace at compile time and returns a closure made of
-NumPy calls with `out=`, so a step allocates no arrays. Forms are chosen by
-measurement (benchmarks/): array operands of the right dtype instead of
-Python scalars, reductions over the batch through `np.dot` with a ones vector.
-Elementwise kernels stay correct when `out` aliases an input (see ops.ELEMENTWISE).
+Each bind function takes its scratch and constants from the workspace at compile
+time and returns a closure made of NumPy calls with `out=`, so a step allocates no
+arrays. Forms are chosen by measurement (benchmarks/): array operands of the right
+dtype instead of Python scalars, reductions over the batch through `np.dot` with a
+ones vector. Elementwise kernels stay correct when `out` aliases an input.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from functools import partial
+
+from .kernels import k_matmul_ga, k_matmul_gb
 from .workspace import carried, carried_from, constant, scratch
 
 
@@ -116,14 +118,14 @@ def b_matmul_ga(out, g, b, shape=None):
     """d(a @ b)/da = g @ b.T for matrices; other ranks use the general kernel."""
     if out.ndim == 2 and b.ndim == 2 and g.ndim == 2:
         return _matmul_2d(out, g, b.T)
-    return None
+    return partial(k_matmul_ga, out, g, b)
 
 
 def b_matmul_gb(out, a, g, shape=None):
     """d(a @ b)/db = a.T @ g for matrices; other ranks use the general kernel."""
     if out.ndim == 2 and a.ndim == 2 and g.ndim == 2:
         return _matmul_2d(out, a.T, g)
-    return None
+    return partial(k_matmul_gb, out, a, g)
 
 
 def b_softmax_cross_entropy(out, logits, labels):
@@ -262,7 +264,7 @@ def b_expand(out, g, shape=None, axis=None, keepdims=False, mean=False):
     return lambda: np.copyto(out, g)
 
 
-BINDERS = {
+BIND = {
     "relu": b_relu, "relu_grad": b_relu_grad, "sigmoid_grad": b_sigmoid_grad,
     "tanh_grad": b_tanh_grad, "pow_grad": b_pow_grad, "maximum_grad": b_maximum_grad,
     "sum_to": b_sum_to, "matmul_ga": b_matmul_ga, "matmul_gb": b_matmul_gb,

@@ -17,7 +17,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-ALIGN = 64
+from ...plan import ALIGN
+
 _CURRENT = contextvars.ContextVar("graphc workspace", default=None)
 
 

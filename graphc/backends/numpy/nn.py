@@ -1,17 +1,19 @@
 """NumPy kernels of the op catalog (issue 4): activations, softmax, shape ops, losses, their grads.
 
-Same contract as kernels.py, which merges `KERNELS_NN` into its table:
-`kernel(out, *inputs, **attrs)` writes the result into `out`. Kernels of ops in
-ops.ELEMENTWISE stay correct when `out` is one of their inputs (the planner may
-write in place): each reads every input before its first write to `out`, or
-writes only elementwise from inputs it still needs. Loss gradients read the
-scalar `g` first for the same reason.
+Plain kernels `kernel(out, *inputs, **attrs)`, bound as they are (bind.py). Kernels
+of elementwise ops stay correct when `out` is one of their inputs (the planner may
+write in place): each reads every input before its first write to `out`, or writes
+only elementwise from inputs it still needs. Loss gradients read the scalar `g`
+first for the same reason.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+
+from .bind import plain_table
+from .kernels import unary
 
 GELU_C = math.sqrt(2.0 / math.pi)
 GELU_K = 0.044715
@@ -259,13 +261,9 @@ def k_multiclass_hinge_grad(out, g, s, labels, margin=1.0):
     out *= g / max(labels.size, 1)
 
 
-def _unary(ufunc):
-    return lambda out, x: ufunc(x, out=out)
-
-
-KERNELS_NN = {
+BIND = plain_table({
     "minimum": lambda out, a, b: np.minimum(a, b, out=out),
-    "abs": _unary(np.abs), "sqrt": _unary(np.sqrt),
+    "abs": unary(np.abs), "sqrt": unary(np.sqrt),
     "reciprocal": lambda out, x: np.divide(1, x, out=out),
     "leaky_relu": k_leaky_relu, "elu": k_elu, "softplus": k_softplus, "silu": k_silu,
     "gelu": k_gelu,
@@ -280,4 +278,4 @@ KERNELS_NN = {
     "log_softmax_grad": k_log_softmax_grad, "l1_grad": k_l1_grad, "huber_grad": k_huber_grad,
     "binary_cross_entropy_with_logits_grad": k_bce_logits_grad,
     "multiclass_hinge_grad": k_multiclass_hinge_grad,
-}
+})

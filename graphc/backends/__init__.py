@@ -1,0 +1,13 @@
+"""Backends: each runs a Plan on one array library, behind the same small interface.
+
+A backend is a folder with a kernel table `KERNELS` (op name -> `bind(out, *ins,
+**attrs) -> call`), a `Backend(plan, store)` owning the plan's memory (`bind(steps)`,
+`feed`, `feed_rows`, `running()`, `host(name)`, `scratch_bytes`) and `run_kernel`.
+The executor above them is backend-neutral; tests run per backend over `BACKENDS`.
+"""
+from __future__ import annotations
+
+from . import numpy
+
+BACKENDS = {"numpy": numpy}
+DEFAULT = "numpy"

@@ -1,0 +1,102 @@
+"""The NumPy backend: one kernel table, and a `Backend` owning every array of a plan.
+
+`KERNELS` maps each op to its bind function (bind.py); a test checks it covers every
+computed op of the vocabulary. A `Backend` holds one plan's memory: the byte arena
+and the views of it that planned values are, the persistent values (params, optimizer
+state, the learning rate: shared with the model's store; constants; fed inputs at the
+plan's batch size), the workspace of scratch and constants, and host copies of values
+for the caller. Binding happens twice: once to measure the largest step's scratch,
+once with a workspace of exactly that size. After that a step allocates nothing.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from ...plan import ALIGN, Plan
+from . import fast, kernels, nn, updates
+from .workspace import Workspace
+
+DROP_ATTRS = {"shape"}    # shape attributes are for inference; kernels see real arrays
+
+
+def assemble(*tables: dict) -> dict:
+    """op -> bind function over the kernel modules' tables; an op bound twice is a bug."""
+    out: dict = {}
+    for table in tables:
+        twice = set(out) & set(table)
+        if twice:
+            raise ValueError(f"ops with two NumPy kernels: {sorted(twice)}")
+        out.update(table)
+    return out
+
+
+KERNELS = assemble(kernels.BIND, nn.BIND, fast.BIND, updates.BIND)
+
+
+def run_kernel(op: str, out: np.ndarray, *ins, **attrs) -> np.ndarray:
+    """One call of `op` exactly as a plan runs it, with a workspace of its own (tests, tools)."""
+    with Workspace().binding():
+        call = KERNELS[op](out, *ins, **attrs)
+    call()
+    return out
+
+
+class Backend:
+    """The arrays of one plan; `store` holds the persistent values the plan shares."""
+    name = "numpy"
+
+    def __init__(self, plan: Plan, store: Mapping[str, np.ndarray]):
+        self.arena = np.zeros(plan.arena_bytes + ALIGN, dtype=np.uint8)
+        base = (-self.arena.ctypes.data) % ALIGN
+        self.values: dict = {}
+        for name, (op, shape, dtype, value) in plan.persistent.items():
+            if op == "const":
+                self.values[name] = np.full(shape, value, dtype=dtype)
+            elif op == "input" and (name not in store or store[name].shape != shape):
+                self.values[name] = np.zeros(shape, dtype=dtype)     # fed per batch
+            else:
+                self.values[name] = store[name]
+        for b in plan.buffers.values():
+            self.values[b.value] = np.ndarray(b.shape, dtype=b.dtype, buffer=self.arena,
+                                              offset=base + b.offset)
+        self.workspace = Workspace(0)
+
+    def bind(self, steps) -> list:
+        """The no-argument call of every step, bound to its arrays, in order."""
+        measuring = Workspace(0)
+        self._bind_all(measuring, steps)
+        self.workspace = Workspace(measuring.high, measuring.consts, measuring.carry)
+        return self._bind_all(self.workspace, steps)
+
+    def _bind_all(self, ws: Workspace, steps) -> list:
+        with ws.binding():
+            return [self._bind_step(ws, s) for s in steps]
+
+    def _bind_step(self, ws: Workspace, step):
+        attrs = {k: v for k, v in step.attrs.items() if k not in DROP_ATTRS}
+        ins = [self.values[i] for i in step.inputs]
+        ws.begin_step()
+        return KERNELS[step.op](self.values[step.outputs[0]], *ins, **attrs)
+
+    @property
+    def scratch_bytes(self) -> int:
+        return self.workspace.capacity + self.workspace.const_bytes
+
+    def feed(self, feeds: Mapping[str, np.ndarray]) -> None:
+        for name, arr in feeds.items():
+            np.copyto(self.values[name], arr, casting="same_kind")
+
+    def feed_rows(self, arrays: Mapping[str, np.ndarray], rows: np.ndarray) -> None:
+        """Gather the batch `rows` of each array straight into its input buffer."""
+        for name, arr in arrays.items():
+            np.take(arr, rows, axis=0, out=self.values[name])
+
+    def running(self):
+        """The context of a run: non-finite values are reported by the trainer's guard."""
+        return np.errstate(all="ignore")
+
+    def host(self, name: str) -> np.ndarray:
+        """The value as a host NumPy array (for NumPy, the array itself: copy to keep it)."""
+        return self.values[name]

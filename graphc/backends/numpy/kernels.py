@@ -1,0 +1,107 @@
+"""NumPy kernels of arithmetic, products and the simple losses: `kernel(out, *inputs, **attrs)`.
+
+Plain kernels, bound as they are (`bind.plain`); the hot ops' zero-allocation forms
+are in fast.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .bind import plain_table
+
+
+def _sum_into(out: np.ndarray, full: np.ndarray) -> None:
+    """out = full summed down to out's shape (leading axes and stretched 1-dims)."""
+    if full.shape == out.shape:
+        np.copyto(out, full)
+        return
+    lead = full.ndim - out.ndim
+    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(out.shape)
+                                      if d == 1 and full.shape[lead + i] != 1)
+    np.sum(full, axis=axes, keepdims=True, out=out.reshape((1,) * lead + out.shape))
+
+
+def k_matmul(out, a, b):
+    np.matmul(a, b, out=out)
+
+
+def k_dot(out, a, b):
+    np.matmul(a, b, out=out)
+
+
+def k_matmul_ga(out, g, b, shape=None):
+    """d(a @ b)/da: g @ b^T, with NumPy's 1-D promotion undone, summed to a's shape."""
+    if out.ndim == 2 and b.ndim == 2 and g.ndim == 2:
+        np.matmul(g, b.T, out=out)
+        return
+    if b.ndim == 1:
+        full = np.multiply.outer(g, b) if g.ndim else g * b
+    else:
+        gm = g[..., None, :] if out.ndim == 1 else g
+        full = np.matmul(gm, np.swapaxes(b, -1, -2))
+        if out.ndim == 1:
+            full = full[..., 0, :]
+    _sum_into(out, full)
+
+
+def k_matmul_gb(out, a, g, shape=None):
+    """d(a @ b)/db: a^T @ g, with NumPy's 1-D promotion undone, summed to b's shape."""
+    if out.ndim == 2 and a.ndim == 2 and g.ndim == 2:
+        np.matmul(a.T, g, out=out)
+        return
+    if a.ndim == 1:
+        full = a[:, None] * g[..., None, :] if out.ndim > 1 else a * g
+    else:
+        gm = g[..., None] if out.ndim == 1 else g
+        full = np.matmul(np.swapaxes(a, -1, -2), gm)
+        if out.ndim == 1:
+            full = full[..., 0]
+    _sum_into(out, full)
+
+
+def k_mse(out, p, t):
+    d = p - t
+    out[...] = np.mean(d * d)
+
+
+def k_mse_grad(out, g, p, t):
+    scale = 2 * g / out.size        # read g first: with scalar operands out may alias it
+    np.subtract(p, t, out=out)
+    out *= scale
+
+
+def k_hinge(out, s, y):
+    out[...] = np.mean(np.maximum(0, 1 - s * y))
+
+
+def k_hinge_grad(out, g, a, b):
+    scale = g / out.size            # read g first: with scalar operands out may alias it
+    np.multiply(-b, (1 - a * b) > 0, out=out)
+    out *= scale
+
+
+def unary(ufunc):
+    return lambda out, x: ufunc(x, out=out)
+
+
+def _binary(ufunc):
+    return lambda out, a, b: ufunc(a, b, out=out)
+
+
+def k_sigmoid(out, x):
+    np.negative(x, out=out)
+    np.exp(out, out=out)
+    out += 1
+    np.reciprocal(out, out=out)
+
+
+BIND = plain_table({
+    "identity": lambda out, x: np.copyto(out, x),
+    "add": _binary(np.add), "sub": _binary(np.subtract), "mul": _binary(np.multiply),
+    "div": _binary(np.divide), "maximum": _binary(np.maximum),
+    "pow": lambda out, x, exponent: np.power(x, exponent, out=out),
+    "neg": unary(np.negative), "exp": unary(np.exp), "log": unary(np.log),
+    "square": unary(np.square), "tanh": unary(np.tanh), "sigmoid": k_sigmoid,
+    "matmul": k_matmul, "dot": k_dot, "mse": k_mse, "hinge": k_hinge,
+    "mse_grad": k_mse_grad, "hinge_grad": k_hinge_grad,
+})
