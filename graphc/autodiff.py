@@ -61,7 +61,9 @@ def grad_graph(graph: Graph, wrt, seed: Optional[str] = None) -> GradGraph:
     pending = {name: [] for name in need | {graph.loss}}   # no params: need is empty
     if seed is None:
         seed = b.fresh("d:" + graph.loss)
-        b.nodes[seed] = Node(seed, "const", (), {"shape": (), "value": 1.0}, (), graph.dtype)
+        loss = graph[graph.loss]
+        b.nodes[seed] = Node(seed, "const", (), {"shape": (), "value": 1.0}, (), graph.dtype,
+                             loss.mark, loss.origin, "gradient", loss.name)
     pending[graph.loss].append(seed)
     totals = {}
     for node in reversed(list(graph.nodes.values())):
@@ -70,6 +72,7 @@ def grad_graph(graph: Graph, wrt, seed: Optional[str] = None) -> GradGraph:
         if not pending[node.name]:
             continue    # on a path, but only through non-differentiable inputs (labels)
         emit.prefix, emit.mark = f"d:{node.name}/", node.mark
+        b.provenance = {"origin": node.origin, "role": "gradient", "differentiates": node.name}
         g = totals[node.name] = _total(emit, node, pending[node.name])
         if node.is_leaf:
             continue

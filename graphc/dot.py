@@ -95,20 +95,18 @@ def parse_range(plan: Plan, text: str) -> tuple:
     return a, b
 
 
-def forward_of(name: str) -> Optional[str]:
-    """The forward node a backward node differentiates: `d:J/pow/pow_grad` -> `J/pow`."""
-    if not name.startswith("d:"):
-        return None
-    rest = name[2:]
-    return rest.rsplit("/", 1)[0] if "/" in rest else rest
+def forward_of(graph: Graph, name: str) -> Optional[str]:
+    """The forward node a gradient node differentiates (`d:J/pow/pow_grad` -> `J/pow`)."""
+    node = graph.nodes.get(name)
+    return node.differentiates if node is not None else None
 
 
-def _block(name: str, phase: str) -> Optional[str]:
+def _block(graph: Graph, name: str, phase: str) -> Optional[str]:
     """The user's node a step belongs to (`h/matmul` -> `h`); its backward steps -> `d:h`."""
     if phase == "forward":
-        return name.split("/")[0]
+        return graph[name].origin
     if phase == "backward":
-        return "d:" + forward_of(name).split("/")[0]
+        return "d:" + graph[forward_of(graph, name)].origin
     return None
 
 
@@ -147,7 +145,7 @@ def _plan_nodes(graph: Graph, plan: Plan, steps) -> tuple:
             label += f"\narena {region['arena']}"
         attrs = {**PLAN_STYLE[s.phase], **region, "label": label, "class": s.phase,
                  "tooltip": f"step {s.index} ({s.phase}): {s.op}"}
-        clusters.setdefault(_block(s.node, s.phase), []).append((s.node, attrs))
+        clusters.setdefault(_block(graph, s.node, s.phase), []).append((s.node, attrs))
         drawn.add(s.node)
     for s in steps:
         for v in s.inputs:
@@ -164,7 +162,7 @@ def _outside_attrs(graph: Graph, plan: Plan, v: str) -> dict:
         op, shape, _, const = plan.persistent[v]
         label = f"{v}\n{op} {S.fmt(shape)}"
         if op == "const":     # a number in an expression; the seed d:loss = 1 keeps its name
-            label = f"{v} = {const:g}" if v.startswith("d:") else f"{const:g}"
+            label = f"{v} = {const:g}" if graph[v].role == "gradient" else f"{const:g}"
         return {**PLAN_STYLE.get(op, PLAN_STYLE["input"]), "label": label, "class": op}
     step = next(s.index for s in plan.steps if s.outputs[0] == v)
     return {**PLAN_STYLE["external"], "label": f"{v}\n(step {step}, not drawn)",
@@ -177,7 +175,7 @@ def _plan_edges(graph: Graph, plan: Plan, steps, drawn: set) -> list:
         for v in s.inputs:
             lines.append(edge_line(v, s.node, {"label": S.fmt(_value_shape(plan, v)),
                                                "class": "data"}))
-        target = forward_of(s.node)
+        target = forward_of(graph, s.node)
         if target in drawn:
             lines.append(edge_line(s.node, target, {
                 "class": "differentiates", "style": "dashed", "color": "#9ca3af",
@@ -211,15 +209,15 @@ def plan_dot(graph: Graph, plan: Plan, only: Optional[str] = None,
         lines += [node_line(n, attrs, "    " if boxed else "  ") for n, attrs in members]
         if boxed:
             lines.append("  }")
-    return "\n".join(lines + _mirror(drawn) + _plan_edges(graph, plan, steps, drawn)
+    return "\n".join(lines + _mirror(graph, drawn) + _plan_edges(graph, plan, steps, drawn)
                      + ["}"]) + "\n"
 
 
-def _mirror(drawn: set) -> list:
+def _mirror(graph: Graph, drawn: set) -> list:
     """Each backward node on the row of the forward node it differentiates."""
     rows = {}
     for name in sorted(drawn):
-        target = forward_of(name)
+        target = forward_of(graph, name)
         if target in drawn:
             rows.setdefault(target, [target]).append(name)
     return ["  { rank=\"same\"; " + " ".join(quote(n) + ";" for n in row) + " }"

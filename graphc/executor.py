@@ -10,8 +10,19 @@ from __future__ import annotations
 from typing import Mapping
 
 from .backends import BACKENDS, DEFAULT
-from .errors import check_memory
-from .plan import Plan
+from .errors import GraphcError, check_memory
+from .plan import Plan, Step
+
+
+class KernelError(GraphcError):
+    """A kernel raised while a plan ran: the step's node, op and spec line, then the cause."""
+    exit_code = 2
+
+
+def kernel_error(step: Step, exc: Exception) -> KernelError:
+    line = f" from spec line {step.mark.line}" if step.mark else ""
+    return KernelError(f"while executing node '{step.node}' (op {step.op}){line}: "
+                       f"{type(exc).__name__}: {exc}", mark=step.mark, node=step.origin)
 
 
 class Executor:
@@ -30,10 +41,17 @@ class Executor:
         self.backend.feed_rows(arrays, rows)
 
     def run(self, feeds: Mapping = {}) -> None:
+        """Feed, then call every bound step in order; a failing kernel names its step."""
         self.backend.feed(feeds)
-        with self.backend.running():
-            for call in self.calls:
-                call()
+        index = 0
+        try:
+            with self.backend.running():
+                for index, call in enumerate(self.calls):
+                    call()
+        except GraphcError:
+            raise
+        except Exception as exc:      # a kernel's own error: say where it ran
+            raise kernel_error(self.plan.steps[index], exc) from exc
 
     def __getitem__(self, name: str):
         return self.backend.host(name)

@@ -151,12 +151,14 @@ def edge_local(graph: Graph, values: Mapping, vjps: LocalGrads, src: str, dst: s
 
 
 def multigraph(graph: Graph) -> nx.MultiDiGraph:
-    """Data edges input -> node keyed by input position (x * x is two edges)."""
+    """Data edges input -> node keyed by input position (x * x is two edges); a saved
+    value (softmax cross-entropy's stats) carries no gradient, so no path runs through it."""
     g = nx.MultiDiGraph()
     g.add_nodes_from(graph.nodes)
     for n in graph.nodes.values():
         for pos, x in enumerate(n.inputs):
-            g.add_edge(x, n.name, key=pos)
+            if OPS[graph[x].op].group != "saved":
+                g.add_edge(x, n.name, key=pos)
     return g
 
 
@@ -197,8 +199,8 @@ def path_product(vjps: LocalGrads, graph: Graph, values: Mapping, path) -> np.nd
 
 def _check_wrt(model: Model, wrt: str) -> None:
     graph = model.graph
-    if wrt not in graph.nodes or "/" in wrt:
-        names = [n for n in graph.nodes if "/" not in n]
+    if wrt not in graph.nodes or graph[wrt].origin != wrt:
+        names = [n for n in graph.nodes if graph[n].origin == n]
         raise SpecError(f"--wrt '{wrt}' is not a node of the spec",
                         hint=did_you_mean(wrt, names) or "nodes: " + ", ".join(names))
     if graph[wrt].dtype.startswith("int") or graph[wrt].op == "const":

@@ -41,8 +41,7 @@ def diagnose(model: Model, batch, where: str, hint: str) -> CheckFailed:
 
 
 def _node_error(model: Model, node, ex, where: str, hint: str) -> CheckFailed:
-    forward = node.name in model.graph.nodes
-    user = (node.name if forward else node.name[2:]).split("/")[0]
+    forward, user = node.role == "forward", node.origin
     value = ex[node.name]
     kind = "NaN" if np.isnan(value).any() else "inf"
     what, phase = ("value", "forward") if forward else ("gradient", "backward")

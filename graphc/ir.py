@@ -12,13 +12,36 @@ from typing import Iterable, Mapping, Optional
 import networkx as nx
 
 from . import shapes as S
-from .errors import Mark, SpecError
+from .errors import GraphcError, Mark, SpecError
 from .ops import OPS
+
+
+ROLES = ("forward", "gradient", "update", "state")
+
+
+class VerifyError(GraphcError):
+    """A stage-boundary verifier found a broken invariant: a bug in graphc, not in the
+    spec (exit 1). Raised, never asserted, so `python -O` keeps the checks."""
+    exit_code = 1
+
+
+def invariant(ok: bool, message: str, node=None) -> None:
+    """Raise VerifyError(message) at `node` (a Node: its spec line and user node) unless ok."""
+    if not ok:
+        raise VerifyError(f"{message} (a bug in graphc: please report it with the spec)",
+                          mark=getattr(node, "mark", None),
+                          node=getattr(node, "origin", None) or getattr(node, "name", None))
 
 
 @dataclass(frozen=True)
 class Node:
-    """One value: `op` applied to `inputs`; `shape` may hold symbolic dims."""
+    """One value: `op` applied to `inputs`; `shape` may hold symbolic dims.
+
+    Provenance, read instead of parsing names: `origin` is the spec node (or leaf) the
+    node comes from, `mark` its place in the spec file; `role` is forward, gradient
+    (the reverse graph), update (the optimizer) or state (optimizer state, the learning
+    rate); a gradient node `differentiates` the forward node whose rule emitted it.
+    """
     name: str
     op: str
     inputs: tuple
@@ -26,6 +49,9 @@ class Node:
     shape: tuple = ()
     dtype: str = "float32"
     mark: Optional[Mark] = field(default=None, compare=False)
+    origin: Optional[str] = field(default=None, compare=False)
+    role: str = field(default="forward", compare=False)
+    differentiates: Optional[str] = field(default=None, compare=False)
 
     @property
     def is_leaf(self) -> bool:
@@ -79,7 +105,7 @@ class Graph:
 
 def node_error(node: Node, message: str, hint: Optional[str] = None, context=()) -> SpecError:
     """SpecError at the node's line, naming the user's node (not an anonymous sub-node)."""
-    return SpecError(message, mark=node.mark, node=node.name.split("/")[0], hint=hint,
+    return SpecError(message, mark=node.mark, node=node.origin or node.name, hint=hint,
                      context=context)
 
 
@@ -89,6 +115,7 @@ class GraphBuilder:
     def __init__(self, dtype: str, nodes: Mapping[str, Node] = ()):
         self.dtype = dtype
         self.nodes: dict = dict(nodes)
+        self.provenance: dict = {}     # origin, role, differentiates of the nodes added next
 
     def fresh(self, base: str) -> str:
         name, k = base, 2
@@ -98,26 +125,46 @@ class GraphBuilder:
 
     def add(self, name: str, op: str, inputs: Iterable[str], attrs: Mapping = None,
             mark: Optional[Mark] = None, dtype: Optional[str] = None) -> str:
-        """Add a node; ShapeError becomes a SpecError naming the inputs and their shapes."""
+        """Add a node; ShapeError becomes a SpecError naming the inputs and their shapes.
+
+        An op that `saves` a value for its gradient, given the user's inputs, gets that
+        value as a node of its own (`<name>/saved`) and as its last input.
+        """
         inputs, attrs = tuple(inputs), dict(attrs or {})
-        opdef = OPS[op]
-        in_nodes = [self.nodes[i] for i in inputs]
-        probe = Node(name, op, inputs, attrs, (), self.dtype, mark)
+        where = {"origin": name, **self.provenance}
+        shape = self._infer(name, op, op, inputs, attrs, mark, where["origin"])
+        saves = OPS[op].saves
+        if saves and len(inputs) == OPS[op].arity:
+            saved = self.fresh(f"{name}/saved")
+            self.nodes[saved] = Node(saved, saves, inputs, {},
+                                     self._infer(name, op, saves, inputs, {}, mark,
+                                                 where["origin"]),
+                                     dtype or self.dtype, mark, **where)
+            inputs += (saved,)
+        self.nodes[name] = Node(name, op, inputs, attrs, shape, dtype or self.dtype, mark,
+                                **where)
+        return name
+
+    def _infer(self, name: str, user_op: str, op: str, inputs: tuple, attrs: dict,
+               mark: Optional[Mark], origin: str) -> tuple:
+        """The shape of `op` over `inputs`, checked: integer labels where the op takes them,
+        floats elsewhere; errors speak of `user_op`, the op the user wrote."""
+        opdef, in_nodes = OPS[op], [self.nodes[i] for i in inputs]
+        probe = Node(name, user_op, inputs, attrs, (), self.dtype, mark, origin)
         for pos, n in enumerate(in_nodes):
             is_int = n.dtype.startswith("int")
             if is_int != (pos in opdef.labels):
                 want, declare = (("integer class labels", "int64") if pos in opdef.labels
                                  else ("floating-point values", "float32"))
-                raise node_error(probe, f"input {pos + 1} of {op} is '{n.name}' ({n.dtype}), "
-                                        f"but must be {want}",
+                raise node_error(probe, f"input {pos + 1} of {user_op} is '{n.name}' "
+                                        f"({n.dtype}), but must be {want}",
                                  hint=f"declare {n.name} with dtype: {declare}")
         try:
-            shape = tuple(opdef.infer([n.shape for n in in_nodes], attrs))
+            return tuple(opdef.infer([n.shape for n in in_nodes], attrs))
         except S.ShapeError as exc:
             context = [f"{n.name}: {S.fmt(n.shape)}" for n in in_nodes]
-            raise node_error(probe, f"shape mismatch in {op}: {exc}", context=context) from None
-        self.nodes[name] = Node(name, op, inputs, attrs, shape, dtype or self.dtype, mark)
-        return name
+            raise node_error(probe, f"shape mismatch in {user_op}: {exc}",
+                             context=context) from None
 
     def graph(self, loss: str, outputs=(), after=()) -> Graph:
         return Graph(dict(self.nodes), loss, tuple(outputs), self.dtype, tuple(after))
@@ -159,7 +206,7 @@ def build_graph(spec) -> Graph:
     b = GraphBuilder(spec.dtype)
     for leaf in spec.leaves.values():
         b.nodes[leaf.name] = Node(leaf.name, leaf.kind, (), {"shape": leaf.shape},
-                                  leaf.shape, leaf.dtype, leaf.mark)
+                                  leaf.shape, leaf.dtype, leaf.mark, leaf.name)
     node_specs = {n.name: n for n in spec.nodes}
     g = nx.DiGraph()
     g.add_nodes_from(node_specs)
@@ -169,9 +216,12 @@ def build_graph(spec) -> Graph:
     order = {name: i for i, name in enumerate(node_specs)}
     for name in nx.lexicographical_topological_sort(g, key=order.__getitem__):
         n = node_specs[name]
+        # expr.py names a sub-expression of node `h` `h/<op>`: its origin is `h`
+        origin = name.split("/")[0]
         if n.op == "const":
-            b.nodes[name] = Node(name, "const", (), n.attrs, (), spec.dtype, n.mark)
+            b.nodes[name] = Node(name, "const", (), n.attrs, (), spec.dtype, n.mark, origin)
         else:
+            b.provenance = {"origin": origin}
             b.add(name, n.op, n.inputs, n.attrs, n.mark)
     graph = schedule(b.graph(spec.loss, spec.outputs))
     loss = graph[spec.loss]
@@ -187,11 +237,13 @@ def verify_graph(graph: Graph) -> None:
     seen = set()
     for n in graph.nodes.values():
         for i in n.inputs:
-            assert i in seen, f"{n.name} reads {i} before it is computed"
+            invariant(i in seen, f"IR verifier: {n.name} reads {i} before it is computed", n)
         missing = set(OPS[n.op].attrs) - set(n.attrs)
-        assert not missing, f"{n.name} ({n.op}) lacks attrs {missing}"
+        invariant(not missing, f"IR verifier: {n.name} ({n.op}) lacks attrs {sorted(missing)}",
+                  n)
         if not n.is_leaf and n.op != "const":
-            shape = OPS[n.op].infer([graph[i].shape for i in n.inputs], n.attrs)
-            assert tuple(shape) == n.shape, f"{n.name}: shape {n.shape} != inferred {shape}"
+            shape = tuple(OPS[n.op].infer([graph[i].shape for i in n.inputs], n.attrs))
+            invariant(shape == n.shape, f"IR verifier: {n.name} ({n.op}) has shape "
+                                        f"{S.fmt(n.shape)}, its inputs give {S.fmt(shape)}", n)
         seen.add(n.name)
-    assert graph.loss in graph.nodes
+    invariant(graph.loss in graph.nodes, f"IR verifier: the loss '{graph.loss}' is no node")

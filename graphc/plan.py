@@ -15,8 +15,8 @@ import numpy as np
 
 from . import arena as A
 from . import shapes as S
-from .errors import SpecError, fmt_bytes
-from .ir import Graph
+from .errors import Mark, SpecError, fmt_bytes
+from .ir import Graph, invariant
 from .ops import OPS
 
 ALIGN = 64
@@ -33,6 +33,8 @@ class Step:
     inputs: tuple
     outputs: tuple
     attrs: Mapping = field(default_factory=dict, hash=False)
+    origin: Optional[str] = field(default=None, compare=False)   # the spec node
+    mark: Optional[Mark] = field(default=None, compare=False)    # its place in the spec
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ def _steps(graph: Graph, order, forward: set) -> tuple:
         mutated = [n.inputs[i] for i in OPS[n.op].mutates]
         outputs = tuple(mutated[:1]) if mutated else (n.name,)
         steps.append(Step(len(steps), n.name, n.op, phase_of(graph, forward, n.name),
-                          n.inputs, outputs, n.attrs))
+                          n.inputs, outputs, n.attrs, n.origin, n.mark))
     return tuple(steps)
 
 
@@ -141,7 +143,7 @@ def _check_bound(graph: Graph, dims: Mapping[str, int]) -> None:
         for d in sorted(S.symbols(n.shape) - set(dims)):
             bound = ", ".join(sorted(dims)) or "none"
             raise SpecError(f"dim '{d}' of shape {S.fmt(n.shape)} has no size here (sized "
-                            f"dims: {bound})", mark=n.mark, node=n.name.split("/")[0],
+                            f"dims: {bound})", mark=n.mark, node=n.origin or n.name,
                             hint="write a number; only batch is sized by --batch-size")
 
 
@@ -182,23 +184,31 @@ def verify_plan(plan: Plan) -> None:
     value is live, and recompute the lower bound."""
     bufs = sorted(plan.buffers.values(), key=lambda b: b.offset)
     for i, a in enumerate(bufs):
-        assert a.offset % ALIGN == 0 and a.offset + a.bytes <= plan.arena_bytes, a
+        invariant(a.offset % ALIGN == 0 and a.offset + a.bytes <= plan.arena_bytes,
+                  f"plan verifier: {a.value} at [{a.offset}, {a.offset + a.bytes}) is "
+                  f"misaligned or outside the arena of {plan.arena_bytes} bytes")
         for b in bufs[i + 1:]:
             if b.offset >= a.offset + a.bytes:
                 break
             meet = a.first_step <= b.last_step and b.first_step <= a.last_step
             pair = (a.in_place_of == b.value and a.first_step == b.last_step) or \
                    (b.in_place_of == a.value and b.first_step == a.last_step)
-            assert not meet or pair, f"{a.value} and {b.value} overlap while both live"
+            invariant(not meet or pair, f"plan verifier: {a.value} and {b.value} overlap "
+                                        "while both live")
     for s in plan.steps:
         for v in s.inputs:
             if v in plan.buffers:
                 b = plan.buffers[v]
-                assert b.first_step < s.index <= b.last_step, f"step {s.index} reads dead {v}"
+                invariant(b.first_step < s.index <= b.last_step,
+                          f"plan verifier: step {s.index} ({s.node}) reads {v} outside its "
+                          f"live range {b.first_step}-{b.last_step}")
     _check_in_place(plan)
     bound = _bound_with_pairs(plan)
-    assert bound == plan.lower_bound_bytes, (bound, plan.lower_bound_bytes)
-    assert plan.lower_bound_bytes <= plan.arena_bytes <= plan.naive_bytes
+    invariant(bound == plan.lower_bound_bytes, f"plan verifier: the lower bound recomputes "
+                                               f"to {bound}, not {plan.lower_bound_bytes}")
+    invariant(plan.lower_bound_bytes <= plan.arena_bytes <= plan.naive_bytes,
+              f"plan verifier: the arena ({plan.arena_bytes} bytes) is not between the "
+              f"lower bound and the naive sum")
 
 
 def _check_in_place(plan: Plan) -> None:
@@ -207,8 +217,12 @@ def _check_in_place(plan: Plan) -> None:
     for b in plan.buffers.values():
         if b.in_place_of is not None:
             s, src = plan.steps[b.first_step], plan.buffers[b.in_place_of]
-            assert OPS[s.op].elementwise and b.in_place_of in s.inputs, f"{b.value} in place"
-            assert (src.shape, src.dtype, src.last_step) == (b.shape, b.dtype, s.index), b
+            invariant(OPS[s.op].elementwise and b.in_place_of in s.inputs,
+                      f"plan verifier: {b.value} in place of {b.in_place_of}, but step "
+                      f"{s.index} ({s.op}) is not an elementwise op reading it")
+            invariant((src.shape, src.dtype, src.last_step) == (b.shape, b.dtype, s.index),
+                      f"plan verifier: {b.value} in place of {b.in_place_of}, which has "
+                      "another layout or lives on")
 
 
 def _bound_with_pairs(plan: Plan) -> int:

@@ -138,17 +138,19 @@ def training_graph(graph: Graph, optimizer: Optimizer,
     a = optimizer.args
     folded = optimizer.name == "sgd" and not (a["momentum"] or a["weight_decay"]
                                               or clip_grad_norm)
-    lr = Node(LR, "hyper", (), {"shape": ()}, (), graph.dtype)
+    lr = Node(LR, "hyper", (), {"shape": ()}, (), graph.dtype, origin=LR, role="state")
     with_lr = Graph({**graph.nodes, LR: lr}, graph.loss, graph.outputs, graph.dtype,
                     graph.after)
     gg = grad_graph(with_lr, params, seed=LR if folded else None)
     check_params_reach_loss(graph, gg.grads)
     b = GraphBuilder(graph.dtype, gg.graph.nodes)
+    b.provenance = {"role": "update"}
     if clip_grad_norm:
         guard = b.add(NORM, "grad_norm", (graph.loss, *(gg.grads[p] for p in params)))
     else:
         guard = GUARD
-        b.nodes[GUARD] = Node(GUARD, "state", (), {"shape": ()}, (), graph.dtype)
+        b.nodes[GUARD] = Node(GUARD, "state", (), {"shape": ()}, (), graph.dtype,
+                              origin=GUARD, role="state")
     attrs = {k: v for k, v in a.items() if k != "lr"}
     attrs["max_norm"] = float(clip_grad_norm or 0.0)
     if optimizer.name == "sgd":
@@ -158,6 +160,7 @@ def training_graph(graph: Graph, optimizer: Optimizer,
     for p in params:
         states[p] = tuple(_state_leaf(b, graph, p, s) for s in optimizer.state_names())
         update = f"update:{p}"
+        b.provenance = {"origin": p, "role": "update"}
         b.add(update, optimizer.name, (p, gg.grads[p], guard, LR, *states[p]), attrs)
         after += [(r, update) for r in readers[p]]
     out = schedule(b.graph(graph.loss, graph.outputs, after))
@@ -173,5 +176,6 @@ def _state_leaf(b: GraphBuilder, graph: Graph, param: str, suffix: str) -> str:
                         f"'{param}'", mark=graph[name].mark, node=name,
                         hint="rename the node")
     shape = () if suffix == "step" else graph[param].shape
-    b.nodes[name] = Node(name, "state", (), {"shape": shape}, shape, graph.dtype)
+    b.nodes[name] = Node(name, "state", (), {"shape": shape}, shape, graph.dtype,
+                         origin=param, role="state")
     return name

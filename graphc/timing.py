@@ -12,6 +12,7 @@ import numpy as np
 
 from .errors import check_memory
 from .model import Model, Runner
+from .ops import OPS
 from .step import LR, StepGraph
 
 
@@ -48,8 +49,7 @@ def synthetic_batch(model: Model, batch: int, seed: int = 0) -> dict:
 
 def _classes(model: Model, labels: str) -> int:
     for n in model.graph.nodes.values():
-        if labels in n.inputs and n.inputs.index(labels) > 0 and n.op.endswith(
-                ("cross_entropy", "hinge")):
+        if labels in n.inputs and n.inputs.index(labels) in OPS[n.op].labels:
             c = model.graph[n.inputs[0]].shape[-1]
             return c if isinstance(c, int) else 2
     return 2

@@ -352,7 +352,8 @@ def test_op_gradient(op, data, seed):
     values = {**dict(zip(names, arrays)), "R": R}
     wrt = [n for n, a in zip(names, arrays) if a.dtype.kind == "f"]
     rule = OPS[op].vjp(Recorder(graph), graph["out"], "g")
-    assert isinstance(rule, tuple) and len(rule) == len(names), "one gradient per input"
+    assert isinstance(rule, tuple) and len(rule) == len(graph["out"].inputs), \
+        "one gradient per input"
     result = check_grads(graph, values, wrt, eps=1e-6, tol=TOL)
     expected = np.sum(CASES[op].ref(*arrays, **attrs) * R)
     assert result.loss == pytest.approx(expected, rel=1e-12, abs=1e-12), "forward kernel"

@@ -267,11 +267,11 @@ def test_plan_picture_has_every_step_a_shape_on_every_data_edge_and_links():
             assert e.get_label() == f'"{S.fmt(shapes[src])}"', (src, dst)
             data += 1
         else:
-            assert kind == '"differentiates"' and forward_of(src) == dst, (src, dst)
+            assert kind == '"differentiates"' and forward_of(step.graph, src) == dst, (src, dst)
             assert e.get("style") == '"dashed"'
             links += 1
     assert data == sum(len(s.inputs) for s in plan.steps)
-    assert links == sum(1 for s in plan.steps if forward_of(s.node) in nodes)
+    assert links == sum(1 for s in plan.steps if forward_of(step.graph, s.node) in nodes)
     for p in ("W1", "b1", "W2", "b2"):
         assert f"writes {p}" in nodes[f"update:{p}"].get_label()
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from graphc import arena as A
 from graphc.autodiff import grad_graph
-from graphc.ir import GraphBuilder, Node, schedule
+from graphc.ir import GraphBuilder, Node, VerifyError, schedule
 from graphc.model import Runner, differentiable_leaves, load_model
 from graphc.plan import compile_plan, verify_plan
 from graphc.step import parse_optimizer, training_graph
@@ -106,7 +106,7 @@ def test_verifier_catches_overlap(tmp_path):
     clash = dict(plan.buffers)
     clash[b.value] = type(b)(**{**b.__dict__, "offset": a.offset,
                                 "first_step": a.first_step, "last_step": a.last_step})
-    with pytest.raises(AssertionError):
+    with pytest.raises(VerifyError, match="overlap while both live"):
         verify_plan(type(plan)(**{**plan.__dict__, "buffers": clash}))
 
 
@@ -116,7 +116,7 @@ def test_verifier_refuses_an_in_place_pair_whose_step_is_not_elementwise(tmp_pat
     pair = next(b for b in plan.buffers.values() if b.in_place_of)
     steps = list(plan.steps)
     steps[pair.first_step] = replace(steps[pair.first_step], op="matmul")
-    with pytest.raises(AssertionError, match="in place"):
+    with pytest.raises(VerifyError, match="in place"):
         verify_plan(replace(plan, steps=tuple(steps)))
 
 
@@ -172,45 +172,62 @@ def test_training_step_allocates_nothing_after_warm_up(tmp_path, batches):
     assert current - base < 1024
 
 
-@pytest.mark.parametrize("with_forward", [True, False])
-def test_softmax_cross_entropy_gradient_with_and_without_its_forward_step(with_forward):
-    """The gradient reuses what the forward step carried, or recomputes it when alone."""
-    from graphc.backends.numpy import KERNELS as BINDERS
+def _softmax_heads(heads, g):
+    """[(loss, grad)] of each (logits, labels) head: the three softmax cross-entropy kernels
+    of every head bound into one workspace, as a plan binds them, then run in order."""
+    from graphc.backends.numpy import KERNELS
     from graphc.backends.numpy.workspace import Workspace
+    calls, out = [], []
+    with Workspace().binding():
+        for logits, labels in heads:
+            stats = np.full(logits.shape[:-1] + (logits.shape[-1] + 2,), np.nan)
+            loss, grad = np.zeros(()), np.zeros(logits.shape)
+            calls += [KERNELS["softmax_cross_entropy_stats"](stats, logits, labels),
+                      KERNELS["softmax_cross_entropy"](loss, logits, labels, stats),
+                      KERNELS["softmax_cross_entropy_grad"](grad, g, logits, labels, stats)]
+            out.append((loss, grad))
+    for call in calls:
+        call()
+    return out
+
+
+def _softmax(z):
+    p = np.exp(z - z.max(1, keepdims=True))
+    return p / p.sum(1, keepdims=True)
+
+
+def test_softmax_cross_entropy_reads_its_saved_stats():
+    """Loss and gradient from the saved value: -mean log p[label], 2 (p - onehot) / rows."""
     rng = np.random.default_rng(0)
     logits, labels = rng.standard_normal((5, 4)), rng.integers(0, 4, 5)
-    g, loss, grad = np.asarray(2.0), np.zeros(()), np.zeros((5, 4))
-    with Workspace().binding():
-        if with_forward:
-            forward = BINDERS["softmax_cross_entropy"](loss, logits, labels)
-        backward = BINDERS["softmax_cross_entropy_grad"](grad, g, logits, labels)
-    if with_forward:
-        forward()
-    backward()
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
+    (loss, grad), = _softmax_heads([(logits, labels)], np.asarray(2.0))
+    p = _softmax(logits)
     want = p.copy()
     want[np.arange(5), labels] -= 1
     assert np.allclose(grad, 2.0 * want / 5)
-    if with_forward:
-        assert np.isclose(loss, -np.mean(np.log(p[np.arange(5), labels])))
+    assert np.isclose(loss, -np.mean(np.log(p[np.arange(5), labels])))
+
+
+def test_the_saved_stats_are_a_planned_value_live_until_the_gradient_reads_them(tmp_path):
+    """No side channel: the stats are a node the planner places, from the forward step
+    that writes them to the backward step that reads them."""
+    model, step, plan = step_plan(mlp_spec([4, 8, 3], tmp_path / "m.yaml"), 16)
+    saved = [n for n in step.graph.nodes.values() if n.op == "softmax_cross_entropy_stats"]
+    assert len(saved) == 1 and saved[0].shape == ("batch", 5)     # 3 classes + 2
+    buf = plan.buffers[saved[0].name]
+    readers = [s for s in plan.steps if saved[0].name in s.inputs]
+    assert {s.op for s in readers} == {"softmax_cross_entropy", "softmax_cross_entropy_grad"}
+    assert buf.last_step == max(s.index for s in readers)
+    verify_plan(plan)
 
 
 def test_two_softmax_heads_with_other_class_counts_keep_their_own_row_offsets():
     """Two heads over the same rows bound into one workspace: neither sees the other's
     flat label offsets (rows x classes differ), so each loss is its own."""
-    from graphc.backends.numpy import KERNELS as BINDERS
-    from graphc.backends.numpy.workspace import Workspace
     rng = np.random.default_rng(0)
-    heads = [(rng.standard_normal((5, c)), rng.integers(0, c, 5), np.zeros(())) for c in (4, 3)]
-    with Workspace().binding():
-        calls = [BINDERS["softmax_cross_entropy"](loss, z, y) for z, y, loss in heads]
-    for call in calls:
-        call()
-    for z, y, loss in heads:
-        p = np.exp(z - z.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        assert np.isclose(loss, -np.mean(np.log(p[np.arange(5), y])))
+    heads = [(rng.standard_normal((5, c)), rng.integers(0, c, 5)) for c in (4, 3)]
+    for (z, y), (loss, _) in zip(heads, _softmax_heads(heads, np.asarray(1.0))):
+        assert np.isclose(loss, -np.mean(np.log(_softmax(z)[np.arange(5), y])))
 
 
 # --- generated graphs --------------------------------------------------------------------

@@ -13,12 +13,23 @@ def _loss_pair(shapes, attrs):
 
 
 def _labels(shapes, attrs):
-    logits, labels = shapes
+    logits, labels = shapes[:2]
     if len(logits) < 1 or tuple(labels) != tuple(logits[:-1]):
         raise S.ShapeError(f"labels must have the logits' shape without the class axis: "
                            f"logits {S.fmt(logits)}, labels {S.fmt(labels)} "
                            f"(expected {S.fmt(logits[:-1])})")
     return ()
+
+
+def _softmax_stats(shapes, attrs):
+    """[..., classes + 2]: exp(z - row max) for every row, then each row's sum of it, then
+    each row's z[label] - row max, packed in this order (row-major) in one value."""
+    _labels(shapes, attrs)
+    logits = shapes[0]
+    if not isinstance(logits[-1], int):
+        raise S.ShapeError(f"the class axis of the logits must have a fixed size, got "
+                           f"{S.fmt(logits)}")
+    return tuple(logits[:-1]) + (logits[-1] + 2,)
 
 
 def _pair_loss(grad_op):
@@ -44,13 +55,17 @@ OPS = (
           elementwise=True, **_BW),
     OpDef("softmax_cross_entropy", 2, _labels,
           "softmax_cross_entropy(logits, labels) = mean(logsumexp(logits) - logits[labels])",
-          labels=(1,),
-          vjp=lambda e, n, g: (e("softmax_cross_entropy_grad", g, *n.inputs), None),
+          labels=(1,), saves="softmax_cross_entropy_stats",
+          vjp=lambda e, n, g: (e("softmax_cross_entropy_grad", g, *n.inputs), None, None),
           formula=lambda a, o, attrs: (f"(softmax({a[0]}) - onehot({a[1]}))/n", None),
           elementwise=False),
-    OpDef("softmax_cross_entropy_grad", 3, grad_of(1),
-          "softmax_cross_entropy_grad(g, logits, labels) = g * (softmax(logits) - onehot) / n",
-          labels=(2,), elementwise=False, **_BW),
+    OpDef("softmax_cross_entropy_stats", 2, _softmax_stats,
+          "softmax_cross_entropy_stats(logits, labels) = exp(z), sum(exp(z)), z[label] per row, "
+          "z = logits - row max: the loss and its gradient read it", labels=(1,),
+          group="saved", elementwise=False),
+    OpDef("softmax_cross_entropy_grad", 4, grad_of(1),
+          "softmax_cross_entropy_grad(g, logits, labels, stats) = g * (softmax(logits) - "
+          "onehot) / n, softmax from the saved stats", labels=(2,), elementwise=False, **_BW),
     OpDef("hinge", 2, _loss_pair, "hinge(score, y) = mean(max(0, 1 - y * score)), y in {-1, 1}",
           vjp=lambda e, n, g: (e("hinge_grad", g, *n.inputs),
                                e("hinge_grad", g, *reversed(n.inputs))),

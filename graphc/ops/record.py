@@ -6,6 +6,11 @@ in-place permission (`elementwise`), the local-gradient formula `explain` prints
 the doc line `graphc ops` prints, and room for an export mapping (`onnx`). Kernels
 are not here: each backend keys its own by op name (graphc/backends/).
 
+Saved values are IR values: an op whose kernel and gradient share work (softmax
+cross-entropy's exp and row sums) names, in `saves`, an op of group "saved" that
+computes it from the same inputs. The IR builder adds that node and passes it as one
+more input, so the planner places it and the verifier checks it like any other value.
+
 Gradient rules: `vjp(emit, node, g)` returns one gradient node name (or None: no
 gradient, e.g. class labels) per input, in the *output's* broadcast shape; `emit(op,
 *inputs, **attrs)` adds a backward node. The driver (autodiff.py) sums fan-out and
@@ -20,7 +25,7 @@ from typing import Callable, Mapping, Optional
 from .. import shapes as S
 
 REQUIRED = object()   # attribute default meaning "must be given"
-GROUPS = ("leaf", "forward", "layer", "backward", "update")
+GROUPS = ("leaf", "forward", "layer", "saved", "backward", "update")
 
 
 @dataclass(frozen=True)
@@ -43,13 +48,15 @@ class OpDef:
     mutates: tuple = ()                     # update ops: input positions written in place
     labels: tuple = ()                      # input positions that take integer class labels
     layer_init: Optional[str] = None        # activations: the init dense picks for its W
+    saves: Optional[str] = None             # the op computing what this op's kernel and
+                                            # gradient read: an input the IR builder adds
     onnx: Optional[str] = None              # the export mapping, when export lands
 
 
 def missing_facts(op: OpDef) -> list:
     """The facts a record of its group must state and does not (empty: complete)."""
     missing = [] if op.doc.startswith(op.name) or op.group == "leaf" else ["doc"]
-    if op.group in ("forward", "backward", "update") and op.elementwise is None:
+    if op.group in ("forward", "saved", "backward", "update") and op.elementwise is None:
         missing.append("elementwise")
     if op.group == "forward":
         missing += [f for f in ("vjp", "formula") if getattr(op, f) is None]

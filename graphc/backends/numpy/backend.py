@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from ...plan import ALIGN, Plan
-from . import fast, kernels, nn, updates
+from . import fast, kernels, nn, softmax, updates
 from .workspace import Workspace
 
 DROP_ATTRS = {"shape"}    # shape attributes are for inference; kernels see real arrays
@@ -32,7 +32,7 @@ def assemble(*tables: dict) -> dict:
     return out
 
 
-KERNELS = assemble(kernels.BIND, nn.BIND, fast.BIND, updates.BIND)
+KERNELS = assemble(kernels.BIND, nn.BIND, fast.BIND, softmax.BIND, updates.BIND)
 
 
 def run_kernel(op: str, out: np.ndarray, *ins, **attrs) -> np.ndarray:
@@ -67,7 +67,7 @@ class Backend:
         """The no-argument call of every step, bound to its arrays, in order."""
         measuring = Workspace(0)
         self._bind_all(measuring, steps)
-        self.workspace = Workspace(measuring.high, measuring.consts, measuring.carry)
+        self.workspace = Workspace(measuring.high, measuring.consts)
         return self._bind_all(self.workspace, steps)
 
     def _bind_all(self, ws: Workspace, steps) -> list:

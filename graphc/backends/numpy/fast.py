@@ -13,7 +13,7 @@ import numpy as np
 from functools import partial
 
 from .kernels import k_matmul_ga, k_matmul_gb
-from .workspace import carried, carried_from, constant, scratch
+from .workspace import constant, scratch
 
 
 def b_relu(out, x):
@@ -128,94 +128,6 @@ def b_matmul_gb(out, a, g, shape=None):
     return partial(k_matmul_gb, out, a, g)
 
 
-def b_softmax_cross_entropy(out, logits, labels):
-    """mean over rows of logsumexp(z) - z[label], z = logits - row max (stable)."""
-    return _sce(out, logits, labels, grad=None)
-
-
-def b_softmax_cross_entropy_grad(out, g, logits, labels):
-    """g * (softmax(logits) - onehot(labels)) / rows."""
-    return _sce(out, logits, labels, grad=g)
-
-
-def _row_max(x, out):
-    """out[i] = max_j x[i, j]. For few classes, pairwise maximum over column views beats
-    np.maximum.reduce along a short inner axis by ~10x."""
-    cols = [x[:, j] for j in range(x.shape[1])]
-    if len(cols) == 1:
-        return lambda: np.copyto(out, cols[0])
-    if len(cols) > 32:
-        return lambda: np.maximum.reduce(x, axis=1, out=out)
-
-    def run():
-        np.maximum(cols[0], cols[1], out=out)
-        for c in cols[2:]:
-            np.maximum(out, c, out=out)
-    return run
-
-
-def _sce(out, logits, labels, grad):
-    """Forward: loss = mean(log s - z[label]), z = logits - row max, s = sum(exp z). It leaves
-    exp(z), s and the label indices carried for the gradient, which is then
-    g / rows * (exp(z) / s - onehot): six calls instead of twelve."""
-    rows = int(np.prod(logits.shape[:-1], dtype=np.int64))
-    classes = logits.shape[-1]
-    flat, lab = logits.reshape(rows, classes), labels.reshape(rows)
-    key = ("softmax_cross_entropy", id(logits), id(labels))
-    if grad is not None and carried_from(key + ("exp",)):
-        return _sce_grad_carried(out.reshape(rows, classes), grad, key, rows, classes)
-    e = carried(key + ("exp",), (rows, classes), logits.dtype)
-    s = carried(key + ("sum",), (rows,), logits.dtype)
-    idx = carried(key + ("index",), (rows,), np.intp)
-    ef, mx, picked = e.reshape(-1), scratch((rows, 1), logits.dtype), scratch((rows,), e.dtype)
-    # keyed by (rows, classes): a constant(0, ...) filled here would be shared, and
-    # overwritten, by a second head with another class count
-    offsets = carried(("row offsets", rows, classes), (rows,), np.intp)
-    offsets[...] = np.arange(rows) * classes
-    ones_c = constant(1, (classes,), logits.dtype)
-    mean_w = constant(1.0 / max(rows, 1), (rows,), logits.dtype)
-    row_max = _row_max(flat, mx[:, 0])
-    loss = out if grad is None else scratch((), logits.dtype)
-
-    def forward():
-        row_max()
-        np.subtract(flat, mx, out=e)
-        np.add(lab, offsets, out=idx, casting="unsafe")
-        ef.take(idx, out=picked)
-        np.exp(e, out=e)
-        np.dot(e, ones_c, out=s)
-        np.log(s, out=mx[:, 0])
-        np.subtract(mx[:, 0], picked, out=picked)
-        np.dot(picked, mean_w, out=loss)
-    if grad is None:
-        return forward
-    # a gradient bound without its forward step: run the forward part first
-    gradient = _sce_grad_carried(out.reshape(rows, classes), grad, key, rows, classes)
-
-    def backward():
-        forward()
-        gradient()
-    return backward
-
-
-def _sce_grad_carried(out, grad, key, rows, classes):
-    e, s = carried(key + ("exp",), (rows, classes), out.dtype), carried(key + ("sum",), (rows,), out.dtype)
-    idx = carried(key + ("index",), (rows,), np.intp)
-    of = out.reshape(-1)
-    scale, r = scratch((), out.dtype), scratch((rows,), out.dtype)
-    picked = scratch((rows,), out.dtype)
-    inv_rows = constant(1.0 / max(rows, 1), (), out.dtype)
-
-    def backward():
-        np.multiply(grad, inv_rows, out=scale)
-        np.divide(scale, s, out=r)
-        np.multiply(e, r[:, None], out=out)
-        of.take(idx, out=picked)
-        np.subtract(picked, scale, out=picked)
-        of.put(idx, picked)
-    return backward
-
-
 def _axes(axis, ndim: int) -> tuple:
     """axis None/int/list -> sorted non-negative axes; a scalar has none to reduce."""
     if axis is None:
@@ -268,7 +180,5 @@ BIND = {
     "relu": b_relu, "relu_grad": b_relu_grad, "sigmoid_grad": b_sigmoid_grad,
     "tanh_grad": b_tanh_grad, "pow_grad": b_pow_grad, "maximum_grad": b_maximum_grad,
     "sum_to": b_sum_to, "matmul_ga": b_matmul_ga, "matmul_gb": b_matmul_gb,
-    "softmax_cross_entropy": b_softmax_cross_entropy,
-    "softmax_cross_entropy_grad": b_softmax_cross_entropy_grad,
     "sum": b_sum, "mean": b_mean, "expand": b_expand,
 }

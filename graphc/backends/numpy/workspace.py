@@ -1,14 +1,12 @@
-"""Compile-time memory for kernels: step-local scratch, shared constants, carried values.
+"""Compile-time memory for kernels: step-local scratch and shared read-only constants.
 
-Binders (kernels that preallocate) call `scratch(shape, dtype)`,
-`constant(value, shape, dtype)` and `carried(key, shape, dtype)` while the
-executor binds a plan. Scratch is valid only during the calling step's own
-call: every step's scratch starts at offset 0 of one shared buffer, so the
-whole plan needs only the largest step's scratch. Constants (zeros for relu,
-ones for reductions through dot) are shared by every step that asks for the
-same one. A carried array is handed from one step's kernel to a later one's
-under the same key (softmax cross-entropy's forward leaves exp(z) and the row
-sums for its gradient); `carried_from(key)` says whether an earlier step made it.
+Bind functions call `scratch(shape, dtype)`, `constant(value, shape, dtype)` and
+`row_offsets(rows, classes)` while the backend binds a plan. Scratch is valid only
+during the calling step's own call: every step's scratch starts at offset 0 of one
+shared buffer, so the whole plan needs only the largest step's scratch. Constants
+(zeros for relu, ones for reductions through dot) are shared by every step that asks
+for the same one. Nothing here carries data from one step to another: a value a
+later step reads is an IR value, placed by the planner.
 """
 from __future__ import annotations
 
@@ -25,10 +23,8 @@ _CURRENT = contextvars.ContextVar("graphc workspace", default=None)
 class Workspace:
     """A scratch buffer of `capacity` bytes (0: measuring, every request gets its own array)."""
 
-    def __init__(self, capacity: int = 0, consts: dict = None, carry: dict = None):
+    def __init__(self, capacity: int = 0, consts: dict = None):
         self.capacity = capacity
-        self.carry = {} if carry is None else carry
-        self.made: set = set()       # keys carried by steps bound so far in this binding
         self.buf = np.zeros(capacity + ALIGN, dtype=np.uint8)
         self.base = (-self.buf.ctypes.data) % ALIGN
         self.cursor = self.high = 0
@@ -36,7 +32,7 @@ class Workspace:
 
     @property
     def const_bytes(self) -> int:
-        return sum(a.nbytes for a in (*self.consts.values(), *self.carry.values()))
+        return sum(a.nbytes for a in self.consts.values())
 
     def begin_step(self) -> None:
         self.cursor = 0
@@ -52,16 +48,17 @@ class Workspace:
 
     def constant(self, value, shape, dtype) -> np.ndarray:
         key = (float(value), tuple(shape), np.dtype(dtype).str)
+        return self._shared(key, lambda: np.full(shape, value, dtype=dtype))
+
+    def row_offsets(self, rows: int, classes: int) -> np.ndarray:
+        key = ("row offsets", rows, classes)
+        return self._shared(key, lambda: np.arange(rows, dtype=np.intp) * classes)
+
+    def _shared(self, key, make) -> np.ndarray:
         if key not in self.consts:
-            self.consts[key] = np.full(shape, value, dtype=dtype)
+            self.consts[key] = make()
             self.consts[key].flags.writeable = False     # shared: a write would leak
         return self.consts[key]
-
-    def carried(self, key, shape, dtype) -> np.ndarray:
-        self.made.add(key)
-        if key not in self.carry:
-            self.carry[key] = np.zeros(shape, dtype=dtype)
-        return self.carry[key]
 
     @contextmanager
     def binding(self):
@@ -87,11 +84,6 @@ def constant(value, shape, dtype) -> np.ndarray:
     return _current().constant(value, shape, dtype)
 
 
-def carried(key: tuple, shape, dtype) -> np.ndarray:
-    """An array that persists across steps, the same for every caller with this key."""
-    return _current().carried(key, shape, dtype)
-
-
-def carried_from(key: tuple) -> bool:
-    """Whether a step bound earlier in this binding carries `key`."""
-    return key in _current().made
+def row_offsets(rows: int, classes: int) -> np.ndarray:
+    """[0, classes, 2 classes, ...]: the flat index of each row's first class, read-only."""
+    return _current().row_offsets(rows, classes)
