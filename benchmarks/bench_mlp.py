@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from handwritten import HandwrittenMLP  # noqa: E402
 
-from graphc import step as graphc_step  # noqa: E402
+from graphc import optim  # noqa: E402
 from graphc.model import Runner, load_model  # noqa: E402
 from graphc.plan import compile_plan  # noqa: E402
 
@@ -124,11 +124,11 @@ class GraphcStep:
 def build_graphc(spec_path, lr: float = LR) -> GraphcStep:
     """Compile a spec's training step as `graphc train` does (see graphc/train.py)."""
     model = load_model(spec_path)
-    optimizer = graphc_step.parse_optimizer(model.spec.train.get("optimizer"))
-    step = graphc_step.training_graph(model.graph, optimizer)
+    optimizer = optim.parse_optimizer(model.spec.train.get("optimizer"))
+    step = optim.training_graph(model.graph, optimizer)
     for n in step.graph.leaves("state"):
         model.store[n.name] = np.zeros(n.shape, dtype=n.dtype)
-    model.store[graphc_step.LR] = np.full((), lr, dtype=model.graph.dtype)
+    model.store[optim.LR] = np.full((), lr, dtype=model.graph.dtype)
     keep = {model.graph.loss}
     norm = getattr(graphc_step, "NORM", None)       # the trainer keeps the grad-norm guard
     if norm in step.graph.nodes:

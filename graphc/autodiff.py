@@ -14,7 +14,7 @@ from typing import Mapping, Optional
 import networkx as nx
 
 from .errors import SpecError
-from .ir import Graph, GraphBuilder, Node, schedule, verify_graph
+from .ir import Graph, GraphBuilder, Node, toposort, verify_graph
 from .ops import OPS
 
 
@@ -81,7 +81,7 @@ def grad_graph(graph: Graph, wrt, seed: Optional[str] = None) -> GradGraph:
                 pending[x].append(gx)
     live = _reachable(b.nodes, set(totals.values()))
     nodes = {k: v for k, v in b.nodes.items() if k in graph.nodes or k in live}
-    out = schedule(Graph(nodes, graph.loss, graph.outputs, graph.dtype, graph.after))
+    out = toposort(Graph(nodes, graph.loss, graph.outputs, graph.dtype, graph.after))
     verify_graph(out)
     return GradGraph(out, {**totals, **{w: totals.get(w) for w in wrt}})
 

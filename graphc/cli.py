@@ -89,6 +89,7 @@ def ops():
     groups = {"forward": "ops to write in expressions and {op:} nodes; docs/ops.md has each "
                          "one's math and gradient",
               "layer": "expand into their own params and forward ops",
+              "saved": "added beside an op: a value its gradient reads",
               "backward": "added by autodiff", "update": "added by the optimizer"}
     for group, what in groups.items():
         click.echo(f"[{group}] {what}")

@@ -19,7 +19,7 @@ def nested(arr: np.ndarray):
     return np.asarray(arr).tolist()
 
 
-def fmt_array(arr: np.ndarray) -> str:
+def fmt_result(arr: np.ndarray) -> str:
     arr = np.asarray(arr)
     if arr.ndim == 0:
         return f"{float(arr):.6g}"
@@ -75,7 +75,7 @@ def write_dot(path: Path, text: str, render: bool) -> None:
 def training_step(spec, batch_size):
     """(model, step graph, batch size) of the spec's training step, as `train` builds it."""
     from .model import load_model
-    from .step import parse_optimizer, training_graph
+    from .optim import parse_optimizer, training_graph
     model = load_model(spec)
     raw = model.spec.train
     opt = parse_optimizer(raw.get("optimizer"), raw.mark_of("optimizer"))

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import click
-from .cli_common import SPEC, input_feeds, fmt_array, nested, write_dot
+from .cli_common import SPEC, input_feeds, fmt_result, nested, write_dot
 
 
 @click.command()
@@ -46,13 +46,13 @@ def grad(spec, as_json, out, everything, params, inputs, dot, render):
         return
     click.echo(f"loss = {result.loss:.6g}")
     for name, g in result.grads.items():
-        click.echo(f"d loss / d {name} = {fmt_array(g)}")
+        click.echo(f"d loss / d {name} = {fmt_result(g)}")
     if everything:
         click.echo("")
         for name, v in result.values.items():
             g = result.node_grads.get(name)
-            tail = f"   grad {fmt_array(g)}" if g is not None else ""
-            click.echo(f"{name} = {fmt_array(v)}{tail}")
+            tail = f"   grad {fmt_result(g)}" if g is not None else ""
+            click.echo(f"{name} = {fmt_result(v)}{tail}")
 
 
 @click.command()

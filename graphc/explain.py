@@ -18,7 +18,7 @@ import numpy as np
 
 from .autodiff import grad_graph
 from .errors import CheckFailed, SpecError, did_you_mean
-from .ir import Graph, GraphBuilder, Node, schedule
+from .ir import Graph, GraphBuilder, Node, toposort
 from .model import Model, Runner, run_grads
 from .ops import OPS
 
@@ -95,7 +95,7 @@ class LocalGrads:
         store["g"] = np.zeros(out.shape, dtype=out.dtype)
         b.add("out_g", "mul", ("out", "g"))
         b.add("loss", "sum", ("out_g",), {"axis": None, "keepdims": False})
-        forward = schedule(b.graph("loss"))
+        forward = toposort(b.graph("loss"))
         gg = grad_graph(forward, wrt)
         keep = {gg.grads[w] for w in wrt if gg.grads.get(w)}
         runner = Runner(gg.graph, store, keep, forward=set(forward.nodes))
@@ -144,6 +144,8 @@ def edge_local(graph: Graph, values: Mapping, vjps: LocalGrads, src: str, dst: s
     else:
         kind = "jacobian"
     value = None if kind == "jacobian" else vjps.vjp(dst, position, np.ones(out_shape))
+    if value is None and kind != "jacobian":      # no gradient flows into this input
+        value = np.zeros(in_shape)
     formula = local_formula(graph, dst, position)
     if graph[dst].inputs.count(src) > 1:      # x * x: one edge per input position
         formula += f"  (as input {position + 1})"
@@ -194,6 +196,8 @@ def path_product(vjps: LocalGrads, graph: Graph, values: Mapping, path) -> np.nd
     g = np.ones(np.shape(values[graph.loss]))
     for src, dst, pos in reversed(path):
         g = vjps.vjp(dst, pos, g)
+        if g is None:       # an input no gradient flows into (a condition): the path adds 0
+            return np.zeros(np.shape(values[path[0][0]]))
     return np.asarray(g)
 
 

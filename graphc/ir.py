@@ -170,7 +170,7 @@ class GraphBuilder:
         return Graph(dict(self.nodes), loss, tuple(outputs), self.dtype, tuple(after))
 
 
-def schedule(graph: Graph) -> Graph:
+def toposort(graph: Graph) -> Graph:
     """The same graph with nodes in a deterministic topological order (ties: current order)."""
     order = {name: i for i, name in enumerate(graph.nodes)}
     g = graph.digraph()
@@ -223,7 +223,7 @@ def build_graph(spec) -> Graph:
         else:
             b.provenance = {"origin": origin}
             b.add(name, n.op, n.inputs, n.attrs, n.mark)
-    graph = schedule(b.graph(spec.loss, spec.outputs))
+    graph = toposort(b.graph(spec.loss, spec.outputs))
     loss = graph[spec.loss]
     if loss.shape != ():
         raise node_error(loss, f"the loss must be a scalar, but '{loss.name}' has shape "

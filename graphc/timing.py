@@ -13,7 +13,7 @@ import numpy as np
 from .errors import check_memory
 from .model import Model, Runner
 from .ops import OPS
-from .step import LR, StepGraph
+from .optim import LR, StepGraph
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 One `StepGraph` (forward + backward + updates) is compiled per batch size; the
 learning rate is written into its `hyper` leaf each epoch. A non-finite loss or
-gradient skips that step's updates (see step.py) and stops training with the
+gradient skips that step's updates (see optim.py) and stops training with the
 node that first went non-finite. Checkpoints (checkpoint.py) hold everything a
 resume needs to continue bit for bit; Ctrl-C saves one and exits 130.
 """
@@ -23,7 +23,7 @@ from .errors import SpecError
 from .guard import deferred_sigint, diagnose
 from .metrics import METRICS, EarlyStopping
 from .model import Model, Runner
-from .step import LR, training_graph
+from .optim import LR, training_graph
 from .trainconfig import TrainConfig, load_dataset, parse_train
 
 SHUFFLE_STREAM = 2          # the batch order's RNG: default_rng([seed, 2]) (data uses 1)

@@ -15,7 +15,7 @@ from .model import Model, spec_seed
 from .ops import OPS
 from .schedules import Schedule, parse_schedule
 from .spec import TRAIN_KEYS, check_keys
-from .step import Optimizer, parse_optimizer
+from .optim import Optimizer, parse_optimizer
 
 
 @dataclass(frozen=True)

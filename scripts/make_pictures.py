@@ -19,7 +19,7 @@ from graphc.dot import plan_dot, render  # noqa: E402
 from graphc.memsvg import memory_svg  # noqa: E402
 from graphc.model import load_model  # noqa: E402
 from graphc.plan import compile_plan, verify_plan  # noqa: E402
-from graphc.step import parse_optimizer, training_graph  # noqa: E402
+from graphc.optim import parse_optimizer, training_graph  # noqa: E402
 
 
 def spiral_plan():

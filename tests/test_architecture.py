@@ -27,7 +27,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "graphc"
 STAGES = [
     "errors", "shapes", "ops",                              # the vocabulary (ops/: records)
     "yamlload", "leaves", "expr", "layers", "spec",         # spec text -> validated spec
-    "ir", "autodiff", "step",                               # graph, reverse graph, step
+    "ir", "autodiff", "optim",                              # graph, reverse graph, updates
     "arena", "plan", "dot", "memsvg",                       # the planner and its pictures
     "backends", "executor",                                 # kernels behind one interface
     "initializers", "datasets", "datafiles", "datasources", "data",  # data and init

@@ -31,7 +31,7 @@ from graphc.backends import BACKENDS
 from graphc.cli import main
 from graphc.cli_common import input_feeds
 from graphc.gradcheck import check_grads, check_model, rel_error
-from graphc.ir import GraphBuilder, Node, schedule
+from graphc.ir import GraphBuilder, Node, toposort
 from graphc.model import load_model
 from graphc.ops import OPS, attrs_with_defaults, ops_in
 
@@ -316,7 +316,7 @@ def op_graph(op: str, arrays: list, attrs: dict):
     b.nodes["R"] = Node("R", "input", (), {"shape": shape}, shape, "float64")
     b.add("weighted", "mul", ("out", "R"))
     b.add("loss", "sum", ("weighted",), {"axis": None, "keepdims": False})
-    return schedule(b.graph("loss", ("out",))), names
+    return toposort(b.graph("loss", ("out",))), names
 
 
 def test_table_covers_the_forward_ops():

@@ -16,7 +16,7 @@ import pytest
 from graphc.errors import SpecError
 from graphc.model import Runner, load_model
 from graphc.plan import compile_plan
-from graphc.step import LR, NORM, parse_optimizer, training_graph
+from graphc.optim import LR, NORM, parse_optimizer, training_graph
 
 C1, D1 = np.array([1.0, 2.0, 0.5]), np.array([0.3, -0.2, 1.0])
 C2 = np.array([[1.5, 0.2], [0.7, 3.0]])

@@ -30,7 +30,7 @@ from graphc import memsvg as M
 from graphc.memsvg import memory_svg
 from graphc.model import load_model, run_grads
 from graphc.plan import compile_plan
-from graphc.step import parse_optimizer, training_graph
+from graphc.optim import parse_optimizer, training_graph
 
 pytestmark = pytest.mark.filterwarnings("ignore:'\\w+' deprecated:DeprecationWarning")
 pydot = pytest.importorskip("pydot", reason="pydot is the test extra's DOT parser: "

@@ -12,10 +12,10 @@ from hypothesis import given, settings, strategies as st
 
 from graphc import arena as A
 from graphc.autodiff import grad_graph
-from graphc.ir import GraphBuilder, Node, VerifyError, schedule
+from graphc.ir import GraphBuilder, Node, VerifyError, toposort
 from graphc.model import Runner, differentiable_leaves, load_model
 from graphc.plan import compile_plan, verify_plan
-from graphc.step import parse_optimizer, training_graph
+from graphc.optim import parse_optimizer, training_graph
 
 SPECS = sorted((Path(__file__).resolve().parents[1] / "specs").glob("*.yaml"))
 LADDER = {   # the benchmark ladder of issue 3: layer sizes, batch
@@ -247,7 +247,7 @@ def random_graphs(draw):
         inputs = (a,) if op in ("relu", "tanh", "exp") else (a, other)
         names.append(b.add(f"v{i}", op, inputs))
     b.add("loss", "sum", (names[-1],), {"axis": None, "keepdims": False})
-    return schedule(b.graph("loss"))
+    return toposort(b.graph("loss"))
 
 
 @settings(max_examples=60, deadline=None)

@@ -14,7 +14,7 @@ import pytest
 
 from graphc.ir import VerifyError, verify_graph
 from graphc.model import load_model
-from graphc.step import parse_optimizer, training_graph
+from graphc.optim import parse_optimizer, training_graph
 
 REPO = Path(__file__).resolve().parents[1]
 SPIRAL = REPO / "specs" / "spiral_mlp.yaml"

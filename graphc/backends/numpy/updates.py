@@ -57,11 +57,11 @@ def _gated(w, g, norm, max_norm: float, weight_decay: float, body):
     d, t = scratch(w.shape, w.dtype), scratch(w.shape, w.dtype)
     gate = _gate(g, norm, max_norm)
 
-    def step():
+    def update():
         c = gate()
         if c is not None:
             body(_grad_into(d, t, g, w, c, weight_decay), d, t)
-    return step
+    return update
 
 
 def _descend(w, x, rate, t) -> None:
@@ -71,23 +71,23 @@ def _descend(w, x, rate, t) -> None:
 
 
 def b_grad_norm(out, loss, *grads):
-    def step():
+    def update():
         total = 0.0
         for g in grads:
             total += float(np.vdot(g, g))
         out[...] = math.sqrt(total) if math.isfinite(float(loss)) else math.nan
-    return step
+    return update
 
 
 def b_sgd(out, w, g, norm, lr, *state, momentum, nesterov, weight_decay, max_norm,
           folded=False):
-    if folded:        # g arrives as lr * g (step.py seeds the backward pass with lr)
+    if folded:        # g arrives as lr * g (optim.py seeds the backward pass with lr)
         gate = _gate(g, norm, max_norm)
 
-        def folded_step():
+        def folded_update():
             if gate() is not None:
                 np.subtract(w, g, out=w)
-        return folded_step
+        return folded_update
     v = state[0] if state else None
     mu = constant(momentum, (), w.dtype)      # a 0-d array beats a Python float operand
 

@@ -23,7 +23,7 @@ from typing import Mapping, Optional
 
 from .autodiff import check_params_reach_loss, grad_graph, trained_params
 from .errors import SpecError, did_you_mean
-from .ir import Graph, GraphBuilder, Node, schedule, verify_graph
+from .ir import Graph, GraphBuilder, Node, toposort, verify_graph
 
 LR = "opt:lr"
 NORM = "opt:grad_norm"
@@ -163,7 +163,7 @@ def training_graph(graph: Graph, optimizer: Optimizer,
         b.provenance = {"origin": p, "role": "update"}
         b.add(update, optimizer.name, (p, gg.grads[p], guard, LR, *states[p]), attrs)
         after += [(r, update) for r in readers[p]]
-    out = schedule(b.graph(graph.loss, graph.outputs, after))
+    out = toposort(b.graph(graph.loss, graph.outputs, after))
     verify_graph(out)
     return StepGraph(out, frozenset(graph.nodes), gg.grads, states, guard, folded)
 
