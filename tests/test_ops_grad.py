@@ -259,6 +259,14 @@ def _softmax_ref(x, axis):
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def gen_where(draw, rng):
+    """cond of 0 and +-1 (never within eps of where it flips: its numeric gradient is 0,
+    as its analytic one), a and b uniform; all three broadcast."""
+    c, a, b = draw(hnp.mutually_broadcastable_shapes(num_shapes=3, max_dims=3,
+                                                     max_side=SIDE)).input_shapes
+    return [rng.integers(-1, 2, size=c) * 1.0, uniform(rng, a), uniform(rng, b)], {}
+
+
 CASES.update({
     "minimum": Case(gen_maximum, np.minimum),
     "abs": Case(unary(away_from_zero), np.abs),
@@ -283,6 +291,7 @@ CASES.update({
     "binary_cross_entropy_with_logits": Case(binary(lambda rng, s: rng.uniform(0, 1, s)),
                                              _bce_ref),
     "multiclass_hinge": Case(gen_multiclass_hinge, _multiclass_hinge_ref),
+    "where": Case(gen_where, np.where),
 })
 
 # Forward ops with no gradient at all, each with the reason. (Integer inputs such as

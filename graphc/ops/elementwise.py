@@ -11,6 +11,13 @@ def _div(e, n, g):
     return e("div", g, b), e("neg", e("div", e("mul", g, n.name), b))
 
 
+def _where(e, n, g):
+    """No gradient into the condition; g goes to a where it holds, to b elsewhere."""
+    cond = n.inputs[0]
+    zero = e("const", value=0.0)
+    return None, e("where", cond, g, zero), e("where", cond, zero, g)
+
+
 def _pow_formula(a, o, attrs):
     p = attrs.get("exponent", 2.0)
     power = "" if p == 2 else f"^{p - 1:g}"
@@ -38,6 +45,10 @@ OPS = (
                                e("maximum_grad", g, *n.inputs)),
           formula=lambda a, o, attrs: (f"1[{a[0]} < {a[1]}]", f"1[{a[1]} < {a[0]}]"),
           elementwise=True),
+    OpDef("where", 3, bcast, "where(cond, a, b) = a where cond != 0, else b (numpy.where; "
+          "no gradient into cond)", vjp=_where,
+          formula=lambda a, o, attrs: (None, f"1[{a[0]} ≠ 0]", f"1[{a[0]} = 0]"),
+          elementwise=True, onnx="Where"),
     OpDef("maximum_grad", 3, bcast,
           "maximum_grad(g, a, b) = g * ((a > b) + 0.5 * (a == b)): ties share the gradient",
           **_BW),
