@@ -7,9 +7,9 @@ binding, `run` copies the batch in and calls the bound kernels, allocating nothi
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Optional
 
-from .backends import BACKENDS, DEFAULT
+from .backends import BACKENDS, current
 from .errors import GraphcError, check_memory
 from .plan import Plan, Step
 
@@ -26,11 +26,11 @@ def kernel_error(step: Step, exc: Exception) -> KernelError:
 
 
 class Executor:
-    def __init__(self, plan: Plan, store: Mapping, backend: str = DEFAULT):
+    def __init__(self, plan: Plan, store: Mapping, backend: Optional[str] = None):
         self.plan = plan
         dims = ", ".join(f"{k}={v}" for k, v in sorted(plan.dims.items()))
         check_memory(plan.arena_bytes, f"the plan's arena ({dims or 'no symbolic dims'})")
-        self.backend = BACKENDS[backend].Backend(plan, store)
+        self.backend = BACKENDS[backend or current()].Backend(plan, store)
         self.calls = self.backend.bind(plan.steps)
 
     def feed(self, feeds: Mapping) -> None:

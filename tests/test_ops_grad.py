@@ -27,7 +27,7 @@ from hypothesis.extra import numpy as hnp
 
 from click.testing import CliRunner
 
-from graphc.backends import BACKENDS
+from graphc.backends import BACKENDS, using
 from graphc.cli import main
 from graphc.cli_common import input_feeds
 from graphc.gradcheck import check_grads, check_model, rel_error
@@ -350,10 +350,16 @@ def test_every_differentiable_op_has_a_vjp_rule():
     assert all(OPS[op].vjp is None for op in NON_DIFFERENTIABLE)
 
 
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
 @pytest.mark.parametrize("op", sorted(CASES))
 @settings(max_examples=25, deadline=None)
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
-def test_op_gradient(op, data, seed):
+def test_op_gradient(op, backend, data, seed):
+    with using(backend):
+        check_op_gradient(op, data, seed)
+
+
+def check_op_gradient(op, data, seed):
     rng = np.random.default_rng(seed)
     arrays, attrs = CASES[op].gen(data.draw, rng)
     graph, names = op_graph(op, arrays, attrs)

@@ -7,7 +7,23 @@ The executor above them is backend-neutral; tests run per backend over `BACKENDS
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from . import numpy
 
 BACKENDS = {"numpy": numpy}
-DEFAULT = "numpy"
+_chosen = ["numpy"]     # the backend an executor uses unless told otherwise
+
+
+def current() -> str:
+    return _chosen[-1]
+
+
+@contextmanager
+def using(name: str):
+    """Within: executors run on backend `name` (tests run the same checks per backend)."""
+    _chosen.append(name)
+    try:
+        yield BACKENDS[name]
+    finally:
+        _chosen.pop()
