@@ -25,7 +25,8 @@ STAGES = [
     "metrics", "schedules",
     "model", "checkpoint", "gradcheck", "explain", "annotate",      # commands' parts
     "guard", "timing", "plots", "trainconfig", "train",
-    "cli_common", "cli_grad", "cli_plan", "cli_train",       # one module per command family
+    "predict", "api",                                       # using a trained model
+    "cli_common", "cli_grad", "cli_plan", "cli_predict", "cli_train",   # one per family
     "cli", "__main__",                                      # the front door
 ]
 ENTRY_POINTS = {"cli", "__main__"}      # the front door; __main__ alone may import cli
