@@ -90,8 +90,8 @@ class Predictor:
         out = next(o for o in self.outputs if o == name or name in nx.ancestors(g, o))
         node = self.model.graph[name]
         listed = ", ".join(has) or "nothing"
-        return SpecError(f"output '{out}' needs input '{name}', and {source} has none "
-                         f"(it has: {listed})", mark=node.mark, node=name,
+        return SpecError(f"output '{out}' needs input '{name}', which is not in {source} "
+                         f"(found: {listed})", mark=node.mark, node=name,
                          hint=did_you_mean(name, has) or f"add '{name}' to {source}")
 
 

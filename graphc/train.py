@@ -23,7 +23,7 @@ from .errors import SpecError
 from .guard import deferred_sigint, diagnose
 from .metrics import METRICS, EarlyStopping
 from .model import Model, Runner
-from .step import LR, training_graph
+from .step import LR, StepGraph, training_graph
 from .trainconfig import TrainConfig, load_dataset, parse_train
 
 SHUFFLE_STREAM = 2          # the batch order's RNG: default_rng([seed, 2]) (data uses 1)
@@ -141,6 +141,15 @@ class Position:
         return pos
 
 
+def step_runner(model: Model, step: StepGraph) -> Runner:
+    """The compiled training step over the model's store, its optimizer state zeroed and its
+    learning-rate leaf added (zero until the caller writes it)."""
+    for n in step.graph.leaves("state"):
+        model.store[n.name] = np.zeros(n.shape, dtype=n.dtype)
+    model.store[LR] = np.zeros((), dtype=model.graph.dtype)
+    return Runner(step.graph, model.store, {model.graph.loss, step.guard}, forward=step.forward)
+
+
 class Run:
     """One training run's moving parts: step executor, evaluator, position, early stopping."""
 
@@ -157,11 +166,7 @@ class Run:
                             "none", mark=model.spec.train.mark_of("early_stopping"),
                             hint="add validation: 0.2 to train.data")
         self.step = training_graph(model.graph, cfg.optimizer, cfg.clip_grad_norm)
-        for n in self.step.graph.leaves("state"):
-            model.store[n.name] = np.zeros(n.shape, dtype=n.dtype)
-        model.store[LR] = np.zeros((), dtype=model.graph.dtype)
-        self.runner = Runner(self.step.graph, model.store, {model.graph.loss, self.step.guard},
-                             forward=self.step.forward)
+        self.runner = step_runner(model, self.step)
         self.evaluate = Evaluator(model, cfg.metrics)
         self.rng = np.random.default_rng([cfg.seed, SHUFFLE_STREAM])
         self.pos = Position(C.rng_array(self.rng.bit_generator.state))

@@ -30,7 +30,8 @@ STAGES = [
     "cli", "__main__",                                      # the front door
 ]
 ENTRY_POINTS = {"cli", "__main__"}      # the front door; __main__ alone may import cli
-PACKAGE_INIT = "__init__"               # the package docstring and version; imports nothing
+PACKAGE_INIT = "__init__"               # docstring, version, and the API (imported lazily)
+INIT_IMPORTS = {"api"}
 
 MAX_LINES = 400
 # Modules over MAX_LINES today, each with the size it may not grow past. A ratchet, not
@@ -76,7 +77,8 @@ def test_every_module_has_a_place_in_the_stage_order():
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_imports_point_to_earlier_stages(name):
     if name == PACKAGE_INIT:
-        assert imported(MODULES[name], MODULES) == set(), "graphc/__init__.py imports stages"
+        assert imported(MODULES[name], MODULES) <= INIT_IMPORTS, \
+            "graphc/__init__.py imports stages other than the public API"
         return
     if name not in STAGES:
         pytest.fail(f"graphc/{name}.py is not placed in STAGES (see the test above)")
