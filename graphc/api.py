@@ -20,13 +20,13 @@ import numpy as np
 from . import checkpoint as C
 from .data import COMMON_KEYS, apply_stats
 from .model import GradResult, load_model, run_grads
-from .plan import Plan, compile_plan, verify_plan
+from .plan import Plan
 from .errors import SpecError
 from .predict import CHUNK, CLASS_SUFFIX, Predictor, given_arrays, normalization, \
     predicted_classes
 from .step import LR, parse_optimizer
 from .train import EpochLog, TrainResult, read_checkpoint, step_runner, train
-from .trainconfig import parse_train, training_step
+from .trainconfig import parse_train, training_plan, training_step
 
 PathLike = Union[str, os.PathLike]
 ArrayLike = Union[np.ndarray, Sequence]
@@ -52,6 +52,7 @@ class Model:
         self._seed = seed
         self._predictors: dict = {}
         self._step = None       # the compiled training step's runner, made by `step`
+        self._fed = frozenset(self._model.fed_inputs)
         # the last checkpoint's arrays besides params (optimizer state, position, stats)
         self._saved: dict = {} if params is None else read_checkpoint(self._model, params)
 
@@ -140,7 +141,7 @@ class Model:
             self._step = step_runner(self._model, step)
             self._model.store[LR][...] = parse_optimizer(raw.get("optimizer"),
                                                          raw.mark_of("optimizer")).lr
-        missing = set(self._model.fed_inputs) - set(feeds)
+        missing = self._fed - feeds.keys()
         if missing:
             raise SpecError(f"step needs every fed input; missing: {', '.join(sorted(missing))}")
         return float(self._step.run(feeds)[self._model.graph.loss])
@@ -148,11 +149,7 @@ class Model:
     def plan(self, batch: int = 64, *, reuse: bool = True) -> Plan:
         """The memory plan of the training step at batch size `batch`, as `graphc plan
         --batch-size` prints it (`plan_json` and `plan_table` in graphc.plan)."""
-        step, batch_size = training_step(self._model, batch)
-        compiled = compile_plan(step.graph, {"batch": batch_size}, {self._model.graph.loss},
-                                step.forward, reuse=reuse)
-        verify_plan(compiled)
-        return compiled
+        return training_plan(self._model, batch, reuse)[1]
 
     def save(self, path: PathLike) -> Path:
         """Write a checkpoint atomically: the params, the spec, and what the last fit or

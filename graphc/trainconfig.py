@@ -13,6 +13,7 @@ from .errors import SpecError
 from .metrics import EarlyStoppingConfig, parse_early_stopping, parse_metrics
 from .model import Model, spec_seed
 from .ops import OPS
+from .plan import compile_plan, verify_plan
 from .schedules import Schedule, parse_schedule
 from .spec import TRAIN_KEYS, check_keys
 from .step import Optimizer, parse_optimizer, training_graph
@@ -85,6 +86,16 @@ def training_step(model: Model, batch_size=None) -> tuple:
     opt = parse_optimizer(raw.get("optimizer"), raw.mark_of("optimizer"))
     step = training_graph(model.graph, opt, _clip(raw))
     return step, _positive_int(raw, "batch_size", 32, batch_size)
+
+
+def training_plan(model: Model, batch_size=None, reuse: bool = True) -> tuple:
+    """(step graph, verified plan) of the training step at `batch_size` (default the
+    spec's), as `graphc plan` compiles it: the loss is the one value kept to the end."""
+    step, batch = training_step(model, batch_size)
+    plan = compile_plan(step.graph, {"batch": batch}, {model.graph.loss}, step.forward,
+                        reuse=reuse)
+    verify_plan(plan)
+    return step, plan
 
 
 def label_classes(model: Model) -> dict:
