@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from graphc.model import load_model
-from graphc.predict import forward_graph
 from test_cli import graphc, load_npz, ok, one_json
 
 LINEAR = """\
@@ -107,6 +106,7 @@ def test_classes_are_the_argmax_or_the_threshold(tmp_path):
 
 
 def test_the_forward_plan_is_pruned_to_the_outputs(lin):
+    from graphc.predict import forward_graph
     graph = forward_graph(load_model(lin / "lin.yaml").graph, ["s"])
     assert "loss" not in graph.nodes and "y" not in graph.nodes and "t" not in graph.nodes
     assert {"x", "W", "b", "s"} <= set(graph.nodes)
