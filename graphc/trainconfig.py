@@ -60,7 +60,8 @@ def parse_train(model: Model, epochs=None, batch_size=None, lr=None, seed=None,
     shapes = {n.name: n.shape for n in model.graph.nodes.values()}
     metrics = parse_metrics(raw.get("metrics"), shapes, raw.mark_of("metrics"))
     return TrainConfig(
-        data=raw["data"] if data is None else data, batch_size=_positive_int(raw, "batch_size", 32, batch_size),
+        data=raw["data"] if data is None else data,
+        batch_size=_positive_int(raw, "batch_size", 32, batch_size),
         epochs=total, optimizer=optimizer,
         schedule=parse_schedule(raw.get("schedule"), raw.mark_of("schedule"),
                                 _positive_int(raw, "epochs", total)),
