@@ -182,7 +182,11 @@ def csv_columns(predictor: Predictor, header: Sequence[str], shown: str) -> dict
 
 
 def _as_list(choice) -> list:
-    return [choice] if isinstance(choice, str) else list(choice)
+    """The column names of a `columns:` entry (a malformed entry names none: load_data
+    reports it)."""
+    if isinstance(choice, list):
+        return [c for c in choice if isinstance(c, str)]
+    return [choice] if isinstance(choice, str) else []
 
 
 def normalization(model: Model, saved: Mapping, source: str) -> Stats:

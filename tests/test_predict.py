@@ -80,6 +80,24 @@ def test_predict_from_npy_csv_and_in_chunks_agree(lin):
         assert one_json(ok(predict(lin, *args, "--json")))["outputs"] == {"s": S}, args
 
 
+@pytest.mark.parametrize("header, rows", [("c,target,a", ["1,9,1", "-1,9,0", "0,9,2"]),
+                                          ("c,a", ["1,1", "-1,0", "0,2"])])
+def test_csv_rest_takes_the_columns_no_input_claims(tmp_path, header, rows):
+    (tmp_path / "lin.yaml").write_text(LINEAR.replace("x: [a, c]", "x: rest"))
+    np.savez(tmp_path / "p.npz", W=np.array([[1.0], [2.0]], np.float32),
+             b=np.array([0.5], np.float32))
+    (tmp_path / "x.csv").write_text("\n".join([header] + rows) + "\n")
+    # x takes the columns left, in file order: [c, a]; 'target' is y's, there or not
+    got = one_json(ok(predict(tmp_path, "--inputs", "x.csv", "--json")))["outputs"]["s"]
+    assert got == [[1 + 2 * 1 + 0.5], [-1 + 0 + 0.5], [0 + 2 * 2 + 0.5]]
+
+
+def test_a_spec_without_outputs_says_what_to_add(lin):
+    (lin / "lin.yaml").write_text(LINEAR.replace("outputs: [s]\n", ""))
+    line = error_line(predict(lin, "--inputs", "x.npz"))
+    assert "spec 'lin' lists no outputs to predict; add outputs: [NODE, ...]" in line
+
+
 def test_predict_writes_npz_and_csv(lin):
     ok(predict(lin, "--inputs", "x.npz", "--out", "o.npz"))
     got = load_npz(lin / "o.npz")
