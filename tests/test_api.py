@@ -123,6 +123,15 @@ def test_unfed_and_unknown_inputs_are_errors_never_zeros():
         graphc.load(MOONS).predict({"x": np.zeros((2, 2))})
 
 
+def test_labels_out_of_range_are_errors_in_grad():
+    m = graphc.load(SPECS / "spiral_mlp.yaml")
+    x = np.zeros((2, 2), np.float32)
+    with pytest.raises(SpecError, match=r"the array for 'y' at index 0: label 5 is out of "
+                                        r"range for 3 classes"):
+        m.grad({"x": x, "y": np.array([5, 0])})
+    assert np.isfinite(m.grad({"x": x, "y": np.array([2, 0])}).loss)
+
+
 def test_plan_is_graphc_plans():
     by_cli = one_json(ok(cli("plan", MOONS, "--batch-size", "16", "--json")))
     plan = graphc.load(MOONS).plan(batch=16)
