@@ -19,9 +19,9 @@ import numpy as np
 
 from . import checkpoint as C
 from .data import COMMON_KEYS, apply_stats
+from .errors import SpecError
 from .model import GradResult, load_model, run_grads
 from .plan import Plan
-from .errors import SpecError
 from .predict import CHUNK, CLASS_SUFFIX, Predictor, given_arrays, normalization, \
     predicted_classes
 from .step import LR, parse_optimizer
