@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import BinaryIO, Callable, Mapping
 
 import numpy as np
 
@@ -28,12 +28,18 @@ MAX_DIFF_LINES = 12
 
 def atomic_savez(path, arrays: Mapping[str, np.ndarray]) -> None:
     """Write an .npz via a temp file in the same folder and os.replace: all or nothing."""
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def atomic_write(path, fill: Callable[[BinaryIO], None]) -> None:
+    """`fill` writes the file's bytes into a temp file in the same folder, which is fsynced
+    and then os.replace'd onto `path`: readers see the old file or the whole new one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp",
                                dir=str(path.parent) if str(path.parent) else ".")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

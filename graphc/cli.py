@@ -1,6 +1,6 @@
 """The `graphc` command line (click): the group, `check`, `ops`, and the other commands
-registered from cli_grad (grad, gradcheck, explain), cli_train (train, eval) and
-cli_plan (plan, time).
+registered from cli_grad (grad, gradcheck, explain), cli_train (train, eval),
+cli_predict (predict) and cli_plan (plan, time).
 
 Every GraphcError becomes one `error:` line on stderr and its exit code
 (2 bad input, 1 failed check); nothing here computes, it only calls the
@@ -18,6 +18,7 @@ from .errors import GraphcError, set_memory_limit
 from .cli_common import SPEC
 from .cli_grad import explain, grad, gradcheck
 from .cli_plan import plan, time_
+from .cli_predict import predict
 from .cli_train import eval_, train
 from .ops import OPS, ops_in
 
@@ -99,5 +100,5 @@ def ops():
     click.echo("[aliases] " + ", ".join(f"{a} = {op}" for a, op in ALIASES.items()))
 
 
-for _command in (grad, gradcheck, explain, train, eval_, plan, time_):
+for _command in (grad, gradcheck, explain, train, eval_, predict, plan, time_):
     main.add_command(_command)

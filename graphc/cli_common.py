@@ -1,5 +1,6 @@
 """What the command modules share: the SPEC argument type, input feeds, array printing,
-DOT writing, the training step as `train` builds it, BLAS thread limits."""
+the default checkpoint, DOT writing, the training step as `train` builds it, BLAS thread
+limits."""
 from __future__ import annotations
 
 import os
@@ -56,6 +57,25 @@ def input_feeds(model, inputs_path, batch_size=None):
     return {n: given[n] for n in fed}
 
 
+def default_checkpoint(model) -> Path:
+    """`<name>.ckpt.npz` in the current folder: where `graphc train` saves by default."""
+    return Path(f"{model.spec.name}.ckpt.npz")
+
+
+def checkpoint_or_default(model, params) -> Path:
+    """--params, else the default checkpoint when it exists; an error saying how to make one
+    when it does not."""
+    if params is not None:
+        return params
+    path = default_checkpoint(model)
+    if not path.is_file():
+        raise SpecError(f"no --params given, and there is no {path} here (the default "
+                        f"checkpoint of spec '{model.spec.name}')",
+                        hint=f"train first (graphc train {model.spec.path}), or pass "
+                             "--params CKPT.npz")
+    return path
+
+
 def write_dot(path: Path, text: str, render: bool) -> None:
     """Always write the DOT; render it to SVG only where Graphviz's `dot` is installed."""
     from .dot import render as render_dot
@@ -75,13 +95,9 @@ def write_dot(path: Path, text: str, render: bool) -> None:
 def training_step(spec, batch_size):
     """(model, step graph, batch size) of the spec's training step, as `train` builds it."""
     from .model import load_model
-    from .optim import parse_optimizer, training_graph
+    from .trainconfig import training_step as step_of
     model = load_model(spec)
-    raw = model.spec.train
-    opt = parse_optimizer(raw.get("optimizer"), raw.mark_of("optimizer"))
-    from .trainconfig import _clip, _positive_int     # the same checks as train's
-    step = training_graph(model.graph, opt, _clip(raw))
-    return model, step, _positive_int(raw, "batch_size", 32, batch_size)
+    return (model, *step_of(model, batch_size))
 
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

@@ -23,13 +23,13 @@ from .cli_common import SPEC, limit_threads, training_step, write_dot
               help="Give every value its own bytes (no arena reuse, no in-place), to compare.")
 def plan(spec, as_json, dot, batch_size, memory, only, render, no_reuse):
     """Compile the training step; print its schedule, buffers and memory summary."""
-    from .plan import compile_plan, plan_json, plan_table, verify_plan
+    from .model import load_model
+    from .plan import plan_json, plan_table
+    from .trainconfig import training_plan
     if only and not dot:
         raise click.UsageError("--only selects the steps --dot draws: give --dot FILE too")
-    model, step, bs = training_step(spec, batch_size)
-    compiled = compile_plan(step.graph, {"batch": bs}, {model.graph.loss}, step.forward,
-                            reuse=not no_reuse)
-    verify_plan(compiled)
+    model = load_model(spec)
+    step, compiled = training_plan(model, batch_size, reuse=not no_reuse)
     if dot:
         from .dot import plan_dot
         write_dot(dot, plan_dot(step.graph, compiled, only), render)

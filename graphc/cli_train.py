@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import click
-from .cli_common import SPEC
+from .cli_common import SPEC, checkpoint_or_default, default_checkpoint
 
 
 @click.command()
@@ -38,7 +38,7 @@ def train(spec, out, as_json, epochs, batch_size, lr, seed, resume, init_from, s
         raise click.UsageError("--resume and --init-from exclude each other")
     model = load_model(spec, seed)
     cfg = parse_train(model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    out = out or resume or Path(f"{model.spec.name}.ckpt.npz")
+    out = out or resume or default_checkpoint(model)
     for note in load_init(init_from, model) if init_from else []:
         click.echo(f"warning: --init-from: {note}", err=True)
     progress = _progress(cfg.epochs, as_json)
@@ -97,14 +97,15 @@ class _progress:
 
 @click.command("eval")
 @click.argument("spec", type=SPEC)
-@click.option("--params", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The checkpoint .npz to evaluate.")
+@click.option("--params", type=click.Path(dir_okay=False, path_type=Path),
+              help="The checkpoint .npz to evaluate [default: <name>.ckpt.npz here].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def eval_(spec, params, as_json):
     """Loss and metrics of a checkpoint on SPEC's data (its validation split if it has one)."""
     from .model import load_model
     from .train import evaluate_checkpoint
-    result = evaluate_checkpoint(load_model(spec), params)
+    model = load_model(spec)
+    result = evaluate_checkpoint(model, checkpoint_or_default(model, params))
     if as_json:
         click.echo(json.dumps(result))
         return

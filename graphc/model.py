@@ -34,8 +34,10 @@ class Model:
                 if self.spec.leaves[n.name].value is None]
 
 
-def load_model(path, seed: Optional[int] = None) -> Model:
-    spec = load_spec(path)
+def load_model(path, seed: Optional[int] = None, dtype: Optional[str] = None) -> Model:
+    """The spec at `path` as a graph with initialized params (the spec's seed, or `seed`);
+    `dtype` replaces the spec's float dtype."""
+    spec = load_spec(path, dtype=dtype)
     graph = build_graph(spec)
     return Model(spec, graph, init_store(spec, graph, spec_seed(spec, seed)))
 

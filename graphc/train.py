@@ -23,7 +23,7 @@ from .errors import SpecError
 from .guard import deferred_sigint, diagnose
 from .metrics import METRICS, EarlyStopping
 from .model import Model, Runner
-from .optim import LR, training_graph
+from .optim import LR, StepGraph, training_graph
 from .trainconfig import TrainConfig, load_dataset, parse_train
 
 SHUFFLE_STREAM = 2          # the batch order's RNG: default_rng([seed, 2]) (data uses 1)
@@ -52,6 +52,7 @@ class TrainResult:
     samples_per_s: float
     history: list = field(default_factory=list)
     notes: list = field(default_factory=list)       # lines for the user (early stopping)
+    checkpoint: dict = field(default_factory=dict, repr=False)  # the final checkpoint's arrays
 
     def json(self) -> dict:
         return {"loss": self.loss, "metrics": self.metrics, "epochs": self.epochs,
@@ -91,17 +92,24 @@ def evaluate_checkpoint(model: Model, path) -> dict:
     """`graphc eval`: loss and metrics of a checkpoint's params on the spec's data (its
     validation split where it has one, drawn with the run's seed), normalized with the
     checkpoint's statistics."""
-    arrays = C.read(path)
+    arrays = read_checkpoint(model, path)
     cfg = parse_train(model, seed=C.saved_settings(arrays).get("seed"))
+    data = load_dataset(model, cfg, stats_from_arrays(arrays, STATS) or None)
+    split = data.valid if data.valid is not None else data.train
+    loss, metrics = evaluate(model, split, cfg.metrics)
+    return {"loss": loss, "metrics": metrics, "samples": len(next(iter(split.values())))}
+
+
+def read_checkpoint(model: Model, path) -> dict:
+    """Load a checkpoint's params into the model (every param must be there, shapes
+    checked); returns all of its arrays (normalization stats, settings, ...)."""
+    arrays = C.read(path)
     missing = [p for p in C.params_of(model) if p not in arrays]
     if missing:
         raise SpecError(f"checkpoint {path} has no parameter '{missing[0]}'", node=missing[0],
                         hint="was it saved from another spec?")
     load_params(path, model)
-    data = load_dataset(model, cfg, stats_from_arrays(arrays, STATS) or None)
-    split = data.valid if data.valid is not None else data.train
-    loss, metrics = evaluate(model, split, cfg.metrics)
-    return {"loss": loss, "metrics": metrics, "samples": len(next(iter(split.values())))}
+    return arrays
 
 
 @dataclass
@@ -133,25 +141,32 @@ class Position:
         return pos
 
 
+def step_runner(model: Model, step: StepGraph) -> Runner:
+    """The compiled training step over the model's store, its optimizer state zeroed and its
+    learning-rate leaf added (zero until the caller writes it)."""
+    for n in step.graph.leaves("state"):
+        model.store[n.name] = np.zeros(n.shape, dtype=n.dtype)
+    model.store[LR] = np.zeros((), dtype=model.graph.dtype)
+    return Runner(step.graph, model.store, {model.graph.loss, step.guard}, forward=step.forward)
+
+
 class Run:
     """One training run's moving parts: step executor, evaluator, position, early stopping."""
 
-    def __init__(self, model: Model, cfg: TrainConfig, out: Path, save_every: Optional[int]):
+    def __init__(self, model: Model, cfg: TrainConfig, out: Optional[Path],
+                 save_every: Optional[int]):
         self.model, self.cfg, self.out, self.save_every = model, cfg, out, save_every
-        if not out.parent.is_dir():                 # fail now, not after training
+        if out is not None and not out.parent.is_dir():     # fail now, not after training
             raise SpecError(f"cannot write checkpoint {out}: no folder {out.parent}")
-        C.remove_stale_temps(out)
+        if out is not None:
+            C.remove_stale_temps(out)
         self.data = load_dataset(model, cfg)
         if cfg.early_stopping and self.data.valid is None:
             raise SpecError("early_stopping watches the validation split, and train.data has "
                             "none", mark=model.spec.train.mark_of("early_stopping"),
                             hint="add validation: 0.2 to train.data")
         self.step = training_graph(model.graph, cfg.optimizer, cfg.clip_grad_norm)
-        for n in self.step.graph.leaves("state"):
-            model.store[n.name] = np.zeros(n.shape, dtype=n.dtype)
-        model.store[LR] = np.zeros((), dtype=model.graph.dtype)
-        self.runner = Runner(self.step.graph, model.store, {model.graph.loss, self.step.guard},
-                             forward=self.step.forward)
+        self.runner = step_runner(model, self.step)
         self.evaluate = Evaluator(model, cfg.metrics)
         self.rng = np.random.default_rng([cfg.seed, SHUFFLE_STREAM])
         self.pos = Position(C.rng_array(self.rng.bit_generator.state))
@@ -159,6 +174,7 @@ class Run:
         self.best: dict = {}
         self.notes: list = []
         self.saved_epoch, self.last_save = None, time.monotonic()
+        self.saved: dict = {}
 
     def state_names(self) -> list:
         return [s for names in self.step.states.values() for s in names]
@@ -195,7 +211,7 @@ class Run:
         p.global_step, p.global_samples = p.global_step + 1, p.global_samples + m
 
     def _kept(self) -> str:
-        if self.saved_epoch is None:
+        if self.saved_epoch is None or self.out is None:
             return "training stopped before any checkpoint was saved"
         return (f"training stopped; {self.out} keeps the last good state (after epoch "
                 f"{self.saved_epoch})")
@@ -222,11 +238,14 @@ class Run:
         self.save()
         p = self.pos
         at = f"epoch {p.epoch + 1}, batch {p.step}" if p.step else f"the end of epoch {p.epoch}"
+        if self.out is None:
+            raise Interrupted(f"interrupted at {at}; the params are those of that step")
         raise Interrupted(f"interrupted at {at}; checkpoint saved to {self.out}",
                           hint=f"continue with --resume {self.out}")
 
     def save(self, extra: Optional[dict] = None) -> None:
-        """Params, optimizer state, position, RNG, early stopping, spec and stats, atomically."""
+        """Params, optimizer state, position, RNG, early stopping, spec and stats, atomically
+        to `out` (kept in memory, as `saved`, without one)."""
         m = self.model
         arrays = {**C.params_of(m), **self.pos.arrays(),
                   **C.spec_arrays(m, self.cfg.run_settings()),
@@ -237,7 +256,9 @@ class Run:
             arrays[RESERVED + "early"] = np.array([e.best, e.best_epoch, e.wait], np.float64)
             arrays.update({RESERVED + "best/" + k: v for k, v in self.best.items()})
         arrays.update(extra or {})
-        C.write(self.out, arrays)
+        self.saved = arrays
+        if self.out is not None:
+            C.write(self.out, arrays)
         self.saved_epoch, self.last_save = self.pos.epoch, time.monotonic()
 
     def restore(self, path) -> None:
@@ -279,12 +300,13 @@ class Run:
         return loss, metrics
 
 
-def train(model: Model, cfg: TrainConfig, *, out: Path,
+def train(model: Model, cfg: TrainConfig, *, out: Optional[Path],
           log: Callable[[EpochLog], None] = lambda e: None, resume=None,
           save_every: Optional[int] = None) -> TrainResult:
-    """Train to cfg.epochs (from a checkpoint's position with `resume`); save checkpoints
-    every `save_every` epochs (default: at epoch ends, at most once a second) and at the end."""
-    run = Run(model, cfg, Path(out), save_every)
+    """Train to cfg.epochs (from a checkpoint's position with `resume`); save checkpoints to
+    `out` every `save_every` epochs (default: at epoch ends, at most once a second) and at the
+    end. With `out=None` nothing is written; the result carries the final checkpoint."""
+    run = Run(model, cfg, None if out is None else Path(out), save_every)
     if resume is not None:
         run.restore(resume)
         if run.pos.epoch >= cfg.epochs:
@@ -297,4 +319,4 @@ def train(model: Model, cfg: TrainConfig, *, out: Path,
     loss, metrics = run.finish()
     seen = run.pos.global_samples - done
     return TrainResult(loss, metrics, run.pos.epoch, seen / elapsed if elapsed else 0.0,
-                       history, run.notes)
+                       history, run.notes, run.saved)

@@ -13,9 +13,10 @@ from .errors import SpecError
 from .metrics import EarlyStoppingConfig, parse_early_stopping, parse_metrics
 from .model import Model, spec_seed
 from .ops import OPS
+from .plan import compile_plan, verify_plan
 from .schedules import Schedule, parse_schedule
 from .spec import TRAIN_KEYS, check_keys
-from .optim import Optimizer, parse_optimizer
+from .optim import Optimizer, parse_optimizer, training_graph
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,13 @@ def _positive_int(raw: Mapping, key: str, default: int, override=None) -> int:
     return value
 
 
-def parse_train(model: Model, epochs=None, batch_size=None, lr=None, seed=None) -> TrainConfig:
-    """Validate `train:` (keys, numbers, names), applying command-line overrides."""
+def parse_train(model: Model, epochs=None, batch_size=None, lr=None, seed=None,
+                data: Optional[Mapping] = None) -> TrainConfig:
+    """Validate `train:` (keys, numbers, names), applying command-line overrides; `data`
+    (a `train.data` mapping, from the Python API) replaces the spec's."""
     raw = model.spec.train
     check_keys(raw, TRAIN_KEYS, "train")
-    if "data" not in raw:
+    if data is None and "data" not in raw:
         raise SpecError("train.data is missing", mark=raw.mark,
                         hint="e.g. data: {dataset: spiral, samples: 300, classes: 3}")
     optimizer = parse_optimizer(raw.get("optimizer"), raw.mark_of("optimizer"))
@@ -57,7 +60,8 @@ def parse_train(model: Model, epochs=None, batch_size=None, lr=None, seed=None) 
     shapes = {n.name: n.shape for n in model.graph.nodes.values()}
     metrics = parse_metrics(raw.get("metrics"), shapes, raw.mark_of("metrics"))
     return TrainConfig(
-        data=raw["data"], batch_size=_positive_int(raw, "batch_size", 32, batch_size),
+        data=raw["data"] if data is None else data,
+        batch_size=_positive_int(raw, "batch_size", 32, batch_size),
         epochs=total, optimizer=optimizer,
         schedule=parse_schedule(raw.get("schedule"), raw.mark_of("schedule"),
                                 _positive_int(raw, "epochs", total)),
@@ -76,17 +80,43 @@ def _clip(raw: Mapping) -> Optional[float]:
     return None if value is None else float(value)
 
 
+def training_step(model: Model, batch_size=None) -> tuple:
+    """(step graph, batch size) of the spec's training step, as `train` builds it; a
+    `batch_size` replaces the spec's."""
+    raw = model.spec.train
+    opt = parse_optimizer(raw.get("optimizer"), raw.mark_of("optimizer"))
+    step = training_graph(model.graph, opt, _clip(raw))
+    return step, _positive_int(raw, "batch_size", 32, batch_size)
+
+
+def training_plan(model: Model, batch_size=None, reuse: bool = True) -> tuple:
+    """(step graph, verified plan) of the training step at `batch_size` (default the
+    spec's), as `graphc plan` compiles it: the loss is the one value kept to the end."""
+    step, batch = training_step(model, batch_size)
+    plan = compile_plan(step.graph, {"batch": batch}, {model.graph.loss}, step.forward,
+                        reuse=reuse)
+    verify_plan(plan)
+    return step, plan
+
+
+def label_classes(model: Model) -> dict:
+    """Fed label input -> the number of classes the graph expects (the scores' last axis),
+    for every op that takes class labels."""
+    graph, fed, classes = model.graph, model.fed_inputs, {}
+    for n in graph.nodes.values():
+        for pos in OPS[n.op].labels:
+            c = graph[n.inputs[0]].shape[-1] if graph[n.inputs[0]].shape else None
+            if n.inputs[pos] in fed and isinstance(c, int):
+                classes[n.inputs[pos]] = c
+    return classes
+
+
 def load_dataset(model: Model, cfg: TrainConfig, stats=None):
     """The spec's data fitted to its fed inputs; `stats` (from a checkpoint) replace the
     normalization statistics computed on this data."""
     graph = model.graph
     fed = model.fed_inputs
-    classes = {}
-    for n in graph.nodes.values():      # every op taking class labels: scores' last axis
-        for pos in OPS[n.op].labels:
-            c = graph[n.inputs[0]].shape[-1] if graph[n.inputs[0]].shape else None
-            if n.inputs[pos] in fed and isinstance(c, int):
-                classes[n.inputs[pos]] = c
+    classes = label_classes(model)
     cfg_data = cfg.data
     if stats and isinstance(cfg_data, Mapping) and cfg_data.get("normalize"):
         cfg_data = _without(cfg_data, "normalize")

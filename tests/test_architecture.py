@@ -34,7 +34,8 @@ STAGES = [
     "metrics", "schedules",
     "model", "checkpoint", "gradcheck", "explain", "annotate",      # commands' parts
     "guard", "timing", "plots", "trainconfig", "train",
-    "cli_common", "cli_grad", "cli_plan", "cli_train",       # one module per command family
+    "predict", "api",                                       # using a trained model
+    "cli_common", "cli_grad", "cli_plan", "cli_predict", "cli_train",   # one per family
     "cli", "__main__",                                      # the front door
 ]
 # Folder -> the units outside it that it may import (its layer), beyond the order.
@@ -47,7 +48,8 @@ IMPORTED_BY = {
     "backends": {"executor"},
 }
 ENTRY_POINTS = {"cli", "__main__"}      # the front door; __main__ alone may import cli
-PACKAGE_INIT = "__init__"               # the package docstring and version; imports nothing
+PACKAGE_INIT = "__init__"               # docstring, version, and the API (imported lazily)
+INIT_IMPORTS = {"api"}
 
 MAX_LINES = 400
 # Modules over MAX_LINES today, each with the size it may not grow past. A ratchet, not
@@ -161,8 +163,9 @@ def test_every_module_has_a_place_in_the_stage_order():
         "insert each after the last stage it imports and before every stage that imports it")
 
 
-def test_the_package_init_imports_no_stage():
-    assert imported(MODULES[PACKAGE_INIT], MODULES, PACKAGE_INIT) == set()
+def test_the_package_init_imports_only_the_api():
+    assert imported(MODULES[PACKAGE_INIT], MODULES, PACKAGE_INIT) <= INIT_IMPORTS, \
+        "graphc/__init__.py imports stages other than the public API"
 
 
 def test_imports_point_to_earlier_stages():
