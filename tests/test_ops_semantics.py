@@ -161,6 +161,19 @@ def test_multiclass_hinge_gradient_by_hand(tmp_path):
     assert g["s"].tolist() == [[-1.0, 1.0, 0.0]]
 
 
+def test_where_by_hand(tmp_path):
+    """y = where(m, x w, w) = [x0 w0, w1, x2 w2] = [-0.5, 0.5, 1.5]; loss = sum y^2 = 2.75;
+    d/dw = [2 y0 x0, 2 y1, 2 y2 x2] = [1, 1, 9]; d/dx = [2 y0 w0, 0, 2 y2 w2] = [-0.5, 0, 1.5];
+    no gradient into the condition m."""
+    loss, g = grads_of(tmp_path, "inputs: {x: {value: [-1.0, 2.0, 3.0]}, "
+                                 "m: {value: [1.0, 0.0, -2.0]}}\n"
+                                 "params: {w: {value: [0.5, 0.5, 0.5]}}\n"
+                                 "nodes:\n  y: where(m, x * w, w)\n  loss: sum(y * y)\n")
+    assert loss == 2.75
+    assert g["w"].tolist() == [1.0, 1.0, 9.0]
+    assert g["x"].tolist() == [-0.5, 0.0, 1.5]
+    assert g["m"].tolist() == [0.0, 0.0, 0.0]
+
 # --- in-place safety of elementwise kernels ------------------------------------------------
 
 def _is_loss_grad(op: str) -> bool:
