@@ -42,6 +42,8 @@ SIDE = 4
 SHAPE = hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=SIDE)
 PAIR = hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, min_side=1,
                                          max_side=SIDE)
+# a loss's prediction and target: the same shape, or a scalar target (docs/ops.md#losses)
+LOSS_PAIR = SHAPE.flatmap(lambda s: st.sampled_from([(s, s), (s, ())]))
 TOL = 1e-6
 
 
@@ -84,16 +86,17 @@ def unary(values=uniform):
     return lambda draw, rng: ([values(rng, draw(SHAPE))], {})
 
 
-def binary(second=uniform):
+def binary(second=uniform, loss=False):
+    """Two inputs of broadcastable shapes; with `loss`, a loss's pair (LOSS_PAIR)."""
     def gen(draw, rng):
-        a, b = draw(PAIR).input_shapes
+        a, b = draw(LOSS_PAIR) if loss else draw(PAIR).input_shapes
         return [uniform(rng, a), second(rng, b)], {}
     return gen
 
 
-def gen_maximum(draw, rng):
+def gen_maximum(draw, rng, loss=False):
     """a on k + 1/4, b on m + 3/4 (jittered): never within 0.3 of each other, so no ties."""
-    a, b = draw(PAIR).input_shapes
+    a, b = draw(LOSS_PAIR) if loss else draw(PAIR).input_shapes
     jitter = lambda s: rng.uniform(-0.1, 0.1, size=s)   # noqa: E731
     return [rng.integers(-2, 2, size=a) + 0.25 + jitter(a),
             rng.integers(-2, 2, size=b) + 0.75 + jitter(b)], {}
@@ -147,7 +150,7 @@ def gen_softmax_cross_entropy(draw, rng):
 
 def gen_hinge(draw, rng):
     """y = +-1 and |score| off [0.8, 1.2], so the margin 1 - score y is never within 0.2 of 0."""
-    s, y = draw(PAIR).input_shapes
+    s, y = draw(LOSS_PAIR)
     mag = np.where(rng.random(s) < 0.5, rng.uniform(0.0, 0.8, s), rng.uniform(1.2, 2.0, s))
     return [rng.choice([-1.0, 1.0], s) * mag, rng.choice([-1.0, 1.0], y)], {}
 
@@ -171,7 +174,7 @@ CASES = {
     "mean": Case(gen_reduce, _reduce_ref(np.mean)),
     "matmul": Case(gen_matmul, np.matmul),
     "dot": Case(gen_dot, np.dot),
-    "mse": Case(binary(), lambda p, t: np.mean(np.square(p - t))),
+    "mse": Case(binary(loss=True), lambda p, t: np.mean(np.square(p - t))),
     "softmax_cross_entropy": Case(gen_softmax_cross_entropy, _sce_ref),
     "hinge": Case(gen_hinge, lambda s, y: np.mean(np.maximum(0.0, 1 - s * y))),
 }
@@ -277,9 +280,10 @@ CASES.update({
     "concat": Case(gen_concat, lambda *xs, axis: np.concatenate(xs, axis)),
     "softmax": Case(gen_axis, _softmax_ref),
     "log_softmax": Case(gen_axis, lambda x, axis: np.log(_softmax_ref(x, axis))),
-    "l1": Case(gen_maximum, lambda p, t: np.mean(np.abs(p - t))),
-    "huber": Case(with_attr("delta", [1.0, 0.5, 2.0], binary()), _huber_ref),
-    "binary_cross_entropy_with_logits": Case(binary(lambda rng, s: rng.uniform(0, 1, s)),
+    "l1": Case(lambda draw, rng: gen_maximum(draw, rng, loss=True),
+               lambda p, t: np.mean(np.abs(p - t))),
+    "huber": Case(with_attr("delta", [1.0, 0.5, 2.0], binary(loss=True)), _huber_ref),
+    "binary_cross_entropy_with_logits": Case(binary(lambda rng, s: rng.uniform(0, 1, s), loss=True),
                                              _bce_ref),
     "multiclass_hinge": Case(gen_multiclass_hinge, _multiclass_hinge_ref),
 })

@@ -1,0 +1,74 @@
+"""Issue 9's silent wrong results, each reproduced as a user meets it, through the CLI.
+
+Oracles: the exit code and the one `error:` line (file, line, node, both shapes or the
+label and its range, the fix); numbers small enough to check by hand.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SPIRAL = REPO / "specs" / "spiral_mlp.yaml"
+
+
+def graphc(*args, cwd=REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "graphc", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+
+
+def one_error(proc: subprocess.CompletedProcess) -> str:
+    """Exit 2, one `error:` line first, no traceback; the whole message."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert "internal error" not in proc.stderr
+    return proc.stderr
+
+
+# --- losses do not broadcast --------------------------------------------------------------
+
+LINEAR = """\
+graphc: 1
+name: linear_2
+inputs:
+  x: [batch, 2]
+  y: [batch]
+params:
+  W: [2, 1]
+  b: [1]
+nodes:
+  s: x @ W + b
+  loss: {loss}(s, {target})
+train:
+  data: {{dataset: linear, samples: 200, features: 2, noise: 0.1, seed: 0}}
+  epochs: 1
+"""
+
+
+@pytest.mark.parametrize("loss", ["mse", "l1", "huber", "hinge",
+                                  "binary_cross_entropy_with_logits"])
+def test_a_loss_refuses_batch_1_against_batch(tmp_path, loss):
+    # s [batch, 1] against y [batch] broadcast to [batch, batch]: check said ok and training
+    # converged to the wrong answer (rmse 0.20 against 0.10 with y: [batch, 1])
+    spec = tmp_path / "linear.yaml"
+    spec.write_text(LINEAR.format(loss=loss, target="y"), encoding="utf-8")
+    for command in ("check", "train"):
+        err = one_error(graphc(command, spec, cwd=tmp_path))
+        assert f"linear.yaml:11:9: node 'loss': shape mismatch in {loss}" in err
+        assert "prediction [batch, 1] and target [batch] must have the same shape" in err
+        assert "declare it [batch, 1]" in err and "reshape(<prediction>, shape=[batch])" in err
+        assert "  s: [batch, 1]\n  y: [batch]" in err
+
+
+def test_the_fixed_spec_checks_and_a_scalar_target_is_allowed(tmp_path):
+    spec = tmp_path / "linear.yaml"
+    spec.write_text(LINEAR.format(loss="mse", target="y").replace("y: [batch]", "y: [batch, 1]"),
+                    encoding="utf-8")
+    assert graphc("check", spec).returncode == 0
+    spec.write_text(LINEAR.format(loss="l1", target="0"), encoding="utf-8")
+    assert graphc("check", spec).returncode == 0
