@@ -54,8 +54,7 @@ def parse_train(model: Model, epochs=None, batch_size=None, lr=None, seed=None) 
     if lr is not None:
         optimizer = Optimizer(optimizer.name, {**optimizer.args, "lr": float(lr)})
     total = _positive_int(raw, "epochs", 10, epochs)
-    shapes = {n.name: n.shape for n in model.graph.nodes.values()}
-    metrics = parse_metrics(raw.get("metrics"), shapes, raw.mark_of("metrics"))
+    metrics = parse_metrics(raw.get("metrics"), model.graph, raw.mark_of("metrics"))
     return TrainConfig(
         data=raw["data"], batch_size=_positive_int(raw, "batch_size", 32, batch_size),
         epochs=total, optimizer=optimizer,

@@ -72,3 +72,51 @@ def test_the_fixed_spec_checks_and_a_scalar_target_is_allowed(tmp_path):
     assert graphc("check", spec).returncode == 0
     spec.write_text(LINEAR.format(loss="l1", target="0"), encoding="utf-8")
     assert graphc("check", spec).returncode == 0
+
+
+# --- metrics compare like with like, and accuracy knows logits from probabilities ------------
+
+BINARY = """\
+name: binary
+inputs:
+  x: [batch, 1]
+  y: [batch, 1]
+params:
+  w: {value: [[1.0]]}
+nodes:
+  logit: x @ w
+  prob: sigmoid(logit)
+  fit: 0.5 + 0.5 * logit
+  loss: binary_cross_entropy_with_logits(logit, y) + mse(fit, y)
+train:
+  data: {npz: binary.npz}
+  metrics: {acc_logit: {accuracy: [logit, y]}, acc_prob: {accuracy: [prob, y]},
+            acc_fit: {accuracy: [fit, y]}, acc_cut: {accuracy: [logit, y], threshold: 0.5}}
+"""
+
+
+def test_accuracy_thresholds_logits_at_0_and_probabilities_at_half(tmp_path):
+    from graphc.model import load_model
+    from graphc.train import evaluate, parse_train
+    spec = tmp_path / "binary.yaml"
+    spec.write_text(BINARY, encoding="utf-8")
+    x = np.array([[0.2], [0.3], [-0.4], [0.1]], np.float32)
+    y = np.array([[1.0], [1.0], [0.0], [1.0]], np.float32)
+    np.savez(tmp_path / "binary.npz", x=x, y=y)
+    model = load_model(spec)
+    _, metrics = evaluate(model, {"x": x, "y": y}, parse_train(model).metrics)
+    # logit > 0 on rows 0, 1, 3: all four right. The old cut at 0.5 read every logit as 0.
+    assert metrics["acc_logit"] == 1.0
+    assert metrics["acc_prob"] == 1.0           # sigmoid: 0.55, 0.57, 0.40, 0.52 vs 0.5
+    assert metrics["acc_fit"] == 1.0            # mse's prediction of 0/1: 0.6, 0.65, 0.3, 0.55
+    assert metrics["acc_cut"] == 0.25           # an explicit threshold wins: only row 2
+
+
+def test_a_metric_refuses_batch_1_against_batch(tmp_path):
+    spec = tmp_path / "linear.yaml"
+    text = LINEAR.format(loss="mse", target="y").replace("mse(s, y)", "mse(reshape(s, shape=["
+                                                         "batch]), y)")
+    spec.write_text(text + "  metrics: {rmse: [s, y]}\n", encoding="utf-8")
+    err = one_error(graphc("check", spec.name, cwd=tmp_path))
+    assert "linear.yaml:15:19: metric 'rmse' compares 's' [batch, 1] with 'y' [batch]" in err
+    assert "declare it [batch, 1]" in err
