@@ -26,7 +26,7 @@ import numpy as np
 from . import shapes as S
 from .autodiff import check_params_reach_loss, grad_graph
 from .ir import Graph
-from .model import Model, Runner, bind_dims, differentiable_leaves
+from .model import Model, Runner, differentiable_leaves
 
 FLOOR = 1e-8
 NOISE_ULPS = 64       # safety factor over the ~1 ulp of f that a central difference sees
@@ -89,9 +89,9 @@ def _float_leaves(graph: Graph) -> list:
             and not n.dtype.startswith("int")]
 
 
-def _dims(graph: Graph, values: Mapping[str, np.ndarray]) -> dict:
-    fed = {n.name: values[n.name] for n in graph.leaves("input") if S.symbols(n.shape)}
-    return bind_dims(graph, fed)
+def _fed(graph: Graph, values: Mapping[str, np.ndarray]) -> dict:
+    """The inputs whose arrays bind symbolic dims: what `Runner.run` binds and checks."""
+    return {n.name: values[n.name] for n in graph.leaves("input") if S.symbols(n.shape)}
 
 
 def analytic_grads(graph: Graph, values: Mapping[str, np.ndarray],
@@ -102,8 +102,7 @@ def analytic_grads(graph: Graph, values: Mapping[str, np.ndarray],
     check_params_reach_loss(graph, gg.grads)
     store = {k: np.array(v) for k, v in values.items()}
     keep = {graph.loss} | {g for g in gg.grads.values() if g}
-    ex = Runner(gg.graph, store, keep, forward=set(graph.nodes)).executor(_dims(graph, values))
-    ex.run()
+    ex = Runner(gg.graph, store, keep, forward=set(graph.nodes)).run(_fed(graph, values))
     grads = {}
     for w in wrt:
         shape = S.bind(graph[w].shape, ex.plan.dims)
@@ -116,7 +115,7 @@ def numeric_grads(graph: Graph, values: Mapping[str, np.ndarray],
     """{leaf: central differences of the loss}, one element perturbed at a time."""
     wrt = _float_leaves(graph) if wrt is None else list(wrt)
     store = {k: np.array(v) for k, v in values.items()}
-    ex = Runner(graph, store, {graph.loss}).executor(_dims(graph, values))
+    ex = Runner(graph, store, {graph.loss}).run(_fed(graph, values))
 
     def loss() -> float:
         ex.run()

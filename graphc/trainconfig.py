@@ -11,8 +11,7 @@ from typing import Mapping, Optional
 from .data import apply_stats, load_data
 from .errors import SpecError
 from .metrics import EarlyStoppingConfig, parse_early_stopping, parse_metrics
-from .model import Model, spec_seed
-from .ops import OPS
+from .model import Model, label_classes, spec_seed
 from .schedules import Schedule, parse_schedule
 from .spec import TRAIN_KEYS, check_keys
 from .step import Optimizer, parse_optimizer
@@ -80,12 +79,7 @@ def load_dataset(model: Model, cfg: TrainConfig, stats=None):
     normalization statistics computed on this data."""
     graph = model.graph
     fed = model.fed_inputs
-    classes = {}
-    for n in graph.nodes.values():      # every op taking class labels: scores' last axis
-        for pos in OPS[n.op].labels:
-            c = graph[n.inputs[0]].shape[-1] if graph[n.inputs[0]].shape else None
-            if n.inputs[pos] in fed and isinstance(c, int):
-                classes[n.inputs[pos]] = c
+    classes = {name: k for name, (k, _) in label_classes(graph).items() if name in fed}
     cfg_data = cfg.data
     if stats and isinstance(cfg_data, Mapping) and cfg_data.get("normalize"):
         cfg_data = _without(cfg_data, "normalize")

@@ -120,3 +120,35 @@ def test_a_metric_refuses_batch_1_against_batch(tmp_path):
     err = one_error(graphc("check", spec.name, cwd=tmp_path))
     assert "linear.yaml:15:19: metric 'rmse' compares 's' [batch, 1] with 'y' [batch]" in err
     assert "declare it [batch, 1]" in err
+
+
+# --- class labels are checked wherever values enter a model ----------------------------------
+
+@pytest.mark.parametrize("labels, bad, index", [([5, 0], 5, 0), ([0, 7], 7, 1), ([0, -1], -1, 1)])
+@pytest.mark.parametrize("command", [["grad"], ["gradcheck"], ["explain", "--wrt", "b2"]])
+def test_labels_out_of_range_outside_training(tmp_path, command, labels, bad, index):
+    # [5, 0] read another row's logit (flat index) and printed a loss; [0, 7] was an
+    # internal error
+    np.savez(tmp_path / "b.npz", x=np.array([[0.1, 0.2], [0.3, -0.4]]), y=np.array(labels))
+    err = one_error(graphc(command[0], SPIRAL, *command[1:], "--inputs", tmp_path / "b.npz"))
+    assert f"spiral_mlp.yaml:9:3: node 'y': label {bad} at index [{index}] is out of range " \
+           "for 3 classes (expected 0..2): 'data_loss' (softmax_cross_entropy)" in err
+
+
+def test_labels_are_checked_on_the_model_level_path(tmp_path):
+    # what eval, predict and a Python API run through: Runner.run, stored labels included
+    from graphc.errors import SpecError
+    from graphc.metrics import Metric
+    from graphc.model import load_model
+    from graphc.train import evaluate
+    model = load_model(SPIRAL)
+    arrays = {"x": np.zeros((3, 2), np.float32), "y": np.array([0, 1, 3])}
+    accuracy = {"accuracy": Metric("accuracy", "accuracy", ("scores", "y"))}
+    with pytest.raises(SpecError, match=r"node 'y': label 3 at index \[2\]"):
+        evaluate(model, arrays, accuracy)
+    spec = tmp_path / "given.yaml"
+    spec.write_text("inputs:\n  s: {value: [[1.0, 2.0]]}\n"
+                    "  y: {shape: [1], dtype: int64, value: [2]}\n"
+                    "nodes:\n  loss: multiclass_hinge(s, y)\n", encoding="utf-8")
+    err = one_error(graphc("grad", spec.name, cwd=tmp_path))
+    assert "given.yaml:3:3: node 'y': label 2 at index [0] is out of range for 2 classes" in err
