@@ -405,8 +405,67 @@ def test_cli_json_as_a_user_types_it():
     assert out["ok"] is True and out["eps"] == 1e-6 and out["tol"] == 1e-5
     shapes = {c["leaf"]: c["shape"] for c in out["leaves"]}
     assert shapes == {"x": [64, 2], "W1": [2, 100], "b1": [100], "W2": [100, 3], "b2": [3]}
-    assert all(set(c) == {"leaf", "shape", "max_abs_error", "max_rel_error", "ok"}
+    assert all(set(c) == {"leaf", "shape", "max_abs_error", "max_rel_error", "ok", "kinks"}
                for c in out["leaves"])
+    assert all(c["kinks"] == 0 for c in out["leaves"])
+
+
+# --- kinks: the loss is not differentiable there, so they are reported, not failed ----------
+
+def kink_batch(tmp_path):
+    """The spiral's point (0, 0) with zero biases: every hidden unit of row 0 sits at relu's
+    kink, so moving x[0] or b1 by eps switches units on or off."""
+    np.savez(tmp_path / "k.npz", x=np.array([[0.0, 0.0], [0.5, -1.0]]), y=np.array([0, 1]))
+    return tmp_path / "k.npz"
+
+
+def test_relu_at_zero_is_a_kink_not_a_failure(tmp_path):
+    # before: FAIL for x and b1 with rel error 1.0, exit 1
+    proc = subprocess.run([sys.executable, "-m", "graphc", "gradcheck", str(SPIRAL), "--inputs",
+                           str(kink_batch(tmp_path))], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines()[1:6]}
+    assert rows["x"].endswith("ok (2 at kinks)") and rows["b1"].endswith("ok (100 at kinks)")
+    assert rows["W1"].endswith("ok") and rows["W2"].endswith("ok")
+    assert "kinks: 102 elements sit at a point where the loss is not differentiable" in proc.stdout
+    assert "first: x[0, 0]: slope" in proc.stdout and "graphc's gradient 0" in proc.stdout
+
+
+@pytest.mark.parametrize("op, x, kinks", [
+    # relu at 0: graphc says 0, the central difference (eps - 0) / 2 eps = 0.5: a kink
+    ("relu", [0.0, 1.0, -2.0], [(0,)]),
+    # hinge(x, 1) at the margin x = 1: graphc says 0, the central difference -0.5 / 2
+    ("hinge", [1.0, 0.5], [(0,)]),
+    # abs at 0 and a tie in maximum(x, 1): graphc's 0 and 0.5 are what the central
+    # difference gives, so they pass as they are, no kink reported
+    ("abs", [0.0, 1.0], []),
+    ("maximum", [1.0, 2.0], []),
+])
+def test_kinks_are_reported_only_where_the_check_would_fail(op, x, kinks):
+    b = GraphBuilder("float64")
+    b.nodes["x"] = Node("x", "input", (), {"shape": (len(x),)}, (len(x),), "float64")
+    ins = ["x"]
+    if OPS[op].arity == 2:
+        b.nodes["one"] = Node("one", "const", (), {"shape": (), "value": 1.0}, (), "float64")
+        ins.append("one")
+    b.add("y", op, ins, attrs_with_defaults(OPS[op], {}))
+    b.add("loss", "sum", ["y"], {"axis": None, "keepdims": False})
+    result = check_grads(schedule(b.graph("loss")), {"x": np.array(x)}, ["x"])
+    assert result.ok and [k.index for k in result.leaves[0].kinks] == kinks
+
+
+def test_a_wrong_rule_still_fails_beside_kinks(tmp_path, monkeypatch):
+    # relu's gradient replaced by the identity: wrong wherever a unit is off. Every b1
+    # element sits at a kink here (row 0's units are all at 0), so b1 cannot be checked on
+    # this batch and says so; x and W1 have smooth elements, and fail there.
+    monkeypatch.setitem(autodiff.VJP, "relu", lambda e, n, g: (g,))
+    result = CliRunner().invoke(main, ["gradcheck", str(SPIRAL), "--inputs",
+                                       str(kink_batch(tmp_path))])
+    assert result.exit_code == 1 and "gradient check failed for x, W1 (tol" in result.output
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:6]}
+    assert rows["x"].endswith("FAIL (2 at kinks)") and rows["W1"].endswith("FAIL")
+    assert rows["b1"].endswith("ok (100 at kinks)")
 
 
 def test_cli_exits_1_on_a_wrong_rule(monkeypatch):
