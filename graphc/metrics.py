@@ -72,10 +72,19 @@ class Metric:
     kind: str
     nodes: tuple
     threshold: float = 0.5
+    binary: bool = False        # accuracy of one score per target, cut at `threshold`
 
     @property
     def mode(self) -> str:
         return MODES[self.kind]
+
+    def describe(self) -> str:
+        """`acc = accuracy(logit, y); 0/1 targets: logit > 0`, as `graphc check` prints it."""
+        if self.kind == VALUE:
+            return f"{self.name} = {self.nodes[0]}, its mean over the batches"
+        text = f"{self.name} = {self.kind}({', '.join(self.nodes)})"
+        return text + (f"; 0/1 targets: {self.nodes[0]} > {self.threshold:g}" if self.binary
+                       else "")
 
     def compute(self, pred: np.ndarray, target: np.ndarray) -> float:
         if self.kind == "accuracy":
@@ -133,10 +142,10 @@ def _parse_one(name: str, body, graph: Graph, where) -> Metric:
                         mark=where, hint=f"e.g. {name}: {{{kind}: [scores, y]}}, or a "
                                          "scalar node: {name}: data_loss")
     _check_nodes(name, args, graph, where)
-    _check_pair(name, kind, args, graph, where)
+    labels = _check_pair(name, kind, args, graph, where)
     if threshold is None:
         threshold = binary_threshold(graph, args[0])
-    return Metric(name, kind, tuple(args), float(threshold))
+    return Metric(name, kind, tuple(args), float(threshold), kind == "accuracy" and not labels)
 
 
 def _named(name: str, body: dict, where) -> tuple:
@@ -166,13 +175,14 @@ def _check_nodes(name: str, args, graph: Graph, where) -> None:
                             hint=did_you_mean(a, graph.nodes))
 
 
-def _check_pair(name: str, kind: str, args, graph: Graph, where) -> None:
+def _check_pair(name: str, kind: str, args, graph: Graph, where) -> bool:
     """Prediction and target of the same shape, one value per sample (rank >= 1, so a
-    split's batches concatenate); accuracy also takes class scores [N, K] and labels [N]."""
+    split's batches concatenate); accuracy also takes class scores [N, K] and labels [N]
+    (then True)."""
     p, t = (graph[a] for a in args)
     labels = kind == "accuracy" and t.dtype.startswith("int") and p.shape[:-1] == t.shape
     if (p.shape == t.shape or labels) and t.shape:
-        return
+        return labels
     raise SpecError(f"metric '{name}' compares '{p.name}' {S.fmt(p.shape)} with '{t.name}' "
                     f"{S.fmt(t.shape)}, but a metric compares per-sample values of the same "
                     "shape (accuracy also takes class scores [batch, K] with integer labels "

@@ -110,6 +110,9 @@ def test_accuracy_thresholds_logits_at_0_and_probabilities_at_half(tmp_path):
     assert metrics["acc_prob"] == 1.0           # sigmoid: 0.55, 0.57, 0.40, 0.52 vs 0.5
     assert metrics["acc_fit"] == 1.0            # mse's prediction of 0/1: 0.6, 0.65, 0.3, 0.55
     assert metrics["acc_cut"] == 0.25           # an explicit threshold wins: only row 2
+    out = graphc("check", spec).stdout          # and check says which cut each one makes
+    assert "metric acc_logit = accuracy(logit, y); 0/1 targets: logit > 0\n" in out
+    assert "metric acc_prob = accuracy(prob, y); 0/1 targets: prob > 0.5\n" in out
 
 
 def test_a_metric_refuses_batch_1_against_batch(tmp_path):
