@@ -174,14 +174,6 @@ class Probe:
         return Kink(leaf, tuple(int(i) for i in idx), left, right, float(analytic))
 
 
-def numeric_grads(graph: Graph, values: Mapping[str, np.ndarray],
-                  wrt: Optional[Sequence[str]] = None, eps: float = 1e-6) -> dict:
-    """{leaf: central differences of the loss}, one element perturbed at a time."""
-    wrt = _float_leaves(graph) if wrt is None else list(wrt)
-    probe = Probe(graph, values)
-    return {w: probe.central(w, eps) for w in wrt}
-
-
 def check_grads(graph: Graph, values: Mapping[str, np.ndarray],
                 wrt: Optional[Sequence[str]] = None, eps: float = 1e-6,
                 tol: float = 1e-5, atol: Optional[float] = None) -> GradCheck:

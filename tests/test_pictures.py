@@ -23,8 +23,7 @@ from graphc import shapes as S
 from graphc.annotate import GRAD, VALUE, grad_dot
 from graphc.dot import forward_of, parse_range, plan_dot, render
 from graphc.errors import SpecError
-from graphc.explain import LocalGrads, all_values, chain_paths, edge_local, explain, \
-    explanation_text, multigraph
+from graphc.explain import LocalGrads, all_values, chain_paths, edge_local, explain, multigraph
 from graphc.executor import run_kernel
 from graphc import memsvg as M
 from graphc.memsvg import memory_svg
