@@ -168,7 +168,7 @@ def _named(name: str, body: dict, where) -> tuple:
 def _check_nodes(name: str, args, graph: Graph, where) -> None:
     for a in args:
         if not isinstance(a, str):
-            raise SpecError(f"metric '{name}' takes node names, got {a!r}", mark=where,
+            raise SpecError(f"metric '{name}' takes two node names, got {a!r}", mark=where,
                             hint=f"e.g. {name}: [scores, y]")
         if a not in graph.nodes:
             raise SpecError(f"metric '{name}' names unknown node '{a}'", mark=where,
