@@ -180,7 +180,8 @@ def _check_pair(name: str, kind: str, args, graph: Graph, where) -> bool:
     split's batches concatenate); accuracy also takes class scores [N, K] and labels [N]
     (then True)."""
     p, t = (graph[a] for a in args)
-    labels = kind == "accuracy" and t.dtype.startswith("int") and p.shape[:-1] == t.shape
+    labels = (kind == "accuracy" and t.dtype.startswith("int") and p.shape[:-1] == t.shape
+              and p.shape[-1:] != (1,))
     if (p.shape == t.shape or labels) and t.shape:
         return labels
     raise SpecError(f"metric '{name}' compares '{p.name}' {S.fmt(p.shape)} with '{t.name}' "

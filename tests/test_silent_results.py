@@ -123,6 +123,13 @@ def test_a_metric_refuses_batch_1_against_batch(tmp_path):
     err = one_error(graphc("check", spec.name, cwd=tmp_path))
     assert "linear.yaml:15:19: metric 'rmse' compares 's' [batch, 1] with 'y' [batch]" in err
     assert "declare it [batch, 1]" in err
+    # one score [batch, 1] against int labels [batch] is no class-scores pair either: it
+    # failed after the first epoch, unlocated
+    text = LINEAR.format(loss="mse", target="y").replace("mse(s, y)", "mean(s * s)")
+    text = text.replace("  y: [batch]", "  y: {shape: [batch], dtype: int64}")
+    spec.write_text(text + "  metrics: {accuracy: [s, y]}\n", encoding="utf-8")
+    err = one_error(graphc("check", spec.name, cwd=tmp_path))
+    assert "metric 'accuracy' compares 's' [batch, 1] with 'y' [batch]" in err
 
 
 # --- class labels are checked wherever values enter a model ----------------------------------
