@@ -6,6 +6,7 @@ executor per batch size, as the plan depends on the bound `batch` dim.
 """
 from __future__ import annotations
 
+from collections import ChainMap
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
@@ -17,6 +18,7 @@ from .errors import SpecError
 from .executor import Executor
 from .initializers import initialize
 from .ir import Graph, build_graph
+from .ops import OPS
 from .plan import compile_plan, verify_plan
 from .spec import Spec, load_spec
 
@@ -93,12 +95,49 @@ def bind_dims(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict:
     return dims
 
 
+def label_classes(graph: Graph) -> dict:
+    """{label input: (number of classes, the node reading it)} for every forward op that takes
+    class labels against scores whose class axis (the last) has a fixed size."""
+    out: dict = {}
+    for n in graph.nodes.values():
+        if OPS[n.op].group != "forward":
+            continue
+        scores = graph[n.inputs[0]].shape
+        for pos in OPS[n.op].labels:
+            label = graph[n.inputs[pos]]
+            if scores and S.is_int(scores[-1]) and label.op == "input":
+                if label.name not in out or scores[-1] < out[label.name][0]:
+                    out[label.name] = (scores[-1], n.name)
+    return out
+
+
+def check_labels(graph: Graph, classes: Mapping, values: Mapping) -> None:
+    """SpecError, at the label input's line, for the first label of `values` outside
+    0..K-1 of `classes` (label_classes): it would read another row's score, or past the end."""
+    for name, (k, reader) in classes.items():
+        if name not in values:
+            continue
+        arr = np.asarray(values[name])
+        bad = np.argwhere((arr < 0) | (arr >= k))
+        if len(bad):
+            index = tuple(int(i) for i in bad[0])
+            raise SpecError(f"label {arr[index]} at index {list(index)} is out of range for "
+                            f"{k} classes (expected 0..{k - 1}): '{reader}' "
+                            f"({graph[reader].op}) reads it against {k} class scores",
+                            mark=graph[name].mark, node=name,
+                            hint=f"class labels count from 0; check the data fed to '{name}'")
+
+
 class Runner:
-    """One compiled executor per bound dims (batch size), sharing the model's store."""
+    """One compiled executor per bound dims (batch size), sharing the model's store.
+
+    `run` is where values enter a model outside training: it binds the dims and checks
+    class labels (fed or stored) against the class count, for every command and API."""
 
     def __init__(self, graph: Graph, store: dict, keep=(), forward=None, reuse: bool = True):
         self.graph, self.store, self.keep, self.forward = graph, store, tuple(keep), forward
         self.reuse = reuse
+        self.labels = label_classes(graph)
         self.cache: dict = {}        # bound dims -> executor
         self.by_shapes: dict = {}    # the feeds' shapes -> executor, skipping bind_dims
 
@@ -111,7 +150,9 @@ class Runner:
         return self.cache[key]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> Executor:
-        """Bind dims from the feeds' shapes (cached per shape), copy them in, run the step."""
+        """Check the labels, bind dims from the feeds' shapes (cached per shape), copy them
+        in, run the step."""
+        check_labels(self.graph, self.labels, ChainMap(feeds, self.store))
         key = tuple((name, arr.shape) for name, arr in feeds.items())
         ex = self.by_shapes.get(key)
         if ex is None:
