@@ -156,9 +156,21 @@ class Runner:
         key = tuple((name, arr.shape) for name, arr in feeds.items())
         ex = self.by_shapes.get(key)
         if ex is None:
-            ex = self.by_shapes[key] = self.executor(bind_dims(self.graph, feeds))
+            ex = self.executor(bind_dims(self.graph, feeds))
+            self._check_fed(ex, feeds)
+            self.by_shapes[key] = ex
         ex.run(feeds)
         return ex
+
+    def _check_fed(self, ex: Executor, feeds: Mapping[str, np.ndarray]) -> None:
+        """SpecError for an input the plan reads that is neither fed nor stored: its buffer
+        would hold zeros (or the last batch), never what the caller meant."""
+        for name, (op, shape, _, _) in ex.plan.persistent.items():
+            stored = name in self.store and self.store[name].shape == shape
+            if op == "input" and name not in feeds and not stored:
+                raise SpecError(f"input '{name}' is not fed: the computation reads it",
+                                mark=self.graph[name].mark, node=name,
+                                hint=f"pass an array for '{name}'")
 
     def run_rows(self, arrays: Mapping[str, np.ndarray], rows: np.ndarray) -> Executor:
         """`run` on the batch `{k: v[rows]}`, gathered into the input buffers without a copy."""
@@ -166,7 +178,9 @@ class Runner:
         ex = self.by_shapes.get(key)
         if ex is None:
             views = {name: arr[:len(rows)] for name, arr in arrays.items()}
-            ex = self.by_shapes[key] = self.executor(bind_dims(self.graph, views))
+            ex = self.executor(bind_dims(self.graph, views))
+            self._check_fed(ex, arrays)
+            self.by_shapes[key] = ex
         ex.feed_rows(arrays, rows)
         ex.run()
         return ex

@@ -162,3 +162,16 @@ def test_labels_are_checked_on_the_model_level_path(tmp_path):
                     "nodes:\n  loss: multiclass_hinge(s, y)\n", encoding="utf-8")
     err = one_error(graphc("grad", spec.name, cwd=tmp_path))
     assert "given.yaml:3:3: node 'y': label 2 at index [0] is out of range for 2 classes" in err
+
+
+def test_an_input_the_computation_reads_must_be_fed_never_zeros():
+    from graphc.errors import SpecError
+    """The executor keeps a zeroed buffer per fed input; a caller that forgets one
+    (here the labels) used to get a loss computed on zeros."""
+    from graphc.model import Runner, load_model
+    m = load_model(REPO / "specs" / "spiral_mlp.yaml")
+    runner = Runner(m.graph, m.store)
+    for _ in range(2):      # the second call must not skip the check (nothing cached)
+        with pytest.raises(SpecError, match="input 'y' is not fed"):
+            runner.run({"x": np.zeros((4, 2), np.float32)})
+    runner.run({"x": np.zeros((4, 2), np.float32), "y": np.zeros(4, np.int64)})
