@@ -75,10 +75,13 @@ def check(spec):
     model = load_model(spec)
     gg = grad_graph(model.graph, trained_params(model.graph))
     check_params_reach_loss(model.graph, gg.grads)
+    metrics = {}
     if "data" in model.spec.train:    # the training settings too, so typos surface here
         from .train import parse_train
-        parse_train(model)
+        metrics = parse_train(model).metrics
     click.echo(model.graph.dump())
+    for m in metrics.values():
+        click.echo(f"metric {m.describe()}")
     count = sum(int(np.prod(model.store[p].shape)) for p in trained_params(model.graph))
     click.echo(f"ok: {len(model.graph.nodes)} nodes, {len(trained_params(model.graph))} "
                f"params ({count} values), loss '{model.graph.loss}'")

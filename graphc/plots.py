@@ -50,7 +50,8 @@ def classifier_2d(model: Model, metrics: Mapping) -> Optional[tuple]:
     if len(points) != 1 or len(labels) != 1 or graph[points[0]].shape[-1:] != (2,) \
             or len(graph[points[0]].shape) != 2:
         return None
-    preds = [p for p, t in metrics.values() if t == labels[0]] + list(model.spec.outputs)
+    preds = [m.nodes[0] for m in metrics.values() if m.nodes[1:] == (labels[0],)] \
+        + list(model.spec.outputs)
     for p in preds:
         shape = graph[p].shape
         if len(shape) == 2 and isinstance(shape[1], int) and shape[1] >= 2:

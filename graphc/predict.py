@@ -21,7 +21,7 @@ from .errors import SpecError, did_you_mean
 from .ir import Graph
 from .model import Model, Runner
 from .train import STATS
-from .trainconfig import label_classes
+from .trainconfig import fed_label_classes
 
 CHUNK = 1024            # rows per forward pass, as eval's (train.Evaluator)
 CLASS_SUFFIX = ".class"  # `--classes`: the predicted class of output NAME is NAME.class
@@ -99,7 +99,7 @@ def fed_arrays(model: Model, source: Mapping, inputs: Sequence[str]) -> Arrays:
     """The `inputs`' arrays from a `train.data`-style source ({npz: ...}, {arrays: ...}),
     checked and fitted as training data is (shapes, dtypes, finite values, label range)."""
     graph = model.graph
-    classes = {k: v for k, v in label_classes(model).items() if k in inputs}
+    classes = {k: v for k, v in fed_label_classes(model).items() if k in inputs}
     data = load_data(source, spec_dir=Path.cwd(), inputs={n: graph[n].shape for n in inputs},
                      input_dtypes={n: graph[n].dtype for n in inputs}, seed=0,
                      classes=classes)

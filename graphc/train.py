@@ -21,7 +21,7 @@ from .checkpoint import RESERVED, load_params
 from .data import batch_rows, n_samples, stats_from_arrays, stats_to_arrays
 from .errors import SpecError
 from .guard import deferred_sigint, diagnose
-from .metrics import METRICS, EarlyStopping
+from .metrics import Accumulator, EarlyStopping, metric_nodes
 from .model import Model, Runner
 from .optim import LR, StepGraph, training_graph
 from .trainconfig import TrainConfig, load_dataset, parse_train
@@ -64,22 +64,18 @@ class Evaluator:
 
     def __init__(self, model: Model, metrics: Mapping, batch_size: int = 1024):
         self.loss, self.metrics, self.batch_size = model.graph.loss, metrics, batch_size
-        keep = {self.loss} | {v for pair in metrics.values() for v in pair}
-        self.runner = Runner(model.graph, model.store, keep)
+        self.runner = Runner(model.graph, model.store, {self.loss} | metric_nodes(metrics))
 
     def __call__(self, arrays: Mapping[str, np.ndarray]) -> tuple:
         n = len(next(iter(arrays.values())))
-        total, parts = 0.0, {v: [] for pair in self.metrics.values() for v in pair}
+        total, parts = 0.0, Accumulator(self.metrics)
         for start in range(0, n, self.batch_size):
             batch = {k: v[start:start + self.batch_size] for k, v in arrays.items()}
             ex = self.runner.run(batch)
-            total += float(ex[self.loss]) * len(next(iter(batch.values())))
-            for v in parts:
-                parts[v].append(np.array(arrays[v][start:start + self.batch_size]
-                                         if v in arrays else ex[v]))
-        out = {name: METRICS[name](np.concatenate(parts[p]), np.concatenate(parts[t]))
-               for name, (p, t) in self.metrics.items()}
-        return total / max(n, 1), out
+            samples = len(next(iter(batch.values())))
+            total += float(ex[self.loss]) * samples
+            parts.add(lambda v: batch[v] if v in batch else ex[v], samples)
+        return total / max(n, 1), parts.result()
 
 
 def evaluate(model: Model, arrays: Mapping[str, np.ndarray], metrics: Mapping,

@@ -11,8 +11,7 @@ from typing import Mapping, Optional
 from .data import apply_stats, load_data
 from .errors import SpecError
 from .metrics import EarlyStoppingConfig, parse_early_stopping, parse_metrics
-from .model import Model, spec_seed
-from .ops import OPS
+from .model import Model, label_classes, spec_seed
 from .plan import compile_plan, verify_plan
 from .schedules import Schedule, parse_schedule
 from .spec import TRAIN_KEYS, check_keys
@@ -57,8 +56,7 @@ def parse_train(model: Model, epochs=None, batch_size=None, lr=None, seed=None,
     if lr is not None:
         optimizer = Optimizer(optimizer.name, {**optimizer.args, "lr": float(lr)})
     total = _positive_int(raw, "epochs", 10, epochs)
-    shapes = {n.name: n.shape for n in model.graph.nodes.values()}
-    metrics = parse_metrics(raw.get("metrics"), shapes, raw.mark_of("metrics"))
+    metrics = parse_metrics(raw.get("metrics"), model.graph, raw.mark_of("metrics"))
     return TrainConfig(
         data=raw["data"] if data is None else data,
         batch_size=_positive_int(raw, "batch_size", 32, batch_size),
@@ -99,16 +97,11 @@ def training_plan(model: Model, batch_size=None, reuse: bool = True) -> tuple:
     return step, plan
 
 
-def label_classes(model: Model) -> dict:
+def fed_label_classes(model: Model) -> dict:
     """Fed label input -> the number of classes the graph expects (the scores' last axis),
     for every op that takes class labels."""
-    graph, fed, classes = model.graph, model.fed_inputs, {}
-    for n in graph.nodes.values():
-        for pos in OPS[n.op].labels:
-            c = graph[n.inputs[0]].shape[-1] if graph[n.inputs[0]].shape else None
-            if n.inputs[pos] in fed and isinstance(c, int):
-                classes[n.inputs[pos]] = c
-    return classes
+    fed = model.fed_inputs
+    return {name: k for name, (k, _) in label_classes(model.graph).items() if name in fed}
 
 
 def load_dataset(model: Model, cfg: TrainConfig, stats=None):
@@ -116,7 +109,7 @@ def load_dataset(model: Model, cfg: TrainConfig, stats=None):
     normalization statistics computed on this data."""
     graph = model.graph
     fed = model.fed_inputs
-    classes = label_classes(model)
+    classes = fed_label_classes(model)
     cfg_data = cfg.data
     if stats and isinstance(cfg_data, Mapping) and cfg_data.get("normalize"):
         cfg_data = _without(cfg_data, "normalize")
