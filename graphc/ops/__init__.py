@@ -3,9 +3,10 @@
 YAML `op:` names, expression call names and `OPS` match one-to-one. Each family
 module lists its records in a tuple `OPS`; nothing registers itself on import.
 Groups say where an op may appear: users write `forward` ops (and `layer`s, which
-the spec loader expands); the reverse graph adds `backward` ops; training adds
-`update` ops; `leaf` ops are the graph's sources. tests/test_ops_grad.py fails when
-a record is incomplete (a forward op without a gradient rule or explain formula, a
+the spec loader expands); the IR builder adds `saved` values beside the ops that
+declare them; the reverse graph adds `backward` ops; training adds `update` ops;
+`leaf` ops are the graph's sources. tests/test_ops_records.py fails when a record is
+incomplete (a forward op without a gradient rule or explain formula, a
 computed op that does not state its in-place permission).
 """
 from __future__ import annotations
