@@ -10,6 +10,7 @@ import click
 import numpy as np
 
 from .errors import SpecError
+from .outfiles import write_text
 
 
 SPEC = click.Path(dir_okay=False, path_type=Path)
@@ -59,7 +60,7 @@ def input_feeds(model, inputs_path, batch_size=None):
 def write_dot(path: Path, text: str, render: bool) -> None:
     """Always write the DOT; render it to SVG only where Graphviz's `dot` is installed."""
     from .dot import render as render_dot
-    path.write_text(text, encoding="utf-8")
+    write_text(path, text, "DOT file")
     click.echo(f"wrote {path}", err=True)
     if not render:
         return

@@ -24,8 +24,10 @@ from .cli_common import SPEC, limit_threads, training_step, write_dot
 def plan(spec, as_json, dot, batch_size, memory, only, render, no_reuse):
     """Compile the training step; print its schedule, buffers and memory summary."""
     from .plan import compile_plan, plan_json, plan_table, verify_plan
+    from .outfiles import check_outputs, write_text
     if only and not dot:
         raise click.UsageError("--only selects the steps --dot draws: give --dot FILE too")
+    check_outputs({"--dot": dot, "--memory": memory})   # before the work, not after it
     model, step, bs = training_step(spec, batch_size)
     compiled = compile_plan(step.graph, {"batch": bs}, {model.graph.loss}, step.forward,
                             reuse=not no_reuse)
@@ -35,8 +37,8 @@ def plan(spec, as_json, dot, batch_size, memory, only, render, no_reuse):
         write_dot(dot, plan_dot(step.graph, compiled, only), render)
     if memory:
         from .memsvg import memory_svg
-        memory.write_text(memory_svg(compiled, f"{model.spec.name}: the arena over one "
-                                               f"training step"), encoding="utf-8")
+        write_text(memory, memory_svg(compiled, f"{model.spec.name}: the arena over one "
+                                                f"training step"), "--memory")
         click.echo(f"wrote {memory}", err=True)
     if as_json:
         click.echo(json.dumps(plan_json(compiled)))

@@ -112,13 +112,13 @@ def test_resume_across_early_stopping(tmp_path):
 
 @contextmanager
 def interrupt_after(polls: int):
-    """Stand-in for Ctrl-C: the trainer's poll (after every step and epoch) says 'stop'
-    on its `polls`-th call."""
+    """Stand-in for Ctrl-C: the trainer's poll (after every step and epoch) returns SIGINT
+    from its `polls`-th call on."""
     calls = []
 
     def poll():
         calls.append(1)
-        return len(calls) >= polls
+        return signal.SIGINT if len(calls) >= polls else 0
     yield poll
 
 
@@ -126,7 +126,7 @@ def interrupt_after(polls: int):
 def test_interrupt_saves_and_resume_is_exact(tmp_path, monkeypatch, polls):
     spec = write_spec(tmp_path)
     run(spec, tmp_path / "full.npz")
-    monkeypatch.setattr(T, "deferred_sigint", lambda: interrupt_after(polls))
+    monkeypatch.setattr(T, "deferred_stop", lambda: interrupt_after(polls))
     with pytest.raises(Interrupted) as err:
         run(spec, tmp_path / "cut.npz")
     assert err.value.exit_code == 130 and "--resume" in str(err.value)
@@ -276,7 +276,7 @@ def test_sigkill_at_random_moments_leaves_a_loadable_consistent_checkpoint(tmp_p
         time.sleep(rng.uniform(0.0, 0.8))
         proc.kill()
         proc.wait(timeout=30)
-        mid_write += bool(list(tmp_path.glob("ckpt.npz.*.tmp")))   # killed while writing
+        mid_write += bool(list(tmp_path.glob(".ckpt.npz.graphc-*.tmp")))   # killed while writing
         saved = arrays(ckpt)                          # loads, without pickle, every time
         assert bytes(saved[RESERVED + "spec"]).decode() == text.replace("epochs: 12",
                                                                          "epochs: 300")
@@ -286,5 +286,5 @@ def test_sigkill_at_random_moments_leaves_a_loadable_consistent_checkpoint(tmp_p
         run(spec, ckpt, epochs=epoch + 2, resume=ckpt)
         run(spec, tmp_path / "full.npz", epochs=epoch + 2)
         assert_identical(tmp_path / "full.npz", ckpt)
-        assert not list(tmp_path.glob("ckpt.npz.*.tmp")), "the resume removes a dead temp file"
+        assert not list(tmp_path.glob(".ckpt.npz.graphc-*.tmp")), "the resume removes a dead temp file"
     assert all(p >= 1 for p in positions), (positions, mid_write)
