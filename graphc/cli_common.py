@@ -60,7 +60,7 @@ def input_feeds(model, inputs_path, batch_size=None):
 def write_dot(path: Path, text: str, render: bool) -> None:
     """Always write the DOT; render it to SVG only where Graphviz's `dot` is installed."""
     from .dot import render as render_dot
-    write_text(path, text, "DOT file")
+    write_text(path, text, "--dot")
     click.echo(f"wrote {path}", err=True)
     if not render:
         return

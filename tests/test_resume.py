@@ -242,7 +242,10 @@ def wait_for(path, proc, limit=30.0):
         time.sleep(0.02)
 
 
-def test_ctrl_c_saves_exits_130_and_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143),
+                                         (signal.SIGHUP, 129)], ids=["INT", "TERM", "HUP"])
+def test_a_stop_signal_saves_exits_128_plus_it_and_resumes_exactly(tmp_path, signum, code):
+    """Ctrl-C, `kill` (SIGTERM) and a closed terminal (SIGHUP) all save and say how to resume."""
     (tmp_path / "spec.yaml").write_text(KILL_SPEC.replace("OPTIMIZER", OPTIMIZERS[0])
                                         .replace("epochs: 12", "epochs: 20000")
                                         .replace("EARLY", "seed: 0"))
@@ -250,10 +253,12 @@ def test_ctrl_c_saves_exits_130_and_resumes_exactly(tmp_path):
     # the signal lands while training runs however fast a step is
     proc = start(tmp_path, "--save-every", "1")
     wait_for(tmp_path / "ckpt.npz", proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "interrupted at" in err and "--resume ckpt.npz" in err and "Traceback" not in err
+    assert proc.returncode == code, err
+    assert "interrupted at" in err and f"({signal.Signals(signum).name}); checkpoint saved " \
+        "to ckpt.npz; continue with --resume ckpt.npz" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     cut = arrays(tmp_path / "ckpt.npz")
     epochs = int(cut[RESERVED + "epoch"]) + 1
     spec = tmp_path / "spec.yaml"
