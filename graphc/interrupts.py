@@ -13,6 +13,12 @@ from contextlib import contextmanager
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+def _heeded() -> list:
+    """The stop signals this process does not ignore: `nohup` ignores SIGHUP, and a shell
+    ignores SIGINT for a background job; graphc keeps that choice."""
+    return [s for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
+
+
 def exit_code(signum: int) -> int:
     """A shell's exit status for a process a signal stopped: 128 + its number."""
     return 128 + int(signum)
@@ -37,9 +43,10 @@ def _raise_stopped(signum, frame):
 
 def stop_on_signals() -> None:
     """Make SIGTERM and SIGHUP raise `Stopped`, as SIGINT raises KeyboardInterrupt (so
-    `finally` blocks run: temp files and locks are cleaned up). Main thread only."""
+    `finally` blocks run: temp files and locks are cleaned up). Main thread only; an
+    ignored signal stays ignored."""
     if threading.current_thread() is threading.main_thread():
-        for signum in STOP_SIGNALS[1:]:
+        for signum in set(_heeded()) - {signal.SIGINT}:
             signal.signal(signum, _raise_stopped)
 
 
@@ -47,7 +54,7 @@ def stop_on_signals() -> None:
 def deferred_stop():
     """Within: a first stop signal only records its number, which the caller polls (yields
     the poll: the signal number, or 0) to stop at a step boundary; a second one raises
-    `Stopped` at once. Outside the main thread: no-op."""
+    `Stopped` at once. An ignored signal stays ignored; outside the main thread: no-op."""
     hit = []
     if threading.current_thread() is not threading.main_thread():
         yield lambda: 0
@@ -57,7 +64,7 @@ def deferred_stop():
         if hit:
             raise Stopped(signum)
         hit.append(signum)
-    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    previous = {s: signal.signal(s, handler) for s in _heeded()}
     try:
         yield lambda: hit[0] if hit else 0
     finally:

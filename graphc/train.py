@@ -25,7 +25,7 @@ from .guard import diagnose
 from .interrupts import deferred_stop, exit_code, signal_name
 from .metrics import METRICS, EarlyStopping
 from .model import Model, Runner
-from .outfiles import destination, locked, remove_stale_temps
+from .outfiles import locked, remove_stale_temps
 from .step import LR, training_graph
 from .trainconfig import TrainConfig, load_dataset, parse_train
 
@@ -145,7 +145,6 @@ class Run:
 
     def __init__(self, model: Model, cfg: TrainConfig, out: Path, save_every: Optional[int]):
         self.model, self.cfg, self.out, self.save_every = model, cfg, out, save_every
-        destination(out, "checkpoint")              # fail now, not after training
         remove_stale_temps(out)
         self.data = load_dataset(model, cfg)
         if cfg.early_stopping and self.data.valid is None:

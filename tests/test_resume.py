@@ -228,10 +228,17 @@ def test_grad_refuses_an_empty_npz_with_exit_2(tmp_path, flag):
 KILL_SPEC = SPEC.replace("samples: 90", "samples: 240").replace("batch_size: 16", "batch_size: 4")
 
 
-def start(tmp_path, *flags):
+def start(tmp_path, *flags, **popen):
     return subprocess.Popen([sys.executable, "-m", "graphc", "train", "spec.yaml", "--out",
                              "ckpt.npz", *flags], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+                            stderr=subprocess.PIPE, text=True, env=ENV, **popen)
+
+
+def write_long_spec(tmp_path):
+    """A run far longer than any test waits: a signal lands while it trains."""
+    (tmp_path / "spec.yaml").write_text(KILL_SPEC.replace("OPTIMIZER", OPTIMIZERS[0])
+                                        .replace("epochs: 12", "epochs: 20000")
+                                        .replace("EARLY", "seed: 0"))
 
 
 def wait_for(path, proc, limit=30.0):
@@ -246,9 +253,7 @@ def wait_for(path, proc, limit=30.0):
                                          (signal.SIGHUP, 129)], ids=["INT", "TERM", "HUP"])
 def test_a_stop_signal_saves_exits_128_plus_it_and_resumes_exactly(tmp_path, signum, code):
     """Ctrl-C, `kill` (SIGTERM) and a closed terminal (SIGHUP) all save and say how to resume."""
-    (tmp_path / "spec.yaml").write_text(KILL_SPEC.replace("OPTIMIZER", OPTIMIZERS[0])
-                                        .replace("epochs: 12", "epochs: 20000")
-                                        .replace("EARLY", "seed: 0"))
+    write_long_spec(tmp_path)
     # --save-every 1: the first checkpoint appears after epoch 1, long before the end, so
     # the signal lands while training runs however fast a step is
     proc = start(tmp_path, "--save-every", "1")
@@ -265,6 +270,20 @@ def test_a_stop_signal_saves_exits_128_plus_it_and_resumes_exactly(tmp_path, sig
     run(spec, tmp_path / "ckpt.npz", epochs=epochs, resume=tmp_path / "ckpt.npz")
     run(spec, tmp_path / "full.npz", epochs=epochs)
     assert_identical(tmp_path / "full.npz", tmp_path / "ckpt.npz")
+
+
+def test_under_nohup_sighup_is_still_ignored(tmp_path):
+    write_long_spec(tmp_path)
+    proc = start(tmp_path, "--save-every", "1",
+                 preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))   # nohup
+    wait_for(tmp_path / "ckpt.npz", proc)
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    running = proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert running, err
+    assert proc.returncode == 143 and "(SIGTERM)" in err, err
 
 
 def test_sigkill_at_random_moments_leaves_a_loadable_consistent_checkpoint(tmp_path):
