@@ -12,13 +12,13 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from test_cli import REPO, SPECS, graphc, load_npz, ok
+from test_cli import SPECS, graphc, load_npz, ok
+from test_resume import ENV, start, wait_for
 
 GRAD_SPEC = SPECS / "lecture_cs221_two_layer.yaml"     # d loss / d w = [1, 1] by hand
 TRAIN_SPEC = """\
@@ -39,7 +39,6 @@ train:
   optimizer: {sgd: {lr: 0.1}}
   seed: 0
 """
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 def tiny_spec(folder: Path, epochs: int = 1, name: str = "spec.yaml") -> Path:
@@ -139,24 +138,9 @@ def test_only_a_dead_writers_temp_files_are_removed(tmp_path):
 
 # --- 3. one writer per checkpoint ---------------------------------------------------------
 
-def start_training(folder: Path, *flags) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "graphc", "train", "spec.yaml", "--out",
-                             "ckpt.npz", "--save-every", "1", *flags], cwd=folder,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=ENV)
-
-
-def wait_for(path: Path, proc: subprocess.Popen, limit: float = 60.0) -> None:
-    end = time.monotonic() + limit
-    while not path.exists():
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < end, f"{path} did not appear"
-        time.sleep(0.02)
-
-
 def test_a_second_training_on_a_locked_checkpoint_names_the_holder(tmp_path):
     tiny_spec(tmp_path, epochs=100000)
-    first = start_training(tmp_path)
+    first = start(tmp_path, "--save-every", "1")
     try:
         wait_for(tmp_path / "ckpt.npz", first)
         before = (tmp_path / "ckpt.npz.lock").read_text()
