@@ -25,7 +25,7 @@ from .guard import diagnose
 from .interrupts import deferred_stop, exit_code, signal_name
 from .metrics import METRICS, EarlyStopping
 from .model import Model, Runner
-from .outfiles import locked, remove_stale_temps
+from .outfiles import destination, locked, remove_stale_temps
 from .step import LR, training_graph
 from .trainconfig import TrainConfig, load_dataset, parse_train
 
@@ -145,6 +145,7 @@ class Run:
 
     def __init__(self, model: Model, cfg: TrainConfig, out: Path, save_every: Optional[int]):
         self.model, self.cfg, self.out, self.save_every = model, cfg, out, save_every
+        destination(out, "checkpoint")              # fail now, not after training
         remove_stale_temps(out)
         self.data = load_dataset(model, cfg)
         if cfg.early_stopping and self.data.valid is None:
@@ -288,14 +289,16 @@ def train(model: Model, cfg: TrainConfig, *, out: Path,
           log: Callable[[EpochLog], None] = lambda e: None, resume=None,
           save_every: Optional[int] = None) -> TrainResult:
     """Train to cfg.epochs (from a checkpoint's position with `resume`); save checkpoints
-    every `save_every` epochs (default: at epoch ends, at most once a second) and at the end,
-    holding the checkpoint's lock throughout."""
+    every `save_every` epochs (default: at epoch ends, at most once a second) and at the end.
+    The checkpoint is locked from the end of set-up (data loaded, step compiled: bad input
+    is reported first) to the last save."""
+    run = Run(model, cfg, Path(out), save_every)
     with locked(out, "checkpoint"):
-        return _train(model, cfg, Path(out), log, resume, save_every)
+        return _train(run, log, resume)
 
 
-def _train(model: Model, cfg: TrainConfig, out: Path, log, resume, save_every) -> TrainResult:
-    run = Run(model, cfg, out, save_every)
+def _train(run: Run, log, resume) -> TrainResult:
+    cfg = run.cfg
     if resume is not None:
         run.restore(resume)
         if run.pos.epoch >= cfg.epochs:
