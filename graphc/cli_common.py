@@ -57,6 +57,11 @@ def input_feeds(model, inputs_path, batch_size=None):
     return {n: given[n] for n in fed}
 
 
+def dot_outputs(dot, render: bool) -> dict:
+    """The files --dot FILE [--render] writes, by flag, for outfiles.check_outputs."""
+    return {"--dot": dot, "--render": dot.with_suffix(".svg") if dot and render else None}
+
+
 def write_dot(path: Path, text: str, render: bool) -> None:
     """Always write the DOT; render it to SVG only where Graphviz's `dot` is installed."""
     from .dot import render as render_dot

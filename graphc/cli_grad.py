@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import click
-from .cli_common import SPEC, input_feeds, fmt_array, nested, write_dot
+from .cli_common import SPEC, dot_outputs, input_feeds, fmt_array, nested, write_dot
 
 
 @click.command()
@@ -28,7 +28,7 @@ def grad(spec, as_json, out, everything, params, inputs, dot, render):
     from .model import load_model, run_grads
     from .checkpoint import load_params, write
     from .outfiles import check_outputs
-    check_outputs({"--out": out, "--dot": dot})         # before the work, not after it
+    check_outputs({"--out": out, **dot_outputs(dot, render)})   # before the work
     model = load_model(spec)
     if params:
         load_params(params, model)

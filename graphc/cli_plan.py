@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import click
-from .cli_common import SPEC, limit_threads, training_step, write_dot
+from .cli_common import SPEC, dot_outputs, limit_threads, training_step, write_dot
 
 
 @click.command()
@@ -27,7 +27,7 @@ def plan(spec, as_json, dot, batch_size, memory, only, render, no_reuse):
     from .outfiles import check_outputs, write_text
     if only and not dot:
         raise click.UsageError("--only selects the steps --dot draws: give --dot FILE too")
-    check_outputs({"--dot": dot, "--memory": memory})   # before the work, not after it
+    check_outputs({"--memory": memory, **dot_outputs(dot, render)})   # before the work
     model, step, bs = training_step(spec, batch_size)
     compiled = compile_plan(step.graph, {"batch": bs}, {model.graph.loss}, step.forward,
                             reuse=not no_reuse)

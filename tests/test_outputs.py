@@ -223,3 +223,21 @@ def test_a_copied_spec_does_not_replace_the_originals_default_checkpoint(tmp_pat
     assert int(saved["__graphc__/epoch"]) == 2
     assert np.asarray(saved["__graphc__/spec_file"]).tobytes().decode() \
         == str((tmp_path / "b" / "spec.yaml").resolve())
+
+
+def test_render_checks_the_svg_first_and_writes_it_like_every_output(tmp_path):
+    """A stand-in for Graphviz's `dot` on PATH (it prints its arguments as the SVG)."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "dot").write_text('#!/bin/sh\necho "<svg>$*</svg>"\n')
+    os.chmod(tmp_path / "bin" / "dot", 0o755)
+    env = {**ENV, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{ENV['PATH']}"}
+
+    def render(name):
+        return subprocess.run([sys.executable, "-m", "graphc", "grad", str(GRAD_SPEC), "--dot",
+                               name, "--render"], cwd=tmp_path, capture_output=True,
+                              text=True, env=env)
+    os.mkfifo(tmp_path / "f.svg")
+    refused(render("f.dot"), "cannot write --render f.svg: it is a FIFO")
+    assert not (tmp_path / "f.dot").exists(), "checked before the DOT was written"
+    ok(render("g.dot"))
+    assert (tmp_path / "g.svg").read_text() == "<svg>-Tsvg g.dot</svg>\n"
