@@ -186,6 +186,20 @@ def test_a_read_only_folder_is_found_before_training(tmp_path):
     assert "epoch" not in proc.stdout
 
 
+def test_a_folder_that_refuses_new_files_is_found_by_the_probe(tmp_path, monkeypatch):
+    """What a read-only mount does (root writes through 0555, so it is simulated here)."""
+    import errno
+    from graphc import outfiles
+    from graphc.errors import SpecError
+
+    def read_only(path, flags, mode=0o777):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+    monkeypatch.setattr(outfiles.os, "open", read_only)
+    with pytest.raises(SpecError, match=f"cannot write checkpoint {tmp_path / 'c.npz'}: "
+                                        f"folder {tmp_path}: Read-only file system"):
+        outfiles.destination(tmp_path / "c.npz", "checkpoint")
+
+
 # --- 8. the umask -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640)])

@@ -286,6 +286,28 @@ def test_under_nohup_sighup_is_still_ignored(tmp_path):
     assert proc.returncode == 143 and "(SIGTERM)" in err, err
 
 
+def catches(pid: int, signum: int) -> bool:
+    """Linux: whether process `pid` has a handler for `signum` (SigCgt in /proc/PID/status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith("SigCgt:")), 16)
+    return bool(mask >> (signum - 1) & 1)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc")
+def test_sigterm_outside_training_exits_143_with_one_line(tmp_path):
+    write_long_spec(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "graphc", "time", "spec.yaml", "--steps",
+                             "100000000"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    end = time.monotonic() + 30
+    while not catches(proc.pid, signal.SIGTERM) and time.monotonic() < end:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip() == "error: interrupted (SIGTERM)", err
+
+
 def test_sigkill_at_random_moments_leaves_a_loadable_consistent_checkpoint(tmp_path):
     """--save-every 1 saves at every epoch end, so many kills land during a write."""
     text = KILL_SPEC.replace("OPTIMIZER", OPTIMIZERS[3]).replace("EARLY", "seed: 0")
