@@ -332,5 +332,6 @@ def test_sigkill_at_random_moments_leaves_a_loadable_consistent_checkpoint(tmp_p
         run(spec, ckpt, epochs=epoch + 2, resume=ckpt)
         run(spec, tmp_path / "full.npz", epochs=epoch + 2)
         assert_identical(tmp_path / "full.npz", ckpt)
-        assert not list(tmp_path.glob(".ckpt.npz.graphc-*.tmp")), "the resume removes a dead temp file"
+        assert not list(tmp_path.glob(".ckpt.npz.graphc-*.tmp")), \
+            "the resume removes a dead temp file"
     assert all(p >= 1 for p in positions), (positions, mid_write)
