@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "graphc"
 
 # Earlier stages first. A module imports only modules to its left.
 STAGES = [
-    "errors", "shapes", "ops",                              # the vocabulary
+    "errors", "outfiles", "interrupts",                     # errors, files written, signals
+    "shapes", "ops",                                        # the vocabulary
     "yamlload", "leaves", "expr", "layers", "spec",         # spec text -> validated spec
     "ir", "autodiff", "step",                               # graph, reverse graph, step
     "arena", "plan", "dot", "memsvg",                       # the planner and its pictures
