@@ -9,12 +9,14 @@ stages and prints.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import click
 import numpy as np
 
 from .errors import GraphcError, set_memory_limit
+from .interrupts import exit_code, signal_name, stop_on_signals
 from .cli_common import SPEC
 from .cli_grad import explain, grad, gradcheck
 from .cli_plan import plan, time_
@@ -28,6 +30,7 @@ class Group(click.Group):
 
     def main(self, *args, **kwargs):
         kwargs["standalone_mode"] = False
+        stop_on_signals()
         try:
             rv = super().main(*args, **kwargs)
             sys.exit(rv if isinstance(rv, int) else 0)
@@ -36,9 +39,8 @@ class Group(click.Group):
             sys.exit(exc.exit_code)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
-        except click.Abort:
-            click.echo("error: aborted", err=True)
-            sys.exit(130)
+        except click.Abort as exc:              # click's wrapper of KeyboardInterrupt
+            _stopped(exc.__cause__)
         except click.UsageError as exc:
             hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
             click.echo(f"error: {exc.format_message()}{hint}", err=True)
@@ -46,15 +48,21 @@ class Group(click.Group):
         except click.ClickException as exc:
             click.echo(f"error: {exc.format_message()}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            _stopped(exc)
         except Exception as exc:    # a bug in graphc, not in the user's input
             if os.environ.get("GRAPHC_DEBUG"):
                 raise
             click.echo(f"error: internal error ({type(exc).__name__}: {exc}); this is a "
                        "graphc bug: rerun with GRAPHC_DEBUG=1 for the traceback", err=True)
             sys.exit(1)
+
+
+def _stopped(exc) -> None:
+    """Exit for Ctrl-C, or SIGTERM/SIGHUP (interrupts.Stopped): 128 + the signal's number."""
+    signum = getattr(exc, "signum", signal.SIGINT)
+    click.echo(f"error: interrupted ({signal_name(signum)})", err=True)
+    sys.exit(exit_code(signum))
 
 
 @click.group(cls=Group)

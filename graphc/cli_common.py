@@ -11,6 +11,7 @@ import click
 import numpy as np
 
 from .errors import SpecError
+from .outfiles import write_text
 
 
 SPEC = click.Path(dir_okay=False, path_type=Path)
@@ -76,10 +77,15 @@ def checkpoint_or_default(model, params) -> Path:
     return path
 
 
+def dot_outputs(dot, render: bool) -> dict:
+    """The files --dot FILE [--render] writes, by flag, for outfiles.check_outputs."""
+    return {"--dot": dot, "--render": dot.with_suffix(".svg") if dot and render else None}
+
+
 def write_dot(path: Path, text: str, render: bool) -> None:
     """Always write the DOT; render it to SVG only where Graphviz's `dot` is installed."""
     from .dot import render as render_dot
-    path.write_text(text, encoding="utf-8")
+    write_text(path, text, "--dot")
     click.echo(f"wrote {path}", err=True)
     if not render:
         return

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import click
-from .cli_common import SPEC, limit_threads, training_step, write_dot
+from .cli_common import SPEC, dot_outputs, limit_threads, training_step, write_dot
 
 
 @click.command()
@@ -24,10 +24,12 @@ from .cli_common import SPEC, limit_threads, training_step, write_dot
 def plan(spec, as_json, dot, batch_size, memory, only, render, no_reuse):
     """Compile the training step; print its schedule, buffers and memory summary."""
     from .model import load_model
+    from .outfiles import check_outputs, write_text
     from .plan import plan_json, plan_table
     from .trainconfig import training_plan
     if only and not dot:
         raise click.UsageError("--only selects the steps --dot draws: give --dot FILE too")
+    check_outputs({"--memory": memory, **dot_outputs(dot, render)})   # before the work
     model = load_model(spec)
     step, compiled = training_plan(model, batch_size, reuse=not no_reuse)
     if dot:
@@ -35,8 +37,8 @@ def plan(spec, as_json, dot, batch_size, memory, only, render, no_reuse):
         write_dot(dot, plan_dot(step.graph, compiled, only), render)
     if memory:
         from .memsvg import memory_svg
-        memory.write_text(memory_svg(compiled, f"{model.spec.name}: the arena over one "
-                                               f"training step"), encoding="utf-8")
+        write_text(memory, memory_svg(compiled, f"{model.spec.name}: the arena over one "
+                                                f"training step"), "--memory")
         click.echo(f"wrote {memory}", err=True)
     if as_json:
         click.echo(json.dumps(plan_json(compiled)))

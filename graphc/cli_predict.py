@@ -33,10 +33,12 @@ def predict(spec, params, inputs, out, as_json, classes, batch_size):
     params and normalization; no labels needed."""
     from .data import apply_stats, n_samples
     from .model import load_model
+    from .outfiles import check_outputs
     from .predict import CHUNK, Predictor, normalization, read_inputs
     from .train import read_checkpoint
     if out is not None and out.suffix.lower() not in (".npz", ".csv"):
         raise click.UsageError(f"--out {out}: expected a .npz or .csv file")
+    check_outputs({"--out": out})      # before the work
     model = load_model(spec)
     ckpt = checkpoint_or_default(model, params)
     saved = read_checkpoint(model, ckpt)
@@ -83,18 +85,15 @@ def _cell(row: np.ndarray) -> str:
 def write_outputs(path: Path, outputs: dict, samples: int, per_sample: bool) -> None:
     """.npz: one array per output; .csv: one row per sample, a column per value
     (NAME, or NAME[j] for the j-th of an output's flattened values per sample)."""
-    from .checkpoint import atomic_savez, atomic_write
-    try:
-        if path.suffix.lower() == ".npz":
-            atomic_savez(path, outputs)
-        elif not per_sample:
-            raise SpecError(f"--out {path}: the outputs are not one row per sample, so they "
-                            "do not fit a CSV table", hint="write an .npz instead")
-        else:
-            text = csv_text(outputs)
-            atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-    except OSError as exc:
-        raise SpecError(f"cannot write {path}: {exc.strerror or exc}") from None
+    from .checkpoint import write
+    from .outfiles import write_text
+    if path.suffix.lower() == ".npz":
+        write(path, outputs, "--out")
+    elif not per_sample:
+        raise SpecError(f"--out {path}: the outputs are not one row per sample, so they "
+                        "do not fit a CSV table", hint="write an .npz instead")
+    else:
+        write_text(path, csv_text(outputs), "--out")
     shapes = ", ".join(f"{k} {list(np.shape(v))}" for k, v in outputs.items())
     click.echo(f"wrote {path}: {samples} samples; {shapes}", err=True)
 

@@ -4,7 +4,8 @@ One `StepGraph` (forward + backward + updates) is compiled per batch size; the
 learning rate is written into its `hyper` leaf each epoch. A non-finite loss or
 gradient skips that step's updates (see optim.py) and stops training with the
 node that first went non-finite. Checkpoints (checkpoint.py) hold everything a
-resume needs to continue bit for bit; Ctrl-C saves one and exits 130.
+resume needs to continue bit for bit. A run holds a lock on its checkpoint
+(outfiles.locked); Ctrl-C, SIGTERM and SIGHUP save one and exit 130, 143, 129.
 """
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from . import checkpoint as C
 from .checkpoint import RESERVED, load_params
 from .data import batch_rows, n_samples, stats_from_arrays, stats_to_arrays
 from .errors import SpecError
-from .guard import deferred_sigint, diagnose
+from .guard import diagnose
+from .interrupts import deferred_stop, exit_code, signal_name
 from .metrics import Accumulator, EarlyStopping, metric_nodes
 from .model import Model, Runner
+from .outfiles import destination, locked, remove_stale_temps
 from .optim import LR, StepGraph, training_graph
 from .trainconfig import TrainConfig, load_dataset, parse_train
 
@@ -32,8 +35,12 @@ STATS = RESERVED + "stats/"
 
 
 class Interrupted(SpecError):
-    """Ctrl-C: a checkpoint was saved; exit 130 like a shell's SIGINT."""
-    exit_code = 130
+    """Ctrl-C, SIGTERM or SIGHUP: a checkpoint was saved; exit 128 + the signal's number
+    (130, 143, 129), as a shell reports the signal."""
+
+    def __init__(self, message: str, signum: int, **kw):
+        super().__init__(message, **kw)
+        self.exit_code = exit_code(signum)
 
 
 @dataclass
@@ -152,10 +159,9 @@ class Run:
     def __init__(self, model: Model, cfg: TrainConfig, out: Optional[Path],
                  save_every: Optional[int]):
         self.model, self.cfg, self.out, self.save_every = model, cfg, out, save_every
-        if out is not None and not out.parent.is_dir():     # fail now, not after training
-            raise SpecError(f"cannot write checkpoint {out}: no folder {out.parent}")
         if out is not None:
-            C.remove_stale_temps(out)
+            destination(out, "checkpoint")          # fail now, not after training
+            remove_stale_temps(out)
         self.data = load_dataset(model, cfg)
         if cfg.early_stopping and self.data.valid is None:
             raise SpecError("early_stopping watches the validation split, and train.data has "
@@ -175,7 +181,7 @@ class Run:
     def state_names(self) -> list:
         return [s for names in self.step.states.values() for s in names]
 
-    def loop(self, log, interrupted) -> list:
+    def loop(self, log, stopped) -> list:
         history = []
         while self.pos.epoch < self.cfg.epochs and not (self.early and self.early.stop):
             lr = self.cfg.schedule.lr(self.cfg.optimizer.lr, self.pos.epoch)
@@ -185,12 +191,12 @@ class Run:
             for i, rows in enumerate(batch_rows(n, self.cfg.batch_size, self.rng)):
                 if i >= self.pos.step:
                     self._step(rows, i)
-                    if interrupted():
-                        self._interrupt()
+                    if stopped():
+                        self._interrupt(stopped())
             history.append(self._end_epoch(lr))
             log(history[-1])
-            if interrupted():
-                self._interrupt()
+            if stopped():
+                self._interrupt(stopped())
         return history
 
     def _step(self, rows, i: int) -> None:
@@ -230,14 +236,15 @@ class Run:
             self.save()
         return EpochLog(self.pos.epoch, loss, metrics, lr)
 
-    def _interrupt(self):
+    def _interrupt(self, signum: int):
         self.save()
         p = self.pos
         at = f"epoch {p.epoch + 1}, batch {p.step}" if p.step else f"the end of epoch {p.epoch}"
         if self.out is None:
-            raise Interrupted(f"interrupted at {at}; the params are those of that step")
-        raise Interrupted(f"interrupted at {at}; checkpoint saved to {self.out}",
-                          hint=f"continue with --resume {self.out}")
+            raise Interrupted(f"interrupted at {at} ({signal_name(signum)}); the params are "
+                              "those of that step", signum)
+        raise Interrupted(f"interrupted at {at} ({signal_name(signum)}); checkpoint saved to "
+                          f"{self.out}", signum, hint=f"continue with --resume {self.out}")
 
     def save(self, extra: Optional[dict] = None) -> None:
         """Params, optimizer state, position, RNG, early stopping, spec and stats, atomically
@@ -301,16 +308,26 @@ def train(model: Model, cfg: TrainConfig, *, out: Optional[Path],
           save_every: Optional[int] = None) -> TrainResult:
     """Train to cfg.epochs (from a checkpoint's position with `resume`); save checkpoints to
     `out` every `save_every` epochs (default: at epoch ends, at most once a second) and at the
-    end. With `out=None` nothing is written; the result carries the final checkpoint."""
+    end. With `out=None` nothing is written; the result carries the final checkpoint.
+    The checkpoint is locked from the end of set-up (data loaded, step compiled: bad input
+    is reported first) to the last save."""
     run = Run(model, cfg, None if out is None else Path(out), save_every)
+    if out is None:
+        return _train(run, log, resume)
+    with locked(out, "checkpoint"):
+        return _train(run, log, resume)
+
+
+def _train(run: Run, log, resume) -> TrainResult:
+    cfg = run.cfg
     if resume is not None:
         run.restore(resume)
         if run.pos.epoch >= cfg.epochs:
             run.notes.append(f"{resume} is already at epoch {run.pos.epoch} of {cfg.epochs}: "
                              "nothing left to train (raise --epochs to train longer)")
     start, done = time.perf_counter(), run.pos.global_samples
-    with deferred_sigint() as interrupted, np.errstate(all="ignore"):
-        history = run.loop(log, interrupted)
+    with deferred_stop() as stopped, np.errstate(all="ignore"):
+        history = run.loop(log, stopped)
     elapsed = time.perf_counter() - start
     loss, metrics = run.finish()
     seen = run.pos.global_samples - done

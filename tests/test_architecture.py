@@ -25,7 +25,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "graphc"
 
 # Earlier stages first. A unit imports only units to its left.
 STAGES = [
-    "errors", "shapes", "ops",                              # the vocabulary (ops/: records)
+    "errors", "outfiles", "interrupts",                     # errors, files written, signals
+    "shapes", "ops",                                        # the vocabulary (ops/: records)
     "yamlload", "leaves", "expr", "layers", "spec",         # spec text -> validated spec
     "ir", "autodiff", "optim",                              # graph, reverse graph, updates
     "arena", "plan", "dot", "memsvg",                       # the planner and its pictures

@@ -147,7 +147,7 @@ def test_an_input_the_outputs_need_and_the_file_lacks_is_a_located_error(lin):
     (None, ["--inputs", "x.npz", "--out", "o.txt"], "--out o.txt: expected a .npz or .csv"),
     ("ragged.csv", ["--inputs", "ragged.csv"], "ragged.csv line 3: 1 fields"),
     ("text.csv", ["--inputs", "text.csv"], "text.csv line 2, column 'c': 'one' is not a num"),
-    (None, ["--inputs", "x.npz", "--out", "nofolder/o.npz"], "cannot write nofolder/o.npz"),
+    (None, ["--inputs", "x.npz", "--out", "nofolder/o.npz"], "cannot write --out nofolder/o.npz"),
 ])
 def test_bad_files_are_one_error_line(lin, setup, args, says):
     contents = {"bad.npz": "not a zip", "ragged.csv": "a,c\n1,2\n3\n",
