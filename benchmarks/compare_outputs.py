@@ -8,7 +8,8 @@ uncommitted edits included; `--base` to its merge-base with main) and run as a u
 runs it, with PYTHONPATH pointing at that checkout. For every spec of the head's specs/:
 
 - `graphc train SPEC --epochs N --seed 0 --json --out CKPT`: the JSON line (less its
-  samples_per_s timing) and every array of the checkpoint, compared bitwise;
+  samples_per_s timing) and every array of the checkpoint, compared bitwise (the
+  spec's recorded path with each checkout's folder taken out);
 - `graphc grad SPEC --json --out GRADS.npz`: the JSON text and every gradient array,
   compared bitwise.
 
@@ -31,6 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 WORKTREE = "WORKTREE"       # --head's default: the working tree itself, not a commit
 TIMINGS = ("samples_per_s",)
+PATH_ARRAYS = ("__graphc__/spec_file",)   # the spec's path (UTF-8 bytes): differs per checkout
 
 
 def git(*args: str, cwd: Path = ROOT) -> str:
@@ -53,12 +55,21 @@ def graphc(tree: Path, args: list, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
-def npz_bits(path: Path) -> dict:
-    """name -> (dtype, shape, raw bytes) of every array in an .npz; {} when it is absent."""
+def npz_bits(path: Path, tree: Path) -> dict:
+    """name -> (dtype, shape, raw bytes) of every array in an .npz; {} when it is absent.
+    An array holding a path has the checkout's own folder taken out of it."""
     if not path.exists():
         return {}
+    out = {}
     with np.load(path, allow_pickle=False) as z:
-        return {k: (z[k].dtype.str, z[k].shape, z[k].tobytes()) for k in z.files}
+        for k in z.files:
+            raw = z[k].tobytes()
+            if k in PATH_ARRAYS:
+                raw = raw.replace(str(tree).encode(), b"<checkout>")
+                out[k] = (z[k].dtype.str, None, raw)
+            else:
+                out[k] = (z[k].dtype.str, z[k].shape, raw)
+    return out
 
 
 def without_timings(stdout: str) -> str:
@@ -89,7 +100,8 @@ def outputs(tree: Path, spec: Path, work: Path, epochs: int) -> dict:
         error = ([line.replace(str(tree), "<checkout>") for line in
                   done.stderr.strip().splitlines()[-1:]] if done.returncode else [])
         result[command] = (done.returncode, without_timings(done.stdout.strip()), error,
-                           npz_bits(work / ("ckpt.npz" if command == "train" else "grads.npz")))
+                           npz_bits(work / ("ckpt.npz" if command == "train" else "grads.npz"),
+                                    tree))
     return result
 
 
