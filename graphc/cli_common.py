@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .errors import SpecError
+from .errors import SpecError, did_you_mean
 
 
 SPEC = click.Path(dir_okay=False, path_type=Path)
@@ -37,13 +37,11 @@ def input_feeds(model, inputs_path, batch_size=None):
     fed = model.fed_inputs
     given = {}
     if inputs_path:
-        given = read(inputs_path, "--inputs")
+        given = {name: _given_input(model, name, arr, inputs_path)
+                 for name, arr in read(inputs_path, "--inputs").items()}
         for name, arr in given.items():
-            if name not in model.graph.nodes or model.graph[name].op != "input":
-                raise SpecError(f"--inputs {inputs_path}: '{name}' is not an input of the spec")
             if name not in fed:
-                model.store[name] = arr.astype(model.graph[name].dtype).reshape(
-                    model.store[name].shape)
+                model.store[name] = arr
     missing = [n for n in fed if n not in given]
     if missing and "data" in model.spec.train:
         cfg = parse_train(model, batch_size=batch_size)
@@ -54,6 +52,27 @@ def input_feeds(model, inputs_path, batch_size=None):
                         mark=model.graph[missing[0]].mark, node=missing[0],
                         hint="give it a value: in the spec, or pass --inputs FILE.npz")
     return {n: given[n] for n in fed}
+
+
+def _given_input(model, name: str, arr: np.ndarray, path) -> np.ndarray:
+    """One array of --inputs checked against the input it feeds: numbers its dtype holds,
+    at least one sample, and the shape of an input with a value; cast to its dtype."""
+    from .data import check_values
+    from .datafiles import numeric
+    shown = f"--inputs {path} array '{name}'"
+    if name not in model.graph.nodes or model.graph[name].op != "input":
+        raise SpecError(f"--inputs {path}: '{name}' is not an input of the spec",
+                        hint=did_you_mean(name, model.fed_inputs))
+    node = model.graph[name]
+    arr = numeric(arr, shown, samples=name in model.fed_inputs)
+    check_values(name, arr, np.dtype(node.dtype), lambda n, idx: f"{shown} at index {idx}")
+    if name in model.fed_inputs and len(arr) == 0:
+        raise SpecError(f"{shown} has no samples (its first dimension is 0)", node=name)
+    have = model.store[name].shape if name not in model.fed_inputs else None
+    if have is not None and arr.shape != have:
+        raise SpecError(f"{shown} has shape {list(arr.shape)}, but input '{name}' has shape "
+                        f"{list(have)}", mark=node.mark, node=name)
+    return arr.astype(node.dtype)
 
 
 def write_dot(path: Path, text: str, render: bool) -> None:

@@ -100,10 +100,11 @@ def member(archive, key: str, shown: str) -> np.ndarray:
         raise SpecError(f"cannot read array '{key}' of {shown}: {e}") from None
 
 
-def numeric(arr: np.ndarray, what: str) -> np.ndarray:
-    """A samples-first array of numbers (bools read as 0/1)."""
+def numeric(arr: np.ndarray, what: str, samples: bool = True) -> np.ndarray:
+    """An array of real numbers (bools read as 0/1; complex numbers and text refused),
+    samples-first unless `samples` is False."""
     if arr.dtype.kind not in "biuf":
-        raise SpecError(f"{what} has dtype {arr.dtype}; data must be numbers")
-    if arr.ndim == 0:
+        raise SpecError(f"{what} has dtype {arr.dtype}; data must be real numbers")
+    if samples and arr.ndim == 0:
         raise SpecError(f"{what} is a scalar; data arrays hold one sample per row")
     return arr.astype(np.int64) if arr.dtype.kind == "b" else arr
