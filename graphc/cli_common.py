@@ -2,6 +2,7 @@
 DOT writing, the training step as `train` builds it, BLAS thread limits."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,17 @@ from .errors import SpecError, did_you_mean
 
 
 SPEC = click.Path(dir_okay=False, path_type=Path)
+
+
+class FiniteFloat(click.FloatRange):
+    """A FloatRange that also refuses nan and inf (click's bounds let nan through)."""
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 def nested(arr: np.ndarray):

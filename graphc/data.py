@@ -24,10 +24,11 @@ from typing import Iterator, Mapping, Optional
 import numpy as np
 
 from .datasets import DATASETS, options
-from .datasources import (DEFAULT_SAMPLES, LOADERS, Arrays, Raw, generator, is_number,
+from .datasources import (DEFAULT_SAMPLES, LOADERS, Arrays, Raw, generator,
                           key_mark, value_mark)
 from .errors import Mark, SpecError, did_you_mean
 from .leaves import misfit, misfit_message
+from .shapes import is_number
 
 __all__ = ["load_data", "Dataset", "batches", "first_batch", "n_samples", "compute_stats",
            "apply_stats", "stats_to_arrays", "stats_from_arrays", "Arrays", "Stats",

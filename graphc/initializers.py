@@ -18,6 +18,7 @@ from typing import Callable, Mapping, Optional
 import numpy as np
 
 from .errors import Mark, SpecError, did_you_mean
+from .shapes import is_number
 
 Shape = tuple[int, ...]
 
@@ -204,8 +205,7 @@ def _arguments(fn) -> dict[str, tuple[type, object]]:
 def _has_type(value, annotation) -> bool:
     if annotation is float:
         # YAML bools are Python ints; `std: yes` is a typo, not 1.0.
-        return (isinstance(value, (int, float)) and not isinstance(value, bool)
-                and math.isfinite(value))
+        return is_number(value)
     return isinstance(value, annotation)
 
 
