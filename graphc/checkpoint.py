@@ -19,9 +19,9 @@ from typing import Mapping
 import numpy as np
 
 from .data import stats_from_arrays
-from .datafiles import member, np_load
+from .datafiles import archive_nbytes, member, np_load
 from .leaves import misfit, misfit_message
-from .errors import SpecError
+from .errors import SpecError, check_memory
 from .model import Model
 
 RESERVED = "__graphc__/"
@@ -64,6 +64,7 @@ def read(path, what: str = "checkpoint") -> dict:
     shown = f"{what} {path}"
     with np_load(path, shown, archive=True,
                  hint="write named arrays with np.savez(FILE, NAME=array, ...)") as archive:
+        check_memory(archive_nbytes(archive, archive.files, shown), f"reading {shown}")
         return {k: member(archive, k, shown) for k in archive.files}
 
 

@@ -13,7 +13,11 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import SpecError
+from .errors import SpecError, check_memory
+
+NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,
+               (2, 0): np.lib.format.read_array_header_2_0,
+               (3, 0): np.lib.format.read_array_header_2_0}   # 3.0 differs in text encoding
 
 
 def resolve(spec_dir: Path, text: str) -> Path:
@@ -80,6 +84,10 @@ def np_load(path: Path, shown: str, *, archive: bool, hint: Optional[str] = None
     """np.load without pickles (data files must not run code); an .npz archive or one array.
     `hint` says what to write instead when the file is of the other kind."""
     try:
+        with open(path, "rb") as f:
+            if f.read(6) == np.lib.format.MAGIC_PREFIX:
+                f.seek(0)
+                check_memory(npy_nbytes(f, shown), f"reading {shown}")
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise SpecError(f"cannot read {shown}: {e}") from None
@@ -93,7 +101,36 @@ def np_load(path: Path, shown: str, *, archive: bool, hint: Optional[str] = None
     return loaded
 
 
+def npy_nbytes(f, shown: str) -> int:
+    """Bytes the .npy array in file `f` takes once read, from its header alone: a small file
+    may claim terabytes."""
+    try:
+        version = np.lib.format.read_magic(f)
+        shape, _, dtype = NPY_HEADERS[version](f)
+    except (KeyError, ValueError, OSError, EOFError) as e:
+        raise SpecError(f"cannot read {shown}: not a readable .npy header ({e})") from None
+    size = 1
+    for d in shape:
+        size *= d
+    return size * dtype.itemsize
+
+
+def archive_nbytes(archive, keys, shown: str) -> int:
+    """Bytes the arrays `keys` of an open .npz take once read, from their headers."""
+    total = 0
+    for key in keys:
+        name = key + ".npy" if key + ".npy" in archive.zip.namelist() else key
+        try:
+            with archive.zip.open(name) as f:
+                total += npy_nbytes(f, f"array '{key}' of {shown}")
+        except (OSError, zipfile.BadZipFile) as e:
+            raise SpecError(f"cannot read array '{key}' of {shown}: {e}") from None
+    return total
+
+
 def member(archive, key: str, shown: str) -> np.ndarray:
+    """One array of an open .npz, its size checked against the memory limit first."""
+    check_memory(archive_nbytes(archive, [key], shown), f"reading array '{key}' of {shown}")
     try:
         return archive[key]
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:

@@ -15,7 +15,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from .errors import Mark, SpecError, did_you_mean, short
+from .errors import Mark, SpecError, did_you_mean, fmt_bytes, short
 from .expr import NodeSpec, check_attrs, lookup_op, parse_expression
 from .layers import expand_layers
 from .leaves import FLOAT_DTYPES, LeafSpec, check_fits, check_size, parse_dtype, parse_leaf
@@ -27,6 +27,7 @@ TOP_KEYS = ("graphc", "name", "dtype", "inputs", "params", "nodes", "loss", "out
 TRAIN_KEYS = ("data", "batch_size", "epochs", "optimizer", "schedule", "metrics", "seed",
               "clip_grad_norm", "early_stopping")
 NODE_KEYS = ("op", "inputs")
+MAX_SPEC_BYTES = 2**20          # specs are a few KB; YAML parsing needs ~200 bytes per byte
 
 
 @dataclass(frozen=True)
@@ -151,13 +152,23 @@ def _check_names(leaves, nodes):
 
 
 def _read(path: Path) -> str:
+    """The spec's text (newlines as Python's text mode reads them), read at most
+    MAX_SPEC_BYTES: a larger file, or a device such as /dev/zero, is refused unparsed."""
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
     except OSError as exc:
         raise SpecError(f"cannot read spec: {exc.strerror or exc}",
                         mark=Mark(str(path), 1, 1)) from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"spec is larger than {fmt_bytes(MAX_SPEC_BYTES)}",
+                        mark=Mark(str(path), 1, 1),
+                        hint="a spec describes a model; put data and large values in files "
+                             "(train.data, --init-from)")
+    try:
+        return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        line = data[:exc.start].count(b"\n") + 1
         raise SpecError(f"spec is not UTF-8 text (byte {exc.object[exc.start]:#04x})",
                         mark=Mark(str(path), line, 1), hint="save the file as UTF-8") from None
 
