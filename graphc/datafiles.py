@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import SpecError, check_memory
 
+CSV_BYTES_PER_BYTE = 32      # cells as Python strs in lists: 24x the file measured
 NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,
                (2, 0): np.lib.format.read_array_header_2_0,
                (3, 0): np.lib.format.read_array_header_2_0}   # 3.0 differs in text encoding
@@ -30,7 +31,9 @@ def resolve(spec_dir: Path, text: str) -> Path:
 
 
 def read_csv(path: Path, shown: str) -> tuple[list[str], list[list[str]], list[int]]:
-    """Header, data rows and each row's 1-based line; blank lines skipped, widths checked."""
+    """Header, data rows and each row's 1-based line; blank lines skipped, widths checked.
+    The rows' memory (CSV_BYTES_PER_BYTE per byte of file) is checked before reading."""
+    check_memory(path.stat().st_size * CSV_BYTES_PER_BYTE, f"reading {shown}")
     rows, lines, header = [], [], None
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:

@@ -110,7 +110,9 @@ def set_memory_limit(size) -> None:
 
 
 def memory_limit() -> int:
-    """Bytes one parameter or plan arena may need: --max-memory, $GRAPHC_MAX_MEMORY, or half of RAM."""
+    """Bytes any one step of a run may allocate (parsing the spec, reading a data file or
+    checkpoint, a parameter and its initializer, a plan arena): --max-memory,
+    $GRAPHC_MAX_MEMORY, or half of RAM."""
     if _limit is not None:
         return _limit
     if os.environ.get(MEMORY_ENV):
