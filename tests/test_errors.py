@@ -23,7 +23,8 @@ from graphc.spec import load_spec
 
 CATALOG = Path(__file__).parent / "bad_specs"
 ROWS = yaml.safe_load((CATALOG / "catalog.yaml").read_text())
-GENERATED = ("non_utf8.yaml", "missing_key.npz", "three_features.npz", "pickled.npz")
+GENERATED = ("non_utf8.yaml", "missing_key.npz", "three_features.npz", "pickled.npz",
+             "out_of_range.npz", "zero_samples.npz", "complex.npz")
 TRAIN_ARGS = ("--epochs", "1", "--out", "out.ckpt.npz")
 
 
@@ -39,6 +40,10 @@ def generate_binaries(folder: Path) -> None:
     np.savez(folder / "three_features.npz", x=np.zeros((4, 3)), y=np.zeros(4, np.int64))
     np.savez(folder / "pickled.npz", x=np.array([{"a": 1}] * 4, dtype=object),
              y=np.zeros(4, np.int64))              # loading it would need pickle: refused
+    np.savez(folder / "out_of_range.npz", x=np.array([[0.5, 1.0], [1e300, 2.0]]),
+             y=np.zeros(2, np.int64))              # 1e300 is inf in float32
+    np.savez(folder / "zero_samples.npz", x=np.zeros((0, 2)), y=np.zeros(0, np.int64))
+    np.savez(folder / "complex.npz", x=np.ones((4, 2)) * (1 + 2j), y=np.zeros(4, np.int64))
 
 
 def run_graphc(folder: Path, row: dict) -> subprocess.CompletedProcess:
@@ -71,6 +76,7 @@ def test_bad_input_gives_one_located_error(row, results):
     report = f"exit {r.returncode}\nstderr:\n{r.stderr}\nstdout:\n{r.stdout[-2000:]}"
     assert r.returncode == row["exit"], report
     assert "Traceback" not in r.stderr + r.stdout, report
+    assert "internal error" not in r.stderr, report
     lines = r.stderr.splitlines()
     assert lines and lines[0].startswith("error: "), report
     assert all(line.startswith("  ") for line in lines[1:]), report
