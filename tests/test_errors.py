@@ -239,3 +239,34 @@ def test_a_constant_must_fit_the_spec_dtype(tmp_path):
         load_spec(path)
     assert load_spec(spec(tmp_path, path.read_text().replace("params", "dtype: float64\nparams"),
                           "f64.yaml")).dtype == "float64"
+
+
+# --- issue 10: names, the memory limit's reach ----------------------------------------------
+
+def test_a_name_is_declared_as_an_expression_reads_it(tmp_path):
+    """Python's parser applies NFKC to names: a fullwidth 'ｘ' declared is the 'x' used."""
+    text = ("inputs:\n  ｘ: 5\nnodes:\n  y: x * 2\n  loss: {op: identity, inputs: [ｙ]}\n"
+            "outputs: [ｙ]\n")
+    s = load_spec(spec(tmp_path, text))
+    assert set(s.leaves) == {"x"}
+    assert [n.inputs for n in s.nodes if n.name == "loss"] == [("y",)]
+    assert s.outputs == ("y",)
+
+
+def test_soft_keywords_and_layer_params_stay_names(tmp_path):
+    text = "inputs:\n  match: [batch, 2]\nnodes:\n  h: dense(match, units=3)\n  loss: sum(h)\n"
+    s = load_spec(spec(tmp_path, text))
+    assert {"match", "h.W", "h.b"} <= set(s.leaves)
+
+
+def test_the_spec_parse_counts_against_the_memory_limit(tmp_path):
+    path = spec(tmp_path, "inputs:\n  x: 1\nnodes:\n  loss: x\n")      # 8 + 7 + 7 + 10
+    set_memory_limit(32 * 200)                                            # 200 per character
+    try:
+        load_spec(path)
+        set_memory_limit(32 * 200 - 1)
+        with pytest.raises(SpecError, match=r":1:1: parsing the spec's 32 characters needs "
+                                            r"6400 bytes \(6\.2 KiB\), above the memory limit"):
+            load_spec(path)
+    finally:
+        set_memory_limit(None)
