@@ -7,6 +7,7 @@ file and which columns or arrays feed which input.
 from __future__ import annotations
 
 import csv
+import math
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -112,10 +113,7 @@ def npy_nbytes(f, shown: str) -> int:
         shape, _, dtype = NPY_HEADERS[version](f)
     except (KeyError, ValueError, OSError, EOFError) as e:
         raise SpecError(f"cannot read {shown}: not a readable .npy header ({e})") from None
-    size = 1
-    for d in shape:
-        size *= d
-    return size * dtype.itemsize
+    return math.prod(shape) * dtype.itemsize
 
 
 def archive_nbytes(archive, keys, shown: str) -> int:

@@ -85,10 +85,13 @@ def check_fits(value: np.ndarray, dtype: str, what: str, mark: Mark, node: str):
 
 def misfit(value: np.ndarray, dtype) -> Optional[tuple]:
     """The index of the first number of `value` that `dtype` cannot hold, or None."""
-    dtype = np.dtype(dtype)
+    dtype, value = np.dtype(dtype), np.asarray(value)
+    if np.can_cast(value.dtype, dtype, "safe"):     # only NaN and inf can be wrong
+        found = np.argwhere(~np.isfinite(value)) if value.dtype.kind == "f" else ()
+        return tuple(int(i) for i in found[0]) if len(found) else None
     real = dtype.kind == "f"
     info = np.finfo(dtype) if real else np.iinfo(dtype)
-    value = np.asarray(value, dtype=np.float64)
+    value = value.astype(np.float64)
     with np.errstate(invalid="ignore"):
         bad = ~((value >= info.min) & (value <= info.max))
         if not real:
