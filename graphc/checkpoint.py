@@ -21,7 +21,7 @@ import numpy as np
 from .data import stats_from_arrays
 from .datafiles import archive_nbytes, member, np_load
 from .leaves import misfit, misfit_message
-from .errors import SpecError, check_memory
+from .errors import SpecError, check_memory, short
 from .model import Model
 
 RESERVED = "__graphc__/"
@@ -76,10 +76,11 @@ def params_of(model: Model) -> dict:
 DAMAGED = "the file was edited or damaged: use a checkpoint graphc wrote"
 
 
-def entry(arrays: Mapping, key: str, path, shape=None, dtype=None) -> np.ndarray:
+def entry(arrays: Mapping, key: str, path, shape=None, dtype=None,
+          nonnegative: bool = False) -> np.ndarray:
     """The checkpoint array `key`, checked before use: present, real numbers, of `shape`
-    (None: any), and (where `dtype` is given) numbers that dtype holds; else a SpecError
-    naming the file and the key."""
+    (None: any), (where `dtype` is given) numbers that dtype holds, and >= 0 where
+    `nonnegative` (counts, sums of squares); else a SpecError naming the file and key."""
     if key not in arrays:
         raise SpecError(f"checkpoint {path} has no '{key}'", hint=DAMAGED)
     arr = arrays[key]
@@ -89,6 +90,8 @@ def entry(arrays: Mapping, key: str, path, shape=None, dtype=None) -> np.ndarray
     index = None if problem or dtype is None else misfit(arr, dtype)
     if index is not None:
         problem = misfit_message(arr[index], dtype)
+    elif not problem and nonnegative and np.any(arr < 0):
+        problem = f"holds {short(float(arr[arr < 0].flat[0]))}, expected numbers >= 0"
     if problem:
         raise SpecError(f"checkpoint {path}: '{key}' {problem}", hint=DAMAGED)
     return arr

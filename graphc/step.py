@@ -52,6 +52,8 @@ class Optimizer:
     def lr(self) -> float:
         return float(self.args["lr"])
 
+    NON_NEGATIVE = ("step", "v", "sum_sq", "square_avg")    # counts and sums of squares
+
     def state_names(self) -> list:
         """Per-parameter state suffixes, in the order the update op reads them."""
         a = self.args

@@ -129,7 +129,7 @@ class Position:
         """The position a checkpoint saved, each array checked (C.entry) before use."""
         pos = cls(C.entry(arrays, RESERVED + "rng", path, (6,), np.uint64))
         for k in cls.COUNTS:
-            setattr(pos, k, int(C.entry(arrays, RESERVED + k, path, (), np.int64)))
+            setattr(pos, k, int(C.entry(arrays, RESERVED + k, path, (), np.int64, True)))
         pos.loss_sum = float(C.entry(arrays, RESERVED + "loss_sum", path, (), np.float64))
         return pos
 
@@ -254,7 +254,8 @@ class Run:
                                 hint="it was saved by another optimizer or graphc version")
             target = self.model.store[key[len(RESERVED + "state/"):]
                                       if key.startswith(RESERVED) else key]
-            target[...] = C.entry(arrays, stored, path, target.shape, target.dtype)
+            counts = key.rpartition(".")[2] in self.cfg.optimizer.NON_NEGATIVE
+            target[...] = C.entry(arrays, stored, path, target.shape, target.dtype, counts)
         self.pos = Position.from_arrays(arrays, path)
         if self.early and RESERVED + "early" in arrays:
             self._restore_early(arrays, path)

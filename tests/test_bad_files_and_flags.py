@@ -92,6 +92,8 @@ def generate_checkpoints(folder: Path) -> None:
     damaged(folder, "no_std.ckpt.npz", R + "stats/x/std")
     damaged(folder, "state_shape.ckpt.npz", {R + "state/W.m": np.zeros(7)})
     damaged(folder, "early_shape.ckpt.npz", {R + "early": np.zeros(2)})
+    damaged(folder, "negative_epoch.ckpt.npz", {R + "epoch": np.asarray(-1, np.int64)})
+    damaged(folder, "negative_adam_step.ckpt.npz", {R + "state/W.step": np.float32(-1)})
     damaged(folder, "forged.ckpt.npz", {})
     with zipfile.ZipFile(folder / "forged.ckpt.npz", "a") as z, z.open("junk.npy", "w") as f:
         forged_npy(f, (200_000_000_000, 2))
