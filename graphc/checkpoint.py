@@ -14,14 +14,14 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 
 from .data import stats_from_arrays
 from .datafiles import archive_nbytes, member, np_load
-from .leaves import misfit, misfit_message
 from .errors import SpecError, check_memory, short
+from .leaves import misfit, misfit_message
 from .model import Model
 
 RESERVED = "__graphc__/"
@@ -83,18 +83,24 @@ def entry(arrays: Mapping, key: str, path, shape=None, dtype=None,
     `nonnegative` (counts, sums of squares); else a SpecError naming the file and key."""
     if key not in arrays:
         raise SpecError(f"checkpoint {path} has no '{key}'", hint=DAMAGED)
-    arr = arrays[key]
-    problem = (f"has dtype {arr.dtype}, expected real numbers" if arr.dtype.kind not in "biuf"
-               else f"has shape {list(arr.shape)}, expected {list(shape)}"
-               if shape is not None and arr.shape != tuple(shape) else None)
-    index = None if problem or dtype is None else misfit(arr, dtype)
-    if index is not None:
-        problem = misfit_message(arr[index], dtype)
-    elif not problem and nonnegative and np.any(arr < 0):
-        problem = f"holds {short(float(arr[arr < 0].flat[0]))}, expected numbers >= 0"
+    problem = _problem(arrays[key], shape, dtype, nonnegative)
     if problem:
         raise SpecError(f"checkpoint {path}: '{key}' {problem}", hint=DAMAGED)
-    return arr
+    return arrays[key]
+
+
+def _problem(arr: np.ndarray, shape, dtype, nonnegative: bool) -> Optional[str]:
+    """What is wrong with a checkpoint array, as entry() checks it, or None."""
+    if arr.dtype.kind not in "biuf":
+        return f"has dtype {arr.dtype}, expected real numbers"
+    if shape is not None and arr.shape != tuple(shape):
+        return f"has shape {list(arr.shape)}, expected {list(shape)}"
+    index = None if dtype is None else misfit(arr, dtype)
+    if index is not None:
+        return misfit_message(arr[index], dtype)
+    if nonnegative and np.any(arr < 0):
+        return f"holds {short(float(arr[arr < 0].flat[0]))}, expected numbers >= 0"
+    return None
 
 
 def text_array(text: str) -> np.ndarray:
