@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .errors import SpecError
+from .errors import SpecError, did_you_mean
 
 
 SPEC = click.Path(dir_okay=False, path_type=Path)
@@ -72,16 +72,50 @@ def write_dot(path: Path, text: str, render: bool) -> None:
         click.echo(f"wrote {svg}", err=True)
 
 
-def training_step(spec, batch_size):
-    """(model, step graph, batch size) of the spec's training step, as `train` builds it."""
+def training_step(spec, batch_size, dims=None):
+    """(model, step graph, batch size, dims) of the spec's training step, as `train` builds
+    it. The batch dims (each fed input's first dim, as a batch of data sizes them) take the
+    batch size: --batch-size, a `dims` entry for one of them, else train.batch_size, else 32.
+    Any other symbolic dim is sized only by `dims` (--dim NAME=SIZE)."""
     from .model import load_model
     from .step import parse_optimizer, training_graph
     model = load_model(spec)
     raw = model.spec.train
     opt = parse_optimizer(raw.get("optimizer"), raw.mark_of("optimizer"))
-    from .trainconfig import _clip, _positive_int     # the same checks as train's
+    from .trainconfig import _clip                    # the same checks as train's
     step = training_graph(model.graph, opt, _clip(raw))
-    return model, step, _positive_int(raw, "batch_size", 32, batch_size)
+    bs, dims = _sized_dims(model, batch_size, dict(dims or {}))
+    return model, step, bs, dims
+
+
+def _sized_dims(model, batch_size, dims: dict) -> tuple:
+    """(batch size, every symbolic dim's size): `training_step`'s sizing rule."""
+    from .plan import batch_dims
+    from .trainconfig import _positive_int
+    _check_dim_names(model, dims)
+    lead = batch_dims(model.graph)
+    given = {f"--dim {d}={dims[d]}": dims[d] for d in lead if d in dims}
+    if batch_size is not None:
+        given[f"--batch-size {batch_size}"] = batch_size
+    if len(set(given.values())) > 1:
+        raise SpecError(f"{' and '.join(given)} give the batch dim different sizes",
+                        hint=f"give one of them ({', '.join(lead)} is the inputs' first dim, "
+                             f"which a batch sizes)")
+    bs = _positive_int(model.spec.train, "batch_size", 32, next(iter(given.values()), None))
+    return bs, {**dict.fromkeys(lead, bs), **dims}
+
+
+def _check_dim_names(model, dims) -> None:
+    """Every --dim names a symbolic dim of the spec."""
+    from . import shapes as S
+    known = sorted(set().union(*(S.symbols(n.shape) for n in model.graph.nodes.values())))
+    for name, size in dims.items():
+        if name not in known:
+            raise SpecError(f"--dim {name}={size}: {model.spec.path} has no symbolic dim "
+                            f"'{name}'",
+                            hint=did_you_mean(name, known) or (
+                                f"its symbolic dims are {', '.join(known)}" if known
+                                else "it has no symbolic dims"))
 
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

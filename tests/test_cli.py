@@ -280,6 +280,67 @@ def test_time_json_has_the_contract_keys():
         assert set(row) == {"op", "phase", "us"} and row["phase"] in PHASES, row
 
 
+SEQUENCE = """\
+name: seq_mean
+inputs:
+  x: [N, T, 3]
+  y: [N, 1]
+params:
+  W: [3, 1]
+nodes:
+  p: mean(x @ W, axis=1)
+  loss: mse(p, y)
+train:
+  batch_size: 16
+"""
+
+
+@pytest.fixture
+def sequence(tmp_path) -> Path:
+    """A spec whose batch dim is N and whose other symbolic dim, T, no data sizes."""
+    path = tmp_path / "seq.yaml"
+    path.write_text(SEQUENCE)
+    return path
+
+
+def buffer_bytes(plan: dict, value: str) -> int:
+    return next(b["bytes"] for b in plan["buffers"] if b["value"] == value)
+
+
+def test_plan_and_time_size_any_symbolic_dim_with_dim(sequence):
+    plan = one_json(ok(graphc("plan", sequence, "--json", "--dim", "T=5")))
+    assert plan["batch_size"] == 16                     # N, the first dim, takes the batch size
+    assert buffer_bytes(plan, "p/matmul") == 16 * 5 * 1 * 4          # x @ W: [N, T, 1] float32
+    plan = one_json(ok(graphc("plan", sequence, "--json", "--dim", "T=7", "--dim", "N=4")))
+    assert plan["batch_size"] == 4
+    assert buffer_bytes(plan, "p/matmul") == 128        # 4 * 7 * 4 = 112 bytes, aligned to 64
+    plan = one_json(ok(graphc("plan", sequence, "--json", "--dim", "T=2", "--batch-size", "8")))
+    assert (plan["batch_size"], buffer_bytes(plan, "p/matmul")) == (8, 64)
+    t = one_json(ok(graphc("time", sequence, "--json", "--dim", "T=5", "--steps", "2",
+                           "--warmup", "0")))
+    assert t["batch_size"] == 16 and {r["op"] for r in t["per_op"]} >= {"matmul", "mean", "mse"}
+
+
+@pytest.mark.parametrize("command", ["plan", "time"])
+@pytest.mark.parametrize("flags, expect", [
+    ([], "seq.yaml:3:3: node 'x': dim 'T' of shape [N, T, 3] has no size here (sized dims: "
+         "N); size it with --dim T=SIZE"),
+    (["--dim", "t=5"], "--dim t=5: seq.yaml has no symbolic dim 't'; its symbolic dims are "
+                       "N, T"),
+    (["--dim", "T=5", "--dim", "N=8", "--batch-size", "4"],
+     "--dim N=8 and --batch-size 4 give the batch dim different sizes"),
+    (["--dim", "T=0"], "'T=0' is not NAME=SIZE with a size from 1 up"),
+    (["--dim", "T"], "'T' is not NAME=SIZE"),
+    (["--dim", "T=2", "--dim", "T=3"], "dim 'T' is given twice"),
+])
+def test_an_unsized_or_misnamed_dim_is_one_error(sequence, command, flags, expect):
+    proc = graphc(command, sequence.name, *flags, cwd=sequence.parent)
+    assert proc.returncode == 2, proc
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], proc.stderr
+    assert proc.stdout == ""
+
+
 def test_ops_lists_matmul():
     out = ok(graphc("ops")).stdout
     assert re.search(r"^\s+matmul\(a, b\)", out, re.MULTILINE), out
