@@ -52,6 +52,9 @@ class TrainResult:
     samples_per_s: float
     history: list = field(default_factory=list)
     notes: list = field(default_factory=list)       # lines for the user (early stopping)
+    split: str = "training"              # where loss and metrics were measured, or "validation"
+    samples: int = 0                     # that split's size
+    restored_epoch: Optional[int] = None     # the epoch whose params early stopping restored
 
     def json(self) -> dict:
         return {"loss": self.loss, "metrics": self.metrics, "epochs": self.epochs,
@@ -273,10 +276,16 @@ class Run:
                 if e.stop else ""
             self.notes.append(f"early stopping: {stopped}restored the params of epoch "
                               f"{e.best_epoch}, val_{e.cfg.metric} {e.best:.4f}")
-        split = self.data.valid if self.data.valid is not None else self.data.train
-        loss, metrics = self.evaluate(split)
+        loss, metrics = self.evaluate(self.final_split()[1])
         self.save(last)
         return loss, metrics
+
+    def final_split(self) -> tuple:
+        """(name, arrays) of the split the final numbers are measured on: the validation
+        split where there is one, else the training set."""
+        if self.data.valid is not None:
+            return "validation", self.data.valid
+        return "training", self.data.train
 
 
 def train(model: Model, cfg: TrainConfig, *, out: Path,
@@ -296,5 +305,7 @@ def train(model: Model, cfg: TrainConfig, *, out: Path,
     elapsed = time.perf_counter() - start
     loss, metrics = run.finish()
     seen = run.pos.global_samples - done
+    split, arrays = run.final_split()
     return TrainResult(loss, metrics, run.pos.epoch, seen / elapsed if elapsed else 0.0,
-                       history, run.notes)
+                       history, run.notes, split, n_samples(arrays),
+                       run.early.best_epoch if run.best else None)
