@@ -101,6 +101,7 @@ def spiral_run(tmp_path_factory):
     return proc, time.perf_counter() - start, ckpt
 
 
+@pytest.mark.xdist_group("spiral_run")          # one worker trains the shared run, once
 def test_train_spiral_reaches_97_percent_within_a_minute(spiral_run):
     proc, seconds, ckpt = spiral_run
     result = one_json(ok(proc))
@@ -111,12 +112,14 @@ def test_train_spiral_reaches_97_percent_within_a_minute(spiral_run):
     assert np.isfinite(result["loss"]) and result["samples_per_s"] > 0
 
 
+@pytest.mark.xdist_group("spiral_run")          # one worker trains the shared run, once
 def test_train_json_keeps_stdout_pure_and_progress_on_stderr(spiral_run):
     proc, _, _ = spiral_run
     assert len(proc.stdout.strip().splitlines()) == 1, proc.stdout
     assert "epoch" in proc.stderr and "final:" in proc.stderr
 
 
+@pytest.mark.xdist_group("spiral_run")          # one worker trains the shared run, once
 def test_train_checkpoint_loads_without_pickle(spiral_run):
     _, _, ckpt = spiral_run
     arrays = load_npz(ckpt)
@@ -220,6 +223,7 @@ def test_grad_out_writes_one_array_per_leaf(tmp_path):
         np.testing.assert_array_equal(arrays[leaf], g)
 
 
+@pytest.mark.xdist_group("spiral_run")          # one worker trains the shared run, once
 def test_grad_params_from_a_checkpoint_changes_the_result(spiral_run):
     _, _, ckpt = spiral_run
     before = one_json(ok(graphc("grad", SPIRAL, "--json")))

@@ -39,6 +39,7 @@ def digits(**cfg):
                      input_dtypes={"x": "float64", "y": "int64"})
 
 
+@pytest.mark.slow
 def test_digits_mlp_reaches_95_percent_held_out_and_eval_agrees(tmp_path):
     pytest.importorskip("sklearn", reason=NEEDS)
     ckpt = tmp_path / "digits.npz"
@@ -50,6 +51,7 @@ def test_digits_mlp_reaches_95_percent_held_out_and_eval_agrees(tmp_path):
     assert again["metrics"]["accuracy"] == pytest.approx(final["metrics"]["accuracy"])
 
 
+@pytest.mark.slow
 def test_digits_spec_checks_and_gradchecks():
     pytest.importorskip("sklearn", reason=NEEDS)
     for command in ("check", "gradcheck"):

@@ -262,6 +262,7 @@ def test_ctrl_c_saves_exits_130_and_resumes_exactly(tmp_path):
     assert_identical(tmp_path / "full.npz", tmp_path / "ckpt.npz")
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_leaves_a_loadable_consistent_checkpoint(tmp_path):
     """--save-every 1 saves at every epoch end, so many kills land during a write."""
     text = KILL_SPEC.replace("OPTIMIZER", OPTIMIZERS[3]).replace("EARLY", "seed: 0")
