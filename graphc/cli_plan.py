@@ -22,9 +22,11 @@ def _parse_dims(ctx, param, values) -> dict:
     return dims
 
 
+BATCH_SIZE = click.option("--batch-size", type=click.IntRange(min=1),
+                          help="Size the batch dim, the inputs' first dim [default: "
+                               "train.batch_size, else 32].")
 DIM = click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", callback=_parse_dims,
-                   help="Size a symbolic dim, such as --dim T=16 (repeatable). The batch dim "
-                        "takes --batch-size.")
+                   help="Size a symbolic dim, such as --dim T=16 (repeatable).")
 
 
 @click.command()
@@ -32,7 +34,7 @@ DIM = click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", callback
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (contract §2).")
 @click.option("--dot", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the plan as Graphviz DOT.")
-@click.option("--batch-size", type=click.IntRange(min=1))
+@BATCH_SIZE
 @DIM
 @click.option("--memory", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the arena over time as SVG: one bar per buffer.")
@@ -66,7 +68,7 @@ def plan(spec, as_json, dot, batch_size, dims, memory, only, render, no_reuse):
 
 @click.command(name="time")
 @click.argument("spec", type=SPEC)
-@click.option("--batch-size", type=click.IntRange(min=1))
+@BATCH_SIZE
 @DIM
 @click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
