@@ -3,9 +3,9 @@
     python benchmarks/bench_mlp.py [--models tiny,small] [--reps N] [--json]
 
 For each MLP of the ladder the script writes a graphc spec, compiles its
-training step (forward + backward + plain SGD) through graphc's public pipeline
-and times it next to benchmarks/handwritten.py on the same model, batch and
-initial weights, in the same process, interleaved rep by rep (A B, B A, ...)
+training step (forward + backward + plain SGD) through graphc's Python API
+(`graphc.load(spec).step(feeds)`, docs/api.md) and times it next to
+benchmarks/handwritten.py on the same model, batch and initial weights, in the same process, interleaved rep by rep (A B, B A, ...)
 so machine noise hits both alike. One rep is one step; the table shows the
 median and p10 over the reps, the step of only the matmuls (the floor), and
 the memory figures of graphc's plan. BLAS runs on one thread.
@@ -35,9 +35,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from handwritten import HandwrittenMLP  # noqa: E402
 
-from graphc import step as graphc_step  # noqa: E402
-from graphc.model import Runner, load_model  # noqa: E402
-from graphc.plan import compile_plan  # noqa: E402
+import graphc  # noqa: E402
 
 LADDER = {     # name -> (layer sizes, batch)
     "tiny": ([2, 100, 3], 32),
@@ -103,38 +101,23 @@ def mlp_spec(name: str, sizes, lr: float = LR, dtype: str = "float32") -> str:
 @dataclass
 class GraphcStep:
     """A compiled graphc training step: `run(feeds)` is one SGD step, returning the loss."""
-    model: object
-    step: object
-    runner: Runner
-    keep: frozenset
+    model: graphc.Model
 
     def run(self, feeds) -> float:
-        ex = self.runner.run(feeds)
-        return float(ex[self.model.graph.loss])
+        return self.model.step(feeds)
 
     def params(self, layers: int) -> tuple:
-        store = self.model.store
-        return ([store[f"W{i}"] for i in range(1, layers + 1)],
-                [store[f"b{i}"] for i in range(1, layers + 1)])
+        params = self.model.params
+        return ([params[f"W{i}"] for i in range(1, layers + 1)],
+                [params[f"b{i}"] for i in range(1, layers + 1)])
 
     def plan(self, batch: int):
-        return compile_plan(self.step.graph, {"batch": batch}, self.keep, self.step.forward)
+        return self.model.plan(batch)
 
 
-def build_graphc(spec_path, lr: float = LR) -> GraphcStep:
-    """Compile a spec's training step as `graphc train` does (see graphc/train.py)."""
-    model = load_model(spec_path)
-    optimizer = graphc_step.parse_optimizer(model.spec.train.get("optimizer"))
-    step = graphc_step.training_graph(model.graph, optimizer)
-    for n in step.graph.leaves("state"):
-        model.store[n.name] = np.zeros(n.shape, dtype=n.dtype)
-    model.store[graphc_step.LR] = np.full((), lr, dtype=model.graph.dtype)
-    keep = {model.graph.loss}
-    norm = getattr(graphc_step, "NORM", None)       # the trainer keeps the grad-norm guard
-    if norm in step.graph.nodes:
-        keep.add(norm)
-    runner = Runner(step.graph, model.store, keep, forward=step.forward)
-    return GraphcStep(model, step, runner, frozenset(keep))
+def build_graphc(spec_path) -> GraphcStep:
+    """A spec's training step, run as `graphc train` runs each batch (Model.step)."""
+    return GraphcStep(graphc.load(spec_path))
 
 
 def batch_of(sizes, batch: int, seed: int = 0, dtype=np.float32) -> dict:

@@ -2,17 +2,16 @@
 
 Params are stored under their own names, so a checkpoint is also a plain
 parameter file; everything else lives under `__graphc__/` (optimizer state,
-position, RNG state, spec text and hash, normalization stats). Writes go to a
-temp file in the same folder, are fsynced and then `os.replace`d: a crash at
-any instant leaves the previous checkpoint whole.
+position, RNG state, spec text, hash and file, normalization stats). Writes go
+through outfiles.atomic_write (a temp file in the same folder, fsynced, then
+`os.replace`d): a crash at any instant leaves the previous checkpoint whole.
 """
 from __future__ import annotations
 
 import difflib
 import hashlib
 import json
-import os
-import tempfile
+import zipfile
 from pathlib import Path
 from typing import Mapping
 
@@ -20,41 +19,17 @@ import numpy as np
 
 from .datafiles import member, np_load
 from .errors import SpecError
+from .outfiles import atomic_write
 from .model import Model
 
 RESERVED = "__graphc__/"
 MAX_DIFF_LINES = 12
 
 
-def atomic_savez(path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write an .npz via a temp file in the same folder and os.replace: all or nothing."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp",
-                               dir=str(path.parent) if str(path.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def remove_stale_temps(path) -> None:
-    """Delete temp files a killed writer of `path` left behind (atomic_savez's names)."""
-    path = Path(path)
-    for stale in path.parent.glob(path.name + ".*.tmp"):
-        stale.unlink(missing_ok=True)
-
-
-def write(path, arrays: Mapping[str, np.ndarray]) -> None:
-    """atomic_savez, with a failure to write reported as a user error."""
-    try:
-        atomic_savez(path, arrays)
-    except OSError as exc:
-        raise SpecError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
+def write(path, arrays: Mapping[str, np.ndarray], what: str = "checkpoint") -> Path:
+    """An .npz of `arrays`, written atomically (outfiles.atomic_write); failures are
+    user errors naming `what`."""
+    return atomic_write(path, lambda f: np.savez(f, **arrays), what)
 
 
 def read(path, what: str = "checkpoint") -> dict:
@@ -83,10 +58,31 @@ def spec_hash(model: Model) -> str:
 
 
 def spec_arrays(model: Model, config: Mapping) -> dict:
-    """The spec's text and hash and the run's effective settings, to check a resume against."""
+    """The spec's text, hash and file and the run's effective settings, to check a resume
+    (and a later run's --out) against."""
     return {RESERVED + "spec": text_array(model.spec.text),
+            RESERVED + "spec_file": text_array(spec_file(model)),
             RESERVED + "spec_hash": np.asarray(spec_hash(model)),
             RESERVED + "config": text_array(json.dumps(dict(config), sort_keys=True))}
+
+
+def spec_file(model: Model) -> str:
+    return str(Path(model.spec.path).resolve())
+
+
+def check_same_spec_file(path, model: Model) -> None:
+    """Refuse to replace a training checkpoint that another spec file saved (a copied spec
+    keeps its `name:`, so both default to the same checkpoint). A file that is missing,
+    unreadable, or saved without its spec file is not refused."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            saved = array_text(archive[RESERVED + "spec_file"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return
+    if saved != spec_file(model):
+        raise SpecError(f"{path} was saved by training another spec file, {saved}; "
+                        "training would replace it",
+                        hint="choose another checkpoint with --out, or replace it with --force")
 
 
 def check_same_run(arrays: Mapping, model: Model, config: Mapping, path) -> None:

@@ -1,6 +1,6 @@
 """The `graphc` command line (click): the group, `check`, `ops`, and the other commands
-registered from cli_grad (grad, gradcheck, explain), cli_train (train, eval) and
-cli_plan (plan, time).
+registered from cli_grad (grad, gradcheck, explain), cli_train (train, eval),
+cli_predict (predict) and cli_plan (plan, time).
 
 Every GraphcError becomes one `error:` line on stderr and its exit code
 (2 bad input, 1 failed check); nothing here computes, it only calls the
@@ -9,15 +9,18 @@ stages and prints.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import click
 import numpy as np
 
 from .errors import GraphcError, set_memory_limit
+from .interrupts import exit_code, signal_name, stop_on_signals
 from .cli_common import SPEC
 from .cli_grad import explain, grad, gradcheck
 from .cli_plan import plan, time_
+from .cli_predict import predict
 from .cli_train import eval_, train
 from .ops import OPS, ops_in
 
@@ -27,6 +30,7 @@ class Group(click.Group):
 
     def main(self, *args, **kwargs):
         kwargs["standalone_mode"] = False
+        stop_on_signals()
         try:
             rv = super().main(*args, **kwargs)
             sys.exit(rv if isinstance(rv, int) else 0)
@@ -35,9 +39,8 @@ class Group(click.Group):
             sys.exit(exc.exit_code)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
-        except click.Abort:
-            click.echo("error: aborted", err=True)
-            sys.exit(130)
+        except click.Abort as exc:              # click's wrapper of KeyboardInterrupt
+            _stopped(exc.__cause__)
         except click.UsageError as exc:
             hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
             click.echo(f"error: {exc.format_message()}{hint}", err=True)
@@ -45,15 +48,21 @@ class Group(click.Group):
         except click.ClickException as exc:
             click.echo(f"error: {exc.format_message()}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            _stopped(exc)
         except Exception as exc:    # a bug in graphc, not in the user's input
             if os.environ.get("GRAPHC_DEBUG"):
                 raise
             click.echo(f"error: internal error ({type(exc).__name__}: {exc}); this is a "
                        "graphc bug: rerun with GRAPHC_DEBUG=1 for the traceback", err=True)
             sys.exit(1)
+
+
+def _stopped(exc) -> None:
+    """Exit for Ctrl-C, or SIGTERM/SIGHUP (interrupts.Stopped): 128 + the signal's number."""
+    signum = getattr(exc, "signum", signal.SIGINT)
+    click.echo(f"error: interrupted ({signal_name(signum)})", err=True)
+    sys.exit(exit_code(signum))
 
 
 @click.group(cls=Group)
@@ -74,10 +83,13 @@ def check(spec):
     model = load_model(spec)
     gg = grad_graph(model.graph, trained_params(model.graph))
     check_params_reach_loss(model.graph, gg.grads)
+    metrics = {}
     if "data" in model.spec.train:    # the training settings too, so typos surface here
         from .train import parse_train
-        parse_train(model)
+        metrics = parse_train(model).metrics
     click.echo(model.graph.dump())
+    for m in metrics.values():
+        click.echo(f"metric {m.describe()}")
     count = sum(int(np.prod(model.store[p].shape)) for p in trained_params(model.graph))
     click.echo(f"ok: {len(model.graph.nodes)} nodes, {len(trained_params(model.graph))} "
                f"params ({count} values), loss '{model.graph.loss}'")
@@ -98,5 +110,5 @@ def ops():
     click.echo("[aliases] " + ", ".join(f"{a} = {op}" for a, op in ALIASES.items()))
 
 
-for _command in (grad, gradcheck, explain, train, eval_, plan, time_):
+for _command in (grad, gradcheck, explain, train, eval_, predict, plan, time_):
     main.add_command(_command)

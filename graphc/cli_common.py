@@ -1,5 +1,6 @@
 """What the command modules share: the SPEC argument type, input feeds, array printing,
-DOT writing, the training step as `train` builds it, BLAS thread limits."""
+the default checkpoint, DOT writing, the training step as `train` builds it, BLAS thread
+limits."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .errors import SpecError, did_you_mean
+from .errors import SpecError
+from .outfiles import write_text
 
 
 SPEC = click.Path(dir_okay=False, path_type=Path)
@@ -56,10 +58,34 @@ def input_feeds(model, inputs_path, batch_size=None):
     return {n: given[n] for n in fed}
 
 
+def default_checkpoint(model) -> Path:
+    """`<name>.ckpt.npz` in the current folder: where `graphc train` saves by default."""
+    return Path(f"{model.spec.name}.ckpt.npz")
+
+
+def checkpoint_or_default(model, params) -> Path:
+    """--params, else the default checkpoint when it exists; an error saying how to make one
+    when it does not."""
+    if params is not None:
+        return params
+    path = default_checkpoint(model)
+    if not path.is_file():
+        raise SpecError(f"no --params given, and there is no {path} here (the default "
+                        f"checkpoint of spec '{model.spec.name}')",
+                        hint=f"train first (graphc train {model.spec.path}), or pass "
+                             "--params CKPT.npz")
+    return path
+
+
+def dot_outputs(dot, render: bool) -> dict:
+    """The files --dot FILE [--render] writes, by flag, for outfiles.check_outputs."""
+    return {"--dot": dot, "--render": dot.with_suffix(".svg") if dot and render else None}
+
+
 def write_dot(path: Path, text: str, render: bool) -> None:
     """Always write the DOT; render it to SVG only where Graphviz's `dot` is installed."""
     from .dot import render as render_dot
-    path.write_text(text, encoding="utf-8")
+    write_text(path, text, "--dot")
     click.echo(f"wrote {path}", err=True)
     if not render:
         return
@@ -74,48 +100,11 @@ def write_dot(path: Path, text: str, render: bool) -> None:
 
 def training_step(spec, batch_size, dims=None):
     """(model, step graph, batch size, dims) of the spec's training step, as `train` builds
-    it. The batch dims (each fed input's first dim, as a batch of data sizes them) take the
-    batch size: --batch-size, a `dims` entry for one of them, else train.batch_size, else 32.
-    Any other symbolic dim is sized only by `dims` (--dim NAME=SIZE)."""
+    it, its symbolic dims sized by `batch_size` and `dims` (trainconfig.training_step)."""
     from .model import load_model
-    from .step import parse_optimizer, training_graph
+    from .trainconfig import training_step as step_of
     model = load_model(spec)
-    raw = model.spec.train
-    opt = parse_optimizer(raw.get("optimizer"), raw.mark_of("optimizer"))
-    from .trainconfig import _clip                    # the same checks as train's
-    step = training_graph(model.graph, opt, _clip(raw))
-    bs, dims = _sized_dims(model, batch_size, dict(dims or {}))
-    return model, step, bs, dims
-
-
-def _sized_dims(model, batch_size, dims: dict) -> tuple:
-    """(batch size, every symbolic dim's size): `training_step`'s sizing rule."""
-    from .plan import batch_dims
-    from .trainconfig import _positive_int
-    _check_dim_names(model, dims)
-    lead = batch_dims(model.graph)
-    given = {f"--dim {d}={dims[d]}": dims[d] for d in lead if d in dims}
-    if batch_size is not None:
-        given[f"--batch-size {batch_size}"] = batch_size
-    if len(set(given.values())) > 1:
-        raise SpecError(f"{' and '.join(given)} give the batch dim different sizes",
-                        hint=f"give one of them ({', '.join(lead)} is the inputs' first dim, "
-                             f"which a batch sizes)")
-    bs = _positive_int(model.spec.train, "batch_size", 32, next(iter(given.values()), None))
-    return bs, {**dict.fromkeys(lead, bs), **dims}
-
-
-def _check_dim_names(model, dims) -> None:
-    """Every --dim names a symbolic dim of the spec."""
-    from . import shapes as S
-    known = sorted(set().union(*(S.symbols(n.shape) for n in model.graph.nodes.values())))
-    for name, size in dims.items():
-        if name not in known:
-            raise SpecError(f"--dim {name}={size}: {model.spec.path} has no symbolic dim "
-                            f"'{name}'",
-                            hint=did_you_mean(name, known) or (
-                                f"its symbolic dims are {', '.join(known)}" if known
-                                else "it has no symbolic dims"))
+    return (model, *step_of(model, batch_size, dims))
 
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

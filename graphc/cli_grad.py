@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import click
-from .cli_common import SPEC, input_feeds, fmt_array, nested, write_dot
+from .cli_common import SPEC, dot_outputs, input_feeds, fmt_array, nested, write_dot
 
 
 @click.command()
@@ -26,7 +26,9 @@ from .cli_common import SPEC, input_feeds, fmt_array, nested, write_dot
 def grad(spec, as_json, out, everything, params, inputs, dot, render):
     """One forward + backward pass: the loss and d loss / d every leaf."""
     from .model import load_model, run_grads
-    from .checkpoint import load_params
+    from .checkpoint import load_params, write
+    from .outfiles import check_outputs
+    check_outputs({"--out": out, **dot_outputs(dot, render)})   # before the work
     model = load_model(spec)
     if params:
         load_params(params, model)
@@ -36,8 +38,7 @@ def grad(spec, as_json, out, everything, params, inputs, dot, render):
         from .annotate import grad_dot
         write_dot(dot, grad_dot(model, feeds), render)
     if out:
-        from .checkpoint import atomic_savez
-        atomic_savez(out, result.grads)
+        write(out, result.grads, "--out")
     if as_json:
         grads = {**{k: nested(v) for k, v in result.node_grads.items()},
                  **{k: nested(v) for k, v in result.grads.items()}}

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import click
-from .cli_common import SPEC, limit_threads, training_step, write_dot
+from .cli_common import SPEC, dot_outputs, limit_threads, training_step, write_dot
 
 
 def _parse_dims(ctx, param, values) -> dict:
@@ -45,20 +45,22 @@ DIM = click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", callback
               help="Give every value its own bytes (no arena reuse, no in-place), to compare.")
 def plan(spec, as_json, dot, batch_size, dims, memory, only, render, no_reuse):
     """Compile the training step; print its schedule, buffers and memory summary."""
-    from .plan import compile_plan, plan_json, plan_table, verify_plan
+    from .model import load_model
+    from .outfiles import check_outputs, write_text
+    from .plan import plan_json, plan_table
+    from .trainconfig import training_plan
     if only and not dot:
         raise click.UsageError("--only selects the steps --dot draws: give --dot FILE too")
-    model, step, _, dims = training_step(spec, batch_size, dims)
-    compiled = compile_plan(step.graph, dims, {model.graph.loss}, step.forward,
-                            reuse=not no_reuse)
-    verify_plan(compiled)
+    check_outputs({"--memory": memory, **dot_outputs(dot, render)})   # before the work
+    model = load_model(spec)
+    step, compiled = training_plan(model, batch_size, reuse=not no_reuse, dims=dims)
     if dot:
         from .dot import plan_dot
         write_dot(dot, plan_dot(step.graph, compiled, only), render)
     if memory:
         from .memsvg import memory_svg
-        memory.write_text(memory_svg(compiled, f"{model.spec.name}: the arena over one "
-                                               f"training step"), encoding="utf-8")
+        write_text(memory, memory_svg(compiled, f"{model.spec.name}: the arena over one "
+                                                f"training step"), "--memory")
         click.echo(f"wrote {memory}", err=True)
     if as_json:
         click.echo(json.dumps(plan_json(compiled)))

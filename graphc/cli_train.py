@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import click
-from .cli_common import SPEC
+from .cli_common import SPEC, checkpoint_or_default, default_checkpoint
 
 
 @click.command()
@@ -28,17 +28,27 @@ from .cli_common import SPEC
                    "once a second].")
 @click.option("--plot", type=click.Path(file_okay=False, path_type=Path),
               help="Write loss/metric curves per epoch (and a 2-D decision boundary) to DIR.")
+@click.option("--force", is_flag=True,
+              help="Replace the default checkpoint even when another spec file saved it.")
 def train(spec, out, as_json, epochs, batch_size, lr, seed, resume, init_from, save_every,
-          plot):
+          plot, force):
     """Train SPEC on its train.data; save a checkpoint."""
     from .model import load_model
-    from .checkpoint import init_from as load_init
+    from .checkpoint import check_same_spec_file, init_from as load_init
+    from .outfiles import destination
+    from .plots import check_plot_folder
     from .train import parse_train, train as run_train
     if resume and init_from:
         raise click.UsageError("--resume and --init-from exclude each other")
     model = load_model(spec, seed)
     cfg = parse_train(model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    out = out or resume or Path(f"{model.spec.name}.ckpt.npz")
+    chosen = out or resume
+    out = chosen or default_checkpoint(model)
+    destination(out, "checkpoint")              # every output checked before the work
+    if not (chosen or force):
+        check_same_spec_file(out, model)
+    if plot:
+        check_plot_folder(plot)
     for note in load_init(init_from, model) if init_from else []:
         click.echo(f"warning: --init-from: {note}", err=True)
     progress = _progress(cfg.epochs, as_json)
@@ -122,14 +132,15 @@ class _progress:
 
 @click.command("eval")
 @click.argument("spec", type=SPEC)
-@click.option("--params", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The checkpoint .npz to evaluate.")
+@click.option("--params", type=click.Path(dir_okay=False, path_type=Path),
+              help="The checkpoint .npz to evaluate [default: <name>.ckpt.npz here].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def eval_(spec, params, as_json):
     """Loss and metrics of a checkpoint on SPEC's data (its validation split if it has one)."""
     from .model import load_model
     from .train import evaluate_checkpoint
-    result = evaluate_checkpoint(load_model(spec), params)
+    model = load_model(spec)
+    result = evaluate_checkpoint(model, checkpoint_or_default(model, params))
     if as_json:
         click.echo(json.dumps(result))
         return

@@ -34,13 +34,14 @@ __all__ = ["load_data", "Dataset", "batches", "first_batch", "n_samples", "compu
 
 Stats = dict[str, dict[str, np.ndarray]]
 
-SOURCES = ("dataset", "csv", "npz", "npy")
+SOURCES = ("dataset", "csv", "npz", "npy", "arrays")
 COMMON_KEYS = ("normalize", "validation", "shuffle", "seed")
 SOURCE_KEYS = {
     "dataset": ("dataset", "samples", "map"),
     "csv": ("csv", "columns", "classes"),
     "npz": ("npz", "map", "classes"),
     "npy": ("npy", "classes"),
+    "arrays": ("arrays", "classes"),
 }
 _SPLIT_STREAM = 1  # the split draws from its own stream so it never shifts the generator's
 

@@ -51,6 +51,22 @@ def read_csv(path: Path, shown: str) -> tuple[list[str], list[list[str]], list[i
     return header, rows, lines
 
 
+def csv_header(path: Path, shown: str) -> list[str]:
+    """The column names of a CSV file: its first non-blank row, without reading the rest."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            for row in reader:
+                if row and any(cell.strip() for cell in row):
+                    header = [cell.strip() for cell in row]
+                    _check_header(header, shown, reader.line_num)
+                    return header
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise SpecError(f"cannot read {shown}: {e}") from None
+    raise SpecError(f"{shown} is empty",
+                    hint="the first row names the columns; each later row is one sample")
+
+
 def _check_header(header: list[str], shown: str, line: int) -> None:
     seen = set()
     for name in header:

@@ -227,7 +227,32 @@ def _load_npy(cfg: Mapping, spec_dir: Path, inputs: dict, seed: int) -> Raw:
                _file_targets(inputs), _classes_option(cfg))
 
 
-LOADERS = {"dataset": _load_dataset, "csv": _load_csv, "npz": _load_npz, "npy": _load_npy}
+def _load_arrays(cfg: Mapping, spec_dir: Path, inputs: dict, seed: int) -> Raw:
+    """In-memory arrays, `{arrays: {INPUT: array}}`: what the Python API's fit and predict
+    pass (nested lists in YAML)."""
+    given = cfg["arrays"]
+    if not isinstance(given, Mapping):
+        raise SpecError(f"arrays must map each fed input to an array, got "
+                        f"{type(given).__name__}", mark=value_mark(cfg, "arrays"),
+                        hint="e.g. {'x': X, 'y': y}")
+    arrays = {}
+    for name in inputs:
+        if name not in given:
+            names = [str(k) for k in given]
+            raise SpecError(f"no array for input '{name}'; given: {', '.join(names) or 'none'}",
+                            node=name, hint=did_you_mean(name, names))
+        try:
+            arrays[name] = numeric(np.asarray(given[name]), f"the array for input '{name}'")
+        except ValueError as e:
+            raise SpecError(f"the array for input '{name}' is not rectangular: {e}",
+                            node=name) from None
+    return Raw(arrays, {n: f"the array for '{n}'" for n in inputs},
+               lambda n, idx: f"the array for '{n}' at index {_index(idx)}",
+               _file_targets(inputs), _classes_option(cfg))
+
+
+LOADERS = {"dataset": _load_dataset, "csv": _load_csv, "npz": _load_npz, "npy": _load_npy,
+           "arrays": _load_arrays}
 
 
 def _file_targets(inputs: dict) -> tuple[str, ...]:

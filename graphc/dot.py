@@ -16,6 +16,7 @@ from . import shapes as S
 from .errors import GraphcError, SpecError, did_you_mean
 from .ir import Graph
 from .ops import OPS
+from .outfiles import atomic_write, destination
 from .plan import Plan
 
 NOTE = "#57606a"
@@ -59,15 +60,18 @@ def edge_line(src: str, dst: str, attrs: Mapping) -> str:
 
 
 def render(dot_path: Path, fmt: str = "svg") -> Optional[Path]:
-    """Run Graphviz `dot -T<fmt>` next to the DOT file; None when `dot` is not installed."""
+    """Run Graphviz `dot -T<fmt>` on the DOT file and write its output next to it
+    (atomically, as every output); None when `dot` is not installed."""
     exe = shutil.which("dot")
     if exe is None:
         return None
     out = Path(dot_path).with_suffix("." + fmt)
-    done = subprocess.run([exe, f"-T{fmt}", str(dot_path), "-o", str(out)],
-                          capture_output=True, text=True)
+    destination(out, "rendered graph")
+    done = subprocess.run([exe, f"-T{fmt}", str(dot_path)], capture_output=True)
     if done.returncode != 0:
-        raise GraphcError(f"Graphviz dot failed on {dot_path}: {done.stderr.strip()}")
+        raise GraphcError(f"Graphviz dot failed on {dot_path}: "
+                          f"{done.stderr.decode(errors='replace').strip()}")
+    atomic_write(out, lambda f: f.write(done.stdout), "rendered graph")
     return out
 
 

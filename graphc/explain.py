@@ -212,6 +212,18 @@ def multigraph(graph: Graph) -> nx.MultiDiGraph:
     return g
 
 
+def count_paths(graph: Graph, wrt: str) -> int:
+    """How many edge paths lead from wrt to the loss, counted without listing them:
+    paths(n) = sum of paths(c) over n's consumers c, once per input position (schedule
+    order is topological, so walking it backwards sees every consumer first)."""
+    consumers = graph.consumers()
+    paths = {graph.loss: 1}
+    for n in reversed(list(graph.nodes)):
+        if n != graph.loss:
+            paths[n] = sum(paths[c] for c in consumers[n])
+    return paths[wrt]
+
+
 def chain_paths(graph: Graph, wrt: str, cap: int = MAX_PATHS) -> tuple:
     """(paths, truncated): edge paths wrt -> loss, each a list of (src, dst, position)."""
     if wrt == graph.loss:
@@ -237,6 +249,7 @@ class Explanation:
     truncated: bool
     total: np.ndarray
     grad: np.ndarray
+    paths: int = 0          # every path wrt -> loss; more than len(terms) when truncated
 
 
 def path_product(vjps: LocalGrads, graph: Graph, values: Mapping, path) -> np.ndarray:
@@ -271,12 +284,25 @@ def explain(model: Model, feeds: Mapping, wrt: str, cap: int = MAX_PATHS) -> Exp
     terms = tuple(Term(tuple(edge_local(graph, values, vjps, *e) for e in path),
                        path_product(vjps, graph, values, path)) for path in paths)
     total = sum((t.product for t in terms), np.zeros(np.shape(values[wrt])))
-    return Explanation(wrt, graph.loss, values[wrt], terms, truncated, total, grad)
+    return Explanation(wrt, graph.loss, values[wrt], terms, truncated, total, grad,
+                       count_paths(graph, wrt))
 
 
 def matches(e: Explanation) -> bool:
+    """The path sum equals graphc's gradient, NaN where it is NaN (a non-finite value upstream
+    makes both NaN: they agree)."""
     tol = 1e-9 if np.asarray(e.grad).dtype == np.float64 else 1e-4
-    return bool(np.allclose(e.total, e.grad, rtol=tol, atol=tol))
+    return bool(np.allclose(e.total, e.grad, rtol=tol, atol=tol, equal_nan=True))
+
+
+def verdict(e: Explanation) -> str:
+    """What the comparison says: matches, DOES NOT MATCH, or why it was not made."""
+    if e.truncated:
+        return (f"not compared: the sum covers {len(e.terms)} of {e.paths} paths; "
+                f"--max-paths {e.paths} compares all")
+    if not matches(e):
+        return "DOES NOT MATCH"
+    return "matches" + (", NaN where graphc's is" if np.isnan(e.grad).any() else "")
 
 
 def _term_lines(k: int, term: Term, loss: str) -> list:
@@ -295,20 +321,20 @@ def _term_lines(k: int, term: Term, loss: str) -> list:
 
 def explanation_text(e: Explanation) -> str:
     """The printout: every path, its local gradients and product, the sum, graphc's gradient."""
-    n = len(e.terms)
-    lines = [f"d {e.loss} / d {e.wrt} at {e.wrt} = {fmt_array(e.value)}: {n} path"
-             f"{'' if n == 1 else 's'} from {e.loss} to {e.wrt}; multiply the local gradients "
-             "along each path, add over paths", ""]
+    n, total = len(e.terms), e.paths or len(e.terms)
+    shown = f" (showing the first {n})" if e.truncated else ""
+    lines = [f"d {e.loss} / d {e.wrt} at {e.wrt} = {fmt_array(e.value)}: {total} path"
+             f"{'' if total == 1 else 's'} from {e.loss} to {e.wrt}{shown}; multiply the local "
+             "gradients along each path, add over paths", ""]
     for k, term in enumerate(e.terms, 1):
         lines += _term_lines(k, term, e.loss) + [""]
     if e.truncated:
-        lines.append(f"more than {n} paths: showing the first {n}; the sum below covers "
-                     "only these (raise --max-paths to see all)")
+        lines.append(f"{total} paths: showing the first {n}; the sum below covers only "
+                     f"these (--max-paths {total} shows all)")
     if not e.terms:
         lines.append(f"no path: {e.loss} does not depend on {e.wrt}, so the gradient is 0")
     lines.append(f"sum over paths   = {fmt_array(e.total)}")
-    verdict = "matches" if matches(e) else "DOES NOT MATCH"
-    lines.append(f"graphc's gradient = {fmt_array(e.grad)}  ({verdict})")
+    lines.append(f"graphc's gradient = {fmt_array(e.grad)}  ({verdict(e)})")
     return "\n".join(lines)
 
 

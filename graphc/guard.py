@@ -1,4 +1,4 @@
-"""Faults while training: find the first non-finite value of a bad step; defer Ctrl-C.
+"""Faults while training: find the first non-finite value of a bad step.
 
 The training step checks two scalars per step (the loss and the gradient norm);
 only when one is not finite does `diagnose` re-run that batch, keeping every
@@ -6,10 +6,6 @@ value, and walk the executed steps in order to the first non-finite one, like
 Caffe's debug_info or torch's detect_anomaly but at no cost to good steps.
 """
 from __future__ import annotations
-
-import signal
-import threading
-from contextlib import contextmanager
 
 import numpy as np
 
@@ -58,22 +54,3 @@ def _describe(arr: np.ndarray) -> str:
     span = f"min {finite.min():.4g}, max {finite.max():.4g}" if finite.size else "no finite value"
     return f"shape {list(arr.shape)}, {span}" + (f", {bad} non-finite" if bad else "")
 
-
-@contextmanager
-def deferred_sigint():
-    """Within: a first Ctrl-C only sets a flag, which the caller polls (yields the poll) to stop
-    at a step boundary; a second one interrupts at once. Outside the main thread: no-op."""
-    hit = []
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-
-    def handler(signum, frame):
-        if hit:
-            raise KeyboardInterrupt
-        hit.append(signum)
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield lambda: bool(hit)
-    finally:
-        signal.signal(signal.SIGINT, previous)

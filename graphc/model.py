@@ -6,6 +6,7 @@ executor per batch size, as the plan depends on the bound `batch` dim.
 """
 from __future__ import annotations
 
+from collections import ChainMap
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
@@ -17,6 +18,7 @@ from .errors import SpecError
 from .executor import Executor
 from .initializers import initialize
 from .ir import Graph, build_graph
+from .ops import OPS
 from .plan import compile_plan, verify_plan
 from .spec import Spec, load_spec
 
@@ -34,8 +36,10 @@ class Model:
                 if self.spec.leaves[n.name].value is None]
 
 
-def load_model(path, seed: Optional[int] = None) -> Model:
-    spec = load_spec(path)
+def load_model(path, seed: Optional[int] = None, dtype: Optional[str] = None) -> Model:
+    """The spec at `path` as a graph with initialized params (the spec's seed, or `seed`);
+    `dtype` replaces the spec's float dtype."""
+    spec = load_spec(path, dtype=dtype)
     graph = build_graph(spec)
     return Model(spec, graph, init_store(spec, graph, spec_seed(spec, seed)))
 
@@ -91,12 +95,49 @@ def bind_dims(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict:
     return dims
 
 
+def label_classes(graph: Graph) -> dict:
+    """{label input: (number of classes, the node reading it)} for every forward op that takes
+    class labels against scores whose class axis (the last) has a fixed size."""
+    out: dict = {}
+    for n in graph.nodes.values():
+        if OPS[n.op].group != "forward":
+            continue
+        scores = graph[n.inputs[0]].shape
+        for pos in OPS[n.op].labels:
+            label = graph[n.inputs[pos]]
+            if scores and S.is_int(scores[-1]) and label.op == "input":
+                if label.name not in out or scores[-1] < out[label.name][0]:
+                    out[label.name] = (scores[-1], n.name)
+    return out
+
+
+def check_labels(graph: Graph, classes: Mapping, values: Mapping) -> None:
+    """SpecError, at the label input's line, for the first label of `values` outside
+    0..K-1 of `classes` (label_classes): it would read another row's score, or past the end."""
+    for name, (k, reader) in classes.items():
+        if name not in values:
+            continue
+        arr = np.asarray(values[name])
+        bad = np.argwhere((arr < 0) | (arr >= k))
+        if len(bad):
+            index = tuple(int(i) for i in bad[0])
+            raise SpecError(f"label {arr[index]} at index {list(index)} is out of range for "
+                            f"{k} classes (expected 0..{k - 1}): '{reader}' "
+                            f"({graph[reader].op}) reads it against {k} class scores",
+                            mark=graph[name].mark, node=name,
+                            hint=f"class labels count from 0; check the data fed to '{name}'")
+
+
 class Runner:
-    """One compiled executor per bound dims (batch size), sharing the model's store."""
+    """One compiled executor per bound dims (batch size), sharing the model's store.
+
+    `run` is where values enter a model outside training: it binds the dims and checks
+    class labels (fed or stored) against the class count, for every command and API."""
 
     def __init__(self, graph: Graph, store: dict, keep=(), forward=None, reuse: bool = True):
         self.graph, self.store, self.keep, self.forward = graph, store, tuple(keep), forward
         self.reuse = reuse
+        self.labels = label_classes(graph)
         self.cache: dict = {}        # bound dims -> executor
         self.by_shapes: dict = {}    # the feeds' shapes -> executor, skipping bind_dims
 
@@ -109,13 +150,27 @@ class Runner:
         return self.cache[key]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> Executor:
-        """Bind dims from the feeds' shapes (cached per shape), copy them in, run the step."""
+        """Check the labels, bind dims from the feeds' shapes (cached per shape), copy them
+        in, run the step."""
+        check_labels(self.graph, self.labels, ChainMap(feeds, self.store))
         key = tuple((name, arr.shape) for name, arr in feeds.items())
         ex = self.by_shapes.get(key)
         if ex is None:
-            ex = self.by_shapes[key] = self.executor(bind_dims(self.graph, feeds))
+            ex = self.executor(bind_dims(self.graph, feeds))
+            self._check_fed(ex, feeds)
+            self.by_shapes[key] = ex
         ex.run(feeds)
         return ex
+
+    def _check_fed(self, ex: Executor, feeds: Mapping[str, np.ndarray]) -> None:
+        """SpecError for an input the plan reads that is neither fed nor stored: its buffer
+        would hold zeros (or the last batch), never what the caller meant."""
+        for name, (op, shape, _, _) in ex.plan.persistent.items():
+            stored = name in self.store and self.store[name].shape == shape
+            if op == "input" and name not in feeds and not stored:
+                raise SpecError(f"input '{name}' is not fed: the computation reads it",
+                                mark=self.graph[name].mark, node=name,
+                                hint=f"pass an array for '{name}'")
 
     def run_rows(self, arrays: Mapping[str, np.ndarray], rows: np.ndarray) -> Executor:
         """`run` on the batch `{k: v[rows]}`, gathered into the input buffers without a copy."""
@@ -123,7 +178,9 @@ class Runner:
         ex = self.by_shapes.get(key)
         if ex is None:
             views = {name: arr[:len(rows)] for name, arr in arrays.items()}
-            ex = self.by_shapes[key] = self.executor(bind_dims(self.graph, views))
+            ex = self.executor(bind_dims(self.graph, views))
+            self._check_fed(ex, arrays)
+            self.by_shapes[key] = ex
         ex.feed_rows(arrays, rows)
         ex.run()
         return ex

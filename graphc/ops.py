@@ -97,8 +97,25 @@ def _dense(shapes, attrs):
 
 
 def _loss_pair(shapes, attrs):
-    S.broadcast(shapes[0], shapes[1])
+    """A loss comparing prediction and target element by element: the same shape, or a
+    scalar target (`l1(v, 0)`). Broadcasting [batch, 1] against [batch] would compare every
+    prediction with every target, so it is refused (PyTorch warns there)."""
+    pred, target = (tuple(s) for s in shapes)
+    if pred != target and target != ():
+        raise S.ShapeError(f"prediction {S.fmt(pred)} and target {S.fmt(target)} must have "
+                           "the same shape (a loss compares them element by element, it does "
+                           f"not broadcast); {_same_shape_fix(pred, target)}")
     return ()
+
+
+def _same_shape_fix(pred, target) -> str:
+    """How to make a loss's operands agree: declare the target like the prediction, or reshape."""
+    fix = f"give the target the prediction's shape (an input: declare it {S.fmt(pred)})"
+    try:
+        S.reshape(pred, list(target))
+    except S.ShapeError:
+        return fix
+    return f"{fix}, or reshape the prediction: reshape(<prediction>, shape={S.fmt(target)})"
 
 
 def _labels(shapes, attrs):

@@ -8,14 +8,18 @@ install it.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Mapping, Optional
 
 import numpy as np
 
+from .errors import SpecError
 from .model import Model, Runner
+from .outfiles import atomic_write, write_text, writable_folder
 
 INSTALL = "pip install 'graphc[plot]'  (or: pip install matplotlib)"
+FILES = ("history.csv", "curves.png", "decision_boundary.png", "decision_boundary.csv")
 GRID = 150          # points per side of the decision-boundary grid
 CHUNK = 2048        # grid points per forward pass (one compiled plan)
 
@@ -30,15 +34,28 @@ def _matplotlib():
     return Figure, FigureCanvasAgg
 
 
+def check_plot_folder(out_dir: Path) -> None:
+    """SpecError now, before training, unless every file write_plots may write in `out_dir`
+    can be written."""
+    writable_folder(out_dir, "--plot", FILES)
+
+
+def _write_csv(path: Path, rows) -> None:
+    text = io.StringIO()
+    csv.writer(text).writerows(rows)
+    write_text(path, text.getvalue(), "--plot")
+
+
+def _save_png(fig, path: Path) -> None:
+    atomic_write(path, lambda f: fig.savefig(f, format="png"), "--plot")
+
+
 def write_history_csv(history, path: Path) -> None:
     """One row per epoch: epoch, loss, lr, then each metric."""
     names = sorted({k for e in history for k in e.metrics})
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["epoch", "loss", "lr"] + names)
-        for e in history:
-            w.writerow([e.epoch, repr(e.loss), repr(e.lr)]
-                       + [repr(e.metrics.get(k)) for k in names])
+    _write_csv(path, [["epoch", "loss", "lr"] + names]
+               + [[e.epoch, repr(e.loss), repr(e.lr)] + [repr(e.metrics.get(k)) for k in names]
+                  for e in history])
 
 
 def classifier_2d(model: Model, metrics: Mapping) -> Optional[tuple]:
@@ -50,7 +67,8 @@ def classifier_2d(model: Model, metrics: Mapping) -> Optional[tuple]:
     if len(points) != 1 or len(labels) != 1 or graph[points[0]].shape[-1:] != (2,) \
             or len(graph[points[0]].shape) != 2:
         return None
-    preds = [p for p, t in metrics.values() if t == labels[0]] + list(model.spec.outputs)
+    preds = [m.nodes[0] for m in metrics.values() if m.nodes[1:] == (labels[0],)] \
+        + list(model.spec.outputs)
     for p in preds:
         shape = graph[p].shape
         if len(shape) == 2 and isinstance(shape[1], int) and shape[1] >= 2:
@@ -93,7 +111,7 @@ def _curves_png(mpl, history, path: Path) -> None:
         axes[1].set(xlabel="epoch", title="metrics")
         axes[1].legend()
     fig.tight_layout()
-    fig.savefig(path)
+    _save_png(fig, path)
 
 
 def _boundary_png(mpl, grid: tuple, points, labels, path: Path) -> None:
@@ -108,24 +126,24 @@ def _boundary_png(mpl, grid: tuple, points, labels, path: Path) -> None:
                linewidths=0.3, vmin=0, vmax=k - 1)
     ax.set(title="decision boundary", xlim=(xs[0], xs[-1]), ylim=(ys[0], ys[-1]))
     fig.tight_layout()
-    fig.savefig(path)
+    _save_png(fig, path)
 
 
 def _boundary_csv(grid: tuple, path: Path) -> None:
     xs, ys, classes = grid
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["x0", "x1", "class"])
-        for i, y in enumerate(ys):
-            for j, x in enumerate(xs):
-                w.writerow([repr(float(x)), repr(float(y)), int(classes[i, j])])
+    _write_csv(path, [["x0", "x1", "class"]]
+               + [[repr(float(x)), repr(float(y)), int(classes[i, j])]
+                  for i, y in enumerate(ys) for j, x in enumerate(xs)])
 
 
 def write_plots(out_dir: Path, model: Model, history, arrays: Mapping, metrics: Mapping) -> tuple:
     """(files written, matplotlib found): history.csv always; curves.png and, for a 2-D
     classifier, decision_boundary.png with matplotlib, else decision_boundary.csv."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpecError(f"cannot write --plot {out_dir}: {exc.strerror or exc}") from None
     written = [out_dir / "history.csv"]
     write_history_csv(history, written[0])
     mpl = _matplotlib()

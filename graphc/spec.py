@@ -204,8 +204,9 @@ def _expand_layers(leaves: dict, nodes: list, dtype: str) -> list:
     return nodes
 
 
-def load_spec(path, text: Optional[str] = None) -> Spec:
-    """Read and validate a spec file; every error is a SpecError pointing at its line."""
+def load_spec(path, text: Optional[str] = None, dtype: Optional[str] = None) -> Spec:
+    """Read and validate a spec file; every error is a SpecError pointing at its line.
+    `dtype` (float32 or float64) replaces the spec's own `dtype:`."""
     path = Path(path)
     text = _read(path) if text is None else text
     raw = load_yaml(text, str(path))
@@ -219,7 +220,8 @@ def load_spec(path, text: Optional[str] = None) -> Spec:
     if raw.get("graphc", 1) != 1:
         raise SpecError(f"format version {short(raw['graphc'])} is not supported "
                         "(expected 1)", mark=raw.mark_of("graphc"))
-    dtype = parse_dtype(raw.get("dtype", "float32"), FLOAT_DTYPES, None, raw.mark_of("dtype"))
+    dtype = parse_dtype(raw.get("dtype", "float32") if dtype is None else dtype, FLOAT_DTYPES,
+                        None, raw.mark_of("dtype") if dtype is None else None)
     leaves = _leaves(raw, dtype)
     nodes = _nodes(_mapping(raw.get("nodes"), "nodes", raw.mark_of("nodes")),
                    text.splitlines())

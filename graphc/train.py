@@ -4,7 +4,8 @@ One `StepGraph` (forward + backward + updates) is compiled per batch size; the
 learning rate is written into its `hyper` leaf each epoch. A non-finite loss or
 gradient skips that step's updates (see step.py) and stops training with the
 node that first went non-finite. Checkpoints (checkpoint.py) hold everything a
-resume needs to continue bit for bit; Ctrl-C saves one and exits 130.
+resume needs to continue bit for bit. A run holds a lock on its checkpoint
+(outfiles.locked); Ctrl-C, SIGTERM and SIGHUP save one and exit 130, 143, 129.
 """
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ from . import checkpoint as C
 from .checkpoint import RESERVED, load_params
 from .data import batch_rows, n_samples, stats_from_arrays, stats_to_arrays
 from .errors import SpecError
-from .guard import deferred_sigint, diagnose
-from .metrics import METRICS, EarlyStopping
+from .guard import diagnose
+from .interrupts import deferred_stop, exit_code, signal_name
+from .metrics import Accumulator, EarlyStopping, metric_nodes
 from .model import Model, Runner
-from .step import LR, training_graph
+from .outfiles import destination, locked, remove_stale_temps
+from .step import LR, StepGraph, training_graph
 from .trainconfig import TrainConfig, load_dataset, parse_train
 
 SHUFFLE_STREAM = 2          # the batch order's RNG: default_rng([seed, 2]) (data uses 1)
@@ -32,8 +35,12 @@ STATS = RESERVED + "stats/"
 
 
 class Interrupted(SpecError):
-    """Ctrl-C: a checkpoint was saved; exit 130 like a shell's SIGINT."""
-    exit_code = 130
+    """Ctrl-C, SIGTERM or SIGHUP: a checkpoint was saved; exit 128 + the signal's number
+    (130, 143, 129), as a shell reports the signal."""
+
+    def __init__(self, message: str, signum: int, **kw):
+        super().__init__(message, **kw)
+        self.exit_code = exit_code(signum)
 
 
 @dataclass
@@ -52,6 +59,7 @@ class TrainResult:
     samples_per_s: float
     history: list = field(default_factory=list)
     notes: list = field(default_factory=list)       # lines for the user (early stopping)
+    checkpoint: dict = field(default_factory=dict, repr=False)  # the final checkpoint's arrays
     split: str = "training"              # where loss and metrics were measured, or "validation"
     samples: int = 0                     # that split's size
     restored_epoch: Optional[int] = None     # the epoch whose params early stopping restored
@@ -66,22 +74,18 @@ class Evaluator:
 
     def __init__(self, model: Model, metrics: Mapping, batch_size: int = 1024):
         self.loss, self.metrics, self.batch_size = model.graph.loss, metrics, batch_size
-        keep = {self.loss} | {v for pair in metrics.values() for v in pair}
-        self.runner = Runner(model.graph, model.store, keep)
+        self.runner = Runner(model.graph, model.store, {self.loss} | metric_nodes(metrics))
 
     def __call__(self, arrays: Mapping[str, np.ndarray]) -> tuple:
         n = len(next(iter(arrays.values())))
-        total, parts = 0.0, {v: [] for pair in self.metrics.values() for v in pair}
+        total, parts = 0.0, Accumulator(self.metrics)
         for start in range(0, n, self.batch_size):
             batch = {k: v[start:start + self.batch_size] for k, v in arrays.items()}
             ex = self.runner.run(batch)
-            total += float(ex[self.loss]) * len(next(iter(batch.values())))
-            for v in parts:
-                parts[v].append(np.array(arrays[v][start:start + self.batch_size]
-                                         if v in arrays else ex[v]))
-        out = {name: METRICS[name](np.concatenate(parts[p]), np.concatenate(parts[t]))
-               for name, (p, t) in self.metrics.items()}
-        return total / max(n, 1), out
+            samples = len(next(iter(batch.values())))
+            total += float(ex[self.loss]) * samples
+            parts.add(lambda v: batch[v] if v in batch else ex[v], samples)
+        return total / max(n, 1), parts.result()
 
 
 def evaluate(model: Model, arrays: Mapping[str, np.ndarray], metrics: Mapping,
@@ -94,17 +98,24 @@ def evaluate_checkpoint(model: Model, path) -> dict:
     """`graphc eval`: loss and metrics of a checkpoint's params on the spec's data (its
     validation split where it has one, drawn with the run's seed), normalized with the
     checkpoint's statistics."""
-    arrays = C.read(path)
+    arrays = read_checkpoint(model, path)
     cfg = parse_train(model, seed=C.saved_settings(arrays).get("seed"))
+    data = load_dataset(model, cfg, stats_from_arrays(arrays, STATS) or None)
+    split = data.valid if data.valid is not None else data.train
+    loss, metrics = evaluate(model, split, cfg.metrics)
+    return {"loss": loss, "metrics": metrics, "samples": len(next(iter(split.values())))}
+
+
+def read_checkpoint(model: Model, path) -> dict:
+    """Load a checkpoint's params into the model (every param must be there, shapes
+    checked); returns all of its arrays (normalization stats, settings, ...)."""
+    arrays = C.read(path)
     missing = [p for p in C.params_of(model) if p not in arrays]
     if missing:
         raise SpecError(f"checkpoint {path} has no parameter '{missing[0]}'", node=missing[0],
                         hint="was it saved from another spec?")
     load_params(path, model)
-    data = load_dataset(model, cfg, stats_from_arrays(arrays, STATS) or None)
-    split = data.valid if data.valid is not None else data.train
-    loss, metrics = evaluate(model, split, cfg.metrics)
-    return {"loss": loss, "metrics": metrics, "samples": len(next(iter(split.values())))}
+    return arrays
 
 
 @dataclass
@@ -136,25 +147,31 @@ class Position:
         return pos
 
 
+def step_runner(model: Model, step: StepGraph) -> Runner:
+    """The compiled training step over the model's store, its optimizer state zeroed and its
+    learning-rate leaf added (zero until the caller writes it)."""
+    for n in step.graph.leaves("state"):
+        model.store[n.name] = np.zeros(n.shape, dtype=n.dtype)
+    model.store[LR] = np.zeros((), dtype=model.graph.dtype)
+    return Runner(step.graph, model.store, {model.graph.loss, step.guard}, forward=step.forward)
+
+
 class Run:
     """One training run's moving parts: step executor, evaluator, position, early stopping."""
 
-    def __init__(self, model: Model, cfg: TrainConfig, out: Path, save_every: Optional[int]):
+    def __init__(self, model: Model, cfg: TrainConfig, out: Optional[Path],
+                 save_every: Optional[int]):
         self.model, self.cfg, self.out, self.save_every = model, cfg, out, save_every
-        if not out.parent.is_dir():                 # fail now, not after training
-            raise SpecError(f"cannot write checkpoint {out}: no folder {out.parent}")
-        C.remove_stale_temps(out)
+        if out is not None:
+            destination(out, "checkpoint")          # fail now, not after training
+            remove_stale_temps(out)
         self.data = load_dataset(model, cfg)
         if cfg.early_stopping and self.data.valid is None:
             raise SpecError("early_stopping watches the validation split, and train.data has "
                             "none", mark=model.spec.train.mark_of("early_stopping"),
                             hint="add validation: 0.2 to train.data")
         self.step = training_graph(model.graph, cfg.optimizer, cfg.clip_grad_norm)
-        for n in self.step.graph.leaves("state"):
-            model.store[n.name] = np.zeros(n.shape, dtype=n.dtype)
-        model.store[LR] = np.zeros((), dtype=model.graph.dtype)
-        self.runner = Runner(self.step.graph, model.store, {model.graph.loss, self.step.guard},
-                             forward=self.step.forward)
+        self.runner = step_runner(model, self.step)
         self.evaluate = Evaluator(model, cfg.metrics)
         self.rng = np.random.default_rng([cfg.seed, SHUFFLE_STREAM])
         self.pos = Position(C.rng_array(self.rng.bit_generator.state))
@@ -162,11 +179,12 @@ class Run:
         self.best: dict = {}
         self.notes: list = []
         self.saved_epoch, self.last_save = None, time.monotonic()
+        self.saved: dict = {}
 
     def state_names(self) -> list:
         return [s for names in self.step.states.values() for s in names]
 
-    def loop(self, log, interrupted) -> list:
+    def loop(self, log, stopped) -> list:
         history = []
         while self.pos.epoch < self.cfg.epochs and not (self.early and self.early.stop):
             lr = self.cfg.schedule.lr(self.cfg.optimizer.lr, self.pos.epoch)
@@ -176,12 +194,12 @@ class Run:
             for i, rows in enumerate(batch_rows(n, self.cfg.batch_size, self.rng)):
                 if i >= self.pos.step:
                     self._step(rows, i)
-                    if interrupted():
-                        self._interrupt()
+                    if stopped():
+                        self._interrupt(stopped())
             history.append(self._end_epoch(lr))
             log(history[-1])
-            if interrupted():
-                self._interrupt()
+            if stopped():
+                self._interrupt(stopped())
         return history
 
     def _step(self, rows, i: int) -> None:
@@ -198,7 +216,7 @@ class Run:
         p.global_step, p.global_samples = p.global_step + 1, p.global_samples + m
 
     def _kept(self) -> str:
-        if self.saved_epoch is None:
+        if self.saved_epoch is None or self.out is None:
             return "training stopped before any checkpoint was saved"
         return (f"training stopped; {self.out} keeps the last good state (after epoch "
                 f"{self.saved_epoch})")
@@ -221,15 +239,19 @@ class Run:
             self.save()
         return EpochLog(self.pos.epoch, loss, metrics, lr)
 
-    def _interrupt(self):
+    def _interrupt(self, signum: int):
         self.save()
         p = self.pos
         at = f"epoch {p.epoch + 1}, batch {p.step}" if p.step else f"the end of epoch {p.epoch}"
-        raise Interrupted(f"interrupted at {at}; checkpoint saved to {self.out}",
-                          hint=f"continue with --resume {self.out}")
+        if self.out is None:
+            raise Interrupted(f"interrupted at {at} ({signal_name(signum)}); the params are "
+                              "those of that step", signum)
+        raise Interrupted(f"interrupted at {at} ({signal_name(signum)}); checkpoint saved to "
+                          f"{self.out}", signum, hint=f"continue with --resume {self.out}")
 
     def save(self, extra: Optional[dict] = None) -> None:
-        """Params, optimizer state, position, RNG, early stopping, spec and stats, atomically."""
+        """Params, optimizer state, position, RNG, early stopping, spec and stats, atomically
+        to `out` (kept in memory, as `saved`, without one)."""
         m = self.model
         arrays = {**C.params_of(m), **self.pos.arrays(),
                   **C.spec_arrays(m, self.cfg.run_settings()),
@@ -240,7 +262,9 @@ class Run:
             arrays[RESERVED + "early"] = np.array([e.best, e.best_epoch, e.wait], np.float64)
             arrays.update({RESERVED + "best/" + k: v for k, v in self.best.items()})
         arrays.update(extra or {})
-        C.write(self.out, arrays)
+        self.saved = arrays
+        if self.out is not None:
+            C.write(self.out, arrays)
         self.saved_epoch, self.last_save = self.pos.epoch, time.monotonic()
 
     def restore(self, path) -> None:
@@ -288,24 +312,35 @@ class Run:
         return "training", self.data.train
 
 
-def train(model: Model, cfg: TrainConfig, *, out: Path,
+def train(model: Model, cfg: TrainConfig, *, out: Optional[Path],
           log: Callable[[EpochLog], None] = lambda e: None, resume=None,
           save_every: Optional[int] = None) -> TrainResult:
-    """Train to cfg.epochs (from a checkpoint's position with `resume`); save checkpoints
-    every `save_every` epochs (default: at epoch ends, at most once a second) and at the end."""
-    run = Run(model, cfg, Path(out), save_every)
+    """Train to cfg.epochs (from a checkpoint's position with `resume`); save checkpoints to
+    `out` every `save_every` epochs (default: at epoch ends, at most once a second) and at the
+    end. With `out=None` nothing is written; the result carries the final checkpoint.
+    The checkpoint is locked from the end of set-up (data loaded, step compiled: bad input
+    is reported first) to the last save."""
+    run = Run(model, cfg, None if out is None else Path(out), save_every)
+    if out is None:
+        return _train(run, log, resume)
+    with locked(out, "checkpoint"):
+        return _train(run, log, resume)
+
+
+def _train(run: Run, log, resume) -> TrainResult:
+    cfg = run.cfg
     if resume is not None:
         run.restore(resume)
         if run.pos.epoch >= cfg.epochs:
             run.notes.append(f"{resume} is already at epoch {run.pos.epoch} of {cfg.epochs}: "
                              "nothing left to train (raise --epochs to train longer)")
     start, done = time.perf_counter(), run.pos.global_samples
-    with deferred_sigint() as interrupted, np.errstate(all="ignore"):
-        history = run.loop(log, interrupted)
+    with deferred_stop() as stopped, np.errstate(all="ignore"):
+        history = run.loop(log, stopped)
     elapsed = time.perf_counter() - start
     loss, metrics = run.finish()
     seen = run.pos.global_samples - done
     split, arrays = run.final_split()
     return TrainResult(loss, metrics, run.pos.epoch, seen / elapsed if elapsed else 0.0,
-                       history, run.notes, split, n_samples(arrays),
+                       history, run.notes, run.saved, split, n_samples(arrays),
                        run.early.best_epoch if run.best else None)

@@ -8,14 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
+from . import shapes as S
 from .data import apply_stats, load_data
-from .errors import SpecError
+from .errors import SpecError, did_you_mean
 from .metrics import EarlyStoppingConfig, parse_early_stopping, parse_metrics
-from .model import Model, spec_seed
-from .ops import OPS
+from .model import Model, label_classes, spec_seed
+from .plan import batch_dims, compile_plan, verify_plan
 from .schedules import Schedule, parse_schedule
 from .spec import TRAIN_KEYS, check_keys
-from .step import Optimizer, parse_optimizer
+from .step import Optimizer, parse_optimizer, training_graph
 
 
 @dataclass(frozen=True)
@@ -43,21 +44,23 @@ def _positive_int(raw: Mapping, key: str, default: int, override=None) -> int:
     return value
 
 
-def parse_train(model: Model, epochs=None, batch_size=None, lr=None, seed=None) -> TrainConfig:
-    """Validate `train:` (keys, numbers, names), applying command-line overrides."""
+def parse_train(model: Model, epochs=None, batch_size=None, lr=None, seed=None,
+                data: Optional[Mapping] = None) -> TrainConfig:
+    """Validate `train:` (keys, numbers, names), applying command-line overrides; `data`
+    (a `train.data` mapping, from the Python API) replaces the spec's."""
     raw = model.spec.train
     check_keys(raw, TRAIN_KEYS, "train")
-    if "data" not in raw:
+    if data is None and "data" not in raw:
         raise SpecError("train.data is missing", mark=raw.mark,
                         hint="e.g. data: {dataset: spiral, samples: 300, classes: 3}")
     optimizer = parse_optimizer(raw.get("optimizer"), raw.mark_of("optimizer"))
     if lr is not None:
         optimizer = Optimizer(optimizer.name, {**optimizer.args, "lr": float(lr)})
     total = _positive_int(raw, "epochs", 10, epochs)
-    shapes = {n.name: n.shape for n in model.graph.nodes.values()}
-    metrics = parse_metrics(raw.get("metrics"), shapes, raw.mark_of("metrics"))
+    metrics = parse_metrics(raw.get("metrics"), model.graph, raw.mark_of("metrics"))
     return TrainConfig(
-        data=raw["data"], batch_size=_positive_int(raw, "batch_size", 32, batch_size),
+        data=raw["data"] if data is None else data,
+        batch_size=_positive_int(raw, "batch_size", 32, batch_size),
         epochs=total, optimizer=optimizer,
         schedule=parse_schedule(raw.get("schedule"), raw.mark_of("schedule"),
                                 _positive_int(raw, "epochs", total)),
@@ -76,17 +79,67 @@ def _clip(raw: Mapping) -> Optional[float]:
     return None if value is None else float(value)
 
 
+def training_step(model: Model, batch_size=None, dims=None) -> tuple:
+    """(step graph, batch size, dims) of the spec's training step, as `train` builds it.
+    The batch dims (each fed input's first dim, which a batch of data sizes) take the
+    batch size: `batch_size`, a `dims` entry for one of them, else the spec's, else 32.
+    Any other symbolic dim is sized only by `dims` (--dim NAME=SIZE)."""
+    raw = model.spec.train
+    opt = parse_optimizer(raw.get("optimizer"), raw.mark_of("optimizer"))
+    step = training_graph(model.graph, opt, _clip(raw))
+    return (step, *_sized_dims(model, batch_size, dict(dims or {})))
+
+
+def _sized_dims(model: Model, batch_size, dims: dict) -> tuple:
+    """(batch size, every symbolic dim's size): `training_step`'s sizing rule."""
+    _check_dim_names(model, dims)
+    lead = batch_dims(model.graph)
+    given = {f"--dim {d}={dims[d]}": dims[d] for d in lead if d in dims}
+    if batch_size is not None:
+        given[f"--batch-size {batch_size}"] = batch_size
+    if len(set(given.values())) > 1:
+        raise SpecError(f"{' and '.join(given)} give the batch dim different sizes",
+                        hint=f"give one of them ({', '.join(lead)} is the inputs' first dim, "
+                             f"which a batch sizes)")
+    bs = _positive_int(model.spec.train, "batch_size", 32, next(iter(given.values()), None))
+    return bs, {**dict.fromkeys(lead, bs), **dims}
+
+
+def _check_dim_names(model: Model, dims: Mapping) -> None:
+    """Every --dim names a symbolic dim of the spec."""
+    known = sorted(set().union(*(S.symbols(n.shape) for n in model.graph.nodes.values())))
+    for name, size in dims.items():
+        if name not in known:
+            raise SpecError(f"--dim {name}={size}: {model.spec.path} has no symbolic dim "
+                            f"'{name}'",
+                            hint=did_you_mean(name, known) or (
+                                f"its symbolic dims are {', '.join(known)}" if known
+                                else "it has no symbolic dims"))
+
+
+def training_plan(model: Model, batch_size=None, reuse: bool = True, dims=None) -> tuple:
+    """(step graph, verified plan) of the training step at `batch_size` (default the
+    spec's) and `dims`, as `graphc plan` compiles it: the loss is the one value kept to
+    the end."""
+    step, _, dims = training_step(model, batch_size, dims)
+    plan = compile_plan(step.graph, dims, {model.graph.loss}, step.forward, reuse=reuse)
+    verify_plan(plan)
+    return step, plan
+
+
+def fed_label_classes(model: Model) -> dict:
+    """Fed label input -> the number of classes the graph expects (the scores' last axis),
+    for every op that takes class labels."""
+    fed = model.fed_inputs
+    return {name: k for name, (k, _) in label_classes(model.graph).items() if name in fed}
+
+
 def load_dataset(model: Model, cfg: TrainConfig, stats=None):
     """The spec's data fitted to its fed inputs; `stats` (from a checkpoint) replace the
     normalization statistics computed on this data."""
     graph = model.graph
     fed = model.fed_inputs
-    classes = {}
-    for n in graph.nodes.values():      # every op taking class labels: scores' last axis
-        for pos in OPS[n.op].labels:
-            c = graph[n.inputs[0]].shape[-1] if graph[n.inputs[0]].shape else None
-            if n.inputs[pos] in fed and isinstance(c, int):
-                classes[n.inputs[pos]] = c
+    classes = fed_label_classes(model)
     cfg_data = cfg.data
     if stats and isinstance(cfg_data, Mapping) and cfg_data.get("normalize"):
         cfg_data = _without(cfg_data, "normalize")

@@ -18,19 +18,13 @@ from graphc.annotate import grad_dot  # noqa: E402
 from graphc.dot import plan_dot, render  # noqa: E402
 from graphc.memsvg import memory_svg  # noqa: E402
 from graphc.model import load_model  # noqa: E402
-from graphc.plan import compile_plan, verify_plan  # noqa: E402
-from graphc.step import parse_optimizer, training_graph  # noqa: E402
+from graphc.trainconfig import training_plan  # noqa: E402
 
 
 def spiral_plan():
-    """The spiral MLP's training step compiled at the spec's batch size, as `graphc plan` does."""
-    model = load_model(REPO / "specs" / "spiral_mlp.yaml")
-    cfg = model.spec.train
-    step = training_graph(model.graph, parse_optimizer(cfg.get("optimizer"),
-                                                       cfg.mark_of("optimizer")))
-    plan = compile_plan(step.graph, {"batch": cfg.get("batch_size", 32)}, {model.graph.loss},
-                        step.forward)
-    verify_plan(plan)
+    """The spiral MLP's training step compiled at the spec's batch size, as `graphc plan` does
+    (the same function; `graphc.load(spec).plan()` gives the plan alone)."""
+    step, plan = training_plan(load_model(REPO / "specs" / "spiral_mlp.yaml"))
     return step.graph, plan
 
 

@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "graphc"
 
 # Earlier stages first. A module imports only modules to its left.
 STAGES = [
-    "errors", "shapes", "ops",                              # the vocabulary
+    "errors", "outfiles", "interrupts",                     # errors, files written, signals
+    "shapes", "ops",                                        # the vocabulary
     "yamlload", "leaves", "expr", "layers", "spec",         # spec text -> validated spec
     "ir", "autodiff", "step",                               # graph, reverse graph, step
     "arena", "plan", "dot", "memsvg",                       # the planner and its pictures
@@ -25,11 +26,13 @@ STAGES = [
     "metrics", "schedules",
     "model", "checkpoint", "gradcheck", "explain", "annotate",      # commands' parts
     "guard", "timing", "plots", "trainconfig", "train",
-    "cli_common", "cli_grad", "cli_plan", "cli_train",       # one module per command family
+    "predict", "api",                                       # using a trained model
+    "cli_common", "cli_grad", "cli_plan", "cli_predict", "cli_train",   # one per family
     "cli", "__main__",                                      # the front door
 ]
 ENTRY_POINTS = {"cli", "__main__"}      # the front door; __main__ alone may import cli
-PACKAGE_INIT = "__init__"               # the package docstring and version; imports nothing
+PACKAGE_INIT = "__init__"               # docstring, version, and the API (imported lazily)
+INIT_IMPORTS = {"api"}
 
 MAX_LINES = 400
 # Modules over MAX_LINES today, each with the size it may not grow past. A ratchet, not
@@ -75,7 +78,8 @@ def test_every_module_has_a_place_in_the_stage_order():
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_imports_point_to_earlier_stages(name):
     if name == PACKAGE_INIT:
-        assert imported(MODULES[name], MODULES) == set(), "graphc/__init__.py imports stages"
+        assert imported(MODULES[name], MODULES) <= INIT_IMPORTS, \
+            "graphc/__init__.py imports stages other than the public API"
         return
     if name not in STAGES:
         pytest.fail(f"graphc/{name}.py is not placed in STAGES (see the test above)")

@@ -111,7 +111,7 @@ def test_handwritten_step_allocates_nothing_that_grows_with_the_batch():
 def graphc_and_handwritten(tmp_path, sizes, batch, dtype, lr=0.1):
     path = tmp_path / "mlp.yaml"
     path.write_text(bench_mlp.mlp_spec("test", sizes, lr, dtype))
-    g = bench_mlp.build_graphc(path, lr)
+    g = bench_mlp.build_graphc(path)
     weights, biases = g.params(len(sizes) - 1)
     hand = HandwrittenMLP(weights, biases, batch, lr, dtype)
     return g, hand, bench_mlp.batch_of(sizes, batch, seed=1, dtype=dtype)
@@ -134,7 +134,7 @@ def test_one_graphc_step_matches_the_handwritten_step(tmp_path, dtype, tol):
 def test_deep_spec_has_sixteen_hidden_layers(tmp_path):
     sizes, batch = bench_mlp.LADDER["deep"]
     g, hand, feeds = graphc_and_handwritten(tmp_path, sizes, batch, "float32")
-    params = [n.name for n in g.model.graph.leaves("param")]
+    params = list(g.model.params)
     assert sorted(params) == sorted([f"W{i}" for i in range(1, 18)] +
                                     [f"b{i}" for i in range(1, 18)])
     assert len(hand.mask) == 16

@@ -52,6 +52,28 @@ def test_digits_mlp_reaches_95_percent_held_out_and_eval_agrees(tmp_path):
 
 
 @pytest.mark.slow
+def test_predict_on_the_held_out_rows_agrees_with_eval(tmp_path):
+    """The held-out 20% as a user would keep it (raw pixels, with or without labels), in
+    .npz and .csv: `predict --classes` scores exactly `eval`'s accuracy."""
+    pytest.importorskip("sklearn", reason=NEEDS)
+    ckpt = tmp_path / "digits.npz"
+    graphc("train", SPEC, "--out", ckpt, "--epochs", "3")
+    acc = json.loads(graphc("eval", SPEC, "--params", ckpt, "--json").stdout)["metrics"]
+    held = digits(validation=0.2).valid             # the split eval uses: the spec's seed 0
+    x, y = held["x"], held["y"]
+    np.savez(tmp_path / "held.npz", x=x)
+    header = [f"pixel{i}" for i in range(64)] + ["y"]     # a column named like the input
+    rows = [",".join(map(str, list(r.astype(int)) + [int(t)])) for r, t in zip(x, y)]
+    (tmp_path / "held.csv").write_text("\n".join([",".join(header)] + rows) + "\n")
+    for held_file in ("held.npz", "held.csv"):
+        out = json.loads(graphc("predict", SPEC, "--params", ckpt, "--inputs",
+                                tmp_path / held_file, "--classes", "--json").stdout)
+        assert out["samples"] == 359
+        assert np.mean(np.array(out["outputs"]["scores.class"]) == y) == \
+            pytest.approx(acc["accuracy"], abs=1e-12), held_file
+
+
+@pytest.mark.slow
 def test_digits_spec_checks_and_gradchecks():
     pytest.importorskip("sklearn", reason=NEEDS)
     for command in ("check", "gradcheck"):

@@ -42,6 +42,8 @@ SIDE = 4
 SHAPE = hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=SIDE)
 PAIR = hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, min_side=1,
                                          max_side=SIDE)
+# a loss's prediction and target: the same shape, or a scalar target (docs/ops.md#losses)
+LOSS_PAIR = SHAPE.flatmap(lambda s: st.sampled_from([(s, s), (s, ())]))
 TOL = 1e-6
 
 
@@ -84,16 +86,17 @@ def unary(values=uniform):
     return lambda draw, rng: ([values(rng, draw(SHAPE))], {})
 
 
-def binary(second=uniform):
+def binary(second=uniform, loss=False):
+    """Two inputs of broadcastable shapes; with `loss`, a loss's pair (LOSS_PAIR)."""
     def gen(draw, rng):
-        a, b = draw(PAIR).input_shapes
+        a, b = draw(LOSS_PAIR) if loss else draw(PAIR).input_shapes
         return [uniform(rng, a), second(rng, b)], {}
     return gen
 
 
-def gen_maximum(draw, rng):
+def gen_maximum(draw, rng, loss=False):
     """a on k + 1/4, b on m + 3/4 (jittered): never within 0.3 of each other, so no ties."""
-    a, b = draw(PAIR).input_shapes
+    a, b = draw(LOSS_PAIR) if loss else draw(PAIR).input_shapes
     jitter = lambda s: rng.uniform(-0.1, 0.1, size=s)   # noqa: E731
     return [rng.integers(-2, 2, size=a) + 0.25 + jitter(a),
             rng.integers(-2, 2, size=b) + 0.75 + jitter(b)], {}
@@ -147,7 +150,7 @@ def gen_softmax_cross_entropy(draw, rng):
 
 def gen_hinge(draw, rng):
     """y = +-1 and |score| off [0.8, 1.2], so the margin 1 - score y is never within 0.2 of 0."""
-    s, y = draw(PAIR).input_shapes
+    s, y = draw(LOSS_PAIR)
     mag = np.where(rng.random(s) < 0.5, rng.uniform(0.0, 0.8, s), rng.uniform(1.2, 2.0, s))
     return [rng.choice([-1.0, 1.0], s) * mag, rng.choice([-1.0, 1.0], y)], {}
 
@@ -171,7 +174,7 @@ CASES = {
     "mean": Case(gen_reduce, _reduce_ref(np.mean)),
     "matmul": Case(gen_matmul, np.matmul),
     "dot": Case(gen_dot, np.dot),
-    "mse": Case(binary(), lambda p, t: np.mean(np.square(p - t))),
+    "mse": Case(binary(loss=True), lambda p, t: np.mean(np.square(p - t))),
     "softmax_cross_entropy": Case(gen_softmax_cross_entropy, _sce_ref),
     "hinge": Case(gen_hinge, lambda s, y: np.mean(np.maximum(0.0, 1 - s * y))),
 }
@@ -277,9 +280,10 @@ CASES.update({
     "concat": Case(gen_concat, lambda *xs, axis: np.concatenate(xs, axis)),
     "softmax": Case(gen_axis, _softmax_ref),
     "log_softmax": Case(gen_axis, lambda x, axis: np.log(_softmax_ref(x, axis))),
-    "l1": Case(gen_maximum, lambda p, t: np.mean(np.abs(p - t))),
-    "huber": Case(with_attr("delta", [1.0, 0.5, 2.0], binary()), _huber_ref),
-    "binary_cross_entropy_with_logits": Case(binary(lambda rng, s: rng.uniform(0, 1, s)),
+    "l1": Case(lambda draw, rng: gen_maximum(draw, rng, loss=True),
+               lambda p, t: np.mean(np.abs(p - t))),
+    "huber": Case(with_attr("delta", [1.0, 0.5, 2.0], binary(loss=True)), _huber_ref),
+    "binary_cross_entropy_with_logits": Case(binary(lambda rng, s: rng.uniform(0, 1, s), loss=True),
                                              _bce_ref),
     "multiclass_hinge": Case(gen_multiclass_hinge, _multiclass_hinge_ref),
 })
@@ -401,8 +405,67 @@ def test_cli_json_as_a_user_types_it():
     assert out["ok"] is True and out["eps"] == 1e-6 and out["tol"] == 1e-5
     shapes = {c["leaf"]: c["shape"] for c in out["leaves"]}
     assert shapes == {"x": [64, 2], "W1": [2, 100], "b1": [100], "W2": [100, 3], "b2": [3]}
-    assert all(set(c) == {"leaf", "shape", "max_abs_error", "max_rel_error", "ok"}
+    assert all(set(c) == {"leaf", "shape", "max_abs_error", "max_rel_error", "ok", "kinks"}
                for c in out["leaves"])
+    assert all(c["kinks"] == 0 for c in out["leaves"])
+
+
+# --- kinks: the loss is not differentiable there, so they are reported, not failed ----------
+
+def kink_batch(tmp_path):
+    """The spiral's point (0, 0) with zero biases: every hidden unit of row 0 sits at relu's
+    kink, so moving x[0] or b1 by eps switches units on or off."""
+    np.savez(tmp_path / "k.npz", x=np.array([[0.0, 0.0], [0.5, -1.0]]), y=np.array([0, 1]))
+    return tmp_path / "k.npz"
+
+
+def test_relu_at_zero_is_a_kink_not_a_failure(tmp_path):
+    # before: FAIL for x and b1 with rel error 1.0, exit 1
+    proc = subprocess.run([sys.executable, "-m", "graphc", "gradcheck", str(SPIRAL), "--inputs",
+                           str(kink_batch(tmp_path))], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines()[1:6]}
+    assert rows["x"].endswith("ok (2 at kinks)") and rows["b1"].endswith("ok (100 at kinks)")
+    assert rows["W1"].endswith("ok") and rows["W2"].endswith("ok")
+    assert "kinks: 102 elements sit at a point where the loss is not differentiable" in proc.stdout
+    assert "first: x[0, 0]: slope" in proc.stdout and "graphc's gradient 0" in proc.stdout
+
+
+@pytest.mark.parametrize("op, x, kinks", [
+    # relu at 0: graphc says 0, the central difference (eps - 0) / 2 eps = 0.5: a kink
+    ("relu", [0.0, 1.0, -2.0], [(0,)]),
+    # hinge(x, 1) at the margin x = 1: graphc says 0, the central difference -0.5 / 2
+    ("hinge", [1.0, 0.5], [(0,)]),
+    # abs at 0 and a tie in maximum(x, 1): graphc's 0 and 0.5 are what the central
+    # difference gives, so they pass as they are, no kink reported
+    ("abs", [0.0, 1.0], []),
+    ("maximum", [1.0, 2.0], []),
+])
+def test_kinks_are_reported_only_where_the_check_would_fail(op, x, kinks):
+    b = GraphBuilder("float64")
+    b.nodes["x"] = Node("x", "input", (), {"shape": (len(x),)}, (len(x),), "float64")
+    ins = ["x"]
+    if OPS[op].arity == 2:
+        b.nodes["one"] = Node("one", "const", (), {"shape": (), "value": 1.0}, (), "float64")
+        ins.append("one")
+    b.add("y", op, ins, attrs_with_defaults(OPS[op], {}))
+    b.add("loss", "sum", ["y"], {"axis": None, "keepdims": False})
+    result = check_grads(schedule(b.graph("loss")), {"x": np.array(x)}, ["x"])
+    assert result.ok and [k.index for k in result.leaves[0].kinks] == kinks
+
+
+def test_a_wrong_rule_still_fails_beside_kinks(tmp_path, monkeypatch):
+    # relu's gradient replaced by the identity: wrong wherever a unit is off. Every b1
+    # element sits at a kink here (row 0's units are all at 0), so b1 cannot be checked on
+    # this batch and says so; x and W1 have smooth elements, and fail there.
+    monkeypatch.setitem(autodiff.VJP, "relu", lambda e, n, g: (g,))
+    result = CliRunner().invoke(main, ["gradcheck", str(SPIRAL), "--inputs",
+                                       str(kink_batch(tmp_path))])
+    assert result.exit_code == 1 and "gradient check failed for x, W1 (tol" in result.output
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:6]}
+    assert rows["x"].endswith("FAIL (2 at kinks)") and rows["W1"].endswith("FAIL")
+    assert rows["b1"].endswith("ok (100 at kinks)")
 
 
 def test_cli_exits_1_on_a_wrong_rule(monkeypatch):

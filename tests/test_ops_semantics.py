@@ -234,7 +234,7 @@ def test_symbolic_shapes_flow_through_the_new_ops(tmp_path):
     ("concat(sum(v), sum(u))", ["cannot join scalars (rank 0)"]),
     ("concat(v, u, axis=[1])", ["axis must be one integer, got [1]"]),
     ("softmax(v, axis=2)", ["axis 2 is out of range for rank 2"]),
-    ("huber(v, u)", ["cannot broadcast [batch, 3] and [batch, 2]"]),
+    ("huber(v, u)", ["prediction [batch, 3] and target [batch, 2] must have the same shape"]),
     ("multiclass_hinge(v, u)", ["must be integer class labels"]),
     ("multiclass_hinge(x, y)", ["labels must have the logits' shape", "[batch, 4]"]),
 ])

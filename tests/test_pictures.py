@@ -23,8 +23,7 @@ from graphc import shapes as S
 from graphc.annotate import GRAD, VALUE, grad_dot
 from graphc.dot import forward_of, parse_range, plan_dot, render
 from graphc.errors import SpecError
-from graphc.explain import LocalGrads, all_values, chain_paths, edge_local, explain, \
-    explanation_text, multigraph
+from graphc.explain import LocalGrads, all_values, chain_paths, edge_local, explain, multigraph
 from graphc.executor import run_kernel
 from graphc import memsvg as M
 from graphc.memsvg import memory_svg
@@ -233,10 +232,41 @@ def test_explain_adds_over_paths_and_caps_them(tmp_path):
     assert sorted(float(t.product) for t in e.terms) == [1.0, 3.0, 3.0]
     assert float(e.total) == 7.0 == float(e.grad)
     capped = explain(model, {}, "x", cap=2)
-    assert capped.truncated and len(capped.terms) == 2
-    assert "more than 2 paths" in explanation_text(capped)
+    assert capped.truncated and len(capped.terms) == 2 and capped.paths == 3
     paths, truncated = chain_paths(model.graph, "x", cap=5)
     assert len(paths) == 3 and not truncated
+
+
+def test_explain_capped_tells_the_total_and_does_not_compare(tmp_path):
+    # before: "2 paths from y to x" (the cap, not the total) and "(DOES NOT MATCH)" for a
+    # sum that covered 2 of 3 paths on purpose
+    spec = tmp_path / "fan.yaml"
+    spec.write_text("dtype: float64\ninputs:\n  x: 3\nnodes:\n  y: x * x + x\nloss: y\n")
+    done = run_cli("explain", spec, "--wrt", "x", "--max-paths", "2")
+    assert done.returncode == 0, done.stderr
+    assert "3 paths from y to x (showing the first 2)" in done.stdout
+    assert "sum over paths   = 6" in done.stdout and "DOES NOT MATCH" not in done.stdout
+    assert ("graphc's gradient = 7  (not compared: the sum covers 2 of 3 paths; "
+            "--max-paths 3 compares all)") in done.stdout
+
+
+def test_explain_counts_paths_it_does_not_list(tmp_path):
+    # a chain of 20 diamonds: 2^20 paths, counted, not enumerated
+    lines = ["dtype: float64", "inputs:", "  v0: 1", "nodes:"]
+    lines += [f"  v{k + 1}: v{k} * 1 + v{k}" for k in range(20)]
+    (tmp_path / "diamonds.yaml").write_text("\n".join(lines + ["loss: v20", ""]))
+    model = load_model(tmp_path / "diamonds.yaml")
+    e = explain(model, {}, "v0", cap=4)
+    assert e.paths == 2 ** 20 and len(e.terms) == 4 and float(e.grad) == 2.0 ** 20
+
+
+def test_explain_both_nan_is_a_match(tmp_path):
+    # sqrt(-1) is NaN, so are the path sum and graphc's gradient: before, "DOES NOT MATCH", exit 1
+    spec = tmp_path / "nan.yaml"
+    spec.write_text("dtype: float64\ninputs:\n  x: -1\nnodes:\n  y: sqrt(x) * x\nloss: y\n")
+    done = run_cli("explain", spec, "--wrt", "x")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "graphc's gradient = nan  (matches, NaN where graphc's is)" in done.stdout
 
 
 def test_explain_rejects_an_unknown_leaf_with_a_suggestion():

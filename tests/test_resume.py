@@ -112,13 +112,13 @@ def test_resume_across_early_stopping(tmp_path):
 
 @contextmanager
 def interrupt_after(polls: int):
-    """Stand-in for Ctrl-C: the trainer's poll (after every step and epoch) says 'stop'
-    on its `polls`-th call."""
+    """Stand-in for Ctrl-C: the trainer's poll (after every step and epoch) returns SIGINT
+    from its `polls`-th call on."""
     calls = []
 
     def poll():
         calls.append(1)
-        return len(calls) >= polls
+        return signal.SIGINT if len(calls) >= polls else 0
     yield poll
 
 
@@ -126,7 +126,7 @@ def interrupt_after(polls: int):
 def test_interrupt_saves_and_resume_is_exact(tmp_path, monkeypatch, polls):
     spec = write_spec(tmp_path)
     run(spec, tmp_path / "full.npz")
-    monkeypatch.setattr(T, "deferred_sigint", lambda: interrupt_after(polls))
+    monkeypatch.setattr(T, "deferred_stop", lambda: interrupt_after(polls))
     with pytest.raises(Interrupted) as err:
         run(spec, tmp_path / "cut.npz")
     assert err.value.exit_code == 130 and "--resume" in str(err.value)
@@ -228,10 +228,17 @@ def test_grad_refuses_an_empty_npz_with_exit_2(tmp_path, flag):
 KILL_SPEC = SPEC.replace("samples: 90", "samples: 240").replace("batch_size: 16", "batch_size: 4")
 
 
-def start(tmp_path, *flags):
+def start(tmp_path, *flags, **popen):
     return subprocess.Popen([sys.executable, "-m", "graphc", "train", "spec.yaml", "--out",
                              "ckpt.npz", *flags], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+                            stderr=subprocess.PIPE, text=True, env=ENV, **popen)
+
+
+def write_long_spec(tmp_path):
+    """A run far longer than any test waits: a signal lands while it trains."""
+    (tmp_path / "spec.yaml").write_text(KILL_SPEC.replace("OPTIMIZER", OPTIMIZERS[0])
+                                        .replace("epochs: 12", "epochs: 20000")
+                                        .replace("EARLY", "seed: 0"))
 
 
 def wait_for(path, proc, limit=30.0):
@@ -242,24 +249,63 @@ def wait_for(path, proc, limit=30.0):
         time.sleep(0.02)
 
 
-def test_ctrl_c_saves_exits_130_and_resumes_exactly(tmp_path):
-    (tmp_path / "spec.yaml").write_text(KILL_SPEC.replace("OPTIMIZER", OPTIMIZERS[0])
-                                        .replace("epochs: 12", "epochs: 20000")
-                                        .replace("EARLY", "seed: 0"))
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143),
+                                         (signal.SIGHUP, 129)], ids=["INT", "TERM", "HUP"])
+def test_a_stop_signal_saves_exits_128_plus_it_and_resumes_exactly(tmp_path, signum, code):
+    """Ctrl-C, `kill` (SIGTERM) and a closed terminal (SIGHUP) all save and say how to resume."""
+    write_long_spec(tmp_path)
     # --save-every 1: the first checkpoint appears after epoch 1, long before the end, so
     # the signal lands while training runs however fast a step is
     proc = start(tmp_path, "--save-every", "1")
     wait_for(tmp_path / "ckpt.npz", proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "interrupted at" in err and "--resume ckpt.npz" in err and "Traceback" not in err
+    assert proc.returncode == code, err
+    assert "interrupted at" in err and f"({signal.Signals(signum).name}); checkpoint saved " \
+        "to ckpt.npz; continue with --resume ckpt.npz" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     cut = arrays(tmp_path / "ckpt.npz")
     epochs = int(cut[RESERVED + "epoch"]) + 1
     spec = tmp_path / "spec.yaml"
     run(spec, tmp_path / "ckpt.npz", epochs=epochs, resume=tmp_path / "ckpt.npz")
     run(spec, tmp_path / "full.npz", epochs=epochs)
     assert_identical(tmp_path / "full.npz", tmp_path / "ckpt.npz")
+
+
+def test_under_nohup_sighup_is_still_ignored(tmp_path):
+    write_long_spec(tmp_path)
+    proc = start(tmp_path, "--save-every", "1",
+                 preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))   # nohup
+    wait_for(tmp_path / "ckpt.npz", proc)
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    running = proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert running, err
+    assert proc.returncode == 143 and "(SIGTERM)" in err, err
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Linux: whether process `pid` has a handler for `signum` (SigCgt in /proc/PID/status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith("SigCgt:")), 16)
+    return bool(mask >> (signum - 1) & 1)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc")
+def test_sigterm_outside_training_exits_143_with_one_line(tmp_path):
+    write_long_spec(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "graphc", "time", "spec.yaml", "--steps",
+                             "100000000"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    end = time.monotonic() + 30
+    while not catches(proc.pid, signal.SIGTERM) and time.monotonic() < end:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip() == "error: interrupted (SIGTERM)", err
 
 
 @pytest.mark.slow
@@ -277,7 +323,7 @@ def test_sigkill_at_random_moments_leaves_a_loadable_consistent_checkpoint(tmp_p
         time.sleep(rng.uniform(0.0, 0.8))
         proc.kill()
         proc.wait(timeout=30)
-        mid_write += bool(list(tmp_path.glob("ckpt.npz.*.tmp")))   # killed while writing
+        mid_write += bool(list(tmp_path.glob(".ckpt.npz.graphc-*.tmp")))   # killed while writing
         saved = arrays(ckpt)                          # loads, without pickle, every time
         assert bytes(saved[RESERVED + "spec"]).decode() == text.replace("epochs: 12",
                                                                          "epochs: 300")
@@ -287,5 +333,6 @@ def test_sigkill_at_random_moments_leaves_a_loadable_consistent_checkpoint(tmp_p
         run(spec, ckpt, epochs=epoch + 2, resume=ckpt)
         run(spec, tmp_path / "full.npz", epochs=epoch + 2)
         assert_identical(tmp_path / "full.npz", ckpt)
-        assert not list(tmp_path.glob("ckpt.npz.*.tmp")), "the resume removes a dead temp file"
+        assert not list(tmp_path.glob(".ckpt.npz.graphc-*.tmp")), \
+            "the resume removes a dead temp file"
     assert all(p >= 1 for p in positions), (positions, mid_write)

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from graphc.errors import CheckFailed, SpecError
-from graphc.metrics import (EarlyStopping, EarlyStoppingConfig, accuracy, mae,
+from graphc.metrics import (EarlyStopping, EarlyStoppingConfig, Metric, accuracy, mae,
                             parse_early_stopping, rmse)
 from graphc.model import load_model
-from graphc.train import RESERVED, evaluate_checkpoint, parse_train, train
+from graphc.train import RESERVED, evaluate, evaluate_checkpoint, parse_train, train
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,16 +40,20 @@ def test_accuracy_by_hand():
     scores = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.1, 0.0, 0.2], [1.0, 0.0, 0.0]])
     assert accuracy(scores, np.array([0, 1, 1, 2])) == 0.5          # rows 0 and 1 right
     assert accuracy(np.array([0.3, -2.0, 0.5]), np.array([1, -1, -1])) == pytest.approx(2 / 3)
-    probs = np.array([[0.9], [0.2], [0.6], [0.4]])                    # [N, 1] vs [N] targets
-    assert accuracy(probs, np.array([1.0, 0.0, 0.0, 0.0])) == 0.75
+    probs = np.array([[0.9], [0.2], [0.6], [0.4]])                    # threshold 0.5
+    assert accuracy(probs, np.array([[1.0], [0.0], [0.0], [0.0]])) == 0.75
+    logits = np.array([0.2, 0.3, -0.4, 0.1])                          # threshold 0
+    assert accuracy(logits, np.array([1, 1, 0, 1]), threshold=0.0) == 1.0
+    assert accuracy(logits, np.array([1, 1, 0, 1])) == 0.25         # all read as 0
 
 
 def test_mae_and_rmse_by_hand():
-    pred, target = np.array([[1.0], [2.0], [4.0]]), np.array([1.0, 4.0, 0.0])
+    pred, target = np.array([[1.0], [2.0], [4.0]]), np.array([[1.0], [4.0], [0.0]])
     assert mae(pred, target) == pytest.approx((0 + 2 + 4) / 3)
     assert rmse(pred, target) == pytest.approx(math.sqrt((0 + 4 + 16) / 3))
-    with pytest.raises(SpecError, match="shaped like its target"):
-        mae(np.zeros((3, 2)), np.zeros(3))
+    for shape in [(3, 2), (3, 1)]:          # metrics never broadcast, nor reshape [N, 1]
+        with pytest.raises(SpecError, match="shaped like its target"):
+            mae(np.zeros(shape), np.zeros(3))
 
 
 def test_early_stopping_counts_epochs_without_improvement():
@@ -76,9 +80,92 @@ def test_bad_early_stopping(raw, fragment):
 
 
 def test_early_stopping_defaults_mode_from_the_metric():
-    assert parse_early_stopping({"metric": "accuracy"}, {"accuracy": 0}).mode == "max"
+    metrics = {"acc_a": Metric("acc_a", "accuracy", ("s", "y")),
+               "ce": Metric("ce", "value", ("data_loss",))}
+    assert parse_early_stopping({"metric": "acc_a"}, metrics).mode == "max"   # by its kind
+    assert parse_early_stopping({"metric": "ce"}, metrics).mode == "min"
     assert parse_early_stopping({}, {}).metric == "loss"
     assert parse_early_stopping({}, {}).mode == "min"
+
+
+# --- metrics per head, and scalar nodes logged as metrics ------------------------------------
+
+TWO_HEADS = """\
+name: two_heads
+inputs:
+  x: [batch, 2]
+  y1: {shape: [batch], dtype: int64}
+  y2: {shape: [batch], dtype: int64}
+params:
+  W1: {value: [[1, 0], [0, 1]]}
+  W2: {value: [[1, 0, 0], [0, 1, 0]]}
+nodes:
+  s1: x @ W1
+  s2: x @ W2
+  ce1: softmax_cross_entropy(s1, y1)
+  ce2: softmax_cross_entropy(s2, y2)
+  loss: ce1 + ce2
+train:
+  data: {npz: heads.npz}
+  batch_size: 2
+  epochs: 1
+  metrics: {acc_a: {accuracy: [s1, y1]}, acc_b: {accuracy: [s2, y2]}, ce1: ce1, ce2: ce2}
+"""
+
+
+def two_heads(tmp_path):
+    spec = tmp_path / "heads.yaml"
+    spec.write_text(TWO_HEADS)
+    # s1 = x: argmax 1, 0, 1; s2 = [x, 0]: argmax 1, 0, 1 (x's larger column)
+    np.savez(tmp_path / "heads.npz", x=np.array([[0.0, 2.0], [3.0, 1.0], [1.0, 2.0]]),
+             y1=np.array([1, 0, 0]), y2=np.array([1, 2, 2]))
+    return spec
+
+
+def test_two_accuracies_and_two_loss_terms_by_hand(tmp_path):
+    model = load_model(two_heads(tmp_path))
+    cfg = parse_train(model)
+    x = np.array([[0.0, 2.0], [3.0, 1.0], [1.0, 2.0]], np.float32)
+    arrays = {"x": x, "y1": np.array([1, 0, 0]), "y2": np.array([1, 2, 2])}
+    loss, metrics = evaluate(model, arrays, cfg.metrics, batch_size=2)   # batches of 2 and 1
+
+    def ce(s, y):
+        return np.log(np.exp(s).sum(axis=1)) - s[np.arange(len(y)), y]
+    ce1 = ce(x.astype(np.float64), arrays["y1"])
+    ce2 = ce(np.hstack([x, np.zeros((3, 1))]), arrays["y2"])
+    assert metrics["acc_a"] == pytest.approx(2 / 3) and metrics["acc_b"] == pytest.approx(1 / 3)
+    assert metrics["ce1"] == pytest.approx(ce1.mean(), rel=1e-6)    # batch-weighted mean
+    assert metrics["ce2"] == pytest.approx(ce2.mean(), rel=1e-6)
+    assert loss == pytest.approx(metrics["ce1"] + metrics["ce2"], rel=1e-6)
+
+
+def test_metrics_per_head_in_the_cli(tmp_path):
+    spec = two_heads(tmp_path)
+    proc = graphc("train", spec, "--json", "--out", tmp_path / "c.npz", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    final = json.loads(proc.stdout)
+    assert list(final["metrics"]) == ["acc_a", "acc_b", "ce1", "ce2"]
+    assert final["metrics"]["ce1"] + final["metrics"]["ce2"] == pytest.approx(final["loss"],
+                                                                              rel=1e-5)
+    assert "acc_a " in proc.stderr and "ce2 " in proc.stderr        # the epoch lines
+
+
+@pytest.mark.parametrize("metrics, words", [
+    ("{h: s1}", ["metric 'h' logs node 's1' of shape [batch, 2]", "must be a scalar"]),
+    ("{acc: {accuracy: [s1, y1], mae: [s1, y1]}}", ["must name one metric kind",
+                                                     "accuracy, mae"]),
+    ("{acc: {acuracy: [s1, y1]}}", ["unknown metric 'acuracy'", "did you mean 'accuracy'"]),
+    ("{e: {mae: [s1, y1], threshold: 0}}", ["only accuracy takes one"]),
+    ("{loss: ce1}", ["metric name 'loss' is taken"]),
+    ("{ce: ce3}", ["names unknown node 'ce3'", "did you mean 'ce"]),
+])
+def test_bad_metric_forms_are_located_errors(tmp_path, metrics, words):
+    spec = two_heads(tmp_path)
+    spec.write_text(TWO_HEADS.replace(TWO_HEADS.splitlines()[-1], f"  metrics: {metrics}"))
+    proc = graphc("check", spec.name, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: heads.yaml:19:"), proc.stderr
+    for w in words:
+        assert w in proc.stderr, proc.stderr
 
 
 # --- training end to end -----------------------------------------------------------------------
@@ -192,7 +279,7 @@ LINEAR = """\
 name: lin
 inputs:
   x: [batch, 1]
-  y: [batch]
+  y: [batch, 1]
 params:
   w: {value: [[0.5]]}
 nodes:
@@ -238,7 +325,8 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     spec = write(tmp_path, lr=5.0)                          # |1 - 2 lr x^2| > 1: blows up
     out = tmp_path / "c.npz"
     proc = graphc("train", spec, "--out", out, "--save-every", "1", cwd=tmp_path)
-    assert proc.returncode == 1 and "non-finite" in proc.stderr, proc.stderr
+    diverged = "non-finite" in proc.stderr or "gradient norm overflowed" in proc.stderr
+    assert proc.returncode == 1 and diverged, proc.stderr
     failed = int(proc.stderr.split("at epoch ")[1].split(",")[0])
     assert failed > 1 and f"keeps the last good state (after epoch {failed - 1})" in proc.stderr
     arrays = np.load(out, allow_pickle=False)

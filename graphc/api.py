@@ -1,0 +1,161 @@
+"""The Python API: `graphc.load(spec)` -> a `Model` to fit, predict with, differentiate,
+plan and save, on in-memory NumPy arrays. docs/api.md shows a whole round trip.
+
+Each method runs the code of the matching command, so the API and the command line
+agree to the bit: `fit` is `graphc train` (train.py), `predict` is `graphc predict`
+(predict.py), `grad` is `graphc grad` (model.run_grads), `plan` is `graphc plan`, and
+`save` writes the checkpoint `graphc eval/predict --params` and `train --resume` read.
+Bad input raises `graphc.errors.SpecError`, whose message is the command line's
+`error:` line; an input the computation needs and the arrays lack is an error, never
+zeros.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from . import checkpoint as C
+from .data import COMMON_KEYS, apply_stats
+from .errors import SpecError
+from .model import GradResult, load_model, run_grads
+from .plan import Plan
+from .predict import CHUNK, CLASS_SUFFIX, Predictor, given_arrays, normalization, \
+    predicted_classes
+from .step import LR, parse_optimizer
+from .train import EpochLog, TrainResult, read_checkpoint, step_runner, train
+from .trainconfig import parse_train, training_plan, training_step
+
+PathLike = Union[str, os.PathLike]
+ArrayLike = Union[np.ndarray, Sequence]
+
+__all__ = ["load", "Model", "TrainResult", "GradResult", "Plan"]
+
+
+def load(spec: PathLike, params: Optional[PathLike] = None, *, seed: Optional[int] = None,
+         dtype: Optional[str] = None) -> "Model":
+    """The spec at `spec` as a Model. Params come from the checkpoint `params` when given
+    (with its normalization statistics), else from the spec's initializers drawn with
+    `seed` (default: train.seed), as `graphc train --seed` draws them. `dtype`
+    ("float32" or "float64") replaces the spec's `dtype:`."""
+    return Model(spec, params, seed=seed, dtype=dtype)
+
+
+class Model:
+    """A loaded spec with its params: `fit`, `predict`, `grad`, `plan`, `save`."""
+
+    def __init__(self, spec: PathLike, params: Optional[PathLike] = None, *,
+                 seed: Optional[int] = None, dtype: Optional[str] = None):
+        self._model = load_model(spec, seed, dtype)
+        self._seed = seed
+        self._predictors: dict = {}
+        self._step = None       # the compiled training step's runner, made by `step`
+        self._fed = frozenset(self._model.fed_inputs)
+        # the last checkpoint's arrays besides params (optimizer state, position, stats)
+        self._saved: dict = {} if params is None else read_checkpoint(self._model, params)
+
+    @property
+    def name(self) -> str:
+        """The spec's `name:`."""
+        return self._model.spec.name
+
+    @property
+    def dtype(self) -> str:
+        """The float dtype of every param and node."""
+        return self._model.graph.dtype
+
+    @property
+    def inputs(self) -> dict:
+        """Fed input -> declared shape (symbolic dims as strings, e.g. ('batch', 64))."""
+        return {n: self._model.graph[n].shape for n in self._model.fed_inputs}
+
+    @property
+    def outputs(self) -> tuple:
+        """The spec's `outputs:`, what `predict` returns by default."""
+        return self._model.graph.outputs
+
+    @property
+    def params(self) -> dict:
+        """Param name -> a copy of its current value."""
+        return {k: v.copy() for k, v in C.params_of(self._model).items()}
+
+    def fit(self, data: Optional[Mapping[str, ArrayLike]] = None, *,
+            epochs: Optional[int] = None, lr: Optional[float] = None,
+            batch_size: Optional[int] = None, seed: Optional[int] = None,
+            out: Optional[PathLike] = None,
+            log: Optional[Callable[[EpochLog], None]] = None) -> TrainResult:
+        """Train from the current params, as `graphc train` does, on `data` ({input: array},
+        raw: the spec's `normalize:` and `validation:` apply to it) or else the spec's
+        `train.data`. `epochs`, `lr`, `batch_size` and `seed` override the spec (`seed`
+        defaults to load's). Each fit is a new run: optimizer state starts afresh. With
+        `out`, checkpoints are written there as train writes them; `log` gets each epoch."""
+        model = self._model
+        source = None if data is None else self._data_source(data)
+        cfg = parse_train(model, epochs=epochs, batch_size=batch_size, lr=lr,
+                          seed=self._seed if seed is None else seed, data=source)
+        result = train(model, cfg, out=out, log=log or (lambda e: None))
+        self._saved = result.checkpoint
+        return result
+
+    def _data_source(self, data: Mapping[str, ArrayLike]) -> dict:
+        """`{arrays: data}` with the spec's own split and normalization settings."""
+        spec_data = self._model.spec.train.get("data")
+        common = {k: spec_data[k] for k in COMMON_KEYS
+                  if isinstance(spec_data, Mapping) and k in spec_data}
+        return {"arrays": dict(data), **common}
+
+    def predict(self, inputs: Mapping[str, ArrayLike], outputs: Optional[Sequence[str]] = None,
+                *, classes: bool = False, batch_size: int = CHUNK) -> dict:
+        """{output: array} of the eval-mode forward pass on raw samples `inputs` ({input:
+        array}, labels not needed), normalized as in training, as `graphc predict` does.
+        `outputs` defaults to the spec's; `classes` adds NAME.class, each sample's class."""
+        key = (None if outputs is None else tuple(outputs), batch_size)
+        if key not in self._predictors:
+            self._predictors[key] = Predictor(self._model, outputs, batch_size)
+        predictor = self._predictors[key]
+        stats = normalization(self._model, self._saved, "the model (neither fitted nor "
+                                                        "loaded from a checkpoint)")
+        result = predictor(apply_stats(given_arrays(predictor, inputs), stats))
+        if classes:
+            result.update({k + CLASS_SUFFIX: predicted_classes(self._model, k, v)
+                           for k, v in list(result.items())})
+        return result
+
+    def grad(self, feeds: Mapping[str, ArrayLike]) -> GradResult:
+        """One forward and backward pass, as `graphc grad --inputs` does: `.loss` and
+        `.grads` ({leaf: d loss / d leaf}) at the fed values `feeds` ({input: array}, taken
+        as they are: no normalization)."""
+        predictor = Predictor(self._model, [self._model.graph.loss])
+        return run_grads(self._model, given_arrays(predictor, feeds))
+
+    def step(self, feeds: Mapping[str, np.ndarray]) -> float:
+        """One training step (forward, backward, update at the spec's optimizer and lr) on the
+        batch `feeds`, as `graphc train` and `graphc time` run each batch; returns the
+        batch's loss. The arrays must have the inputs' dtypes (nothing is checked or copied
+        beyond the input buffers: this is the timed path)."""
+        if self._step is None:
+            raw = self._model.spec.train
+            step = training_step(self._model)[0]
+            self._step = step_runner(self._model, step)
+            self._model.store[LR][...] = parse_optimizer(raw.get("optimizer"),
+                                                         raw.mark_of("optimizer")).lr
+        missing = self._fed - feeds.keys()
+        if missing:
+            raise SpecError(f"step needs every fed input; missing: {', '.join(sorted(missing))}")
+        return float(self._step.run(feeds)[self._model.graph.loss])
+
+    def plan(self, batch: int = 64, *, reuse: bool = True) -> Plan:
+        """The memory plan of the training step at batch size `batch`, as `graphc plan
+        --batch-size` prints it (`plan_json` and `plan_table` in graphc.plan)."""
+        return training_plan(self._model, batch, reuse)[1]
+
+    def save(self, path: PathLike) -> Path:
+        """Write a checkpoint atomically: the params, the spec, and what the last fit or
+        loaded checkpoint had (normalization statistics, optimizer state, position)."""
+        saved = self._saved
+        arrays = {**saved, **C.spec_arrays(self._model, C.saved_settings(saved)),
+                  **C.params_of(self._model)}
+        C.write(path, arrays)
+        return Path(path)
