@@ -155,7 +155,7 @@ class Model:
         """Write a checkpoint atomically: the params, the spec, and what the last fit or
         loaded checkpoint had (normalization statistics, optimizer state, position)."""
         saved = self._saved
-        arrays = {**saved, **C.spec_arrays(self._model, C.saved_settings(saved)),
-                  **C.params_of(self._model)}
+        settings = C.saved_settings(saved, "the model's last checkpoint")
+        arrays = {**saved, **C.spec_arrays(self._model, settings), **C.params_of(self._model)}
         C.write(path, arrays)
         return Path(path)

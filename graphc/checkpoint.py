@@ -13,12 +13,14 @@ import hashlib
 import json
 import zipfile
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 
-from .datafiles import member, np_load
-from .errors import SpecError
+from .data import stats_from_arrays
+from .datafiles import archive_nbytes, member, np_load
+from .errors import SpecError, check_memory, short
+from .leaves import misfit, misfit_message
 from .outfiles import atomic_write
 from .model import Model
 
@@ -37,12 +39,43 @@ def read(path, what: str = "checkpoint") -> dict:
     shown = f"{what} {path}"
     with np_load(path, shown, archive=True,
                  hint="write named arrays with np.savez(FILE, NAME=array, ...)") as archive:
+        check_memory(archive_nbytes(archive, archive.files, shown), f"reading {shown}")
         return {k: member(archive, k, shown) for k in archive.files}
 
 
 def params_of(model: Model) -> dict:
     """The model's trained params by name (copies are not made: save right away)."""
     return {n.name: model.store[n.name] for n in model.graph.leaves("param")}
+
+
+DAMAGED = "the file was edited or damaged: use a checkpoint graphc wrote"
+
+
+def entry(arrays: Mapping, key: str, path, shape=None, dtype=None,
+          nonnegative: bool = False) -> np.ndarray:
+    """The checkpoint array `key`, checked before use: present, real numbers, of `shape`
+    (None: any), (where `dtype` is given) numbers that dtype holds, and >= 0 where
+    `nonnegative` (counts, sums of squares); else a SpecError naming the file and key."""
+    if key not in arrays:
+        raise SpecError(f"checkpoint {path} has no '{key}'", hint=DAMAGED)
+    problem = _problem(arrays[key], shape, dtype, nonnegative)
+    if problem:
+        raise SpecError(f"checkpoint {path}: '{key}' {problem}", hint=DAMAGED)
+    return arrays[key]
+
+
+def _problem(arr: np.ndarray, shape, dtype, nonnegative: bool) -> Optional[str]:
+    """What is wrong with a checkpoint array, as entry() checks it, or None."""
+    if arr.dtype.kind not in "biuf":
+        return f"has dtype {arr.dtype}, expected real numbers"
+    if shape is not None and arr.shape != tuple(shape):
+        return f"has shape {list(arr.shape)}, expected {list(shape)}"
+    index = None if dtype is None else misfit(arr, dtype)
+    if index is not None:
+        return misfit_message(arr[index], dtype)
+    if nonnegative and np.any(arr < 0):
+        return f"holds {short(float(arr[arr < 0].flat[0]))}, expected numbers >= 0"
+    return None
 
 
 def text_array(text: str) -> np.ndarray:
@@ -90,7 +123,7 @@ def check_same_run(arrays: Mapping, model: Model, config: Mapping, path) -> None
     if RESERVED + "spec" not in arrays:
         raise SpecError(f"{path} is not a graphc training checkpoint (no saved spec)",
                         hint="--init-from loads its params without resuming")
-    old, new = array_text(arrays[RESERVED + "spec"]), model.spec.text
+    old, new = array_text(entry(arrays, RESERVED + "spec", path)), model.spec.text
     if old != new:
         diff = list(difflib.unified_diff(old.splitlines(), new.splitlines(), "checkpoint",
                                          str(model.spec.path), n=0, lineterm=""))
@@ -98,7 +131,7 @@ def check_same_run(arrays: Mapping, model: Model, config: Mapping, path) -> None
         raise SpecError(f"cannot resume from {path}: the spec changed since it was saved",
                         context=shown, hint="use --init-from to start from its params "
                         "with the changed spec")
-    saved = saved_settings(arrays)
+    saved = saved_settings(arrays, path)
     changed = [f"{k}: {saved.get(k)!r} in the checkpoint, {v!r} now" for k, v in config.items()
                if saved.get(k) != v]
     if changed:
@@ -106,22 +139,48 @@ def check_same_run(arrays: Mapping, model: Model, config: Mapping, path) -> None
                         context=changed, hint="resume with the same --batch-size, --lr and --seed")
 
 
-def saved_settings(arrays: Mapping) -> dict:
+def saved_settings(arrays: Mapping, path) -> dict:
     """The run settings a training checkpoint was saved with ({} for a plain param file)."""
-    raw = arrays.get(RESERVED + "config")
-    return {} if raw is None else json.loads(array_text(raw))
+    if RESERVED + "config" not in arrays:
+        return {}
+    try:
+        config = json.loads(array_text(entry(arrays, RESERVED + "config", path)))
+    except ValueError:
+        config = None
+    if not isinstance(config, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in config.values()):
+        raise SpecError(f"checkpoint {path}: '{RESERVED}config' is not the JSON settings "
+                        "graphc saves", hint=DAMAGED)
+    return config
+
+
+def saved_stats(arrays: Mapping, path, prefix: str) -> dict:
+    """The normalization statistics saved under `prefix` (data.stats_from_arrays), checked:
+    per input a finite mean and a std > 0 of the same shape, nothing else."""
+    stats = stats_from_arrays(arrays, prefix)
+    for name, parts in stats.items():
+        mean = entry(arrays, f"{prefix}{name}/mean", path, dtype=np.float64)
+        std = entry(arrays, f"{prefix}{name}/std", path, mean.shape, np.float64)
+        extra = sorted(set(parts) - {"mean", "std"})
+        if extra or not (std > 0).all():
+            what = f"has '{prefix}{name}/{extra[0]}'" if extra else \
+                f"'{prefix}{name}/std' holds a value <= 0"
+            raise SpecError(f"checkpoint {path} {what}", hint=DAMAGED)
+    return stats
 
 
 def load_params(path, model: Model) -> None:
     """Overwrite the store's params with a checkpoint's arrays of the same names, shapes checked."""
-    for name, arr in read(path).items():
+    arrays = read(path)
+    for name in arrays:
         if name.startswith(RESERVED) or name not in model.store:
             continue
         have = model.store[name]
-        if have.shape != arr.shape:
-            raise SpecError(f"checkpoint {path}: '{name}' has shape {list(arr.shape)}, "
-                            f"the spec says {list(have.shape)}", node=name)
-        have[...] = arr
+        if have.shape != arrays[name].shape:
+            raise SpecError(f"checkpoint {path}: '{name}' has shape "
+                            f"{list(arrays[name].shape)}, the spec says {list(have.shape)}",
+                            node=name)
+        have[...] = entry(arrays, name, path, have.shape, have.dtype)
 
 
 def init_from(path, model: Model) -> list:
@@ -136,7 +195,7 @@ def init_from(path, model: Model) -> list:
             notes.append(f"'{name}' has shape {list(arrays[name].shape)} in {path}, the spec "
                          f"says {list(have.shape)}; it keeps its initializer")
         else:
-            have[...] = arrays[name]
+            have[...] = entry(arrays, name, path, have.shape, have.dtype)
             loaded += 1
     if not loaded:
         raise SpecError(f"--init-from {path}: no parameter of the spec matches the "

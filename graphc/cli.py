@@ -69,7 +69,9 @@ def _stopped(exc) -> None:
 @click.version_option(package_name="graphc")
 @click.option("--max-memory", metavar="SIZE", envvar="GRAPHC_MAX_MEMORY", expose_value=False,
               callback=lambda ctx, param, size: set_memory_limit(size),
-              help="Refuse a parameter or arena above SIZE (512M, 4G) [default: half of RAM].")
+              help="Refuse any step needing more than SIZE (512M, 4G): the spec's parse, a data "
+                   "file, a checkpoint, a parameter and its initializer, a plan arena "
+                   "[default: half of RAM].")
 def main():
     """graphc: a graph-definition compiler with static execution plans."""
 

@@ -3,6 +3,7 @@ the default checkpoint, DOT writing, the training step as `train` builds it, BLA
 limits."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -10,11 +11,22 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .errors import SpecError
+from .errors import SpecError, did_you_mean
 from .outfiles import write_text
 
 
 SPEC = click.Path(dir_okay=False, path_type=Path)
+
+
+class FiniteFloat(click.FloatRange):
+    """A FloatRange that also refuses nan and inf (click's bounds let nan through)."""
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 def nested(arr: np.ndarray):
@@ -39,13 +51,11 @@ def input_feeds(model, inputs_path, batch_size=None):
     fed = model.fed_inputs
     given = {}
     if inputs_path:
-        given = read(inputs_path, "--inputs")
+        given = {name: _given_input(model, name, arr, inputs_path)
+                 for name, arr in read(inputs_path, "--inputs").items()}
         for name, arr in given.items():
-            if name not in model.graph.nodes or model.graph[name].op != "input":
-                raise SpecError(f"--inputs {inputs_path}: '{name}' is not an input of the spec")
             if name not in fed:
-                model.store[name] = arr.astype(model.graph[name].dtype).reshape(
-                    model.store[name].shape)
+                model.store[name] = arr
     missing = [n for n in fed if n not in given]
     if missing and "data" in model.spec.train:
         cfg = parse_train(model, batch_size=batch_size)
@@ -80,6 +90,27 @@ def checkpoint_or_default(model, params) -> Path:
 def dot_outputs(dot, render: bool) -> dict:
     """The files --dot FILE [--render] writes, by flag, for outfiles.check_outputs."""
     return {"--dot": dot, "--render": dot.with_suffix(".svg") if dot and render else None}
+
+
+def _given_input(model, name: str, arr: np.ndarray, path) -> np.ndarray:
+    """One array of --inputs checked against the input it feeds: numbers its dtype holds,
+    at least one sample, and the shape of an input with a value; cast to its dtype."""
+    from .data import check_values
+    from .datafiles import numeric
+    shown = f"--inputs {path} array '{name}'"
+    if name not in model.graph.nodes or model.graph[name].op != "input":
+        raise SpecError(f"--inputs {path}: '{name}' is not an input of the spec",
+                        hint=did_you_mean(name, model.fed_inputs))
+    node = model.graph[name]
+    arr = numeric(arr, shown, samples=name in model.fed_inputs)
+    check_values(name, arr, np.dtype(node.dtype), lambda n, idx: f"{shown} at index {idx}")
+    if name in model.fed_inputs and len(arr) == 0:
+        raise SpecError(f"{shown} has no samples (its first dimension is 0)", node=name)
+    have = model.store[name].shape if name not in model.fed_inputs else None
+    if have is not None and arr.shape != have:
+        raise SpecError(f"{shown} has shape {list(arr.shape)}, but input '{name}' has shape "
+                        f"{list(have)}", mark=node.mark, node=name)
+    return arr.astype(node.dtype)
 
 
 def write_dot(path: Path, text: str, render: bool) -> None:

@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 import click
-from .cli_common import SPEC, dot_outputs, input_feeds, fmt_array, nested, write_dot
+from .cli_common import SPEC, FiniteFloat, dot_outputs, input_feeds, fmt_array, nested, \
+    write_dot
 
 
 @click.command()
@@ -58,11 +59,11 @@ def grad(spec, as_json, out, everything, params, inputs, dot, render):
 
 @click.command()
 @click.argument("spec", type=SPEC)
-@click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=1e-6,
+@click.option("--eps", type=FiniteFloat(min=0, min_open=True), default=1e-6,
               show_default=True, help="Central-difference step.")
-@click.option("--tol", type=click.FloatRange(min=0), default=1e-5, show_default=True,
+@click.option("--tol", type=FiniteFloat(min=0), default=1e-5, show_default=True,
               help="Largest allowed rel error |a-n| / max(1e-8, |a|+|n|).")
-@click.option("--atol", type=click.FloatRange(min=0),
+@click.option("--atol", type=FiniteFloat(min=0),
               help="Abs error that passes whatever the rel error "
                    "[default: the central difference's rounding noise].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

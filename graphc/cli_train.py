@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import click
-from .cli_common import SPEC, checkpoint_or_default, default_checkpoint
+from .cli_common import SPEC, FiniteFloat, checkpoint_or_default, default_checkpoint
 
 
 @click.command()
@@ -16,7 +16,7 @@ from .cli_common import SPEC, checkpoint_or_default, default_checkpoint
 @click.option("--json", "as_json", is_flag=True, help="Print the final metrics as JSON.")
 @click.option("--epochs", type=click.IntRange(min=1))
 @click.option("--batch-size", type=click.IntRange(min=1))
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True))
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True))
 @click.option("--seed", type=int)
 @click.option("--resume", type=click.Path(dir_okay=False, path_type=Path),
               help="Continue the run saved in this checkpoint (same spec and settings); "

@@ -24,9 +24,11 @@ from typing import Iterator, Mapping, Optional
 import numpy as np
 
 from .datasets import DATASETS, options
-from .datasources import (DEFAULT_SAMPLES, LOADERS, Arrays, Raw, generator, is_number,
+from .datasources import (DEFAULT_SAMPLES, LOADERS, Arrays, Raw, generator,
                           key_mark, value_mark)
 from .errors import Mark, SpecError, did_you_mean
+from .leaves import misfit, misfit_message
+from .shapes import is_number
 
 __all__ = ["load_data", "Dataset", "batches", "first_batch", "n_samples", "compute_stats",
            "apply_stats", "stats_to_arrays", "stats_from_arrays", "Arrays", "Stats",
@@ -115,11 +117,12 @@ def _what(cfg: Mapping, kind: str) -> str:
 def _fit(name: str, raw: Raw, shape: tuple, dtype: np.dtype, n_classes: Optional[int]):
     """Check one input's raw array (finite, castable, labels in range), then reshape and cast."""
     arr = raw.arrays[name]
-    _check_finite(name, arr, raw.where)
-    if dtype.kind in "iu":
-        _check_integral(name, arr, dtype, raw.where)
-        if n_classes is not None:
-            _check_labels(name, arr, n_classes, raw.where)
+    if len(arr) == 0:
+        raise SpecError(f"{raw.origin[name]} has no samples (its first dimension is 0)",
+                        node=name, hint="each row along the first dimension is one sample")
+    check_values(name, arr, dtype, raw.where)
+    if dtype.kind in "iu" and n_classes is not None:
+        _check_labels(name, arr, n_classes, raw.where)
     return _fit_shape(name, arr, tuple(shape), raw.origin[name]).astype(dtype)
 
 
@@ -149,6 +152,20 @@ def _check_finite(name: str, arr: np.ndarray, where) -> None:
     what = "NaN" if np.isnan(arr[index]) else "an infinite value"
     raise SpecError(f"{where(name, index)}: {what} in the data", node=name,
                     hint="drop or fill missing values before training")
+
+
+def check_values(name: str, arr: np.ndarray, dtype: np.dtype, where) -> None:
+    """Every value of `arr` is one input `name` of `dtype` holds as it is: finite, whole for
+    an integer dtype, and in range (1e39 in float32 would be inf); `where(name, index)`
+    says where a value sits in its file."""
+    _check_finite(name, arr, where)
+    if dtype.kind in "iu":
+        _check_integral(name, arr, dtype, where)
+    index = misfit(arr, dtype)
+    if index is not None:
+        raise SpecError(f"{where(name, index)}: the data {misfit_message(arr[index], dtype)}",
+                        node=name, hint=f"scale the data, or declare '{name}' as float64"
+                        if dtype.kind == "f" else None)
 
 
 def _check_integral(name: str, arr: np.ndarray, dtype: np.dtype, where) -> None:

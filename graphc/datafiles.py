@@ -7,13 +7,19 @@ file and which columns or arrays feed which input.
 from __future__ import annotations
 
 import csv
+import math
 import zipfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from .errors import SpecError
+from .errors import SpecError, check_memory
+
+CSV_BYTES_PER_BYTE = 32      # cells as Python strs in lists: 24x the file measured
+NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,
+               (2, 0): np.lib.format.read_array_header_2_0,
+               (3, 0): np.lib.format.read_array_header_2_0}   # 3.0 differs in text encoding
 
 
 def resolve(spec_dir: Path, text: str) -> Path:
@@ -26,7 +32,9 @@ def resolve(spec_dir: Path, text: str) -> Path:
 
 
 def read_csv(path: Path, shown: str) -> tuple[list[str], list[list[str]], list[int]]:
-    """Header, data rows and each row's 1-based line; blank lines skipped, widths checked."""
+    """Header, data rows and each row's 1-based line; blank lines skipped, widths checked.
+    The rows' memory (CSV_BYTES_PER_BYTE per byte of file) is checked before reading."""
+    check_memory(path.stat().st_size * CSV_BYTES_PER_BYTE, f"reading {shown}")
     rows, lines, header = [], [], None
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -96,6 +104,10 @@ def np_load(path: Path, shown: str, *, archive: bool, hint: Optional[str] = None
     """np.load without pickles (data files must not run code); an .npz archive or one array.
     `hint` says what to write instead when the file is of the other kind."""
     try:
+        with open(path, "rb") as f:
+            if f.read(6) == np.lib.format.MAGIC_PREFIX:
+                f.seek(0)
+                check_memory(npy_nbytes(f, shown), f"reading {shown}")
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise SpecError(f"cannot read {shown}: {e}") from None
@@ -109,17 +121,44 @@ def np_load(path: Path, shown: str, *, archive: bool, hint: Optional[str] = None
     return loaded
 
 
+def npy_nbytes(f, shown: str) -> int:
+    """Bytes the .npy array in file `f` takes once read, from its header alone: a small file
+    may claim terabytes."""
+    try:
+        version = np.lib.format.read_magic(f)
+        shape, _, dtype = NPY_HEADERS[version](f)
+    except (KeyError, ValueError, OSError, EOFError) as e:
+        raise SpecError(f"cannot read {shown}: not a readable .npy header ({e})") from None
+    return math.prod(shape) * dtype.itemsize
+
+
+def archive_nbytes(archive, keys, shown: str) -> int:
+    """Bytes the arrays `keys` of an open .npz take once read, from their headers."""
+    total = 0
+    for key in keys:
+        name = key + ".npy" if key + ".npy" in archive.zip.namelist() else key
+        try:
+            with archive.zip.open(name) as f:
+                total += npy_nbytes(f, f"array '{key}' of {shown}")
+        except (OSError, zipfile.BadZipFile) as e:
+            raise SpecError(f"cannot read array '{key}' of {shown}: {e}") from None
+    return total
+
+
 def member(archive, key: str, shown: str) -> np.ndarray:
+    """One array of an open .npz, its size checked against the memory limit first."""
+    check_memory(archive_nbytes(archive, [key], shown), f"reading array '{key}' of {shown}")
     try:
         return archive[key]
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise SpecError(f"cannot read array '{key}' of {shown}: {e}") from None
 
 
-def numeric(arr: np.ndarray, what: str) -> np.ndarray:
-    """A samples-first array of numbers (bools read as 0/1)."""
+def numeric(arr: np.ndarray, what: str, samples: bool = True) -> np.ndarray:
+    """An array of real numbers (bools read as 0/1; complex numbers and text refused),
+    samples-first unless `samples` is False."""
     if arr.dtype.kind not in "biuf":
-        raise SpecError(f"{what} has dtype {arr.dtype}; data must be numbers")
-    if arr.ndim == 0:
+        raise SpecError(f"{what} has dtype {arr.dtype}; data must be real numbers")
+    if samples and arr.ndim == 0:
         raise SpecError(f"{what} is a scalar; data arrays hold one sample per row")
     return arr.astype(np.int64) if arr.dtype.kind == "b" else arr

@@ -19,6 +19,7 @@ import numpy as np
 from .datafiles import member, np_load, numeric, parse_cells, read_csv, resolve
 from .datasets import DATASETS, FULL_SIZE, options
 from .errors import Mark, SpecError, check_memory, did_you_mean
+from .shapes import is_number
 
 Arrays = dict[str, np.ndarray]
 
@@ -294,13 +295,6 @@ def _has_type(value, kind) -> bool:
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return is_number(value)
-
-
-def is_number(value) -> bool:
-    """A finite int or float, and not a bool."""
-    # YAML bools are Python ints; `noise: yes` is a typo, not 1.
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
 
 
 def _suggest(word, choices, what: str) -> str:

@@ -110,7 +110,9 @@ def set_memory_limit(size) -> None:
 
 
 def memory_limit() -> int:
-    """Bytes one parameter or plan arena may need: --max-memory, $GRAPHC_MAX_MEMORY, or half of RAM."""
+    """Bytes any one step of a run may allocate (parsing the spec, reading a data file or
+    checkpoint, a parameter and its initializer, a plan arena): --max-memory,
+    $GRAPHC_MAX_MEMORY, or half of RAM."""
     if _limit is not None:
         return _limit
     if os.environ.get(MEMORY_ENV):
@@ -125,8 +127,13 @@ def memory_limit() -> int:
         return 8 * 2**30
 
 
+HUGE = 2**100      # beyond any machine: sizes above it are given by their digit count
+
+
 def fmt_bytes(n: int) -> str:
     """1536 -> '1.5 KiB': the largest binary unit that n reaches, one decimal."""
+    if n >= HUGE:
+        return f"over 10^{len(str(n)) - 1} bytes"
     for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= size:
             return f"{n / size:.1f} {unit}"
@@ -138,8 +145,9 @@ def check_memory(nbytes: int, what: str, *, mark: Optional[Mark] = None,
     """SpecError before allocating: `what` would need `nbytes`, above the memory limit."""
     limit = memory_limit()
     if nbytes > limit:
-        size = f" ({fmt_bytes(nbytes)})" if nbytes >= 1024 else ""
-        raise SpecError(f"{what} needs {nbytes} bytes{size}, above the memory "
+        size = f" ({fmt_bytes(nbytes)})" if 1024 <= nbytes < HUGE else ""
+        count = f"{nbytes} bytes" if nbytes < HUGE else fmt_bytes(nbytes)
+        raise SpecError(f"{what} needs {count}{size}, above the memory "
                         f"limit of {fmt_bytes(limit)}", mark=mark, node=node,
                         hint=f"make it smaller, or raise the limit with --max-memory or "
                              f"${MEMORY_ENV}")

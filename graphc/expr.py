@@ -59,14 +59,10 @@ def check_attrs(op: str, attrs: Mapping, node: str, mark: Mark,
     return attrs_with_defaults(OPS[op], attrs)
 
 
-def _is_number(v) -> bool:
-    return S.is_int(v) or (isinstance(v, float) and math.isfinite(v))
-
-
 def _is_plain(v) -> bool:
     if isinstance(v, (list, tuple)):
         return all(_is_plain(x) for x in v)
-    return v is None or isinstance(v, (bool, str)) or _is_number(v)
+    return v is None or isinstance(v, (bool, str)) or S.is_number(v)
 
 
 # attribute name -> (test, what the user should write); other attributes are checked
@@ -82,7 +78,7 @@ ATTR_KINDS = {
         "a list of sizes, dim names and -1, such as [batch, -1]"),
     "init": (lambda v: v is None or isinstance(v, (str, dict)),
              "an initializer name or {name: {argument: value}}"),
-    "exponent": (_is_number, "a finite number"),
+    "exponent": (S.is_number, "a finite number"),
     "units": (lambda v: S.is_int(v) and v >= 1, "a positive integer"),
 }
 
@@ -96,7 +92,7 @@ def attr_problem(key: str, default, value) -> Optional[str]:
     elif S.is_int(default):
         test, want = S.is_int, "an integer"
     elif isinstance(default, float):
-        test, want = _is_number, "a finite number"
+        test, want = S.is_number, "a finite number"
     else:
         test, want = _is_plain, "a number, a name or a list of numbers"
     return None if test(value) else want
@@ -236,7 +232,7 @@ class _Parser:
 
     def constant_exponent(self, tree: ast.AST) -> float:
         value = self.literal(tree)
-        if not _is_number(value):
+        if not S.is_number(value):
             self.fail(f"the exponent of ** is '{self.source(tree)}', expected a constant "
                       "number", tree, "write x ** 2, or exp(y * log(x)) for a variable "
                                       "exponent")

@@ -17,7 +17,8 @@ from typing import Callable, Mapping, Optional
 
 import numpy as np
 
-from .errors import Mark, SpecError, did_you_mean
+from .errors import Mark, SpecError, check_memory, did_you_mean
+from .shapes import is_number
 
 Shape = tuple[int, ...]
 
@@ -137,16 +138,29 @@ INITIALIZERS: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
+FLOAT64_COPIES = {"orthogonal": 5}     # measured peaks; every other initializer draws once
+
+
 def initialize(init, shape: Shape, dtype, rng: np.random.Generator, *,
                mark: Optional[Mark] = None, node: Optional[str] = None) -> np.ndarray:
-    """A new array of `shape` and `dtype` drawn by the initializer `init` (None: default_init)."""
+    """A new array of `shape` and `dtype` drawn by the initializer `init` (None: default_init);
+    its peak memory (init_nbytes) is checked against the memory limit before drawing."""
     shape = _check_shape(shape, mark, node)
     name, kwargs = parse_init(default_init(shape) if init is None else init, mark=mark, node=node)
+    check_memory(init_nbytes(name, shape, dtype), f"initializer '{name}' of a "
+                 f"{list(shape)} {np.dtype(dtype)} param", mark=mark, node=node)
     try:
         values = INITIALIZERS[name](shape, rng, **kwargs)
     except ValueError as e:
         raise SpecError(f"initializer '{name}': {e}", mark=mark, node=node) from None
     return np.asarray(values).astype(np.dtype(dtype))
+
+
+def init_nbytes(name: str, shape: Shape, dtype) -> int:
+    """Peak bytes of drawing `shape` with initializer `name`: its float64 temporaries (the
+    draw; QR's copies for orthogonal) plus the result cast to `dtype`."""
+    n = math.prod(shape)
+    return n * 8 * FLOAT64_COPIES.get(name, 1) + n * np.dtype(dtype).itemsize
 
 
 def parse_init(init, *, mark: Optional[Mark] = None,
@@ -204,8 +218,7 @@ def _arguments(fn) -> dict[str, tuple[type, object]]:
 def _has_type(value, annotation) -> bool:
     if annotation is float:
         # YAML bools are Python ints; `std: yes` is a typo, not 1.0.
-        return (isinstance(value, (int, float)) and not isinstance(value, bool)
-                and math.isfinite(value))
+        return is_number(value)
     return isinstance(value, annotation)
 
 

@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from . import shapes as S
-from .errors import Mark, SpecError, check_memory, did_you_mean, short
+from .errors import Mark, SpecError, check_memory, clip, did_you_mean, short
 from .yamlload import check_keys
 
 LEAF_KEYS = ("shape", "dtype", "init", "value")
@@ -78,16 +78,36 @@ def parse_dtype(value, allowed, name: Optional[str], mark: Mark) -> str:
 def check_fits(value: np.ndarray, dtype: str, what: str, mark: Mark, node: str):
     """SpecError unless every number of `value` is one that `dtype` holds: in range, and
     whole for an integer dtype (a cast would give inf, or wrap or truncate)."""
-    real = dtype.startswith("float")
+    index = misfit(value, dtype)
+    if index is not None:
+        raise SpecError(f"{what} {misfit_message(value[index], dtype)}", mark=mark, node=node)
+
+
+def misfit(value: np.ndarray, dtype) -> Optional[tuple]:
+    """The index of the first number of `value` that `dtype` cannot hold, or None."""
+    dtype, value = np.dtype(dtype), np.asarray(value)
+    if np.can_cast(value.dtype, dtype, "safe"):     # only NaN and inf can be wrong
+        found = np.argwhere(~np.isfinite(value)) if value.dtype.kind == "f" else ()
+        return tuple(int(i) for i in found[0]) if len(found) else None
+    real = dtype.kind == "f"
     info = np.finfo(dtype) if real else np.iinfo(dtype)
-    bad = (value < info.min) | (value > info.max)
-    if not real:
-        bad |= value != np.round(value)
-    if np.any(bad):
-        kind, lo, hi = (("a number", f"{info.min:.6g}", f"{info.max:.6g}") if real else
-                        ("a whole number", info.min, info.max))
-        raise SpecError(f"{what} holds {short(float(value[bad].flat[0]))}, but {dtype} needs "
-                        f"{kind} from {lo} to {hi}", mark=mark, node=node)
+    value = value.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        bad = ~((value >= info.min) & (value <= info.max))
+        if not real:
+            bad |= value != np.round(value)
+    found = np.argwhere(bad)
+    return tuple(int(i) for i in found[0]) if len(found) else None
+
+
+def misfit_message(number, dtype) -> str:
+    """'holds 1e+39, but float32 needs a number from ... to ...': why `dtype` cannot hold it."""
+    dtype = np.dtype(dtype)
+    real = dtype.kind == "f"
+    info = np.finfo(dtype) if real else np.iinfo(dtype)
+    kind, lo, hi = (("a number", f"{info.min:.6g}", f"{info.max:.6g}") if real else
+                    ("a whole number", info.min, info.max))
+    return f"holds {short(float(number))}, but {dtype} needs {kind} from {lo} to {hi}"
 
 
 def check_size(leaf: LeafSpec):
@@ -130,6 +150,10 @@ def _value(value, name: str, mark: Mark) -> np.ndarray:
         arr = np.asarray(value, dtype=np.float64) if _numbers(value) else None
     except ValueError:                  # ragged lists
         arr = None
+    except OverflowError:               # an integer beyond float64, such as 10**400
+        raise SpecError(f"value holds an integer too large for any float dtype: "
+                        f"{_huge(value)}", mark=mark, node=name,
+                        hint="write it as a float, and within the dtype's range") from None
     if arr is None:
         raise SpecError(f"value must be a number or a nested list of numbers, got {short(value)}",
                         mark=mark, node=name)
@@ -139,6 +163,17 @@ def _value(value, name: str, mark: Mark) -> np.ndarray:
         raise SpecError(f"value has shape {list(arr.shape)}, which holds no numbers",
                         mark=mark, node=name, hint="a leaf's dims are sizes from 1 up")
     return arr
+
+
+def _huge(value) -> str:
+    """The first integer of `value` (nested lists) that float64 cannot hold, clipped."""
+    if isinstance(value, list):
+        return next(h for h in map(_huge, value) if h)
+    try:
+        float(value)
+        return ""
+    except OverflowError:
+        return clip(str(value))
 
 
 def _numbers(value) -> bool:

@@ -21,6 +21,7 @@ import numpy as np
 from . import shapes as S
 from .errors import SpecError, did_you_mean
 from .ir import Graph
+from .shapes import is_number
 
 
 def _paired(pred: np.ndarray, target: np.ndarray) -> tuple:
@@ -258,8 +259,8 @@ def parse_early_stopping(raw, metrics, mark=None) -> Optional[EarlyStoppingConfi
     if mode not in ("max", "min"):
         raise SpecError(f"early_stopping mode must be max or min, got {mode!r}", mark=mark,
                         hint=did_you_mean(str(mode), ["max", "min"]))
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not delta >= 0:
-        raise SpecError(f"early_stopping min_delta must be a number >= 0, got {delta!r}",
+    if not is_number(delta) or not delta >= 0:
+        raise SpecError(f"early_stopping min_delta must be a finite number >= 0, got {delta!r}",
                         mark=mark)
     return EarlyStoppingConfig(metric, patience, mode, float(delta))
 

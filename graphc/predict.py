@@ -15,7 +15,8 @@ from typing import Mapping, Optional, Sequence
 import networkx as nx
 import numpy as np
 
-from .data import Arrays, Stats, load_data, n_samples, stats_from_arrays
+from . import checkpoint as C
+from .data import Arrays, Stats, load_data, n_samples
 from .datafiles import csv_header, np_load, resolve
 from .errors import SpecError, did_you_mean
 from .ir import Graph
@@ -192,7 +193,7 @@ def _as_list(choice) -> list:
 def normalization(model: Model, saved: Mapping, source: str) -> Stats:
     """The normalization statistics in a checkpoint's arrays; an error where `train.data`
     normalizes its inputs and `saved` (from `source`) has none to apply."""
-    stats = stats_from_arrays(saved, STATS)
+    stats = C.saved_stats(saved, source, STATS)
     data = model.spec.train.get("data")
     rule = data.get("normalize") if isinstance(data, Mapping) else None
     if not stats and rule not in (None, False, "none"):

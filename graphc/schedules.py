@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 from .errors import SpecError, did_you_mean
+from .shapes import is_number
 
 REQUIRED = object()
 SCHEDULES = {
@@ -125,9 +126,8 @@ def _check(name: str, key: str, value, mark):
         if not _is_int(value) or value < 1:
             raise SpecError(f"{what} must be a positive integer, got {value!r}", mark=mark)
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or \
-            (key == "gamma" and value == 0):
-        raise SpecError(f"{what} must be a number {'> 0' if key == 'gamma' else '>= 0'}, "
+    if not is_number(value) or not value >= 0 or (key == "gamma" and value == 0):
+        raise SpecError(f"{what} must be a finite number {'> 0' if key == 'gamma' else '>= 0'}, "
                         f"got {value!r}", mark=mark)
     return float(value)
 

@@ -6,7 +6,7 @@ where it happened.
 """
 from __future__ import annotations
 
-from math import prod
+from math import isfinite, prod
 from typing import Mapping, Sequence, Union
 
 Dim = Union[int, str]
@@ -20,6 +20,12 @@ class ShapeError(ValueError):
 def is_int(v) -> bool:
     """An integer that is not a bool (YAML and Python read `true` as 1 otherwise)."""
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v) -> bool:
+    """A finite int or float that is not a bool: what a numeric setting may be (YAML reads
+    1e400 as inf, and `yes` would otherwise be 1)."""
+    return (is_int(v) or isinstance(v, float)) and isfinite(v)
 
 
 def is_dim(d, minus_one: bool = False) -> bool:

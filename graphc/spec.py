@@ -6,14 +6,16 @@ to defined names. Layers are expanded into params and plain nodes (layers.py).
 """
 from __future__ import annotations
 
+import keyword
 import math
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
 import numpy as np
 
-from .errors import Mark, SpecError, did_you_mean, short
+from .errors import Mark, SpecError, did_you_mean, fmt_bytes, short
 from .expr import NodeSpec, check_attrs, lookup_op, parse_expression
 from .layers import expand_layers
 from .leaves import FLOAT_DTYPES, LeafSpec, check_fits, check_size, parse_dtype, parse_leaf
@@ -25,6 +27,7 @@ TOP_KEYS = ("graphc", "name", "dtype", "inputs", "params", "nodes", "loss", "out
 TRAIN_KEYS = ("data", "batch_size", "epochs", "optimizer", "schedule", "metrics", "seed",
               "clip_grad_norm", "early_stopping")
 NODE_KEYS = ("op", "inputs")
+MAX_SPEC_BYTES = 2**20          # specs are a few KB; YAML parsing needs ~200 bytes per byte
 
 
 @dataclass(frozen=True)
@@ -41,11 +44,31 @@ class Spec:
     text: str = field(repr=False, default="")
 
 
-def _check_name(name: str, mark: Mark, what: str):
-    """Leaf and node names are identifiers, so expressions can refer to them."""
-    if not name.isidentifier() or name.startswith("__"):
+def as_read(name: str) -> str:
+    """A name as an expression reads it: NFKC-normalized, as Python's parser does with
+    identifiers (fullwidth 'ｘ' is 'x')."""
+    return unicodedata.normalize("NFKC", name)
+
+
+def _declare(name: str, mark: Mark, what: str, seen: dict) -> str:
+    """A leaf or node name as expressions read it (`as_read`), once it is checked: an
+    identifier, not a keyword, not __reserved, and not one `seen` (as read -> (as written,
+    mark)) already holds."""
+    read = as_read(name)
+    if not read.isidentifier() or read.startswith("__"):
         raise SpecError(f"{what} name '{name}' is not an identifier", mark=mark, node=name,
                         hint="use letters, digits and _, not starting with a digit or __")
+    if keyword.iskeyword(read):
+        raise SpecError(f"{what} name '{name}' is a Python keyword, which no expression can "
+                        "use as a name", mark=mark, node=name, hint=f"rename it, e.g. {read}_")
+    if read in seen:
+        first, at = seen[read]
+        what = f"'{name}' is defined twice (also at line {at.line})" if first == name else (
+            f"'{name}' and '{first}' (line {at.line}) are one name: expressions read both as "
+            f"'{read}' (Python applies Unicode NFKC to names)")
+        raise SpecError(what, mark=mark, node=name, hint="rename one of them")
+    seen[read] = (name, mark)
+    return read
 
 
 def _mapping(value, what: str, mark: Mark) -> MarkedDict:
@@ -79,15 +102,15 @@ def _explicit_node(name: str, raw: MarkedDict) -> NodeSpec:
     attrs = check_attrs(op, attrs, name, raw.mark, {k: raw.mark_of(k) for k in attrs})
     marks = tuple(inputs.mark_of(i) for i in range(len(inputs))) \
         if hasattr(inputs, "mark_of") else ()
-    return NodeSpec(name, op, tuple(inputs), attrs, raw.mark, marks)
+    return NodeSpec(name, op, tuple(map(as_read, inputs)), attrs, raw.mark, marks)
 
 
-def _nodes(raw: MarkedDict, lines: list) -> list:
+def _nodes(raw: MarkedDict, lines: list, seen: dict) -> list:
     """Node specs of the `nodes:` section: a number is read as the expression it spells."""
     out = []
-    for name, body in raw.items():
-        mark = raw.mark_of(name)
-        _check_name(name, raw.key_marks[name], "node")
+    for written, body in raw.items():
+        mark = raw.mark_of(written)
+        name = _declare(written, raw.key_marks[written], "node", seen)
         if isinstance(body, float) and not math.isfinite(body):
             raise SpecError(f"node is {body}, expected a finite number", mark=mark, node=name)
         if isinstance(body, (int, float)) and not isinstance(body, bool):
@@ -129,27 +152,34 @@ def _check_names(leaves, nodes):
 
 
 def _read(path: Path) -> str:
+    """The spec's text (newlines as Python's text mode reads them), read at most
+    MAX_SPEC_BYTES: a larger file, or a device such as /dev/zero, is refused unparsed."""
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
     except OSError as exc:
         raise SpecError(f"cannot read spec: {exc.strerror or exc}",
                         mark=Mark(str(path), 1, 1)) from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"spec is larger than {fmt_bytes(MAX_SPEC_BYTES)}",
+                        mark=Mark(str(path), 1, 1),
+                        hint="a spec describes a model; put data and large values in files "
+                             "(train.data, --init-from)")
+    try:
+        return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        line = data[:exc.start].count(b"\n") + 1
         raise SpecError(f"spec is not UTF-8 text (byte {exc.object[exc.start]:#04x})",
                         mark=Mark(str(path), line, 1), hint="save the file as UTF-8") from None
 
 
-def _leaves(raw: MarkedDict, dtype: str) -> dict:
+def _leaves(raw: MarkedDict, dtype: str, seen: dict) -> dict:
     leaves = {}
     for kind, key in (("input", "inputs"), ("param", "params")):
         section = _mapping(raw.get(key), key, raw.mark_of(key))
-        for name, body in section.items():
-            mark = section.key_marks[name]
-            _check_name(name, mark, kind)
-            if name in leaves:
-                raise SpecError(f"'{name}' is defined twice (also at line "
-                                f"{leaves[name].mark.line})", mark=mark, node=name)
+        for written, body in section.items():
+            mark = section.key_marks[written]
+            name = _declare(written, mark, kind, seen)
             leaves[name] = parse_leaf(name, body, kind, dtype, mark)
             check_size(leaves[name])
     return leaves
@@ -161,6 +191,7 @@ def _loss(raw: MarkedDict, names: set, top: Mark) -> str:
                         mark=raw.key_marks.get("nodes", top),
                         hint="set loss: NODE to the scalar to minimize")
     loss = raw.get("loss", "loss")
+    loss = as_read(loss) if isinstance(loss, str) else loss
     if not isinstance(loss, str) or loss not in names:
         found = f"'{loss}' is not a node" if isinstance(loss, str) else \
             f"is {short(loss)}, expected a node name"
@@ -177,11 +208,11 @@ def _outputs(raw: MarkedDict, names: set) -> tuple:
         raise SpecError(f"outputs is {short(outputs)}, expected a list of node names",
                         mark=raw.mark_of("outputs"))
     for i, o in enumerate(outputs):
-        if not isinstance(o, str) or o not in names:
+        if not isinstance(o, str) or as_read(o) not in names:
             where = getattr(outputs, "mark_of", lambda i: raw.mark_of("outputs"))(i)
             raise SpecError(f"output {short(o)} is not a node", mark=where,
                             hint=did_you_mean(str(o), names))
-    return tuple(outputs)
+    return tuple(map(as_read, outputs))
 
 
 def _name(raw: MarkedDict, path: Path) -> str:
@@ -222,9 +253,10 @@ def load_spec(path, text: Optional[str] = None, dtype: Optional[str] = None) -> 
                         "(expected 1)", mark=raw.mark_of("graphc"))
     dtype = parse_dtype(raw.get("dtype", "float32") if dtype is None else dtype, FLOAT_DTYPES,
                         None, raw.mark_of("dtype") if dtype is None else None)
-    leaves = _leaves(raw, dtype)
+    seen: dict = {}
+    leaves = _leaves(raw, dtype, seen)
     nodes = _nodes(_mapping(raw.get("nodes"), "nodes", raw.mark_of("nodes")),
-                   text.splitlines())
+                   text.splitlines(), seen)
     _check_names(leaves, nodes)
     for n in nodes:
         if n.op == "const":

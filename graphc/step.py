@@ -23,6 +23,7 @@ from typing import Mapping, Optional
 
 from .autodiff import check_params_reach_loss, grad_graph, trained_params
 from .errors import SpecError, did_you_mean
+from .shapes import is_number
 from .ir import Graph, GraphBuilder, Node, schedule, verify_graph
 
 LR = "opt:lr"
@@ -50,6 +51,8 @@ class Optimizer:
     @property
     def lr(self) -> float:
         return float(self.args["lr"])
+
+    NON_NEGATIVE = ("step", "v", "sum_sq", "square_avg")    # counts and sums of squares
 
     def state_names(self) -> list:
         """Per-parameter state suffixes, in the order the update op reads them."""
@@ -122,8 +125,9 @@ def _setting(name: str, key: str, value, mark):
         raise SpecError(f"optimizer setting '{key}' must be a pair such as [0.9, 0.999], "
                         f"got {value!r}", mark=mark)
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-            raise SpecError(f"optimizer setting '{key}' must be a number >= 0, got {value!r}",
+        if not is_number(v) or not v >= 0:
+            raise SpecError(f"optimizer setting '{key}' must be a finite number >= 0, got "
+                            f"{value!r}",
                             mark=mark)
         if key in FRACTIONS and not v < 1:
             raise SpecError(f"optimizer setting '{key}' must be in [0, 1), got {value!r}",

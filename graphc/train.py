@@ -19,7 +19,7 @@ import numpy as np
 
 from . import checkpoint as C
 from .checkpoint import RESERVED, load_params
-from .data import batch_rows, n_samples, stats_from_arrays, stats_to_arrays
+from .data import batch_rows, n_samples, stats_to_arrays
 from .errors import SpecError
 from .guard import diagnose
 from .interrupts import deferred_stop, exit_code, signal_name
@@ -99,8 +99,8 @@ def evaluate_checkpoint(model: Model, path) -> dict:
     validation split where it has one, drawn with the run's seed), normalized with the
     checkpoint's statistics."""
     arrays = read_checkpoint(model, path)
-    cfg = parse_train(model, seed=C.saved_settings(arrays).get("seed"))
-    data = load_dataset(model, cfg, stats_from_arrays(arrays, STATS) or None)
+    cfg = parse_train(model, seed=C.saved_settings(arrays, path).get("seed"))
+    data = load_dataset(model, cfg, C.saved_stats(arrays, path, STATS) or None)
     split = data.valid if data.valid is not None else data.train
     loss, metrics = evaluate(model, split, cfg.metrics)
     return {"loss": loss, "metrics": metrics, "samples": len(next(iter(split.values())))}
@@ -139,11 +139,12 @@ class Position:
         return out
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping) -> "Position":
-        pos = cls(np.asarray(arrays[RESERVED + "rng"]))
+    def from_arrays(cls, arrays: Mapping, path) -> "Position":
+        """The position a checkpoint saved, each array checked (C.entry) before use."""
+        pos = cls(C.entry(arrays, RESERVED + "rng", path, (6,), np.uint64))
         for k in cls.COUNTS:
-            setattr(pos, k, int(arrays[RESERVED + k]))
-        pos.loss_sum = float(arrays[RESERVED + "loss_sum"])
+            setattr(pos, k, int(C.entry(arrays, RESERVED + k, path, (), np.int64, True)))
+        pos.loss_sum = float(C.entry(arrays, RESERVED + "loss_sum", path, (), np.float64))
         return pos
 
 
@@ -274,19 +275,30 @@ class Run:
         names = list(C.params_of(self.model)) + [RESERVED + "state/" + s
                                                  for s in self.state_names()]
         for key in names:
-            stored = arrays.get(RESERVED + "last/" + key, arrays.get(key))
-            if stored is None:
+            stored = RESERVED + "last/" + key if RESERVED + "last/" + key in arrays else key
+            if stored not in arrays:
                 raise SpecError(f"cannot resume from {path}: it has no '{key}'",
                                 hint="it was saved by another optimizer or graphc version")
-            target = key[len(RESERVED + "state/"):] if key.startswith(RESERVED) else key
-            self.model.store[target][...] = stored
-        self.pos = Position.from_arrays(arrays)
+            target = self.model.store[key[len(RESERVED + "state/"):]
+                                      if key.startswith(RESERVED) else key]
+            counts = key.rpartition(".")[2] in self.cfg.optimizer.NON_NEGATIVE
+            target[...] = C.entry(arrays, stored, path, target.shape, target.dtype, counts)
+        self.pos = Position.from_arrays(arrays, path)
         if self.early and RESERVED + "early" in arrays:
-            best, epoch, wait = arrays[RESERVED + "early"]
-            self.early.best, self.early.best_epoch, self.early.wait = best, int(epoch), int(wait)
-            self.best = {k[len(RESERVED + "best/"):]: v.copy() for k, v in arrays.items()
-                         if k.startswith(RESERVED + "best/")}
+            self._restore_early(arrays, path)
         self.saved_epoch = self.pos.epoch
+
+    def _restore_early(self, arrays: Mapping, path) -> None:
+        """Early stopping's best value (NaN before the first), its epoch, the epochs waited,
+        and the best params where saved."""
+        best, epoch, wait = C.entry(arrays, RESERVED + "early", path, (3,))
+        if not (np.isfinite([epoch, wait]).all() and epoch >= 0 and wait >= 0):
+            raise SpecError(f"checkpoint {path}: '{RESERVED}early' holds {[epoch, wait]} as "
+                            "epoch and patience count", hint=C.DAMAGED)
+        self.early.best, self.early.best_epoch, self.early.wait = best, int(epoch), int(wait)
+        if any(k.startswith(RESERVED + "best/") for k in arrays):
+            self.best = {p: C.entry(arrays, RESERVED + "best/" + p, path, v.shape, v.dtype)
+                         .copy() for p, v in C.params_of(self.model).items()}
 
     def finish(self) -> tuple:
         """Restore the best params (early stopping), evaluate, save the final checkpoint."""

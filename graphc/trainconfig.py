@@ -14,6 +14,7 @@ from .errors import SpecError, did_you_mean
 from .metrics import EarlyStoppingConfig, parse_early_stopping, parse_metrics
 from .model import Model, label_classes, spec_seed
 from .plan import batch_dims, compile_plan, verify_plan
+from .shapes import is_number
 from .schedules import Schedule, parse_schedule
 from .spec import TRAIN_KEYS, check_keys
 from .step import Optimizer, parse_optimizer, training_graph
@@ -72,9 +73,8 @@ def parse_train(model: Model, epochs=None, batch_size=None, lr=None, seed=None,
 
 def _clip(raw: Mapping) -> Optional[float]:
     value = raw.get("clip_grad_norm")
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                              or not value > 0):
-        raise SpecError(f"train.clip_grad_norm must be a number > 0, got {value!r}",
+    if value is not None and not (is_number(value) and value > 0):
+        raise SpecError(f"train.clip_grad_norm must be a finite number > 0, got {value!r}",
                         mark=raw.mark_of("clip_grad_norm"), hint="e.g. clip_grad_norm: 1.0")
     return None if value is None else float(value)
 

@@ -12,9 +12,11 @@ from typing import Optional
 
 import yaml
 
-from .errors import Mark, SpecError, clip, did_you_mean
+from .errors import Mark, SpecError, check_memory, clip, did_you_mean
 
 MAX_ALIAS_EXPANSION = 100_000   # values that aliases may add once expanded (billion laughs)
+MAX_VALUES = 20_000             # values written out; PyYAML takes ~0.1 ms and ~5 KB each
+PARSE_BYTES_PER_CHAR = 200      # PyYAML's peak memory per character of text, measured
 MAX_DEPTH = 100                 # nested maps/lists; PyYAML's composer recurses per level
 PLAIN_KEY_TAGS = {"tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool")}
 BOOL_TAG = "tag:yaml.org,2002:bool"
@@ -56,6 +58,7 @@ class _Loader(yaml.SafeLoader):
         self.filename = filename
         self.depth = 0
         self.expansion = 0
+        self.values = 0
         self.sizes: dict = {}    # id(node) -> values in its alias-expanded tree
 
     def mark(self, node) -> Mark:
@@ -68,6 +71,12 @@ class _Loader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             return self._alias(parent, index)
         self.depth += 1
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise SpecError(f"the spec holds more than {MAX_VALUES} YAML values",
+                            mark=self.at(self.peek_event().start_mark),
+                            hint="a spec describes a model; put data and large values in "
+                                 "files (train.data, --init-from)")
         if self.depth > MAX_DEPTH:
             raise SpecError(f"YAML nested deeper than {MAX_DEPTH} levels",
                             mark=self.at(self.peek_event().start_mark),
@@ -175,7 +184,11 @@ _Loader.add_multi_constructor("tag:yaml.org,2002:python/", _reject_tag)
 
 
 def load_yaml(text: str, filename: str):
-    """Parse one YAML document; syntax errors become SpecError with file:line:col."""
+    """Parse one YAML document; syntax errors become SpecError with file:line:col. The
+    parse's memory (PARSE_BYTES_PER_CHAR per character) counts against the memory limit,
+    and at most MAX_VALUES values are read."""
+    check_memory(len(text) * PARSE_BYTES_PER_CHAR, f"parsing the spec's {len(text)} "
+                 "characters", mark=Mark(filename, 1, 1))
     try:
         loader = _Loader(text, filename)
     except yaml.reader.ReaderError as exc:      # a control character, before any parsing

@@ -438,7 +438,7 @@ def test_npz_sample_counts_must_agree(tmp_path):
 
 
 @pytest.mark.parametrize("arrays, fragment", [
-    ({"x": np.array(["a", "b"]), "y": np.zeros(2)}, "dtype <U1; data must be numbers"),
+    ({"x": np.array(["a", "b"]), "y": np.zeros(2)}, "dtype <U1; data must be real numbers"),
     ({"x": np.float64(1.0), "y": np.zeros(2)}, "is a scalar"),
 ])
 def test_npz_bad_arrays(tmp_path, arrays, fragment):

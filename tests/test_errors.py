@@ -23,7 +23,8 @@ from graphc.spec import load_spec
 
 CATALOG = Path(__file__).parent / "bad_specs"
 ROWS = yaml.safe_load((CATALOG / "catalog.yaml").read_text())
-GENERATED = ("non_utf8.yaml", "missing_key.npz", "three_features.npz", "pickled.npz")
+GENERATED = ("non_utf8.yaml", "missing_key.npz", "three_features.npz", "pickled.npz",
+             "out_of_range.npz", "zero_samples.npz", "complex.npz")
 TRAIN_ARGS = ("--epochs", "1", "--out", "out.ckpt.npz")
 
 
@@ -39,6 +40,10 @@ def generate_binaries(folder: Path) -> None:
     np.savez(folder / "three_features.npz", x=np.zeros((4, 3)), y=np.zeros(4, np.int64))
     np.savez(folder / "pickled.npz", x=np.array([{"a": 1}] * 4, dtype=object),
              y=np.zeros(4, np.int64))              # loading it would need pickle: refused
+    np.savez(folder / "out_of_range.npz", x=np.array([[0.5, 1.0], [1e300, 2.0]]),
+             y=np.zeros(2, np.int64))              # 1e300 is inf in float32
+    np.savez(folder / "zero_samples.npz", x=np.zeros((0, 2)), y=np.zeros(0, np.int64))
+    np.savez(folder / "complex.npz", x=np.ones((4, 2)) * (1 + 2j), y=np.zeros(4, np.int64))
 
 
 def run_graphc(folder: Path, row: dict) -> subprocess.CompletedProcess:
@@ -73,6 +78,7 @@ def test_bad_input_gives_one_located_error(row, results):
     report = f"exit {r.returncode}\nstderr:\n{r.stderr}\nstdout:\n{r.stdout[-2000:]}"
     assert r.returncode == row["exit"], report
     assert "Traceback" not in r.stderr + r.stdout, report
+    assert "internal error" not in r.stderr, report
     lines = r.stderr.splitlines()
     assert lines and lines[0].startswith("error: "), report
     assert all(line.startswith("  ") for line in lines[1:]), report
@@ -239,3 +245,34 @@ def test_a_constant_must_fit_the_spec_dtype(tmp_path):
         load_spec(path)
     assert load_spec(spec(tmp_path, path.read_text().replace("params", "dtype: float64\nparams"),
                           "f64.yaml")).dtype == "float64"
+
+
+# --- issue 10: names, the memory limit's reach ----------------------------------------------
+
+def test_a_name_is_declared_as_an_expression_reads_it(tmp_path):
+    """Python's parser applies NFKC to names: a fullwidth 'ｘ' declared is the 'x' used."""
+    text = ("inputs:\n  ｘ: 5\nnodes:\n  y: x * 2\n  loss: {op: identity, inputs: [ｙ]}\n"
+            "outputs: [ｙ]\n")
+    s = load_spec(spec(tmp_path, text))
+    assert set(s.leaves) == {"x"}
+    assert [n.inputs for n in s.nodes if n.name == "loss"] == [("y",)]
+    assert s.outputs == ("y",)
+
+
+def test_soft_keywords_and_layer_params_stay_names(tmp_path):
+    text = "inputs:\n  match: [batch, 2]\nnodes:\n  h: dense(match, units=3)\n  loss: sum(h)\n"
+    s = load_spec(spec(tmp_path, text))
+    assert {"match", "h.W", "h.b"} <= set(s.leaves)
+
+
+def test_the_spec_parse_counts_against_the_memory_limit(tmp_path):
+    path = spec(tmp_path, "inputs:\n  x: 1\nnodes:\n  loss: x\n")      # 8 + 7 + 7 + 10
+    set_memory_limit(32 * 200)                                            # 200 per character
+    try:
+        load_spec(path)
+        set_memory_limit(32 * 200 - 1)
+        with pytest.raises(SpecError, match=r":1:1: parsing the spec's 32 characters needs "
+                                            r"6400 bytes \(6\.2 KiB\), above the memory limit"):
+            load_spec(path)
+    finally:
+        set_memory_limit(None)
