@@ -129,12 +129,13 @@ def write_dot(path: Path, text: str, render: bool) -> None:
         click.echo(f"wrote {svg}", err=True)
 
 
-def training_step(spec, batch_size):
-    """(model, step graph, batch size) of the spec's training step, as `train` builds it."""
+def training_step(spec, batch_size, dims=None):
+    """(model, step graph, batch size, dims) of the spec's training step, as `train` builds
+    it, its symbolic dims sized by `batch_size` and `dims` (trainconfig.training_step)."""
     from .model import load_model
     from .trainconfig import training_step as step_of
     model = load_model(spec)
-    return (model, *step_of(model, batch_size))
+    return (model, *step_of(model, batch_size, dims))
 
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

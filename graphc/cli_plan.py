@@ -8,12 +8,34 @@ import click
 from .cli_common import SPEC, dot_outputs, limit_threads, training_step, write_dot
 
 
+def _parse_dims(ctx, param, values) -> dict:
+    """('T=16', 'N=64') -> {'T': 16, 'N': 64}."""
+    dims = {}
+    for text in values:
+        name, _, size = text.partition("=")
+        if not (name.isidentifier() and size.isascii() and size.isdigit() and int(size) >= 1):
+            raise click.BadParameter(f"'{text}' is not NAME=SIZE with a size from 1 up, "
+                                     f"such as T=16")
+        if name in dims:
+            raise click.BadParameter(f"dim '{name}' is given twice")
+        dims[name] = int(size)
+    return dims
+
+
+BATCH_SIZE = click.option("--batch-size", type=click.IntRange(min=1),
+                          help="Size the batch dim, the inputs' first dim [default: "
+                               "train.batch_size, else 32].")
+DIM = click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", callback=_parse_dims,
+                   help="Size a symbolic dim, such as --dim T=16 (repeatable).")
+
+
 @click.command()
 @click.argument("spec", type=SPEC)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (contract §2).")
 @click.option("--dot", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the plan as Graphviz DOT.")
-@click.option("--batch-size", type=click.IntRange(min=1))
+@BATCH_SIZE
+@DIM
 @click.option("--memory", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the arena over time as SVG: one bar per buffer.")
 @click.option("--only", metavar="FIRST..LAST",
@@ -21,7 +43,7 @@ from .cli_common import SPEC, dot_outputs, limit_threads, training_step, write_d
 @click.option("--render", is_flag=True, help="Also render the DOT to SVG with Graphviz.")
 @click.option("--no-reuse", is_flag=True,
               help="Give every value its own bytes (no arena reuse, no in-place), to compare.")
-def plan(spec, as_json, dot, batch_size, memory, only, render, no_reuse):
+def plan(spec, as_json, dot, batch_size, dims, memory, only, render, no_reuse):
     """Compile the training step; print its schedule, buffers and memory summary."""
     from .model import load_model
     from .outfiles import check_outputs, write_text
@@ -31,7 +53,7 @@ def plan(spec, as_json, dot, batch_size, memory, only, render, no_reuse):
         raise click.UsageError("--only selects the steps --dot draws: give --dot FILE too")
     check_outputs({"--memory": memory, **dot_outputs(dot, render)})   # before the work
     model = load_model(spec)
-    step, compiled = training_plan(model, batch_size, reuse=not no_reuse)
+    step, compiled = training_plan(model, batch_size, reuse=not no_reuse, dims=dims)
     if dot:
         from .dot import plan_dot
         write_dot(dot, plan_dot(step.graph, compiled, only), render)
@@ -48,18 +70,19 @@ def plan(spec, as_json, dot, batch_size, memory, only, render, no_reuse):
 
 @click.command(name="time")
 @click.argument("spec", type=SPEC)
-@click.option("--batch-size", type=click.IntRange(min=1))
+@BATCH_SIZE
+@DIM
 @click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="BLAS threads (default: as is).")
 @click.option("--no-reuse", is_flag=True, help="Time the plan without arena reuse.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def time_(spec, batch_size, steps, warmup, threads, no_reuse, as_json):
+def time_(spec, batch_size, dims, steps, warmup, threads, no_reuse, as_json):
     """Time the compiled training step on synthetic data: median per step, per-op table."""
     from .timing import time_step
     limit_threads(threads)
-    model, step, bs = training_step(spec, batch_size)
-    result = time_step(model, step, bs, steps, warmup, reuse=not no_reuse)
+    model, step, bs, dims = training_step(spec, batch_size, dims)
+    result = time_step(model, step, bs, dims, steps, warmup, reuse=not no_reuse)
     if as_json:
         click.echo(json.dumps(result.json()))
         return

@@ -54,11 +54,10 @@ def train(spec, out, as_json, epochs, batch_size, lr, seed, resume, init_from, s
     progress = _progress(cfg.epochs, as_json)
     with progress as log:
         result = run_train(model, cfg, out=out, log=log, resume=resume, save_every=save_every)
+    progress.finish(result)
     for note in result.notes:
         click.echo(note, err=as_json)
-    summary = " ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
-    click.echo(f"final: loss {result.loss:.4f} {summary}  ({result.samples_per_s:.0f} samples/s)"
-               f" -> {out}", err=as_json)
+    click.echo(_final_line(result, out), err=as_json)
     if plot:
         _write_plots(plot, model, cfg, result.history, as_json)
     if as_json:
@@ -76,6 +75,18 @@ def _write_plots(out_dir: Path, model, cfg, history, quiet_stdout: bool) -> None
     click.echo("plots: " + ", ".join(str(p) for p in written), err=quiet_stdout)
 
 
+def _final_line(result, out) -> str:
+    """The final numbers, named as the epoch lines name them (val_ on the validation
+    split), with the split, its size and the epoch of the params they measure."""
+    valid = result.split == "validation"
+    numbers = {"loss": result.loss, **result.metrics}
+    summary = " ".join(f"{'val_' if valid else ''}{k} {v:.4f}" for k, v in numbers.items())
+    where = "the validation split" if valid else "the training set"
+    params = f", params of epoch {result.restored_epoch}" if result.restored_epoch else ""
+    return (f"final: {summary} on {where} ({result.samples} samples{params})  "
+            f"({result.samples_per_s:.0f} samples/s) -> {out}")
+
+
 class _progress:
     """A click progress bar on a terminal; plain per-epoch lines otherwise."""
 
@@ -83,6 +94,7 @@ class _progress:
         self.epochs, self.err = epochs, quiet_stdout
         self.every = max(1, epochs // 30)
         self.bar = None
+        self.printed = None          # the epoch of the last line printed
 
     def __enter__(self):
         if sys.stderr.isatty() if self.err else sys.stdout.isatty():
@@ -91,14 +103,27 @@ class _progress:
             self.bar.__enter__()
         return self.log
 
-    def log(self, e):
-        text = f"epoch {e.epoch:>4}/{self.epochs}  loss {e.loss:.4f}  " + "  ".join(
+    def line(self, e) -> str:
+        return f"epoch {e.epoch:>4}/{self.epochs}  loss {e.loss:.4f}  " + "  ".join(
             f"{k} {v:.4f}" for k, v in e.metrics.items()) + f"  lr {e.lr:.4g}"
+
+    def log(self, e):
         if self.bar is not None:
-            self.bar.label = text
+            self.bar.label = self.line(e)
             self.bar.update(1)
         elif e.epoch % self.every == 0 or e.epoch in (1, self.epochs):
-            click.echo(text, err=self.err)
+            click.echo(self.line(e), err=self.err)
+            self.printed = e.epoch
+
+    def finish(self, result) -> None:
+        """After training: the last epoch's line where it was skipped (early stopping ends
+        between printed epochs), then the line of the epoch whose params were restored."""
+        last = result.history[-1] if result.history else None
+        restored = next((e for e in result.history if e.epoch == result.restored_epoch), None)
+        if last is not None and last.epoch != self.printed and last is not restored:
+            click.echo(self.line(last), err=self.err)
+        if restored is not None:
+            click.echo(f"{self.line(restored)}  <- restored", err=self.err)
 
     def __exit__(self, *exc):
         if self.bar is not None:

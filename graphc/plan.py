@@ -144,7 +144,14 @@ def _check_bound(graph: Graph, dims: Mapping[str, int]) -> None:
             bound = ", ".join(sorted(dims)) or "none"
             raise SpecError(f"dim '{d}' of shape {S.fmt(n.shape)} has no size here (sized "
                             f"dims: {bound})", mark=n.mark, node=n.origin or n.name,
-                            hint="write a number; only batch is sized by --batch-size")
+                            hint=f"size it with --dim {d}=SIZE")
+
+
+def batch_dims(graph: Graph) -> list:
+    """The inputs' leading symbolic dims, in order: what a batch of data sizes (an input
+    given a value has fixed sizes)."""
+    return list(dict.fromkeys(n.shape[0] for n in graph.leaves("input")
+                              if n.shape and isinstance(n.shape[0], str)))
 
 
 def compile_plan(graph: Graph, dims: Mapping[str, int], keep=(), forward=None,
@@ -174,7 +181,8 @@ def compile_plan(graph: Graph, dims: Mapping[str, int], keep=(), forward=None,
     buffers = {s.node: buffers[s.node] for s in steps if s.node in buffers}
     persistent = {n.name: (n.op, S.bind(n.shape, dims), n.dtype, n.attrs.get("value"))
                   for n in graph.nodes.values() if n.op in PERSISTENT_OPS}
-    return Plan(dims.get("batch"), dict(dims), steps, buffers, persistent, top,
+    lead = batch_dims(graph)
+    return Plan(dims.get(lead[0]) if lead else None, dict(dims), steps, buffers, persistent, top,
                 sum(sizes.values()), A.peak_bytes(blocks), plain_bound, reuse)
 
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 
+from . import shapes as S
 from .errors import check_memory
 from .model import Model, Runner
 from .ops import OPS
@@ -30,16 +32,17 @@ class Timing:
                 "per_op": self.per_op}
 
 
-def synthetic_batch(model: Model, batch: int, seed: int = 0) -> dict:
-    """Standard-normal floats and in-range integer labels for every fed input."""
+def synthetic_batch(model: Model, dims: Mapping[str, int], seed: int = 0) -> dict:
+    """Standard-normal floats and in-range integer labels for every fed input, its
+    symbolic dims sized by `dims`."""
     rng = np.random.default_rng(seed)
     graph, feeds = model.graph, {}
     for name in model.fed_inputs:
         n = graph[name]
-        shape = tuple(batch if isinstance(d, str) else d for d in n.shape)
+        shape = S.bind(n.shape, dims)
         check_memory(int(np.prod(shape, dtype=object)) * np.dtype(n.dtype).itemsize,
-                     f"a synthetic batch of {batch} for input '{name}'", mark=n.mark,
-                     node=name)
+                     f"a synthetic batch of shape {list(shape)} for input '{name}'",
+                     mark=n.mark, node=name)
         if n.dtype.startswith("int"):
             feeds[name] = rng.integers(0, _classes(model, name), shape).astype(n.dtype)
         else:
@@ -55,15 +58,15 @@ def _classes(model: Model, labels: str) -> int:
     return 2
 
 
-def time_step(model: Model, step: StepGraph, batch: int, steps: int = 200,
-              warmup: int = 20, reuse: bool = True) -> Timing:
-    """Median/p10 of whole training steps, then per-kernel time summed by (op, phase)."""
+def time_step(model: Model, step: StepGraph, batch: int, dims: Mapping[str, int],
+              steps: int = 200, warmup: int = 20, reuse: bool = True) -> Timing:
+    """Median/p10 of whole training steps with its symbolic dims sized by `dims` (`batch`
+    is the batch size they give), then per-kernel time summed by (op, phase)."""
     for n in step.graph.leaves("state"):
         model.store.setdefault(n.name, np.zeros(n.shape, dtype=n.dtype))
     model.store.setdefault(LR, np.asarray(1e-6, dtype=model.graph.dtype))
-    feeds = synthetic_batch(model, batch)
-    ex = Runner(step.graph, model.store, {model.graph.loss}, step.forward, reuse).executor(
-        {"batch": batch})
+    ex = Runner(step.graph, model.store, {model.graph.loss}, step.forward, reuse).executor(dims)
+    feeds = synthetic_batch(model, dims)
     ex.feed(feeds)
     for _ in range(warmup):
         ex.run()

@@ -60,6 +60,9 @@ class TrainResult:
     history: list = field(default_factory=list)
     notes: list = field(default_factory=list)       # lines for the user (early stopping)
     checkpoint: dict = field(default_factory=dict, repr=False)  # the final checkpoint's arrays
+    split: str = "training"              # where loss and metrics were measured, or "validation"
+    samples: int = 0                     # that split's size
+    restored_epoch: Optional[int] = None     # the epoch whose params early stopping restored
 
     def json(self) -> dict:
         return {"loss": self.loss, "metrics": self.metrics, "epochs": self.epochs,
@@ -309,10 +312,16 @@ class Run:
                 if e.stop else ""
             self.notes.append(f"early stopping: {stopped}restored the params of epoch "
                               f"{e.best_epoch}, val_{e.cfg.metric} {e.best:.4f}")
-        split = self.data.valid if self.data.valid is not None else self.data.train
-        loss, metrics = self.evaluate(split)
+        loss, metrics = self.evaluate(self.final_split()[1])
         self.save(last)
         return loss, metrics
+
+    def final_split(self) -> tuple:
+        """(name, arrays) of the split the final numbers are measured on: the validation
+        split where there is one, else the training set."""
+        if self.data.valid is not None:
+            return "validation", self.data.valid
+        return "training", self.data.train
 
 
 def train(model: Model, cfg: TrainConfig, *, out: Optional[Path],
@@ -343,5 +352,7 @@ def _train(run: Run, log, resume) -> TrainResult:
     elapsed = time.perf_counter() - start
     loss, metrics = run.finish()
     seen = run.pos.global_samples - done
+    split, arrays = run.final_split()
     return TrainResult(loss, metrics, run.pos.epoch, seen / elapsed if elapsed else 0.0,
-                       history, run.notes, run.saved)
+                       history, run.notes, run.saved, split, n_samples(arrays),
+                       run.early.best_epoch if run.best else None)

@@ -8,11 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
+from . import shapes as S
 from .data import apply_stats, load_data
-from .errors import SpecError
+from .errors import SpecError, did_you_mean
 from .metrics import EarlyStoppingConfig, parse_early_stopping, parse_metrics
 from .model import Model, label_classes, spec_seed
-from .plan import compile_plan, verify_plan
+from .plan import batch_dims, compile_plan, verify_plan
 from .shapes import is_number
 from .schedules import Schedule, parse_schedule
 from .spec import TRAIN_KEYS, check_keys
@@ -78,21 +79,50 @@ def _clip(raw: Mapping) -> Optional[float]:
     return None if value is None else float(value)
 
 
-def training_step(model: Model, batch_size=None) -> tuple:
-    """(step graph, batch size) of the spec's training step, as `train` builds it; a
-    `batch_size` replaces the spec's."""
+def training_step(model: Model, batch_size=None, dims=None) -> tuple:
+    """(step graph, batch size, dims) of the spec's training step, as `train` builds it.
+    The batch dims (each fed input's first dim, which a batch of data sizes) take the
+    batch size: `batch_size`, a `dims` entry for one of them, else the spec's, else 32.
+    Any other symbolic dim is sized only by `dims` (--dim NAME=SIZE)."""
     raw = model.spec.train
     opt = parse_optimizer(raw.get("optimizer"), raw.mark_of("optimizer"))
     step = training_graph(model.graph, opt, _clip(raw))
-    return step, _positive_int(raw, "batch_size", 32, batch_size)
+    return (step, *_sized_dims(model, batch_size, dict(dims or {})))
 
 
-def training_plan(model: Model, batch_size=None, reuse: bool = True) -> tuple:
+def _sized_dims(model: Model, batch_size, dims: dict) -> tuple:
+    """(batch size, every symbolic dim's size): `training_step`'s sizing rule."""
+    _check_dim_names(model, dims)
+    lead = batch_dims(model.graph)
+    given = {f"--dim {d}={dims[d]}": dims[d] for d in lead if d in dims}
+    if batch_size is not None:
+        given[f"--batch-size {batch_size}"] = batch_size
+    if len(set(given.values())) > 1:
+        raise SpecError(f"{' and '.join(given)} give the batch dim different sizes",
+                        hint=f"give one of them ({', '.join(lead)} is the inputs' first dim, "
+                             f"which a batch sizes)")
+    bs = _positive_int(model.spec.train, "batch_size", 32, next(iter(given.values()), None))
+    return bs, {**dict.fromkeys(lead, bs), **dims}
+
+
+def _check_dim_names(model: Model, dims: Mapping) -> None:
+    """Every --dim names a symbolic dim of the spec."""
+    known = sorted(set().union(*(S.symbols(n.shape) for n in model.graph.nodes.values())))
+    for name, size in dims.items():
+        if name not in known:
+            raise SpecError(f"--dim {name}={size}: {model.spec.path} has no symbolic dim "
+                            f"'{name}'",
+                            hint=did_you_mean(name, known) or (
+                                f"its symbolic dims are {', '.join(known)}" if known
+                                else "it has no symbolic dims"))
+
+
+def training_plan(model: Model, batch_size=None, reuse: bool = True, dims=None) -> tuple:
     """(step graph, verified plan) of the training step at `batch_size` (default the
-    spec's), as `graphc plan` compiles it: the loss is the one value kept to the end."""
-    step, batch = training_step(model, batch_size)
-    plan = compile_plan(step.graph, {"batch": batch}, {model.graph.loss}, step.forward,
-                        reuse=reuse)
+    spec's) and `dims`, as `graphc plan` compiles it: the loss is the one value kept to
+    the end."""
+    step, _, dims = training_step(model, batch_size, dims)
+    plan = compile_plan(step.graph, dims, {model.graph.loss}, step.forward, reuse=reuse)
     verify_plan(plan)
     return step, plan
 

@@ -126,6 +126,8 @@ def results(catalog_dir) -> dict:
         return {row_id(row): r for row, r in zip(ROWS, done)}
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("files_and_flags_catalog")   # one worker runs the shared catalog, once
 @pytest.mark.parametrize("row", ROWS, ids=row_id)
 def test_a_bad_file_or_flag_gives_one_located_error(row, results):
     r = results[row_id(row)]
@@ -150,5 +152,7 @@ def test_the_catalog_covers_every_case_file():
         assert {"args", "expect", "exit"} <= set(row), row
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("files_and_flags_catalog")
 def test_no_failed_run_wrote_a_checkpoint(results, catalog_dir):
     assert not (catalog_dir / "out.ckpt.npz").exists()

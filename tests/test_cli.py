@@ -101,6 +101,7 @@ def spiral_run(tmp_path_factory):
     return proc, time.perf_counter() - start, ckpt
 
 
+@pytest.mark.xdist_group("spiral_run")          # one worker trains the shared run, once
 def test_train_spiral_reaches_97_percent_within_a_minute(spiral_run):
     proc, seconds, ckpt = spiral_run
     result = one_json(ok(proc))
@@ -111,12 +112,14 @@ def test_train_spiral_reaches_97_percent_within_a_minute(spiral_run):
     assert np.isfinite(result["loss"]) and result["samples_per_s"] > 0
 
 
+@pytest.mark.xdist_group("spiral_run")          # one worker trains the shared run, once
 def test_train_json_keeps_stdout_pure_and_progress_on_stderr(spiral_run):
     proc, _, _ = spiral_run
     assert len(proc.stdout.strip().splitlines()) == 1, proc.stdout
     assert "epoch" in proc.stderr and "final:" in proc.stderr
 
 
+@pytest.mark.xdist_group("spiral_run")          # one worker trains the shared run, once
 def test_train_checkpoint_loads_without_pickle(spiral_run):
     _, _, ckpt = spiral_run
     arrays = load_npz(ckpt)
@@ -220,6 +223,7 @@ def test_grad_out_writes_one_array_per_leaf(tmp_path):
         np.testing.assert_array_equal(arrays[leaf], g)
 
 
+@pytest.mark.xdist_group("spiral_run")          # one worker trains the shared run, once
 def test_grad_params_from_a_checkpoint_changes_the_result(spiral_run):
     _, _, ckpt = spiral_run
     before = one_json(ok(graphc("grad", SPIRAL, "--json")))
@@ -278,6 +282,67 @@ def test_time_json_has_the_contract_keys():
     assert {r["op"] for r in t["per_op"]} >= {"matmul", "relu", "softmax_cross_entropy"}
     for row in t["per_op"]:
         assert set(row) == {"op", "phase", "us"} and row["phase"] in PHASES, row
+
+
+SEQUENCE = """\
+name: seq_mean
+inputs:
+  x: [N, T, 3]
+  y: [N, 1]
+params:
+  W: [3, 1]
+nodes:
+  p: mean(x @ W, axis=1)
+  loss: mse(p, y)
+train:
+  batch_size: 16
+"""
+
+
+@pytest.fixture
+def sequence(tmp_path) -> Path:
+    """A spec whose batch dim is N and whose other symbolic dim, T, no data sizes."""
+    path = tmp_path / "seq.yaml"
+    path.write_text(SEQUENCE)
+    return path
+
+
+def buffer_bytes(plan: dict, value: str) -> int:
+    return next(b["bytes"] for b in plan["buffers"] if b["value"] == value)
+
+
+def test_plan_and_time_size_any_symbolic_dim_with_dim(sequence):
+    plan = one_json(ok(graphc("plan", sequence, "--json", "--dim", "T=5")))
+    assert plan["batch_size"] == 16                     # N, the first dim, takes the batch size
+    assert buffer_bytes(plan, "p/matmul") == 16 * 5 * 1 * 4          # x @ W: [N, T, 1] float32
+    plan = one_json(ok(graphc("plan", sequence, "--json", "--dim", "T=7", "--dim", "N=4")))
+    assert plan["batch_size"] == 4
+    assert buffer_bytes(plan, "p/matmul") == 128        # 4 * 7 * 4 = 112 bytes, aligned to 64
+    plan = one_json(ok(graphc("plan", sequence, "--json", "--dim", "T=2", "--batch-size", "8")))
+    assert (plan["batch_size"], buffer_bytes(plan, "p/matmul")) == (8, 64)
+    t = one_json(ok(graphc("time", sequence, "--json", "--dim", "T=5", "--steps", "2",
+                           "--warmup", "0")))
+    assert t["batch_size"] == 16 and {r["op"] for r in t["per_op"]} >= {"matmul", "mean", "mse"}
+
+
+@pytest.mark.parametrize("command", ["plan", "time"])
+@pytest.mark.parametrize("flags, expect", [
+    ([], "seq.yaml:3:3: node 'x': dim 'T' of shape [N, T, 3] has no size here (sized dims: "
+         "N); size it with --dim T=SIZE"),
+    (["--dim", "t=5"], "--dim t=5: seq.yaml has no symbolic dim 't'; its symbolic dims are "
+                       "N, T"),
+    (["--dim", "T=5", "--dim", "N=8", "--batch-size", "4"],
+     "--dim N=8 and --batch-size 4 give the batch dim different sizes"),
+    (["--dim", "T=0"], "'T=0' is not NAME=SIZE with a size from 1 up"),
+    (["--dim", "T"], "'T' is not NAME=SIZE"),
+    (["--dim", "T=2", "--dim", "T=3"], "dim 'T' is given twice"),
+])
+def test_an_unsized_or_misnamed_dim_is_one_error(sequence, command, flags, expect):
+    proc = graphc(command, sequence.name, *flags, cwd=sequence.parent)
+    assert proc.returncode == 2, proc
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], proc.stderr
+    assert proc.stdout == ""
 
 
 def test_ops_lists_matmul():

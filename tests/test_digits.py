@@ -39,6 +39,7 @@ def digits(**cfg):
                      input_dtypes={"x": "float64", "y": "int64"})
 
 
+@pytest.mark.slow
 def test_digits_mlp_reaches_95_percent_held_out_and_eval_agrees(tmp_path):
     pytest.importorskip("sklearn", reason=NEEDS)
     ckpt = tmp_path / "digits.npz"
@@ -50,6 +51,7 @@ def test_digits_mlp_reaches_95_percent_held_out_and_eval_agrees(tmp_path):
     assert again["metrics"]["accuracy"] == pytest.approx(final["metrics"]["accuracy"])
 
 
+@pytest.mark.slow
 def test_predict_on_the_held_out_rows_agrees_with_eval(tmp_path):
     """The held-out 20% as a user would keep it (raw pixels, with or without labels), in
     .npz and .csv: `predict --classes` scores exactly `eval`'s accuracy."""
@@ -71,6 +73,7 @@ def test_predict_on_the_held_out_rows_agrees_with_eval(tmp_path):
             pytest.approx(acc["accuracy"], abs=1e-12), held_file
 
 
+@pytest.mark.slow
 def test_digits_spec_checks_and_gradchecks():
     pytest.importorskip("sklearn", reason=NEEDS)
     for command in ("check", "gradcheck"):

@@ -70,6 +70,8 @@ def results(catalog_dir) -> dict:
         return {row_id(row): r for row, r in zip(ROWS, done)}
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("error_catalog")       # one worker runs the shared catalog, once
 @pytest.mark.parametrize("row", ROWS, ids=row_id)
 def test_bad_input_gives_one_located_error(row, results):
     r = results[row_id(row)]
@@ -99,11 +101,15 @@ def test_the_catalog_covers_every_file_and_enough_cases():
         assert {"file", "at", "expect", "exit"} <= set(row), row
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("error_catalog")       # one worker runs the shared catalog, once
 def test_a_python_tag_is_never_run(results, catalog_dir):
     assert results["check-python_object_tag.yaml"].returncode == 2
     assert not (catalog_dir / "pwned").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("error_catalog")       # one worker runs the shared catalog, once
 def test_failed_training_leaves_no_checkpoint(results, catalog_dir):
     assert not (catalog_dir / "out.ckpt.npz").exists()
 

@@ -55,6 +55,7 @@ def test_every_seed_spec_is_valid(folder):
         assert out.exit_code == 0, f"{name}: {out.output}"
 
 
+@pytest.mark.slow
 @settings(max_examples=3000, deadline=2000, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(sorted(SEEDS)), count=st.integers(1, 3),
@@ -64,6 +65,7 @@ def test_mutated_specs_exit_0_or_2(folder, name, count, rnd):
     assert_user_facing(F.run_graphc(text, folder, "check", LIMIT_S), text)
 
 
+@pytest.mark.slow
 @settings(max_examples=1000, deadline=2000, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(sorted(n for n in SEEDS if "lecture" in n or n in
@@ -75,6 +77,7 @@ def test_mutated_specs_survive_a_forward_and_backward_pass(folder, name, rnd):
     assert_user_facing(F.run_graphc(text, folder, "grad", LIMIT_S), text)
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=2000, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(sorted(SEEDS)), rnd=st.randoms(use_true_random=False))
@@ -84,6 +87,7 @@ def test_mutated_specs_compile_to_a_plan_or_fail_cleanly(folder, name, rnd):
     assert_user_facing(F.run_graphc(text, folder, "plan", LIMIT_S), text)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=4000, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(sorted(n for n, text in SEEDS.items() if "data:" in text)),

@@ -308,6 +308,7 @@ def test_sigterm_outside_training_exits_143_with_one_line(tmp_path):
     assert proc.returncode == 143 and err.strip() == "error: interrupted (SIGTERM)", err
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_leaves_a_loadable_consistent_checkpoint(tmp_path):
     """--save-every 1 saves at every epoch end, so many kills land during a write."""
     text = KILL_SPEC.replace("OPTIMIZER", OPTIMIZERS[3]).replace("EARLY", "seed: 0")

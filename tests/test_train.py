@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -236,6 +237,34 @@ def test_eval_cli_json_and_stats_come_from_the_checkpoint(spiral):
     np.savez(out, **arrays)
     moved = json.loads(graphc("eval", spiral, "--params", out, "--json", cwd=spiral.parent).stdout)
     assert moved["loss"] != pytest.approx(got["loss"], rel=1e-3)
+
+
+EPOCH_LINE = re.compile(r"^epoch +(\d+)/200 .* val_loss (\S+) +val_accuracy (\S+) +lr \S+(  <- restored)?$")
+
+
+def test_progress_shows_the_restored_epoch_and_the_final_line_names_its_split(spiral):
+    proc = graphc("train", spiral, "--out", "es.npz", "--json", cwd=spiral.parent)
+    assert proc.returncode == 0, proc.stderr
+    stopped = json.loads(proc.stdout)["epochs"]
+    best = stopped - 8                                  # patience 8: the last improvement
+    lines = proc.stderr.splitlines()
+    epochs = [EPOCH_LINE.match(line) for line in lines if line.startswith("epoch")]
+    assert all(epochs), lines
+    assert [int(m[1]) for m in epochs[-2:]] == [stopped, best], "the stop, then the restored"
+    restored = epochs[-1]
+    assert restored[4] and not any(m[4] for m in epochs[:-1])
+    final = next(line for line in lines if line.startswith("final:"))
+    assert final.startswith(f"final: val_loss {restored[2]} val_accuracy {restored[3]} on the "
+                            f"validation split (30 samples, params of epoch {best})"), final
+
+
+def test_the_final_line_says_when_it_measures_the_training_set(spiral):
+    spiral.write_text(SPIRAL.replace("validation: 0.2, ", "").replace("  early_stopping", "#"))
+    proc = graphc("train", spiral, "--out", "c.npz", "--epochs", "4", cwd=spiral.parent)
+    assert proc.returncode == 0, proc.stderr
+    final = proc.stdout.splitlines()[-1]
+    assert re.match(r"final: loss \S+ accuracy \S+ on the training set \(150 samples\) ", final)
+    assert "restored" not in proc.stdout and "val_" not in proc.stdout
 
 
 def test_eval_names_a_missing_param(spiral):
