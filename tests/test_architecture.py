@@ -19,8 +19,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "graphc"
 
 # Earlier stages first. A unit imports only units to its left.

@@ -228,7 +228,15 @@ def test_grad_refuses_an_empty_npz_with_exit_2(tmp_path, flag):
 KILL_SPEC = SPEC.replace("samples: 90", "samples: 240").replace("batch_size: 16", "batch_size: 4")
 
 
+def as_from_a_terminal() -> None:
+    """A child's stop signals as a terminal gives them: the suite itself may run under
+    nohup or as a background job, whose ignored SIGINT/SIGHUP a child would inherit."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def start(tmp_path, *flags, **popen):
+    popen.setdefault("preexec_fn", as_from_a_terminal)
     return subprocess.Popen([sys.executable, "-m", "graphc", "train", "spec.yaml", "--out",
                              "ckpt.npz", *flags], cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=ENV, **popen)
@@ -275,7 +283,8 @@ def test_a_stop_signal_saves_exits_128_plus_it_and_resumes_exactly(tmp_path, sig
 def test_under_nohup_sighup_is_still_ignored(tmp_path):
     write_long_spec(tmp_path)
     proc = start(tmp_path, "--save-every", "1",
-                 preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))   # nohup
+                 preexec_fn=lambda: (as_from_a_terminal(),                        # nohup
+                                     signal.signal(signal.SIGHUP, signal.SIG_IGN)))
     wait_for(tmp_path / "ckpt.npz", proc)
     proc.send_signal(signal.SIGHUP)
     time.sleep(1.0)
@@ -299,7 +308,8 @@ def test_sigterm_outside_training_exits_143_with_one_line(tmp_path):
     write_long_spec(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "graphc", "time", "spec.yaml", "--steps",
                              "100000000"], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+                            stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=as_from_a_terminal)
     end = time.monotonic() + 30
     while not catches(proc.pid, signal.SIGTERM) and time.monotonic() < end:
         time.sleep(0.05)
