@@ -14,12 +14,12 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from bad_input_rows import assert_one_located_error, run_rows
 
 CATALOG = Path(__file__).parent / "bad_specs" / "files_and_flags"
 ROWS = yaml.safe_load((CATALOG / "catalog.yaml").read_text())
@@ -121,26 +121,14 @@ def run_graphc(folder: Path, row: dict) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def results(catalog_dir) -> dict:
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        done = pool.map(lambda row: run_graphc(catalog_dir, row), ROWS)
-        return {row_id(row): r for row, r in zip(ROWS, done)}
+    return run_rows(ROWS, lambda row: run_graphc(catalog_dir, row), row_id)
 
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("files_and_flags_catalog")   # one worker runs the shared catalog, once
 @pytest.mark.parametrize("row", ROWS, ids=row_id)
 def test_a_bad_file_or_flag_gives_one_located_error(row, results):
-    r = results[row_id(row)]
-    report = f"exit {r.returncode}\nstderr:\n{r.stderr}\nstdout:\n{r.stdout[-2000:]}"
-    assert r.returncode == row["exit"], report
-    assert "Traceback" not in r.stderr + r.stdout, report
-    assert "internal error" not in r.stderr, report
-    lines = r.stderr.splitlines()
-    assert lines and lines[0].startswith("error: " + row.get("at", "")), report
-    assert all(line.startswith("  ") for line in lines[1:]), report
-    if "node" in row:
-        assert f"node '{row['node']}': " in lines[0], report
-    assert row["expect"] in lines[0], report
+    assert_one_located_error(results[row_id(row)], row, "error: " + row.get("at", ""))
 
 
 def test_the_catalog_covers_every_case_file():

@@ -11,12 +11,12 @@ import os
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from bad_input_rows import assert_one_located_error, run_rows
 
 from graphc.errors import SpecError, did_you_mean, parse_bytes, set_memory_limit
 from graphc.spec import load_spec
@@ -64,29 +64,14 @@ def catalog_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def results(catalog_dir) -> dict:
-    """Every row's run; the subprocesses are independent, so they run side by side."""
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        done = pool.map(lambda row: run_graphc(catalog_dir, row), ROWS)
-        return {row_id(row): r for row, r in zip(ROWS, done)}
+    return run_rows(ROWS, lambda row: run_graphc(catalog_dir, row), row_id)
 
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("error_catalog")       # one worker runs the shared catalog, once
 @pytest.mark.parametrize("row", ROWS, ids=row_id)
 def test_bad_input_gives_one_located_error(row, results):
-    r = results[row_id(row)]
-    report = f"exit {r.returncode}\nstderr:\n{r.stderr}\nstdout:\n{r.stdout[-2000:]}"
-    assert r.returncode == row["exit"], report
-    assert "Traceback" not in r.stderr + r.stdout, report
-    assert "internal error" not in r.stderr, report
-    lines = r.stderr.splitlines()
-    assert lines and lines[0].startswith("error: "), report
-    assert all(line.startswith("  ") for line in lines[1:]), report
-    head = lines[0]
-    assert head.startswith(f"error: {row['file']}:{row['at']}:"), report
-    if "node" in row:
-        assert f"node '{row['node']}': " in head, report
-    assert row["expect"] in head, report
+    assert_one_located_error(results[row_id(row)], row, f"error: {row['file']}:{row['at']}:")
 
 
 def test_the_catalog_covers_every_file_and_enough_cases():
