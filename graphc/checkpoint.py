@@ -19,7 +19,8 @@ import numpy as np
 
 from .data import stats_from_arrays
 from .datafiles import archive_nbytes, member, np_load
-from .errors import SpecError, check_memory, short
+from .errors import SpecError, short
+from .limits import check_memory
 from .leaves import misfit, misfit_message
 from .outfiles import atomic_write
 from .model import Model

@@ -15,7 +15,8 @@ import sys
 import click
 import numpy as np
 
-from .errors import GraphcError, set_memory_limit
+from .errors import GraphcError
+from .limits import set_memory_limit
 from .interrupts import exit_code, signal_name, stop_on_signals
 from .cli_common import SPEC
 from .cli_grad import explain, grad, gradcheck

@@ -14,7 +14,9 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import SpecError, check_memory
+from .errors import SpecError
+
+from .limits import check_memory
 
 CSV_BYTES_PER_BYTE = 32      # cells as Python strs in lists: 24x the file measured
 NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,

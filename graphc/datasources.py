@@ -18,7 +18,8 @@ import numpy as np
 
 from .datafiles import member, np_load, numeric, parse_cells, read_csv, resolve
 from .datasets import DATASETS, FULL_SIZE, options
-from .errors import Mark, SpecError, check_memory, did_you_mean
+from .errors import Mark, SpecError, did_you_mean
+from .limits import check_memory
 from .shapes import is_number
 
 Arrays = dict[str, np.ndarray]

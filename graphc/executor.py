@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Mapping, Optional
 
 from .backends import BACKENDS, current
-from .errors import GraphcError, check_memory
+from .errors import GraphcError
+from .limits import check_memory
 from .plan import Plan, Step
 
 

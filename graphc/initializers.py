@@ -17,7 +17,8 @@ from typing import Callable, Mapping, Optional
 
 import numpy as np
 
-from .errors import Mark, SpecError, check_memory, did_you_mean
+from .errors import Mark, SpecError, did_you_mean
+from .limits import check_memory
 from .shapes import is_number
 
 Shape = tuple[int, ...]

@@ -12,7 +12,8 @@ from typing import Optional
 import numpy as np
 
 from . import shapes as S
-from .errors import Mark, SpecError, check_memory, clip, did_you_mean, short
+from .errors import Mark, SpecError, clip, did_you_mean, short
+from .limits import check_memory
 from .yamlload import check_keys
 
 LEAF_KEYS = ("shape", "dtype", "init", "value")

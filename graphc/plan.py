@@ -15,7 +15,8 @@ import numpy as np
 
 from . import arena as A
 from . import shapes as S
-from .errors import Mark, SpecError, fmt_bytes
+from .errors import Mark, SpecError
+from .limits import fmt_bytes
 from .ir import Graph, invariant
 from .ops import OPS
 

@@ -15,7 +15,8 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from .errors import Mark, SpecError, did_you_mean, fmt_bytes, short
+from .errors import Mark, SpecError, did_you_mean, short
+from .limits import fmt_bytes
 from .expr import NodeSpec, check_attrs, lookup_op, parse_expression
 from .layers import expand_layers
 from .leaves import FLOAT_DTYPES, LeafSpec, check_fits, check_size, parse_dtype, parse_leaf

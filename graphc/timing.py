@@ -12,7 +12,7 @@ from typing import Mapping
 import numpy as np
 
 from . import shapes as S
-from .errors import check_memory
+from .limits import check_memory
 from .model import Model, Runner
 from .ops import OPS
 from .optim import LR, StepGraph

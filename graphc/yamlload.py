@@ -12,7 +12,9 @@ from typing import Optional
 
 import yaml
 
-from .errors import Mark, SpecError, check_memory, clip, did_you_mean
+from .errors import Mark, SpecError, clip, did_you_mean
+
+from .limits import check_memory
 
 MAX_ALIAS_EXPANSION = 100_000   # values that aliases may add once expanded (billion laughs)
 MAX_VALUES = 20_000             # values written out; PyYAML takes ~0.1 ms and ~5 KB each

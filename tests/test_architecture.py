@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "graphc"
 
 # Earlier stages first. A unit imports only units to its left.
 STAGES = [
-    "errors", "outfiles", "interrupts",                     # errors, files written, signals
+    "errors", "limits", "outfiles", "interrupts",           # errors, memory limit, files, signals
     "shapes", "ops",                                        # the vocabulary (ops/: records)
     "yamlload", "leaves", "expr", "layers", "spec",         # spec text -> validated spec
     "ir", "autodiff", "optim",                              # graph, reverse graph, updates

@@ -18,7 +18,8 @@ import pytest
 import yaml
 from bad_input_rows import assert_one_located_error, run_rows
 
-from graphc.errors import SpecError, did_you_mean, parse_bytes, set_memory_limit
+from graphc.errors import SpecError, did_you_mean
+from graphc.limits import parse_bytes, set_memory_limit
 from graphc.spec import load_spec
 
 CATALOG = Path(__file__).parent / "bad_specs"

@@ -25,7 +25,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import fuzz_specs as F  # noqa: E402
-from graphc.errors import set_memory_limit  # noqa: E402
+from graphc.limits import set_memory_limit  # noqa: E402
 
 SEEDS = F.seed_specs()
 LIMIT_S = 10.0          # per example; a hang fails the test instead of stalling CI
