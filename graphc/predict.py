@@ -63,11 +63,18 @@ class Predictor:
         self.runner = Runner(self.graph, model.store, set(self.outputs))
 
     def per_sample(self) -> bool:
-        """Rows are independent: every fed input and output starts with the same symbolic
-        dim, so running the rows in chunks gives what one pass over all of them gives."""
-        firsts = {self.graph[n].shape[0] if self.graph[n].shape else None
-                  for n in self.inputs + list(self.outputs)}
-        return len(firsts) == 1 and isinstance(next(iter(firsts)), str)
+        """Rows are independent, so running them in chunks gives what one pass over all of
+        them gives: every value computed from a fed input (outputs included) keeps the
+        inputs' first symbolic dim as its own first, and no op works along that axis
+        (`x - mean(x, axis=0)` keeps the shape but mixes the rows)."""
+        graph, dag = self.graph, self.graph.digraph()
+        firsts = {graph[n].shape[0] if graph[n].shape else None for n in self.inputs}
+        batch = next(iter(firsts))
+        if len(firsts) != 1 or not isinstance(batch, str):
+            return False
+        computed = set().union(*(nx.descendants(dag, n) for n in self.inputs))
+        return all(graph[n].shape[:1] == (batch,) and not _along_first_axis(graph, graph[n])
+                   for n in computed)
 
     def __call__(self, arrays: Mapping[str, np.ndarray]) -> dict:
         """Output name -> values for the fitted, normalized `arrays` (one per input)."""
@@ -94,6 +101,17 @@ class Predictor:
         return SpecError(f"output '{out}' needs input '{name}', which is not in {source} "
                          f"(found: {listed})", mark=node.mark, node=name,
                          hint=did_you_mean(name, has) or f"add '{name}' to {source}")
+
+
+def _along_first_axis(graph: Graph, node) -> bool:
+    """Whether `node`'s op works along axis 0 of its first input (an `axis` attribute that
+    is, or counts back to, 0)."""
+    axis = node.attrs.get("axis")
+    if axis is None or not node.inputs:
+        return False
+    ndim = len(graph[node.inputs[0]].shape) or 1
+    axes = axis if isinstance(axis, (list, tuple)) else [axis]
+    return any(isinstance(a, int) and a % ndim == 0 for a in axes)
 
 
 def fed_arrays(model: Model, source: Mapping, inputs: Sequence[str]) -> Arrays:

@@ -194,3 +194,34 @@ def test_predict_and_eval_default_to_the_specs_checkpoint(tmp_path):
 def test_predict_is_in_the_help(lin):
     assert "predict" in ok(graphc("--help")).stdout
     assert json.loads(ok(predict(lin, "--inputs", "x.npz", "--json")).stdout)["samples"] == 3
+
+
+CENTERED = """\
+name: centered
+inputs:
+  x: [batch, 1]
+  y: [batch, 1]
+params:
+  w: [1]
+nodes:
+  c: x - mean(x, axis=0)
+  {soft}
+  loss: mse(c * w, y)
+outputs: [c{extra}]
+"""
+
+
+@pytest.mark.parametrize("soft,extra", [("", ""), ("q: softmax(x * w, axis=0)", ", q")],
+                         ids=["mean-axis-0", "softmax-axis-0"])
+def test_rows_that_mix_across_the_batch_are_predicted_in_one_pass(tmp_path, soft, extra):
+    """Chunks of --batch-size rows gave x - mean(chunk): [-1, 1, -1, 1] for x = 0, 2, 4, 6
+    with --batch-size 2 (the review's repro); the mean is over every row: -3, -1, 1, 3."""
+    (tmp_path / "centered.yaml").write_text(CENTERED.format(soft=soft, extra=extra))
+    np.savez(tmp_path / "p.npz", w=np.ones(1, np.float32))
+    np.savez(tmp_path / "x.npz", x=np.array([[0.0], [2.0], [4.0], [6.0]], np.float32))
+    out = one_json(ok(graphc("predict", "centered.yaml", "--params", "p.npz", "--inputs",
+                             "x.npz", "--batch-size", "2", "--json", cwd=tmp_path)))
+    assert out["outputs"]["c"] == [[-3.0], [-1.0], [1.0], [3.0]]
+    if extra:
+        q = np.array(out["outputs"]["q"])[:, 0]
+        assert q.sum() == pytest.approx(1.0, abs=1e-6)      # one softmax over all 4 rows
