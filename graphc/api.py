@@ -141,9 +141,12 @@ class Model:
             self._step = step_runner(self._model, step)
             self._model.store[LR][...] = parse_optimizer(raw.get("optimizer"),
                                                          raw.mark_of("optimizer")).lr
-        missing = self._fed - feeds.keys()
-        if missing:
-            raise SpecError(f"step needs every fed input; missing: {', '.join(sorted(missing))}")
+        if feeds.keys() != self._fed:
+            missing, extra = self._fed - feeds.keys(), feeds.keys() - self._fed
+            what = f"missing: {', '.join(sorted(missing))}" if missing else \
+                f"not fed inputs: {', '.join(sorted(map(str, extra)))}"
+            raise SpecError(f"step feeds exactly the fed inputs ({', '.join(sorted(self._fed))}"
+                            f"); {what}", hint="a param or stored value is not fed")
         return float(self._step.run(feeds)[self._model.graph.loss])
 
     def plan(self, batch: int = 64, *, reuse: bool = True) -> Plan:

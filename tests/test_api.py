@@ -107,6 +107,23 @@ def test_one_sgd_step_is_params_minus_lr_times_the_gradient(tmp_path):
                                    rtol=1e-15)
 
 
+def test_step_feeds_only_the_fed_inputs(tmp_path):
+    """A feed named after a param was copied over the param (W zeroed, no error); an
+    unknown name was a raw KeyError."""
+    (tmp_path / "s.yaml").write_text(
+        "inputs: {x: [batch, 2], y: [batch, 1]}\nparams: {W: [2, 1], b: [1]}\n"
+        "nodes:\n  s: x @ W + b\n  loss: mse(s, y)\n")
+    m = graphc.load(tmp_path / "s.yaml")
+    feeds = {"x": np.ones((2, 2), np.float32), "y": np.ones((2, 1), np.float32)}
+    before = m.params["W"].copy()
+    for bad in ({**feeds, "W": np.zeros((2, 1), np.float32)}, {**feeds, "z": feeds["y"]}):
+        with pytest.raises(SpecError, match="step feeds exactly the fed inputs"):
+            m.step(bad)
+    np.testing.assert_array_equal(m.params["W"], before)
+    with pytest.raises(SpecError, match="missing: y"):
+        m.step({"x": feeds["x"]})
+
+
 def test_unfed_and_unknown_inputs_are_errors_never_zeros():
     m = graphc.load(MOONS)
     m.fit(epochs=1)
