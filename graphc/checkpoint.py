@@ -32,7 +32,17 @@ MAX_DIFF_LINES = 12
 def write(path, arrays: Mapping[str, np.ndarray], what: str = "checkpoint") -> Path:
     """An .npz of `arrays`, written atomically (outfiles.atomic_write); failures are
     user errors naming `what`."""
-    return atomic_write(path, lambda f: np.savez(f, **arrays), what)
+    return atomic_write(path, lambda f: _savez(f, arrays), what)
+
+
+def _savez(f, arrays: Mapping[str, np.ndarray]) -> None:
+    """np.savez's format (one NAME.npy per array in a stored zip), without its keyword
+    arguments: np.savez(f, **arrays) takes an array named `file` or `allow_pickle` for
+    its own parameter (a TypeError, or a file with no arrays)."""
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        for name, arr in arrays.items():
+            with z.open(f"{name}.npy", "w", force_zip64=True) as out:
+                np.lib.format.write_array(out, np.asanyarray(arr), allow_pickle=False)
 
 
 def read(path, what: str = "checkpoint") -> dict:

@@ -136,6 +136,8 @@ def test_the_catalog_covers_every_case_file():
     files = {p.name for p in CATALOG.iterdir()} - {"catalog.yaml"}
     assert files - used - {"good.yaml"} == set(), "a case file no row runs"
     assert len({row_id(row) for row in ROWS}) == len(ROWS), "two rows run the same command"
+    outs = [row["args"][row["args"].index("--out") + 1] for row in ROWS if "--out" in row["args"]]
+    assert len(set(outs)) == len(outs), "rows run side by side: one --out each (the lock)"
     for row in ROWS:
         assert {"args", "expect", "exit"} <= set(row), row
 

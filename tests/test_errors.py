@@ -26,7 +26,7 @@ CATALOG = Path(__file__).parent / "bad_specs"
 ROWS = yaml.safe_load((CATALOG / "catalog.yaml").read_text())
 GENERATED = ("non_utf8.yaml", "missing_key.npz", "three_features.npz", "pickled.npz",
              "out_of_range.npz", "zero_samples.npz", "complex.npz")
-TRAIN_ARGS = ("--epochs", "1", "--out", "out.ckpt.npz")
+TRAIN_ARGS = ("--epochs", "1")
 
 
 def row_id(row: dict) -> str:
@@ -49,7 +49,10 @@ def generate_binaries(folder: Path) -> None:
 
 def run_graphc(folder: Path, row: dict) -> subprocess.CompletedProcess:
     cmd = row.get("cmd", "check")
-    extra = (TRAIN_ARGS if cmd == "train" else ()) + tuple(row.get("args", ()))
+    # rows run side by side: each training gets its own checkpoint (one would hold the
+    # other's lock)
+    train = TRAIN_ARGS + ("--out", f"{row_id(row)}.ckpt.npz")
+    extra = (train if cmd == "train" else ()) + tuple(row.get("args", ()))
     env = {k: v for k, v in os.environ.items() if k != "GRAPHC_DEBUG"}
     return subprocess.run([sys.executable, "-m", "graphc", cmd, row["file"], *extra],
                           cwd=folder, capture_output=True, text=True, timeout=120, env=env)

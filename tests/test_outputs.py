@@ -255,3 +255,22 @@ def test_render_checks_the_svg_first_and_writes_it_like_every_output(tmp_path):
     assert not (tmp_path / "f.dot").exists(), "checked before the DOT was written"
     ok(render("g.dot"))
     assert (tmp_path / "g.svg").read_text() == "<svg>-Tsvg g.dot</svg>\n"
+
+
+def test_arrays_named_like_savez_parameters_are_written(tmp_path):
+    """np.savez(f, **arrays) took a param named `file` for its own argument (an internal
+    error) and one named `allow_pickle` as the flag (a checkpoint without it, exit 0)."""
+    (tmp_path / "s.yaml").write_text(
+        "name: names\ninputs: {x: [batch, 2], y: [batch, 1]}\n"
+        "params: {file: [2, 1], allow_pickle: [1]}\n"
+        "nodes:\n  s: x @ file + allow_pickle\n  loss: mse(s, y)\noutputs: [s]\n"
+        "train:\n  data: {dataset: linear, samples: 64, features: 2, seed: 0}\n  epochs: 1\n")
+    done = graphc("train", "s.yaml", "--out", "c.npz", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    with np.load(tmp_path / "c.npz") as z:
+        assert {"file", "allow_pickle"} <= set(z.files)
+        assert z["file"].shape == (2, 1) and z["allow_pickle"].shape == (1,)
+    done = graphc("grad", "s.yaml", "--params", "c.npz", "--out", "g.npz", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    with np.load(tmp_path / "g.npz") as z:
+        assert {"file", "allow_pickle"} <= set(z.files)
