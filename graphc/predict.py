@@ -185,7 +185,12 @@ def csv_columns(predictor: Predictor, header: Sequence[str], shown: str) -> dict
         if choice is not None and choice != "rest":
             claimed[name] = choice
     taken = {c for choice in claimed.values() for c in _as_list(choice)}
-    rest = [c for c in header if c not in taken]
+    rest = [c for c in _training_header(predictor.model, data) or header if c not in taken]
+    absent = [c for c in rest if c not in header]
+    if absent:                      # the training columns are taken by name, in their order
+        raise SpecError(f"{shown} has no column '{absent[0]}', which the model was trained "
+                        f"on (train.data's csv, as `rest`)", hint=f"columns found: "
+                        f"{', '.join(header)}")
     out, left = {}, [n for n in predictor.inputs if n not in claimed]
     for name in predictor.inputs:
         if name in claimed:
@@ -198,6 +203,18 @@ def csv_columns(predictor: Predictor, header: Sequence[str], shown: str) -> dict
         else:
             raise predictor.missing(name, shown, header)
     return out
+
+
+def _training_header(model: Model, data) -> list:
+    """The header of the CSV the model was trained on (train.data's `csv:`), where it is
+    there to read; [] otherwise (a built-in dataset, a moved file)."""
+    if not (isinstance(data, Mapping) and isinstance(data.get("csv"), str)):
+        return []
+    try:
+        path = resolve(model.spec.path.parent, data["csv"])
+    except SpecError:
+        return []
+    return csv_header(path, f"train.data's csv {data['csv']}")
 
 
 def _as_list(choice) -> list:

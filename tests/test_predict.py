@@ -225,3 +225,26 @@ def test_rows_that_mix_across_the_batch_are_predicted_in_one_pass(tmp_path, soft
     if extra:
         q = np.array(out["outputs"]["q"])[:, 0]
         assert q.sum() == pytest.approx(1.0, abs=1e-6)      # one softmax over all 4 rows
+
+
+def test_rest_columns_are_taken_by_name_as_in_training(tmp_path):
+    """`x: rest` took the new file's columns in its own order: x3,x2,x1 predicted 1.52
+    where x1,x2,x3 gave -1.46, without a word."""
+    import shutil
+    from test_cli import SPECS
+    shutil.copytree(SPECS, tmp_path / "specs")
+    spec = tmp_path / "specs" / "csv_regression.yaml"
+    ok(graphc("train", spec, "--epochs", "2", "--out", "c.npz", cwd=tmp_path))
+    rows = [[0.5, -1.0, 2.0], [1.0, 0.0, -0.5]]
+    (tmp_path / "a.csv").write_text("x1,x2,x3\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    (tmp_path / "b.csv").write_text("x3,y,x2,x1\n" + "".join(f"{c},9,{b},{a}\n"
+                                                            for a, b, c in rows))
+    (tmp_path / "c.csv").write_text("x3,x1\n" + "".join(f"{c},{a}\n" for a, b, c in rows))
+    out = {}
+    for name in ("a", "b"):
+        out[name] = one_json(ok(graphc("predict", spec, "--params", "c.npz", "--inputs",
+                                       f"{name}.csv", "--json", cwd=tmp_path)))["outputs"]
+    assert out["a"] == out["b"]
+    line = error_line(graphc("predict", spec, "--params", "c.npz", "--inputs", "c.csv",
+                             cwd=tmp_path))
+    assert "has no column 'x2', which the model was trained on" in line
