@@ -22,8 +22,7 @@ from .data import COMMON_KEYS, apply_stats
 from .errors import SpecError
 from .model import GradResult, load_model, run_grads
 from .plan import Plan
-from .predict import CHUNK, CLASS_SUFFIX, Predictor, given_arrays, normalization, \
-    predicted_classes
+from .predict import CHUNK, Predictor, class_outputs, given_arrays, normalization
 from .optim import LR, parse_optimizer
 from .train import EpochLog, TrainResult, read_checkpoint, step_runner, train
 from .trainconfig import parse_train, training_plan, training_step
@@ -97,6 +96,7 @@ class Model:
                           seed=self._seed if seed is None else seed, data=source)
         result = train(model, cfg, out=out, log=log or (lambda e: None))
         self._saved = result.checkpoint
+        self._step = None       # the fit's step replaced the lr and optimizer state arrays
         return result
 
     def _data_source(self, data: Mapping[str, ArrayLike]) -> dict:
@@ -119,8 +119,7 @@ class Model:
                                                         "loaded from a checkpoint)")
         result = predictor(apply_stats(given_arrays(predictor, inputs), stats))
         if classes:
-            result.update({k + CLASS_SUFFIX: predicted_classes(self._model, k, v)
-                           for k, v in list(result.items())})
+            result.update(class_outputs(self._model, result))
         return result
 
     def grad(self, feeds: Mapping[str, ArrayLike]) -> GradResult:

@@ -180,9 +180,10 @@ def saved_stats(arrays: Mapping, path, prefix: str) -> dict:
     return stats
 
 
-def load_params(path, model: Model) -> None:
-    """Overwrite the store's params with a checkpoint's arrays of the same names, shapes checked."""
-    arrays = read(path)
+def load_params(path, model: Model, arrays: Optional[Mapping] = None) -> None:
+    """Overwrite the store's params with a checkpoint's arrays of the same names, shapes
+    checked; `arrays`: the checkpoint's, where the caller has read them already."""
+    arrays = read(path) if arrays is None else arrays
     for name in arrays:
         if name.startswith(RESERVED) or name not in model.store:
             continue

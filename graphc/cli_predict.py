@@ -34,7 +34,7 @@ def predict(spec, params, inputs, out, as_json, classes, batch_size):
     from .data import apply_stats, n_samples
     from .model import load_model
     from .outfiles import check_outputs
-    from .predict import CHUNK, Predictor, normalization, read_inputs
+    from .predict import CHUNK, Predictor, class_outputs, normalization, read_inputs
     from .train import read_checkpoint
     if out is not None and out.suffix.lower() not in (".npz", ".csv"):
         raise click.UsageError(f"--out {out}: expected a .npz or .csv file")
@@ -57,11 +57,6 @@ def predict(spec, params, inputs, out, as_json, classes, batch_size):
     elif out is None:
         click.echo(table(outputs) if predictor.per_sample() else
                    "\n".join(f"{k} = {fmt_result(v)}" for k, v in outputs.items()))
-
-
-def class_outputs(model, outputs: dict) -> dict:
-    from .predict import CLASS_SUFFIX, predicted_classes
-    return {k + CLASS_SUFFIX: predicted_classes(model, k, v) for k, v in outputs.items()}
 
 
 def table(outputs: dict) -> str:

@@ -16,9 +16,6 @@ from .errors import GraphcError, Mark, SpecError
 from .ops import OPS
 
 
-ROLES = ("forward", "gradient", "update", "state")
-
-
 class VerifyError(GraphcError):
     """A stage-boundary verifier found a broken invariant: a bug in graphc, not in the
     spec (exit 1). Raised, never asserted, so `python -O` keeps the checks."""

@@ -239,6 +239,11 @@ def normalization(model: Model, saved: Mapping, source: str) -> Stats:
     return stats
 
 
+def class_outputs(model: Model, outputs: Mapping[str, np.ndarray]) -> dict:
+    """`--classes`: NAME.class, the predicted class of each sample, for every output NAME."""
+    return {k + CLASS_SUFFIX: predicted_classes(model, k, v) for k, v in outputs.items()}
+
+
 def predicted_classes(model: Model, name: str, values: np.ndarray) -> np.ndarray:
     """The class of each sample from output `name`: argmax over its last axis when that
     holds several classes; for one score per sample, 1 above the threshold (0.5 after a

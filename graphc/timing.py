@@ -13,8 +13,7 @@ import numpy as np
 
 from . import shapes as S
 from .limits import check_memory
-from .model import Model, Runner
-from .ops import OPS
+from .model import Model, Runner, label_classes
 from .optim import LR, StepGraph
 
 
@@ -51,11 +50,8 @@ def synthetic_batch(model: Model, dims: Mapping[str, int], seed: int = 0) -> dic
 
 
 def _classes(model: Model, labels: str) -> int:
-    for n in model.graph.nodes.values():
-        if labels in n.inputs and n.inputs.index(labels) in OPS[n.op].labels:
-            c = model.graph[n.inputs[0]].shape[-1]
-            return c if isinstance(c, int) else 2
-    return 2
+    """The class count the graph reads `labels` against (model.label_classes), else 2."""
+    return label_classes(model.graph).get(labels, (2,))[0]
 
 
 def time_step(model: Model, step: StepGraph, batch: int, dims: Mapping[str, int],

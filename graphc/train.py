@@ -114,7 +114,7 @@ def read_checkpoint(model: Model, path) -> dict:
     if missing:
         raise SpecError(f"checkpoint {path} has no parameter '{missing[0]}'", node=missing[0],
                         hint="was it saved from another spec?")
-    load_params(path, model)
+    load_params(path, model, arrays)
     return arrays
 
 
