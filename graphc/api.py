@@ -158,6 +158,6 @@ class Model:
         loaded checkpoint had (normalization statistics, optimizer state, position)."""
         saved = self._saved
         settings = C.saved_settings(saved, "the model's last checkpoint")
-        arrays = {**saved, **C.spec_arrays(self._model, settings), **C.params_of(self._model)}
+        arrays = {**saved, **C.spec_arrays(self._model, settings), **C.leaves_of(self._model)}
         C.write(path, arrays)
         return Path(path)

@@ -80,7 +80,8 @@ def main():
 @main.command()
 @click.argument("spec", type=SPEC)
 def check(spec):
-    """Validate SPEC; print nodes, shapes and the parameter count."""
+    """Validate SPEC; print nodes, shapes, the parameter and state counts, and what the
+    eval-mode plan computes differently."""
     from .autodiff import check_params_reach_loss, grad_graph, trained_params
     from .model import load_model
     model = load_model(spec)
@@ -93,9 +94,16 @@ def check(spec):
     click.echo(model.graph.dump())
     for m in metrics.values():
         click.echo(f"metric {m.describe()}")
+    for name, node in model.in_mode("eval").graph.nodes.items():
+        if node.op != model.graph[name].op:
+            click.echo(f"mode eval: {name} is {node.op} ({model.graph[name].op} in train)")
     count = sum(int(np.prod(model.store[p].shape)) for p in trained_params(model.graph))
+    state = [n.name for n in model.graph.leaves("state")]
+    values = sum(int(np.prod(model.store[s].shape)) for s in state)
     click.echo(f"ok: {len(model.graph.nodes)} nodes, {len(trained_params(model.graph))} "
-               f"params ({count} values), loss '{model.graph.loss}'")
+               f"params ({count} values), " +
+               (f"{len(state)} state ({values} values), " if state else "") +
+               f"loss '{model.graph.loss}'")
 
 
 @main.command()

@@ -22,6 +22,7 @@ from .checkpoint import RESERVED, load_params
 from .data import batch_rows, n_samples, stats_to_arrays
 from .errors import SpecError
 from .guard import diagnose
+from .ir import RNG_KEY
 from .interrupts import deferred_stop, exit_code, signal_name
 from .metrics import Accumulator, EarlyStopping, metric_nodes
 from .model import Model, Runner
@@ -70,11 +71,13 @@ class TrainResult:
 
 
 class Evaluator:
-    """(loss, {metric: value}) of the current params over a whole split, forward only."""
+    """(loss, {metric: value}) of the current params over a whole split: the eval-mode
+    forward pass (running statistics, no dropout)."""
 
     def __init__(self, model: Model, metrics: Mapping, batch_size: int = 1024):
         self.loss, self.metrics, self.batch_size = model.graph.loss, metrics, batch_size
-        self.runner = Runner(model.graph, model.store, {self.loss} | metric_nodes(metrics))
+        graph = model.in_mode("eval").graph
+        self.runner = Runner(graph, model.store, {self.loss} | metric_nodes(metrics))
 
     def __call__(self, arrays: Mapping[str, np.ndarray]) -> tuple:
         n = len(next(iter(arrays.values())))
@@ -107,12 +110,13 @@ def evaluate_checkpoint(model: Model, path) -> dict:
 
 
 def read_checkpoint(model: Model, path) -> dict:
-    """Load a checkpoint's params into the model (every param must be there, shapes
-    checked); returns all of its arrays (normalization stats, settings, ...)."""
+    """Load a checkpoint's params and state into the model (every one must be there,
+    shapes checked); returns all of its arrays (normalization stats, settings, ...)."""
     arrays = C.read(path)
-    missing = [p for p in C.params_of(model) if p not in arrays]
+    missing = [p for p in C.leaves_of(model) if p not in arrays]
     if missing:
-        raise SpecError(f"checkpoint {path} has no parameter '{missing[0]}'", node=missing[0],
+        kind = "parameter" if missing[0] in C.params_of(model) else "state leaf"
+        raise SpecError(f"checkpoint {path} has no {kind} '{missing[0]}'", node=missing[0],
                         hint="was it saved from another spec?")
     load_params(path, model, arrays)
     return arrays
@@ -149,10 +153,12 @@ class Position:
 
 
 def step_runner(model: Model, step: StepGraph) -> Runner:
-    """The compiled training step over the model's store, its optimizer state zeroed and its
-    learning-rate leaf added (zero until the caller writes it)."""
+    """The compiled training step over the model's store, its optimizer state zeroed (the
+    spec's own state leaves keep their values) and its learning-rate leaf added (zero
+    until the caller writes it)."""
     for n in step.graph.leaves("state"):
-        model.store[n.name] = np.zeros(n.shape, dtype=n.dtype)
+        if n.name not in model.spec.leaves:
+            model.store[n.name] = np.zeros(n.shape, dtype=n.dtype)
     model.store[LR] = np.zeros((), dtype=model.graph.dtype)
     return Runner(step.graph, model.store, {model.graph.loss, step.guard}, forward=step.forward)
 
@@ -173,6 +179,9 @@ class Run:
                             hint="add validation: 0.2 to train.data")
         self.step = training_graph(model.graph, cfg.optimizer, cfg.clip_grad_norm)
         self.runner = step_runner(model, self.step)
+        self.key = model.store.get(RNG_KEY)     # [seed, step] of random ops (dropout)
+        if self.key is not None:
+            self.key[0] = cfg.seed
         self.evaluate = Evaluator(model, cfg.metrics)
         self.rng = np.random.default_rng([cfg.seed, SHUFFLE_STREAM])
         self.pos = Position(C.rng_array(self.rng.bit_generator.state))
@@ -204,6 +213,8 @@ class Run:
         return history
 
     def _step(self, rows, i: int) -> None:
+        if self.key is not None:
+            self.key[1] = self.pos.global_step
         ex = self.runner.run_rows(self.data.train, rows)
         loss, norm = float(ex[self.model.graph.loss]), float(ex[self.step.guard])
         if not (math.isfinite(loss) and math.isfinite(norm)):
@@ -232,7 +243,7 @@ class Run:
         if self.early:
             watched = metrics["val_" + self.early.cfg.metric]
             if self.early.update(watched, p.epoch + 1):
-                self.best = {k: v.copy() for k, v in C.params_of(self.model).items()}
+                self.best = {k: v.copy() for k, v in C.leaves_of(self.model).items()}
         self.pos = Position(C.rng_array(self.rng.bit_generator.state), p.epoch + 1, 0,
                             p.global_step, p.global_samples)
         if self.save_every and self.pos.epoch % self.save_every == 0 or not self.save_every \
@@ -254,7 +265,7 @@ class Run:
         """Params, optimizer state, position, RNG, early stopping, spec and stats, atomically
         to `out` (kept in memory, as `saved`, without one)."""
         m = self.model
-        arrays = {**C.params_of(m), **self.pos.arrays(),
+        arrays = {**C.leaves_of(m), **self.pos.arrays(),
                   **C.spec_arrays(m, self.cfg.run_settings()),
                   **stats_to_arrays(self.data.stats, STATS)}
         arrays.update({RESERVED + "state/" + s: m.store[s] for s in self.state_names()})
@@ -272,7 +283,7 @@ class Run:
         """Continue from a checkpoint of the same spec and settings, exactly where it was."""
         arrays = C.read(path)
         C.check_same_run(arrays, self.model, self.cfg.run_settings(), path)
-        names = list(C.params_of(self.model)) + [RESERVED + "state/" + s
+        names = list(C.leaves_of(self.model)) + [RESERVED + "state/" + s
                                                  for s in self.state_names()]
         for key in names:
             stored = RESERVED + "last/" + key if RESERVED + "last/" + key in arrays else key
@@ -298,13 +309,14 @@ class Run:
         self.early.best, self.early.best_epoch, self.early.wait = best, int(epoch), int(wait)
         if any(k.startswith(RESERVED + "best/") for k in arrays):
             self.best = {p: C.entry(arrays, RESERVED + "best/" + p, path, v.shape, v.dtype)
-                         .copy() for p, v in C.params_of(self.model).items()}
+                         .copy() for p, v in C.leaves_of(self.model).items()}
 
     def finish(self) -> tuple:
-        """Restore the best params (early stopping), evaluate, save the final checkpoint."""
+        """Restore the best params and state (early stopping), evaluate, save the final
+        checkpoint."""
         last = {}
         if self.best:
-            for k, v in C.params_of(self.model).items():
+            for k, v in C.leaves_of(self.model).items():
                 last[RESERVED + "last/" + k] = v.copy()
                 v[...] = self.best[k]
             e = self.early

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from . import activations, elementwise, linalg, losses, reductions, sources, updates
+from . import modal
 from .record import GROUPS, REQUIRED, OpDef
 
 FAMILIES = {
@@ -24,6 +25,7 @@ FAMILIES = {
     "linalg": linalg.OPS,
     "losses": losses.OPS,
     "updates": updates.OPS,
+    "modal": modal.OPS,
 }
 
 
