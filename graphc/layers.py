@@ -113,7 +113,7 @@ def batch_norm_layer(n: NodeSpec, x_shape: tuple) -> tuple:
     try:
         c = channels(x_shape)
     except S.ShapeError as exc:
-        raise SpecError(f"batch_norm: {exc}", mark=n.mark, node=user_node) from None
+        raise SpecError(str(exc), mark=n.mark, node=user_node) from None
     made = [LayerParam(f"{n.name}.{name}", (c,), init, n.mark, kind)
             for name, init, kind in (("gamma", "ones", "param"), ("beta", "zeros", "param"),
                                      ("running_mean", "zeros", "state"),

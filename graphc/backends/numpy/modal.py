@@ -1,7 +1,8 @@
 """NumPy kernels of batch_norm and dropout (graphc/ops/modal.py), allocation-free.
 
-batch_norm views its input as [N, C, L] (L the product of the axes after the channels)
-and sums over N and L with two matmuls against ones vectors, into step-local scratch.
+batch_norm views its input as [N, C * L] (L the product of the axes after the channels)
+and sums over N and L, and spreads a [C] vector over [N, C * L], with np.dot against ones
+vectors into step-local scratch (`Channels`): no broadcasting ufunc, which would allocate.
 Dropout's mask comes from numpy's Philox, a counter-based generator: key (seed, stream
 of the node), counter (0, 0, 0, step). Seeking it is setting its state, so the forward
 and the gradient draw the same mask from the same (seed, step, node), and nothing
@@ -14,30 +15,47 @@ import numpy as np
 from .workspace import constant, scratch
 
 
-def _ncl(a: np.ndarray) -> np.ndarray:
-    """[N, C, ...] as the view [N, C, L]."""
-    return a.reshape(a.shape[0], a.shape[1], -1)
+class Channels:
+    """x [N, C, ...] seen as [N, C * L] (L the product of the axes after the channels), with
+    per-channel sums and broadcasts written as np.dot against ones vectors: a broadcasting
+    ufunc allocates its iterator's buffers on every call, a dot with `out=` nothing."""
+
+    def __init__(self, x: np.ndarray):
+        n, c = x.shape[0], x.shape[1]
+        length = x.size // (n * c)
+        self.n, self.c, self.length, self.m, dtype = n, c, length, n * length, x.dtype
+        self.ones_l, self.ones_n = constant(1, (length,), dtype), constant(1, (n,), dtype)
+        self.ones_row, self.ones_col = constant(1, (1, length), dtype), \
+            constant(1, (n, 1), dtype)
+        self.rows, self.row = scratch((n * c,), dtype), scratch((c, length), dtype)
+        self.full = scratch((n, c * length), dtype)     # a [C] vector spread over x's shape
+
+    def flat(self, a: np.ndarray) -> np.ndarray:
+        """`a` (x's shape) as the view [N, C * L]."""
+        return a.reshape(self.n, self.c * self.length)
+
+    def sum(self, out: np.ndarray, a: np.ndarray):
+        """`run()`: out[c] = sum of `a` (x's shape) over every axis but 1."""
+        a2, rows2 = a.reshape(self.n * self.c, self.length), self.rows.reshape(self.n, self.c)
+
+        def run():
+            np.dot(a2, self.ones_l, out=self.rows)
+            np.dot(self.ones_n, rows2, out=out)
+        return run
+
+    def spread(self, v: np.ndarray):
+        """`run() -> full`: the [C] vector `v` broadcast to [N, C * L], in scratch."""
+        column, flat_row = v.reshape(self.c, 1), self.row.reshape(1, self.c * self.length)
+
+        def run():
+            np.dot(column, self.ones_row, out=self.row)
+            np.dot(self.ones_col, flat_row, out=self.full)
+            return self.full
+        return run
 
 
-def _channel(v: np.ndarray) -> np.ndarray:
-    """A [C] vector as [1, C, 1], broadcasting over [N, C, L]."""
-    return v.reshape(1, -1, 1)
-
-
-def _channel_sum(a3: np.ndarray):
-    """`run(out, b3)`: out[c] = sum of b3[:, c, :] for any b3 of a3's shape and dtype."""
-    n, c, length = a3.shape
-    ones_l, ones_n = constant(1, (length,), a3.dtype), constant(1, (n,), a3.dtype)
-    rows = scratch((n, c), a3.dtype)
-
-    def run(out, b3):
-        np.matmul(b3, ones_l, out=rows)
-        np.matmul(ones_n, rows, out=out)
-    return run
-
-
-def _inv_std(var: np.ndarray, eps: float):
-    """`run() -> t`: t = 1 / sqrt(var + eps), in scratch."""
+def _inv_std(var: np.ndarray, eps: float) -> tuple:
+    """(t, run): `run()` writes t = 1 / sqrt(var + eps) (scratch) and returns it."""
     t = scratch(var.shape, var.dtype)
     e, one = constant(eps, (), var.dtype), constant(1, (), var.dtype)
 
@@ -46,42 +64,44 @@ def _inv_std(var: np.ndarray, eps: float):
         np.sqrt(t, out=t)
         np.divide(one, t, out=t)
         return t
-    return run
+    return t, run
 
 
 def b_batch_norm_stats(out, x, gamma, beta, running_mean, running_var):
-    """out[0] = mean, out[1] = biased variance of each channel over N and L."""
-    x3 = _ncl(x)
-    m = x3.shape[0] * x3.shape[2]
-    if m < 2:
+    """out[0] = mean, out[1] = biased variance of each channel over every other axis."""
+    ch = Channels(x)
+    if ch.m < 2:
         def refuse():
             raise ValueError(f"batch_norm in train mode needs more than one value per channel "
                              f"to compute batch statistics, got input {list(x.shape)}")
         return refuse
-    total, d = _channel_sum(x3), scratch(x3.shape, x.dtype)
-    inv_m = constant(1 / m, (), x.dtype)
     mean, var = out[0], out[1]
+    xf, d, inv_m = ch.flat(x), scratch((ch.n, ch.c * ch.length), x.dtype), \
+        constant(1 / ch.m, (), x.dtype)
+    sum_x, sum_d, spread_mean = ch.sum(mean, x), ch.sum(var, d), ch.spread(mean)
 
     def run():
-        total(mean, x3)
+        sum_x()
         np.multiply(mean, inv_m, out=mean)
-        np.subtract(x3, _channel(mean), out=d)
+        np.subtract(xf, spread_mean(), out=d)
         np.multiply(d, d, out=d)
-        total(var, d)
+        sum_d()
         np.multiply(var, inv_m, out=var)
     return run
 
 
 def _normalize(out, x, gamma, beta, mean, var, eps):
     """out = (x - mean) * gamma / sqrt(var + eps) + beta, per channel."""
-    x3, y3 = _ncl(x), _ncl(out)
-    inv_std, scale = _inv_std(var, eps), scratch(gamma.shape, x.dtype)
+    ch = Channels(x)
+    xf, yf = ch.flat(x), ch.flat(out)
+    (_, inv_std), scale = _inv_std(var, eps), scratch(gamma.shape, x.dtype)
+    spreads = [ch.spread(v) for v in (mean, scale, beta)]
 
     def run():
         np.multiply(gamma, inv_std(), out=scale)
-        np.subtract(x3, _channel(mean), out=y3)
-        np.multiply(y3, _channel(scale), out=y3)
-        np.add(y3, _channel(beta), out=y3)
+        np.subtract(xf, spreads[0](), out=yf)
+        np.multiply(yf, spreads[1](), out=yf)
+        np.add(yf, spreads[2](), out=yf)
     return run
 
 
@@ -95,56 +115,59 @@ def b_batch_norm_eval(out, x, gamma, beta, running_mean, running_var, momentum, 
 
 def _bn_grad(out, g, x, gamma, mean, var, wrt, eps, batch: bool):
     """d / d wrt of batch_norm with (mean, var): the batch's (`batch`, whose mean and var
-    depend on x) or the running ones. x_hat = (x - mean) / sqrt(var + eps);
+    depend on x) or the running ones. x_hat = (x - mean) / sigma, sigma = sqrt(var + eps);
     d beta = sum g, d gamma = sum g x_hat, d x = gamma / sigma * g (running), or
-    gamma / (sigma m) * (m g - d beta - x_hat d gamma) (batch)."""
-    g3, x3 = _ncl(g), _ncl(x)
-    m = x3.shape[0] * x3.shape[2]
-    total, inv_std = _channel_sum(x3), _inv_std(var, eps)
-    xh, dbeta, dgamma = scratch(x3.shape, x.dtype), scratch(mean.shape, x.dtype), \
-        scratch(mean.shape, x.dtype)
-    k, m_c = scratch(mean.shape, x.dtype), constant(m, (), x.dtype)
+    gamma / (sigma m) * (m g - d beta - x_hat d gamma) (batch); d running_mean =
+    -sum(g) gamma / sigma, d running_var = -sum(g x_hat) gamma / (2 sigma^2)."""
+    ch = Channels(x)
+    gf, xf = ch.flat(g), ch.flat(x)
+    (std_inv, inv_std), vec = _inv_std(var, eps), (lambda: scratch(mean.shape, x.dtype))
+    xh, dbeta, dgamma, k = scratch(xf.shape, x.dtype), vec(), vec(), vec()
+    m_c, half = constant(ch.m, (), x.dtype), constant(0.5, (), x.dtype)
+    spread_mean, spread_std, spread_k = ch.spread(mean), ch.spread(std_inv), \
+        ch.spread(k)
+    spread_dgamma, spread_dbeta = ch.spread(dgamma), ch.spread(dbeta)
+    sum_xh, sum_g = ch.sum, ch.sum
 
     def x_hat():
-        np.subtract(x3, _channel(mean), out=xh)
-        np.multiply(xh, _channel(inv_std()), out=xh)
+        inv_std()
+        np.subtract(xf, spread_mean(), out=xh)
+        np.multiply(xh, spread_std(), out=xh)
 
     def d_gamma(target):
         x_hat()
-        np.multiply(xh, g3, out=xh)
-        total(target, xh)
+        np.multiply(xh, gf, out=xh)
+        sum_xh(target, xh)()
 
     def d_x():
         np.multiply(gamma, inv_std(), out=k)
+        of = ch.flat(out)
         if not batch:
-            np.multiply(g3, _channel(k), out=_ncl(out))
+            np.multiply(gf, spread_k(), out=of)
             return
-        total(dbeta, g3)
+        sum_g(dbeta, g)()
         d_gamma(dgamma)
         x_hat()
-        np.multiply(xh, _channel(dgamma), out=xh)
-        o3 = _ncl(out)
-        np.multiply(g3, m_c, out=o3)
-        np.subtract(o3, _channel(dbeta), out=o3)
-        np.subtract(o3, xh, out=o3)
+        np.multiply(xh, spread_dgamma(), out=xh)
+        np.multiply(gf, m_c, out=of)
+        np.subtract(of, spread_dbeta(), out=of)
+        np.subtract(of, xh, out=of)
         np.divide(k, m_c, out=k)
-        np.multiply(o3, _channel(k), out=o3)
-    def d_running(half_over_sigma: bool):
-        """d / d running_mean = -sum(g) gamma / sigma; d / d running_var =
-        -sum(g x_hat) gamma / (2 sigma^2)."""
-        if half_over_sigma:
+        np.multiply(of, spread_k(), out=of)
+
+    def d_running(of_var: bool):
+        if of_var:
             d_gamma(out)
         else:
-            total(out, g3)
+            sum_g(out, g)()
         np.multiply(gamma, inv_std(), out=k)
-        if half_over_sigma:
+        if of_var:
             np.multiply(k, inv_std(), out=k)
             np.multiply(k, half, out=k)
         np.multiply(out, k, out=out)
         np.negative(out, out=out)
 
-    half = constant(0.5, (), x.dtype)
-    return {"x": d_x, "gamma": lambda: d_gamma(out), "beta": lambda: total(out, g3),
+    return {"x": d_x, "gamma": lambda: d_gamma(out), "beta": lambda: sum_g(out, g)(),
             "running_mean": lambda: d_running(False),
             "running_var": lambda: d_running(True)}[wrt]
 
@@ -182,6 +205,7 @@ def _masked(out, a, key, p, stream):
     bits = np.random.Philox(key=[0, stream])
     draw, state = np.random.Generator(bits), bits.state
     u, mask = scratch(a.shape, np.float64), scratch(a.shape, a.dtype)
+    kept = scratch(a.shape, np.bool_)
     p_c = constant(p, (), np.float64)
     scale = constant(1 / (1 - p) if p < 1 else 0.0, (), a.dtype)
 
@@ -192,7 +216,8 @@ def _masked(out, a, key, p, stream):
         state["buffer_pos"], state["has_uint32"] = 4, 0
         bits.state = state
         draw.random(out=u)
-        np.greater_equal(u, p_c, out=mask)
+        np.greater_equal(u, p_c, out=kept)     # a cast in a ufunc would allocate
+        np.copyto(mask, kept)
         np.multiply(mask, scale, out=mask)
         np.multiply(a, mask, out=out)
     return run
