@@ -308,3 +308,14 @@ def test_train_mode_batch_norm_refuses_one_value_per_channel(tmp_path):
     assert proc.returncode == 2
     assert "needs more than one value per channel" in proc.stderr
     ok(run_cli("grad", path, "--inputs", inputs, "--mode", "eval"))
+
+
+@pytest.mark.parametrize("spec", ["spiral_bn_dropout.yaml", "spiral_mlp.yaml"])
+def test_grad_dot_draws_the_forward_graph_without_state_nodes(tmp_path, spec):
+    """The picture shows the user's nodes; the state update and the generator key are plan
+    machinery. (An edge from a saved value, such as softmax_cross_entropy's, has no formula
+    row: it used to be an IndexError.)"""
+    dot = tmp_path / "g.dot"
+    ok(run_cli("grad", REPO / "specs" / spec, "--dot", dot))
+    text = dot.read_text()
+    assert '"scores" [' in text and '"h1n/update" [' not in text and '"rng:key" [' not in text

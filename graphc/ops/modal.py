@@ -69,7 +69,8 @@ def _bn_grads(grad_op: str, wrt: tuple, *reads: int):
 
 def _bn_formula(sigma: str):
     if sigma == "σ_B":
-        return lambda a, o, attrs: (f"{a[1]}/σ_B (δ - 1/m - x̂ x̂ᵀ/m)", "x̂", "1", None, None)
+        return lambda a, o, attrs: (f"{a[1]}/σ_B (δ - 1/m - x̂ x̂ᵀ/m)", "x̂", "1", None, None,
+                                    None)
     return lambda a, o, attrs: (f"{a[1]}/σ", "x̂", "1", f"-Σ {a[1]}/σ",
                                 f"-Σ {a[1]} x̂ / (2 σ²)")
 
