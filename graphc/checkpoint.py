@@ -207,9 +207,10 @@ def load_params(path, model: Model, arrays: Optional[Mapping] = None) -> None:
 
 
 def init_from(path, model: Model) -> list:
-    """Load the params whose name and shape match; returns a note per param left as it was."""
+    """Load the params and state leaves whose name and shape match; returns a note per one
+    left as it was."""
     arrays = read(path)
-    params = params_of(model)
+    params = leaves_of(model)
     notes, loaded = [], 0
     for name, have in params.items():
         if name not in arrays:

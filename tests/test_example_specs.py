@@ -115,7 +115,7 @@ def npy(result, params):
 
 def spiral_bn(result, params):
     assert result["metrics"]["accuracy"] >= 0.9             # chance: 1/3; held out
-    assert np.all(params["h1n.running_var"] != 1.0)           # the state trained too
+    assert np.all(params["running_var"] != 1.0)           # the state trained too
 
 
 EXAMPLES = {

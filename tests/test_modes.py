@@ -6,6 +6,7 @@ stopping are checked bit for bit against a run that was never interrupted.
 """
 from __future__ import annotations
 
+import re
 import tracemalloc
 from pathlib import Path
 
@@ -168,17 +169,18 @@ def test_the_optimizer_never_changes_state(tmp_path):
 
 def test_state_is_shown_by_check_and_plan_and_saved_in_checkpoints(tmp_path):
     check = ok(run_cli("check", SPEC)).stdout
-    assert "h1n.running_mean  state" in check and "h1n.running_var   state" in check
+    assert re.search(r"^running_mean\s+state\s", check, re.MULTILINE), check
+    assert re.search(r"^running_var\s+state\s", check, re.MULTILINE), check
     assert "2 state (128 values)" in check
     assert "mode eval: h is identity (dropout in train)" in check
     plan = ok(run_cli("plan", SPEC)).stdout
-    assert any(line.split()[1:4] == ["update", "batch_norm_update", "h1n.running_mean"]
+    assert any(line.split()[1:4] == ["update", "batch_norm_update", "running_mean"]
                for line in plan.splitlines()[1:-1])
     ckpt = tmp_path / "c.npz"
     ok(run_cli("train", SPEC, "--epochs", "2", "--out", ckpt))
     arrays = load_npz(ckpt)
-    assert arrays["h1n.running_var"].shape == (64,)
-    assert not np.array_equal(arrays["h1n.running_var"], np.ones(64))   # trained
+    assert arrays["running_var"].shape == (64,)
+    assert not np.array_equal(arrays["running_var"], np.ones(64))   # trained
     assert not any(k.endswith(("running_mean.m", "running_var.m")) for k in arrays)
 
 
@@ -191,7 +193,7 @@ def test_resume_continues_with_the_same_masks_and_statistics_bitwise(tmp_path):
     ok(run_cli("train", SPEC, "--epochs", "4", "--resume", split, "--out", split))
     a, b = load_npz(straight), load_npz(split)
     names = [k for k in a if not k.startswith("__graphc__/") or "/state/" in k]
-    assert "h1n.running_mean" in names and len(names) > 10
+    assert "running_mean" in names and len(names) > 10
     for k in names:
         assert a[k].tobytes() == b[k].tobytes(), k
 
@@ -203,15 +205,15 @@ def test_eval_of_a_checkpoint_uses_its_running_statistics(tmp_path):
     ok(run_cli("train", SPEC, "--epochs", "3", "--out", ckpt))
     before = one_json(ok(run_cli("eval", SPEC, "--params", ckpt, "--json")))["loss"]
     arrays = load_npz(ckpt)
-    arrays["h1n.running_var"] = arrays["h1n.running_var"] * 4
+    arrays["running_var"] = arrays["running_var"] * 4
     np.savez(ckpt, **arrays)
     after = one_json(ok(run_cli("eval", SPEC, "--params", ckpt, "--json")))["loss"]
     assert before != after
-    del arrays["h1n.running_mean"]
+    del arrays["running_mean"]
     np.savez(ckpt, **arrays)
     proc = run_cli("eval", SPEC, "--params", ckpt)
     assert proc.returncode == 2
-    assert "has no state leaf 'h1n.running_mean'" in proc.stderr
+    assert "has no state leaf 'running_mean'" in proc.stderr
 
 
 def test_early_stopping_restores_state_with_the_params(tmp_path):
@@ -224,10 +226,10 @@ def test_early_stopping_restores_state_with_the_params(tmp_path):
     best = result.restored_epoch
     assert best is not None and best < result.epochs
     saved = result.checkpoint
-    assert not np.array_equal(saved["h1n.running_mean"],
-                              saved["__graphc__/last/h1n.running_mean"])
+    assert not np.array_equal(saved["running_mean"],
+                              saved["__graphc__/last/running_mean"])
     again = graphc.load(path).fit(epochs=best).checkpoint
-    for k in ("h1n.running_mean", "h1n.running_var", "h1n.gamma", "W1"):
+    for k in ("running_mean", "running_var", "gamma", "W1"):
         assert saved[k].tobytes() == again[k].tobytes(), k
 
 
@@ -249,28 +251,35 @@ train:
 
 def test_training_step_with_batch_norm_and_dropout_allocates_nothing(tmp_path):
     model = load_model(write(tmp_path, ZERO_ALLOC_SPEC))
-    step = training_step(model, 16)[0]
+    step = training_step(model, 64)[0]
     runner = step_runner(model, step)
     model.store["opt:lr"][...] = 0.01
-    ex = runner.executor({"batch": 16})
+    ex = runner.executor({"batch": 64})
     rng = np.random.default_rng(0)
-    x, y = rng.standard_normal((16 * 20, 8)).astype(np.float32), rng.integers(0, 4, 16 * 20)
-    rows = [np.arange(i * 16, (i + 1) * 16) for i in range(20)]
+    x, y = rng.standard_normal((64 * 20, 8)).astype(np.float32), rng.integers(0, 4, 64 * 20)
+    rows = [np.arange(i * 64, (i + 1) * 64) for i in range(20)]
     steps = [np.int64(i) for i in range(20)]
     for r in rows[:2]:                                    # warm-up
         ex.feed_rows({"x": x, "y": y}, r)
         ex.run()
-    tracemalloc.start()
-    base, _ = tracemalloc.get_traced_memory()
-    tracemalloc.reset_peak()
-    for i, r in enumerate(rows):
-        model.store[RNG_KEY][1] = steps[i]
-        ex.feed_rows({"x": x, "y": y}, r)
-        ex.run()
-    current, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    assert peak - base < 4096, f"a step allocated {peak - base} bytes"
-    assert current - base < 1024
+
+    def allocated() -> tuple:
+        """(peak, kept) bytes over 20 steps."""
+        tracemalloc.start()
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for i, r in enumerate(rows):
+            model.store[RNG_KEY][1] = steps[i]
+            ex.feed_rows({"x": x, "y": y}, r)
+            ex.run()
+        current, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return peak - base, current - base
+    # tracemalloc sees every thread (pytest-xdist's messaging too): a step's own allocation
+    # shows in every attempt, another thread's rarely in all three
+    peak, kept = min(allocated() for _ in range(3))
+    assert peak < 4096, f"a step allocated {peak} bytes"
+    assert kept < 1024
     assert isinstance(runner, Runner)
 
 
