@@ -124,29 +124,29 @@ def _bn_grad(out, g, x, gamma, mean, var, wrt, eps, batch: bool):
     (std_inv, inv_std), vec = _inv_std(var, eps), (lambda: scratch(mean.shape, x.dtype))
     xh, dbeta, dgamma, k = scratch(xf.shape, x.dtype), vec(), vec(), vec()
     m_c, half = constant(ch.m, (), x.dtype), constant(0.5, (), x.dtype)
-    spread_mean, spread_std, spread_k = ch.spread(mean), ch.spread(std_inv), \
-        ch.spread(k)
+    spread_mean, spread_std, spread_k = ch.spread(mean), ch.spread(std_inv), ch.spread(k)
     spread_dgamma, spread_dbeta = ch.spread(dgamma), ch.spread(dbeta)
-    sum_xh, sum_g = ch.sum, ch.sum
+    beta_sum, gamma_sum = ch.sum(dbeta, g), ch.sum(dgamma, xh)
+    out_sum_g, out_sum_xh = ch.sum(out, g), ch.sum(out, xh)
+    of = ch.flat(out) if out.shape == x.shape else None
 
     def x_hat():
         inv_std()
         np.subtract(xf, spread_mean(), out=xh)
         np.multiply(xh, spread_std(), out=xh)
 
-    def d_gamma(target):
+    def d_gamma(sum_into):
         x_hat()
         np.multiply(xh, gf, out=xh)
-        sum_xh(target, xh)()
+        sum_into()
 
     def d_x():
         np.multiply(gamma, inv_std(), out=k)
-        of = ch.flat(out)
         if not batch:
             np.multiply(gf, spread_k(), out=of)
             return
-        sum_g(dbeta, g)()
-        d_gamma(dgamma)
+        beta_sum()
+        d_gamma(gamma_sum)
         x_hat()
         np.multiply(xh, spread_dgamma(), out=xh)
         np.multiply(gf, m_c, out=of)
@@ -157,9 +157,9 @@ def _bn_grad(out, g, x, gamma, mean, var, wrt, eps, batch: bool):
 
     def d_running(of_var: bool):
         if of_var:
-            d_gamma(out)
+            d_gamma(out_sum_xh)
         else:
-            sum_g(out, g)()
+            out_sum_g()
         np.multiply(gamma, inv_std(), out=k)
         if of_var:
             np.multiply(k, inv_std(), out=k)
@@ -167,7 +167,7 @@ def _bn_grad(out, g, x, gamma, mean, var, wrt, eps, batch: bool):
         np.multiply(out, k, out=out)
         np.negative(out, out=out)
 
-    return {"x": d_x, "gamma": lambda: d_gamma(out), "beta": lambda: sum_g(out, g)(),
+    return {"x": d_x, "gamma": lambda: d_gamma(out_sum_xh), "beta": out_sum_g,
             "running_mean": lambda: d_running(False),
             "running_var": lambda: d_running(True)}[wrt]
 
