@@ -36,6 +36,7 @@ def train(spec, out, as_json, epochs, batch_size, lr, seed, resume, init_from, s
     from .model import load_model
     from .checkpoint import check_same_spec_file, init_from as load_init
     from .outfiles import destination
+    from .parallel import world
     from .plots import check_plot_folder
     from .train import parse_train, train as run_train
     if resume and init_from:
@@ -54,6 +55,8 @@ def train(spec, out, as_json, epochs, batch_size, lr, seed, resume, init_from, s
     progress = _progress(cfg.epochs, as_json)
     with progress as log:
         result = run_train(model, cfg, out=out, log=log, resume=resume, save_every=save_every)
+    if world().rank:             # under mpiexec rank 0 alone reports (docs/scaling.md)
+        return
     progress.finish(result)
     for note in result.notes:
         click.echo(note, err=as_json)

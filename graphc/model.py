@@ -134,9 +134,10 @@ class Runner:
     `run` is where values enter a model outside training: it binds the dims and checks
     class labels (fed or stored) against the class count, for every command and API."""
 
-    def __init__(self, graph: Graph, store: dict, keep=(), forward=None, reuse: bool = True):
+    def __init__(self, graph: Graph, store: dict, keep=(), forward=None, reuse: bool = True,
+                 together=()):
         self.graph, self.store, self.keep, self.forward = graph, store, tuple(keep), forward
-        self.reuse = reuse
+        self.reuse, self.together = reuse, tuple(together)
         self.labels = label_classes(graph)
         self.cache: dict = {}        # bound dims -> executor
         self.by_shapes: dict = {}    # the feeds' shapes -> executor, skipping bind_dims
@@ -144,7 +145,8 @@ class Runner:
     def executor(self, dims: Mapping[str, int]) -> Executor:
         key = tuple(sorted(dims.items()))
         if key not in self.cache:
-            plan = compile_plan(self.graph, dims, self.keep, self.forward, self.reuse)
+            plan = compile_plan(self.graph, dims, self.keep, self.forward, self.reuse,
+                                self.together)
             verify_plan(plan)
             self.cache[key] = Executor(plan, self.store)
         return self.cache[key]

@@ -24,6 +24,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "graphc"
 # Earlier stages first. A unit imports only units to its left.
 STAGES = [
     "errors", "limits", "outfiles", "interrupts",           # errors, memory limit, files, signals
+    "parallel",                                             # the MPI world (data parallel)
     "shapes", "ops",                                        # the vocabulary (ops/: records)
     "yamlload", "leaves", "expr", "layers", "spec",         # spec text -> validated spec
     "ir", "autodiff", "optim",                              # graph, reverse graph, updates
@@ -40,7 +41,7 @@ STAGES = [
 # Folder -> the units outside it that it may import (its layer), beyond the order.
 LAYERS = {
     "ops": {"shapes", "errors"},
-    "backends": {"ops", "shapes", "errors", "plan"},
+    "backends": {"ops", "shapes", "errors", "plan", "parallel"},
 }
 # Folder -> the only units outside it that may import it.
 IMPORTED_BY = {
