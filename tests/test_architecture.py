@@ -226,7 +226,7 @@ def test_a_backend_importing_the_trainer_breaks_its_layer():
                     "backends.numpy": "from ...train import train\nfrom ...plan import Plan\n"})
     assert layer_violations(mods) == [
         "backends.numpy imports train (the backends layer imports only "
-        "['errors', 'ops', 'plan', 'shapes'])"]
+        "['errors', 'ops', 'parallel', 'plan', 'shapes'])"]
 
 
 def test_a_module_reaching_past_the_executor_into_a_backend_is_caught():
