@@ -27,7 +27,8 @@ import pytest
 from graphc import parallel
 from graphc.ir import VerifyError
 from graphc.model import load_model
-from graphc.optim import SYNC, parse_optimizer, training_graph
+from graphc.optim import LR, SHARE, SYNC, parse_optimizer, training_graph
+from graphc.train import step_runner
 from graphc.outfiles import locked
 from graphc.plan import compile_plan, verify_plan
 
@@ -160,6 +161,33 @@ def test_the_verifier_catches_a_gap_in_the_allreduced_span(tmp_path):
         verify_plan(broken)
 
 
+def run_steps(tmp_path, synced: bool, lr: float, share: float = 1.0, steps=4) -> tuple:
+    """(losses, params) after `steps` plain-SGD steps on fixed batches, in this process."""
+    model = load_model(spec(tmp_path, f"{{sgd: {{lr: {lr}}}}}"))
+    step = training_graph(model.graph, parse_optimizer({"sgd": {"lr": lr}}), synced=synced)
+    runner = step_runner(model, step)
+    model.store[LR][...] = lr
+    if synced:
+        model.store[SHARE][...] = share
+    rng = np.random.default_rng(1)
+    losses = []
+    for _ in range(steps):
+        feeds = {"x": rng.standard_normal((9, 2)).astype(np.float32),
+                 "y": rng.integers(0, 3, 9)}
+        losses.append(float(runner.run(feeds)[model.graph.loss]))
+    return losses, {p.name: model.store[p.name].copy() for p in model.graph.leaves("param")}
+
+
+def test_the_allreduce_scales_the_loss_and_every_gradient_by_the_share(tmp_path):
+    """One process (the sum over ranks is its own value): share 0.5 halves the loss and
+    every gradient, exactly (a power of two), so plain SGD takes the steps of lr / 2."""
+    synced_losses, synced = run_steps(tmp_path, True, 0.2, share=0.5)
+    plain_losses, plain = run_steps(tmp_path, False, 0.1)
+    assert {k: v.tobytes() for k, v in synced.items()} == \
+        {k: v.tobytes() for k, v in plain.items()}
+    assert [2 * loss for loss in synced_losses] == plain_losses
+
+
 # --- under mpiexec -------------------------------------------------------------------------
 
 def train_both(tmp_path, *args, ranks=2, **train) -> tuple:
@@ -183,10 +211,12 @@ def assert_close(a: dict, b: dict, rtol=1e-5) -> None:
 
 @needs_mpi
 @pytest.mark.parametrize("optimizer, batch", [("{adam: {lr: 0.05}}", 45),
-                                              ("{sgd: {lr: 0.2, momentum: 0.9}}", 32)])
+                                              ("{sgd: {lr: 0.2, momentum: 0.9}}", 32),
+                                              ("{sgd: {lr: 0.05}}", 1)])
 def test_two_ranks_train_the_params_one_process_trains(tmp_path, optimizer, batch):
     """Batches of 45 split 23 + 22 (and the epoch's last, 15, into 8 + 7): gradients
-    weighted by share equal the whole batch's; validation metrics are the whole split's."""
+    weighted by share equal the whole batch's; batches of 1 leave rank 1 with no rows
+    (share 0) at every step; validation metrics are the whole split's."""
     (one, one_json, _), (two, two_json, proc) = train_both(
         tmp_path, "--batch-size", batch, optimizer=optimizer)
     assert_close(params(one), params(two))
@@ -302,3 +332,30 @@ def test_a_killed_rank_ends_the_run_and_the_last_checkpoint_resumes(tmp_path):
                      ranks=2)
     assert resumed.returncode == 0, resumed.stderr
     assert f"epoch {epoch + 1:>4}/{epoch + 1}" in resumed.stdout
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_a_stop_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """SIGTERM to rank 1 alone: the ranks agree after each step, so both stop there, rank 0
+    saves that step's position and prints the one line; exit 143."""
+    path, ckpt, tag = spec(tmp_path), tmp_path / "c.npz", uuid.uuid4().hex
+    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "graphc", "train", str(path), "--out",
+           str(ckpt), "--epochs", "100000"]
+    run = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=clean_env(GRAPHC_TEST_TAG=tag))
+    try:
+        deadline = time.monotonic() + 60
+        victim = rank_pid(tag, 1, deadline)
+        while not ckpt.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(victim, signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 143, err
+    assert err.count("error:") == 1 and "(SIGTERM); checkpoint saved to" in err, err
+    with np.load(ckpt) as f:
+        epoch, step = int(f["__graphc__/epoch"]), int(f["__graphc__/step"])
+    assert f"interrupted at {f'epoch {epoch + 1}, batch {step}' if step else f'the end of epoch {epoch}'}" in err
