@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
+import networkx as nx
+
 from .autodiff import check_params_reach_loss, grad_graph, trained_params
 from .errors import SpecError, did_you_mean
 from .shapes import is_number
@@ -179,16 +181,19 @@ def training_graph(graph: Graph, optimizer: Optimizer,
 
 
 def _allreduce(b: GraphBuilder, graph: Graph, grads: list, after: list) -> tuple:
-    """Add `opt:allreduce(opt:batch_share, loss, *grads)` and order every other reader of
-    the loss and the gradients after it; returns its output and values, to be placed side
-    by side. A gradient that is a leaf (a constant) is the same on every rank: not summed."""
+    """Add `opt:allreduce(opt:batch_share, loss, *grads)` and order after it every reader
+    of the loss and the gradients that does not feed it (a backward node may read one
+    gradient to make another, `neg` for `W - V`: it reads the rank's own, as it must);
+    returns its output and values, to be placed side by side. A gradient that is a leaf
+    (a constant) is the same on every rank: not summed."""
     b.nodes[SHARE] = Node(SHARE, "hyper", (), {"shape": ()}, (), graph.dtype, origin=SHARE,
                           role="state")
     values = tuple(v for v in dict.fromkeys([graph.loss, *grads]) if not b.nodes[v].is_leaf)
     b.provenance = {"origin": SYNC, "role": "update"}
     b.add(SYNC, "allreduce", (SHARE, *values))
-    readers = b.graph(graph.loss, graph.outputs, after).consumers()
-    after += [(SYNC, r) for v in values for r in readers[v] if r != SYNC]
+    built = b.graph(graph.loss, graph.outputs, after)
+    feeding, readers = nx.ancestors(built.digraph(), SYNC), built.consumers()
+    after += [(SYNC, r) for v in values for r in readers[v] if r != SYNC and r not in feeding]
     return (SYNC, *values)
 
 

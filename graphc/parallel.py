@@ -3,9 +3,10 @@
 `world()` is this process's place in the run: `SOLO` (one process, no MPI) unless an
 MPI launcher (mpiexec, mpirun, srun) started more than one, which its environment
 says (PMI_SIZE, OMPI_COMM_WORLD_SIZE, ...). Then mpi4py (`pip install 'graphc[mpi]'`)
-is required: without it, or with an mpi4py whose MPI library sees this process
-alone (built for another MPI than the launcher's), every process stops with an error rather than train on
-its own. mpi4py is imported only under a launcher, so a plain run never pays for it.
+is required: without it, or with an mpi4py whose MPI library sees this process alone
+(built for another MPI than the launcher's), every process stops with an error
+rather than train on its own. mpi4py is imported only under a launcher, so a plain
+run never pays for it.
 
 A `World` offers the few collectives training needs: an in-place sum of an array
 (the gradients), an agreed maximum (a stop signal), an allgather (metrics, errors),

@@ -173,13 +173,13 @@ def step_runner(model: Model, step: StepGraph) -> Runner:
 
 class Run:
     """One training run's moving parts: step executor, evaluator, position, early stopping.
-    `out` is None on every rank but 0: they keep their checkpoints in memory."""
+    Rank 0 alone `writes` to `out`; other ranks keep their checkpoints in memory."""
 
     def __init__(self, model: Model, cfg: TrainConfig, out: Optional[Path],
                  save_every: Optional[int], world: World = SOLO):
         self.model, self.cfg, self.out, self.save_every = model, cfg, out, save_every
-        self.world = world
-        if out is not None:
+        self.world, self.writes = world, out is not None and world.rank == 0
+        if self.writes:
             destination(out, "checkpoint")          # fail now, not after training
             remove_stale_temps(out)
         self.data = load_dataset(model, cfg)
@@ -293,7 +293,7 @@ class Run:
         self.world.check_identical([m.store[k] for k in [*C.params_of(m), *self.state_names()]],
                                    f"{self.pos.global_step} steps")
         self.saved = arrays
-        if self.out is not None:
+        if self.writes:
             C.write(self.out, arrays)
         self.saved_epoch, self.last_save = self.pos.epoch, time.monotonic()
 
@@ -360,14 +360,14 @@ def train(model: Model, cfg: TrainConfig, *, out: Optional[Path],
     `out` every `save_every` epochs (default: at epoch ends, at most once a second) and at the
     end. With `out=None` nothing is written; the result carries the final checkpoint.
     The checkpoint is locked from the end of set-up (data loaded, step compiled: bad input
-    is reported first) to the last save."""
+    is reported first) to the last save. Under mpiexec every rank calls this alike; rank 0
+    alone logs, locks and writes (docs/scaling.md)."""
     world = this_world()
-    writer = None if out is None or world.rank else Path(out)
     with ExitStack() as held:
         def setup() -> Run:
-            run = Run(model, cfg, writer, save_every, world)
-            if writer is not None:
-                held.enter_context(locked(writer, "checkpoint"))
+            run = Run(model, cfg, None if out is None else Path(out), save_every, world)
+            if run.writes:
+                held.enter_context(locked(out, "checkpoint"))
             if resume is not None:
                 run.restore(resume)
             return run

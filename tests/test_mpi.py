@@ -161,9 +161,25 @@ def test_the_verifier_catches_a_gap_in_the_allreduced_span(tmp_path):
         verify_plan(broken)
 
 
-def run_steps(tmp_path, synced: bool, lr: float, share: float = 1.0, steps=4) -> tuple:
+# `d = W - V`: V's gradient is neg(W's), a backward node reading a gradient the
+# allreduce sums, which must run before it (ordering it after would be a cycle)
+DIFFERENCE = """
+inputs:
+  x: [batch, 3]
+params:
+  W: {shape: [3], init: {normal: {std: 1.0}}}
+  V: {shape: [3], init: {normal: {std: 1.0}}}
+nodes:
+  d: W - V
+  loss: sum(mean(x * d * d, axis=0))
+train:
+  data: {dataset: blobs, features: 3, classes: 2, samples: 20}
+"""
+
+
+def run_steps(path: Path, synced: bool, lr: float, share: float = 1.0, steps=4) -> tuple:
     """(losses, params) after `steps` plain-SGD steps on fixed batches, in this process."""
-    model = load_model(spec(tmp_path, f"{{sgd: {{lr: {lr}}}}}"))
+    model = load_model(path)
     step = training_graph(model.graph, parse_optimizer({"sgd": {"lr": lr}}), synced=synced)
     runner = step_runner(model, step)
     model.store[LR][...] = lr
@@ -172,17 +188,22 @@ def run_steps(tmp_path, synced: bool, lr: float, share: float = 1.0, steps=4) ->
     rng = np.random.default_rng(1)
     losses = []
     for _ in range(steps):
-        feeds = {"x": rng.standard_normal((9, 2)).astype(np.float32),
-                 "y": rng.integers(0, 3, 9)}
+        feeds = {"x": rng.standard_normal((9, model.graph["x"].shape[1])).astype(np.float32)}
+        if "y" in model.graph.nodes:
+            feeds["y"] = rng.integers(0, 3, 9)
         losses.append(float(runner.run(feeds)[model.graph.loss]))
     return losses, {p.name: model.store[p.name].copy() for p in model.graph.leaves("param")}
 
 
-def test_the_allreduce_scales_the_loss_and_every_gradient_by_the_share(tmp_path):
+@pytest.mark.parametrize("text", [SPEC.replace("{OPTIMIZER}", "sgd"), DIFFERENCE],
+                         ids=["mlp", "difference"])
+def test_the_allreduce_scales_the_loss_and_every_gradient_by_the_share(tmp_path, text):
     """One process (the sum over ranks is its own value): share 0.5 halves the loss and
     every gradient, exactly (a power of two), so plain SGD takes the steps of lr / 2."""
-    synced_losses, synced = run_steps(tmp_path, True, 0.2, share=0.5)
-    plain_losses, plain = run_steps(tmp_path, False, 0.1)
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    synced_losses, synced = run_steps(path, True, 0.2, share=0.5)
+    plain_losses, plain = run_steps(path, False, 0.1)
     assert {k: v.tobytes() for k, v in synced.items()} == \
         {k: v.tobytes() for k, v in plain.items()}
     assert [2 * loss for loss in synced_losses] == plain_losses
@@ -359,3 +380,17 @@ def test_a_stop_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path
     with np.load(ckpt) as f:
         epoch, step = int(f["__graphc__/epoch"]), int(f["__graphc__/step"])
     assert f"interrupted at {f'epoch {epoch + 1}, batch {step}' if step else f'the end of epoch {epoch}'}" in err
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_the_benchmark_prints_both_runs_and_the_allreduce(tmp_path):
+    """Timings are never asserted: the smoke run checks the table's numbers come out."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_mpi.py"),
+                           "--models", "tiny", "--epochs", "1", "--json"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env=clean_env())
+    assert proc.returncode == 0, proc.stderr
+    row, = json.loads(proc.stdout)["rows"]
+    assert row["ranks"] == 2 and row["grad_bytes"] == 4 * (2 * 100 + 100 + 100 * 3 + 3)
+    assert row["samples_per_s_1"] > 0 and row["samples_per_s_n"] > 0
+    assert row["allreduce_us"] > 0 and row["agree_us"] > 0
