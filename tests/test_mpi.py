@@ -150,6 +150,20 @@ def test_the_allreduce_covers_the_loss_and_every_gradient_side_by_side(tmp_path)
     assert readers and all(s.index > sync.index for s in readers)   # every update after it
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "specs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_spec_compiles_a_synced_step_that_verifies(path):
+    """Every spec: no ordering cycle, one contiguous span, every update after the sync."""
+    model = load_model(path)
+    opt = parse_optimizer(model.spec.train.get("optimizer"), None)
+    step = training_graph(model.graph, opt, synced=True)
+    dims = {d: 5 for n in model.graph.nodes.values() for d in n.shape if isinstance(d, str)}
+    plan = compile_plan(step.graph, dims, {model.graph.loss}, step.forward,
+                        together=step.together)
+    verify_plan(plan)
+    sync = next(s.index for s in plan.steps if s.node == SYNC)
+    assert all(s.index > sync for s in plan.steps if s.phase == "update" and s.node != SYNC)
+
+
 def test_the_verifier_catches_a_gap_in_the_allreduced_span(tmp_path):
     _, step, plan = synced_plan(tmp_path)
     last = plan.buffers[step.together[-1]]
