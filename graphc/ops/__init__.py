@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from . import activations, elementwise, linalg, losses, reductions, sources, updates
+from . import activations, conv, elementwise, linalg, losses, reductions, sources, updates
 from .record import GROUPS, REQUIRED, OpDef
 
 FAMILIES = {
@@ -23,6 +23,7 @@ FAMILIES = {
     "reductions": reductions.OPS,
     "linalg": linalg.OPS,
     "losses": losses.OPS,
+    "conv": conv.OPS,
     "updates": updates.OPS,
 }
 
