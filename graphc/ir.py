@@ -125,7 +125,8 @@ class GraphBuilder:
         """Add a node; ShapeError becomes a SpecError naming the inputs and their shapes.
 
         An op that `saves` a value for its gradient, given the user's inputs, gets that
-        value as a node of its own (`<name>/saved`) and as its last input.
+        value as a node of its own (`<name>/saved`, with the attributes the saved op
+        declares) and as its last input.
         """
         inputs, attrs = tuple(inputs), dict(attrs or {})
         where = {"origin": name, **self.provenance}
@@ -133,8 +134,9 @@ class GraphBuilder:
         saves = OPS[op].saves
         if saves and len(inputs) == OPS[op].arity:
             saved = self.fresh(f"{name}/saved")
-            self.nodes[saved] = Node(saved, saves, inputs, {},
-                                     self._infer(name, op, saves, inputs, {}, mark,
+            shared = {k: v for k, v in attrs.items() if k in OPS[saves].attrs}
+            self.nodes[saved] = Node(saved, saves, inputs, shared,
+                                     self._infer(name, op, saves, inputs, shared, mark,
                                                  where["origin"]),
                                      dtype or self.dtype, mark, **where)
             inputs += (saved,)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from . import activations, elementwise, linalg, losses, reductions, sources, updates
+from . import activations, elementwise, linalg, losses, reductions, sequence, sources, updates
 from .record import GROUPS, REQUIRED, OpDef
 
 FAMILIES = {
@@ -24,6 +24,7 @@ FAMILIES = {
     "linalg": linalg.OPS,
     "losses": losses.OPS,
     "updates": updates.OPS,
+    "sequence": sequence.OPS,
 }
 
 
