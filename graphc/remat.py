@@ -63,9 +63,9 @@ def parse_size(text, what: str, mark=None) -> int:
                         mark=mark) from None
 
 
-def parse_memory(raw, mark=None, budget: Optional[str] = None) -> MemoryPolicy:
-    """`train.memory`: {budget: 64MiB} | {every: 4} | {policy: none|sqrt} | {keep: [h1, h3]};
-    `budget` (the --memory-budget flag) replaces it."""
+def parse_memory(raw, nodes, mark=None, budget: Optional[str] = None) -> MemoryPolicy:
+    """`train.memory`: {budget: 64MiB} | {every: 4} | {policy: none|sqrt} | {keep: [h1, h3]},
+    the kept names among `nodes`; `budget` (the --memory-budget flag) replaces it."""
     if budget is not None:
         return MemoryPolicy("budget", budget=parse_size(budget, "--memory-budget"))
     if raw is None:
@@ -83,6 +83,10 @@ def parse_memory(raw, mark=None, budget: Optional[str] = None) -> MemoryPolicy:
     if key == "policy" and value in POLICIES:
         return MemoryPolicy(value)
     if key == "keep" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        for name in value:
+            if name not in nodes:
+                raise SpecError(f"train.memory.keep names '{name}', which is no node of the "
+                                "spec", mark=where, hint=did_you_mean(name, nodes))
         return MemoryPolicy("keep", keep=tuple(value))
     if key in ("budget", "every", "policy", "keep"):
         raise SpecError(f"train.memory.{key} is {value!r}", mark=where, hint=example)
@@ -202,6 +206,11 @@ class Remat:
     def recompute_flops(self) -> int:
         return sum(self.flops.values())
 
+    @property
+    def kept(self) -> tuple:
+        """The saved values the backward pass reads as the forward pass left them."""
+        return tuple(v for v in self.saved if v not in self.clones)
+
 
 def candidates(graph: Graph, forward, keep) -> list:
     """The saved values a policy may drop: recomputable, and not kept for the caller."""
@@ -220,16 +229,11 @@ def segment_ends(n: int, first: int, slope: float) -> set:
         j += 1
 
 
-def kept_by(policy: MemoryPolicy, graph: Graph, cands: list) -> set:
+def kept_by(policy: MemoryPolicy, cands: list) -> set:
     """The candidates `policy` keeps (not for `budget`, which searches)."""
     if policy.kind == "none":
         return set(cands)
     if policy.kind == "keep":
-        for name in policy.keep:
-            if name not in graph.nodes or graph[name].role != "forward":
-                raise SpecError(f"train.memory.keep names '{name}', which is no node of the "
-                                f"spec", hint=did_you_mean(name, cands) or
-                                f"saved values: {', '.join(cands[:8])}")
         return set(policy.keep)
     k = policy.every if policy.kind == "every" else max(1, math.ceil(math.sqrt(len(cands))))
     return {cands[i] for i in segment_ends(len(cands), k, 0)}
@@ -244,7 +248,7 @@ def remat_plan(graph: Graph, dims: Mapping[str, int], keep=(), forward=None,
     if policy.kind == "budget":
         return _fit_budget(graph, dims, keep, forward, reuse, policy, cands)
     return _verified(_compiled(graph, dims, keep, forward, reuse, policy,
-                               kept_by(policy, graph, cands)))
+                               kept_by(policy, cands)))
 
 
 def _compiled(graph, dims, keep, forward, reuse, policy, kept) -> Remat:
@@ -295,3 +299,63 @@ def _fit_budget(graph, dims, keep, forward, reuse, policy, cands) -> Remat:
                         hint=f"give a budget of at least {smallest.plan.arena_bytes} bytes, or "
                              f"a smaller batch")
     return _verified(best)
+
+
+# --- reports: `graphc plan` (per saved value), `plan --saved`, `plan --json` --------------
+
+def chain_flops(r: Remat, value: str) -> int:
+    """Recomputing `value`: its clone plus the clones of unsaved values only it leads back to
+    (for h = relu(x @ W + b), the matmul and the add as well as the relu)."""
+    saved, total, stack, seen = set(r.saved), 0, [r.clones[value]], set()
+    while stack:
+        c = stack.pop()
+        if c not in seen:
+            seen.add(c)
+            total += r.flops[c]
+            stack.extend(i for i in r.graph[c].inputs if i.startswith(PREFIX)
+                         and i[len(PREFIX):] not in saved)
+    return total
+
+
+def forward_flops(r: Remat) -> int:
+    """The forward pass's arithmetic: what the recomputation is measured against."""
+    return sum(node_flops(r.graph, s.node, r.plan.dims) for s in r.plan.steps
+               if s.phase == "forward")
+
+
+def saved_rows(r: Remat) -> list:
+    """One row per saved value: producer, bytes, kept or recomputed, recompute flops."""
+    rows = []
+    for v in r.saved:
+        n, b = r.graph[v], r.plan.buffers[v]
+        where = f" line {n.mark.line}" if n.mark else ""
+        rows.append({"value": v, "producer": f"{n.op} ({n.origin or v}{where})",
+                     "bytes": b.bytes, "kept": v not in r.clones,
+                     "recompute_flops": chain_flops(r, v) if v in r.clones else 0})
+    return rows
+
+
+def memory_json(r: Remat) -> dict:
+    """`plan --json`'s "memory" object: the policy, the saved values and the arithmetic."""
+    return {"policy": str(r.policy), "budget_bytes": r.policy.budget,
+            "recompute_flops": r.recompute_flops, "forward_flops": forward_flops(r),
+            "saved": saved_rows(r)}
+
+
+def saved_table(r: Remat) -> str:
+    """The saved values as a table, then what is kept and what recomputing costs."""
+    rows = saved_rows(r)
+    head = ("saved value", "producer", "bytes", "backward reads", "recompute flops")
+    lines = [head] + [(x["value"], x["producer"], str(x["bytes"]),
+                       "kept" if x["kept"] else f"recomputed ({PREFIX}{x['value']})",
+                       str(x["recompute_flops"]) if not x["kept"] else "-") for x in rows]
+    widths = [max(len(x[i]) for x in lines) for i in range(len(head))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(x, widths)).rstrip() for x in lines]
+    kept = [x for x in rows if x["kept"]]   # rows, for their bytes
+    fwd = forward_flops(r)
+    share = f", {r.recompute_flops / fwd:.0%} of the forward pass" if fwd else ""
+    text.append(f"memory policy {r.policy}: the backward pass keeps {len(kept)} of "
+                f"{len(rows)} saved values ({fmt_bytes(sum(x['bytes'] for x in kept))}) and "
+                f"recomputes {len(rows) - len(kept)} ({len(r.clones)} recompute steps, "
+                f"{r.recompute_flops} flops{share})")
+    return "\n".join(text)
