@@ -111,9 +111,9 @@ def saved_values(graph: Graph, forward) -> list:
 def rematerialize(graph: Graph, forward, kept) -> tuple:
     """(graph with recompute nodes, {value: its clone}): every saved value outside `kept`
     that may be recomputed, with the forward values its clone needs, is cloned; backward
-    readers read the clone. Each clone is ordered after the backward inputs of the first
-    step that needs it (so it runs in the backward pass, not beside its original) and
-    before any step that overwrites a leaf it reads."""
+    readers read the clone. Each clone is ordered after the loss and the backward inputs
+    of the first step that needs it (so it runs in the backward pass, not beside its
+    original) and before any step that overwrites a leaf it reads."""
     forward = set(forward)
 
     def stays(u):
@@ -144,6 +144,7 @@ def rematerialize(graph: Graph, forward, kept) -> tuple:
                                   c.attrs, c.shape, c.dtype, c.mark, c.origin, ROLE)
             after += [(i, clones[v]) for i in n.inputs if i not in forward
                       and not i.startswith(PREFIX) and graph[i].op not in PERSISTENT_OPS]
+            after.append((graph.loss, clones[v]))     # never beside its original
         out[n.name] = n
     after += _before_overwrites(out, clones)
     result = toposort(Graph(out, graph.loss, graph.outputs, graph.dtype, tuple(after)))
