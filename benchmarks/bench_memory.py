@@ -35,7 +35,8 @@ from bench_mlp import blas_info, mlp_spec, time_interleaved  # noqa: E402
 from graphc.errors import SpecError  # noqa: E402
 from graphc.model import load_model  # noqa: E402
 from graphc.optim import LR  # noqa: E402
-from graphc.remat import NONE, MemoryPolicy, forward_flops, remat_plan  # noqa: E402
+from graphc.remat import (NONE, MemoryPolicy, candidates, forward_flops, plan_keeping,  # noqa: E402
+                          remat_plan)
 from graphc.timing import synthetic_batch  # noqa: E402
 from graphc.train import step_runner  # noqa: E402
 from graphc.trainconfig import training_step  # noqa: E402
@@ -111,6 +112,33 @@ def largest_batch(path: Path, policy: MemoryPolicy, high: int = 1 << 18) -> int:
     return low
 
 
+def against_optimal(path: Path, batch: int, points: int = 6) -> list:
+    """The budget search against the exhaustive optimum over every kept set (2^n plans, so
+    small graphs only): at budgets spread over the feasible range, the search's
+    recomputation and the least any kept set needs, in flops; and the smallest arena of
+    each."""
+    model = load_model(path)
+    step, _, dims = training_step(model, batch)
+    keep = {model.graph.loss}
+    cands = candidates(step.graph, step.forward, keep)
+    every = []
+    for mask in range(2 ** len(cands)):
+        kept = {c for i, c in enumerate(cands) if mask >> i & 1}
+        r = plan_keeping(step.graph, dims, keep, step.forward, True, NONE, kept)
+        every.append((r.plan.arena_bytes, r.recompute_flops))
+    low, high = min(a for a, _ in every), max(a for a, _ in every)
+    rows = []
+    for budget in np.linspace(low, high, points).astype(int):
+        best = min(f for a, f in every if a <= budget)
+        try:
+            found = remat_plan(step.graph, dims, keep, step.forward, True,
+                               MemoryPolicy("budget", budget=int(budget))).recompute_flops
+        except SpecError:
+            found = None
+        rows.append({"budget_bytes": int(budget), "optimal_flops": best, "found_flops": found})
+    return rows
+
+
 def table(rows: list) -> str:
     head = f"{'spec':<16} {'policy':<9} {'peak MiB':>9} {'peak ÷':>7} {'step ms':>9} " \
            f"{'time ×':>7} {'recompute':>10}"
@@ -134,6 +162,9 @@ def main(argv=None) -> int:
                    help="another spec to measure at its train.batch_size (repeatable)")
     p.add_argument("--no-largest", action="store_true",
                    help="skip the largest-batch bisection")
+    p.add_argument("--optimal", type=int, metavar="LAYERS", default=0,
+                   help="also compare the budget search with the exhaustive optimum on an "
+                        "MLP of LAYERS layers of 16 (2^(LAYERS+2) plans; 10 takes a minute)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     args = p.parse_args(argv)
     layers, width, batch = QUICK if args.quick else FULL
@@ -147,6 +178,10 @@ def main(argv=None) -> int:
         for spec in args.spec:            # the hook: CNN and transformer specs, when they land
             size = load_model(spec).spec.train.get("batch_size", 32)
             result["rows"] += measure(spec, spec.stem, size, reps)
+        if args.optimal:
+            small = Path(tmp) / "small_mlp.yaml"
+            small.write_text(deep_mlp(args.optimal, 16))
+            result["optimal"] = against_optimal(small, 256)
         if not args.no_largest:
             budget = MemoryPolicy("budget", budget=BUDGET)
             result["largest_batch"] = {"budget_bytes": BUDGET,
@@ -159,6 +194,13 @@ def main(argv=None) -> int:
     print(f"batch {batch} for the MLP; {reps} interleaved steps per policy; ratios are to "
           f"'none' in this run")
     print(table(result["rows"]))
+    for r in result.get("optimal", []):
+        found = r["found_flops"]
+        ratio = "no plan found" if found is None else \
+            f"{found / r['optimal_flops']:.2f}x optimal" if r["optimal_flops"] else \
+            ("optimal (none)" if found == 0 else "recomputes where none is needed")
+        print(f"budget {r['budget_bytes']:>9} B: search recomputes {found} flops, the best "
+              f"kept set {r['optimal_flops']} ({ratio})")
     if result["largest_batch"]:
         lb = result["largest_batch"]
         print(f"largest batch whose plan fits 256 MiB: {lb['without_recompute']} without "

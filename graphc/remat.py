@@ -248,11 +248,11 @@ def remat_plan(graph: Graph, dims: Mapping[str, int], keep=(), forward=None,
     cands = candidates(graph, forward, set(keep))
     if policy.kind == "budget":
         return _fit_budget(graph, dims, keep, forward, reuse, policy, cands)
-    return _verified(_compiled(graph, dims, keep, forward, reuse, policy,
+    return _verified(plan_keeping(graph, dims, keep, forward, reuse, policy,
                                kept_by(policy, cands)))
 
 
-def _compiled(graph, dims, keep, forward, reuse, policy, kept) -> Remat:
+def plan_keeping(graph, dims, keep, forward, reuse, policy, kept) -> Remat:
     """The plan that keeps `kept` (plus what is never recomputed), unverified."""
     new, clones = rematerialize(graph, forward, set(kept) | set(keep))
     plan = compile_plan(new, dims, keep, forward, reuse)
@@ -276,14 +276,14 @@ def _fit_budget(graph, dims, keep, forward, reuse, policy, cands) -> Remat:
     keep everything if that fits; else, for each slope of SLOPES, the shortest first segment
     whose plan fits (longer first segments keep fewer values, so recompute more), stopping
     once the arena grows again (method and its distance from optimal: docs/design.md)."""
-    best = smallest = _compiled(graph, dims, keep, forward, reuse, policy, cands)
+    best = smallest = plan_keeping(graph, dims, keep, forward, reuse, policy, cands)
     if best.plan.arena_bytes > policy.budget:
         best = None
         for slope in SLOPES:
             previous = None
             for first in range(2, len(cands) + 2):
                 kept = [cands[i] for i in segment_ends(len(cands), first, slope)]
-                r = _compiled(graph, dims, keep, forward, reuse, policy, kept)
+                r = plan_keeping(graph, dims, keep, forward, reuse, policy, kept)
                 smallest = min(smallest, r, key=lambda x: x.plan.arena_bytes)
                 if r.plan.arena_bytes <= policy.budget:
                     if best is None or r.recompute_flops < best.recompute_flops:
