@@ -53,6 +53,11 @@ class OpDef:
     saves: Optional[str] = None             # the op computing what this op's kernel and
                                             # gradient read: an input the IR builder adds
     onnx: Optional[str] = None              # the export mapping, when export lands
+    recomputable: bool = True               # False: the output is not a pure function of the
+                                            # inputs and attrs (hidden RNG state): never
+                                            # rematerialized (ops that mutate never are)
+    flops: Optional[Callable] = None        # flops(input_shapes, attrs) -> the kernel's
+                                            # arithmetic; None: one per output element
 
 
 def missing_facts(op: OpDef) -> list:
