@@ -63,6 +63,7 @@ class Plan:
     lower_bound_bytes: int
     plain_lower_bound_bytes: int = 0         # the bound of the plain topological order
     reuse: bool = True
+    budget_bytes: Optional[int] = None       # a memory budget the arena must fit (remat.py)
     together: tuple = ()                     # values placed side by side, in this order
 
 
@@ -190,7 +191,8 @@ def compile_plan(graph: Graph, dims: Mapping[str, int], keep=(), forward=None,
                   for n in graph.nodes.values() if n.op in PERSISTENT_OPS}
     lead = batch_dims(graph)
     return Plan(dims.get(lead[0]) if lead else None, dict(dims), steps, buffers, persistent, top,
-                sum(sizes.values()), A.peak_bytes(blocks), plain_bound, reuse, together)
+                sum(sizes.values()), A.peak_bytes(blocks), plain_bound, reuse,
+                together=together)
 
 
 def verify_plan(plan: Plan) -> None:
@@ -225,6 +227,9 @@ def verify_plan(plan: Plan) -> None:
     invariant(plan.lower_bound_bytes <= plan.arena_bytes <= plan.naive_bytes,
               f"plan verifier: the arena ({plan.arena_bytes} bytes) is not between the "
               f"lower bound and the naive sum")
+    invariant(plan.budget_bytes is None or plan.arena_bytes <= plan.budget_bytes,
+              f"plan verifier: the arena ({plan.arena_bytes} bytes) exceeds the memory "
+              f"budget of {plan.budget_bytes} bytes")
 
 
 def _check_in_place(plan: Plan) -> None:

@@ -31,6 +31,7 @@ from .model import Model, Runner
 from .outfiles import destination, locked, remove_stale_temps
 from .optim import LR, SHARE, StepGraph, training_graph
 from .parallel import SOLO, World, everywhere, world as this_world
+from .remat import NONE, MemoryPolicy
 from .trainconfig import TrainConfig, load_dataset, parse_train
 
 SHUFFLE_STREAM = 2          # the batch order's RNG: default_rng([seed, 2]) (data uses 1)
@@ -159,16 +160,16 @@ class Position:
         return pos
 
 
-def step_runner(model: Model, step: StepGraph) -> Runner:
+def step_runner(model: Model, step: StepGraph, memory: MemoryPolicy = NONE) -> Runner:
     """The compiled training step over the model's store, its optimizer state zeroed and its
-    learning-rate leaf added (zero until the caller writes it)."""
+    learning-rate leaf added (zero until the caller writes it), planned under `memory`."""
     for n in step.graph.leaves("state"):
         model.store[n.name] = np.zeros(n.shape, dtype=n.dtype)
     model.store[LR] = np.zeros((), dtype=model.graph.dtype)
     if step.together:
         model.store[SHARE] = np.ones((), dtype=model.graph.dtype)
     return Runner(step.graph, model.store, {model.graph.loss, step.guard}, forward=step.forward,
-                  together=step.together)
+                  memory=memory, together=step.together)
 
 
 class Run:
@@ -189,7 +190,7 @@ class Run:
                             hint="add validation: 0.2 to train.data")
         self.step = training_graph(model.graph, cfg.optimizer, cfg.clip_grad_norm,
                                    synced=world.size > 1)
-        self.runner = step_runner(model, self.step)
+        self.runner = step_runner(model, self.step, cfg.memory)
         self.evaluate = Evaluator(model, cfg.metrics, world=world)
         self.rng = np.random.default_rng([cfg.seed, SHUFFLE_STREAM])
         self.pos = Position(C.rng_array(self.rng.bit_generator.state))
