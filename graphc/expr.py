@@ -84,6 +84,11 @@ ATTR_KINDS = {
     "momentum": (lambda v: S.is_number(v) and 0 <= v <= 1, "a number from 0 to 1"),
     "eps": (lambda v: S.is_number(v) and v > 0, "a number > 0"),
 }
+# convolution and pooling geometry: an int or one per spatial axis (ranges: the shape rule)
+_PER_AXIS = (lambda v: v is None or S.is_int(v) or
+             (isinstance(v, (list, tuple)) and all(map(S.is_int, v))),
+             "an integer or a list of integers, one per spatial axis")
+ATTR_KINDS.update(dict.fromkeys(("kernel", "stride", "padding", "dilation"), _PER_AXIS))
 
 
 def attr_problem(key: str, default, value) -> Optional[str]:

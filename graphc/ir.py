@@ -128,10 +128,12 @@ class GraphBuilder:
             mark: Optional[Mark] = None, dtype: Optional[str] = None) -> str:
         """Add a node; ShapeError becomes a SpecError naming the inputs and their shapes.
 
-        Given the user's inputs, an op that `saves` a value for its gradient gets that
-        value as a node of its own (`<name>/saved`) and as its last input; a `random` op
-        gets the generator key `rng:key` as its last input and its own `stream`; an op that
-        `updates` state gets its state update `<name>/update` (role state) after it.
+        An op that `saves` a value for its gradient, given the user's inputs, gets that
+        value as a node of its own (`<name>/saved`, with the attributes the saved op
+        declares) and as its last input; inputs that already end with that value are kept
+        as they are. Given the user's inputs, a `random` op gets the generator key
+        `rng:key` as its last input and its own `stream`, and an op that `updates` state
+        gets its state update `<name>/update` (role state) after it.
         """
         inputs, attrs = tuple(inputs), dict(attrs or {})
         where = {"origin": name, **self.provenance}
@@ -141,10 +143,11 @@ class GraphBuilder:
             attrs.setdefault("stream", stream(name))
         shape = self._infer(name, op, op, inputs, attrs, mark, where["origin"])
         saves = OPS[op].saves
-        if saves and user_form:
+        if saves and not (inputs and self.nodes[inputs[-1]].op == saves):
             saved = self.fresh(f"{name}/saved")
-            self.nodes[saved] = Node(saved, saves, inputs, {},
-                                     self._infer(name, op, saves, inputs, {}, mark,
+            shared = {k: v for k, v in attrs.items() if k in OPS[saves].attrs}
+            self.nodes[saved] = Node(saved, saves, inputs, shared,
+                                     self._infer(name, op, saves, inputs, shared, mark,
                                                  where["origin"]),
                                      dtype or self.dtype, mark, **where)
             inputs += (saved,)

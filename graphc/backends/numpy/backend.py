@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from ...plan import ALIGN, Plan
-from . import fast, kernels, nn, softmax, updates
+from . import conv, fast, kernels, nn, sequence, softmax, updates
 from . import modal
 from .workspace import Workspace
 
@@ -34,7 +34,7 @@ def assemble(*tables: dict) -> dict:
 
 
 KERNELS = assemble(kernels.BIND, nn.BIND, fast.BIND, softmax.BIND, updates.BIND,
-                   modal.BIND)
+                   conv.BIND, sequence.BIND, modal.BIND)
 
 
 def run_kernel(op: str, out: np.ndarray, *ins, **attrs) -> np.ndarray:
