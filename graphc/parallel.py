@@ -54,6 +54,16 @@ class World:
         """The largest of every rank's `value`."""
         return value
 
+    def average(self, buffers, share: float) -> None:
+        """Each buffer <- the mean over ranks weighted by each rank's `share` of the batch,
+        in place. For the running statistics each rank updates from its own shard: the
+        running mean becomes exactly the one-process value (the batch mean is the weighted
+        mean of the shard means), and every rank holds the same bits."""
+        if self.size > 1:
+            for buffer in buffers:
+                buffer *= share
+                self.allreduce(buffer)
+
     def allgather(self, obj) -> list:
         """[rank 0's obj, rank 1's, ...] on every rank."""
         return [obj]

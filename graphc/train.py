@@ -1,13 +1,13 @@
 """Training: data -> mini-batches -> the compiled training step, per-epoch metrics, checkpoints.
 
-One `StepGraph` (forward + backward + updates) is compiled per batch size; the
-learning rate is written into its `hyper` leaf each epoch. A non-finite loss or
-gradient skips that step's updates (see optim.py) and stops training with the
-node that first went non-finite. Checkpoints (checkpoint.py) hold everything a
-resume needs to continue bit for bit. A run holds a lock on its checkpoint
-(outfiles.locked); Ctrl-C, SIGTERM and SIGHUP save one and exit 130, 143, 129.
-Under mpiexec every rank runs this loop on its share of each batch (parallel.py);
-stops and saves are agreed, and rank 0 alone logs, locks and writes (docs/scaling.md).
+One `StepGraph` (forward + backward + updates) is compiled per batch size; the learning
+rate is written into its `hyper` leaf each epoch. A non-finite loss or gradient skips that
+step's updates (see optim.py) and stops training with the node that first went
+non-finite. Checkpoints (checkpoint.py) hold everything a resume needs to continue bit for
+bit. A run holds a lock on its checkpoint (outfiles.locked); Ctrl-C, SIGTERM and SIGHUP
+save one and exit 130, 143, 129. Under mpiexec every rank runs this loop on its share of
+each batch (parallel.py); stops and saves are agreed, and rank 0 alone logs, locks and
+writes (docs/scaling.md).
 """
 from __future__ import annotations
 
@@ -108,9 +108,8 @@ def evaluate(model: Model, arrays: Mapping[str, np.ndarray], metrics: Mapping,
 
 
 def evaluate_checkpoint(model: Model, path) -> dict:
-    """`graphc eval`: loss and metrics of a checkpoint's params on the spec's data (its
-    validation split where it has one, drawn with the run's seed), normalized with the
-    checkpoint's statistics."""
+    """`graphc eval`: a checkpoint's loss and metrics on the spec's data (its validation
+    split where it has one, drawn with the run's seed), with the checkpoint's statistics."""
     arrays = read_checkpoint(model, path)
     cfg = parse_train(model, seed=C.saved_settings(arrays, path).get("seed"))
     data = load_dataset(model, cfg, C.saved_stats(arrays, path, STATS) or None)
@@ -236,6 +235,7 @@ class Run:
         if self.step.together:
             self.model.store[SHARE][...] = share
         ex = self.runner.run_rows(self.data.train, shard)
+        self.world.average(C.state_of(self.model).values(), share)     # running statistics
         loss, norm = float(ex[self.model.graph.loss]), float(ex[self.step.guard])
         if not (math.isfinite(loss) and math.isfinite(norm)):
             where = (f"epoch {self.pos.epoch + 1}, batch {i} "
@@ -297,7 +297,7 @@ class Run:
             arrays.update({RESERVED + "best/" + k: v for k, v in self.best.items()})
         arrays.update(extra or {})
         m = self.model
-        self.world.check_identical([m.store[k] for k in [*C.params_of(m), *self.state_names()]],
+        self.world.check_identical([m.store[k] for k in [*C.leaves_of(m), *self.state_names()]],
                                    f"{self.pos.global_step} steps")
         self.saved = arrays
         if self.writes:

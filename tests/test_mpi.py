@@ -161,7 +161,8 @@ def test_every_shipped_spec_compiles_a_synced_step_that_verifies(path):
                         together=step.together)
     verify_plan(plan)
     sync = next(s.index for s in plan.steps if s.node == SYNC)
-    assert all(s.index > sync for s in plan.steps if s.phase == "update" and s.node != SYNC)
+    optimizer = [s for s in plan.steps if s.phase == "update" and s.node.startswith("update:")]
+    assert all(s.index > sync for s in optimizer)
 
 
 def test_the_verifier_catches_a_gap_in_the_allreduced_span(tmp_path):
@@ -259,6 +260,52 @@ def test_two_ranks_train_the_params_one_process_trains(tmp_path, optimizer, batc
     assert two_json["loss"] == pytest.approx(one_json["loss"], rel=1e-5)
     assert len(proc.stdout.splitlines()) == 1                  # rank 0 alone prints
     assert proc.stderr.count("final:") == 1 and proc.stderr.count("epoch    3/3") == 1
+
+
+BN_SPEC = """
+name: mpi_bn
+inputs:
+  x: [batch, 2]
+  y: {shape: [batch], dtype: int64}
+params:
+  gamma: {shape: [2], init: ones}
+  beta: [2]
+  W: {shape: [2, 3], init: {normal: {std: 0.1}}}
+  b: [3]
+state:
+  running_mean: [2]
+  running_var: {shape: [2], init: ones}
+nodes:
+  xn: batch_norm(x, gamma, beta, running_mean, running_var)
+  scores: xn @ W + b
+  loss: softmax_cross_entropy(scores, y)
+outputs: [scores]
+train:
+  data: {dataset: spiral, samples: 200, classes: 3, seed: 0}
+  batch_size: 45
+  epochs: 2
+  optimizer: {sgd: {lr: 0.1}}
+  seed: 0
+"""
+
+
+@needs_mpi
+def test_running_statistics_are_averaged_over_ranks_by_share(tmp_path):
+    """Each rank updates the running statistics from its shard; the share-weighted mean over
+    ranks makes the running mean the one-process value (batch_norm reads the input here,
+    so the batch means do not depend on the params) and keeps every rank's bits equal
+    (the save compares them). The running variance is the mean of the shards' variances,
+    close to the batch's but not equal (docs/scaling.md)."""
+    path = tmp_path / "bn.yaml"
+    path.write_text(BN_SPEC)
+    for n in (None, 2):
+        proc = graphc("train", path, "--out", tmp_path / f"n{n or 1}.npz", cwd=tmp_path,
+                      ranks=n)
+        assert proc.returncode == 0, proc.stderr
+    one, two = params(tmp_path / "n1.npz"), params(tmp_path / "n2.npz")
+    assert_close({"m": one["running_mean"]}, {"m": two["running_mean"]})
+    assert not np.array_equal(two["running_mean"], np.zeros(2))
+    assert np.allclose(one["running_var"], two["running_var"], rtol=0.05)
 
 
 @needs_mpi
