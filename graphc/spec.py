@@ -28,7 +28,7 @@ TOP_KEYS = ("graphc", "name", "dtype", "inputs", "params", "nodes", "loss", "out
 TRAIN_KEYS = ("data", "batch_size", "epochs", "optimizer", "schedule", "metrics", "seed",
               "clip_grad_norm", "early_stopping")
 NODE_KEYS = ("op", "inputs")
-MAX_SPEC_BYTES = 2**20          # specs are a few KB; YAML parsing needs ~200 bytes per byte
+MAX_SPEC_BYTES = 4 * 2**20         # specs are a few KB; YAML parsing needs ~200 bytes per byte
 
 
 @dataclass(frozen=True)
