@@ -13,6 +13,7 @@ from typing import Mapping, Optional
 
 from .errors import SpecError
 from .ir import Graph, GraphBuilder, Node, reach, toposort, verify_graph
+from .limits import paused_gc
 from .ops import OPS
 
 
@@ -50,6 +51,7 @@ def path_nodes(graph: Graph, wrt) -> set:
     return reach(preds, [graph.loss]) & reach(later, wrt)
 
 
+@paused_gc
 def grad_graph(graph: Graph, wrt, seed: Optional[str] = None) -> GradGraph:
     """Append the reverse graph of d loss / d each of `wrt` (leaves) to `graph`.
 

@@ -14,6 +14,7 @@ import networkx as nx
 
 from . import shapes as S
 from .errors import GraphcError, Mark, SpecError
+from .limits import paused_gc
 from .ops import OPS
 
 
@@ -268,6 +269,7 @@ def _raise_cycle(node_specs: dict):
                     hint="a spec is a DAG: one of these nodes must not depend on the others")
 
 
+@paused_gc
 def build_graph(spec) -> Graph:
     """Spec -> scheduled Graph with every shape inferred; the loss must be a scalar."""
     b = GraphBuilder(spec.dtype)

@@ -18,7 +18,7 @@ import numpy as np
 from . import arena as A
 from . import shapes as S
 from .errors import Mark, SpecError
-from .limits import fmt_bytes
+from .limits import fmt_bytes, paused_gc
 from .ir import Graph, broken, invariant
 from .ops import OPS
 
@@ -157,6 +157,7 @@ def batch_dims(graph: Graph) -> list:
                               if n.shape and isinstance(n.shape[0], str)))
 
 
+@paused_gc
 def compile_plan(graph: Graph, dims: Mapping[str, int], keep=(), forward=None,
                  reuse: bool = True) -> Plan:
     """Bind dims, order the steps for memory, plan liveness, in-place writes and offsets."""

@@ -89,9 +89,10 @@ class _Bounded:
             node = super().compose_node(parent, index)
         finally:
             self.depth -= 1
-        children = node.value if isinstance(node.value, list) else []
-        pairs = (c if isinstance(c, tuple) else (c,) for c in children)
-        self.sizes[id(node)] = 1 + sum(self.sizes[id(n)] for p in pairs for n in p)
+        if self.anchors:        # sizes are read only for anchored nodes, whose whole tree
+            children = node.value if isinstance(node.value, list) else []   # comes after
+            pairs = (c if isinstance(c, tuple) else (c,) for c in children)  # the anchor
+            self.sizes[id(node)] = 1 + sum(self.sizes.get(id(n), 1) for p in pairs for n in p)
         return node
 
     def _alias(self, parent, index):
