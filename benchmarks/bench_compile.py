@@ -9,8 +9,10 @@ way the commands do: the MLP as `graphc plan` (spec, IR, reverse graph, training
 memory plan, plan verifier, plan table, DOT), the chain as `graphc check` (spec, IR,
 reverse graph, the check table). Each pass is timed by wrapping its function; a pass
 called inside another counts in both (build_graph includes acyclicity, shapes, the
-schedule and the IR verifier). The table shows milliseconds, and µs per node: a linear
-pass keeps its µs per node as the size grows. `--cli` also times the command itself
+schedule and the IR verifier). The table shows wall milliseconds, and µs per node: a
+linear pass keeps its µs per node as the size grows. The last rows give the process's
+CPU time (which a busy machine inflates less than wall time) and its per-node cost as a
+ratio to the smallest size's, measured in the same run: 1.00 is linear. `--cli` also times the command itself
 (`python -m graphc plan|check SPEC`, a fresh process) for the done-means targets;
 `--profile mlp:1000` prints cProfile's top functions for one spec instead.
 `GRAPHC_TREE=/path/to/checkout` times another revision's graphc (a `git worktree`).
@@ -172,13 +174,13 @@ def measure(kind: str, size: int, folder: Path, cli: bool) -> dict:
     path = write_spec(kind, size, folder)
     timers = Timers()
     timers.install()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         nodes = KINDS[kind][1](path)
     finally:
         timers.uninstall()
     row = {"kind": kind, "size": size, "nodes": nodes, "total_s": time.perf_counter() - t0,
-           "passes": timers.totals}
+           "cpu_s": time.process_time() - c0, "passes": timers.totals}
     if cli:
         row["cli_s"] = cli_seconds(KINDS[kind][2], path)
     return row
@@ -209,6 +211,11 @@ def table(rows: list) -> str:
                 lines.append([label] + [_cell(r["passes"].get(label, 0.0), r["nodes"])
                                         for r in mine])
         lines.append(["total in process"] + [_cell(r["total_s"], r["nodes"]) for r in mine])
+        lines.append(["total CPU (process_time)"] + [_cell(r["cpu_s"], r["nodes"])
+                                                      for r in mine])
+        base = mine[0]["cpu_s"] / mine[0]["nodes"]
+        lines.append(["CPU per node / smallest's"] + [f"{r['cpu_s'] / r['nodes'] / base:.2f}"
+                                                       for r in mine])
         if all("cli_s" in r for r in mine):
             lines.append([f"`graphc {KINDS[kind][2]}`"] +
                          [_cell(r["cli_s"], r["nodes"]) for r in mine])
