@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 
-
 @dataclass(frozen=True)
 class Block:
     """A piece of arena storage: one value, or an in-place chain sharing the same bytes."""
