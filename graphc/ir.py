@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional
-
-import networkx as nx
+from typing import TYPE_CHECKING, Iterable, Mapping, Optional
 
 from . import shapes as S
 from .errors import GraphcError, Mark, SpecError
 from .limits import paused_gc
 from .ops import OPS
+
+if TYPE_CHECKING:      # NetworkX loads only for the pictures and the cycle path: ~0.2 s
+    import networkx as nx
 
 
 class VerifyError(GraphcError):
@@ -91,6 +92,7 @@ class Graph:
 
     def digraph(self) -> nx.DiGraph:
         """Data edges input -> node, plus the ordering edges in `after`."""
+        import networkx as nx
         g = nx.DiGraph()
         g.add_nodes_from(self.nodes)
         for n in self.nodes.values():
@@ -248,6 +250,7 @@ def toposort(graph: Graph) -> Graph:
 def _raise_cycle(node_specs: dict):
     """SpecError naming a cycle of the spec's nodes by the user's nodes (only called when
     the topological order found one: the path search runs on bad specs alone)."""
+    import networkx as nx
     g = nx.DiGraph()
     g.add_nodes_from(node_specs)
     for n in node_specs.values():
