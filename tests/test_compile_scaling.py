@@ -244,3 +244,21 @@ def test_a_cycle_is_still_named_by_its_path(tmp_path):
     path.write_text("inputs:\n  x: [3]\nnodes:\n  a: relu(b)\n  b: tanh(a)\n  loss: sum(a)\n")
     with pytest.raises(Exception, match=r"cycle: a -> b -> a"):
         build_graph(load_spec(path))
+
+
+def _marked(value):
+    """A loaded YAML value with every mark it carries, for comparing two loaders."""
+    if isinstance(value, dict):
+        return {k: (_marked(v), value.key_marks[k], value.value_marks[k])
+                for k, v in value.items()}, value.mark
+    if isinstance(value, list):
+        return [_marked(v) for v in value], value.mark, list(value.marks)
+    return value, type(value)
+
+
+@pytest.mark.parametrize("spec", sorted(SPECS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_libyaml_events_load_what_pyyaml_loads_with_the_same_marks(spec):
+    from graphc import yamlload
+    text = spec.read_text()
+    fast = yamlload._parse(yamlload._FastLoader, text, spec.name)
+    assert _marked(fast) == _marked(yamlload._parse(yamlload._Loader, text, spec.name))
