@@ -234,8 +234,7 @@ def _check_disjoint(plan: Plan) -> None:
         for j in (i - 1, i):
             if 0 <= j < len(live):
                 other = plan.buffers[live[j][1]]
-                low, high = sorted((other, b), key=lambda x: x.offset)
-                if high.offset < low.offset + low.bytes:
+                if other.offset < b.offset + b.bytes and b.offset < other.offset + other.bytes:
                     broken(f"plan verifier: {other.value} and {b.value} overlap while both live")
         live.insert(i, (b.offset, b.value))
         heapq.heappush(ending, (b.last_step, b.offset, b.value))
