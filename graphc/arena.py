@@ -5,10 +5,10 @@ step range [first, last]; plan.py turns a Graph into these and back.
 """
 from __future__ import annotations
 
+import bisect
+import heapq
 from dataclasses import dataclass
 from typing import Iterable, Mapping
-
-import networkx as nx
 
 
 @dataclass(frozen=True)
@@ -105,14 +105,82 @@ ORDERINGS = {
 }
 
 
+OFFLINE_BUDGET = 250_000       # blocks x most blocks live at once: ~0.1 s in the three orders
+
+
 def assign_offsets(blocks: list) -> tuple:
-    """(arena bytes, {block values: offset}): the best of greedy-by-size and two other orders."""
-    best = None
-    for key in ORDERINGS.values():
-        top, offsets = _place(sorted(blocks, key=key))
-        if best is None or top < best[0]:
-            best = (top, offsets)
-    return best or (0, {})
+    """(arena bytes, {block values: offset}): the best of greedy-by-size, two other orders
+    and a sweep in time order; the first of them wins a tie.
+
+    The three offline orders compare each block with every block live beside it, so they
+    run only while blocks x peak live blocks is within OFFLINE_BUDGET (a few thousand
+    steps); the sweep, O(n log n), always runs.
+    """
+    pairs = len(blocks) * sweep_peak((b.first, b.last, 1) for b in blocks)
+    keys = ORDERINGS.values() if pairs <= OFFLINE_BUDGET else ()
+    placed = [_place(sorted(blocks, key=key)) for key in keys] + [sweep_offsets(blocks)]
+    return min(placed, key=lambda top_offsets: top_offsets[0])
+
+
+def sweep_offsets(blocks: list) -> tuple:
+    """Best-fit in time order, as an allocator would: free the blocks whose last step has
+    passed, then place the next block in the smallest free hole that holds it (the lowest
+    such), else at the top of the live blocks. O(n log n) for n blocks."""
+    free, offsets, arena = _FreeList(), {}, 0
+    ending: list = []                     # heap of (last step, offset, bytes)
+    for blk in sorted(blocks, key=lambda b: (b.first, -b.bytes, b.last)):
+        while ending and ending[0][0] < blk.first:
+            _, off, nbytes = heapq.heappop(ending)
+            free.release(off, nbytes)
+        off = offsets[blk.values] = free.take(blk.bytes)
+        heapq.heappush(ending, (blk.last, off, blk.bytes))
+        arena = max(arena, off + blk.bytes)
+    return arena, offsets
+
+
+class _FreeList:
+    """Free bytes below `top` as holes, found by size (a sorted list, bisect) and merged
+    with their neighbours by offset (dicts); everything from `top` up is free."""
+
+    def __init__(self):
+        self.by_size: list = []          # sorted (bytes, offset)
+        self.start: dict = {}            # hole offset -> bytes
+        self.end: dict = {}              # hole end -> offset
+        self.top = 0
+
+    def take(self, nbytes: int) -> int:
+        i = bisect.bisect_left(self.by_size, (nbytes, -1))
+        if i == len(self.by_size):
+            off, self.top = self.top, self.top + nbytes
+            return off
+        size, off = self.by_size[i]
+        self._remove(off)
+        if size > nbytes:
+            self._add(off + nbytes, size - nbytes)
+        return off
+
+    def release(self, off: int, nbytes: int) -> None:
+        end = off + nbytes
+        if end in self.start:                  # a hole right above: merge
+            end += self._remove(end)
+        if off in self.end:                    # a hole right below: merge
+            below = self.end[off]
+            self._remove(below)
+            off = below
+        if end == self.top:
+            self.top = off
+        elif end > off:
+            self._add(off, end - off)
+
+    def _add(self, off: int, nbytes: int) -> None:
+        bisect.insort(self.by_size, (nbytes, off))
+        self.start[off], self.end[off + nbytes] = nbytes, off
+
+    def _remove(self, off: int) -> int:
+        nbytes = self.start.pop(off)
+        del self.end[off + nbytes]
+        self.by_size.pop(bisect.bisect_left(self.by_size, (nbytes, off)))
+        return nbytes
 
 
 def sequential_offsets(blocks: list) -> tuple:
@@ -124,36 +192,66 @@ def sequential_offsets(blocks: list) -> tuple:
     return top, offsets
 
 
-def memory_order(g: nx.DiGraph, inputs: Mapping[str, tuple], sizes: Mapping[str, int],
-                 pinned: set, rank: Mapping) -> list:
+def memory_order(preds: Mapping[str, tuple], inputs: Mapping[str, tuple],
+                 sizes: Mapping[str, int], pinned: set, rank: Mapping) -> list:
     """A topological order that greedily lowers the live bytes.
 
     Among ready nodes, run first the one whose step frees the most bytes net of what it
     allocates (an update frees its gradient; an add frees two partial sums); ties keep
     the original order `rank`. `pinned` values (kept to the end) are never freed.
-    `g` has data and ordering edges; `inputs` the data inputs alone; `sizes` the bytes
-    of planned values.
+    `preds` has every node's data and ordering predecessors; `inputs` the data inputs
+    alone; `sizes` the bytes of planned values.
+
+    A node's gain only falls (more of its inputs get it as their last reader), so the
+    ready nodes sit in a heap and a node is pushed again when its gain falls; stale
+    entries are skipped: O((nodes + edges) log nodes).
     """
-    indeg = {n: d for n, d in g.in_degree()}
-    data_inputs = {n: [p for p in set(inputs.get(n, ())) if p in sizes] for n in g}
-    readers = {n: 0 for n in g}
-    for n in g:
+    data_inputs = {n: [p for p in dict.fromkeys(inputs.get(n, ())) if p in sizes]
+                   for n in preds}
+    later, readers_of = _successors(preds), {}
+    for n in preds:
         for p in data_inputs[n]:
-            readers[p] += 1
-    ready = {n for n, d in indeg.items() if d == 0}
+            readers_of.setdefault(p, []).append(n)
+    readers = {p: len(r) for p, r in readers_of.items()}
+    waiting = {n: len(set(ps)) for n, ps in preds.items()}
+    done: set = set()
+
+    def gain(n):
+        freed = sum(sizes[p] for p in data_inputs[n] if readers[p] == 1 and p not in pinned)
+        return (sizes.get(n, 0) - freed, rank[n], n)
+    ready = [gain(n) for n, w in waiting.items() if w == 0]
+    heapq.heapify(ready)
     order = []
     while ready:
-        def gain(n):
-            freed = sum(sizes[p] for p in data_inputs[n]
-                        if readers[p] == 1 and p not in pinned)
-            return (sizes.get(n, 0) - freed, rank[n])
-        n = min(ready, key=gain)
-        ready.remove(n)
+        entry = heapq.heappop(ready)
+        n = entry[2]
+        if n in done or entry != gain(n):
+            continue                        # ran already, or pushed again with a lower gain
+        done.add(n)
         order.append(n)
         for p in data_inputs[n]:
             readers[p] -= 1
-        for s in g.successors(n):
-            indeg[s] -= 1
-            if indeg[s] == 0:
-                ready.add(s)
+            if readers[p] == 1 and p not in pinned:
+                _push_last_reader(ready, readers_of[p], done, waiting, gain)
+        for s in later[n]:
+            waiting[s] -= 1
+            if waiting[s] == 0:
+                heapq.heappush(ready, gain(s))
     return order
+
+
+def _successors(preds: Mapping[str, tuple]) -> dict:
+    """name -> the names that follow it, each edge once."""
+    later = {n: [] for n in preds}
+    for n, ps in preds.items():
+        for p in set(ps):
+            later[p].append(n)
+    return later
+
+
+def _push_last_reader(ready: list, readers: list, done: set, waiting: Mapping, gain) -> None:
+    """The one reader of a value left to run now frees it: if it is ready, push it again
+    with its lower gain."""
+    last = next(r for r in readers if r not in done)
+    if waiting[last] == 0:
+        heapq.heappush(ready, gain(last))

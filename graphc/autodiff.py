@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-import networkx as nx
-
 from .errors import SpecError
-from .ir import Graph, GraphBuilder, Node, toposort, verify_graph
+from .ir import Graph, GraphBuilder, Node, reach, toposort, verify_graph
+from .limits import paused_gc
 from .ops import OPS
 
 
@@ -42,13 +41,17 @@ class GradGraph:
 
 
 def path_nodes(graph: Graph, wrt) -> set:
-    """Nodes on some path from a leaf in `wrt` to the loss: the only ones worth differentiating."""
-    g = graph.digraph()
-    upstream = nx.ancestors(g, graph.loss) | {graph.loss}
-    downstream = set(wrt).union(*(nx.descendants(g, w) for w in wrt)) if wrt else set()
-    return upstream & downstream
+    """Nodes on some path from a leaf in `wrt` to the loss: the only ones worth differentiating.
+    One sweep up from the loss and one down from all of `wrt` together: O(nodes + edges)."""
+    preds = graph.predecessors()
+    later = {name: [] for name in preds}
+    for name, before in preds.items():
+        for p in before:
+            later[p].append(name)
+    return reach(preds, [graph.loss]) & reach(later, wrt)
 
 
+@paused_gc
 def grad_graph(graph: Graph, wrt, seed: Optional[str] = None) -> GradGraph:
     """Append the reverse graph of d loss / d each of `wrt` (leaves) to `graph`.
 
@@ -79,23 +82,12 @@ def grad_graph(graph: Graph, wrt, seed: Optional[str] = None) -> GradGraph:
         for x, gx in zip(node.inputs, OPS[node.op].vjp(emit, node, g)):
             if gx is not None and x in need:
                 pending[x].append(gx)
-    live = _reachable(b.nodes, set(totals.values()))
+    # backward nodes no total depends on are dead (d/d x of a matmul whose x is data)
+    live = reach({k: n.inputs for k, n in b.nodes.items()}, set(totals.values()))
     nodes = {k: v for k, v in b.nodes.items() if k in graph.nodes or k in live}
     out = toposort(Graph(nodes, graph.loss, graph.outputs, graph.dtype, graph.after))
     verify_graph(out)
     return GradGraph(out, {**totals, **{w: totals.get(w) for w in wrt}})
-
-
-def _reachable(nodes: Mapping, roots: set) -> set:
-    """Names the roots depend on: backward nodes outside this set are dead (e.g. d/d x
-    of a matmul whose x is data) and are dropped."""
-    seen, stack = set(), list(roots)
-    while stack:
-        n = stack.pop()
-        if n not in seen:
-            seen.add(n)
-            stack.extend(nodes[n].inputs)
-    return seen
 
 
 def _total(emit: _Emit, node: Node, contributions: list) -> str:

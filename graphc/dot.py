@@ -124,13 +124,13 @@ REGION_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02
                  "#a6761d", "#666666", "#1f78b4", "#b2df8a", "#fb9a99", "#cab2d6")
 
 
-def _region_attrs(plan: Plan, value: str) -> dict:
-    """A planned value's arena region: border colour by offset, and the bytes it holds."""
+def _region_attrs(plan: Plan, value: str, ranks: Mapping[int, int]) -> dict:
+    """A planned value's arena region: border colour by offset (`ranks`: each offset's
+    place among them), and the bytes it holds."""
     b = plan.buffers.get(value)
     if b is None:
         return {}
-    offsets = sorted({x.offset for x in plan.buffers.values()})
-    color = REGION_COLORS[offsets.index(b.offset) % len(REGION_COLORS)]
+    color = REGION_COLORS[ranks[b.offset] % len(REGION_COLORS)]
     return {"color": color, "penwidth": "2.5",
             "arena": f"[{b.offset}, {b.offset + b.bytes})"}
 
@@ -138,38 +138,41 @@ def _region_attrs(plan: Plan, value: str) -> dict:
 def _plan_nodes(graph: Graph, plan: Plan, steps) -> tuple:
     """(node lines by cluster, ids of drawn values): steps, then the values they read."""
     written = {s.node: s for s in steps if s.outputs == (s.node,)}
+    offsets = sorted({b.offset for b in plan.buffers.values()})
+    ranks = {off: i for i, off in enumerate(offsets)}
     clusters, drawn = {}, set()
     for s in steps:
         shape = S.fmt(_value_shape(plan, s.outputs[0]))
         label = f"{s.node}\n{s.op} {shape}\nstep {s.index}"
         if OPS[s.op].mutates:
             label += "\nwrites " + ", ".join(s.inputs[p] for p in OPS[s.op].mutates)
-        region = _region_attrs(plan, s.outputs[0])
+        region = _region_attrs(plan, s.outputs[0], ranks)
         if region:
             label += f"\narena {region['arena']}"
         attrs = {**PLAN_STYLE[s.phase], **region, "label": label, "class": s.phase,
                  "tooltip": f"step {s.index} ({s.phase}): {s.op}"}
         clusters.setdefault(_block(graph, s.node, s.phase), []).append((s.node, attrs))
         drawn.add(s.node)
+    writer = {s.outputs[0]: s.index for s in plan.steps}
     for s in steps:
         for v in s.inputs:
             if v in drawn or v in written:
                 continue
             drawn.add(v)
-            clusters.setdefault(None, []).append((v, _outside_attrs(graph, plan, v)))
+            clusters.setdefault(None, []).append((v, _outside_attrs(graph, plan, v, writer)))
     return clusters, drawn
 
 
-def _outside_attrs(graph: Graph, plan: Plan, v: str) -> dict:
-    """A value the drawn steps read but do not write: a leaf, or a step outside --only."""
+def _outside_attrs(graph: Graph, plan: Plan, v: str, writer: Mapping[str, int]) -> dict:
+    """A value the drawn steps read but do not write: a leaf, or a step outside --only
+    (`writer`: the step writing each value)."""
     if v in plan.persistent:
         op, shape, _, const = plan.persistent[v]
         label = f"{v}\n{op} {S.fmt(shape)}"
         if op == "const":     # a number in an expression; the seed d:loss = 1 keeps its name
             label = f"{v} = {const:g}" if graph[v].role == "gradient" else f"{const:g}"
         return {**PLAN_STYLE.get(op, PLAN_STYLE["input"]), "label": label, "class": op}
-    step = next(s.index for s in plan.steps if s.outputs[0] == v)
-    return {**PLAN_STYLE["external"], "label": f"{v}\n(step {step}, not drawn)",
+    return {**PLAN_STYLE["external"], "label": f"{v}\n(step {writer[v]}, not drawn)",
             "class": "external"}
 
 

@@ -165,8 +165,8 @@ class _Parser:
             while out in self.used:
                 out, k = f"{self.name}/{op}_{k}", k + 1
         self.used.add(out)
-        self.marks[out] = self.at(tree)
-        self.nodes.append(NodeSpec(out, op, inputs, attrs, self.at(tree),
+        mark = self.marks[out] = self.at(tree)
+        self.nodes.append(NodeSpec(out, op, inputs, attrs, mark,
                                    tuple(self.marks.get(i) for i in inputs)))
         return out
 
@@ -259,7 +259,8 @@ class _Parser:
             self.fail(f"'{self.source(tree.func)}' cannot be called; only op names can",
                       tree.func, ALLOWED)
         self.check_name(tree.func.id, tree.func)
-        op = call_form(lookup_op(tree.func.id, self.name, self.at(tree)), len(tree.args))
+        mark = self.at(tree)
+        op = call_form(lookup_op(tree.func.id, self.name, mark), len(tree.args))
         arity = OPS[op].arity
         if any(isinstance(a, ast.Starred) for a in tree.args) or \
                 any(k.arg is None for k in tree.keywords):
@@ -275,7 +276,7 @@ class _Parser:
                 self.fail(f"attribute '{kw.arg}' of {op} is '{self.source(kw.value)}', "
                           "expected a constant", kw.value,
                           f"write {kw.arg}=1 or {kw.arg}=[0, 1]; inputs go by position")
-        attrs = check_attrs(op, attrs, self.name, self.at(tree), marks)
+        attrs = check_attrs(op, attrs, self.name, mark, marks)
         return self.emit(op, inputs, attrs, tree, top)
 
 

@@ -10,6 +10,7 @@ is a plain (untruncated) normal as in PyTorch. docs/data.md has the formulas.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import typing
@@ -209,8 +210,11 @@ def _check_args(name: str, kwargs: dict, mark, node) -> None:
                             mark=mark, node=node, hint=f"e.g. {{{name}: {{{key}: 0.5}}}}")
 
 
+@functools.lru_cache(maxsize=None)
 def _arguments(fn) -> dict[str, tuple[type, object]]:
-    """name -> (type, default) of an initializer's keyword-only parameters: what a spec sets."""
+    """name -> (type, default) of an initializer's keyword-only parameters: what a spec sets.
+    Read once per initializer (type hints cost ~1 ms; a 1,000-layer MLP has 2,000 params);
+    callers only read the dict."""
     types = typing.get_type_hints(fn)  # not signature(eval_str=True): that needs Python 3.10
     return {k: (types[k], p.default) for k, p in inspect.signature(fn).parameters.items()
             if p.kind is inspect.Parameter.KEYWORD_ONLY}

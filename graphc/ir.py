@@ -6,18 +6,21 @@ such as `batch` bound consistently) and orders the nodes deterministically.
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional
-
-import networkx as nx
+from typing import TYPE_CHECKING, Iterable, Mapping, Optional
 
 from . import shapes as S
 from .errors import GraphcError, Mark, SpecError
+from .limits import paused_gc
 from .ops import OPS
 from .ops.modal import stream
 from .ops.record import MODES
 
 RNG_KEY = "rng:key"     # int64 [train seed, step]: the trainer writes it before each step
+
+if TYPE_CHECKING:      # NetworkX loads only for the pictures and the cycle path: ~0.2 s
+    import networkx as nx
 
 
 class VerifyError(GraphcError):
@@ -29,9 +32,15 @@ class VerifyError(GraphcError):
 def invariant(ok: bool, message: str, node=None) -> None:
     """Raise VerifyError(message) at `node` (a Node: its spec line and user node) unless ok."""
     if not ok:
-        raise VerifyError(f"{message} (a bug in graphc: please report it with the spec)",
-                          mark=getattr(node, "mark", None),
-                          node=getattr(node, "origin", None) or getattr(node, "name", None))
+        broken(message, node)
+
+
+def broken(message: str, node=None):
+    """Raise VerifyError(message) at `node`: for a check in a loop over every node, whose
+    message is worth formatting only once it fails."""
+    raise VerifyError(f"{message} (a bug in graphc: please report it with the spec)",
+                      mark=getattr(node, "mark", None),
+                      node=getattr(node, "origin", None) or getattr(node, "name", None))
 
 
 @dataclass(frozen=True)
@@ -78,8 +87,16 @@ class Graph:
     def leaves(self, op: Optional[str] = None) -> list:
         return [n for n in self.nodes.values() if n.is_leaf and (op is None or n.op == op)]
 
+    def predecessors(self) -> dict:
+        """name -> the nodes it must follow: its data inputs, then its `after` edges."""
+        preds = {name: list(n.inputs) for name, n in self.nodes.items()}
+        for before, later in self.after:
+            preds[later].append(before)
+        return preds
+
     def digraph(self) -> nx.DiGraph:
         """Data edges input -> node, plus the ordering edges in `after`."""
+        import networkx as nx
         g = nx.DiGraph()
         g.add_nodes_from(self.nodes)
         for n in self.nodes.values():
@@ -199,21 +216,78 @@ class GraphBuilder:
         return Graph(dict(self.nodes), loss, tuple(outputs), self.dtype, tuple(after))
 
 
+def topological_order(preds: Mapping[str, Iterable[str]]) -> Optional[list]:
+    """The names of `preds` (name -> the names it follows) in topological order, or None
+    when they hold a cycle. Among ready names the earliest in `preds` goes first, as in
+    `nx.lexicographical_topological_sort` keyed by position. Kahn's algorithm over a heap,
+    O((nodes + edges) log nodes); names outside `preds` are ignored."""
+    names = list(preds)
+    rank = {name: i for i, name in enumerate(names)}
+    later = {name: [] for name in names}
+    waiting = dict.fromkeys(names, 0)
+    for name, before in preds.items():
+        for p in set(before):
+            if p in rank:
+                later[p].append(name)
+                waiting[name] += 1
+    ready = [rank[name] for name, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        name = names[heapq.heappop(ready)]
+        order.append(name)
+        for s in later[name]:
+            waiting[s] -= 1
+            if waiting[s] == 0:
+                heapq.heappush(ready, rank[s])
+    return order if len(order) == len(names) else None
+
+
+def _in_order(preds: Mapping[str, Iterable[str]]) -> bool:
+    """Does every name of `preds` come after all the names it follows?"""
+    seen = set()
+    for name, before in preds.items():
+        if not seen.issuperset(before):
+            return False
+        seen.add(name)
+    return True
+
+
+def reach(edges: Mapping[str, Iterable[str]], roots: Iterable[str]) -> set:
+    """The roots and every name reachable from them along `edges` (name -> next names),
+    in one iterative sweep: O(nodes + edges), no recursion."""
+    seen, stack = set(), list(roots)
+    while stack:
+        name = stack.pop()
+        if name not in seen:
+            seen.add(name)
+            stack.extend(edges.get(name, ()))
+    return seen
+
+
 def toposort(graph: Graph) -> Graph:
-    """The same graph with nodes in a deterministic topological order (ties: current order)."""
-    order = {name: i for i, name in enumerate(graph.nodes)}
-    g = graph.digraph()
-    names = nx.lexicographical_topological_sort(g, key=order.__getitem__)
+    """The same graph with nodes in a deterministic topological order (ties: current order).
+    A graph already in topological order is that order (each node is the first ready
+    one), so it is returned as it is after one linear check; builders add nodes after
+    their inputs, so this is the common case."""
+    preds = graph.predecessors()
+    if _in_order(preds):
+        return graph
+    names = topological_order(preds)
+    invariant(names is not None, "IR verifier: the graph has a cycle")
     return Graph({n: graph.nodes[n] for n in names}, graph.loss, graph.outputs,
                  graph.dtype, graph.after)
 
 
-def _check_acyclic(g: nx.DiGraph, node_specs: dict):
-    """SpecError naming the first cycle of `g` (the spec's nodes) by the user's nodes."""
-    try:
-        cycle = nx.find_cycle(g)
-    except nx.NetworkXNoCycle:
-        return
+def _raise_cycle(node_specs: dict):
+    """SpecError naming a cycle of the spec's nodes by the user's nodes (only called when
+    the topological order found one: the path search runs on bad specs alone)."""
+    import networkx as nx
+    g = nx.DiGraph()
+    g.add_nodes_from(node_specs)
+    for n in node_specs.values():
+        g.add_edges_from((i, n.name) for i in n.inputs if i in node_specs)
+    cycle = nx.find_cycle(g)
     users = []                          # the user's nodes, anonymous sub-nodes folded in
     for u, _ in cycle:
         user = u.split("/")[0]
@@ -249,6 +323,7 @@ def state_order(nodes: Mapping[str, Node]) -> list:
             for i in u.inputs if nodes[i].op == "state" for r in readers.get(i, ())]
 
 
+@paused_gc
 def build_graph(spec, mode: str = "train") -> Graph:
     """Spec -> scheduled Graph of `mode` (train or eval: docs/design.md#modes) with every
     shape inferred; the loss must be a scalar."""
@@ -258,13 +333,10 @@ def build_graph(spec, mode: str = "train") -> Graph:
         b.nodes[leaf.name] = Node(leaf.name, leaf.kind, (), {"shape": leaf.shape},
                                   leaf.shape, leaf.dtype, leaf.mark, leaf.name)
     node_specs = {n.name: n for n in spec.nodes}
-    g = nx.DiGraph()
-    g.add_nodes_from(node_specs)
-    for n in spec.nodes:
-        g.add_edges_from((i, n.name) for i in n.inputs if i in node_specs)
-    _check_acyclic(g, node_specs)
-    order = {name: i for i, name in enumerate(node_specs)}
-    for name in nx.lexicographical_topological_sort(g, key=order.__getitem__):
+    order = topological_order({n.name: n.inputs for n in spec.nodes})
+    if order is None:
+        _raise_cycle(node_specs)
+    for name in order:
         n = node_specs[name]
         # expr.py names a sub-expression of node `h` `h/<op>`: its origin is `h`
         origin = name.split("/")[0]
@@ -288,13 +360,15 @@ def verify_graph(graph: Graph) -> None:
     seen = set()
     for n in graph.nodes.values():
         for i in n.inputs:
-            invariant(i in seen, f"IR verifier: {n.name} reads {i} before it is computed", n)
-        missing = set(OPS[n.op].attrs) - set(n.attrs)
-        invariant(not missing, f"IR verifier: {n.name} ({n.op}) lacks attrs {sorted(missing)}",
-                  n)
+            if i not in seen:
+                broken(f"IR verifier: {n.name} reads {i} before it is computed", n)
+        missing = OPS[n.op].attrs.keys() - n.attrs.keys()
+        if missing:
+            broken(f"IR verifier: {n.name} ({n.op}) lacks attrs {sorted(missing)}", n)
         if not n.is_leaf and n.op != "const":
             shape = tuple(OPS[n.op].infer([graph[i].shape for i in n.inputs], n.attrs))
-            invariant(shape == n.shape, f"IR verifier: {n.name} ({n.op}) has shape "
-                                        f"{S.fmt(n.shape)}, its inputs give {S.fmt(shape)}", n)
+            if shape != n.shape:
+                broken(f"IR verifier: {n.name} ({n.op}) has shape {S.fmt(n.shape)}, its "
+                       f"inputs give {S.fmt(shape)}", n)
         seen.add(n.name)
     invariant(graph.loss in graph.nodes, f"IR verifier: the loss '{graph.loss}' is no node")

@@ -27,6 +27,7 @@ from .autodiff import check_params_reach_loss, grad_graph, trained_params
 from .errors import SpecError, did_you_mean
 from .shapes import is_number
 from .ir import Graph, GraphBuilder, Node, toposort, verify_graph
+from .limits import paused_gc
 
 LR = "opt:lr"
 NORM = "opt:grad_norm"
@@ -140,6 +141,7 @@ def _setting(name: str, key: str, value, mark):
     return tuple(float(v) for v in values) if isinstance(default, tuple) else float(value)
 
 
+@paused_gc
 def training_graph(graph: Graph, optimizer: Optimizer,
                    clip_grad_norm: Optional[float] = None, synced: bool = False) -> StepGraph:
     """Forward graph -> forward + backward + one update per parameter + guard, scheduled.

@@ -8,6 +8,8 @@ ranges meet never share bytes unless one is written in place of the other.
 """
 from __future__ import annotations
 
+import bisect
+import heapq
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
@@ -16,8 +18,8 @@ import numpy as np
 from . import arena as A
 from . import shapes as S
 from .errors import Mark, SpecError
-from .limits import fmt_bytes
-from .ir import Graph, invariant
+from .limits import fmt_bytes, paused_gc
+from .ir import Graph, broken, invariant
 from .ops import OPS
 
 ALIGN = 64
@@ -137,7 +139,7 @@ def _order(graph: Graph, sizes: Mapping, keep: set, reuse: bool) -> list:
         return names
     rank = {n: i for i, n in enumerate(names)}
     inputs = {n.name: n.inputs for n in graph.nodes.values()}
-    return A.memory_order(graph.digraph(), inputs, sizes, keep, rank)
+    return A.memory_order(graph.predecessors(), inputs, sizes, keep, rank)
 
 
 def _check_bound(graph: Graph, dims: Mapping[str, int]) -> None:
@@ -157,6 +159,7 @@ def batch_dims(graph: Graph) -> list:
                               if n.shape and isinstance(n.shape[0], str)))
 
 
+@paused_gc
 def compile_plan(graph: Graph, dims: Mapping[str, int], keep=(), forward=None,
                  reuse: bool = True, together=()) -> Plan:
     """Bind dims, order the steps for memory, plan liveness, in-place writes and offsets.
@@ -199,26 +202,18 @@ def verify_plan(plan: Plan) -> None:
     """Prove no two values whose step ranges meet share bytes (except in-place pairs, each
     an elementwise step over its own dying input), that every read happens while its
     value is live, and recompute the lower bound."""
-    bufs = sorted(plan.buffers.values(), key=lambda b: b.offset)
-    for i, a in enumerate(bufs):
-        invariant(a.offset % ALIGN == 0 and a.offset + a.bytes <= plan.arena_bytes,
-                  f"plan verifier: {a.value} at [{a.offset}, {a.offset + a.bytes}) is "
-                  f"misaligned or outside the arena of {plan.arena_bytes} bytes")
-        for b in bufs[i + 1:]:
-            if b.offset >= a.offset + a.bytes:
-                break
-            meet = a.first_step <= b.last_step and b.first_step <= a.last_step
-            pair = (a.in_place_of == b.value and a.first_step == b.last_step) or \
-                   (b.in_place_of == a.value and b.first_step == a.last_step)
-            invariant(not meet or pair, f"plan verifier: {a.value} and {b.value} overlap "
-                                        "while both live")
+    for a in plan.buffers.values():
+        if a.offset % ALIGN or a.offset + a.bytes > plan.arena_bytes:
+            broken(f"plan verifier: {a.value} at [{a.offset}, {a.offset + a.bytes}) is "
+                   f"misaligned or outside the arena of {plan.arena_bytes} bytes")
+    _check_disjoint(plan)
     for s in plan.steps:
         for v in s.inputs:
             if v in plan.buffers:
                 b = plan.buffers[v]
-                invariant(b.first_step < s.index <= b.last_step,
-                          f"plan verifier: step {s.index} ({s.node}) reads {v} outside its "
-                          f"live range {b.first_step}-{b.last_step}")
+                if not b.first_step < s.index <= b.last_step:
+                    broken(f"plan verifier: step {s.index} ({s.node}) reads {v} outside its "
+                           f"live range {b.first_step}-{b.last_step}")
     _check_in_place(plan)
     _check_together(plan)
     bound = _bound_with_pairs(plan)
@@ -232,18 +227,50 @@ def verify_plan(plan: Plan) -> None:
               f"budget of {plan.budget_bytes} bytes")
 
 
+def _check_disjoint(plan: Plan) -> None:
+    """No two buffers live at one step share a byte, unless one is written in place of the
+    other at the step where the other dies. A sweep in step order keeps the live buffers
+    sorted by offset; they are disjoint, so a new buffer need only be checked against its
+    two neighbours: O(n log n), not every pair."""
+    live: list = []                                  # sorted (offset, value)
+    ending: list = []                                # heap of (last step, offset, value)
+    for b in sorted(plan.buffers.values(), key=lambda b: (b.first_step, b.offset)):
+        while ending and ending[0][0] < b.first_step:
+            _drop(live, heapq.heappop(ending)[1:])
+        src = plan.buffers.get(b.in_place_of)
+        if src is not None and src.last_step == b.first_step:
+            _drop(live, (src.offset, src.value))     # the pair shares bytes at this one step
+        if b.bytes == 0:
+            continue
+        i = bisect.bisect_left(live, (b.offset, b.value))
+        for j in (i - 1, i):
+            if 0 <= j < len(live):
+                other = plan.buffers[live[j][1]]
+                if other.offset < b.offset + b.bytes and b.offset < other.offset + other.bytes:
+                    broken(f"plan verifier: {other.value} and {b.value} overlap while both live")
+        live.insert(i, (b.offset, b.value))
+        heapq.heappush(ending, (b.last_step, b.offset, b.value))
+
+
+def _drop(live: list, key: tuple) -> None:
+    """Remove `key` from the sorted list `live`, if it is there."""
+    i = bisect.bisect_left(live, key)
+    if i < len(live) and live[i] == key:
+        del live[i]
+
+
 def _check_in_place(plan: Plan) -> None:
     """An in-place pair is an elementwise step writing over an input of the same layout
     that it reads last (only such kernels are written to tolerate the alias)."""
     for b in plan.buffers.values():
         if b.in_place_of is not None:
             s, src = plan.steps[b.first_step], plan.buffers[b.in_place_of]
-            invariant(OPS[s.op].elementwise and b.in_place_of in s.inputs,
-                      f"plan verifier: {b.value} in place of {b.in_place_of}, but step "
-                      f"{s.index} ({s.op}) is not an elementwise op reading it")
-            invariant((src.shape, src.dtype, src.last_step) == (b.shape, b.dtype, s.index),
-                      f"plan verifier: {b.value} in place of {b.in_place_of}, which has "
-                      "another layout or lives on")
+            if not (OPS[s.op].elementwise and b.in_place_of in s.inputs):
+                broken(f"plan verifier: {b.value} in place of {b.in_place_of}, but step "
+                       f"{s.index} ({s.op}) is not an elementwise op reading it")
+            if (src.shape, src.dtype, src.last_step) != (b.shape, b.dtype, s.index):
+                broken(f"plan verifier: {b.value} in place of {b.in_place_of}, which has "
+                       "another layout or lives on")
 
 
 def _check_together(plan: Plan) -> None:

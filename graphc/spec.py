@@ -16,7 +16,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from .errors import Mark, SpecError, did_you_mean, short
-from .limits import fmt_bytes
+from .limits import fmt_bytes, paused_gc
 from .expr import NodeSpec, call_form, check_attrs, lookup_op, parse_expression
 from .layers import expand_layers
 from .leaves import FLOAT_DTYPES, LeafSpec, check_fits, check_size, parse_dtype, parse_leaf
@@ -28,7 +28,7 @@ TOP_KEYS = ("graphc", "name", "dtype", "inputs", "params", "state", "nodes", "lo
 TRAIN_KEYS = ("data", "batch_size", "epochs", "optimizer", "schedule", "metrics", "seed",
               "clip_grad_norm", "early_stopping", "memory")
 NODE_KEYS = ("op", "inputs")
-MAX_SPEC_BYTES = 2**20          # specs are a few KB; YAML parsing needs ~200 bytes per byte
+MAX_SPEC_BYTES = 4 * 2**20         # specs are a few KB; YAML parsing needs ~200 bytes per byte
 
 
 @dataclass(frozen=True)
@@ -238,6 +238,7 @@ def _expand_layers(leaves: dict, nodes: list, dtype: str) -> list:
     return nodes
 
 
+@paused_gc
 def load_spec(path, text: Optional[str] = None, dtype: Optional[str] = None) -> Spec:
     """Read and validate a spec file; every error is a SpecError pointing at its line.
     `dtype` (float32 or float64) replaces the spec's own `dtype:`."""

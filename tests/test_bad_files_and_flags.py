@@ -21,6 +21,9 @@ import pytest
 import yaml
 from bad_input_rows import assert_one_located_error, run_rows
 
+from graphc.spec import MAX_SPEC_BYTES
+from graphc.yamlload import MAX_VALUES
+
 CATALOG = Path(__file__).parent / "bad_specs" / "files_and_flags"
 ROWS = yaml.safe_load((CATALOG / "catalog.yaml").read_text())
 R = "__graphc__/"
@@ -63,9 +66,9 @@ def generate_data(folder: Path) -> None:
 
 def generate_specs(folder: Path) -> None:
     """Specs too large to parse: over the byte cap, and over the value cap."""
-    (folder / "big_spec.yaml").write_text("# " + "x" * 2**20 + "\n")
-    (folder / "many_values.yaml").write_text(
-        "inputs:\n" + "".join(f"  k{i}: 1\n" for i in range(20_001)))
+    (folder / "big_spec.yaml").write_text("# " + "x" * MAX_SPEC_BYTES + "\n")
+    (folder / "many_values.yaml").write_text(    # one flow list, 3 bytes a value; a word
+        "inputs:\n  x: [" + "a, " * MAX_VALUES + "]\n")    # needs no number/bool resolver
 
 
 def damaged(folder: Path, name: str, change) -> None:

@@ -1,0 +1,264 @@
+"""Compiling in near-linear time (issue 14): each fast pass against a slow oracle, and a
+long chain through `check`'s passes with no quadratic helper and no deep recursion.
+
+No test here is timed: the oracles are the quadratic or NetworkX versions the passes
+replaced (same answers), and the long-chain tests make the old helpers fail loudly.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import networkx as nx
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from graphc import arena as A
+from graphc import plan as P
+from graphc.autodiff import check_params_reach_loss, grad_graph, path_nodes, trained_params
+from graphc.ir import build_graph, reach, topological_order
+from graphc.model import load_model
+from graphc.spec import load_spec
+
+SPECS = Path(__file__).resolve().parents[1] / "specs"
+
+
+@st.composite
+def dags(draw, max_nodes=30):
+    """name -> predecessors, names in a shuffled file order, edges only from lower to
+    higher hidden rank (so acyclic)."""
+    n = draw(st.integers(1, max_nodes))
+    rank = draw(st.permutations(range(n)))
+    names = [f"v{r}" for r in rank]
+    preds = {}
+    for name, r in zip(names, rank):
+        earlier = [f"v{q}" for q in range(r)]
+        preds[name] = draw(st.lists(st.sampled_from(earlier), max_size=3)) if earlier else []
+    return preds
+
+
+def _digraph(preds) -> nx.DiGraph:
+    g = nx.DiGraph()
+    g.add_nodes_from(preds)
+    g.add_edges_from((p, n) for n, ps in preds.items() for p in ps)
+    return g
+
+
+@settings(max_examples=60, deadline=None)
+@given(dags())
+def test_topological_order_is_networkx_lexicographic_order_by_position(preds):
+    position = {n: i for i, n in enumerate(preds)}
+    expected = list(nx.lexicographical_topological_sort(_digraph(preds),
+                                                        key=position.__getitem__))
+    assert topological_order(preds) == expected
+
+
+def test_topological_order_of_a_cycle_is_none():
+    assert topological_order({"a": ["c"], "b": ["a"], "c": ["b"], "d": []}) is None
+    assert topological_order({"a": ["a"]}) is None
+
+
+def test_reach_follows_edges_from_all_roots_in_one_sweep():
+    later = {"x": ["h"], "h": ["loss"], "W": ["h"], "y": ["loss"], "loss": []}
+    assert reach(later, ["W"]) == {"W", "h", "loss"}
+    assert reach(later, ["W", "y"]) == {"W", "y", "h", "loss"}
+    assert reach(later, []) == set()
+
+
+@pytest.mark.parametrize("name", ["spiral_mlp", "moons_logistic", "lecture_cs231n_matmul"])
+def test_path_nodes_is_descendants_of_the_leaves_and_ancestors_of_the_loss(name):
+    graph = load_model(SPECS / f"{name}.yaml").graph
+    wrt = [n.name for n in graph.nodes.values() if n.is_leaf and not n.dtype.startswith("int")]
+    g = graph.digraph()
+    expected = (nx.ancestors(g, graph.loss) | {graph.loss}) & \
+        set(wrt).union(*(nx.descendants(g, w) for w in wrt))
+    assert path_nodes(graph, wrt) == expected
+
+
+def quadratic_memory_order(preds, inputs, sizes, pinned, rank) -> list:
+    """The order before issue 14: every step scans every ready node for the best gain."""
+    g = _digraph(preds)
+    indeg = dict(g.in_degree())
+    data_inputs = {n: [p for p in set(inputs.get(n, ())) if p in sizes] for n in g}
+    readers = {n: 0 for n in g}
+    for n in g:
+        for p in data_inputs[n]:
+            readers[p] += 1
+    ready, order = {n for n, d in indeg.items() if d == 0}, []
+    while ready:
+        def gain(n):
+            freed = sum(sizes[p] for p in data_inputs[n] if readers[p] == 1 and p not in pinned)
+            return (sizes.get(n, 0) - freed, rank[n])
+        n = min(ready, key=gain)
+        ready.remove(n)
+        order.append(n)
+        for p in data_inputs[n]:
+            readers[p] -= 1
+        for s in g.successors(n):
+            indeg[s] -= 1
+            if indeg[s] == 0:
+                ready.add(s)
+    return order
+
+
+@settings(max_examples=40, deadline=None)
+@given(dags(max_nodes=15), st.data())
+def test_memory_order_over_a_heap_is_the_quadratic_scan(preds, data):
+    names = list(preds)
+    sizes = {n: data.draw(st.sampled_from([64, 128, 512])) for n in names
+             if data.draw(st.booleans())}
+    pinned = set(data.draw(st.lists(st.sampled_from(names), max_size=3)))
+    rank = {n: i for i, n in enumerate(names)}
+    inputs = {n: tuple(ps) for n, ps in preds.items()}
+    assert A.memory_order(preds, inputs, sizes, pinned, rank) == \
+        quadratic_memory_order(preds, inputs, sizes, pinned, rank)
+
+
+def test_sweep_offsets_reuses_a_freed_hole():
+    blocks = [A.Block(("a",), 100, 0, 2), A.Block(("b",), 50, 1, 3), A.Block(("c",), 70, 3, 4)]
+    top, offsets = A.sweep_offsets(blocks)
+    # a at 0, b above it at 100; a dies after step 2, so c (step 3) fits in a's 100 bytes
+    assert offsets == {("a",): 0, ("b",): 100, ("c",): 0}
+    assert top == 150
+
+
+def test_sweep_offsets_picks_the_smallest_hole_that_fits():
+    blocks = [A.Block(("big",), 300, 0, 1), A.Block(("keep1",), 200, 0, 9),
+              A.Block(("small",), 100, 0, 1), A.Block(("keep2",), 10, 0, 9),
+              A.Block(("new",), 90, 2, 3)]
+    top, offsets = A.sweep_offsets(blocks)
+    # at step 0, by size: big 0-300, keep1 300-500, small 500-600, keep2 600-610;
+    # at step 2 the holes are [0, 300) and [500, 600): the 90 bytes go to the smaller one
+    assert offsets == {("big",): 0, ("keep1",): 300, ("small",): 500, ("keep2",): 600,
+                       ("new",): 500}
+    assert top == 610
+
+
+def _overlapping_pairs(blocks, offsets) -> list:
+    return [(a, b) for i, a in enumerate(blocks) for b in blocks[i + 1:]
+            if a.first <= b.last and b.first <= a.last
+            and offsets[a.values] < offsets[b.values] + b.bytes
+            and offsets[b.values] < offsets[a.values] + a.bytes]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 8), st.sampled_from([64, 128, 320])),
+                min_size=1, max_size=40))
+def test_sweep_offsets_never_overlaps_live_blocks(spans):
+    blocks = [A.Block((f"v{i}",), nbytes, first, first + length)
+              for i, (first, length, nbytes) in enumerate(spans)]
+    top, offsets = A.sweep_offsets(blocks)
+    assert not _overlapping_pairs(blocks, offsets)
+    assert A.peak_bytes(blocks) <= top == max(offsets[b.values] + b.bytes for b in blocks)
+
+
+def test_many_blocks_skip_the_offline_orders_and_stack_lifetimes_meet_the_bound(monkeypatch):
+    """Nested lifetimes, as a deep MLP's activations (forward k ... backward k): over the
+    budget only the sweep runs, and it packs them at the lower bound."""
+    n = 600
+    blocks = [A.Block((f"v{k}",), 64 * (1 + k % 3), k, 2 * n - k) for k in range(n)]
+    assert n * n > A.OFFLINE_BUDGET
+
+    def offline(_):
+        raise AssertionError("an offline order ran past the budget")
+    monkeypatch.setattr(A, "_place", offline)
+    top, offsets = A.assign_offsets(blocks)
+    assert top == A.peak_bytes(blocks)
+    assert not _overlapping_pairs(blocks, offsets)
+
+
+def _plan_of(buffers) -> P.Plan:
+    return P.Plan(None, {}, (), {b.value: b for b in buffers}, {}, 0, 0, 0)
+
+
+def _pairwise_clash(buffers) -> bool:
+    """The verifier's rule checked on every pair, as before issue 14."""
+    for i, a in enumerate(buffers):
+        for b in buffers[i + 1:]:
+            share = a.offset < b.offset + b.bytes and b.offset < a.offset + a.bytes
+            meet = a.first_step <= b.last_step and b.first_step <= a.last_step
+            pair = (a.in_place_of == b.value and a.first_step == b.last_step) or \
+                   (b.in_place_of == a.value and b.first_step == a.last_step)
+            if share and meet and not pair:
+                return True
+    return False
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 4), st.integers(1, 3),
+                          st.booleans()), min_size=1, max_size=12))
+def test_the_sweep_overlap_check_agrees_with_every_pair(rows):
+    """One buffer per step (each step writes one value); some written in place of the
+    buffer before them at the step it dies."""
+    buffers = []
+    for step, (slot, length, size, in_place) in enumerate(rows):
+        prev = buffers[-1] if buffers else None
+        if in_place and prev is not None and prev.last_step >= step:
+            prev = buffers[-1] = P.Buffer(prev.value, (), "float32", prev.offset, prev.bytes,
+                                          prev.first_step, step, prev.in_place_of)
+            buffers.append(P.Buffer(f"v{step}", (), "float32", prev.offset, prev.bytes, step,
+                                    step + length, prev.value))
+        else:
+            buffers.append(P.Buffer(f"v{step}", (), "float32", 64 * slot, 64 * size, step,
+                                    step + length))
+    plan = _plan_of(buffers)
+    if _pairwise_clash(buffers):
+        with pytest.raises(Exception, match="overlap while both live"):
+            P._check_disjoint(plan)
+    else:
+        P._check_disjoint(plan)
+
+
+def chain_spec(nodes: int) -> str:
+    lines = ["inputs:", "  x: [batch, 4]", "params:", "  W: [4, 4]", "nodes:", "  h0: x @ W"]
+    lines += [f"  h{i}: tanh(h{i - 1})" for i in range(1, nodes - 1)]
+    return "\n".join(lines + [f"  loss: mean(h{nodes - 2})"]) + "\n"
+
+
+def test_a_20000_node_chain_checks_without_networkx_searches_or_recursion(tmp_path,
+                                                                          monkeypatch):
+    """`check`'s passes over a long chain: the NetworkX searches the issue found quadratic
+    (a cycle search on every check, descendants per leaf) are never called, and nothing
+    recurses per node (Python's default limit of 1000 frames stays)."""
+    path = tmp_path / "chain.yaml"
+    path.write_text(chain_spec(20_000))
+    for helper in ("find_cycle", "descendants", "ancestors", "lexicographical_topological_sort"):
+        monkeypatch.setattr(nx, helper, _refuse(helper))
+    limit = sys.getrecursionlimit()
+    graph = build_graph(load_spec(path))
+    gg = grad_graph(graph, trained_params(graph))
+    check_params_reach_loss(graph, gg.grads)
+    assert sys.getrecursionlimit() == limit <= 10_000     # not raised to get through
+    assert len(graph.nodes) == 20_002                      # 2 leaves, 20,000 nodes
+    assert gg.grads["W"] is not None
+
+
+def _refuse(name):
+    def refused(*args, **kwargs):
+        raise AssertionError(f"{name} called")
+    return refused
+
+
+def test_a_cycle_is_still_named_by_its_path(tmp_path):
+    path = tmp_path / "cycle.yaml"
+    path.write_text("inputs:\n  x: [3]\nnodes:\n  a: relu(b)\n  b: tanh(a)\n  loss: sum(a)\n")
+    with pytest.raises(Exception, match=r"cycle: a -> b -> a"):
+        build_graph(load_spec(path))
+
+
+def _marked(value):
+    """A loaded YAML value with every mark it carries, for comparing two loaders."""
+    if isinstance(value, dict):
+        return {k: (_marked(v), value.key_marks[k], value.value_marks[k])
+                for k, v in value.items()}, value.mark
+    if isinstance(value, list):
+        return [_marked(v) for v in value], value.mark, list(value.marks)
+    return value, type(value)
+
+
+@pytest.mark.parametrize("spec", sorted(SPECS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_libyaml_events_load_what_pyyaml_loads_with_the_same_marks(spec):
+    from graphc import yamlload
+    text = spec.read_text()
+    fast = yamlload._parse(yamlload._FastLoader, text, spec.name)
+    assert _marked(fast) == _marked(yamlload._parse(yamlload._Loader, text, spec.name))
