@@ -1,0 +1,121 @@
+"""`graphc export`: a model's eval-mode forward graph (and with `with_grad` its training
+step's reverse graph) as an ONNX model.
+
+Graph inputs are the spec's fed inputs under their own names, with symbolic dims kept
+as dim_params; the checkpoint's normalization, where training applied one, is written
+into the graph (x' = (x - mean) / std), so the model takes raw samples as `predict`
+does. Params, inputs given a value and constants are initializers. Outputs are the
+spec's `outputs`; with `with_grad` also the loss (by its node's name) and the gradient
+of every float leaf as `d:LEAF`, the labels then being inputs too.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..autodiff import grad_graph
+from ..errors import SpecError
+from ..ir import Graph, VerifyError
+from ..model import Model, differentiable_leaves
+from ..predict import forward_graph
+from .build import DTYPES, LOWEST_OPSET, Builder
+
+GRAD_PREFIX = "d:"       # output d:W holds d loss / d W
+
+
+def opset_range() -> tuple:
+    """The opsets export writes: LOWEST_OPSET up to the newest the onnx package knows."""
+    return LOWEST_OPSET, onnx.defs.onnx_opset_version()
+
+
+def check_opset(opset: int) -> None:
+    low, high = opset_range()
+    if not low <= opset <= high:
+        raise SpecError(f"--opset {opset} is outside the opsets graphc exports "
+                        f"({low}..{high})", hint=f"graphc's op mappings use the forms of "
+                        f"opset {low} (Softmax over one axis, axes as inputs); pick one of "
+                        f"{low}..{high}, or leave --opset out for 17")
+
+
+def eval_graph(model: Model) -> Graph:
+    """The eval-mode forward graph: today the one forward graph (modes slot in here)."""
+    return model.graph
+
+
+def export_graph(model: Model, outputs: Sequence[str], with_grad: bool) -> tuple:
+    """(graph to write, {output name: graphc value}) for the outputs, and with
+    `with_grad` the loss and d:LEAF for every float leaf."""
+    graph = eval_graph(model)
+    named = {o: o for o in outputs}
+    if not with_grad:
+        return forward_graph(graph, outputs), named
+    wrt = differentiable_leaves(model)
+    gg = grad_graph(graph, wrt)
+    named[graph.loss] = graph.loss
+    for leaf in wrt:
+        if gg.grads[leaf] is not None:
+            named[GRAD_PREFIX + leaf] = gg.grads[leaf]
+    return forward_graph(gg.graph, list(dict.fromkeys(named.values()))), named
+
+
+def onnx_model(model: Model, stats: Mapping, outputs: Sequence[str], opset: int,
+               with_grad: bool = False) -> onnx.ModelProto:
+    """The ONNX model of `outputs` (and the gradients), checked by onnx's full checker."""
+    check_opset(opset)
+    graph, named = export_graph(model, outputs, with_grad)
+    fed = [n for n in model.fed_inputs if n in graph.nodes]
+    sources = {d: (name, axis) for name in reversed(fed)
+               for axis, d in enumerate(graph[name].shape) if isinstance(d, str)}
+    b = Builder(graph, opset, sources)
+    inputs = [_value_info(graph[n].name, graph[n]) for n in fed]
+    for node in graph.nodes.values():
+        if node.name in fed:
+            b.values[node.name] = _normalized(b, node, stats.get(node.name))
+        elif node.is_leaf:
+            b.values[node.name] = b.initializer(node.name, _leaf_value(model, node))
+        else:
+            b.values[node.name] = b.lower(node)
+    outs = []
+    for name, value in named.items():
+        if b.values[value] != name:
+            b.nodes.append(helper.make_node("Identity", [b.values[value]], [name], name=name))
+        outs.append(_value_info(name, graph[value]))
+    g = helper.make_graph(b.nodes, model.spec.name, inputs, outs, b.initializers)
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="graphc")
+    _check(proto)
+    return proto
+
+
+def _normalized(b: Builder, node, stats) -> str:
+    """The fed input as the graph reads it: (x - mean) / std where training normalized."""
+    if not stats:
+        return node.name
+    b.prefix = f"{node.name}/normalize/"
+    mean, std = (np.asarray(stats[k], dtype=b.np_dtype) for k in ("mean", "std"))
+    return b("Div", b("Sub", node.name, b.const(mean)), b.const(std))
+
+
+def _leaf_value(model: Model, node) -> np.ndarray:
+    """A param's, a given input's or a constant's value, in the node's dtype."""
+    if node.name in model.store:
+        return np.asarray(model.store[node.name], dtype=node.dtype)
+    if node.op == "const":
+        return np.full(node.attrs.get("shape", ()), node.attrs["value"], dtype=node.dtype)
+    raise VerifyError(f"ONNX export: leaf '{node.name}' ({node.op}) has no value")
+
+
+def _value_info(name: str, node):
+    return helper.make_tensor_value_info(name, DTYPES[node.dtype], list(node.shape))
+
+
+def _check(proto: onnx.ModelProto) -> None:
+    """onnx's checker with shape inference: a failure is a bug in a mapping (exit 1)."""
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise VerifyError(f"ONNX export: the model fails onnx's checker ({exc}) (a bug in "
+                          "graphc: please report it with the spec)") from None
