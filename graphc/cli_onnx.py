@@ -49,8 +49,14 @@ def _trained_model(spec, params) -> tuple:
 
 
 def _export_outputs(model, with_grad: bool) -> tuple:
-    """The spec's outputs; a spec without any exports only its loss and gradients."""
+    """The spec's outputs; a spec without any exports only its loss and gradients, and
+    only with --with-grad (a model of no outputs computes nothing)."""
+    from .errors import SpecError
     from .predict import choose_outputs
-    if with_grad and not model.graph.outputs:
-        return ()
+    if not model.graph.outputs:
+        if with_grad:
+            return ()
+        raise SpecError(f"spec '{model.spec.name}' lists no outputs to export",
+                        hint="add outputs: [NODE, ...] to the spec, or export the loss and "
+                             "its gradients with --with-grad")
     return choose_outputs(model)

@@ -89,7 +89,7 @@ def _picked(b, s, labels):
     return b("GatherElements", s, b("Unsqueeze", labels, b.const([-1], integer=True)), axis=-1)
 
 
-def _onehot(b, n, labels, classes: int):
+def _onehot(b, labels, classes: int):
     """[..., classes]: 1 at each row's label."""
     index = b("Unsqueeze", labels, b.const([-1], integer=True))
     return b("Cast", b("Equal", index, b.const(list(range(classes)), integer=True)),
@@ -103,7 +103,7 @@ def _onnx_sce(b, n, z, labels, stats=None):
 
 def _onnx_sce_grad(b, n, g, z, labels, stats=None):
     classes = b.shape(n.inputs[1])[-1]
-    diff = b("Sub", b("Softmax", z, axis=-1), _onehot(b, n, labels, classes))
+    diff = b("Sub", b("Softmax", z, axis=-1), _onehot(b, labels, classes))
     return b("Mul", diff, _per_count(b, g, labels))
 
 
@@ -150,21 +150,20 @@ def _onnx_bce_grad(b, n, g, x, t):
     return b("Mul", b("Neg", b("Add", x, b("Mul", t, b.const(0.0)))), _per_count(b, g, full))
 
 
-def _margins(b, n, s, labels):
+def _margins(b, n, s, labels, classes: int):
     """m_j = s_j - s_y + margin, and 1 - onehot(y) (the correct class never counts)."""
-    classes = b.shape(n.inputs[0])[-1]
     m = b("Add", b("Sub", s, _picked(b, s, labels)), b.const(n.attrs["margin"]))
-    return m, b("Sub", b.const(1.0), _onehot(b, n, labels, classes))
+    return m, b("Sub", b.const(1.0), _onehot(b, labels, classes))
 
 
 def _onnx_multiclass_hinge(b, n, s, labels):
-    m, others = _margins(b, n, s, labels)
+    m, others = _margins(b, n, s, labels, b.shape(n.inputs[0])[-1])
     total = b.reduce("ReduceSum", b("Mul", b("Relu", m), others), None, keepdims=False)
     return b("Div", total, b.count(labels))
 
 
 def _onnx_multiclass_hinge_grad(b, n, g, s, labels):
-    m, others = _margins(b, n, s, labels)
+    m, others = _margins(b, n, s, labels, b.shape(n.inputs[1])[-1])
     violated = b("Mul", b("Cast", b("Greater", m, b.const(0.0)), to=b.dtype), others)
     count = b.reduce("ReduceSum", violated, [-1], keepdims=True)
     at_label = b("Mul", count, b("Sub", b.const(1.0), others))
