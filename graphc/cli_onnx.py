@@ -60,3 +60,25 @@ def _export_outputs(model, with_grad: bool) -> tuple:
                         hint="add outputs: [NODE, ...] to the spec, or export the loss and "
                              "its gradients with --with-grad")
     return choose_outputs(model)
+
+
+@click.command("import")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The spec to write (SPEC.yaml); its params go to <stem>.ckpt.npz beside "
+                   "it, the checkpoint `predict`, `export` and `train --init-from` read.")
+def import_(model, out):
+    """An ONNX model (the MLP and CNN subset PyTorch exports) as a graphc spec and its
+    params."""
+    from .onnx import require_onnx
+    from .checkpoint import write
+    from .outfiles import check_outputs, write_text
+    require_onnx("import")
+    from .onnx.importer import read_onnx, spec_text
+    params_out = out.with_name(f"{out.stem}.ckpt.npz")
+    check_outputs({"--out": out, "params": params_out})      # before the work
+    spec, params = read_onnx(model, str(model), out.stem)
+    write(params_out, params, "params")
+    write_text(out, spec_text(spec, model.name), "--out")
+    click.echo(f"wrote {out} ({len(spec['nodes'])} nodes, {len(params)} params) and "
+               f"{params_out}", err=True)
