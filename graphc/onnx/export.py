@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from ..autodiff import grad_graph
 from ..errors import SpecError
@@ -45,45 +45,60 @@ def eval_graph(model: Model) -> Graph:
     return model.graph
 
 
-def export_graph(model: Model, outputs: Sequence[str], with_grad: bool) -> tuple:
-    """(graph to write, {output name: graphc value}) for the outputs, and with
-    `with_grad` the loss and d:LEAF for every float leaf."""
-    graph = eval_graph(model)
+def export_graph(graph: Graph, outputs: Sequence[str], wrt: Sequence[str]) -> tuple:
+    """(graph to write, {output name: graphc value}, {output name: shape}) for the
+    outputs, and where `wrt` names leaves, the loss and d:LEAF for each of them; the
+    last maps the gradients that are zeros (no path to the loss) to their shapes, as
+    `graphc grad` prints zeros for them."""
     named = {o: o for o in outputs}
-    if not with_grad:
-        return forward_graph(graph, outputs), named
-    wrt = differentiable_leaves(model)
+    if not wrt:
+        return forward_graph(graph, outputs), named, {}
     gg = grad_graph(graph, wrt)
     named[graph.loss] = graph.loss
-    for leaf in wrt:
-        if gg.grads[leaf] is not None:
-            named[GRAD_PREFIX + leaf] = gg.grads[leaf]
-    return forward_graph(gg.graph, list(dict.fromkeys(named.values()))), named
+    named.update({GRAD_PREFIX + w: gg.grads[w] for w in wrt if gg.grads[w] is not None})
+    zeros = {GRAD_PREFIX + w: graph[w].shape for w in wrt if gg.grads[w] is None}
+    return forward_graph(gg.graph, list(dict.fromkeys(named.values()))), named, zeros
 
 
 def onnx_model(model: Model, stats: Mapping, outputs: Sequence[str], opset: int,
                with_grad: bool = False) -> onnx.ModelProto:
-    """The ONNX model of `outputs` (and the gradients), checked by onnx's full checker."""
-    check_opset(opset)
-    graph, named = export_graph(model, outputs, with_grad)
+    """The ONNX model of a model's `outputs` (and with `with_grad` its gradients)."""
+    wrt = differentiable_leaves(model) if with_grad else ()
+    graph, named, zeros = export_graph(eval_graph(model), outputs, wrt)
     fed = [n for n in model.fed_inputs if n in graph.nodes]
-    sources = {d: (name, axis) for name in reversed(fed)
-               for axis, d in enumerate(graph[name].shape) if isinstance(d, str)}
+    return graph_model(graph, named, fed, model.store, stats, opset, model.spec.name, zeros)
+
+
+def graph_model(graph: Graph, named: Mapping[str, str], fed: Sequence[str],
+                store: Mapping, stats: Mapping, opset: int, name: str,
+                zeros: Mapping[str, tuple] = None) -> onnx.ModelProto:
+    """`graph` as an ONNX model: `fed` inputs (normalized by `stats`), leaves' values from
+    `store`, outputs `named` (output name -> graphc value) and `zeros` (output name ->
+    the shape of zeros it holds); checked by onnx's checker."""
+    check_opset(opset)
+    sources = {d: (x, axis) for x in reversed(fed)
+               for axis, d in enumerate(graph[x].shape) if isinstance(d, str)}
     b = Builder(graph, opset, sources)
-    inputs = [_value_info(graph[n].name, graph[n]) for n in fed]
+    inputs = [_value_info(x, graph[x]) for x in fed]
     for node in graph.nodes.values():
         if node.name in fed:
             b.values[node.name] = _normalized(b, node, stats.get(node.name))
         elif node.is_leaf:
-            b.values[node.name] = b.initializer(node.name, _leaf_value(model, node))
+            b.values[node.name] = b.initializer(node.name, _leaf_value(store, node))
         else:
             b.values[node.name] = b.lower(node)
     outs = []
-    for name, value in named.items():
-        if b.values[value] != name:
-            b.nodes.append(helper.make_node("Identity", [b.values[value]], [name], name=name))
-        outs.append(_value_info(name, graph[value]))
-    g = helper.make_graph(b.nodes, model.spec.name, inputs, outs, b.initializers)
+    for out, value in named.items():
+        if b.values[value] != out:
+            b.nodes.append(helper.make_node("Identity", [b.values[value]], [out], name=out))
+        outs.append(_value_info(out, graph[value]))
+    for out, shape in (zeros or {}).items():
+        zero = numpy_helper.from_array(np.zeros(1, dtype=b.np_dtype))
+        b.prefix = f"{out}/"
+        b.nodes.append(helper.make_node("ConstantOfShape", [b.dims(shape)], [out], name=out,
+                                        value=zero))
+        outs.append(helper.make_tensor_value_info(out, b.dtype, list(shape)))
+    g = helper.make_graph(b.nodes, name, inputs, outs, b.initializers)
     proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="graphc")
     _check(proto)
@@ -99,10 +114,10 @@ def _normalized(b: Builder, node, stats) -> str:
     return b("Div", b("Sub", node.name, b.const(mean)), b.const(std))
 
 
-def _leaf_value(model: Model, node) -> np.ndarray:
+def _leaf_value(store: Mapping, node) -> np.ndarray:
     """A param's, a given input's or a constant's value, in the node's dtype."""
-    if node.name in model.store:
-        return np.asarray(model.store[node.name], dtype=node.dtype)
+    if node.name in store:
+        return np.asarray(store[node.name], dtype=node.dtype)
     if node.op == "const":
         return np.full(node.attrs.get("shape", ()), node.attrs["value"], dtype=node.dtype)
     raise VerifyError(f"ONNX export: leaf '{node.name}' ({node.op}) has no value")

@@ -47,6 +47,18 @@ def _positive(b, v):
     return b("Cast", b("Greater", v, b.const(0.0)), to=b.dtype)
 
 
+def _onnx_leaky_relu(b, n, x):
+    """x where x > 0, else alpha x; ONNX's LeakyRelu holds alpha in float32 (and onnxruntime
+    has no double kernel of Elu), so both are written with Where and the graph's dtype."""
+    return b("Where", b("Greater", x, b.const(0.0)), x, b("Mul", x, b.const(n.attrs["alpha"])))
+
+
+def _onnx_elu(b, n, x):
+    """x where x > 0, else alpha (exp(x) - 1)."""
+    tail = b("Sub", b("Exp", b("Min", x, b.const(0.0))), b.const(1.0))
+    return b("Where", b("Greater", x, b.const(0.0)), x, b("Mul", tail, b.const(n.attrs["alpha"])))
+
+
 def _onnx_leaky_relu_grad(b, n, g, v):
     return _times(b, g, b("Where", b("Greater", v, b.const(0.0)), b.const(1.0),
                           b.const(n.attrs["alpha"])))
@@ -115,13 +127,13 @@ OPS = (
           onnx=lambda b, n, g, y: _times(b, g, _positive(b, y)), **_BW),
     OpDef("leaky_relu", 1, same, "leaky_relu(x, alpha=0.01) = x if x > 0 else alpha * x",
           attrs={"alpha": 0.01}, vjp=_leaky_relu, formula=_formula("1 if {x} > 0 else {alpha:g}"),
-          elementwise=True, layer_init=HE, onnx=onnx_attrs("LeakyRelu", "alpha")),
+          elementwise=True, layer_init=HE, onnx=_onnx_leaky_relu),
     OpDef("leaky_relu_grad", 2, grad_of(1), "leaky_relu_grad(g, v, alpha) = g * (1 if v > 0 "
           "else alpha); v = y when alpha >= 0 (same sign as x), else x",
           attrs={"alpha": REQUIRED}, onnx=_onnx_leaky_relu_grad, **_BW),
     OpDef("elu", 1, same, "elu(x, alpha=1.0) = x if x > 0 else alpha * (exp(x) - 1)",
           attrs={"alpha": 1.0}, vjp=_elu, formula=_formula("1 if {x} > 0 else {y} + {alpha:g}"),
-          elementwise=True, layer_init=HE, onnx=onnx_attrs("Elu", "alpha")),
+          elementwise=True, layer_init=HE, onnx=_onnx_elu),
     OpDef("elu_grad", 2, grad_of(1), "elu_grad(g, v, alpha, output) = g * (1 if v > 0 else "
           "v + alpha) for v = y (output, alpha >= 0), else g * (1 if v > 0 else alpha exp(v)), "
           "v = x", attrs={"alpha": REQUIRED, "output": True}, onnx=_onnx_elu_grad, **_BW),

@@ -109,6 +109,8 @@ def _onnx_matmul_gb(b, n, x, g):
 
 def _onnx_transpose(b, n, x):
     rank = len(n.shape)
+    if rank == 0:
+        return b("Identity", x)
     axes = n.attrs["axes"]
     perm = list(reversed(range(rank))) if axes is None else list(S.permutation(axes, rank))
     return b("Transpose", x, perm=perm)

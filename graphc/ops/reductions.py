@@ -8,10 +8,15 @@ _BW = {"group": "backward", "elementwise": False}
 
 
 # --- export mappings (graphc/ops/record.py) ---------------------------------------------------
+def reduced_axes(axis, rank: int) -> tuple:
+    """The axes a reduction of a rank-`rank` input works on; a scalar has none."""
+    return S.normalize_axis(axis, rank) if rank else ()
+
+
 def _onnx_reduce(op_type: str):
     """sum/mean/amax(x, axis, keepdims) as one ONNX reduction."""
     def lower(b, n, x):
-        axes = S.normalize_axis(n.attrs["axis"], len(b.shape(n.inputs[0])))
+        axes = reduced_axes(n.attrs["axis"], len(b.shape(n.inputs[0])))
         return b.reduce(op_type, x, axes, n.attrs["keepdims"])
     return lower
 
@@ -19,7 +24,7 @@ def _onnx_reduce(op_type: str):
 def keep_axes(b, y, axis, rank: int, keepdims: bool):
     """A reduction's result `y` with the reduced axes (of a rank-`rank` input) re-inserted
     as size 1."""
-    axes = S.normalize_axis(axis, rank)
+    axes = reduced_axes(axis, rank)
     if keepdims or not axes:
         return y
     return b("Unsqueeze", y, b.const(list(axes), integer=True))
@@ -49,7 +54,7 @@ def onnx_sum_to(b, g, have: tuple, want: tuple):
 def _onnx_amax_grad(b, n, g, x, y):
     rank, axis, keep = len(b.shape(n.inputs[1])), n.attrs["axis"], n.attrs["keepdims"]
     mask = b("Cast", b("Equal", x, keep_axes(b, y, axis, rank, keep)), to=b.dtype)
-    ties = b.reduce("ReduceSum", mask, S.normalize_axis(axis, rank), keepdims=True)
+    ties = b.reduce("ReduceSum", mask, reduced_axes(axis, rank), keepdims=True)
     return b("Mul", mask, b("Div", keep_axes(b, g, axis, rank, keep), ties))
 
 
