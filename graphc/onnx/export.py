@@ -98,11 +98,23 @@ def graph_model(graph: Graph, named: Mapping[str, str], fed: Sequence[str],
         b.nodes.append(helper.make_node("ConstantOfShape", [b.dims(shape)], [out], name=out,
                                         value=zero))
         outs.append(helper.make_tensor_value_info(out, b.dtype, list(shape)))
-    g = helper.make_graph(b.nodes, name, inputs, outs, b.initializers)
+    nodes, initializers = _live(b.nodes, b.initializers, [o.name for o in outs])
+    g = helper.make_graph(nodes, name, inputs, outs, initializers)
     proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="graphc")
     _check(proto)
     return proto
+
+
+def _live(nodes: list, initializers: list, outputs: Sequence[str]) -> tuple:
+    """The nodes and initializers the outputs read: a saved value that only its op's
+    gradient reads (conv's columns) is written only where the gradient is."""
+    need, keep = set(outputs), []
+    for node in reversed(nodes):
+        if any(o in need for o in node.output):
+            keep.append(node)
+            need.update(i for i in node.input if i)
+    return keep[::-1], [i for i in initializers if i.name in need]
 
 
 def _normalized(b: Builder, node, stats) -> str:
