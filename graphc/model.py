@@ -98,17 +98,19 @@ def bind_dims(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict:
 
 def label_classes(graph: Graph) -> dict:
     """{label input: (number of classes, the node reading it)} for every forward op that takes
-    class labels against scores whose class axis (the last) has a fixed size."""
+    class labels (or embedding ids) against an axis of fixed size (`OpDef.label_range`:
+    the scores' class axis, the embedding table's rows)."""
     out: dict = {}
     for n in graph.nodes.values():
         if OPS[n.op].group != "forward":
             continue
-        scores = graph[n.inputs[0]].shape
+        source, axis = OPS[n.op].label_range
+        scores = graph[n.inputs[source]].shape
         for pos in OPS[n.op].labels:
             label = graph[n.inputs[pos]]
-            if scores and S.is_int(scores[-1]) and label.op == "input":
-                if label.name not in out or scores[-1] < out[label.name][0]:
-                    out[label.name] = (scores[-1], n.name)
+            if scores and S.is_int(scores[axis]) and label.op == "input":
+                if label.name not in out or scores[axis] < out[label.name][0]:
+                    out[label.name] = (scores[axis], n.name)
     return out
 
 
@@ -123,9 +125,18 @@ def check_labels(graph: Graph, classes: Mapping, values: Mapping) -> None:
         if index is not None:
             raise SpecError(f"label {arr[index]} at index {list(index)} is out of range for "
                             f"{k} classes (expected 0..{k - 1}): '{reader}' "
-                            f"({graph[reader].op}) reads it against {k} class scores",
+                            f"({graph[reader].op}) reads it against {_read_against(graph, reader)}",
                             mark=graph[name].mark, node=name,
                             hint=f"class labels count from 0; check the data fed to '{name}'")
+
+
+def _read_against(graph: Graph, reader: str) -> str:
+    """What a label indexes: "3 class scores", or "the 10 rows of 'W'" (embedding ids)."""
+    source, axis = OPS[graph[reader].op].label_range
+    table = graph[graph[reader].inputs[source]]
+    if (source, axis) == (0, -1):
+        return f"{table.shape[-1]} class scores"
+    return f"the {table.shape[axis]} rows of '{table.origin or table.name}'"
 
 
 class Runner:

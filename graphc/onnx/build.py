@@ -8,6 +8,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import SpecError
+from ..shapes import ShapeError
 from ..ir import Graph, invariant
 
 LOWEST_OPSET = 13     # Softmax over one axis, ReduceSum/Squeeze/Unsqueeze with axes inputs
@@ -107,7 +108,11 @@ class Builder:
                             "exported", mark=node.mark, node=node.origin or node.name,
                             hint="docs/onnx.md lists the ops export maps")
         self.prefix, start = f"{node.name}/", len(self.nodes)
-        value = mapping(self, node, *(self.values[i] for i in node.inputs))
+        try:
+            value = mapping(self, node, *(self.values[i] for i in node.inputs))
+        except ShapeError as exc:
+            raise SpecError(f"op '{node.op}' cannot be exported: {exc}", mark=node.mark,
+                            node=node.origin or node.name) from None
         if value is None:
             return None
         last = self.nodes[-1] if len(self.nodes) > start else None

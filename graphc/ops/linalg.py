@@ -1,4 +1,4 @@
-"""Products and shape ops: matmul, dot, transpose, reshape, concat, and their gradients."""
+"""Products and shape ops: matmul, dot, transpose, reshape, concat, slice, and their gradients."""
 from __future__ import annotations
 
 from .. import shapes as S
@@ -6,6 +6,7 @@ from .record import REQUIRED, OpDef, attr_shape, constant_formula, onnx_op
 from .reductions import onnx_sum_to
 
 _BW = {"group": "backward", "elementwise": False}
+_SLICE = {"axis": REQUIRED, "start": REQUIRED, "stop": REQUIRED}
 
 
 def _matmul(shapes, attrs):
@@ -33,8 +34,23 @@ def _concat(shapes, attrs):
 
 
 def _slice(shapes, attrs):
+    """x's shape with `axis` cut to stop - start; the axis must have a fixed size and
+    0 <= start < stop <= size (negative start/stop count from the end, as in Python)."""
     shape = list(shapes[0])
-    shape[S.one_axis(attrs["axis"], len(shape))] = attrs["stop"] - attrs["start"]
+    if not shape:
+        raise S.ShapeError("slice needs an input of rank >= 1, got a scalar")
+    axis = S.one_axis(attrs["axis"], len(shape))
+    size, start, stop = shape[axis], attrs["start"], attrs["stop"]
+    if not S.is_int(size):
+        raise S.ShapeError(f"slice cuts axis {attrs['axis']} of {S.fmt(shape)}, a named dim "
+                           "whose size is unknown until run time; slice a fixed-size axis")
+    if not (S.is_int(start) and S.is_int(stop)):
+        raise S.ShapeError(f"start and stop must be integers, got {start!r} and {stop!r}")
+    lo, hi = (i + size if i < 0 else i for i in (start, stop))
+    if not 0 <= lo < hi <= size:
+        raise S.ShapeError(f"slice {start}:{stop} of axis {attrs['axis']} (size {size}) is "
+                           f"empty or out of range (expected 0 <= start < stop <= {size})")
+    shape[axis] = hi - lo
     return tuple(shape)
 
 
@@ -116,10 +132,21 @@ def _onnx_transpose(b, n, x):
     return b("Transpose", x, perm=perm)
 
 
-def _onnx_slice(b, n, g):
+def _onnx_slice(b, n, x):
     a = n.attrs
-    return b("Slice", g, b.const([a["start"]], integer=True), b.const([a["stop"]], integer=True),
+    return b("Slice", x, b.const([a["start"]], integer=True), b.const([a["stop"]], integer=True),
              b.const([a["axis"]], integer=True))
+
+
+def _onnx_slice_grad(b, n, g):
+    """g padded with zeros back to the sliced input's shape."""
+    shape, a = n.attrs["shape"], n.attrs
+    axis = S.one_axis(a["axis"], len(shape))
+    size = shape[axis]
+    lo, hi = (i + size if i < 0 else i for i in (a["start"], a["stop"]))
+    pads = [0] * (2 * len(shape))
+    pads[axis], pads[len(shape) + axis] = lo, size - hi
+    return b("Pad", g, b.const(pads, integer=True))
 
 
 OPS = (
@@ -145,8 +172,12 @@ OPS = (
           "...], axis)", attrs={"axis": 0}, vjp=_concat_vjp,
           formula=lambda a, o, attrs: tuple(f"g ↦ slice {k + 1} of g" for k in range(len(a))),
           elementwise=False, onnx=lambda b, n, *xs: b("Concat", *xs, axis=n.attrs["axis"])),
-    OpDef("slice", 1, _slice, "slice(g, axis, start, stop) = g[start:stop] along axis (the "
-          "gradient of one concat input)",
-          attrs={"axis": REQUIRED, "start": REQUIRED, "stop": REQUIRED}, onnx=_onnx_slice,
-          **_BW),
+    OpDef("slice", 1, _slice, "slice(x, axis=A, start=S, stop=E) = x[S:E] along axis A, "
+          "which stays (x[:, S:E] for axis 1)", attrs=_SLICE,
+          vjp=lambda e, n, g: (e("slice_grad", g, shape=e.shape(n.inputs[0]), **n.attrs),),
+          formula=constant_formula("g ↦ g placed at [start:stop], zeros elsewhere"),
+          elementwise=False, onnx=_onnx_slice),
+    OpDef("slice_grad", 1, attr_shape, "slice_grad(g, shape, axis, start, stop) = zeros(shape) "
+          "with g at [start:stop] along axis", attrs={"shape": REQUIRED, **_SLICE},
+          onnx=_onnx_slice_grad, **_BW),
 )

@@ -57,6 +57,8 @@ class OpDef:
     elementwise: Optional[bool] = None      # computed ops: the in-place permission
     mutates: tuple = ()                     # update ops: input positions written in place
     labels: tuple = ()                      # input positions that take integer class labels
+    label_range: tuple = (0, -1)            # (input, axis) whose size the labels index:
+                                            # 0..size-1 (class scores' last axis by default)
     layer_init: Optional[str] = None        # activations: the init dense picks for its W
     saves: Optional[str] = None             # the op computing what this op's kernel and
                                             # gradient read: an input the IR builder adds
