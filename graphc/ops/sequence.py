@@ -93,7 +93,11 @@ def _onnx_attention_probs(b, n, q, k, v):
             raise S.ShapeError(f"causal attention exports with fixed lengths, got {S.fmt(n.shape)}")
         above = b.const([[float(j > i) for j in range(s)] for i in range(t)])
         scores = b("Where", b("Greater", above, b.const(0.5)), b.const(float("-inf")), scores)
-    return b("Softmax", scores, axis=-1)
+    probs = b("Softmax", scores, axis=-1)
+    q_shape, k_shape = b.shape(n.inputs[0]), b.shape(n.inputs[1])
+    if S.broadcast(q_shape[:-2], k_shape[:-2]) + (q_shape[-2], k_shape[-2]) != tuple(n.shape):
+        return b("Expand", probs, b.dims(n.shape))     # v's batch dims broadcast in too
+    return probs
 
 
 def _onnx_normalized(b, x, eps: float) -> tuple:
