@@ -9,8 +9,9 @@ docs/onnx.md states.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -157,17 +158,19 @@ def test_an_op_without_a_mapping_is_an_error_naming_op_and_node(monkeypatch):
     assert "node 'h'" in str(err.value) and "spiral_mlp.yaml:" in str(err.value)
 
 
-def test_without_the_extra_export_says_what_to_install(tmp_path, spiral_ckpt):
+@pytest.mark.parametrize("command", ["export", "import"])
+def test_without_the_extra_the_commands_say_what_to_install(command, tmp_path):
     """An `onnx` that fails to import stands in for a missing extra."""
     (tmp_path / "onnx").mkdir()
     (tmp_path / "onnx" / "__init__.py").write_text("raise ImportError('not installed')\n")
+    (tmp_path / "m.onnx").write_bytes(b"")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
-    import subprocess
-    import sys
-    proc = subprocess.run([sys.executable, "-m", "graphc", "export", SPECS / "spiral_mlp.yaml",
-                           "--params", spiral_ckpt, "--out", tmp_path / "m.onnx"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    source = SPECS / "lecture_ng_j_3v.yaml" if command == "export" else tmp_path / "m.onnx"
+    proc = subprocess.run([sys.executable, "-m", "graphc", command, source, "--out",
+                           tmp_path / "out.file"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip() == ("error: graphc export needs the onnx package, which is "
-                                   "not installed; install it with: pip install "
+    assert proc.stderr.strip() == (f"error: graphc {command} needs the onnx package, which "
+                                   "is not installed; install it with: pip install "
                                    "'graphc[onnx]'")
+    assert not (tmp_path / "out.file").exists()
