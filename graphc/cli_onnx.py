@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 from .cli_common import SPEC, checkpoint_or_default
+from .onnx import DEFAULT_OPSET
 
 
 @click.command("export")
@@ -14,7 +15,7 @@ from .cli_common import SPEC, checkpoint_or_default
                    "train.data may go without: its values and initializers].")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The ONNX model file to write (MODEL.onnx).")
-@click.option("--opset", type=int, default=17, show_default=True,
+@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True,
               help="The ONNX opset to write (13 up to the newest the onnx package knows).")
 @click.option("--with-grad", is_flag=True,
               help="Also the training step's loss and gradients, as outputs LOSS and d:LEAF "

@@ -11,6 +11,8 @@ from __future__ import annotations
 from ..errors import SpecError
 
 INSTALL = "pip install 'graphc[onnx]'"
+LOWEST_OPSET = 13     # Softmax over one axis, ReduceSum/Squeeze/Unsqueeze with axes inputs
+DEFAULT_OPSET = 17
 
 
 def require_onnx(command: str):

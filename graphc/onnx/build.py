@@ -11,8 +11,6 @@ from ..errors import SpecError
 from ..shapes import ShapeError
 from ..ir import Graph, invariant
 
-LOWEST_OPSET = 13     # Softmax over one axis, ReduceSum/Squeeze/Unsqueeze with axes inputs
-DEFAULT_OPSET = 17
 REDUCE_AXES_INPUT = 18   # ReduceMean and ReduceMax read their axes from an input from here
 DTYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE,
           "int64": TensorProto.INT64, "int32": TensorProto.INT32}

@@ -21,7 +21,8 @@ from ..errors import SpecError
 from ..ir import Graph, VerifyError
 from ..model import Model, differentiable_leaves
 from ..predict import forward_graph
-from .build import DTYPES, LOWEST_OPSET, Builder
+from . import DEFAULT_OPSET, LOWEST_OPSET
+from .build import DTYPES, Builder
 
 GRAD_PREFIX = "d:"       # output d:W holds d loss / d W
 
@@ -37,7 +38,7 @@ def check_opset(opset: int) -> None:
         raise SpecError(f"--opset {opset} is outside the opsets graphc exports "
                         f"({low}..{high})", hint=f"graphc's op mappings use the forms of "
                         f"opset {low} (Softmax over one axis, axes as inputs); pick one of "
-                        f"{low}..{high}, or leave --opset out for 17")
+                        f"{low}..{high}, or leave --opset out for {DEFAULT_OPSET}")
 
 
 def eval_graph(model: Model) -> Graph:
