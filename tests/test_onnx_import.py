@@ -18,7 +18,7 @@ from onnx import TensorProto, helper                                  # noqa: E4
 
 from graphc.ops import OPS                                            # noqa: E402
 from test_cli import REPO, SPECS, graphc, ok, one_json                # noqa: E402
-from test_onnx_export import assert_close                             # noqa: E402
+from test_onnx_export import assert_close, check_grads                # noqa: E402
 
 FIXTURES = REPO / "tests" / "fixtures" / "onnx"
 MLPS = ["mlp_gemm", "mlp_matmul"]
@@ -52,7 +52,8 @@ def check_and_predict(name: str, tmp_path) -> tuple:
 
 def trains_and_exports(spec, params, want, tmp_path) -> None:
     """The imported spec trains from its params (a train: section added, as docs/onnx.md
-    says) and exports a model that onnxruntime runs to predict's numbers."""
+    says) and exports a model that onnxruntime runs to predict's numbers, and with
+    --with-grad to `graphc grad`'s."""
     labels = "\n  labels:" in spec.read_text()
     rows = len(want["x"])
     target = np.arange(rows) % 3 if labels else np.full((rows, 1), 0.5, dtype=np.float32)
@@ -66,6 +67,11 @@ def trains_and_exports(spec, params, want, tmp_path) -> None:
     (output,) = [o.name for o in session.get_outputs()]
     (got,) = session.run(None, {"x": want["x"]})
     assert_close(got, want[output], f"{spec.name}: re-exported {output}")
+    ok(graphc("export", spec, "--params", params, "--out", tmp_path / "grad.onnx", "--with-grad"))
+    session = ort.InferenceSession(str(tmp_path / "grad.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {"x": want["x"], "labels" if labels else "targets": target}
+    outs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    check_grads(tmp_path, spec, ["--params", params], feeds, outs)
 
 
 def test_the_fixtures_hold_both_exporter_styles():
