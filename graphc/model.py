@@ -20,7 +20,7 @@ from .executor import Executor
 from .initializers import initialize
 from .ir import Graph, build_graph
 from .ops import OPS
-from .plan import compile_plan, verify_plan
+from .remat import NONE, MemoryPolicy, remat_plan
 from .spec import Spec, load_spec
 
 
@@ -143,11 +143,13 @@ class Runner:
     """One compiled executor per bound dims (batch size), sharing the model's store.
 
     `run` is where values enter a model outside training: it binds the dims and checks
-    class labels (fed or stored) against the class count, for every command and API."""
+    class labels (fed or stored) against the class count, for every command and API.
+    `memory` is the rematerialization policy each plan is compiled under (remat.py)."""
 
-    def __init__(self, graph: Graph, store: dict, keep=(), forward=None, reuse: bool = True):
+    def __init__(self, graph: Graph, store: dict, keep=(), forward=None, reuse: bool = True,
+                 memory: MemoryPolicy = NONE, together=()):
         self.graph, self.store, self.keep, self.forward = graph, store, tuple(keep), forward
-        self.reuse = reuse
+        self.reuse, self.memory, self.together = reuse, memory, tuple(together)
         self.labels = label_classes(graph)
         self.cache: dict = {}        # bound dims -> executor
         self.by_shapes: dict = {}    # the feeds' shapes -> executor, skipping bind_dims
@@ -155,8 +157,8 @@ class Runner:
     def executor(self, dims: Mapping[str, int]) -> Executor:
         key = tuple(sorted(dims.items()))
         if key not in self.cache:
-            plan = compile_plan(self.graph, dims, self.keep, self.forward, self.reuse)
-            verify_plan(plan)
+            plan = remat_plan(self.graph, dims, self.keep, self.forward, self.reuse,
+                              self.memory, self.together).plan
             self.cache[key] = Executor(plan, self.store)
         return self.cache[key]
 

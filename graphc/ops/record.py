@@ -63,6 +63,11 @@ class OpDef:
     saves: Optional[str] = None             # the op computing what this op's kernel and
                                             # gradient read: an input the IR builder adds
     onnx: Optional[Callable] = None         # the export mapping: onnx(b, node, *xs)
+    recomputable: bool = True               # False: the output is not a pure function of the
+                                            # inputs and attrs (hidden RNG state): never
+                                            # rematerialized (ops that mutate never are)
+    flops: Optional[Callable] = None        # flops(input_shapes, attrs) -> the kernel's
+                                            # arithmetic; None: one per output element
 
 
 def missing_facts(op: OpDef) -> list:
