@@ -21,6 +21,7 @@ from .parallel import current as current_world
 from .interrupts import exit_code, signal_name, stop_on_signals
 from .cli_common import SPEC
 from .cli_grad import explain, grad, gradcheck
+from .cli_onnx import export, import_
 from .cli_plan import plan, time_
 from .cli_predict import predict
 from .cli_train import eval_, train
@@ -137,5 +138,6 @@ def ops():
     click.echo("[aliases] " + ", ".join(f"{a} = {op}" for a, op in ALIASES.items()))
 
 
-for _command in (grad, gradcheck, explain, train, eval_, predict, plan, time_):
+for _command in (grad, gradcheck, explain, train, eval_, predict, plan, time_, export,
+                 import_):
     main.add_command(_command)

@@ -35,7 +35,9 @@ STAGES = [
     "model", "checkpoint", "gradcheck", "explain", "annotate",      # commands' parts
     "guard", "timing", "plots", "trainconfig", "train",
     "predict", "api",                                       # using a trained model
+    "onnx",                                                 # ONNX export and import
     "cli_common", "cli_grad", "cli_plan", "cli_predict", "cli_train",   # one per family
+    "cli_onnx",
     "cli", "__main__",                                      # the front door
 ]
 # Folder -> the units outside it that it may import (its layer), beyond the order.

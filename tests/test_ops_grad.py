@@ -498,9 +498,10 @@ class Recorder:
         return f"{op}({', '.join(inputs)})"
 
 
-def op_graph(op: str, arrays: list, attrs: dict):
-    """x0, x1, ... -> out = op(x...) -> loss = sum(out * R), in float64."""
-    b = GraphBuilder("float64")
+def op_graph(op: str, arrays: list, attrs: dict, dtype: str = "float64"):
+    """x0, x1, ... -> out = op(x...) -> loss = sum(out * R), in float64 (or `dtype`, the
+    float arrays given in it)."""
+    b = GraphBuilder(dtype)
     names = []
     for i, arr in enumerate(arrays):
         name = f"x{i}"
@@ -508,7 +509,7 @@ def op_graph(op: str, arrays: list, attrs: dict):
         names.append(name)
     b.add("out", op, names, attrs_with_defaults(OPS[op], attrs))
     shape = b.nodes["out"].shape
-    b.nodes["R"] = Node("R", "input", (), {"shape": shape}, shape, "float64")
+    b.nodes["R"] = Node("R", "input", (), {"shape": shape}, shape, dtype)
     b.add("weighted", "mul", ("out", "R"))
     b.add("loss", "sum", ("weighted",), {"axis": None, "keepdims": False})
     return toposort(b.graph("loss", ("out",))), names

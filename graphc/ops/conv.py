@@ -15,7 +15,8 @@ from __future__ import annotations
 from math import prod
 
 from .. import shapes as S
-from .record import REQUIRED, OpDef, attr_shape, grad_of
+from . import conv_export as X
+from .record import REQUIRED, OpDef, attr_shape, grad_of, onnx_op
 
 _BW = {"group": "backward", "elementwise": False}
 GEOMETRY = {"stride": 1, "padding": 0, "dilation": 1}
@@ -171,7 +172,8 @@ def conv_op(d: int) -> OpDef:
                  f"{name}(x, W, b, stride=1, padding=0, dilation=1): x [N, C, {dims}], W [O, C, "
                  f"{'K' if d == 1 else 'KH, KW'}], b [O] optional (F.{name}); stride, padding, "
                  "dilation an int or one per axis", attrs=dict(GEOMETRY), saves="im2col",
-                 vjp=_conv_vjp, formula=_conv_formula, elementwise=False, onnx="Conv")
+                 vjp=_conv_vjp, formula=_conv_formula, elementwise=False,
+                 onnx=X.conv(geometry))
 
 
 def pool_op(kind: str, d: int) -> OpDef:
@@ -184,37 +186,42 @@ def pool_op(kind: str, d: int) -> OpDef:
                  vjp=_max_pool_vjp if kind == "max" else _avg_pool_vjp,
                  formula=(lambda a, o, attrs: (f"1[{a[0]} is the window's first max]",))
                  if kind == "max" else (lambda a, o, attrs: ("1/prod(kernel) per window",)),
-                 elementwise=False, onnx="MaxPool" if kind == "max" else "AveragePool")
+                 elementwise=False, onnx=X.pool("MaxPool", geometry) if kind == "max" else
+                 X.pool("AveragePool", geometry, count_include_pad=1))
 
 
 OPS = (
     conv_op(1), conv_op(2),
     OpDef("im2col", None, _im2col, "im2col(x, W, [b], stride, padding, dilation) = the columns "
           "[N, C * prod(kernel), prod(output)] of x that conv1d/conv2d multiply by W",
-          attrs=dict(GEOMETRY), group="saved", elementwise=False),
+          attrs=dict(GEOMETRY), group="saved", elementwise=False, onnx=X.im2col(geometry)),
     OpDef("conv_grad_columns", 2, _grad_columns, "conv_grad_columns(g, W) = Wᵀ g per sample: "
-          "the gradient of the columns, [N, C * prod(kernel), prod(output)]", **_BW),
+          "the gradient of the columns, [N, C * prod(kernel), prod(output)]",
+          onnx=X.conv_grad_columns, **_BW),
     OpDef("col2im", 1, attr_shape, "col2im(dcols, shape, kernel, stride, padding, dilation) = "
           "each column added back onto the input positions it was read from (dx)",
-          attrs={"shape": REQUIRED, "kernel": REQUIRED, **GEOMETRY}, **_BW),
+          attrs={"shape": REQUIRED, "kernel": REQUIRED, **GEOMETRY},
+          onnx=X.col2im(geometry, output_size), **_BW),
     OpDef("conv_grad_filter", 2, attr_shape, "conv_grad_filter(g, cols, shape) = Σ over the "
-          "batch of g · colsᵀ (dW)", attrs={"shape": REQUIRED}, **_BW),
+          "batch of g · colsᵀ (dW)", attrs={"shape": REQUIRED}, onnx=X.conv_grad_filter,
+          **_BW),
     pool_op("max", 1), pool_op("max", 2), pool_op("avg", 1), pool_op("avg", 2),
     OpDef("max_pool_grad", 3, grad_of(1), "max_pool_grad(g, x, y, kernel, stride, padding) = "
           "g sent to the first position of each window where x equals the max y",
-          attrs=dict(POOL), **_BW),
+          attrs=dict(POOL), onnx=X.max_pool_grad(geometry), **_BW),
     OpDef("avg_pool_grad", 1, attr_shape, "avg_pool_grad(g, shape, kernel, stride, padding) = "
           "g / prod(kernel) added onto every position of each window",
-          attrs={"shape": REQUIRED, **POOL}, **_BW),
+          attrs={"shape": REQUIRED, **POOL}, onnx=X.avg_pool_grad(geometry, output_size),
+          **_BW),
     OpDef("global_avg_pool", 1, _global_avg_pool, "global_avg_pool(x) = mean over every axis "
           "after the channels: [N, C, ...] -> [N, C] (F.adaptive_avg_pool2d(x, 1) flattened)",
           vjp=lambda e, n, g: (e("expand", g, shape=e.shape(n.inputs[0]), mean=True,
                                  axis=list(range(2, len(e.shape(n.inputs[0])))),
                                  keepdims=False),),
           formula=lambda a, o, attrs: ("1/(positions per channel)",), elementwise=False,
-          onnx="GlobalAveragePool"),
+          onnx=X.global_avg_pool),
     OpDef("flatten", 1, _flatten, "flatten(x) = x reshaped to [N, prod(rest)] (torch.flatten(x, "
           "1))", vjp=lambda e, n, g: (e("reshape", g, shape=e.shape(n.inputs[0])),),
           formula=lambda a, o, attrs: ("g ↦ g reshaped back",), elementwise=False,
-          onnx="Flatten"),
+          onnx=onnx_op("Flatten", axis=1)),
 )

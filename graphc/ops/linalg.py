@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from .. import shapes as S
-from .record import REQUIRED, OpDef, attr_shape, constant_formula
+from .record import REQUIRED, OpDef, attr_shape, constant_formula, onnx_op
+from .reductions import onnx_sum_to
 
 _BW = {"group": "backward", "elementwise": False}
 _SLICE = {"axis": REQUIRED, "start": REQUIRED, "stop": REQUIRED}
@@ -84,32 +85,105 @@ def _concat_vjp(e, n, g):
     return tuple(grads)
 
 
+# --- export mappings (graphc/ops/record.py): the kernels' cases, NumPy's 1-D rules -----------
+def _swap_last(b, x, rank: int):
+    perm = list(range(rank))
+    perm[-2:] = perm[-1], perm[-2]
+    return b("Transpose", x, perm=perm)
+
+
+def _onnx_matmul_ga(b, n, g, y):
+    """d(a @ b)/da = g @ b^T, 1-D promotion undone, summed to a's shape."""
+    gs, bs, want = b.shape(n.inputs[0]), b.shape(n.inputs[1]), tuple(n.attrs["shape"])
+    if len(bs) == 1:
+        full, have = (b("Mul", b("Unsqueeze", g, b.const([-1], integer=True)), y),
+                      tuple(gs) + tuple(bs)) if gs else (b("Mul", g, y), tuple(bs))
+        return onnx_sum_to(b, full, have, want)
+    gm, gms = (b("Unsqueeze", g, b.const([-2], integer=True)), tuple(gs[:-1]) + (1, gs[-1])) \
+        if len(want) == 1 else (g, tuple(gs))
+    bt = tuple(bs[:-2]) + (bs[-1], bs[-2])
+    full, have = b("MatMul", gm, _swap_last(b, y, len(bs))), S.matmul(gms, bt)
+    if len(want) == 1:
+        full, have = b("Squeeze", full, b.const([-2], integer=True)), have[:-2] + have[-1:]
+    return onnx_sum_to(b, full, have, want)
+
+
+def _onnx_matmul_gb(b, n, x, g):
+    """d(a @ b)/db = a^T @ g, 1-D promotion undone, summed to b's shape."""
+    xs, gs, want = b.shape(n.inputs[0]), b.shape(n.inputs[1]), tuple(n.attrs["shape"])
+    if len(xs) == 1:
+        if len(want) > 1:
+            full = b("Mul", b("Unsqueeze", x, b.const([1], integer=True)),
+                     b("Unsqueeze", g, b.const([-2], integer=True)))
+            have = tuple(gs[:-1]) + (xs[0], gs[-1])
+        else:
+            full, have = b("Mul", x, g), S.broadcast(tuple(xs), tuple(gs))
+        return onnx_sum_to(b, full, have, want)
+    gm, gms = (b("Unsqueeze", g, b.const([-1], integer=True)), tuple(gs) + (1,)) \
+        if len(want) == 1 else (g, tuple(gs))
+    xt = tuple(xs[:-2]) + (xs[-1], xs[-2])
+    full, have = b("MatMul", _swap_last(b, x, len(xs)), gm), S.matmul(xt, gms)
+    if len(want) == 1:
+        full, have = b("Squeeze", full, b.const([-1], integer=True)), have[:-1]
+    return onnx_sum_to(b, full, have, want)
+
+
+def _onnx_transpose(b, n, x):
+    rank = len(n.shape)
+    if rank == 0:
+        return b("Identity", x)
+    axes = n.attrs["axes"]
+    perm = list(reversed(range(rank))) if axes is None else list(S.permutation(axes, rank))
+    return b("Transpose", x, perm=perm)
+
+
+def _onnx_slice(b, n, x):
+    a = n.attrs
+    return b("Slice", x, b.const([a["start"]], integer=True), b.const([a["stop"]], integer=True),
+             b.const([a["axis"]], integer=True))
+
+
+def _onnx_slice_grad(b, n, g):
+    """g padded with zeros back to the sliced input's shape."""
+    shape, a = n.attrs["shape"], n.attrs
+    axis = S.one_axis(a["axis"], len(shape))
+    size = shape[axis]
+    lo, hi = (i + size if i < 0 else i for i in (a["start"], a["stop"]))
+    pads = [0] * (2 * len(shape))
+    pads[axis], pads[len(shape) + axis] = lo, size - hi
+    return b("Pad", g, b.const(pads, integer=True))
+
+
 OPS = (
     OpDef("matmul", 2, _matmul, "matmul(a, b) = a @ b (numpy.matmul, 1-D operands as in NumPy)",
           vjp=_matmul_vjp, formula=lambda a, o, attrs: (f"g ↦ g @ {a[1]}ᵀ", f"g ↦ {a[0]}ᵀ @ g"),
-          elementwise=False, flops=_matmul_flops),
+          elementwise=False, flops=_matmul_flops, onnx=onnx_op("MatMul")),
     OpDef("dot", 2, _dot, "dot(a, b) = numpy.dot for vectors and matrices", vjp=_matmul_vjp,
-          formula=lambda a, o, attrs: (a[1], a[0]), elementwise=False, flops=_matmul_flops),
+          formula=lambda a, o, attrs: (a[1], a[0]), elementwise=False, flops=_matmul_flops,
+          onnx=onnx_op("MatMul")),
     OpDef("matmul_ga", 2, attr_shape, "matmul_ga(g, b) = g @ b.T, summed to a's shape",
-          attrs={"shape": REQUIRED}, **_BW),
+          attrs={"shape": REQUIRED}, onnx=_onnx_matmul_ga, **_BW),
     OpDef("matmul_gb", 2, attr_shape, "matmul_gb(a, g) = a.T @ g, summed to b's shape",
-          attrs={"shape": REQUIRED}, **_BW),
+          attrs={"shape": REQUIRED}, onnx=_onnx_matmul_gb, **_BW),
     OpDef("transpose", 1, _transpose, "transpose(x, axes=None) = numpy.transpose(x, axes) "
           "(None reverses the axes)", attrs={"axes": None}, vjp=_transpose_vjp,
-          formula=constant_formula("g ↦ g transposed back"), elementwise=False),
+          formula=constant_formula("g ↦ g transposed back"), elementwise=False,
+          onnx=_onnx_transpose),
     OpDef("reshape", 1, _reshape, "reshape(x, shape=[batch, -1]) = numpy.reshape; dim names "
           "stay, one -1 takes the rest", attrs={"shape": REQUIRED},
           vjp=lambda e, n, g: (e("reshape", g, shape=e.shape(n.inputs[0])),),
-          formula=constant_formula("g ↦ g reshaped back"), elementwise=False),
+          formula=constant_formula("g ↦ g reshaped back"), elementwise=False,
+          onnx=lambda b, n, x: b("Reshape", x, b.dims(n.shape))),
     OpDef("concat", None, _concat, "concat(x1, x2, ..., axis=0) = numpy.concatenate([x1, x2, "
           "...], axis)", attrs={"axis": 0}, vjp=_concat_vjp,
           formula=lambda a, o, attrs: tuple(f"g ↦ slice {k + 1} of g" for k in range(len(a))),
-          elementwise=False),
+          elementwise=False, onnx=lambda b, n, *xs: b("Concat", *xs, axis=n.attrs["axis"])),
     OpDef("slice", 1, _slice, "slice(x, axis=A, start=S, stop=E) = x[S:E] along axis A, "
           "which stays (x[:, S:E] for axis 1)", attrs=_SLICE,
           vjp=lambda e, n, g: (e("slice_grad", g, shape=e.shape(n.inputs[0]), **n.attrs),),
           formula=constant_formula("g ↦ g placed at [start:stop], zeros elsewhere"),
-          elementwise=False),
+          elementwise=False, onnx=_onnx_slice),
     OpDef("slice_grad", 1, attr_shape, "slice_grad(g, shape, axis, start, stop) = zeros(shape) "
-          "with g at [start:stop] along axis", attrs={"shape": REQUIRED, **_SLICE}, **_BW),
+          "with g at [start:stop] along axis", attrs={"shape": REQUIRED, **_SLICE},
+          onnx=_onnx_slice_grad, **_BW),
 )

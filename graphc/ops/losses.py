@@ -64,61 +64,170 @@ def _pair_formula(text):
     return lambda a, o, attrs: (text.format(p=a[0], t=a[1]), "-" + text.format(p=a[0], t=a[1]))
 
 
+# --- export mappings (graphc/ops/record.py): mean over all elements, as the kernels -------------
+def _mean_all(b, x):
+    return b.reduce("ReduceMean", x, None, keepdims=False)
+
+
+def _per_count(b, g, x):
+    """g / the number of elements of x: the loss gradients' 1/n."""
+    return b("Div", g, b.count(x))
+
+
+def _onnx_mse(b, n, p, t):
+    d = b("Sub", p, t)
+    return _mean_all(b, b("Mul", d, d))
+
+
+def _onnx_mse_grad(b, n, g, p, t):
+    d = b("Sub", p, t)
+    return b("Mul", d, b("Mul", b.const(2.0), _per_count(b, g, d)))
+
+
+def _picked(b, s, labels):
+    """s[..., label] for each row, kept as [..., 1]."""
+    return b("GatherElements", s, b("Unsqueeze", labels, b.const([-1], integer=True)), axis=-1)
+
+
+def _onehot(b, labels, classes: int):
+    """[..., classes]: 1 at each row's label."""
+    index = b("Unsqueeze", labels, b.const([-1], integer=True))
+    return b("Cast", b("Equal", index, b.const(list(range(classes)), integer=True)),
+             to=b.dtype)
+
+
+def _onnx_sce(b, n, z, labels, stats=None):
+    """mean(-log_softmax(z)[label]); the saved stats are recomputed."""
+    return b("Neg", _mean_all(b, _picked(b, b("LogSoftmax", z, axis=-1), labels)))
+
+
+def _onnx_sce_grad(b, n, g, z, labels, stats=None):
+    classes = b.shape(n.inputs[1])[-1]
+    diff = b("Sub", b("Softmax", z, axis=-1), _onehot(b, labels, classes))
+    return b("Mul", diff, _per_count(b, g, labels))
+
+
+def _onnx_hinge(b, n, s, y):
+    return _mean_all(b, b("Relu", b("Sub", b.const(1.0), b("Mul", s, y))))
+
+
+def _onnx_hinge_grad(b, n, g, x, y):
+    xy = b("Mul", x, y)
+    active = b("Cast", b("Greater", b("Sub", b.const(1.0), xy), b.const(0.0)), to=b.dtype)
+    return b("Mul", b("Neg", b("Mul", y, active)), _per_count(b, g, xy))
+
+
+def _onnx_l1_grad(b, n, g, p, t):
+    d = b("Sub", p, t)
+    return b("Mul", b("Sign", d), _per_count(b, g, d))
+
+
+def _onnx_huber(b, n, p, t):
+    """0.5 q^2 + delta (|d| - q), q = min(|d|, delta)."""
+    d = b("Abs", b("Sub", p, t))
+    delta = b.const(n.attrs["delta"])
+    q = b("Min", d, delta)
+    inside = b("Mul", b.const(0.5), b("Mul", q, q))
+    return _mean_all(b, b("Add", inside, b("Mul", delta, b("Sub", d, q))))
+
+
+def _onnx_huber_grad(b, n, g, p, t):
+    d = b("Sub", p, t)
+    delta = n.attrs["delta"]
+    return b("Mul", b("Clip", d, b.const(-delta), b.const(delta)), _per_count(b, g, d))
+
+
+def _onnx_bce(b, n, x, t):
+    tail = b("Log", b("Add", b.const(1.0), b("Exp", b("Neg", b("Abs", x)))))
+    loss = b("Sub", b("Add", tail, b("Max", x, b.const(0.0))), b("Mul", x, t))
+    return _mean_all(b, loss)
+
+
+def _onnx_bce_grad(b, n, g, x, t):
+    full = b("Sub", b("Sigmoid", x), t)
+    if n.attrs["wrt"] == "logits":
+        return b("Mul", full, _per_count(b, g, full))
+    return b("Mul", b("Neg", b("Add", x, b("Mul", t, b.const(0.0)))), _per_count(b, g, full))
+
+
+def _margins(b, n, s, labels, classes: int):
+    """m_j = s_j - s_y + margin, and 1 - onehot(y) (the correct class never counts)."""
+    m = b("Add", b("Sub", s, _picked(b, s, labels)), b.const(n.attrs["margin"]))
+    return m, b("Sub", b.const(1.0), _onehot(b, labels, classes))
+
+
+def _onnx_multiclass_hinge(b, n, s, labels):
+    m, others = _margins(b, n, s, labels, b.shape(n.inputs[0])[-1])
+    total = b.reduce("ReduceSum", b("Mul", b("Relu", m), others), None, keepdims=False)
+    return b("Div", total, b.count(labels))
+
+
+def _onnx_multiclass_hinge_grad(b, n, g, s, labels):
+    m, others = _margins(b, n, s, labels, b.shape(n.inputs[1])[-1])
+    violated = b("Mul", b("Cast", b("Greater", m, b.const(0.0)), to=b.dtype), others)
+    count = b.reduce("ReduceSum", violated, [-1], keepdims=True)
+    at_label = b("Mul", count, b("Sub", b.const(1.0), others))
+    return b("Mul", b("Sub", violated, at_label), _per_count(b, g, labels))
+
+
 OPS = (
     OpDef("mse", 2, _loss_pair, "mse(pred, target) = mean((pred - target) ** 2)",
           vjp=_pair_loss("mse_grad"), formula=_pair_formula("2({p} - {t})/n"),
-          elementwise=False),
+          elementwise=False, onnx=_onnx_mse),
     OpDef("mse_grad", 3, bcast, "mse_grad(g, pred, target) = g * 2 (pred - target) / n",
-          elementwise=True, **_BW),
+          elementwise=True, onnx=_onnx_mse_grad, **_BW),
     OpDef("softmax_cross_entropy", 2, _labels,
           "softmax_cross_entropy(logits, labels) = mean(logsumexp(logits) - logits[labels])",
           labels=(1,), saves="softmax_cross_entropy_stats",
           vjp=lambda e, n, g: (e("softmax_cross_entropy_grad", g, *n.inputs), None, None),
           formula=lambda a, o, attrs: (f"(softmax({a[0]}) - onehot({a[1]}))/n", None),
-          elementwise=False),
+          elementwise=False, onnx=_onnx_sce),
     OpDef("softmax_cross_entropy_stats", 2, _softmax_stats,
           "softmax_cross_entropy_stats(logits, labels) = exp(z), sum(exp(z)), z[label] per row, "
           "z = logits - row max: the loss and its gradient read it", labels=(1,),
-          group="saved", elementwise=False),
+          group="saved", elementwise=False, onnx=lambda b, n, *xs: None),
     OpDef("softmax_cross_entropy_grad", 4, grad_of(1),
           "softmax_cross_entropy_grad(g, logits, labels, stats) = g * (softmax(logits) - "
-          "onehot) / n, softmax from the saved stats", labels=(2,), elementwise=False, **_BW),
+          "onehot) / n, softmax from the saved stats", labels=(2,), elementwise=False,
+          onnx=_onnx_sce_grad, **_BW),
     OpDef("hinge", 2, _loss_pair, "hinge(score, y) = mean(max(0, 1 - y * score)), y in {-1, 1}",
           vjp=lambda e, n, g: (e("hinge_grad", g, *n.inputs),
                                e("hinge_grad", g, *reversed(n.inputs))),
           formula=lambda a, o, attrs: (f"-{a[1]}·1[1 - {a[1]}·{a[0]} > 0]/n",
                                        f"-{a[0]}·1[1 - {a[1]}·{a[0]} > 0]/n"),
-          elementwise=False),
+          elementwise=False, onnx=_onnx_hinge),
     OpDef("hinge_grad", 3, bcast,
           "hinge_grad(g, a, b) = -g * b * (1 - a * b > 0) / n (d hinge / d a; swap for b)",
-          elementwise=True, **_BW),
+          elementwise=True, onnx=_onnx_hinge_grad, **_BW),
     OpDef("l1", 2, _loss_pair, "l1(pred, target) = mean(|pred - target|)",
           vjp=_pair_loss("l1_grad"), formula=_pair_formula("sign({p} - {t})/n"),
-          elementwise=False),
+          elementwise=False, onnx=lambda b, n, p, t: _mean_all(b, b("Abs", b("Sub", p, t)))),
     OpDef("l1_grad", 3, bcast, "l1_grad(g, pred, target) = g * sign(pred - target) / n",
-          elementwise=True, **_BW),
+          elementwise=True, onnx=_onnx_l1_grad, **_BW),
     OpDef("huber", 2, _loss_pair, "huber(pred, target, delta=1.0) = mean(0.5 d^2 if |d| < "
           "delta else delta (|d| - 0.5 delta)), d = pred - target", attrs={"delta": 1.0},
           vjp=_pair_loss("huber_grad"), formula=_pair_formula("clip({p} - {t}, ±δ)/n"),
-          elementwise=False),
+          elementwise=False, onnx=_onnx_huber),
     OpDef("huber_grad", 3, bcast, "huber_grad(g, pred, target, delta) = g * clip(pred - "
-          "target, -delta, delta) / n", attrs={"delta": 1.0}, elementwise=True, **_BW),
+          "target, -delta, delta) / n", attrs={"delta": 1.0}, elementwise=True,
+          onnx=_onnx_huber_grad, **_BW),
     OpDef("binary_cross_entropy_with_logits", 2, _loss_pair,
           "binary_cross_entropy_with_logits(logits, targets) = mean(max(x, 0) - x t + "
           "log1p(exp(-|x|))), t in [0, 1]", vjp=_bce,
           formula=lambda a, o, attrs: (f"(σ({a[0]}) - {a[1]})/n", f"-{a[0]}/n"),
-          elementwise=False),
+          elementwise=False, onnx=_onnx_bce),
     OpDef("binary_cross_entropy_with_logits_grad", 3, bcast,
           "binary_cross_entropy_with_logits_grad(g, x, t, wrt) = g * (sigmoid(x) - t) / n for "
           "wrt='logits', g * -x / n for wrt='targets'", attrs={"wrt": "logits"},
-          elementwise=True, **_BW),
+          elementwise=True, onnx=_onnx_bce_grad, **_BW),
     OpDef("multiclass_hinge", 2, _labels, "multiclass_hinge(scores, labels, margin=1.0) = "
           "mean over examples of sum_{j != y} max(0, s_j - s_y + margin) (the SVM loss)",
           attrs={"margin": 1.0}, labels=(1,),
           vjp=lambda e, n, g: (e("multiclass_hinge_grad", g, *n.inputs, **n.attrs), None),
           formula=lambda a, o, attrs: ("g ↦ Σ over violated margins of ±1/n", None),
-          elementwise=False),
+          elementwise=False, onnx=_onnx_multiclass_hinge),
     OpDef("multiclass_hinge_grad", 3, grad_of(1), "multiclass_hinge_grad(g, s, labels, "
           "margin) = g * (m_j > 0 for j != y; -count(m > 0) at y) / n, m_j = s_j - s_y + "
-          "margin", attrs={"margin": 1.0}, labels=(2,), elementwise=False, **_BW),
+          "margin", attrs={"margin": 1.0}, labels=(2,), elementwise=False,
+          onnx=_onnx_multiclass_hinge_grad, **_BW),
 )

@@ -3,8 +3,8 @@
 An `OpDef` holds the op's signature (arity, attributes with defaults, which inputs
 are integer labels), its shape rule, its gradient rule written with other ops, its
 in-place permission (`elementwise`), the local-gradient formula `explain` prints,
-the doc line `graphc ops` prints, and room for an export mapping (`onnx`). Kernels
-are not here: each backend keys its own by op name (graphc/backends/).
+the doc line `graphc ops` prints, and its export mapping (`onnx`). Kernels are not
+here: each backend keys its own by op name (graphc/backends/).
 
 Saved values are IR values: an op whose kernel and gradient share work (softmax
 cross-entropy's exp and row sums) names, in `saves`, an op of group "saved" that
@@ -16,6 +16,16 @@ gradient, e.g. class labels) per input, in the *output's* broadcast shape; `emit
 *inputs, **attrs)` adds a backward node. The driver (autodiff.py) sums fan-out and
 un-broadcasts, once. Explain formulas: `formula(a, o, attrs)` gives d o / d a[i] per
 input as text, `a` the inputs' display names, `o` the output's.
+
+Export mappings: `onnx(b, node, *xs)` writes the node as ONNX ops and returns the name
+of the value holding its result; `xs` are its inputs' values. It describes the ops
+through `b` (graphc/onnx/export.py's builder), so no module here imports onnx:
+`b(op_type, *inputs, **attrs)` adds one ONNX node and names its output, `b.const(value,
+integer=False)` a constant, `b.count(x)` the number of elements of x (a float scalar),
+`b.reduce(op_type, x, axes, keepdims)` a ReduceSum/ReduceMean/ReduceMax in the form of
+the opset, `b.dims(shape)` a graphc shape (symbolic dims too) as a runtime shape, and
+`b.shape(name)` a graphc value's shape. A mapping returning None says that no ONNX value
+stands for the node: its readers recompute what they need (saved values).
 """
 from __future__ import annotations
 
@@ -53,7 +63,7 @@ class OpDef:
     layer_init: Optional[str] = None        # activations: the init dense picks for its W
     saves: Optional[str] = None             # the op computing what this op's kernel and
                                             # gradient read: an input the IR builder adds
-    onnx: Optional[str] = None              # the export mapping, when export lands
+    onnx: Optional[Callable] = None         # the export mapping: onnx(b, node, *xs)
     recomputable: bool = True               # False: the output is not a pure function of the
                                             # inputs and attrs (hidden RNG state): never
                                             # rematerialized (ops that mutate never are)
@@ -128,3 +138,14 @@ def constant_formula(*texts):
 
 
 AXES = {"axis": None, "keepdims": False}
+
+
+# --- export mappings -------------------------------------------------------------------------
+def onnx_op(op_type: str, **fixed):
+    """The mapping to one ONNX op over the node's inputs, with `fixed` attributes."""
+    return lambda b, n, *xs: b(op_type, *xs, **fixed)
+
+
+def onnx_attrs(op_type: str, *names):
+    """The mapping to one ONNX op whose attributes are the node's `names` attributes."""
+    return lambda b, n, *xs: b(op_type, *xs, **{k: n.attrs[k] for k in names})

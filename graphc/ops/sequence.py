@@ -71,6 +71,59 @@ def _layer_norm_vjp(e, n, g):
             e("layer_norm_grad", g, x, gamma, eps=eps, wrt="gamma"), g)
 
 
+# --- export mappings (graphc/ops/record.py): the kernels' formulas as ONNX ops ---------------
+def _onnx_embedding_grad(b, n, g, ids):
+    """dW = onehot(ids)ᵀ @ g over the flattened ids: repeated ids accumulate."""
+    rows, width = n.attrs["shape"]
+    flat = b("Reshape", ids, b.const([-1, 1], integer=True))
+    onehot = b("Cast", b("Equal", flat, b.const(list(range(rows)), integer=True)), to=b.dtype)
+    g2 = b("Reshape", g, b.const([-1, width], integer=True))
+    return b("MatMul", b("Transpose", onehot, perm=[1, 0]), g2)
+
+
+def _onnx_attention_probs(b, n, q, k, v):
+    """softmax(q kᵀ / sqrt(d) + mask) over the last axis."""
+    rank = len(b.shape(n.inputs[1]))
+    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+    scale = b.const(1.0 / math.sqrt(b.shape(n.inputs[0])[-1]))
+    scores = b("Mul", b("MatMul", q, b("Transpose", k, perm=perm)), scale)
+    if n.attrs["causal"]:
+        t, s = n.shape[-2:]
+        if not (S.is_int(t) and S.is_int(s)):
+            raise S.ShapeError(f"causal attention exports with fixed lengths, got {S.fmt(n.shape)}")
+        above = b.const([[float(j > i) for j in range(s)] for i in range(t)])
+        scores = b("Where", b("Greater", above, b.const(0.5)), b.const(float("-inf")), scores)
+    probs = b("Softmax", scores, axis=-1)
+    q_shape, k_shape = b.shape(n.inputs[0]), b.shape(n.inputs[1])
+    if S.broadcast(q_shape[:-2], k_shape[:-2]) + (q_shape[-2], k_shape[-2]) != tuple(n.shape):
+        return b("Expand", probs, b.dims(n.shape))     # v's batch dims broadcast in too
+    return probs
+
+
+def _onnx_normalized(b, x, eps: float) -> tuple:
+    """(x̂, σ) over the last axis: x̂ = (x - mean) / σ, σ = sqrt(var + eps)."""
+    centered = b("Sub", x, b.reduce("ReduceMean", x, [-1], True))
+    var = b.reduce("ReduceMean", b("Mul", centered, centered), [-1], True)
+    sigma = b("Sqrt", b("Add", var, b.const(eps)))
+    return b("Div", centered, sigma), sigma
+
+
+def _onnx_layer_norm(b, n, x, gamma, beta):
+    xhat, _ = _onnx_normalized(b, x, n.attrs["eps"])
+    return b("Add", b("Mul", xhat, gamma), beta)
+
+
+def _onnx_layer_norm_grad(b, n, g, x, gamma):
+    """wrt x: (γg - mean(γg) - x̂ mean(γg x̂)) / σ; wrt gamma: g x̂."""
+    xhat, sigma = _onnx_normalized(b, x, n.attrs["eps"])
+    if n.attrs["wrt"] == "gamma":
+        return b("Mul", g, xhat)
+    dxhat = b("Mul", g, gamma)
+    proj = b.reduce("ReduceMean", b("Mul", dxhat, xhat), [-1], True)
+    centered = b("Sub", dxhat, b.reduce("ReduceMean", dxhat, [-1], True))
+    return b("Div", b("Sub", centered, b("Mul", xhat, proj)), sigma)
+
+
 OPS = (
     OpDef("embedding", 2, _embedding, "embedding(ids, W) = W[ids]: row ids of the table W "
           "[rows, width] (integer ids of any shape -> [..., width]; F.embedding)",
@@ -78,10 +131,10 @@ OPS = (
           vjp=lambda e, n, g: (None, e("embedding_grad", g, n.inputs[0],
                                        shape=e.shape(n.inputs[1]))),
           formula=lambda a, o, attrs: (None, f"g ↦ g scatter-added at rows {a[0]}"),
-          elementwise=False),
+          elementwise=False, onnx=lambda b, n, ids, w: b("Gather", w, ids, axis=0)),
     OpDef("embedding_grad", 2, attr_shape, "embedding_grad(g, ids, shape) = zeros(shape) with "
           "g's rows added at ids (repeated ids accumulate)", attrs={"shape": REQUIRED},
-          labels=(1,), **_BW),
+          labels=(1,), onnx=_onnx_embedding_grad, **_BW),
     OpDef("scaled_dot_product_attention", 3, _attention,
           "scaled_dot_product_attention(q, k, v, causal=False) = softmax(q kᵀ / sqrt(d) + "
           "mask) v over [..., T, d]; causal masks key j > query i "
@@ -90,17 +143,18 @@ OPS = (
           formula=lambda a, o, attrs: (f"g ↦ (softmax'·(g {a[2]}ᵀ)) {a[1]} / √d",
                                        f"g ↦ (softmax'·(g {a[2]}ᵀ))ᵀ {a[0]} / √d",
                                        "g ↦ Pᵀ g, P the attention probabilities", None),
-          elementwise=False),
+          elementwise=False, onnx=lambda b, n, q, k, v, probs: b("MatMul", probs, v)),
     OpDef("attention_probs", 3, _attention_probs, "attention_probs(q, k, v, causal) = "
           "softmax(q kᵀ / sqrt(d) + mask) [..., T, S]: attention's output and gradient read it",
-          attrs={"causal": False}, group="saved", elementwise=False),
+          attrs={"causal": False}, group="saved", elementwise=False,
+          onnx=_onnx_attention_probs),
     OpDef("layer_norm", 3, _layer_norm, "layer_norm(x, gamma, beta, eps=1e-5) = (x - mean) / "
           "sqrt(var + eps) * gamma + beta over the last axis (biased var; F.layer_norm)",
           attrs={"eps": 1e-5}, vjp=_layer_norm_vjp,
           formula=lambda a, o, attrs: (f"g ↦ (γg - mean(γg) - x̂·mean(γg·x̂)) / σ",
                                        "x̂ = (x - mean) / σ", "1"),
-          elementwise=False),
+          elementwise=False, onnx=_onnx_layer_norm),
     OpDef("layer_norm_grad", 3, grad_of(1), "layer_norm_grad(g, x, gamma, eps, wrt) = d "
           "layer_norm / d x applied to g for wrt='x'; g * x̂ (summed by the driver) for "
-          "wrt='gamma'", attrs={"eps": 1e-5, "wrt": "x"}, **_BW),
+          "wrt='gamma'", attrs={"eps": 1e-5, "wrt": "x"}, onnx=_onnx_layer_norm_grad, **_BW),
 )
