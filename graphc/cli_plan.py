@@ -25,6 +25,11 @@ def _parse_dims(ctx, param, values) -> dict:
 BATCH_SIZE = click.option("--batch-size", type=click.IntRange(min=1),
                           help="Size the batch dim, the inputs' first dim [default: "
                                "train.batch_size, else 32].")
+STEP_CODE = click.option("--step-code", type=click.Choice(["reference", "generated", "fused"]),
+                          help="How the step runs: the reference loop of bound kernels, "
+                               "generated straight-line code, or generated code with fused "
+                               "kernels (needs graphc[numba]) [default: $GRAPHC_STEP_CODE, "
+                               "else generated].")
 DIM = click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", callback=_parse_dims,
                    help="Size a symbolic dim, such as --dim T=16 (repeatable).")
 
@@ -43,7 +48,11 @@ DIM = click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", callback
 @click.option("--render", is_flag=True, help="Also render the DOT to SVG with Graphviz.")
 @click.option("--no-reuse", is_flag=True,
               help="Give every value its own bytes (no arena reuse, no in-place), to compare.")
-def plan(spec, as_json, dot, batch_size, dims, memory, only, render, no_reuse):
+@click.option("--emit", type=click.Choice(["python"]),
+              help="Print the step as the Python source that runs it (see --step-code).")
+@STEP_CODE
+def plan(spec, as_json, dot, batch_size, dims, memory, only, render, no_reuse, emit,
+         step_code):
     """Compile the training step; print its schedule, buffers and memory summary."""
     from .model import load_model
     from .outfiles import check_outputs, write_text
@@ -51,6 +60,11 @@ def plan(spec, as_json, dot, batch_size, dims, memory, only, render, no_reuse):
     from .trainconfig import training_plan
     if only and not dot:
         raise click.UsageError("--only selects the steps --dot draws: give --dot FILE too")
+    if emit and as_json:
+        raise click.UsageError("--emit python prints source, --json a plan: give one")
+    if step_code and not emit:
+        raise click.UsageError("--step-code chooses the code --emit prints: give --emit "
+                               "python too")
     check_outputs({"--memory": memory, **dot_outputs(dot, render)})   # before the work
     model = load_model(spec)
     step, compiled = training_plan(model, batch_size, reuse=not no_reuse, dims=dims)
@@ -62,10 +76,29 @@ def plan(spec, as_json, dot, batch_size, dims, memory, only, render, no_reuse):
         write_text(memory, memory_svg(compiled, f"{model.spec.name}: the arena over one "
                                                 f"training step"), "--memory")
         click.echo(f"wrote {memory}", err=True)
-    if as_json:
+    if emit:
+        click.echo(_emitted(model, step, compiled, step_code), nl=False)
+    elif as_json:
         click.echo(json.dumps(plan_json(compiled)))
     else:
         click.echo(plan_table(compiled))
+
+
+def _emitted(model, step, compiled, step_code) -> str:
+    """The generated source of the training step (executor.py's step code), headed by what
+    it is."""
+    from .executor import using_step_code
+    from .timing import step_executor
+    with using_step_code(step_code) as chosen:
+        if chosen == "reference":
+            raise click.UsageError("the reference step code runs bound kernels in a loop: "
+                                   "it has no source to emit; use --step-code generated")
+        ex = step_executor(model, step, compiled.dims, compiled.reuse)
+    dims = ", ".join(f"{k}={v}" for k, v in sorted(compiled.dims.items()))
+    return (f"# {model.spec.name}: the training step ({dims}) as {chosen} step code: "
+            f"{len(compiled.steps)} plan steps, {ex.kernel_calls} kernel calls\n"
+            f"# every name is an array bound at compile time (arena views, params, "
+            f"scratch, constants)\n{ex.program.source}")
 
 
 @click.command(name="time")
@@ -77,17 +110,22 @@ def plan(spec, as_json, dot, batch_size, dims, memory, only, render, no_reuse):
 @click.option("--threads", type=click.IntRange(min=1), help="BLAS threads (default: as is).")
 @click.option("--no-reuse", is_flag=True, help="Time the plan without arena reuse.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def time_(spec, batch_size, dims, steps, warmup, threads, no_reuse, as_json):
+@STEP_CODE
+def time_(spec, batch_size, dims, steps, warmup, threads, no_reuse, as_json, step_code):
     """Time the compiled training step on synthetic data: median per step, per-op table."""
+    from .executor import using_step_code
     from .timing import time_step
     limit_threads(threads)
     model, step, bs, dims = training_step(spec, batch_size, dims)
-    result = time_step(model, step, bs, dims, steps, warmup, reuse=not no_reuse)
+    with using_step_code(step_code):
+        result = time_step(model, step, bs, dims, steps, warmup, reuse=not no_reuse)
     if as_json:
         click.echo(json.dumps(result.json()))
         return
     click.echo(f"{model.spec.name}: batch {bs}, {steps} steps: median "
                f"{result.step_us_median:.1f} us/step, p10 {result.step_us_p10:.1f} us")
+    click.echo(f"step code: {result.step_code}, {result.plan_steps} plan steps, "
+               f"{result.kernel_calls} kernel calls per step")
     click.echo(f"{'op':<28} {'phase':<9} {'us/step':>9}")
     for row in result.per_op:
         click.echo(f"{row['op']:<28} {row['phase']:<9} {row['us']:>9.1f}")
