@@ -86,7 +86,8 @@ def inline_lines(call, index: int, names: Names) -> list:
     tree = ast.parse(call.text)
     stored = {n.id for n in ast.walk(tree)
               if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)} - set(call.names)
-    rename = {k: names.bind(v, f"{k}_{index}") for k, v in call.names.items()}
+    rename = {k: names.bind(v, k if callable(v) else f"{k}_{index}")
+              for k, v in call.names.items()}
     rename.update({k: names.local(f"{k}_{index}") for k in stored})
 
     class Rename(ast.NodeTransformer):
