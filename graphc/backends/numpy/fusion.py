@@ -40,11 +40,11 @@ def bias_add(m, b, out):
 
 @njit(cache=True)
 def bias_add_relu(m, b, out):
-    """out = relu(m + b), as np.maximum(m + b, 0): NaN and -0.0 pass through."""
+    """out = relu(m + b), as np.maximum(m + b, 0) gives it: NaN passes, -0.0 becomes 0."""
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
             v = m[i, j] + b[j]
-            out[i, j] = v if not v < 0 else 0
+            out[i, j] = v if v > 0 or v != v else 0
 
 
 @njit(cache=True)
