@@ -19,6 +19,7 @@ import keyword
 import linecache
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -80,22 +81,35 @@ class Names:
         return self.bind(object(), hint)
 
 
+_SLOT = re.compile(r"__slot(\d+)__")
+
+
+@lru_cache(maxsize=None)
+def _template(text: str, names: tuple) -> tuple:
+    """(statements, slots) of a kernel's text, parsed once per text: each bound name and
+    each local the text assigns replaced by a marker `__slotN__` for slots[N]."""
+    tree = ast.parse(text)
+    stored = {n.id for n in ast.walk(tree)
+              if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    slots = tuple(sorted(set(names) | stored))
+    index = {k: i for i, k in enumerate(slots)}
+
+    class Mark(ast.NodeTransformer):
+        def visit_Name(self, node):
+            if node.id not in index:
+                return node
+            return ast.copy_location(ast.Name(f"__slot{index[node.id]}__", node.ctx), node)
+
+    return tuple(ast.unparse(stmt) for stmt in Mark().visit(tree).body), slots
+
+
 def inline_lines(call, index: int, names: Names) -> list:
     """The statements of `call.text` with each bound name replaced by its module-level
     name, and each local the text assigns made unique to step `index`."""
-    tree = ast.parse(call.text)
-    stored = {n.id for n in ast.walk(tree)
-              if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)} - set(call.names)
-    rename = {k: names.bind(v, k if callable(v) else f"{k}_{index}")
-              for k, v in call.names.items()}
-    rename.update({k: names.local(f"{k}_{index}") for k in stored})
-
-    class Rename(ast.NodeTransformer):
-        def visit_Name(self, node):
-            return ast.copy_location(ast.Name(rename.get(node.id, node.id), node.ctx), node)
-
-    tree = Rename().visit(tree)
-    return [ast.unparse(stmt) for stmt in tree.body]
+    statements, slots = _template(call.text, tuple(call.names))
+    bound = [names.bind(call.names[k], k if callable(call.names[k]) else f"{k}_{index}")
+             if k in call.names else names.local(f"{k}_{index}") for k in slots]
+    return [_SLOT.sub(lambda m: bound[int(m[1])], stmt) for stmt in statements]
 
 
 def step_comment(step) -> str:
@@ -105,7 +119,7 @@ def step_comment(step) -> str:
 
 def statements(call) -> int:
     """The kernel calls (statements) one bound call makes: its lines, or 1 without text."""
-    return len(ast.parse(call.text).body) if hasattr(call, "text") else 1
+    return len(_template(call.text, tuple(call.names))[0]) if hasattr(call, "text") else 1
 
 
 def generate(runs: Sequence, values: Mapping[str, np.ndarray], title: str) -> Program:
