@@ -6,6 +6,11 @@ op into `out` with NumPy `out=` forms, so a training step allocates nothing. Upd
 kernels receive the parameter itself as `out`. Kernels of elementwise ops (the op
 record says so) stay correct when `out` is one of their inputs: the planner may then
 write the output in place.
+
+A kernel may write its call as source text over named arrays (`source`, `inline`,
+`ufunc`): the call is compiled from that text, and the generated step code
+(codegen.py) inlines the same text, so both run the same NumPy calls. Any other call
+(a plain closure) works too; generated code then calls it as it is.
 """
 from __future__ import annotations
 
