@@ -81,6 +81,32 @@ def test_generated_step_code_agrees_bit_for_bit_on_fuzzed_specs(tmp_path):
     assert ran >= 10, f"only {ran} of 40 fuzzed specs ran: the check says little"
 
 
+CLASHING = """\
+inputs:
+  np: {value: [1.0, 2.0]}
+  step: {value: [3.0, -4.0]}
+params:
+  math: {shape: [2], value: [0.5, -0.5]}
+nodes:
+  k0: relu(np * math + step)
+  loss: sum(k0 * k0)
+"""
+
+
+def test_value_names_never_clash_with_the_generated_code(tmp_path, monkeypatch):
+    """Values named like the generated code's own names (np, math, step, k0 of a
+    fallback call) get other names: same gradients as the reference."""
+    spec = tmp_path / "clash.yaml"
+    spec.write_text(CLASHING)
+    monkeypatch.setitem(KERNELS, "relu", plain_relu)            # a fallback call k<N>()
+    got = {code: CliRunner().invoke(main, ["grad", str(spec), "--json", "--all"],
+                                    env={"GRAPHC_STEP_CODE": code}) for code in
+           ("reference", "generated")}
+    assert got["reference"].exit_code == 0, got["reference"].output
+    assert got["generated"].output == got["reference"].output
+    assert json.loads(got["generated"].stdout)["grads"]["math"] == [7.0, 0.0]   # 2 k0 np
+
+
 def spiral_executor(code: str):
     model = load_model(SPIRAL)
     step, _, dims = training_step(model, 16, {})

@@ -55,7 +55,7 @@ class Names:
     """Readable, unique module-level names for the objects a step function reads."""
 
     def __init__(self, values: Mapping[str, np.ndarray]):
-        self.namespace: dict = dict(PRELUDE)
+        self.namespace: dict = {**PRELUDE, "step": None}     # `step`: the function itself
         self.by_id: dict = {}
         for value, arr in values.items():
             self.bind(arr, value)
@@ -65,7 +65,7 @@ class Names:
         if id(obj) in self.by_id:
             return self.by_id[id(obj)]
         base = re.sub(r"\W", "_", hint).strip("_") or "v"
-        if base[0].isdigit() or keyword.iskeyword(base) or base in PRELUDE:
+        if base[0].isdigit() or keyword.iskeyword(base):
             base = "v_" + base
         name, n = base, 1
         while name in self.namespace:
