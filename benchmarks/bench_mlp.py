@@ -15,7 +15,10 @@ graphc runs each of its step codes (docs/design.md): `reference` (a loop over bo
 kernels), `generated` (straight-line code, the default) and `fused` (numba kernels, when
 numba imports); the graphc columns are the default's, `ref/np` and `fused/np` the
 others', `calls` the kernel calls per step of each. jax.jit and PyTorch eager run the
-same step when they import (benchmarks/frameworks.py), on one thread too.
+same step when they import (benchmarks/frameworks.py), on one thread too, each in a
+child process of its own next to the hand-written step (their ratio is measured there,
+in the same run): loaded into this process, their thread pools slowed NumPy's matmuls
+here by 2-4x.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import argparse  # noqa: E402
 import ctypes  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
+import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -195,18 +199,54 @@ def bench_model(name: str, reps: int, seconds: float, workdir: Path, paths,
     x, y = feeds["x"], feeds["y"]
     calls = {code: (lambda g=g: g.run(feeds)) for code, g in steps.items()}
     calls.update({"numpy": lambda: hand.step(x, y), "floor": lambda: hand.matmul_floor(x)})
-    for framework, build in (BUILDERS.items() if frameworks else ()):
-        step = build(weights, biases, LR, x, y)
-        if step is not None:
-            calls[framework] = step
-    for _ in range(5):                                 # warm-up: compile, caches, BLAS
+    times, reps = timed(calls, reps, seconds)
+    default = DEFAULT_STEP_CODE if DEFAULT_STEP_CODE in steps else next(iter(steps))
+    kernel_calls = {code: g.kernel_calls for code, g in steps.items()}
+    result = row(name, sizes, batch, reps, times, steps[default].plan(batch), default,
+                 kernel_calls)
+    for framework in (BUILDERS if frameworks else ()):
+        ratio = framework_ratio(name, framework, reps, seconds)
+        if ratio is not None:
+            result["over_numpy"][framework] = ratio
+    return result
+
+
+def timed(calls: dict, reps: int, seconds: float) -> tuple:
+    """(per-rep seconds of each call, reps) after a warm-up (compile, caches, BLAS)."""
+    for _ in range(5):
         for f in calls.values():
             f()
     reps = reps or auto_reps(calls, seconds)
-    times = time_interleaved(calls, reps)
-    default = DEFAULT_STEP_CODE if DEFAULT_STEP_CODE in steps else next(iter(steps))
-    kernel_calls = {code: g.kernel_calls for code, g in steps.items()}
-    return row(name, sizes, batch, reps, times, steps[default].plan(batch), default, kernel_calls)
+    return time_interleaved(calls, reps), reps
+
+
+def framework_ratio(name: str, framework: str, reps: int, seconds: float):
+    """framework / hand-written NumPy, median over reps, measured in a child process
+    (`--contender`), or None when the framework does not import there."""
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--models", name,
+                           "--contender", framework, "--reps", str(reps),
+                           "--seconds", str(seconds)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the {framework} contender failed:\n{done.stderr}")
+    return json.loads(done.stdout)["over_numpy"]
+
+
+def contender(name: str, framework: str, reps: int, seconds: float) -> dict:
+    """{"over_numpy": framework / hand-written NumPy} on model `name`, or None as the
+    ratio when the framework does not import; the --contender child runs this."""
+    sizes, batch = LADDER[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"mlp_{name}.yaml"
+        path.write_text(mlp_spec(name, sizes))
+        weights, biases = build_graphc(path).params(len(sizes) - 1)
+    feeds = batch_of(sizes, batch)
+    hand = HandwrittenMLP(weights, biases, batch, LR)
+    step = BUILDERS[framework](weights, biases, LR, feeds["x"], feeds["y"])
+    if step is None:
+        return {"over_numpy": None}
+    times, _ = timed({"numpy": lambda: hand.step(feeds["x"], feeds["y"]), framework: step},
+                     reps, seconds)
+    return {"over_numpy": float(np.median(times[framework]) / np.median(times["numpy"]))}
 
 
 def row(name, sizes, batch, reps, times, plan, default, kernel_calls) -> dict:
@@ -270,6 +310,7 @@ def parse_args(argv=None):
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.add_argument("--paths", default=",".join(STEP_CODES),
                    help="graphc step codes to time (fused only where numba imports)")
+    p.add_argument("--contender", choices=sorted(BUILDERS), help=argparse.SUPPRESS)
     p.add_argument("--no-frameworks", action="store_true",
                    help="skip the jax.jit and PyTorch columns even when they import")
     args = p.parse_args(argv)
@@ -288,6 +329,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.contender:
+        print(json.dumps(contender(args.models[0], args.contender, args.reps, args.seconds)))
+        return 0
     info = blas_info()
     if not args.json:
         for key, value in info.items():

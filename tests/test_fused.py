@@ -48,18 +48,18 @@ def test_bias_add_and_relu_are_bit_for_bit(dtype):
     added = run_kernel("add", np.empty_like(m), m, b)
     expect = run_kernel("relu", np.empty_like(m), added)
     got, got_add = np.empty_like(m), np.empty_like(m)
-    F.bias_add_relu(m, b, got)
+    F.bias_add_relu(m, b, np.zeros((), dtype), got)
     F.bias_add(m, b, got_add)
     same_bits(got, expect)
     same_bits(got_add, added)
-    F.bias_add_relu(m, b, m)                                # in place, as the planner may
+    F.bias_add_relu(m, b, np.zeros((), dtype), m)           # in place, as the planner may
     same_bits(m, expect)
 
 
 def test_relu_mask_is_bit_for_bit():
     g, y = floats(8, 6), floats(8, 6)[::-1].copy()
     got = np.empty_like(g)
-    F.relu_mask(g, y, got)
+    F.relu_mask(g.reshape(-1), y.reshape(-1), np.zeros((), np.float32), got.reshape(-1))
     same_bits(got, run_kernel("relu_grad", np.empty_like(g), g, y))
 
 
@@ -68,10 +68,10 @@ def test_folded_sgd_is_bit_for_bit_and_skips_a_non_finite_gradient():
     w[np.isnan(w) | np.isinf(w)] = 1.0
     expect = w - g
     guard = np.zeros((), np.float32)
-    F.sgd_folded(w, g, guard, float(np.finfo(np.float32).max))
+    F.sgd_folded(w.reshape(-1), g.reshape(-1), guard, float(np.finfo(np.float32).max))
     same_bits(w, expect)
     g[1, 1] = np.inf
-    F.sgd_folded(w, g, guard, float(np.finfo(np.float32).max))
+    F.sgd_folded(w.reshape(-1), g.reshape(-1), guard, float(np.finfo(np.float32).max))
     same_bits(w, expect)
     assert np.isnan(guard)
 

@@ -39,30 +39,35 @@ def bias_add(m, b, out):
 
 
 @njit(cache=True)
-def bias_add_relu(m, b, out):
-    """out = relu(m + b), as np.maximum(m + b, 0) gives it: NaN passes, -0.0 becomes 0."""
+def bias_add_relu(m, b, zero, out):
+    """out = relu(m + b), as np.maximum(m + b, 0) gives it: NaN passes, -0.0 becomes 0.
+    `zero` is a 0-d array of the dtype, so both branches have it (a vector select)."""
+    z = zero[()]
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
             v = m[i, j] + b[j]
-            out[i, j] = v if v > 0 or v != v else 0
+            out[i, j] = v if v > 0 or v != v else z
 
 
 @njit(cache=True)
-def relu_mask(g, y, out):
-    """out = g * (y > 0), the mask a 1 or 0 of the dtype (so -g * 0 is -0.0, as NumPy)."""
-    for i in range(g.size):
-        out.flat[i] = g.flat[i] * (1 if y.flat[i] > 0 else 0)
+def relu_mask(g, y, zero, out):
+    """out = g * (y > 0) over flat arrays, as NumPy's g * mask: g where y > 0, else g * 0
+    (-0.0 for a negative g, NaN for an infinite one). `zero`: 0-d, of the dtype."""
+    z = zero[()]
+    for i in range(g.shape[0]):
+        out[i] = g[i] if y[i] > 0 else g[i] * z
 
 
 @njit(cache=True)
 def sgd_folded(w, g, guard, largest):
-    """w -= g when the sum of g's squares is finite and at most `largest`; else guard = NaN."""
+    """w -= g when the sum of g's squares is finite and at most `largest`; else guard = NaN.
+    w and g flat."""
     total = 0.0
-    for i in range(g.size):
-        total += float(g.flat[i]) * float(g.flat[i])
+    for i in range(g.shape[0]):
+        total += float(g[i]) * float(g[i])
     if total <= largest:
-        for i in range(g.size):
-            w.flat[i] -= g.flat[i]
+        for i in range(g.shape[0]):
+            w[i] -= g[i]
     else:
         guard[()] = math.nan
 
@@ -138,8 +143,9 @@ def _bias(runs, i, facts):
     if (len(nxt) == 1 and nxt[0].op == "relu" and nxt[0].inputs == step.outputs
             and facts.dies_at(step.outputs[0], nxt[0])):
         relu_out = facts.values[nxt[0].outputs[0]]
-        return ((step, nxt[0]), source("bias_add_relu(m, b, out)", bias_add_relu=bias_add_relu,
-                                       m=m, b=b, out=relu_out)), 2
+        return ((step, nxt[0]), source("bias_add_relu(m, b, zero, out)",
+                                       bias_add_relu=bias_add_relu, m=m, b=b,
+                                       zero=np.zeros((), m.dtype), out=relu_out)), 2
     return ((step,), source("bias_add(m, b, out)", bias_add=bias_add, m=m, b=b, out=out)), 1
 
 
@@ -150,7 +156,9 @@ def _relu_grad(runs, i, facts):
     g, y, out = facts.arrays(step)
     if not (_floats(g, y, out) and g.shape == y.shape == out.shape):
         return None
-    return ((step,), source("relu_mask(g, y, out)", relu_mask=relu_mask, g=g, y=y, out=out)), 1
+    return ((step,), source("relu_mask(g, y, zero, out)", relu_mask=relu_mask,
+                            g=g.reshape(-1), y=y.reshape(-1), zero=np.zeros((), g.dtype),
+                            out=out.reshape(-1))), 1
 
 
 def _sgd(runs, i, facts):
@@ -160,8 +168,9 @@ def _sgd(runs, i, facts):
     w, g, guard = (facts.values[n] for n in step.inputs[:3])
     if not (_floats(w, g) and w.shape == g.shape):
         return None
-    return ((step,), source("sgd_folded(w, g, guard, largest)", sgd_folded=sgd_folded, w=w,
-                            g=g, guard=guard, largest=float(np.finfo(w.dtype).max))), 1
+    return ((step,), source("sgd_folded(w, g, guard, largest)", sgd_folded=sgd_folded,
+                            w=w.reshape(-1), g=g.reshape(-1), guard=guard,
+                            largest=float(np.finfo(w.dtype).max))), 1
 
 
 def _softmax(runs, i, facts):
