@@ -119,13 +119,15 @@ def time_(spec, batch_size, dims, steps, warmup, threads, no_reuse, as_json, ste
     model, step, bs, dims = training_step(spec, batch_size, dims)
     with using_step_code(step_code):
         result = time_step(model, step, bs, dims, steps, warmup, reuse=not no_reuse)
-    if as_json:
+    path = (f"step code: {result.step_code}, {result.plan_steps} plan steps, "
+            f"{result.kernel_calls} kernel calls per step")
+    if as_json:         # stdout: exactly the contract's object; the path goes to stderr
+        click.echo(path, err=True)
         click.echo(json.dumps(result.json()))
         return
     click.echo(f"{model.spec.name}: batch {bs}, {steps} steps: median "
                f"{result.step_us_median:.1f} us/step, p10 {result.step_us_p10:.1f} us")
-    click.echo(f"step code: {result.step_code}, {result.plan_steps} plan steps, "
-               f"{result.kernel_calls} kernel calls per step")
+    click.echo(path)
     click.echo(f"{'op':<28} {'phase':<9} {'us/step':>9}")
     for row in result.per_op:
         click.echo(f"{row['op']:<28} {row['phase']:<9} {row['us']:>9.1f}")
