@@ -115,7 +115,6 @@ def one_step(spec: Path, code: str, batch: int = 16) -> dict:
     step, _, dims = training_step(model, batch, {})
     with using_step_code(code):
         ex = step_executor(model, step, dims)
-    ex.store = model.store
     rng = np.random.default_rng(0)
     feeds = {"x": rng.standard_normal(ex["x"].shape).astype(np.float32),
              "y": rng.integers(0, 3, batch)}
@@ -138,3 +137,44 @@ def test_a_fused_training_step_agrees_within_1e6_relative(spec, tmp_path):
                                    err_msg=name)
     changed = [n for n in ("W1", "b1") if not np.array_equal(fused[n], load_model(path).store[n])]
     assert changed, "the step changed no param: the comparison says nothing"
+
+
+KEPT = """\
+inputs:
+  x: [batch, 3]
+  y: {shape: [batch], dtype: int64}
+params:
+  W: {shape: [3, 4], init: he_normal}
+  b: [4]
+  V: {shape: [4, 3], init: he_normal}
+nodes:
+  z: x @ W + b
+  h: relu(z)
+  twice: h @ V + z @ V
+  loss: softmax_cross_entropy(twice, y)
+loss: loss
+outputs: [z]
+train: {optimizer: {sgd: {lr: 0.1}}, batch_size: 16}
+"""
+
+
+def emitted(spec: Path) -> str:
+    model = load_model(spec)
+    step, _, dims = training_step(model, 16, {})
+    with using_step_code("fused"):
+        return step_executor(model, step, dims).program.source
+
+
+def test_bias_and_relu_fuse_only_when_the_relu_reads_the_sum_alone(tmp_path):
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(mlp_spec("tiny", [2, 100, 3]))
+    source = emitted(tiny)
+    assert "# fused: add + relu" in source and "bias_add_relu(h1_matmul, b1, " in source
+    assert "# fused: softmax_cross_entropy_stats + softmax_cross_entropy" in source
+    kept = tmp_path / "kept.yaml"
+    kept.write_text(KEPT)
+    source = emitted(kept)
+    assert "# fused: add + relu" not in source and "bias_add(z_matmul, b, z)" in source
+    fused, generated = one_step(kept, "fused"), one_step(kept, "generated")
+    for name, value in generated.items():
+        np.testing.assert_allclose(fused[name], value, rtol=1e-6, atol=1e-7, err_msg=name)
