@@ -76,6 +76,18 @@ def test_folded_sgd_is_bit_for_bit_and_skips_a_non_finite_gradient():
     assert np.isnan(guard)
 
 
+def test_momentum_sgd_is_bit_for_bit():
+    w, g = (RNG.standard_normal((5, 4)).astype(np.float32) for _ in range(2))
+    v, lr = RNG.standard_normal((5, 4)).astype(np.float32), np.asarray(0.1, np.float32)
+    w2, v2, guard = w.copy(), v.copy(), np.zeros((), np.float32)
+    run_kernel("sgd", w, w, g, guard, lr, v, momentum=0.9, nesterov=False, weight_decay=0.0,
+               max_norm=0.0)
+    F.sgd_momentum(w2.reshape(-1), g.reshape(-1), v2.reshape(-1), guard, lr,
+                   np.asarray(0.9, np.float32), float(np.finfo(np.float32).max))
+    same_bits(w2, w)
+    same_bits(v2, v)
+
+
 def softmax_inputs(rows=32, classes=10):
     z = RNG.standard_normal((rows, classes)).astype(np.float32) * 4
     labels = RNG.integers(0, classes, rows)

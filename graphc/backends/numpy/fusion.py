@@ -8,6 +8,7 @@ matches; everything else, matmuls included (they stay on BLAS), runs as generate
 | add(m, bias) [+ relu, its only reader]  | `bias_add[_relu]`    | bit for bit             |
 | relu_grad(g, y)                         | `relu_mask`          | bit for bit             |
 | sgd (plain, lr folded into g)           | `sgd_folded`         | bit for bit (guard: below) |
+| sgd with momentum (no nesterov, decay, clipping) | `sgd_momentum` | bit for bit (guard: below) |
 | softmax_cross_entropy_stats + its loss  | `softmax_ce`         | exp and sums differ     |
 | softmax_cross_entropy_grad              | `softmax_ce_grad`    | bit for bit, given stats |
 
@@ -68,6 +69,22 @@ def sgd_folded(w, g, guard, largest):
     if total <= largest:
         for i in range(g.shape[0]):
             w[i] -= g[i]
+    else:
+        guard[()] = math.nan
+
+
+@njit(cache=True)
+def sgd_momentum(w, g, v, guard, lr, mu, largest):
+    """v = mu * v + g; w -= lr * v (torch's SGD with momentum), guarded as `sgd_folded`;
+    w, g and v flat, lr and mu 0-d arrays of the dtype."""
+    total = 0.0
+    for i in range(g.shape[0]):
+        total += float(g[i]) * float(g[i])
+    if total <= largest:
+        rate, m = lr[()], mu[()]
+        for i in range(g.shape[0]):
+            v[i] = v[i] * m + g[i]
+            w[i] = w[i] - v[i] * rate
     else:
         guard[()] = math.nan
 
@@ -173,6 +190,22 @@ def _sgd(runs, i, facts):
                             largest=float(np.finfo(w.dtype).max))), 1
 
 
+def _sgd_momentum(runs, i, facts):
+    """SGD with momentum, without Nesterov, weight decay or clipping."""
+    (step,), _ = runs[i]
+    a = step.attrs
+    if (step.op != "sgd" or a.get("folded") or not a.get("momentum") or a.get("nesterov")
+            or a.get("weight_decay") or a.get("max_norm") or len(step.inputs) != 5):
+        return None
+    w, g, guard, lr, v = (facts.values[n] for n in step.inputs)
+    if not (_floats(w, g, v) and w.shape == g.shape == v.shape and lr.dtype == w.dtype):
+        return None
+    return ((step,), source(
+        "sgd_momentum(w, g, v, guard, lr, mu, largest)", sgd_momentum=sgd_momentum,
+        w=w.reshape(-1), g=g.reshape(-1), v=v.reshape(-1), guard=guard, lr=lr,
+        mu=np.asarray(a["momentum"], dtype=w.dtype), largest=float(np.finfo(w.dtype).max))), 1
+
+
 def _softmax(runs, i, facts):
     """softmax_cross_entropy_stats, then the loss reading those stats."""
     (step,), _ = runs[i]
@@ -212,7 +245,7 @@ def _inverse(rows: int, dtype) -> np.ndarray:
     return np.asarray(1.0 / max(rows, 1), dtype=dtype)
 
 
-PATTERNS = (_bias, _relu_grad, _sgd, _softmax, _softmax_grad)
+PATTERNS = (_bias, _relu_grad, _sgd, _sgd_momentum, _softmax, _softmax_grad)
 
 
 def fuse_runs(runs, values, buffers) -> list:
