@@ -17,6 +17,7 @@ from .executor import Executor
 from .limits import check_memory
 from .model import Model, Runner, label_classes
 from .optim import LR, StepGraph
+from .remat import NONE, MemoryPolicy
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,12 @@ def _classes(model: Model, labels: str) -> int:
 
 
 def time_step(model: Model, step: StepGraph, batch: int, dims: Mapping[str, int],
-              steps: int = 200, warmup: int = 20, reuse: bool = True) -> Timing:
+              steps: int = 200, warmup: int = 20, reuse: bool = True,
+              memory: MemoryPolicy = NONE) -> Timing:
     """Median/p10 of whole training steps with its symbolic dims sized by `dims` (`batch`
-    is the batch size they give), then per-kernel time summed by (op, phase)."""
-    ex = step_executor(model, step, dims, reuse)
+    is the batch size they give), planned under `memory`, then per-kernel time summed by
+    (op, phase)."""
+    ex = step_executor(model, step, dims, reuse, memory)
     feeds = synthetic_batch(model, dims)
     ex.feed(feeds)
     for _ in range(warmup):
@@ -80,13 +83,19 @@ def time_step(model: Model, step: StepGraph, batch: int, dims: Mapping[str, int]
 
 
 def step_executor(model: Model, step: StepGraph, dims: Mapping[str, int],
-                  reuse: bool = True) -> Executor:
-    """The training step's executor with its symbolic dims sized by `dims`; optimizer
-    state starts at zeros and the learning rate at 1e-6 where the store has none."""
+                  reuse: bool = True, memory: MemoryPolicy = NONE) -> Executor:
+    """The training step's executor with its symbolic dims sized by `dims`, planned under
+    `memory`, over the store `seed_store` fills."""
+    seed_store(model, step)
+    return Runner(step.graph, model.store, {model.graph.loss}, step.forward, reuse,
+                  memory).executor(dims)
+
+
+def seed_store(model: Model, step: StepGraph) -> None:
+    """Optimizer state at zeros and the learning rate at 1e-6 where the store has none."""
     for n in step.graph.leaves("state"):
         model.store.setdefault(n.name, np.zeros(n.shape, dtype=n.dtype))
     model.store.setdefault(LR, np.asarray(1e-6, dtype=model.graph.dtype))
-    return Runner(step.graph, model.store, {model.graph.loss}, step.forward, reuse).executor(dims)
 
 
 def _per_op(ex, steps: int) -> list:
