@@ -1,6 +1,7 @@
 """graphc's compiled training step against a hand-written, preallocated NumPy step.
 
     python benchmarks/bench_mlp.py [--models tiny,small] [--reps N] [--json]
+                                   [--paths reference,generated,fused] [--no-frameworks]
 
 For each MLP of the ladder the script writes a graphc spec, compiles its
 training step (forward + backward + plain SGD) through graphc's Python API
@@ -9,6 +10,15 @@ benchmarks/handwritten.py on the same model, batch and initial weights, in the s
 so machine noise hits both alike. One rep is one step; the table shows the
 median and p10 over the reps, the step of only the matmuls (the floor), and
 the memory figures of graphc's plan. BLAS runs on one thread.
+
+graphc runs each of its step codes (docs/design.md): `reference` (a loop over bound
+kernels), `generated` (straight-line code, the default) and `fused` (numba kernels, when
+numba imports); the graphc columns are the default's, `ref/np` and `fused/np` the
+others', `calls` the kernel calls per step of each. jax.jit and PyTorch eager run the
+same step when they import (benchmarks/frameworks.py), on one thread too, each in a
+child process of its own next to the hand-written step (their ratio is measured there,
+in the same run): loaded into this process, their thread pools slowed NumPy's matmuls
+here by 2-4x.
 """
 from __future__ import annotations
 
@@ -19,12 +29,15 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 if __name__ == "__main__":
     for _var in THREAD_VARS:        # before NumPy loads its BLAS: one thread, for every model
         os.environ[_var] = "1"
+    os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
 import ctypes  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
+import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -33,9 +46,11 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from frameworks import BUILDERS  # noqa: E402
 from handwritten import HandwrittenMLP  # noqa: E402
 
 import graphc  # noqa: E402
+from graphc.executor import DEFAULT_STEP_CODE, STEP_CODES, using_step_code  # noqa: E402
 
 LADDER = {     # name -> (layer sizes, batch)
     "tiny": ([2, 100, 3], 32),
@@ -44,7 +59,7 @@ LADDER = {     # name -> (layer sizes, batch)
     "deep": ([32] + [64] * 16 + [10], 64),
 }
 LR = 0.01
-BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") + THREAD_VARS
+BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") + THREAD_VARS + ("XLA_FLAGS",)
 
 
 def blas_info() -> dict:
@@ -102,9 +117,17 @@ def mlp_spec(name: str, sizes, lr: float = LR, dtype: str = "float32") -> str:
 class GraphcStep:
     """A compiled graphc training step: `run(feeds)` is one SGD step, returning the loss."""
     model: graphc.Model
+    step_code: str = DEFAULT_STEP_CODE
 
     def run(self, feeds) -> float:
-        return self.model.step(feeds)
+        with using_step_code(self.step_code):       # the first step compiles the plan
+            return self.model.step(feeds)
+
+    @property
+    def kernel_calls(self) -> int:
+        """Kernel calls per step of the compiled executor (after the first `run`)."""
+        (ex,) = self.model._step.cache.values()     # the runner Model.step compiled
+        return ex.kernel_calls
 
     def params(self, layers: int) -> tuple:
         params = self.model.params
@@ -115,9 +138,18 @@ class GraphcStep:
         return self.model.plan(batch)
 
 
-def build_graphc(spec_path) -> GraphcStep:
+def build_graphc(spec_path, step_code: str = DEFAULT_STEP_CODE) -> GraphcStep:
     """A spec's training step, run as `graphc train` runs each batch (Model.step)."""
-    return GraphcStep(graphc.load(spec_path))
+    return GraphcStep(graphc.load(spec_path), step_code)
+
+
+def available_paths(paths) -> list:
+    """The step codes asked for that can run here (fused needs numba)."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return [p for p in paths if p != "fused"]
+    return list(paths)
 
 
 def batch_of(sizes, batch: int, seed: int = 0, dtype=np.float32) -> dict:
@@ -155,36 +187,83 @@ def auto_reps(calls: dict, seconds: float) -> int:
     return int(min(5000, max(30, seconds / max(per_rep, 1e-9))))
 
 
-def bench_model(name: str, reps: int, seconds: float, workdir: Path) -> dict:
+def bench_model(name: str, reps: int, seconds: float, workdir: Path, paths,
+                frameworks: bool = True) -> dict:
     sizes, batch = LADDER[name]
     path = workdir / f"mlp_{name}.yaml"
     path.write_text(mlp_spec(name, sizes))
-    g = build_graphc(path)
-    weights, biases = g.params(len(sizes) - 1)
+    steps = {code: build_graphc(path, code) for code in paths}
+    weights, biases = next(iter(steps.values())).params(len(sizes) - 1)
     hand = HandwrittenMLP(weights, biases, batch, LR)
     feeds = batch_of(sizes, batch)
     x, y = feeds["x"], feeds["y"]
-    calls = {"graphc": lambda: g.run(feeds), "numpy": lambda: hand.step(x, y),
-             "floor": lambda: hand.matmul_floor(x)}
-    for _ in range(5):                                 # warm-up: compile, caches, BLAS
+    calls = {code: (lambda g=g: g.run(feeds)) for code, g in steps.items()}
+    calls.update({"numpy": lambda: hand.step(x, y), "floor": lambda: hand.matmul_floor(x)})
+    times, reps = timed(calls, reps, seconds)
+    default = DEFAULT_STEP_CODE if DEFAULT_STEP_CODE in steps else next(iter(steps))
+    kernel_calls = {code: g.kernel_calls for code, g in steps.items()}
+    result = row(name, sizes, batch, reps, times, steps[default].plan(batch), default,
+                 kernel_calls)
+    for framework in (BUILDERS if frameworks else ()):
+        ratio = framework_ratio(name, framework, reps, seconds)
+        if ratio is not None:
+            result["over_numpy"][framework] = ratio
+    return result
+
+
+def timed(calls: dict, reps: int, seconds: float) -> tuple:
+    """(per-rep seconds of each call, reps) after a warm-up (compile, caches, BLAS)."""
+    for _ in range(5):
         for f in calls.values():
             f()
     reps = reps or auto_reps(calls, seconds)
-    times = time_interleaved(calls, reps)
-    return row(name, sizes, batch, reps, times, g.plan(batch))
+    return time_interleaved(calls, reps), reps
 
 
-def row(name, sizes, batch, reps, times, plan) -> dict:
+def framework_ratio(name: str, framework: str, reps: int, seconds: float):
+    """framework / hand-written NumPy, median over reps, measured in a child process
+    (`--contender`), or None when the framework does not import there."""
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--models", name,
+                           "--contender", framework, "--reps", str(reps),
+                           "--seconds", str(seconds)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the {framework} contender failed:\n{done.stderr}")
+    return json.loads(done.stdout)["over_numpy"]
+
+
+def contender(name: str, framework: str, reps: int, seconds: float) -> dict:
+    """{"over_numpy": framework / hand-written NumPy} on model `name`, or None as the
+    ratio when the framework does not import; the --contender child runs this."""
+    sizes, batch = LADDER[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"mlp_{name}.yaml"
+        path.write_text(mlp_spec(name, sizes))
+        weights, biases = build_graphc(path).params(len(sizes) - 1)
+    feeds = batch_of(sizes, batch)
+    hand = HandwrittenMLP(weights, biases, batch, LR)
+    step = BUILDERS[framework](weights, biases, LR, feeds["x"], feeds["y"])
+    if step is None:
+        return {"over_numpy": None}
+    times, _ = timed({"numpy": lambda: hand.step(feeds["x"], feeds["y"]), framework: step},
+                     reps, seconds)
+    return {"over_numpy": float(np.median(times[framework]) / np.median(times["numpy"]))}
+
+
+def row(name, sizes, batch, reps, times, plan, default, kernel_calls) -> dict:
     us = {n: (float(np.median(t)) * 1e6, float(np.percentile(t, 10)) * 1e6)
           for n, t in times.items()}
     return {
         "model": name, "sizes": list(sizes), "batch": batch, "reps": reps,
-        "graphc_us": us["graphc"][0], "graphc_p10_us": us["graphc"][1],
+        "step_code": default,
+        "graphc_us": us[default][0], "graphc_p10_us": us[default][1],
         "numpy_us": us["numpy"][0], "numpy_p10_us": us["numpy"][1],
         "floor_us": us["floor"][0], "floor_p10_us": us["floor"][1],
-        "graphc_over_numpy": us["graphc"][0] / us["numpy"][0],
-        "graphc_over_numpy_p10": us["graphc"][1] / us["numpy"][1],
+        "graphc_over_numpy": us[default][0] / us["numpy"][0],
+        "graphc_over_numpy_p10": us[default][1] / us["numpy"][1],
         "numpy_over_floor": us["numpy"][0] / us["floor"][0],
+        "over_numpy": {n: us[n][0] / us["numpy"][0] for n in us if n not in ("numpy", "floor")},
+        "us": {n: us[n][0] for n in us},
+        "kernel_calls": kernel_calls,
         "naive_bytes": getattr(plan, "naive_bytes", None),
         "lower_bound_bytes": getattr(plan, "lower_bound_bytes", None),
         "arena_bytes": getattr(plan, "arena_bytes", None),
@@ -197,16 +276,20 @@ def _mib(nbytes) -> str:
 
 def table(rows) -> str:
     head = ("model", "batch", "graphc us/step (p10)", "numpy us/step (p10)",
-            "graphc/numpy (p10)", "floor us", "numpy/floor", "naive MiB", "bound MiB",
-            "arena MiB", "naive/arena")
+            "graphc/numpy (p10)", "ref/np", "fused/np", "jax/np", "torch/np", "calls r/g/f",
+            "floor us", "numpy/floor", "naive MiB", "bound MiB", "arena MiB", "naive/arena")
     lines = [head]
     for r in rows:
         naive, arena = r["naive_bytes"], r["arena_bytes"]
+        ratio = r["over_numpy"]
         lines.append((
             r["model"], str(r["batch"]),
             f"{r['graphc_us']:.1f} ({r['graphc_p10_us']:.1f})",
             f"{r['numpy_us']:.1f} ({r['numpy_p10_us']:.1f})",
             f"{r['graphc_over_numpy']:.2f} ({r['graphc_over_numpy_p10']:.2f})",
+            *(f"{ratio[n]:.2f}" if n in ratio else "-"
+              for n in ("reference", "fused", "jax.jit", "torch")),
+            "/".join(str(r["kernel_calls"].get(c, "-")) for c in STEP_CODES),
             f"{r['floor_us']:.1f}",
             f"{r['numpy_over_floor']:.2f}", _mib(naive), _mib(r["lower_bound_bytes"]),
             _mib(arena), f"{naive / arena:.2f}" if naive and arena else "-"))
@@ -225,6 +308,11 @@ def parse_args(argv=None):
     p.add_argument("--seconds", type=float, default=6.0,
                    help="time per model when --reps is not given")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    p.add_argument("--paths", default=",".join(STEP_CODES),
+                   help="graphc step codes to time (fused only where numba imports)")
+    p.add_argument("--contender", choices=sorted(BUILDERS), help=argparse.SUPPRESS)
+    p.add_argument("--no-frameworks", action="store_true",
+                   help="skip the jax.jit and PyTorch columns even when they import")
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in args.models if m not in LADDER]
@@ -232,11 +320,18 @@ def parse_args(argv=None):
         p.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(LADDER)}")
     if args.reps < 0:
         p.error("--reps must be >= 0")
+    args.paths = [c.strip() for c in args.paths.split(",") if c.strip()]
+    wrong = [c for c in args.paths if c not in STEP_CODES]
+    if wrong or not args.paths:
+        p.error(f"unknown step code(s) {', '.join(wrong)}; known: {', '.join(STEP_CODES)}")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.contender:
+        print(json.dumps(contender(args.models[0], args.contender, args.reps, args.seconds)))
+        return 0
     info = blas_info()
     if not args.json:
         for key, value in info.items():
@@ -244,7 +339,8 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp, np.errstate(over="ignore", under="ignore"):
         for name in args.models:
-            rows.append(bench_model(name, args.reps, args.seconds, Path(tmp)))
+            rows.append(bench_model(name, args.reps, args.seconds, Path(tmp),
+                                    available_paths(args.paths), not args.no_frameworks))
             if not args.json:
                 print(f"... {name} done ({rows[-1]['reps']} reps)", file=sys.stderr)
     if args.json:

@@ -4,15 +4,29 @@ Backend-neutral: the backend (graphc/backends/) holds the arena, the persistent
 values (shared with the model's store), the workspace and the kernel table; this
 module checks the memory limit, binds every step once, and runs the calls. After
 binding, `run` copies the batch in and calls the bound kernels, allocating nothing.
+
+Three ways to run the bound steps (the *step code*, docs/design.md): `reference` calls
+each step's bound kernel in a loop; `generated` (the default) runs the backend's
+straight-line function of the same calls, bit for bit the reference's numbers;
+`fused` is generated code with runs of elementwise steps fused into single loops
+(needs numba, the `graphc[numba]` extra). `GRAPHC_STEP_CODE` or `using_step_code`
+choose.
 """
 from __future__ import annotations
 
+import contextvars
+import os
+from contextlib import contextmanager
 from typing import Mapping, Optional
 
 from .backends import BACKENDS, current
-from .errors import GraphcError
+from .errors import GraphcError, SpecError
 from .limits import check_memory
 from .plan import Plan, Step
+
+STEP_CODES = ("reference", "generated", "fused")
+DEFAULT_STEP_CODE = "generated"
+_STEP_CODE = contextvars.ContextVar("graphc step code", default=None)
 
 
 class KernelError(GraphcError):
@@ -26,13 +40,52 @@ def kernel_error(step: Step, exc: Exception) -> KernelError:
                        f"{type(exc).__name__}: {exc}", mark=step.mark, node=step.origin)
 
 
+def step_code() -> str:
+    """The step code executors use now: `using_step_code`'s, else $GRAPHC_STEP_CODE's,
+    else the default; fused only when numba imports."""
+    chosen = _STEP_CODE.get() or os.environ.get("GRAPHC_STEP_CODE") or DEFAULT_STEP_CODE
+    if chosen not in STEP_CODES:
+        raise SpecError(f"unknown step code '{chosen}' (GRAPHC_STEP_CODE); expected one of "
+                        f"{', '.join(STEP_CODES)}", hint=f"unset it for {DEFAULT_STEP_CODE}")
+    if chosen == "fused":
+        try:
+            import numba  # noqa: F401
+        except ImportError:
+            raise SpecError("the fused step code needs numba, which is not installed",
+                            hint="pip install 'graphc[numba]', or use --step-code "
+                                 "generated") from None
+    return chosen
+
+
+@contextmanager
+def using_step_code(name: Optional[str]):
+    """Within: executors run `name` (None: as outside), checked as `step_code` checks."""
+    token = _STEP_CODE.set(name)
+    try:
+        yield step_code()
+    finally:
+        _STEP_CODE.reset(token)
+
+
 class Executor:
     def __init__(self, plan: Plan, store: Mapping, backend: Optional[str] = None):
         self.plan = plan
         dims = ", ".join(f"{k}={v}" for k, v in sorted(plan.dims.items()))
         check_memory(plan.arena_bytes, f"the plan's arena ({dims or 'no symbolic dims'})")
+        self.step_code = step_code()
         self.backend = BACKENDS[backend or current()].Backend(plan, store)
         self.calls = self.backend.bind(plan.steps)
+        self.program = None
+        if self.step_code != "reference":
+            self.program = self.backend.program(plan.steps, self.calls,
+                                                fuse=self.step_code == "fused")
+
+    @property
+    def kernel_calls(self) -> int:
+        """How many kernel calls one run makes (a fused loop or a NumPy call is one)."""
+        if self.program is not None:
+            return self.program.kernel_calls
+        return self.backend.kernel_calls(self.calls)
 
     def feed(self, feeds: Mapping) -> None:
         self.backend.feed(feeds)
@@ -42,8 +95,11 @@ class Executor:
         self.backend.feed_rows(arrays, rows)
 
     def run(self, feeds: Mapping = {}) -> None:
-        """Feed, then call every bound step in order; a failing kernel names its step."""
+        """Feed, then run every bound step in order; a failing kernel names its step."""
         self.backend.feed(feeds)
+        if self.program is not None:
+            self._run_program()
+            return
         index = 0
         try:
             with self.backend.running():
@@ -53,6 +109,19 @@ class Executor:
             raise
         except Exception as exc:      # a kernel's own error: say where it ran
             raise kernel_error(self.plan.steps[index], exc) from exc
+
+    def _run_program(self) -> None:
+        try:
+            with self.backend.running():
+                self.program.run()
+        except GraphcError:
+            raise
+        except Exception as exc:      # the generated line that raised names its step
+            index = self.program.step_at(exc.__traceback__)
+            if index is None:
+                raise
+            step = next(s for s in self.plan.steps if s.index == index)
+            raise kernel_error(step, exc) from exc
 
     def __getitem__(self, name: str):
         return self.backend.host(name)

@@ -1,7 +1,8 @@
 """`graphc time`: the compiled training step timed on synthetic data of the spec's shapes.
 
-Like `caffe time`: warm up, then time whole steps (median and p10) and, in a
-separate pass, each bound kernel call, summed per (op, phase).
+Like `caffe time`: warm up, then time whole steps (median and p10) on the step code
+executors run (reference, generated or fused: executor.py) and, in a separate pass,
+each bound kernel call of the reference path, summed per (op, phase).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Mapping
 import numpy as np
 
 from . import shapes as S
+from .executor import Executor
 from .limits import check_memory
 from .model import Model, Runner, label_classes
 from .optim import LR, StepGraph
@@ -25,8 +27,12 @@ class Timing:
     step_us_median: float
     step_us_p10: float
     per_op: list          # [{"op", "phase", "us"}], us per step, slowest first
+    step_code: str = "reference"    # which path ran: reference, generated or fused
+    plan_steps: int = 0             # the plan's steps (one bound kernel each)
+    kernel_calls: int = 0           # kernel calls one training step makes on that path
 
     def json(self) -> dict:
+        """The contract's object (contract §2): the step code is reported beside it."""
         return {"batch_size": self.batch_size, "steps": self.steps,
                 "step_us_median": self.step_us_median, "step_us_p10": self.step_us_p10,
                 "per_op": self.per_op}
@@ -61,11 +67,7 @@ def time_step(model: Model, step: StepGraph, batch: int, dims: Mapping[str, int]
     """Median/p10 of whole training steps with its symbolic dims sized by `dims` (`batch`
     is the batch size they give), planned under `memory`, then per-kernel time summed by
     (op, phase)."""
-    for n in step.graph.leaves("state"):
-        model.store.setdefault(n.name, np.zeros(n.shape, dtype=n.dtype))
-    model.store.setdefault(LR, np.asarray(1e-6, dtype=model.graph.dtype))
-    ex = Runner(step.graph, model.store, {model.graph.loss}, step.forward, reuse,
-                memory).executor(dims)
+    ex = step_executor(model, step, dims, reuse, memory)
     feeds = synthetic_batch(model, dims)
     ex.feed(feeds)
     for _ in range(warmup):
@@ -76,7 +78,24 @@ def time_step(model: Model, step: StepGraph, batch: int, dims: Mapping[str, int]
         ex.run()
         samples[i] = time.perf_counter() - t0
     return Timing(batch, steps, float(np.median(samples)) * 1e6,
-                  float(np.percentile(samples, 10)) * 1e6, _per_op(ex, steps))
+                  float(np.percentile(samples, 10)) * 1e6, _per_op(ex, steps),
+                  ex.step_code, len(ex.plan.steps), ex.kernel_calls)
+
+
+def step_executor(model: Model, step: StepGraph, dims: Mapping[str, int],
+                  reuse: bool = True, memory: MemoryPolicy = NONE) -> Executor:
+    """The training step's executor with its symbolic dims sized by `dims`, planned under
+    `memory`, over the store `seed_store` fills."""
+    seed_store(model, step)
+    return Runner(step.graph, model.store, {model.graph.loss}, step.forward, reuse,
+                  memory).executor(dims)
+
+
+def seed_store(model: Model, step: StepGraph) -> None:
+    """Optimizer state at zeros and the learning rate at 1e-6 where the store has none."""
+    for n in step.graph.leaves("state"):
+        model.store.setdefault(n.name, np.zeros(n.shape, dtype=n.dtype))
+    model.store.setdefault(LR, np.asarray(1e-6, dtype=model.graph.dtype))
 
 
 def _per_op(ex, steps: int) -> list:

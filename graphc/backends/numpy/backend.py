@@ -17,6 +17,7 @@ import numpy as np
 from ...plan import ALIGN, Plan
 from . import conv, fast, kernels, nn, sequence, softmax, updates
 from . import modal
+from .codegen import generate, statements
 from .workspace import Workspace
 
 DROP_ATTRS = {"shape"}    # shape attributes are for inference; kernels see real arrays
@@ -63,6 +64,7 @@ class Backend:
         for b in plan.buffers.values():
             self.values[b.value] = np.ndarray(b.shape, dtype=b.dtype, buffer=self.arena,
                                               offset=base + b.offset)
+        self.buffers = plan.buffers
         self.workspace = Workspace(0)
 
     def bind(self, steps) -> list:
@@ -81,6 +83,20 @@ class Backend:
         ins = [self.values[i] for i in step.inputs]
         ws.begin_step()
         return KERNELS[step.op](self.values[step.outputs[0]], *ins, **attrs)
+
+    def program(self, steps, calls, fuse: bool = False):
+        """The bound `calls` of `steps` as generated step code (codegen.py); with `fuse`,
+        runs of elementwise steps first become fused kernels (fusion.py, needs numba)."""
+        runs = [((s,), c) for s, c in zip(steps, calls)]
+        if fuse:
+            from .fusion import fuse_runs      # imports numba: only when asked for
+            runs = fuse_runs(runs, self.values, self.buffers)
+        return generate(runs, self.values, f"{len(steps)} steps")
+
+    @staticmethod
+    def kernel_calls(calls) -> int:
+        """The NumPy-level calls one run of the bound `calls` makes (the reference path)."""
+        return sum(statements(c) for c in calls)
 
     @property
     def scratch_bytes(self) -> int:

@@ -6,10 +6,19 @@ op into `out` with NumPy `out=` forms, so a training step allocates nothing. Upd
 kernels receive the parameter itself as `out`. Kernels of elementwise ops (the op
 record says so) stay correct when `out` is one of their inputs: the planner may then
 write the output in place.
+
+A kernel may write its call as source text over named arrays (`source`, `inline`,
+`ufunc`): the call is compiled from that text, and the generated step code
+(codegen.py) inlines the same text, so both run the same NumPy calls. Any other call
+(a plain closure) works too; generated code then calls it as it is.
 """
 from __future__ import annotations
 
-from functools import partial
+import math
+import textwrap
+from functools import lru_cache, partial
+
+import numpy as np
 
 
 def plain(kernel):
@@ -23,3 +32,42 @@ def plain(kernel):
 def plain_table(kernels: dict) -> dict:
     """op -> bind function, for a table of plain kernels."""
     return {op: plain(k) for op, k in kernels.items()}
+
+
+PRELUDE = {"np": np, "math": math}
+
+
+@lru_cache(maxsize=None)
+def _factory(text: str, names: tuple):
+    """The compiled `make(*names) -> call` of a kernel's lines (one per distinct text)."""
+    body = "\n".join("        " + line for line in text.splitlines())
+    code = (f"def make({', '.join(names)}):\n    def call():\n{body}\n    return call\n")
+    scope = dict(PRELUDE)
+    exec(compile(code, f"<graphc kernel {text.splitlines()[0][:40]}>", "exec"), scope)
+    return scope["make"]
+
+
+def source(text: str, **names):
+    """A kernel call written as Python lines over `names` (arrays, constants, callables;
+    `np` and `math` are always in scope): compiled into the no-argument call a plan runs,
+    carrying `text` and `names` so the generated step code (codegen.py) inlines the very
+    same NumPy calls, bit for bit."""
+    text = textwrap.dedent(text).strip("\n")
+    call = _factory(text, tuple(names))(*names.values())
+    call.text, call.names = text, names
+    return call
+
+
+def inline(text: str, *params: str):
+    """The bind function of a one-text kernel: `bind(out, *ins)` binds `out` and the
+    inputs, named `params`, into `source(text)`."""
+    def bind(out, *ins):
+        return source(text, out=out, **dict(zip(params, ins)))
+    bind.text = text
+    return bind
+
+
+def ufunc(name: str, arity: int):
+    """The bind function of NumPy's ufunc `name` over `arity` inputs, written into out."""
+    params = ("x",) if arity == 1 else ("a", "b")
+    return inline(f"np.{name}({', '.join(params)}, out=out)", *params)

@@ -12,13 +12,14 @@ import numpy as np
 
 from functools import partial
 
+from .bind import source
 from .kernels import k_matmul_ga, k_matmul_gb
 from .workspace import constant, scratch
 
 
 def b_relu(out, x):
     zeros = constant(0, x.shape, x.dtype)
-    return lambda: np.maximum(x, zeros, out=out)
+    return source("np.maximum(x, zeros, out=out)", x=x, zeros=zeros, out=out)
 
 
 def _times_slope(out, g, slope):
@@ -36,11 +37,10 @@ def b_relu_grad(out, g, y):
     """g * (y > 0), as `_times_slope` but inline: the hot one, each MLP layer runs it."""
     zeros = constant(0, y.shape, y.dtype)
     mask = scratch(out.shape, out.dtype)
-
-    def run():
+    return source("""
         np.greater(y, zeros, out=mask)
         np.multiply(g, mask, out=out)
-    return run
+        """, y=y, zeros=zeros, mask=mask, g=g, out=out)
 
 
 def b_sigmoid_grad(out, g, y):
@@ -92,7 +92,7 @@ def _batch_sum(out, g):
     lead = g.ndim - out.ndim
     if lead == 1 and g.ndim == 2 and g.shape[1:] == out.shape and g.flags.c_contiguous:
         ones = constant(1, (g.shape[0],), g.dtype)
-        return lambda: np.dot(ones, g, out=out)
+        return source("np.dot(ones, g, out=out)", ones=ones, g=g, out=out)
     return None
 
 
@@ -111,7 +111,7 @@ def b_sum_to(out, g, shape=None):
 
 
 def _matmul_2d(out, a, b):
-    return lambda: np.matmul(a, b, out=out)
+    return source("np.matmul(a, b, out=out)", a=a, b=b, out=out)
 
 
 def b_matmul_ga(out, g, b, shape=None):
@@ -142,10 +142,10 @@ def _reducer(out, x, axis, keepdims):
     axes = _axes(axis, x.ndim)
     if x.ndim == 2 and axes == (0,) and x.flags.c_contiguous and not keepdims:
         ones = constant(1, (x.shape[0],), x.dtype)
-        return lambda: np.dot(ones, x, out=out)
+        return source("np.dot(ones, x, out=out)", ones=ones, x=x, out=out)
     if x.ndim == 2 and axes == (1,) and x.flags.c_contiguous and not keepdims:
         ones = constant(1, (x.shape[1],), x.dtype)
-        return lambda: np.dot(x, ones, out=out)
+        return source("np.dot(x, ones, out=out)", x=x, ones=ones, out=out)
     return lambda: np.add.reduce(x, axis=axes, keepdims=keepdims, out=out)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bind import plain_table
+from .bind import inline, plain_table, ufunc
 
 
 def _sum_into(out: np.ndarray, full: np.ndarray) -> None:
@@ -19,14 +19,6 @@ def _sum_into(out: np.ndarray, full: np.ndarray) -> None:
     axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(out.shape)
                                       if d == 1 and full.shape[lead + i] != 1)
     np.sum(full, axis=axes, keepdims=True, out=out.reshape((1,) * lead + out.shape))
-
-
-def k_matmul(out, a, b):
-    np.matmul(a, b, out=out)
-
-
-def k_dot(out, a, b):
-    np.matmul(a, b, out=out)
 
 
 def k_matmul_ga(out, g, b, shape=None):
@@ -84,10 +76,6 @@ def unary(ufunc):
     return lambda out, x: ufunc(x, out=out)
 
 
-def _binary(ufunc):
-    return lambda out, a, b: ufunc(a, b, out=out)
-
-
 def k_sigmoid(out, x):
     np.negative(x, out=out)
     np.exp(out, out=out)
@@ -95,14 +83,16 @@ def k_sigmoid(out, x):
     np.reciprocal(out, out=out)
 
 
-BIND = plain_table({
-    "identity": lambda out, x: np.copyto(out, x),
-    "add": _binary(np.add), "sub": _binary(np.subtract), "mul": _binary(np.multiply),
-    "div": _binary(np.divide), "maximum": _binary(np.maximum),
+BIND = {
+    "add": ufunc("add", 2), "sub": ufunc("subtract", 2), "mul": ufunc("multiply", 2),
+    "div": ufunc("divide", 2), "maximum": ufunc("maximum", 2),
+    "neg": ufunc("negative", 1), "exp": ufunc("exp", 1), "log": ufunc("log", 1),
+    "square": ufunc("square", 1), "tanh": ufunc("tanh", 1),
+    "matmul": ufunc("matmul", 2), "dot": ufunc("matmul", 2),
+    "identity": inline("np.copyto(out, x)", "x"),
+} | plain_table({
     "pow": lambda out, x, exponent: np.power(x, exponent, out=out),
-    "neg": unary(np.negative), "exp": unary(np.exp), "log": unary(np.log),
-    "square": unary(np.square), "tanh": unary(np.tanh), "sigmoid": k_sigmoid,
-    "matmul": k_matmul, "dot": k_dot, "mse": k_mse, "hinge": k_hinge,
+    "sigmoid": k_sigmoid, "mse": k_mse, "hinge": k_hinge,
     "mse_grad": k_mse_grad, "hinge_grad": k_hinge_grad,
     # np.where allocates its result: out may then be any of the inputs
     "where": lambda out, cond, a, b: np.copyto(out, np.where(cond, a, b)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .bind import source
 from .workspace import constant, row_offsets, scratch
 
 
@@ -25,20 +26,18 @@ def _unpack(stats, rows: int, classes: int) -> tuple:
     return flat[:cut].reshape(rows, classes), flat[cut:cut + rows], flat[cut + rows:cut + 2 * rows]
 
 
-def _row_max(x, out):
-    """out[i] = max_j x[i, j]. For few classes, pairwise maximum over column views beats
-    np.maximum.reduce along a short inner axis by ~10x."""
-    cols = [x[:, j] for j in range(x.shape[1])]
-    if len(cols) == 1:
-        return lambda: np.copyto(out, cols[0])
-    if len(cols) > 32:
-        return lambda: np.maximum.reduce(x, axis=1, out=out)
-
-    def run():
-        np.maximum(cols[0], cols[1], out=out)
-        for c in cols[2:]:
-            np.maximum(out, c, out=out)
-    return run
+def _row_max(x, out) -> tuple:
+    """(lines, names) computing out[i] = max_j x[i, j]. For few classes, pairwise maximum
+    over column views beats np.maximum.reduce along a short inner axis by ~10x."""
+    classes = x.shape[1]
+    if classes > 32:
+        return "np.maximum.reduce(x, axis=1, out=mx)", {"x": x, "mx": out}
+    cols = {f"col{j}": x[:, j] for j in range(classes)}
+    if classes == 1:
+        return "np.copyto(mx, col0)", {"mx": out, **cols}
+    lines = ["np.maximum(col0, col1, out=mx)"]
+    lines += [f"np.maximum(mx, col{j}, out=mx)" for j in range(2, classes)]
+    return "\n".join(lines), {"mx": out, **cols}
 
 
 def b_stats(out, logits, labels):
@@ -46,56 +45,51 @@ def b_stats(out, logits, labels):
     rows, classes = _rows(logits)
     flat, lab = logits.reshape(rows, classes), labels.reshape(rows)
     e, s, picked = _unpack(out, rows, classes)
-    ef, mx = e.reshape(-1), scratch((rows, 1), logits.dtype)
-    idx = scratch((rows,), np.intp)
-    offsets = row_offsets(rows, classes)
-    ones_c = constant(1, (classes,), logits.dtype)
-    row_max = _row_max(flat, mx[:, 0])
-
-    def run():
-        row_max()
-        np.subtract(flat, mx, out=e)
-        np.add(lab, offsets, out=idx, casting="unsafe")
-        ef.take(idx, out=picked)
-        np.exp(e, out=e)
-        np.dot(e, ones_c, out=s)
-    return run
+    mx = scratch((rows, 1), logits.dtype)
+    row_max, cols = _row_max(flat, mx[:, 0])
+    return source("\n".join([
+        row_max,
+        "np.subtract(flat, shift, out=e)",
+        "np.add(lab, offsets, out=idx, casting='unsafe')",
+        "ef.take(idx, out=picked)",
+        "np.exp(e, out=e)",
+        "np.dot(e, ones_c, out=s)"]),
+        **cols, flat=flat, shift=mx, e=e, lab=lab, offsets=row_offsets(rows, classes),
+        idx=scratch((rows,), np.intp), ef=e.reshape(-1), picked=picked,
+        ones_c=constant(1, (classes,), logits.dtype), s=s)
 
 
 def b_loss(out, logits, labels, stats):
     """mean over rows of log s - z[label]."""
     rows, classes = _rows(logits)
     _, s, picked = _unpack(stats, rows, classes)
-    log_s, terms = scratch((rows,), logits.dtype), scratch((rows,), logits.dtype)
-    mean_w = constant(1.0 / max(rows, 1), (rows,), logits.dtype)
-
-    def run():
+    return source("""
         np.log(s, out=log_s)
         np.subtract(log_s, picked, out=terms)
         np.dot(terms, mean_w, out=out)
-    return run
+        """, s=s, log_s=scratch((rows,), logits.dtype), picked=picked,
+        terms=scratch((rows,), logits.dtype),
+        mean_w=constant(1.0 / max(rows, 1), (rows,), logits.dtype), out=out)
 
 
 def b_grad(out, g, logits, labels, stats):
     """g * (softmax(logits) - onehot(labels)) / rows = g / rows * (e / s - onehot)."""
     rows, classes = _rows(logits)
     e, s, _ = _unpack(stats, rows, classes)
-    lab, of = labels.reshape(rows), out.reshape(-1)
-    o2 = out.reshape(rows, classes)
-    idx, offsets = scratch((rows,), np.intp), row_offsets(rows, classes)
-    scale, r = scratch((), out.dtype), scratch((rows,), out.dtype)
-    picked = scratch((rows,), out.dtype)
-    inv_rows = constant(1.0 / max(rows, 1), (), out.dtype)
-
-    def run():
+    r = scratch((rows,), out.dtype)
+    return source("""
         np.multiply(g, inv_rows, out=scale)
         np.divide(scale, s, out=r)
-        np.multiply(e, r[:, None], out=o2)
+        np.multiply(e, r_col, out=o2)
         np.add(lab, offsets, out=idx, casting="unsafe")
         of.take(idx, out=picked)
         np.subtract(picked, scale, out=picked)
         of.put(idx, picked)
-    return run
+        """, g=g, inv_rows=constant(1.0 / max(rows, 1), (), out.dtype),
+        scale=scratch((), out.dtype), s=s, r=r, e=e, r_col=r[:, None],
+        o2=out.reshape(rows, classes), lab=labels.reshape(rows),
+        offsets=row_offsets(rows, classes), idx=scratch((rows,), np.intp),
+        of=out.reshape(-1), picked=scratch((rows,), out.dtype))
 
 
 BIND = {"softmax_cross_entropy_stats": b_stats, "softmax_cross_entropy": b_loss,

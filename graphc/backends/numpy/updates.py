@@ -14,6 +14,7 @@ import numpy as np
 
 from ... import parallel
 from ...plan import ALIGN
+from .bind import source
 from .workspace import constant, scratch
 
 def _gate(g, guard, max_norm: float):
@@ -83,7 +84,14 @@ def b_grad_norm(out, loss, *grads):
 
 def b_sgd(out, w, g, norm, lr, *state, momentum, nesterov, weight_decay, max_norm,
           folded=False):
-    if folded:        # g arrives as lr * g (optim.py seeds the backward pass with lr)
+    if folded and not max_norm:     # g arrives as lr * g (optim.py seeds with lr)
+        return source("""
+            if math.isfinite(np.dot(flat, flat)):
+                np.subtract(w, g, out=w)
+            else:
+                guard[...] = math.nan
+            """, flat=g.reshape(-1), w=w, g=g, guard=norm)
+    if folded:
         gate = _gate(g, norm, max_norm)
 
         def folded_update():

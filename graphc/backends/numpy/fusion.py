@@ -1,0 +1,260 @@
+"""Fused kernels (numba, the `graphc[numba]` extra): runs of steps as single loops.
+
+`fuse_runs` rewrites the generated step code's runs (codegen.py) where a pattern
+matches; everything else, matmuls included (they stay on BLAS), runs as generated.
+
+| steps                                   | fused kernel         | rounding vs NumPy       |
+|-----------------------------------------|----------------------|-------------------------|
+| add(m, bias) [+ relu, its only reader]  | `bias_add[_relu]`    | bit for bit             |
+| relu_grad(g, y)                         | `relu_mask`          | bit for bit             |
+| sgd (plain, lr folded into g)           | `sgd_folded`         | bit for bit (guard: below) |
+| sgd with momentum (no nesterov, decay, clipping) | `sgd_momentum` | bit for bit (guard: below) |
+| softmax_cross_entropy_stats + its loss  | `softmax_ce`         | exp and sums differ     |
+| softmax_cross_entropy_grad              | `softmax_ce_grad`    | bit for bit, given stats |
+
+numba's exp is the C library's, NumPy's a SIMD one: they differ in the last bit for some
+inputs. The row sums and the batch mean are sequential loops, where NumPy goes through
+BLAS dot: another order of the same additions. `tests/test_step_code.py` bounds the
+difference at 1e-6 relative in float32. The fused SGD guard sums squares in float64 and
+calls the gradient non-finite past the dtype's largest value, as the float32 dot
+overflows there. Kernels are compiled with `cache=True`: the first run on a machine
+compiles them (about a second each), later runs load them from numba's cache.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from .bind import source
+from .softmax import _rows, _unpack
+
+
+@njit(cache=True)
+def bias_add(m, b, out):
+    """out = m + b, b broadcast along the rows of m."""
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            out[i, j] = m[i, j] + b[j]
+
+
+@njit(cache=True)
+def bias_add_relu(m, b, zero, out):
+    """out = relu(m + b), as np.maximum(m + b, 0) gives it: NaN passes, -0.0 becomes 0.
+    `zero` is a 0-d array of the dtype, so both branches have it (a vector select)."""
+    z = zero[()]
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            v = m[i, j] + b[j]
+            out[i, j] = v if v > 0 or v != v else z
+
+
+@njit(cache=True)
+def relu_mask(g, y, zero, out):
+    """out = g * (y > 0) over flat arrays, as NumPy's g * mask: g where y > 0, else g * 0
+    (-0.0 for a negative g, NaN for an infinite one). `zero`: 0-d, of the dtype."""
+    z = zero[()]
+    for i in range(g.shape[0]):
+        out[i] = g[i] if y[i] > 0 else g[i] * z
+
+
+@njit(cache=True)
+def sgd_folded(w, g, guard, largest):
+    """w -= g when the sum of g's squares is finite and at most `largest`; else guard = NaN.
+    w and g flat."""
+    total = 0.0
+    for i in range(g.shape[0]):
+        total += float(g[i]) * float(g[i])
+    if total <= largest:
+        for i in range(g.shape[0]):
+            w[i] -= g[i]
+    else:
+        guard[()] = math.nan
+
+
+@njit(cache=True)
+def sgd_momentum(w, g, v, guard, lr, mu, largest):
+    """v = mu * v + g; w -= lr * v (torch's SGD with momentum), guarded as `sgd_folded`;
+    w, g and v flat, lr and mu 0-d arrays of the dtype."""
+    total = 0.0
+    for i in range(g.shape[0]):
+        total += float(g[i]) * float(g[i])
+    if total <= largest:
+        rate, m = lr[()], mu[()]
+        for i in range(g.shape[0]):
+            v[i] = v[i] * m + g[i]
+            w[i] = w[i] - v[i] * rate
+    else:
+        guard[()] = math.nan
+
+
+@njit(cache=True)
+def softmax_ce(z, labels, e, s, picked, loss, inv_rows):
+    """The packed stats of softmax cross-entropy (softmax.py) and its loss, in one pass."""
+    total = 0.0
+    for i in range(z.shape[0]):
+        mx = z[i, 0]
+        for j in range(1, z.shape[1]):
+            c = z[i, j]
+            if not (mx >= c or mx != mx):
+                mx = c
+        s[i] = 0
+        for j in range(z.shape[1]):
+            v = np.exp(z[i, j] - mx)
+            e[i, j] = v
+            s[i] += v
+        picked[i] = z[i, labels[i]] - mx
+        total += np.log(s[i]) - picked[i]
+    loss[()] = total * inv_rows[()]
+
+
+@njit(cache=True)
+def softmax_ce_grad(g, e, s, labels, out, inv_rows):
+    """out = g / rows * (e / s - onehot(labels)), as softmax.b_grad computes it."""
+    scale = g[()] * inv_rows[()]
+    for i in range(e.shape[0]):
+        r = scale / s[i]
+        for j in range(e.shape[1]):
+            out[i, j] = e[i, j] * r
+        out[i, labels[i]] = out[i, labels[i]] - scale
+
+
+# --- the patterns: (runs, i, facts) -> (fused run, runs used) or None ---
+
+class Facts:
+    """What a pattern may ask of the plan: arrays, readers, and when a value dies."""
+
+    def __init__(self, runs, values, buffers):
+        self.values, self.buffers = values, buffers
+        self.readers: dict = {}
+        for steps, _ in runs:
+            for step in steps:
+                for name in step.inputs:
+                    self.readers[name] = self.readers.get(name, 0) + 1
+
+    def arrays(self, step) -> list:
+        return [self.values[n] for n in (*step.inputs, step.outputs[0])]
+
+    def dies_at(self, value: str, step) -> bool:
+        """`value` is a planned value read only by `step`, and nobody keeps it."""
+        b = self.buffers.get(value)
+        return b is not None and self.readers.get(value) == 1 and b.last_step == step.index
+
+
+def _floats(*arrays) -> bool:
+    dtype = arrays[0].dtype
+    return dtype.kind == "f" and all(a.dtype == dtype and a.flags.c_contiguous for a in arrays)
+
+
+def _bias(runs, i, facts):
+    """add(m, b) with b a row vector, and the relu reading it next if it is the only one."""
+    (step,), _ = runs[i]
+    if step.op != "add":
+        return None
+    m, b, out = facts.arrays(step)
+    if not (_floats(m, b, out) and m.ndim == 2 and b.shape == m.shape[1:] == out.shape[1:]
+            and out.shape == m.shape):
+        return None
+    nxt = runs[i + 1][0] if i + 1 < len(runs) else ()
+    if (len(nxt) == 1 and nxt[0].op == "relu" and nxt[0].inputs == step.outputs
+            and facts.dies_at(step.outputs[0], nxt[0])):
+        relu_out = facts.values[nxt[0].outputs[0]]
+        return ((step, nxt[0]), source("bias_add_relu(m, b, zero, out)",
+                                       bias_add_relu=bias_add_relu, m=m, b=b,
+                                       zero=np.zeros((), m.dtype), out=relu_out)), 2
+    return ((step,), source("bias_add(m, b, out)", bias_add=bias_add, m=m, b=b, out=out)), 1
+
+
+def _relu_grad(runs, i, facts):
+    (step,), _ = runs[i]
+    if step.op != "relu_grad":
+        return None
+    g, y, out = facts.arrays(step)
+    if not (_floats(g, y, out) and g.shape == y.shape == out.shape):
+        return None
+    return ((step,), source("relu_mask(g, y, zero, out)", relu_mask=relu_mask,
+                            g=g.reshape(-1), y=y.reshape(-1), zero=np.zeros((), g.dtype),
+                            out=out.reshape(-1))), 1
+
+
+def _sgd(runs, i, facts):
+    (step,), _ = runs[i]
+    if step.op != "sgd" or not step.attrs.get("folded") or step.attrs.get("max_norm"):
+        return None
+    w, g, guard = (facts.values[n] for n in step.inputs[:3])
+    if not (_floats(w, g) and w.shape == g.shape):
+        return None
+    return ((step,), source("sgd_folded(w, g, guard, largest)", sgd_folded=sgd_folded,
+                            w=w.reshape(-1), g=g.reshape(-1), guard=guard,
+                            largest=float(np.finfo(w.dtype).max))), 1
+
+
+def _sgd_momentum(runs, i, facts):
+    """SGD with momentum, without Nesterov, weight decay or clipping."""
+    (step,), _ = runs[i]
+    a = step.attrs
+    if (step.op != "sgd" or a.get("folded") or not a.get("momentum") or a.get("nesterov")
+            or a.get("weight_decay") or a.get("max_norm") or len(step.inputs) != 5):
+        return None
+    w, g, guard, lr, v = (facts.values[n] for n in step.inputs)
+    if not (_floats(w, g, v) and w.shape == g.shape == v.shape and lr.dtype == w.dtype):
+        return None
+    return ((step,), source(
+        "sgd_momentum(w, g, v, guard, lr, mu, largest)", sgd_momentum=sgd_momentum,
+        w=w.reshape(-1), g=g.reshape(-1), v=v.reshape(-1), guard=guard, lr=lr,
+        mu=np.asarray(a["momentum"], dtype=w.dtype), largest=float(np.finfo(w.dtype).max))), 1
+
+
+def _softmax(runs, i, facts):
+    """softmax_cross_entropy_stats, then the loss reading those stats."""
+    (step,), _ = runs[i]
+    nxt = runs[i + 1][0] if i + 1 < len(runs) else ()
+    if not (step.op == "softmax_cross_entropy_stats" and len(nxt) == 1
+            and nxt[0].op == "softmax_cross_entropy" and nxt[0].inputs[2] == step.outputs[0]):
+        return None
+    logits, labels, stats = facts.arrays(step)
+    loss = facts.values[nxt[0].outputs[0]]
+    if not _floats(logits, stats, loss):
+        return None
+    rows, classes = _rows(logits)
+    e, s, picked = _unpack(stats, rows, classes)
+    return ((step, nxt[0]), source(
+        "softmax_ce(z, labels, e, s, picked, loss, inv_rows)", softmax_ce=softmax_ce,
+        z=logits.reshape(rows, classes), labels=labels.reshape(rows), e=e, s=s,
+        picked=picked, loss=loss, inv_rows=_inverse(rows, loss.dtype))), 2
+
+
+def _softmax_grad(runs, i, facts):
+    (step,), _ = runs[i]
+    if step.op != "softmax_cross_entropy_grad":
+        return None
+    g, logits, labels, stats, out = facts.arrays(step)
+    if not (_floats(g, logits, stats, out) and g.ndim == 0):
+        return None
+    rows, classes = _rows(logits)
+    e, s, _ = _unpack(stats, rows, classes)
+    return ((step,), source(
+        "softmax_ce_grad(g, e, s, labels, out, inv_rows)", softmax_ce_grad=softmax_ce_grad,
+        g=g, e=e, s=s, labels=labels.reshape(rows), out=out.reshape(rows, classes),
+        inv_rows=_inverse(rows, out.dtype))), 1
+
+
+def _inverse(rows: int, dtype) -> np.ndarray:
+    """1 / rows as a 0-d array of `dtype`, as softmax.py's kernels scale by it."""
+    return np.asarray(1.0 / max(rows, 1), dtype=dtype)
+
+
+PATTERNS = (_bias, _relu_grad, _sgd, _sgd_momentum, _softmax, _softmax_grad)
+
+
+def fuse_runs(runs, values, buffers) -> list:
+    """`runs` ((steps, call) pairs in order) with each matching pattern's steps replaced
+    by one fused run; `values` holds the plan's arrays, `buffers` its planned values."""
+    facts, fused, i = Facts(runs, values, buffers), [], 0
+    while i < len(runs):
+        match = next((m for m in (p(runs, i, facts) for p in PATTERNS) if m), None)
+        run, used = match or (runs[i], 1)
+        fused.append(run)
+        i += used
+    return fused
