@@ -15,8 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from ...plan import ALIGN, Plan
-from . import conv, fast, kernels, nn, sequence, softmax, updates
-from . import modal
+from . import conv, fast, kernels, modal, nn, sequence, softmax, updates
 from .codegen import generate, statements
 from .workspace import Workspace
 
