@@ -269,13 +269,15 @@ def _verified(r: Remat) -> Remat:
 
 
 SLOPES = (0, 0.5, 1)    # segment lengths shrinking by this much toward the loss
+KEEP_BACK = 24          # at most this many plans try keeping one more value back
 
 
 def _fit_budget(graph, dims, keep, forward, reuse, policy, cands) -> Remat:
     """The least recomputation (flops) among the plans of one search that fit the budget:
     keep everything if that fits; else, for each slope of SLOPES, the shortest first segment
     whose plan fits (longer first segments keep fewer values, so recompute more), stopping
-    once the arena grows again (method and its distance from optimal: docs/design.md)."""
+    once the arena grows again; then keep values back while the plan fits (method and its
+    distance from optimal: docs/design.md)."""
     best = smallest = plan_keeping(graph, dims, keep, forward, reuse, policy, cands)
     if best.plan.arena_bytes > policy.budget:
         best = None
@@ -299,7 +301,19 @@ def _fit_budget(graph, dims, keep, forward, reuse, policy, cands) -> Remat:
                         f"({smallest.plan.arena_bytes} bytes)",
                         hint=f"give a budget of at least {smallest.plan.arena_bytes} bytes, or "
                              f"a smaller batch")
-    return _verified(best)
+    return _verified(_keep_back(graph, dims, keep, forward, reuse, policy, best))
+
+
+def _keep_back(graph, dims, keep, forward, reuse, policy, best: Remat) -> Remat:
+    """Spend what the budget leaves: keep dropped values back, one plan each, the dearest
+    to recompute per byte first (later values first among equals), while the plan fits."""
+    dropped = [v for v in reversed(best.saved) if v in best.clones]
+    dropped.sort(key=lambda v: -chain_flops(best, v) / best.plan.buffers[v].bytes)
+    for v in dropped[:KEEP_BACK]:
+        r = plan_keeping(graph, dims, keep, forward, reuse, policy, set(best.kept) | {v})
+        if r.plan.arena_bytes <= policy.budget and r.recompute_flops < best.recompute_flops:
+            best = r
+    return best
 
 
 # --- reports: `graphc plan` (per saved value), `plan --saved`, `plan --json` --------------

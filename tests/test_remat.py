@@ -30,7 +30,7 @@ from graphc.trainconfig import training_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_memory import deep_mlp  # noqa: E402
+from bench_memory import against_optimal, deep_mlp  # noqa: E402
 from test_cli import graphc, ok, one_json  # noqa: E402
 from test_plan import random_graphs  # noqa: E402
 
@@ -179,6 +179,16 @@ def test_a_budget_that_fits_every_saved_value_recomputes_nothing(spec):
     costs = [step_remat(spec, MemoryPolicy("budget", budget=b))[2].recompute_flops
              for b in (full.plan.arena_bytes * 3 // 4, full.plan.arena_bytes)]
     assert costs[0] > 0 == costs[1]
+
+
+def test_budget_search_finds_the_exhaustive_optimum_on_a_small_mlp(tmp_path):
+    """Every kept set of a 5-layer MLP compiled (2^7 plans): at five budgets from the
+    smallest arena of all to the no-recompute one, the search recomputes the least."""
+    path = tmp_path / "five.yaml"
+    path.write_text(deep_mlp(5, WIDTH))
+    rows = against_optimal(path, 64, points=5)
+    assert [r["found_flops"] for r in rows] == [r["optimal_flops"] for r in rows]
+    assert rows[0]["optimal_flops"] > 0 == rows[-1]["optimal_flops"]
 
 
 def test_verify_plan_refuses_an_arena_over_its_budget(spec):
