@@ -192,6 +192,28 @@ def node_flops(graph: Graph, name: str, dims: Mapping[str, int]) -> int:
     return count([S.bind(graph[i].shape, dims) for i in n.inputs], n.attrs)
 
 
+class BudgetError(SpecError):
+    """A memory budget below every plan the search finds; `smallest` is the least arena it
+    reached, a budget that succeeds."""
+
+    def __init__(self, budget: int, smallest: int):
+        self.smallest = smallest
+        super().__init__(f"memory budget {fmt_bytes(budget)} ({budget} bytes) is below every "
+                         f"plan graphc finds: the smallest needs {fmt_bytes(smallest)} "
+                         f"({smallest} bytes)",
+                         hint=f"give a budget of at least {smallest} bytes, or a smaller batch")
+
+
+def smallest_arena(graph: Graph, dims: Mapping[str, int], keep=(), forward=None,
+                   reuse: bool = True) -> int:
+    """The least arena of the budget search's plans: the smallest budget that succeeds."""
+    try:
+        r = remat_plan(graph, dims, keep, forward, reuse, MemoryPolicy("budget", budget=1))
+    except BudgetError as err:
+        return err.smallest
+    return r.plan.arena_bytes
+
+
 @dataclass(frozen=True)
 class Remat:
     """A policy's verified plan: the graph with its recompute nodes, which saved values it
@@ -295,12 +317,7 @@ def _fit_budget(graph, dims, keep, forward, reuse, policy, cands) -> Remat:
                     break
                 previous = r.plan.arena_bytes
     if best is None:
-        raise SpecError(f"memory budget {fmt_bytes(policy.budget)} ({policy.budget} bytes) is "
-                        f"below every plan graphc finds: the smallest needs "
-                        f"{fmt_bytes(smallest.plan.arena_bytes)} "
-                        f"({smallest.plan.arena_bytes} bytes)",
-                        hint=f"give a budget of at least {smallest.plan.arena_bytes} bytes, or "
-                             f"a smaller batch")
+        raise BudgetError(policy.budget, smallest.plan.arena_bytes)
     return _verified(_keep_back(graph, dims, keep, forward, reuse, policy, best))
 
 

@@ -162,9 +162,10 @@ def test_every_policy_updates_params_bitwise_as_none(spec, policy, optimizer):
 
 def test_budgets_across_the_feasible_range_fit_and_are_bitwise(spec):
     _, _, full = step_remat(spec, NONE)
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(R.BudgetError) as err:
         step_remat(spec, MemoryPolicy("budget", budget=64))
-    smallest = int(err.value.message.split("(")[-1].split()[0])   # "... (N bytes)"
+    smallest = err.value.smallest
+    assert f"the smallest needs {smallest / 1024:.1f} KiB ({smallest} bytes)" in str(err.value)
     assert smallest < full.plan.arena_bytes
     reference = one_step(spec, NONE)
     for budget in np.linspace(smallest, full.plan.arena_bytes, 5).astype(int):
@@ -206,12 +207,8 @@ def test_generated_graphs_at_budgets_are_bitwise(graph, batch, where):
     x = {"x": np.random.default_rng(2).standard_normal((batch, graph["x"].shape[1]))}
     dims, keep = {"batch": batch}, {"loss"}
     full = remat_plan(step.graph, dims, keep, step.forward).plan.arena_bytes
-    try:
-        remat_plan(step.graph, dims, keep, step.forward, policy=MemoryPolicy("budget", budget=1))
-        smallest = 1
-    except SpecError as err:
-        smallest = int(err.message.split("(")[-1].split()[0])
-    budget = int(smallest + where * (full - smallest))
+    smallest = R.smallest_arena(step.graph, dims, keep, step.forward)
+    budget = max(1, int(smallest + where * (full - smallest)))
 
     def run(policy):
         s = {k: np.array(v) for k, v in store.items()}
