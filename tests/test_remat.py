@@ -318,6 +318,15 @@ def test_train_and_time_take_memory_budget(tmp_path):
     assert timed["steps"] == 2
 
 
+def test_a_spec_budget_below_every_plan_names_its_line(tmp_path):
+    spec = spec_with(tmp_path, "{budget: 1KiB}")
+    bad = graphc("train", spec, "--out", tmp_path / "c.npz")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert bad.stderr.startswith(f"error: {spec}:{_line(spec, 'memory:')}:")
+    assert "memory budget 1.0 KiB (1024 bytes) is below every plan" in bad.stderr
+    assert not (tmp_path / "c.npz").exists()
+
+
 def test_spec_memory_errors_name_the_line(tmp_path):
     spec = spec_with(tmp_path, "{every: -1}")
     bad = graphc("plan", spec)
