@@ -30,6 +30,7 @@ from graphc.trainconfig import training_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_memory as B  # noqa: E402
 from bench_memory import against_optimal, deep_mlp  # noqa: E402
 from test_cli import graphc, ok, one_json  # noqa: E402
 from test_plan import random_graphs  # noqa: E402
@@ -333,3 +334,26 @@ def test_spec_memory_errors_name_the_line(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.startswith(f"error: {spec}:{_line(spec, 'memory:')}:")
     assert "train.memory.every is -1" in bad.stderr
+
+
+# --- benchmarks/bench_memory.py ---------------------------------------------------------
+
+def test_bench_memory_measures_every_policy(spec):
+    rows = B.measure(spec, "mlp", BATCH, reps=2)
+    assert [r["policy"] for r in rows] == list(B.POLICIES)
+    none, *others = rows
+    assert none["peak_ratio"] == none["time_ratio"] == 1.0
+    for r in others:
+        if "error" not in r:
+            assert r["peak_ratio"] == none["arena_bytes"] / r["arena_bytes"] >= 1.0
+            assert 0 < r["recompute_share"] and r["step_ms"] > 0
+    sizes = [r["arena_bytes"] for r in rows if "arena_bytes" in r]
+    assert rows[-1]["arena_bytes"] == min(sizes) < none["arena_bytes"]
+
+
+def test_largest_batch_under_a_budget(spec):
+    """The budget is the arena at BATCH: the bisection lands on BATCH exactly (each value
+    grows by 64 bytes with one more sample), and recomputing fits a larger batch."""
+    _, _, full = step_remat(spec, NONE)
+    assert B.largest_batch(spec, False, full.plan.arena_bytes, high=4 * BATCH) == BATCH
+    assert B.largest_batch(spec, True, full.plan.arena_bytes, high=4 * BATCH) > BATCH
