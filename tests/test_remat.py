@@ -297,6 +297,14 @@ def test_plan_memory_svg_draws_recomputed_and_kept_apart(spec, tmp_path):
     assert "kept for backward" in text
 
 
+def test_plan_dot_boxes_the_recompute_steps_of_a_node(spec, tmp_path):
+    dot = tmp_path / "p.dot"
+    ok(graphc("plan", spec, "--batch-size", BATCH, "--memory-budget", f"{LAYERS * HIDDEN}",
+              "--dot", dot))
+    text = dot.read_text()
+    assert 'subgraph "cluster_re:h1"' in text and '"re:h1/matmul"' in text
+
+
 def test_train_with_a_memory_policy_saves_the_same_params(tmp_path):
     outs = {}
     for memory in ("{policy: none}", "{every: 2}", f"{{budget: {4 * HIDDEN + 4096}}}"):
