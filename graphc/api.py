@@ -80,6 +80,11 @@ class Model:
         """Param name -> a copy of its current value."""
         return {k: v.copy() for k, v in C.params_of(self._model).items()}
 
+    @property
+    def state(self) -> dict:
+        """State leaf name (running statistics) -> a copy of its current value."""
+        return {k: v.copy() for k, v in C.state_of(self._model).items()}
+
     def fit(self, data: Optional[Mapping[str, ArrayLike]] = None, *,
             epochs: Optional[int] = None, lr: Optional[float] = None,
             batch_size: Optional[int] = None, seed: Optional[int] = None,
@@ -133,7 +138,8 @@ class Model:
         """One training step (forward, backward, update at the spec's optimizer and lr) on the
         batch `feeds`, as `graphc train` and `graphc time` run each batch; returns the
         batch's loss. The arrays must have the inputs' dtypes (nothing is checked or copied
-        beyond the input buffers: this is the timed path)."""
+        beyond the input buffers: this is the timed path). Each step advances the step
+        count that keys dropout's masks."""
         if self._step is None:
             raw = self._model.spec.train
             step = training_step(self._model)[0]
@@ -146,7 +152,11 @@ class Model:
                 f"not fed inputs: {', '.join(sorted(map(str, extra)))}"
             raise SpecError(f"step feeds exactly the fed inputs ({', '.join(sorted(self._fed))}"
                             f"); {what}", hint="a param or stored value is not fed")
-        return float(self._step.run(feeds)[self._model.graph.loss])
+        loss = float(self._step.run(feeds)[self._model.graph.loss])
+        key = self._model.rng_key
+        if key is not None:         # the next step draws the next dropout masks
+            key[1] += 1
+        return loss
 
     def plan(self, batch: int = 64, *, reuse: bool = True,
              memory_budget: Optional[str] = None) -> Plan:
@@ -160,6 +170,6 @@ class Model:
         loaded checkpoint had (normalization statistics, optimizer state, position)."""
         saved = self._saved
         settings = C.saved_settings(saved, "the model's last checkpoint")
-        arrays = {**saved, **C.spec_arrays(self._model, settings), **C.params_of(self._model)}
+        arrays = {**saved, **C.spec_arrays(self._model, settings), **C.leaves_of(self._model)}
         C.write(path, arrays)
         return Path(path)

@@ -68,7 +68,8 @@ def local_formula(graph: Graph, node: str, position: int) -> str:
     names = [display_name(graph, i) for i in n.inputs]
     formula = OPS[n.op].formula
     row = formula(names, node, n.attrs) if formula else None
-    return row[position] if row and row[position] else f"d {n.op} / d input {position + 1}"
+    known = row and position < len(row) and row[position]    # a saved value has no row
+    return known or f"d {n.op} / d input {position + 1}"
 
 
 class LocalGrads:
@@ -82,14 +83,16 @@ class LocalGrads:
         n = self.graph[node]
         b = GraphBuilder(self.graph.dtype)
         store, wrt = {}, []
-        for pos, x in enumerate(n.inputs):
+        # a saved value is recomputed from the other inputs, as the IR builder adds it
+        saved = bool(OPS[n.op].saves) and self.graph[n.inputs[-1]].op == OPS[n.op].saves
+        for pos, x in enumerate(n.inputs[:len(n.inputs) - saved]):
             arr = np.asarray(self.values[x])
             leaf = f"in{pos}"
             b.nodes[leaf] = Node(leaf, "input", (), {"shape": arr.shape}, arr.shape, str(arr.dtype))
             store[leaf] = arr.copy()
             if not str(arr.dtype).startswith("int"):
                 wrt.append(leaf)
-        b.add("out", n.op, [f"in{p}" for p in range(len(n.inputs))], n.attrs)
+        b.add("out", n.op, [f"in{p}" for p in range(len(n.inputs) - saved)], n.attrs)
         out = b.nodes["out"]
         b.nodes["g"] = Node("g", "input", (), {"shape": out.shape}, out.shape, out.dtype)
         store["g"] = np.zeros(out.shape, dtype=out.dtype)

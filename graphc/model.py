@@ -18,7 +18,7 @@ from .data import label_outside
 from .errors import SpecError
 from .executor import Executor
 from .initializers import initialize
-from .ir import Graph, build_graph
+from .ir import RNG_KEY, Graph, build_graph
 from .ops import OPS
 from .remat import NONE, MemoryPolicy, remat_plan
 from .spec import Spec, load_spec
@@ -26,9 +26,24 @@ from .spec import Spec, load_spec
 
 @dataclass
 class Model:
+    """A spec compiled in one mode (`graph`), and the persistent values of every mode."""
     spec: Spec
     graph: Graph
     store: dict
+    mode: str = "train"
+
+    @property
+    def rng_key(self) -> Optional[np.ndarray]:
+        """The int64 [seed, step] that random ops (dropout) read, which a trainer writes
+        before each step; None where no op is random."""
+        return self.store.get(RNG_KEY)
+
+    def in_mode(self, mode: str) -> "Model":
+        """The same model, sharing its store, compiled in `mode` (train or eval): itself
+        where no op of the spec differs between the modes, so such a spec runs one graph."""
+        if mode == self.mode or not any(OPS[n.op].modes for n in self.spec.nodes):
+            return self
+        return Model(self.spec, build_graph(self.spec, mode), self.store, mode)
 
     @property
     def fed_inputs(self) -> list:
@@ -37,12 +52,13 @@ class Model:
                 if self.spec.leaves[n.name].value is None]
 
 
-def load_model(path, seed: Optional[int] = None, dtype: Optional[str] = None) -> Model:
-    """The spec at `path` as a graph with initialized params (the spec's seed, or `seed`);
-    `dtype` replaces the spec's float dtype."""
+def load_model(path, seed: Optional[int] = None, dtype: Optional[str] = None,
+               mode: str = "train") -> Model:
+    """The spec at `path` as a graph of `mode` with initialized params and state (the
+    spec's seed, or `seed`); `dtype` replaces the spec's float dtype."""
     spec = load_spec(path, dtype=dtype)
-    graph = build_graph(spec)
-    return Model(spec, graph, init_store(spec, graph, spec_seed(spec, seed)))
+    graph = build_graph(spec, mode)
+    return Model(spec, graph, init_store(spec, graph, spec_seed(spec, seed)), mode)
 
 
 def spec_seed(spec: Spec, override: Optional[int] = None) -> int:
@@ -58,13 +74,19 @@ def spec_seed(spec: Spec, override: Optional[int] = None) -> int:
 
 
 def init_store(spec: Spec, graph: Graph, seed: int) -> dict:
-    """Persistent values: params (value or initializer, in file order), given inputs, consts."""
+    """Persistent values: params and state (value or initializer, in file order; state
+    without one starts at zeros), given inputs, and the generator key [seed, step 0]
+    where an op is random."""
     rng = np.random.default_rng(seed)
     store = {}
+    if any(OPS[n.op].random for n in spec.nodes):
+        store[RNG_KEY] = np.array([seed, 0], dtype=np.int64)
     for leaf in spec.leaves.values():
         if leaf.value is not None:
             store[leaf.name] = leaf.value.astype(leaf.dtype)
-        elif leaf.kind == "param":
+        elif leaf.kind == "state" and leaf.init is None:
+            store[leaf.name] = np.zeros(leaf.shape, dtype=leaf.dtype)
+        elif leaf.kind in ("param", "state"):
             if S.symbols(leaf.shape):
                 raise SpecError(f"parameter shape {S.fmt(leaf.shape)} has symbolic dims",
                                 mark=leaf.mark, node=leaf.name,
@@ -98,17 +120,19 @@ def bind_dims(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict:
 
 def label_classes(graph: Graph) -> dict:
     """{label input: (number of classes, the node reading it)} for every forward op that takes
-    class labels against scores whose class axis (the last) has a fixed size."""
+    class labels (or embedding ids) against an axis of fixed size (`OpDef.label_range`:
+    the scores' class axis, the embedding table's rows)."""
     out: dict = {}
     for n in graph.nodes.values():
         if OPS[n.op].group != "forward":
             continue
-        scores = graph[n.inputs[0]].shape
+        source, axis = OPS[n.op].label_range
+        scores = graph[n.inputs[source]].shape
         for pos in OPS[n.op].labels:
             label = graph[n.inputs[pos]]
-            if scores and S.is_int(scores[-1]) and label.op == "input":
-                if label.name not in out or scores[-1] < out[label.name][0]:
-                    out[label.name] = (scores[-1], n.name)
+            if scores and S.is_int(scores[axis]) and label.op == "input":
+                if label.name not in out or scores[axis] < out[label.name][0]:
+                    out[label.name] = (scores[axis], n.name)
     return out
 
 
@@ -123,9 +147,18 @@ def check_labels(graph: Graph, classes: Mapping, values: Mapping) -> None:
         if index is not None:
             raise SpecError(f"label {arr[index]} at index {list(index)} is out of range for "
                             f"{k} classes (expected 0..{k - 1}): '{reader}' "
-                            f"({graph[reader].op}) reads it against {k} class scores",
+                            f"({graph[reader].op}) reads it against {_read_against(graph, reader)}",
                             mark=graph[name].mark, node=name,
                             hint=f"class labels count from 0; check the data fed to '{name}'")
+
+
+def _read_against(graph: Graph, reader: str) -> str:
+    """What a label indexes: "3 class scores", or "the 10 rows of 'W'" (embedding ids)."""
+    source, axis = OPS[graph[reader].op].label_range
+    table = graph[graph[reader].inputs[source]]
+    if (source, axis) == (0, -1):
+        return f"{table.shape[-1]} class scores"
+    return f"the {table.shape[axis]} rows of '{table.origin or table.name}'"
 
 
 class Runner:
@@ -136,9 +169,9 @@ class Runner:
     `memory` is the rematerialization policy each plan is compiled under (remat.py)."""
 
     def __init__(self, graph: Graph, store: dict, keep=(), forward=None, reuse: bool = True,
-                 memory: MemoryPolicy = NONE):
+                 memory: MemoryPolicy = NONE, together=()):
         self.graph, self.store, self.keep, self.forward = graph, store, tuple(keep), forward
-        self.reuse, self.memory = reuse, memory
+        self.reuse, self.memory, self.together = reuse, memory, tuple(together)
         self.labels = label_classes(graph)
         self.cache: dict = {}        # bound dims -> executor
         self.by_shapes: dict = {}    # the feeds' shapes -> executor, skipping bind_dims
@@ -147,7 +180,7 @@ class Runner:
         key = tuple(sorted(dims.items()))
         if key not in self.cache:
             plan = remat_plan(self.graph, dims, self.keep, self.forward, self.reuse,
-                              self.memory).plan
+                              self.memory, self.together).plan
             self.cache[key] = Executor(plan, self.store)
         return self.cache[key]
 
@@ -207,7 +240,8 @@ def run_grads(model: Model, feeds: Mapping[str, np.ndarray], everything=False) -
     wrt = differentiable_leaves(model)
     gg = grad_graph(graph, wrt)
     check_params_reach_loss(graph, gg.grads)
-    user_nodes = [n for n in graph.nodes if not graph[n].is_leaf or n in wrt]
+    user_nodes = [n for n, node in graph.nodes.items()
+                  if (not node.is_leaf and node.role == "forward") or n in wrt]
     keep = {graph.loss} | {g for g in gg.grads.values() if g}
     if everything:
         keep |= set(graph.nodes)

@@ -208,10 +208,11 @@ class BudgetError(SpecError):
 
 
 def smallest_arena(graph: Graph, dims: Mapping[str, int], keep=(), forward=None,
-                   reuse: bool = True) -> int:
+                   reuse: bool = True, together=()) -> int:
     """The least arena of the budget search's plans: the smallest budget that succeeds."""
     try:
-        r = remat_plan(graph, dims, keep, forward, reuse, MemoryPolicy("budget", budget=1))
+        r = remat_plan(graph, dims, keep, forward, reuse, MemoryPolicy("budget", budget=1),
+                       together)
     except BudgetError as err:
         return err.smallest
     return r.plan.arena_bytes
@@ -279,21 +280,21 @@ def kept_by(policy: MemoryPolicy, cands: list) -> set:
 
 
 def remat_plan(graph: Graph, dims: Mapping[str, int], keep=(), forward=None,
-               reuse: bool = True, policy: MemoryPolicy = NONE) -> Remat:
+               reuse: bool = True, policy: MemoryPolicy = NONE, together=()) -> Remat:
     """The verified plan of `graph` under `policy` (compile_plan's arguments otherwise).
     `none` returns compile_plan's very plan; a budget is proved by verify_plan."""
     forward = set(graph.nodes) if forward is None else set(forward)
     cands = candidates(graph, forward, set(keep))
     if policy.kind == "budget":
-        return _fit_budget(graph, dims, keep, forward, reuse, policy, cands)
+        return _fit_budget(graph, dims, keep, forward, reuse, policy, cands, together)
     return _verified(plan_keeping(graph, dims, keep, forward, reuse, policy,
-                               kept_by(policy, cands)))
+                                  kept_by(policy, cands), together))
 
 
-def plan_keeping(graph, dims, keep, forward, reuse, policy, kept) -> Remat:
+def plan_keeping(graph, dims, keep, forward, reuse, policy, kept, together=()) -> Remat:
     """The plan that keeps `kept` (plus what is never recomputed), unverified."""
     new, clones = rematerialize(graph, forward, set(kept) | set(keep))
-    plan = compile_plan(new, dims, keep, forward, reuse)
+    plan = compile_plan(new, dims, keep, forward, reuse, together)
     flops = {c: node_flops(new, c, dims) for c in clones.values()}
     return Remat(policy, new, plan, tuple(saved_values(graph, forward)), clones, flops)
 
@@ -310,20 +311,20 @@ SLOPES = (0, 0.5, 1)    # segment lengths shrinking by this much toward the loss
 KEEP_BACK = 24          # at most this many plans try keeping one more value back
 
 
-def _fit_budget(graph, dims, keep, forward, reuse, policy, cands) -> Remat:
+def _fit_budget(graph, dims, keep, forward, reuse, policy, cands, together) -> Remat:
     """The least recomputation (flops) among the plans of one search that fit the budget:
     keep everything if that fits; else, for each slope of SLOPES, the shortest first segment
     whose plan fits (longer first segments keep fewer values, so recompute more), stopping
     once the arena grows again; then keep values back while the plan fits (method and its
     distance from optimal: docs/design.md)."""
-    best = smallest = plan_keeping(graph, dims, keep, forward, reuse, policy, cands)
+    best = smallest = plan_keeping(graph, dims, keep, forward, reuse, policy, cands, together)
     if best.plan.arena_bytes > policy.budget:
         best = None
         for slope in SLOPES:
             previous = None
             for first in range(2, len(cands) + 2):
                 kept = [cands[i] for i in segment_ends(len(cands), first, slope)]
-                r = plan_keeping(graph, dims, keep, forward, reuse, policy, kept)
+                r = plan_keeping(graph, dims, keep, forward, reuse, policy, kept, together)
                 smallest = min(smallest, r, key=lambda x: x.plan.arena_bytes)
                 if r.plan.arena_bytes <= policy.budget:
                     if best is None or r.recompute_flops < best.recompute_flops:
@@ -334,16 +335,17 @@ def _fit_budget(graph, dims, keep, forward, reuse, policy, cands) -> Remat:
                 previous = r.plan.arena_bytes
     if best is None:
         raise BudgetError(policy.budget, smallest.plan.arena_bytes, policy.mark)
-    return _verified(_keep_back(graph, dims, keep, forward, reuse, policy, best))
+    return _verified(_keep_back(graph, dims, keep, forward, reuse, policy, best, together))
 
 
-def _keep_back(graph, dims, keep, forward, reuse, policy, best: Remat) -> Remat:
+def _keep_back(graph, dims, keep, forward, reuse, policy, best: Remat, together) -> Remat:
     """Spend what the budget leaves: keep dropped values back, one plan each, the dearest
     to recompute per byte first (later values first among equals), while the plan fits."""
     dropped = [v for v in reversed(best.saved) if v in best.clones]
     dropped.sort(key=lambda v: -best.value_flops(v) / best.plan.buffers[v].bytes)
     for v in dropped[:KEEP_BACK]:
-        r = plan_keeping(graph, dims, keep, forward, reuse, policy, set(best.kept) | {v})
+        r = plan_keeping(graph, dims, keep, forward, reuse, policy, set(best.kept) | {v},
+                         together)
         if r.plan.arena_bytes <= policy.budget and r.recompute_flops < best.recompute_flops:
             best = r
     return best

@@ -34,6 +34,9 @@ from graphc.gradcheck import check_grads, check_model, rel_error
 from graphc.ir import GraphBuilder, Node, toposort
 from graphc.model import load_model
 from graphc.ops import OPS, attrs_with_defaults, ops_in
+from graphc.ops.modal import stream
+
+import conv_reference
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = sorted((REPO / "specs").glob("*.yaml"))
@@ -296,6 +299,185 @@ CASES.update({
                                              _bce_ref),
     "multiclass_hinge": Case(gen_multiclass_hinge, _multiclass_hinge_ref),
     "where": Case(gen_where, np.where),
+})
+
+# --- convolution and pooling (issue 12; loop references in conv_reference.py) ------------
+def _spatial(draw, d, reach_of):
+    """Per-axis sizes that leave at least one output position for the window `reach_of(i)`."""
+    return [max(1, reach_of(i) + draw(st.integers(0, 3))) for i in range(d)]
+
+
+def _per_axis_attr(draw, d, lo, hi):
+    """An int or a list of d ints in [lo, hi], as a user may write either."""
+    values = [draw(st.integers(lo, hi)) for _ in range(d)]
+    return draw(st.sampled_from([values[0], values]))
+
+
+def gen_conv(d):
+    """x [N, C, *size], W [O, C, *kernel], b [O] or none; strides, padding, dilation mixed."""
+    def gen(draw, rng):
+        n, c, o = (draw(st.integers(1, 3)) for _ in range(3))
+        kernel = [draw(st.integers(1, 3)) for _ in range(d)]
+        attrs = {k: _per_axis_attr(draw, d, lo, 2) for k, lo in
+                 (("stride", 1), ("padding", 0), ("dilation", 1))}
+        pad, dil = ([v] * d if isinstance(v, int) else v for v in
+                    (attrs["padding"], attrs["dilation"]))
+        size = _spatial(draw, d, lambda i: dil[i] * (kernel[i] - 1) + 1 - 2 * pad[i])
+        arrays = [uniform(rng, (n, c, *size)), uniform(rng, (o, c, *kernel))]
+        if draw(st.booleans()):
+            arrays.append(uniform(rng, (o,)))
+        return arrays, attrs
+    return gen
+
+
+def gen_pool(d, distinct):
+    """Pooling windows with padding up to half the kernel; `distinct` values 0.1 apart, so
+    no window has a tie and central differences never move its maximum."""
+    def gen(draw, rng):
+        kernel = [draw(st.integers(1, 3)) for _ in range(d)]
+        stride = draw(st.sampled_from([None, _per_axis_attr(draw, d, 1, 3)]))
+        padding = [draw(st.integers(0, k // 2)) for k in kernel]
+        size = _spatial(draw, d, lambda i: kernel[i] - 2 * padding[i])
+        shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *size)
+        x = (rng.permutation(int(np.prod(shape))).reshape(shape) * 0.1 - 1.0) if distinct \
+            else uniform(rng, shape)
+        one = len(set(kernel)) == 1 and draw(st.booleans())       # kernel=2, not [2, 2]
+        return [x], {"kernel": kernel[0] if one else kernel, "stride": stride,
+                     "padding": padding}
+    return gen
+
+
+def gen_image(draw, rng):
+    """[N, C, *spatial] with 1 to 3 spatial axes."""
+    return [uniform(rng, draw(hnp.array_shapes(min_dims=3, max_dims=5, min_side=1,
+                                               max_side=3)))], {}
+
+
+CASES.update({
+    "conv1d": Case(gen_conv(1), conv_reference.conv),
+    "conv2d": Case(gen_conv(2), conv_reference.conv),
+    "max_pool1d": Case(gen_pool(1, True), lambda x, **a: conv_reference.pool(x, kind="max", **a)),
+    "max_pool2d": Case(gen_pool(2, True), lambda x, **a: conv_reference.pool(x, kind="max", **a)),
+    "avg_pool1d": Case(gen_pool(1, False), lambda x, **a: conv_reference.pool(x, kind="avg", **a)),
+    "avg_pool2d": Case(gen_pool(2, False), lambda x, **a: conv_reference.pool(x, kind="avg", **a)),
+    "global_avg_pool": Case(gen_image, lambda x: x.reshape(x.shape[:2] + (-1,)).mean(-1)),
+    "flatten": Case(gen_image, lambda x: x.reshape(x.shape[0], -1)),
+})
+
+
+# --- sequence ops (issue 13): references written with loops, as the papers state them -------
+
+def gen_embedding(draw, rng):
+    """ids of rank 0..3 drawn from few rows, so ids repeat (their gradients must add up)."""
+    rows, width = draw(st.integers(1, SIDE)), draw(st.integers(1, SIDE))
+    ids = rng.integers(0, rows, size=draw(SHAPE)).astype(np.int64)
+    return [ids, uniform(rng, (rows, width))], {}
+
+
+def gen_attention(draw, rng):
+    """q [..., T, d], k [..., S, d], v [..., S, dv] with broadcasting batch dims; causal or not."""
+    t, s, d, dv = (draw(st.integers(1, SIDE)) for _ in range(4))
+    batch = draw(hnp.mutually_broadcastable_shapes(num_shapes=3, max_dims=2, max_side=3))
+    bq, bk, bv = batch.input_shapes
+    return ([uniform(rng, bq + (t, d)), uniform(rng, bk + (s, d)), uniform(rng, bv + (s, dv))],
+            {"causal": draw(st.booleans())})
+
+
+def attention_by_loops(q, k, v, causal=False):
+    """softmax_j(q_i · k_j / sqrt(d)) over the keys j <= i (causal) or all, times v_j."""
+    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    q, k, v = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (q, k, v))
+    out = np.zeros(batch + (q.shape[-2], v.shape[-1]))
+    for idx in np.ndindex(batch):
+        for i in range(q.shape[-2]):
+            keys = range(min(i + 1, k.shape[-2]) if causal else k.shape[-2])
+            scores = [q[idx][i] @ k[idx][j] / np.sqrt(q.shape[-1]) for j in keys]
+            weights = np.exp(np.array(scores) - max(scores))
+            weights /= weights.sum()
+            out[idx][i] = sum(w * v[idx][j] for w, j in zip(weights, keys))
+    return out
+
+
+def gen_layer_norm(draw, rng):
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=SIDE))
+    return ([uniform(rng, shape), uniform(rng, shape[-1:]), uniform(rng, shape[-1:])],
+            {"eps": draw(st.sampled_from([1e-5, 0.1]))})
+
+
+def layer_norm_by_rows(x, gamma, beta, eps):
+    flat = x.reshape(-1, x.shape[-1])
+    rows = [(r - r.mean()) / np.sqrt(((r - r.mean()) ** 2).mean() + eps) for r in flat]
+    return (np.array(rows) * gamma + beta).reshape(x.shape)
+
+
+def gen_slice(draw, rng):
+    """One axis, start < stop inside it, each given from the front or (negative) the back."""
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=SIDE))
+    axis = draw(st.integers(-len(shape), len(shape) - 1))
+    size = shape[axis]
+    start = draw(st.integers(0, size - 1))
+    stop = draw(st.integers(start + 1, size))
+    start, stop = (i - size if draw(st.booleans()) and i < size else i for i in (start, stop))
+    return [uniform(rng, shape)], {"axis": axis, "start": start, "stop": stop}
+
+
+def _slice_ref(x, axis, start, stop):
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(start, stop)
+    return x[tuple(index)]
+
+
+CASES.update({
+    "embedding": Case(gen_embedding, lambda ids, table: table[ids]),
+    "scaled_dot_product_attention": Case(gen_attention, attention_by_loops),
+    "layer_norm": Case(gen_layer_norm, layer_norm_by_rows),
+    "slice": Case(gen_slice, _slice_ref),
+})
+
+# --- modes (graphc/ops/modal.py): batch_norm in train and eval mode, dropout -----------------
+def gen_batch_norm(draw, rng, running=False):
+    """x [N, C, ...] (rank 2 to 4, N >= 2) with values at least 0.03 apart (a batch variance
+    clear of 0), gamma, beta, running stats (var > 0); eps 1e-5 or 0.1."""
+    n = draw(st.integers(2, 3))
+    rest = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=3))
+    shape, c = (n,) + rest, rest[0]
+    pool = np.arange(-50, 50) * 0.04 + rng.uniform(-0.005, 0.005, 100)
+    x = rng.choice(pool, size=int(np.prod(shape)), replace=False).reshape(shape)
+    stats = [uniform(rng, (c,)), uniform(rng, (c,)), uniform(rng, (c,)), rng.uniform(0.5, 2, c)]
+    return [x, *stats], {"eps": draw(st.sampled_from([1e-5, 0.1]))}
+
+
+def _batch_norm_ref(running):
+    """Channel by channel: gamma (x - mean) / sqrt(var + eps) + beta, with the batch's mean and
+    biased variance over every axis but 1, or the running ones."""
+    def ref(x, gamma, beta, mean, var, eps):
+        out = np.empty_like(x)
+        for c in range(x.shape[1]):
+            xc = x[:, c]
+            m, v = (mean[c], var[c]) if running else (xc.mean(), xc.var())
+            out[:, c] = gamma[c] * (xc - m) / np.sqrt(v + eps) + beta[c]
+        return out
+    return ref
+
+
+def gen_dropout(draw, rng):
+    """x of any shape, a generator key (seed, step), p from 0 (identity) to 1 (all dropped)."""
+    key = np.array([rng.integers(0, 2**31), rng.integers(0, 2**20)], dtype=np.int64)
+    return [uniform(rng, draw(SHAPE)), key], {"p": draw(st.sampled_from([0.0, 0.3, 0.5, 1.0]))}
+
+
+def _dropout_ref(x, key, p):
+    """x / (1 - p) where Philox (key (seed, stream of the node 'out'), counter (0, 0, 0, step))
+    draws u >= p: numpy's generator, seeded directly."""
+    bits = np.random.Philox(key=[int(key[0]), stream("out")], counter=[0, 0, 0, int(key[1])])
+    u = np.random.Generator(bits).random(np.shape(x))
+    return np.where(u >= p, x / (1 - p), 0.0) if p < 1 else np.zeros_like(x)
+
+
+CASES.update({
+    "batch_norm": Case(gen_batch_norm, _batch_norm_ref(running=False)),
+    "batch_norm_eval": Case(gen_batch_norm, _batch_norm_ref(running=True)),
+    "dropout": Case(gen_dropout, _dropout_ref),
 })
 
 # Forward ops with no gradient at all, each with the reason. (Integer inputs such as

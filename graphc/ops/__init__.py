@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from . import activations, elementwise, linalg, losses, reductions, sources, updates
+from . import (activations, conv, elementwise, linalg, losses, reductions, sequence, sources,
+               updates)
+from . import modal
 from .record import GROUPS, REQUIRED, OpDef
 
 FAMILIES = {
@@ -23,7 +25,10 @@ FAMILIES = {
     "reductions": reductions.OPS,
     "linalg": linalg.OPS,
     "losses": losses.OPS,
+    "conv": conv.OPS,
     "updates": updates.OPS,
+    "sequence": sequence.OPS,
+    "modal": modal.OPS,
 }
 
 

@@ -26,6 +26,7 @@ from .. import shapes as S
 
 REQUIRED = object()   # attribute default meaning "must be given"
 GROUPS = ("leaf", "forward", "layer", "saved", "backward", "update")
+MODES = ("train", "eval")   # the plans one spec compiles to (docs/design.md#modes)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class OpDef:
     elementwise: Optional[bool] = None      # computed ops: the in-place permission
     mutates: tuple = ()                     # update ops: input positions written in place
     labels: tuple = ()                      # input positions that take integer class labels
+    label_range: tuple = (0, -1)            # (input, axis) whose size the labels index:
+                                            # 0..size-1 (class scores' last axis by default)
     layer_init: Optional[str] = None        # activations: the init dense picks for its W
     saves: Optional[str] = None             # the op computing what this op's kernel and
                                             # gradient read: an input the IR builder adds
@@ -56,6 +59,14 @@ class OpDef:
                                             # rematerialized (ops that mutate never are)
     flops: Optional[Callable] = None        # flops(input_shapes, attrs) -> the kernel's
                                             # arithmetic; None: one per output element
+    modes: Mapping[str, str] = field(default_factory=dict)  # mode -> the op this one lowers
+                                            # to there (dropout: eval -> identity); else itself
+    updates: Optional[str] = None           # train mode: the state-update op the IR builder
+                                            # adds over this op's inputs and saved value
+    random: bool = False                    # reads the generator key (seed, step) the IR
+                                            # builder adds as its last input; the mask is
+                                            # recomputed exactly from it, never stored
+    layer_form: Optional[str] = None        # the layer a one-input call of this op stands for
 
 
 def missing_facts(op: OpDef) -> list:

@@ -15,7 +15,8 @@ from typing import Mapping
 import numpy as np
 
 from ...plan import ALIGN, Plan
-from . import fast, kernels, nn, softmax, updates
+from . import conv, fast, kernels, nn, sequence, softmax, updates
+from . import modal
 from .workspace import Workspace
 
 DROP_ATTRS = {"shape"}    # shape attributes are for inference; kernels see real arrays
@@ -32,7 +33,8 @@ def assemble(*tables: dict) -> dict:
     return out
 
 
-KERNELS = assemble(kernels.BIND, nn.BIND, fast.BIND, softmax.BIND, updates.BIND)
+KERNELS = assemble(kernels.BIND, nn.BIND, fast.BIND, softmax.BIND, updates.BIND,
+                   conv.BIND, sequence.BIND, modal.BIND)
 
 
 def run_kernel(op: str, out: np.ndarray, *ins, **attrs) -> np.ndarray:
