@@ -365,3 +365,24 @@ def test_largest_batch_under_a_budget(spec):
     _, _, full = step_remat(spec, NONE)
     assert B.largest_batch(spec, False, full.plan.arena_bytes, high=4 * BATCH) == BATCH
     assert B.largest_batch(spec, True, full.plan.arena_bytes, high=4 * BATCH) > BATCH
+
+
+def test_dropout_and_batch_norm_recompute_exactly(tmp_path):
+    """Recomputing everything (every: 100 keeps none) clones dropout (its mask regenerated
+    from the same key and step), batch_norm's batch statistics and relu; the running
+    statistics' update still runs once: params and state are bitwise those of `none`."""
+    source = (Path(__file__).resolve().parents[1] / "specs" / "spiral_bn_dropout.yaml")
+    saved = {}
+    for memory in ("{policy: none}", "{every: 100}"):
+        folder = tmp_path / memory.strip("{}").split(":")[0]
+        folder.mkdir()
+        spec = folder / "s.yaml"
+        spec.write_text(source.read_text() + f"  memory: {memory}\n")
+        if memory != "{policy: none}":
+            table = ok(graphc("plan", spec, "--saved")).stdout
+            assert "recomputed (re:h)" in table and "recomputed (re:h1n/saved)" in table
+        ok(graphc("train", spec, "--epochs", 2, "--out", folder / "c.npz", "--json"))
+        with np.load(folder / "c.npz") as f:
+            saved[memory] = {k: f[k] for k in f.files if not k.startswith("__")}
+    assert {"running_mean", "running_var"} <= saved["{policy: none}"].keys()
+    assert same_bits(*saved.values())
