@@ -3,7 +3,7 @@
     python benchmarks/bench_memory.py [--quick] [--reps N] [--spec FILE ...] [--json]
 
 For each spec of the list (a deep ReLU MLP whose batch is much larger than its width,
-64 layers of 256 at batch 4096, or 16 of 64 at batch 1024 with --quick; plus every
+64 layers of 256 at batch 4096, or 32 of 64 at batch 2048 with --quick; plus every
 --spec FILE, the hook for the CNN and transformer specs) the script compiles the
 training step (plain SGD, as `graphc train` runs each batch) once per policy, on a
 fresh copy of the model, and times the steps interleaved rep by rep in one process, so machine noise hits every policy alike. The table gives each
@@ -35,18 +35,20 @@ from bench_mlp import blas_info, mlp_spec, time_interleaved  # noqa: E402
 from graphc.errors import SpecError  # noqa: E402
 from graphc.model import load_model  # noqa: E402
 from graphc.optim import LR  # noqa: E402
-from graphc.remat import (NONE, MemoryPolicy, candidates, forward_flops, plan_keeping,  # noqa: E402
-                          remat_plan)
+from graphc.remat import (NONE, MemoryPolicy, candidates, plan_keeping,  # noqa: E402
+                          remat_plan, smallest_arena)
+from graphc.remat_report import forward_flops  # noqa: E402
 from graphc.timing import synthetic_batch  # noqa: E402
 from graphc.train import step_runner  # noqa: E402
 from graphc.trainconfig import training_step  # noqa: E402
 
 FULL = (64, 256, 4096)        # hidden layers, width, batch
-QUICK = (16, 64, 1024)
+QUICK = (32, 64, 2048)
 BUDGET = 256 * 2**20          # the budget of the largest-batch question
-# name -> policy; "budget/4" asks for a quarter of none's arena
+# name -> policy; "budget/4" asks for a quarter of none's arena, "smallest" for the least
+# arena the budget search reaches
 POLICIES = {"none": NONE, "every 4": MemoryPolicy("every", every=4),
-            "sqrt": MemoryPolicy("sqrt"), "budget/4": None}
+            "sqrt": MemoryPolicy("sqrt"), "budget/4": None, "smallest": None}
 
 
 def deep_mlp(layers: int, width: int, classes: int = 10) -> str:
@@ -67,12 +69,20 @@ def policy_step(path: Path, batch: int, policy: MemoryPolicy) -> tuple:
     return ex, remat
 
 
+def smallest(path: Path, batch: int) -> int:
+    model = load_model(path)
+    step, _, dims = training_step(model, batch)
+    return smallest_arena(step.graph, dims, {model.graph.loss, step.guard}, step.forward)
+
+
 def measure(path: Path, name: str, batch: int, reps: int) -> list:
     """One row per policy: peak arena, step time (interleaved reps) and recompute share."""
     steps, rows = {}, []
     for label, policy in POLICIES.items():
-        if policy is None:
+        if label == "budget/4":
             policy = MemoryPolicy("budget", budget=rows[0]["arena_bytes"] // 4)
+        elif label == "smallest":
+            policy = MemoryPolicy("budget", budget=smallest(path, batch))
         try:
             ex, remat = policy_step(path, batch, policy)
         except SpecError as err:                  # a budget no plan reaches: say so
@@ -94,9 +104,13 @@ def measure(path: Path, name: str, batch: int, reps: int) -> list:
     return rows
 
 
-def largest_batch(path: Path, policy: MemoryPolicy, high: int = 1 << 18) -> int:
-    """The largest batch whose plan under `policy` fits BUDGET (bisection over plans)."""
+def largest_batch(path: Path, recompute: bool, budget: int = BUDGET,
+                  high: int = 1 << 18) -> int:
+    """The largest batch whose plan fits `budget` bytes, keeping every saved value or
+    under `--memory-budget budget` (a bisection over plans; the arena grows with the
+    batch)."""
     model = load_model(path)
+    policy = MemoryPolicy("budget", budget=budget) if recompute else NONE
 
     def fits(batch):
         step, _, dims = training_step(model, batch)
@@ -104,7 +118,7 @@ def largest_batch(path: Path, policy: MemoryPolicy, high: int = 1 << 18) -> int:
             remat = remat_plan(step.graph, dims, {model.graph.loss}, step.forward, True, policy)
         except SpecError:
             return False
-        return remat.plan.arena_bytes <= BUDGET
+        return remat.plan.arena_bytes <= budget
     low = 0
     while low < high:
         mid = (low + high + 1) // 2
@@ -183,10 +197,9 @@ def main(argv=None) -> int:
             small.write_text(deep_mlp(args.optimal, 16))
             result["optimal"] = against_optimal(small, 256)
         if not args.no_largest:
-            budget = MemoryPolicy("budget", budget=BUDGET)
             result["largest_batch"] = {"budget_bytes": BUDGET,
-                                       "without_recompute": largest_batch(path, NONE),
-                                       "with_recompute": largest_batch(path, budget)}
+                                       "without_recompute": largest_batch(path, False),
+                                       "with_recompute": largest_batch(path, True)}
     if args.json:
         print(json.dumps(result))
         return 0

@@ -62,7 +62,7 @@ def plan(spec, as_json, dot, batch_size, dims, memory, only, render, no_reuse, m
     from .model import load_model
     from .outfiles import check_outputs, write_text
     from .plan import plan_json, plan_table
-    from .remat import memory_json, saved_table
+    from .remat_report import memory_json, saved_table
     from .trainconfig import training_remat
     if only and not dot:
         raise click.UsageError("--only selects the steps --dot draws: give --dot FILE too")

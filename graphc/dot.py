@@ -106,9 +106,12 @@ def forward_of(graph: Graph, name: str) -> Optional[str]:
 
 
 def _block(graph: Graph, name: str, phase: str) -> Optional[str]:
-    """The user's node a step belongs to (`h/matmul` -> `h`); its backward steps -> `d:h`."""
+    """The user's node a step belongs to (`h/matmul` -> `h`); its backward steps -> `d:h`;
+    the steps recomputing it (remat.py) -> `re:h`."""
     if phase == "forward":
         return graph[name].origin
+    if graph[name].role == "recompute":
+        return "re:" + graph[name].origin
     if phase == "backward":
         return "d:" + graph[forward_of(graph, name)].origin
     return None

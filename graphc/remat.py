@@ -20,11 +20,11 @@ optimizer update, a state update), exactly as the original was.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Optional
 
 from . import shapes as S
-from .errors import SpecError, did_you_mean
+from .errors import Mark, SpecError, did_you_mean
 from .ir import Graph, Node, toposort, verify_graph
 from .limits import fmt_bytes, parse_bytes
 from .ops import OPS
@@ -44,6 +44,7 @@ class MemoryPolicy:
     every: int = 1
     keep: tuple = ()
     budget: Optional[int] = None
+    mark: Optional[Mark] = field(default=None, compare=False)   # train.memory's line
 
     def __str__(self) -> str:
         return {"none": "none", "sqrt": "sqrt", "every": f"every {self.every}",
@@ -77,7 +78,8 @@ def parse_memory(raw, nodes, mark=None, budget: Optional[str] = None) -> MemoryP
     (key, value), = raw.items()
     where = getattr(raw, "mark_of", lambda k: mark)(key)
     if key == "budget":
-        return MemoryPolicy("budget", budget=parse_size(value, "train.memory.budget", where))
+        return MemoryPolicy("budget", budget=parse_size(value, "train.memory.budget", where),
+                            mark=where)
     if key == "every" and isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return MemoryPolicy("every", every=value)
     if key == "policy" and value in POLICIES:
@@ -192,6 +194,30 @@ def node_flops(graph: Graph, name: str, dims: Mapping[str, int]) -> int:
     return count([S.bind(graph[i].shape, dims) for i in n.inputs], n.attrs)
 
 
+class BudgetError(SpecError):
+    """A memory budget below every plan the search finds; `smallest` is the least arena it
+    reached, a budget that succeeds."""
+
+    def __init__(self, budget: int, smallest: int, mark: Optional[Mark] = None):
+        self.smallest = smallest
+        super().__init__(f"memory budget {fmt_bytes(budget)} ({budget} bytes) is below every "
+                         f"plan graphc finds: the smallest needs {fmt_bytes(smallest)} "
+                         f"({smallest} bytes)",
+                         mark=mark,
+                         hint=f"give a budget of at least {smallest} bytes, or a smaller batch")
+
+
+def smallest_arena(graph: Graph, dims: Mapping[str, int], keep=(), forward=None,
+                   reuse: bool = True, together=()) -> int:
+    """The least arena of the budget search's plans: the smallest budget that succeeds."""
+    try:
+        r = remat_plan(graph, dims, keep, forward, reuse, MemoryPolicy("budget", budget=1),
+                       together)
+    except BudgetError as err:
+        return err.smallest
+    return r.plan.arena_bytes
+
+
 @dataclass(frozen=True)
 class Remat:
     """A policy's verified plan: the graph with its recompute nodes, which saved values it
@@ -206,6 +232,19 @@ class Remat:
     @property
     def recompute_flops(self) -> int:
         return sum(self.flops.values())
+
+    def value_flops(self, value: str) -> int:
+        """Recomputing `value`: its clone plus the clones of unsaved values only it leads
+        back to (for h = relu(x @ W + b), the matmul and the add as well as the relu)."""
+        saved, total, stack, seen = set(self.saved), 0, [self.clones[value]], set()
+        while stack:
+            c = stack.pop()
+            if c not in seen:
+                seen.add(c)
+                total += self.flops[c]
+                stack.extend(i for i in self.graph[c].inputs if i.startswith(PREFIX)
+                             and i[len(PREFIX):] not in saved)
+        return total
 
     @property
     def kept(self) -> tuple:
@@ -269,13 +308,15 @@ def _verified(r: Remat) -> Remat:
 
 
 SLOPES = (0, 0.5, 1)    # segment lengths shrinking by this much toward the loss
+KEEP_BACK = 24          # at most this many plans try keeping one more value back
 
 
 def _fit_budget(graph, dims, keep, forward, reuse, policy, cands, together) -> Remat:
     """The least recomputation (flops) among the plans of one search that fit the budget:
     keep everything if that fits; else, for each slope of SLOPES, the shortest first segment
     whose plan fits (longer first segments keep fewer values, so recompute more), stopping
-    once the arena grows again (method and its distance from optimal: docs/design.md)."""
+    once the arena grows again; then keep values back while the plan fits (method and its
+    distance from optimal: docs/design.md)."""
     best = smallest = plan_keeping(graph, dims, keep, forward, reuse, policy, cands, together)
     if best.plan.arena_bytes > policy.budget:
         best = None
@@ -293,70 +334,19 @@ def _fit_budget(graph, dims, keep, forward, reuse, policy, cands, together) -> R
                     break
                 previous = r.plan.arena_bytes
     if best is None:
-        raise SpecError(f"memory budget {fmt_bytes(policy.budget)} ({policy.budget} bytes) is "
-                        f"below every plan graphc finds: the smallest needs "
-                        f"{fmt_bytes(smallest.plan.arena_bytes)} "
-                        f"({smallest.plan.arena_bytes} bytes)",
-                        hint=f"give a budget of at least {smallest.plan.arena_bytes} bytes, or "
-                             f"a smaller batch")
-    return _verified(best)
+        raise BudgetError(policy.budget, smallest.plan.arena_bytes, policy.mark)
+    return _verified(_keep_back(graph, dims, keep, forward, reuse, policy, best, together))
 
 
-# --- reports: `graphc plan` (per saved value), `plan --saved`, `plan --json` --------------
+def _keep_back(graph, dims, keep, forward, reuse, policy, best: Remat, together) -> Remat:
+    """Spend what the budget leaves: keep dropped values back, one plan each, the dearest
+    to recompute per byte first (later values first among equals), while the plan fits."""
+    dropped = [v for v in reversed(best.saved) if v in best.clones]
+    dropped.sort(key=lambda v: -best.value_flops(v) / best.plan.buffers[v].bytes)
+    for v in dropped[:KEEP_BACK]:
+        r = plan_keeping(graph, dims, keep, forward, reuse, policy, set(best.kept) | {v},
+                         together)
+        if r.plan.arena_bytes <= policy.budget and r.recompute_flops < best.recompute_flops:
+            best = r
+    return best
 
-def chain_flops(r: Remat, value: str) -> int:
-    """Recomputing `value`: its clone plus the clones of unsaved values only it leads back to
-    (for h = relu(x @ W + b), the matmul and the add as well as the relu)."""
-    saved, total, stack, seen = set(r.saved), 0, [r.clones[value]], set()
-    while stack:
-        c = stack.pop()
-        if c not in seen:
-            seen.add(c)
-            total += r.flops[c]
-            stack.extend(i for i in r.graph[c].inputs if i.startswith(PREFIX)
-                         and i[len(PREFIX):] not in saved)
-    return total
-
-
-def forward_flops(r: Remat) -> int:
-    """The forward pass's arithmetic: what the recomputation is measured against."""
-    return sum(node_flops(r.graph, s.node, r.plan.dims) for s in r.plan.steps
-               if s.phase == "forward")
-
-
-def saved_rows(r: Remat) -> list:
-    """One row per saved value: producer, bytes, kept or recomputed, recompute flops."""
-    rows = []
-    for v in r.saved:
-        n, b = r.graph[v], r.plan.buffers[v]
-        where = f" line {n.mark.line}" if n.mark else ""
-        rows.append({"value": v, "producer": f"{n.op} ({n.origin or v}{where})",
-                     "bytes": b.bytes, "kept": v not in r.clones,
-                     "recompute_flops": chain_flops(r, v) if v in r.clones else 0})
-    return rows
-
-
-def memory_json(r: Remat) -> dict:
-    """`plan --json`'s "memory" object: the policy, the saved values and the arithmetic."""
-    return {"policy": str(r.policy), "budget_bytes": r.policy.budget,
-            "recompute_flops": r.recompute_flops, "forward_flops": forward_flops(r),
-            "saved": saved_rows(r)}
-
-
-def saved_table(r: Remat) -> str:
-    """The saved values as a table, then what is kept and what recomputing costs."""
-    rows = saved_rows(r)
-    head = ("saved value", "producer", "bytes", "backward reads", "recompute flops")
-    lines = [head] + [(x["value"], x["producer"], str(x["bytes"]),
-                       "kept" if x["kept"] else f"recomputed ({PREFIX}{x['value']})",
-                       str(x["recompute_flops"]) if not x["kept"] else "-") for x in rows]
-    widths = [max(len(x[i]) for x in lines) for i in range(len(head))]
-    text = ["  ".join(c.ljust(w) for c, w in zip(x, widths)).rstrip() for x in lines]
-    kept = [x for x in rows if x["kept"]]   # rows, for their bytes
-    fwd = forward_flops(r)
-    share = f", {r.recompute_flops / fwd:.0%} of the forward pass" if fwd else ""
-    text.append(f"memory policy {r.policy}: the backward pass keeps {len(kept)} of "
-                f"{len(rows)} saved values ({fmt_bytes(sum(x['bytes'] for x in kept))}) and "
-                f"recomputes {len(rows) - len(kept)} ({len(r.clones)} recompute steps, "
-                f"{r.recompute_flops} flops{share})")
-    return "\n".join(text)

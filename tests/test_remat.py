@@ -30,7 +30,8 @@ from graphc.trainconfig import training_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_memory import deep_mlp  # noqa: E402
+import bench_memory as B  # noqa: E402
+from bench_memory import against_optimal, deep_mlp  # noqa: E402
 from test_cli import graphc, ok, one_json  # noqa: E402
 from test_plan import random_graphs  # noqa: E402
 
@@ -162,9 +163,10 @@ def test_every_policy_updates_params_bitwise_as_none(spec, policy, optimizer):
 
 def test_budgets_across_the_feasible_range_fit_and_are_bitwise(spec):
     _, _, full = step_remat(spec, NONE)
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(R.BudgetError) as err:
         step_remat(spec, MemoryPolicy("budget", budget=64))
-    smallest = int(err.value.message.split("(")[-1].split()[0])   # "... (N bytes)"
+    smallest = err.value.smallest
+    assert f"the smallest needs {smallest / 1024:.1f} KiB ({smallest} bytes)" in str(err.value)
     assert smallest < full.plan.arena_bytes
     reference = one_step(spec, NONE)
     for budget in np.linspace(smallest, full.plan.arena_bytes, 5).astype(int):
@@ -179,6 +181,16 @@ def test_a_budget_that_fits_every_saved_value_recomputes_nothing(spec):
     costs = [step_remat(spec, MemoryPolicy("budget", budget=b))[2].recompute_flops
              for b in (full.plan.arena_bytes * 3 // 4, full.plan.arena_bytes)]
     assert costs[0] > 0 == costs[1]
+
+
+def test_budget_search_finds_the_exhaustive_optimum_on_a_small_mlp(tmp_path):
+    """Every kept set of a 5-layer MLP compiled (2^7 plans): at five budgets from the
+    smallest arena of all to the no-recompute one, the search recomputes the least."""
+    path = tmp_path / "five.yaml"
+    path.write_text(deep_mlp(5, WIDTH))
+    rows = against_optimal(path, 64, points=5)
+    assert [r["found_flops"] for r in rows] == [r["optimal_flops"] for r in rows]
+    assert rows[0]["optimal_flops"] > 0 == rows[-1]["optimal_flops"]
 
 
 def test_verify_plan_refuses_an_arena_over_its_budget(spec):
@@ -196,12 +208,8 @@ def test_generated_graphs_at_budgets_are_bitwise(graph, batch, where):
     x = {"x": np.random.default_rng(2).standard_normal((batch, graph["x"].shape[1]))}
     dims, keep = {"batch": batch}, {"loss"}
     full = remat_plan(step.graph, dims, keep, step.forward).plan.arena_bytes
-    try:
-        remat_plan(step.graph, dims, keep, step.forward, policy=MemoryPolicy("budget", budget=1))
-        smallest = 1
-    except SpecError as err:
-        smallest = int(err.message.split("(")[-1].split()[0])
-    budget = int(smallest + where * (full - smallest))
+    smallest = R.smallest_arena(step.graph, dims, keep, step.forward)
+    budget = max(1, int(smallest + where * (full - smallest)))
 
     def run(policy):
         s = {k: np.array(v) for k, v in store.items()}
@@ -289,6 +297,14 @@ def test_plan_memory_svg_draws_recomputed_and_kept_apart(spec, tmp_path):
     assert "kept for backward" in text
 
 
+def test_plan_dot_boxes_the_recompute_steps_of_a_node(spec, tmp_path):
+    dot = tmp_path / "p.dot"
+    ok(graphc("plan", spec, "--batch-size", BATCH, "--memory-budget", f"{LAYERS * HIDDEN}",
+              "--dot", dot))
+    text = dot.read_text()
+    assert 'subgraph "cluster_re:h1"' in text and '"re:h1/matmul"' in text
+
+
 def test_train_with_a_memory_policy_saves_the_same_params(tmp_path):
     outs = {}
     for memory in ("{policy: none}", "{every: 2}", f"{{budget: {4 * HIDDEN + 4096}}}"):
@@ -311,9 +327,62 @@ def test_train_and_time_take_memory_budget(tmp_path):
     assert timed["steps"] == 2
 
 
+def test_a_spec_budget_below_every_plan_names_its_line(tmp_path):
+    spec = spec_with(tmp_path, "{budget: 1KiB}")
+    bad = graphc("train", spec, "--out", tmp_path / "c.npz")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert bad.stderr.startswith(f"error: {spec}:{_line(spec, 'memory:')}:")
+    assert "memory budget 1.0 KiB (1024 bytes) is below every plan" in bad.stderr
+    assert not (tmp_path / "c.npz").exists()
+
+
 def test_spec_memory_errors_name_the_line(tmp_path):
     spec = spec_with(tmp_path, "{every: -1}")
     bad = graphc("plan", spec)
     assert bad.returncode == 2
     assert bad.stderr.startswith(f"error: {spec}:{_line(spec, 'memory:')}:")
     assert "train.memory.every is -1" in bad.stderr
+
+
+# --- benchmarks/bench_memory.py ---------------------------------------------------------
+
+def test_bench_memory_measures_every_policy(spec):
+    rows = B.measure(spec, "mlp", BATCH, reps=2)
+    assert [r["policy"] for r in rows] == list(B.POLICIES)
+    none, *others = rows
+    assert none["peak_ratio"] == none["time_ratio"] == 1.0
+    for r in others:
+        if "error" not in r:
+            assert r["peak_ratio"] == none["arena_bytes"] / r["arena_bytes"] >= 1.0
+            assert 0 < r["recompute_share"] and r["step_ms"] > 0
+    sizes = [r["arena_bytes"] for r in rows if "arena_bytes" in r]
+    assert rows[-1]["arena_bytes"] == min(sizes) < none["arena_bytes"]
+
+
+def test_largest_batch_under_a_budget(spec):
+    """The budget is the arena at BATCH: the bisection lands on BATCH exactly (each value
+    grows by 64 bytes with one more sample), and recomputing fits a larger batch."""
+    _, _, full = step_remat(spec, NONE)
+    assert B.largest_batch(spec, False, full.plan.arena_bytes, high=4 * BATCH) == BATCH
+    assert B.largest_batch(spec, True, full.plan.arena_bytes, high=4 * BATCH) > BATCH
+
+
+def test_dropout_and_batch_norm_recompute_exactly(tmp_path):
+    """Recomputing everything (every: 100 keeps none) clones dropout (its mask regenerated
+    from the same key and step), batch_norm's batch statistics and relu; the running
+    statistics' update still runs once: params and state are bitwise those of `none`."""
+    source = (Path(__file__).resolve().parents[1] / "specs" / "spiral_bn_dropout.yaml")
+    saved = {}
+    for memory in ("{policy: none}", "{every: 100}"):
+        folder = tmp_path / memory.strip("{}").split(":")[0]
+        folder.mkdir()
+        spec = folder / "s.yaml"
+        spec.write_text(source.read_text() + f"  memory: {memory}\n")
+        if memory != "{policy: none}":
+            table = ok(graphc("plan", spec, "--saved")).stdout
+            assert "recomputed (re:h)" in table and "recomputed (re:h1n/saved)" in table
+        ok(graphc("train", spec, "--epochs", 2, "--out", folder / "c.npz", "--json"))
+        with np.load(folder / "c.npz") as f:
+            saved[memory] = {k: f[k] for k in f.files if not k.startswith("__")}
+    assert {"running_mean", "running_var"} <= saved["{policy: none}"].keys()
+    assert same_bits(*saved.values())
