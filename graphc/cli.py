@@ -91,6 +91,9 @@ def check(spec):
         from .train import parse_train
         metrics = parse_train(model).metrics
     click.echo(model.graph.dump())
+    from .blocks import instance_lines
+    for line in instance_lines(model.graph):
+        click.echo(line)
     for m in metrics.values():
         click.echo(f"metric {m.describe()}")
     count = sum(int(np.prod(model.store[p].shape)) for p in trained_params(model.graph))

@@ -106,12 +106,13 @@ def forward_of(graph: Graph, name: str) -> Optional[str]:
 
 
 def _block(graph: Graph, name: str, phase: str) -> Optional[str]:
-    """The user's node a step belongs to (`h/matmul` -> `h`); its backward steps -> `d:h`."""
-    if phase == "forward":
-        return graph[name].origin
-    if phase == "backward":
-        return "d:" + graph[forward_of(graph, name)].origin
-    return None
+    """The user's node a step belongs to (`h/matmul` -> `h`), or the block instance its
+    node lies in (`h1/z` -> `h1`); its backward steps -> `d:h`, `d:h1`."""
+    if phase not in ("forward", "backward"):
+        return None
+    node = graph[name] if phase == "forward" else graph[forward_of(graph, name)]
+    owner = node.mark.instance if node.mark and node.mark.instance else node.origin
+    return owner if phase == "forward" else "d:" + owner
 
 
 def _value_shape(plan: Plan, value: str) -> tuple:

@@ -25,7 +25,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "graphc"
 STAGES = [
     "errors", "limits", "outfiles", "interrupts",           # errors, memory limit, files, signals
     "shapes", "ops",                                        # the vocabulary (ops/: records)
-    "yamlload", "leaves", "expr", "layers", "spec",         # spec text -> validated spec
+    "yamlload", "leaves", "expr", "layers", "blocks", "spec",   # spec text -> validated spec
     "ir", "autodiff", "optim",                              # graph, reverse graph, updates
     "arena", "plan", "dot", "memsvg",                       # the planner and its pictures
     "backends", "executor",                                 # kernels behind one interface
