@@ -96,6 +96,9 @@ def _block(name: str, body: MarkedDict, mark: Mark, dtype: str, parse_node) -> B
     if not isinstance(raw_nodes, dict) or not raw_nodes:
         raise SpecError(f"block '{name}' has no nodes", mark=mark,
                         hint="give it nodes: {out: EXPRESSION}")
+    for p in set(inputs) & set(params):
+        raise SpecError(f"'{p}' is both an input and a param of block '{name}'",
+                        mark=raw_params.key_marks[p], node=p, hint="rename one of them")
     taken = set(inputs) | set(params)
     nodes = []
     for local, node_body in raw_nodes.items():
