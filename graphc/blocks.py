@@ -27,6 +27,7 @@ from typing import Callable, Mapping, Optional
 from .errors import Mark, SpecError, did_you_mean, short
 from .expr import NodeSpec
 from .leaves import LeafSpec, parse_leaf
+from .ops import OPS
 from .yamlload import MarkedDict, check_keys
 
 BLOCK_KEYS = ("inputs", "params", "nodes", "output")
@@ -135,6 +136,12 @@ def _instantiate(inst: Instance, blocks, of_block: Mapping, leaves: dict, known:
         raise SpecError(f"unknown block {short(raw['block'])}", mark=raw.mark_of("block"),
                         node=inst.name, hint=did_you_mean(str(raw["block"]), blocks) or
                         "define it under blocks:")
+    layer = next((n for n in block.nodes if OPS[n.op].group == "layer"), None)
+    if layer is not None and "share" in raw:
+        raise SpecError(f"block '{block.name}' uses the layer {layer.op}, whose params are "
+                        "each instance's own: share: cannot tie them", mark=raw.mark_of("share"),
+                        node=inst.name, hint="declare the params in the block's params: and "
+                        "write the layer's ops (x @ W + b)")
     rename = {**_bind_inputs(inst, block, known), **_bind_params(inst, block, of_block, leaves)}
     for n in block.nodes:
         rename[n.name] = inst.name if n.name == block.output else f"{inst.name}/{n.name}"

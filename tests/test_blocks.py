@@ -145,3 +145,12 @@ def test_grad_json_reports_instance_params(tmp_path):
     proc = graphc("grad", cli_spec(tmp_path, TIED), "--json")
     grads = json.loads(proc.stdout)["grads"]
     assert set(grads) == {"x1", "x2", "h0", "h1.W", "h1.b"}
+
+
+def test_share_refuses_a_block_with_a_layer(tmp_path):
+    # dense creates <node>.W per instance: share: would silently leave them untied
+    text = TIED.replace("      out: tanh(pre + b)", "      out: dense(pre, units=2)")
+    proc = graphc("check", cli_spec(tmp_path, text))
+    assert proc.returncode == 2
+    assert "block 'cell' uses the layer dense, whose params are each instance's own" in \
+        proc.stderr
