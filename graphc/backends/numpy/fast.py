@@ -114,17 +114,30 @@ def _matmul_2d(out, a, b):
     return lambda: np.matmul(a, b, out=out)
 
 
+def _rows(x):
+    """A C-contiguous [..., m, k] array as the matrix [prod(...) m, k] (a view), else None."""
+    return x.reshape(-1, x.shape[-1]) if x.ndim >= 2 and x.flags.c_contiguous else None
+
+
 def b_matmul_ga(out, g, b, shape=None):
-    """d(a @ b)/da = g @ b.T for matrices; other ranks use the general kernel."""
+    """d(a @ b)/da = g @ b.T for matrices, and for a batch of rows times a matrix b (one
+    GEMM over the stacked rows); other ranks use the general kernel."""
     if out.ndim == 2 and b.ndim == 2 and g.ndim == 2:
         return _matmul_2d(out, g, b.T)
+    if b.ndim == 2 and out.shape == g.shape[:-1] + b.shape[:1] and \
+            _rows(g) is not None and _rows(out) is not None:
+        return _matmul_2d(_rows(out), _rows(g), b.T)
     return partial(k_matmul_ga, out, g, b)
 
 
 def b_matmul_gb(out, a, g, shape=None):
-    """d(a @ b)/db = a.T @ g for matrices; other ranks use the general kernel."""
+    """d(a @ b)/db = a.T @ g for matrices, and summed over a batch of rows when b is a
+    matrix (one GEMM over the stacked rows); other ranks use the general kernel."""
     if out.ndim == 2 and a.ndim == 2 and g.ndim == 2:
         return _matmul_2d(out, a.T, g)
+    if out.ndim == 2 and a.ndim == g.ndim > 2 and a.shape[:-1] == g.shape[:-1] and \
+            _rows(a) is not None and _rows(g) is not None:
+        return _matmul_2d(out, _rows(a).T, _rows(g))
     return partial(k_matmul_gb, out, a, g)
 
 

@@ -22,6 +22,10 @@ def _sum_into(out: np.ndarray, full: np.ndarray) -> None:
 
 
 def k_matmul(out, a, b):
+    if a.ndim > 2 and b.ndim == 2 and a.flags.c_contiguous and out.flags.c_contiguous:
+        # a batch of rows times a matrix: one GEMM over the stacked rows, not one per batch
+        np.matmul(a.reshape(-1, a.shape[-1]), b, out=out.reshape(-1, out.shape[-1]))
+        return
     np.matmul(a, b, out=out)
 
 
