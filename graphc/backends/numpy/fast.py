@@ -13,6 +13,7 @@ import numpy as np
 from functools import partial
 
 from .kernels import k_matmul_ga, k_matmul_gb
+from .nn import GELU_C, GELU_K
 from .workspace import constant, scratch
 
 
@@ -41,6 +42,31 @@ def b_relu_grad(out, g, y):
         np.greater(y, zeros, out=mask)
         np.multiply(g, mask, out=out)
     return run
+
+
+def b_gelu_grad(out, g, x):
+    """g * (0.5 c x (1 + 3k x²)(1 - t²) + 0.5 (1 + t)), t = tanh(c x (1 + k x²)) (tanh form),
+    in scratch: the temporaries of the plain form cost more than the arithmetic."""
+    u, w = scratch(out.shape, out.dtype), scratch(out.shape, out.dtype)
+
+    def slope(t):
+        np.multiply(x, x, out=w)
+        np.multiply(w, GELU_K, out=u)
+        np.add(u, 1, out=u)
+        np.multiply(u, x, out=u)
+        np.multiply(u, GELU_C, out=u)
+        np.tanh(u, out=u)                                   # t
+        np.multiply(w, 3 * GELU_K, out=t)
+        np.add(t, 1, out=t)
+        np.multiply(t, x, out=t)
+        np.multiply(t, 0.5 * GELU_C, out=t)                 # 0.5 c x (1 + 3k x²)
+        np.multiply(u, u, out=w)
+        np.subtract(1, w, out=w)
+        np.multiply(t, w, out=t)
+        np.add(u, 1, out=u)
+        np.multiply(u, 0.5, out=u)
+        np.add(t, u, out=t)
+    return _times_slope(out, g, slope)
 
 
 def b_sigmoid_grad(out, g, y):
@@ -192,6 +218,7 @@ def b_expand(out, g, shape=None, axis=None, keepdims=False, mean=False):
 BIND = {
     "relu": b_relu, "relu_grad": b_relu_grad, "sigmoid_grad": b_sigmoid_grad,
     "tanh_grad": b_tanh_grad, "pow_grad": b_pow_grad, "maximum_grad": b_maximum_grad,
+    "gelu_grad": b_gelu_grad,
     "sum_to": b_sum_to, "matmul_ga": b_matmul_ga, "matmul_gb": b_matmul_gb,
     "sum": b_sum, "mean": b_mean, "expand": b_expand,
 }
