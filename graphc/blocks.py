@@ -91,6 +91,9 @@ def parse_blocks(raw: MarkedDict, dtype: str, parse_node: Callable) -> dict:
 def _block(name: str, body: MarkedDict, mark: Mark, dtype: str, parse_node) -> Block:
     inputs = _names(body.get("inputs", []), "inputs", name, body.mark_of("inputs"))
     raw_params = body.get("params") or {}
+    if not isinstance(raw_params, dict):
+        raise SpecError(f"params of block '{name}' is {short(raw_params)}, expected a mapping "
+                        "name: leaf", mark=body.mark_of("params"), hint="e.g. {W: [4, 4]}")
     params = {p: parse_leaf(p, v, "param", dtype, raw_params.key_marks[p])
               for p, v in raw_params.items()}
     raw_nodes = body.get("nodes")
@@ -172,7 +175,10 @@ def _bind_params(inst: Instance, block: Block, of_block: Mapping, leaves: dict) 
     """Block param -> leaf name: the instance's own (`<instance>.<param>`, created here), a
     shared instance's (`share:`), or a leaf bound by name (`params:`)."""
     share, bound = inst.raw.get("share"), inst.raw.get("params") or {}
-    if share is not None and of_block.get(share) != block.name:
+    if not isinstance(bound, dict):
+        raise SpecError(f"params is {short(bound)}, expected a mapping {{PARAM: LEAF}}",
+                        mark=inst.raw.mark_of("params"), node=inst.name)
+    if share is not None and (not isinstance(share, str) or of_block.get(share) != block.name):
         raise SpecError(f"share {short(share)} is not an instance of block '{block.name}'",
                         mark=inst.raw.mark_of("share"), node=inst.name,
                         hint=did_you_mean(str(share), [i for i, b in of_block.items()
