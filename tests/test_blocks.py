@@ -121,6 +121,8 @@ ERRORS = [
     (("      out: tanh(pre + b)", "      out: tahn(pre + b)"), "spec.yaml:14:12: block 'cell': "
      "node 'out': unknown op 'tahn'; did you mean 'tanh'?"),
     (("share: h1", "share: h9"), "node 'h2': share 'h9' is not an instance of block 'cell'"),
+    (("share: h1}", "share: [h1]}"), "node 'h2': share ['h1'] is not an instance of block"),
+    (("share: h1}", "params: [W]}"), "node 'h2': params is ['W'], expected a mapping"),
     (("block: cell, inputs: [x2", "block: cel, inputs: [x2"), "spec.yaml:17:15: node 'h2': "
      "unknown block 'cel'; did you mean 'cell'?"),
     (("inputs: [x2, h1]", "inputs: [x2]"), "node 'h2': block 'cell' takes inputs [x, h], got "
