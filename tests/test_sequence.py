@@ -132,3 +132,14 @@ def test_grad_json_of_an_embedding(tmp_path):
     proc = graphc("grad", spec_file(tmp_path, EMBED), "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["grads"]["W"] == [[1.0, 10.0], [0.0, 0.0], [3.0, 30.0]]
+
+
+def test_sequence_datasets_by_hand():
+    from graphc.datasets import count_ones, sort_digits
+    x, y, k = sort_digits(50, np.random.default_rng(0))
+    assert x.shape == (50, 11) and y.shape == (50, 6) and k == 10
+    np.testing.assert_array_equal(y, np.sort(x[:, :6], axis=1))     # y sorts the digits
+    np.testing.assert_array_equal(x[:, 6:], y[:, :5])                # x is teacher-forced
+    x, y, k = count_ones(50, np.random.default_rng(0), length=5)
+    assert x.shape == (50, 5) and k == 6 and set(np.unique(x)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(y, x.sum(axis=1))
