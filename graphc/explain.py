@@ -82,14 +82,16 @@ class LocalGrads:
         n = self.graph[node]
         b = GraphBuilder(self.graph.dtype)
         store, wrt = {}, []
-        for pos, x in enumerate(n.inputs):
+        # a saved value is recomputed from the other inputs, as the IR builder adds it
+        saved = bool(OPS[n.op].saves) and self.graph[n.inputs[-1]].op == OPS[n.op].saves
+        for pos, x in enumerate(n.inputs[:len(n.inputs) - saved]):
             arr = np.asarray(self.values[x])
             leaf = f"in{pos}"
             b.nodes[leaf] = Node(leaf, "input", (), {"shape": arr.shape}, arr.shape, str(arr.dtype))
             store[leaf] = arr.copy()
             if not str(arr.dtype).startswith("int"):
                 wrt.append(leaf)
-        b.add("out", n.op, [f"in{p}" for p in range(len(n.inputs))], n.attrs)
+        b.add("out", n.op, [f"in{p}" for p in range(len(n.inputs) - saved)], n.attrs)
         out = b.nodes["out"]
         b.nodes["g"] = Node("g", "input", (), {"shape": out.shape}, out.shape, out.dtype)
         store["g"] = np.zeros(out.shape, dtype=out.dtype)

@@ -83,6 +83,11 @@ ATTR_KINDS = {
     "exponent": (S.is_number, "a finite number"),
     "units": (lambda v: S.is_int(v) and v >= 1, "a positive integer"),
 }
+# convolution and pooling geometry: an int or one per spatial axis (ranges: the shape rule)
+_PER_AXIS = (lambda v: v is None or S.is_int(v) or
+             (isinstance(v, (list, tuple)) and all(map(S.is_int, v))),
+             "an integer or a list of integers, one per spatial axis")
+ATTR_KINDS.update(dict.fromkeys(("kernel", "stride", "padding", "dilation"), _PER_AXIS))
 
 
 def attr_problem(key: str, default, value) -> Optional[str]:

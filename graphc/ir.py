@@ -126,13 +126,14 @@ class GraphBuilder:
 
         An op that `saves` a value for its gradient, given the user's inputs, gets that
         value as a node of its own (`<name>/saved`, with the attributes the saved op
-        declares) and as its last input.
+        declares) and as its last input; inputs that already end with that value are kept
+        as they are.
         """
         inputs, attrs = tuple(inputs), dict(attrs or {})
         where = {"origin": name, **self.provenance}
         shape = self._infer(name, op, op, inputs, attrs, mark, where["origin"])
         saves = OPS[op].saves
-        if saves and len(inputs) == OPS[op].arity:
+        if saves and not (inputs and self.nodes[inputs[-1]].op == saves):
             saved = self.fresh(f"{name}/saved")
             shared = {k: v for k, v in attrs.items() if k in OPS[saves].attrs}
             self.nodes[saved] = Node(saved, saves, inputs, shared,

@@ -35,6 +35,8 @@ from graphc.ir import GraphBuilder, Node, toposort
 from graphc.model import load_model
 from graphc.ops import OPS, attrs_with_defaults, ops_in
 
+import conv_reference
+
 REPO = Path(__file__).resolve().parents[1]
 SPECS = sorted((REPO / "specs").glob("*.yaml"))
 SPIRAL = REPO / "specs" / "spiral_mlp.yaml"
@@ -297,6 +299,70 @@ CASES.update({
     "multiclass_hinge": Case(gen_multiclass_hinge, _multiclass_hinge_ref),
     "where": Case(gen_where, np.where),
 })
+
+# --- convolution and pooling (issue 12; loop references in conv_reference.py) ------------
+def _spatial(draw, d, reach_of):
+    """Per-axis sizes that leave at least one output position for the window `reach_of(i)`."""
+    return [max(1, reach_of(i) + draw(st.integers(0, 3))) for i in range(d)]
+
+
+def _per_axis_attr(draw, d, lo, hi):
+    """An int or a list of d ints in [lo, hi], as a user may write either."""
+    values = [draw(st.integers(lo, hi)) for _ in range(d)]
+    return draw(st.sampled_from([values[0], values]))
+
+
+def gen_conv(d):
+    """x [N, C, *size], W [O, C, *kernel], b [O] or none; strides, padding, dilation mixed."""
+    def gen(draw, rng):
+        n, c, o = (draw(st.integers(1, 3)) for _ in range(3))
+        kernel = [draw(st.integers(1, 3)) for _ in range(d)]
+        attrs = {k: _per_axis_attr(draw, d, lo, 2) for k, lo in
+                 (("stride", 1), ("padding", 0), ("dilation", 1))}
+        pad, dil = ([v] * d if isinstance(v, int) else v for v in
+                    (attrs["padding"], attrs["dilation"]))
+        size = _spatial(draw, d, lambda i: dil[i] * (kernel[i] - 1) + 1 - 2 * pad[i])
+        arrays = [uniform(rng, (n, c, *size)), uniform(rng, (o, c, *kernel))]
+        if draw(st.booleans()):
+            arrays.append(uniform(rng, (o,)))
+        return arrays, attrs
+    return gen
+
+
+def gen_pool(d, distinct):
+    """Pooling windows with padding up to half the kernel; `distinct` values 0.1 apart, so
+    no window has a tie and central differences never move its maximum."""
+    def gen(draw, rng):
+        kernel = [draw(st.integers(1, 3)) for _ in range(d)]
+        stride = draw(st.sampled_from([None, _per_axis_attr(draw, d, 1, 3)]))
+        padding = [draw(st.integers(0, k // 2)) for k in kernel]
+        size = _spatial(draw, d, lambda i: kernel[i] - 2 * padding[i])
+        shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *size)
+        x = (rng.permutation(int(np.prod(shape))).reshape(shape) * 0.1 - 1.0) if distinct \
+            else uniform(rng, shape)
+        one = len(set(kernel)) == 1 and draw(st.booleans())       # kernel=2, not [2, 2]
+        return [x], {"kernel": kernel[0] if one else kernel, "stride": stride,
+                     "padding": padding}
+    return gen
+
+
+def gen_image(draw, rng):
+    """[N, C, *spatial] with 1 to 3 spatial axes."""
+    return [uniform(rng, draw(hnp.array_shapes(min_dims=3, max_dims=5, min_side=1,
+                                               max_side=3)))], {}
+
+
+CASES.update({
+    "conv1d": Case(gen_conv(1), conv_reference.conv),
+    "conv2d": Case(gen_conv(2), conv_reference.conv),
+    "max_pool1d": Case(gen_pool(1, True), lambda x, **a: conv_reference.pool(x, kind="max", **a)),
+    "max_pool2d": Case(gen_pool(2, True), lambda x, **a: conv_reference.pool(x, kind="max", **a)),
+    "avg_pool1d": Case(gen_pool(1, False), lambda x, **a: conv_reference.pool(x, kind="avg", **a)),
+    "avg_pool2d": Case(gen_pool(2, False), lambda x, **a: conv_reference.pool(x, kind="avg", **a)),
+    "global_avg_pool": Case(gen_image, lambda x: x.reshape(x.shape[:2] + (-1,)).mean(-1)),
+    "flatten": Case(gen_image, lambda x: x.reshape(x.shape[0], -1)),
+})
+
 
 # --- sequence ops (issue 13): references written with loops, as the papers state them -------
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from . import activations, elementwise, linalg, losses, reductions, sequence, sources, updates
+from . import (activations, conv, elementwise, linalg, losses, reductions, sequence, sources,
+               updates)
 from .record import GROUPS, REQUIRED, OpDef
 
 FAMILIES = {
@@ -23,6 +24,7 @@ FAMILIES = {
     "reductions": reductions.OPS,
     "linalg": linalg.OPS,
     "losses": losses.OPS,
+    "conv": conv.OPS,
     "updates": updates.OPS,
     "sequence": sequence.OPS,
 }
