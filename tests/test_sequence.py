@@ -143,3 +143,20 @@ def test_sequence_datasets_by_hand():
     x, y, k = count_ones(50, np.random.default_rng(0), length=5)
     assert x.shape == (50, 5) and k == 6 and set(np.unique(x)) <= {0.0, 1.0}
     np.testing.assert_array_equal(y, x.sum(axis=1))
+
+
+def test_explain_through_a_reshape_with_a_named_dim(tmp_path):
+    # explain compiles each node on concrete shapes: [batch, 2, 2] must become [1, 2, 2]
+    # (before: "cannot reshape [1, 4] to [batch, 2, 2]: the dim names must stay the same")
+    np.savez(tmp_path / "x.npz", x=np.array([[1.0, 2.0, 3.0, 4.0]]))
+    path = spec_file(tmp_path, """
+inputs: {x: [batch, 4]}
+params: {w: {value: [1.0, -1.0]}}
+nodes:
+  heads: reshape(x, shape=[batch, 2, 2]) * w
+  loss: sum(heads * heads)
+""")
+    proc = graphc("explain", path, "--wrt", "x", "--inputs", tmp_path / "x.npz")
+    assert proc.returncode == 0, proc.stderr
+    # d/dx sum((x w)²) = 2 x w², w² = 1, the path through the reshape
+    assert "graphc's gradient = [[2, 4, 6, 8]]  (matches)" in proc.stdout
