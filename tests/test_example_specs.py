@@ -137,9 +137,10 @@ def test_example_trains_to_its_outcome(spec, tmp_path):
 @pytest.mark.parametrize("spec", sorted(p.name for p in SPECS.glob("*.yaml")
                                         if p.name not in NEEDS_SKLEARN))
 def test_every_shipped_spec_checks_and_gradchecks(spec):
-    sample = SAMPLED.get(Path(spec).stem)
+    sample, rows = SAMPLED.get(Path(spec).stem, (None, None))
     for command in ("check", "gradcheck"):
-        extra = ["--sample", sample] if command == "gradcheck" and sample else []
+        extra = ["--sample", sample, "--batch-size", rows] if command == "gradcheck" and \
+            sample else []
         proc = graphc(command, SPECS / spec, *extra)
         assert proc.returncode == 0, f"graphc {command} {spec}:\n{proc.stdout}{proc.stderr}"
 

@@ -160,3 +160,25 @@ nodes:
     assert proc.returncode == 0, proc.stderr
     # d/dx sum((x w)²) = 2 x w², w² = 1, the path through the reshape
     assert "graphc's gradient = [[2, 4, 6, 8]]  (matches)" in proc.stdout
+
+
+def test_gradcheck_sample_checks_only_the_sampled_elements(monkeypatch):
+    import dataclasses
+    from graphc.gradcheck import check_grads
+    from graphc.ops import OPS
+    from test_ops_grad import tanh_graph
+    graph, values = tanh_graph()                     # x0 [3, 2]: 6 elements
+    result = check_grads(graph, values, ["x0"], sample=2)
+    assert result.ok and np.isnan(result.numeric["x0"]).sum() == 4
+    wrong = dataclasses.replace(OPS["tanh"], vjp=lambda e, n, g: (e("sigmoid_grad", g, n.name),))
+    monkeypatch.setitem(OPS, "tanh", wrong)
+    assert not check_grads(graph, values, ["x0"], sample=2).ok    # a wrong rule still fails
+
+
+def test_gradcheck_cli_samples_a_large_spec():
+    from test_cli import SPECS
+    proc = graphc("gradcheck", SPECS / "sort_transformer.yaml", "--sample", "2",
+                  "--batch-size", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["ok"] is True and out["sample"] == 2 and len(out["leaves"]) == 31
