@@ -106,7 +106,8 @@ def grad_dot(model, feeds: Mapping) -> str:
              f"  label={quote(_grad_title(model, graph))}; labelloc=\"t\"; fontsize=\"12\";",
              '  node [fontname="Helvetica", fontsize="11"];',
              '  edge [fontname="Helvetica", fontsize="10"];']
-    for n in graph.nodes.values():
+    shown = [n for n in graph.nodes.values() if n.role != "state"]   # not rng:key, updates
+    for n in shown:
         if n.op == "const":
             continue
         style = LEAF_STYLE.get(n.op, {"shape": "ellipse"})
@@ -115,10 +116,10 @@ def grad_dot(model, feeds: Mapping) -> str:
         label = _grad_label(graph, n.name, values, grads, uses[n.name])
         lines.append(node_line(n.name, {**style, "label": label,
                                         "tooltip": f"{n.name}: {n.op}"}))
-    for n in graph.nodes.values():
+    for n in shown:
         for pos, x in enumerate(n.inputs):
-            if graph[x].op == "const" or graph[x].dtype.startswith("int") \
-                    and n.name not in grads:
+            if graph[x].op == "const" or graph[x].role == "state" or \
+                    graph[x].dtype.startswith("int") and n.name not in grads:
                 continue
             lines.append(_grad_edge(graph, values, grads, vjps, x, n.name, pos, uses[x]))
     return "\n".join(lines + ["}"]) + "\n"

@@ -25,7 +25,7 @@ from .plan import Plan
 from .predict import CHUNK, Predictor, class_outputs, given_arrays, normalization
 from .optim import LR, parse_optimizer
 from .train import EpochLog, TrainResult, read_checkpoint, step_runner, train
-from .trainconfig import parse_train, training_plan, training_step
+from .trainconfig import memory_policy, parse_train, training_plan, training_step
 
 PathLike = Union[str, os.PathLike]
 ArrayLike = Union[np.ndarray, Sequence]
@@ -80,6 +80,11 @@ class Model:
         """Param name -> a copy of its current value."""
         return {k: v.copy() for k, v in C.params_of(self._model).items()}
 
+    @property
+    def state(self) -> dict:
+        """State leaf name (running statistics) -> a copy of its current value."""
+        return {k: v.copy() for k, v in C.state_of(self._model).items()}
+
     def fit(self, data: Optional[Mapping[str, ArrayLike]] = None, *,
             epochs: Optional[int] = None, lr: Optional[float] = None,
             batch_size: Optional[int] = None, seed: Optional[int] = None,
@@ -133,11 +138,12 @@ class Model:
         """One training step (forward, backward, update at the spec's optimizer and lr) on the
         batch `feeds`, as `graphc train` and `graphc time` run each batch; returns the
         batch's loss. The arrays must have the inputs' dtypes (nothing is checked or copied
-        beyond the input buffers: this is the timed path)."""
+        beyond the input buffers: this is the timed path). Each step advances the step
+        count that keys dropout's masks."""
         if self._step is None:
             raw = self._model.spec.train
             step = training_step(self._model)[0]
-            self._step = step_runner(self._model, step)
+            self._step = step_runner(self._model, step, memory_policy(self._model))
             self._model.store[LR][...] = parse_optimizer(raw.get("optimizer"),
                                                          raw.mark_of("optimizer")).lr
         if feeds.keys() != self._fed:
@@ -146,18 +152,24 @@ class Model:
                 f"not fed inputs: {', '.join(sorted(map(str, extra)))}"
             raise SpecError(f"step feeds exactly the fed inputs ({', '.join(sorted(self._fed))}"
                             f"); {what}", hint="a param or stored value is not fed")
-        return float(self._step.run(feeds)[self._model.graph.loss])
+        loss = float(self._step.run(feeds)[self._model.graph.loss])
+        key = self._model.rng_key
+        if key is not None:         # the next step draws the next dropout masks
+            key[1] += 1
+        return loss
 
-    def plan(self, batch: int = 64, *, reuse: bool = True) -> Plan:
+    def plan(self, batch: int = 64, *, reuse: bool = True,
+             memory_budget: Optional[str] = None) -> Plan:
         """The memory plan of the training step at batch size `batch`, as `graphc plan
-        --batch-size` prints it (`plan_json` and `plan_table` in graphc.plan)."""
-        return training_plan(self._model, batch, reuse)[1]
+        --batch-size` prints it (`plan_json` and `plan_table` in graphc.plan), under the
+        spec's `train.memory` policy or `memory_budget` (such as "64MiB")."""
+        return training_plan(self._model, batch, reuse, memory_budget=memory_budget)[1]
 
     def save(self, path: PathLike) -> Path:
         """Write a checkpoint atomically: the params, the spec, and what the last fit or
         loaded checkpoint had (normalization statistics, optimizer state, position)."""
         saved = self._saved
         settings = C.saved_settings(saved, "the model's last checkpoint")
-        arrays = {**saved, **C.spec_arrays(self._model, settings), **C.params_of(self._model)}
+        arrays = {**saved, **C.spec_arrays(self._model, settings), **C.leaves_of(self._model)}
         C.write(path, arrays)
         return Path(path)

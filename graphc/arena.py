@@ -13,11 +13,21 @@ import networkx as nx
 
 @dataclass(frozen=True)
 class Block:
-    """A piece of arena storage: one value, or an in-place chain sharing the same bytes."""
+    """A piece of arena storage: one value, or an in-place chain sharing the same bytes, or
+    (`side_by_side`) values laid one after another, in order, with no gap."""
     values: tuple
     bytes: int
     first: int
     last: int
+    side_by_side: bool = False
+
+    def offsets(self, offset: int, sizes: Mapping[str, int]) -> dict:
+        """value -> its offset, the block placed at `offset`."""
+        out, at = {}, offset
+        for v in self.values:
+            out[v] = at
+            at += sizes[v] if self.side_by_side else 0
+        return out
 
 
 def peak_bytes(blocks: Iterable[Block]) -> int:
@@ -56,6 +66,18 @@ def merge_in_place(ranges: Mapping[str, tuple], sizes: Mapping[str, int],
                          min(ranges[v][0] for v in members),
                          max(ranges[v][1] for v in members)))
     return out
+
+
+def side_by_side(blocks: list, values: tuple, sizes: Mapping[str, int]) -> list:
+    """`blocks` with those of `values` (single values, none in an in-place chain) made one
+    block laying them side by side in order, live from the first one's write to the last
+    read of any: one contiguous span (data-parallel training reduces it in one call)."""
+    if not values:
+        return blocks
+    group = [b for b in blocks if b.values[0] in values]
+    joined = Block(tuple(values), sum(sizes[v] for v in values),
+                   min(b.first for b in group), max(b.last for b in group), True)
+    return [b for b in blocks if b.values[0] not in values] + [joined]
 
 
 def _place(blocks: list) -> tuple:

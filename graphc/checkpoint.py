@@ -1,7 +1,7 @@
 """Checkpoints: `.npz` files of plain arrays (no pickle), written atomically.
 
-Params are stored under their own names, so a checkpoint is also a plain
-parameter file; everything else lives under `__graphc__/` (optimizer state,
+Params and state leaves (running statistics) are stored under their own names, so a
+checkpoint is also a plain parameter file; everything else lives under `__graphc__/` (optimizer state,
 position, RNG state, spec text, hash and file, normalization stats). Writes go
 through outfiles.atomic_write (a temp file in the same folder, fsynced, then
 `os.replace`d): a crash at any instant leaves the previous checkpoint whole.
@@ -57,6 +57,17 @@ def read(path, what: str = "checkpoint") -> dict:
 def params_of(model: Model) -> dict:
     """The model's trained params by name (copies are not made: save right away)."""
     return {n.name: model.store[n.name] for n in model.graph.leaves("param")}
+
+
+def state_of(model: Model) -> dict:
+    """The spec's state leaves by name (running statistics), saved beside the params."""
+    return {n.name: model.store[n.name] for n in model.graph.leaves("state")}
+
+
+def leaves_of(model: Model) -> dict:
+    """Params and state: the leaves a checkpoint holds under their own names, and what
+    `--resume` and early stopping restore."""
+    return {**params_of(model), **state_of(model)}
 
 
 DAMAGED = "the file was edited or damaged: use a checkpoint graphc wrote"
@@ -196,9 +207,10 @@ def load_params(path, model: Model, arrays: Optional[Mapping] = None) -> None:
 
 
 def init_from(path, model: Model) -> list:
-    """Load the params whose name and shape match; returns a note per param left as it was."""
+    """Load the params and state leaves whose name and shape match; returns a note per one
+    left as it was."""
     arrays = read(path)
-    params = params_of(model)
+    params = leaves_of(model)
     notes, loaded = [], 0
     for name, have in params.items():
         if name not in arrays:

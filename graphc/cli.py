@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import GraphcError
 from .limits import set_memory_limit
+from .parallel import current as current_world
 from .interrupts import exit_code, signal_name, stop_on_signals
 from .cli_common import SPEC
 from .cli_grad import explain, grad, gradcheck
@@ -36,8 +37,7 @@ class Group(click.Group):
             rv = super().main(*args, **kwargs)
             sys.exit(rv if isinstance(rv, int) else 0)
         except GraphcError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
+            _fail(str(exc), exc.exit_code, getattr(exc, "everywhere", False))
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
         except click.Abort as exc:              # click's wrapper of KeyboardInterrupt
@@ -54,16 +54,31 @@ class Group(click.Group):
         except Exception as exc:    # a bug in graphc, not in the user's input
             if os.environ.get("GRAPHC_DEBUG"):
                 raise
-            click.echo(f"error: internal error ({type(exc).__name__}: {exc}); this is a "
-                       "graphc bug: rerun with GRAPHC_DEBUG=1 for the traceback", err=True)
-            sys.exit(1)
+            _fail(f"internal error ({type(exc).__name__}: {exc}); this is a graphc bug: "
+                  "rerun with GRAPHC_DEBUG=1 for the traceback", 1)
 
 
 def _stopped(exc) -> None:
     """Exit for Ctrl-C, or SIGTERM/SIGHUP (interrupts.Stopped): 128 + the signal's number."""
     signum = getattr(exc, "signum", signal.SIGINT)
-    click.echo(f"error: interrupted ({signal_name(signum)})", err=True)
-    sys.exit(exit_code(signum))
+    _fail(f"interrupted ({signal_name(signum)})", exit_code(signum))
+
+
+def _fail(message: str, code: int, everywhere: bool = False) -> None:
+    """Print `error: message` and exit `code`. In a data-parallel run (parallel.py) an error
+    every rank raised alike is printed by rank 0 alone; one rank's own error is printed
+    with its rank and ends every rank (MPI abort): the others would wait for it forever."""
+    world = current_world()
+    if world is None or world.size == 1:
+        click.echo(f"error: {message}", err=True)
+        sys.exit(code)
+    if not everywhere:
+        click.echo(f"error: rank {world.rank} of {world.size}: {message}", err=True)
+        sys.stderr.flush()
+        world.abort(code)
+    if world.rank == 0:
+        click.echo(f"error: {message}", err=True)
+    sys.exit(code)
 
 
 @click.group(cls=Group)
@@ -80,7 +95,8 @@ def main():
 @main.command()
 @click.argument("spec", type=SPEC)
 def check(spec):
-    """Validate SPEC; print nodes, shapes and the parameter count."""
+    """Validate SPEC; print nodes, shapes, the parameter and state counts, and what the
+    eval-mode plan computes differently."""
     from .autodiff import check_params_reach_loss, grad_graph, trained_params
     from .model import load_model
     model = load_model(spec)
@@ -96,9 +112,16 @@ def check(spec):
         click.echo(line)
     for m in metrics.values():
         click.echo(f"metric {m.describe()}")
+    for name, node in model.in_mode("eval").graph.nodes.items():
+        if node.op != model.graph[name].op:
+            click.echo(f"mode eval: {name} is {node.op} ({model.graph[name].op} in train)")
     count = sum(int(np.prod(model.store[p].shape)) for p in trained_params(model.graph))
+    state = [n.name for n in model.graph.leaves("state")]
+    values = sum(int(np.prod(model.store[s].shape)) for s in state)
     click.echo(f"ok: {len(model.graph.nodes)} nodes, {len(trained_params(model.graph))} "
-               f"params ({count} values), loss '{model.graph.loss}'")
+               f"params ({count} values), " +
+               (f"{len(state)} state ({values} values), " if state else "") +
+               f"loss '{model.graph.loss}'")
 
 
 @main.command()

@@ -8,6 +8,12 @@ import click
 from .cli_common import SPEC, FiniteFloat, dot_outputs, input_feeds, fmt_result, nested, \
     write_dot
 
+MODE = click.option("--mode", type=click.Choice(["train", "eval"]), default="train",
+                    show_default=True,
+                    help="Which plan: train (batch statistics, state updates, dropout "
+                         "masks of the spec's seed at step 0) or eval (running statistics, "
+                         "no dropout).")
+
 
 @click.command()
 @click.argument("spec", type=SPEC)
@@ -24,13 +30,14 @@ from .cli_common import SPEC, FiniteFloat, dot_outputs, input_feeds, fmt_result,
               help="Write the forward graph as Graphviz DOT, each node with its value and "
                    "gradient, each edge with its local gradient.")
 @click.option("--render", is_flag=True, help="Also render the DOT to SVG with Graphviz.")
-def grad(spec, as_json, out, everything, params, inputs, dot, render):
+@MODE
+def grad(spec, as_json, out, everything, params, inputs, dot, render, mode):
     """One forward + backward pass: the loss and d loss / d every leaf."""
     from .model import load_model, run_grads
     from .checkpoint import load_params, write
     from .outfiles import check_outputs
     check_outputs({"--out": out, **dot_outputs(dot, render)})   # before the work
-    model = load_model(spec)
+    model = load_model(spec, mode=mode)
     if params:
         load_params(params, model)
     feeds = input_feeds(model, inputs)
@@ -77,13 +84,14 @@ def grad(spec, as_json, out, everything, params, inputs, dot, render):
               help="Load parameter values from a checkpoint .npz.")
 @click.option("--inputs", type=click.Path(dir_okay=False, path_type=Path),
               help="Load input values from an .npz (arrays named like the inputs).")
-def gradcheck(spec, eps, tol, atol, sample, batch_size, as_json, params, inputs):
+@MODE
+def gradcheck(spec, eps, tol, atol, sample, batch_size, as_json, params, inputs, mode):
     """Analytic vs central-difference gradients of every leaf, in float64 (exit 1 on failure)."""
     from .errors import CheckFailed
     from .gradcheck import check_json, check_model, check_table
     from .model import load_model
     from .checkpoint import load_params
-    model = load_model(spec)
+    model = load_model(spec, mode=mode)
     if params:
         load_params(params, model)
     result = check_model(model, input_feeds(model, inputs, batch_size), eps=eps, tol=tol,

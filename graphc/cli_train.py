@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 import click
-from .cli_common import SPEC, FiniteFloat, checkpoint_or_default, default_checkpoint
+from .cli_common import (MEMORY_BUDGET, SPEC, FiniteFloat, checkpoint_or_default,
+                         default_checkpoint)
 
 
 @click.command()
@@ -30,30 +31,41 @@ from .cli_common import SPEC, FiniteFloat, checkpoint_or_default, default_checkp
               help="Write loss/metric curves per epoch (and a 2-D decision boundary) to DIR.")
 @click.option("--force", is_flag=True,
               help="Replace the default checkpoint even when another spec file saved it.")
+@MEMORY_BUDGET
 def train(spec, out, as_json, epochs, batch_size, lr, seed, resume, init_from, save_every,
-          plot, force):
+          plot, force, memory_budget):
     """Train SPEC on its train.data; save a checkpoint."""
     from .model import load_model
     from .checkpoint import check_same_spec_file, init_from as load_init
     from .outfiles import destination
+    from .parallel import world
     from .plots import check_plot_folder
     from .train import parse_train, train as run_train
     if resume and init_from:
         raise click.UsageError("--resume and --init-from exclude each other")
-    model = load_model(spec, seed)
-    cfg = parse_train(model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    chosen = out or resume
-    out = chosen or default_checkpoint(model)
-    destination(out, "checkpoint")              # every output checked before the work
-    if not (chosen or force):
-        check_same_spec_file(out, model)
-    if plot:
-        check_plot_folder(plot)
-    for note in load_init(init_from, model) if init_from else []:
+
+    def prepare() -> tuple:
+        model = load_model(spec, seed)
+        cfg = parse_train(model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                          memory_budget=memory_budget)
+        chosen = out or resume
+        path = chosen or default_checkpoint(model)
+        destination(path, "checkpoint")             # every output checked before the work
+        if not (chosen or force):
+            check_same_spec_file(path, model)
+        if plot:
+            check_plot_folder(plot)
+        return model, cfg, path, load_init(init_from, model) if init_from else []
+    # under mpiexec: one rank's bad input stops all, and rank 0 alone reports (scaling.md)
+    model, cfg, out, notes = world().settle(prepare)
+    quiet = world().rank > 0
+    for note in [] if quiet else notes:
         click.echo(f"warning: --init-from: {note}", err=True)
     progress = _progress(cfg.epochs, as_json)
     with progress as log:
         result = run_train(model, cfg, out=out, log=log, resume=resume, save_every=save_every)
+    if quiet:
+        return
     progress.finish(result)
     for note in result.notes:
         click.echo(note, err=as_json)

@@ -68,7 +68,8 @@ def local_formula(graph: Graph, node: str, position: int) -> str:
     names = [display_name(graph, i) for i in n.inputs]
     formula = OPS[n.op].formula
     row = formula(names, node, n.attrs) if formula else None
-    return row[position] if row and row[position] else f"d {n.op} / d input {position + 1}"
+    known = row and position < len(row) and row[position]    # a saved value has no row
+    return known or f"d {n.op} / d input {position + 1}"
 
 
 class LocalGrads:

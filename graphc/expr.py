@@ -82,6 +82,9 @@ ATTR_KINDS = {
              "an initializer name or {name: {argument: value}}"),
     "exponent": (S.is_number, "a finite number"),
     "units": (lambda v: S.is_int(v) and v >= 1, "a positive integer"),
+    "p": (lambda v: S.is_number(v) and 0 <= v <= 1, "a probability from 0 to 1"),
+    "momentum": (lambda v: S.is_number(v) and 0 <= v <= 1, "a number from 0 to 1"),
+    "eps": (lambda v: S.is_number(v) and v > 0, "a number > 0"),
 }
 # convolution and pooling geometry: an int or one per spatial axis (ranges: the shape rule)
 _PER_AXIS = (lambda v: v is None or S.is_int(v) or
@@ -113,6 +116,13 @@ def lookup_op(name: str, node: str, mark: Mark) -> str:
         raise SpecError(f"unknown op '{name}'", mark=mark, node=node,
                         hint=did_you_mean(name, choices) or "run `graphc ops` for the list")
     return op
+
+
+def call_form(op: str, n_inputs: int) -> str:
+    """The op a call with `n_inputs` inputs means: an op's layer form (`layer_form`, e.g.
+    batch_norm(h), which creates its params) when called with one input, else the op."""
+    layer = OPS[op].layer_form
+    return layer if layer and n_inputs == 1 and OPS[op].arity != 1 else op
 
 
 # what a user wrote, in their words, for constructs the whitelist rejects
@@ -251,7 +261,7 @@ class _Parser:
             self.fail(f"'{self.source(tree.func)}' cannot be called; only op names can",
                       tree.func, ALLOWED)
         self.check_name(tree.func.id, tree.func)
-        op = lookup_op(tree.func.id, self.name, self.at(tree))
+        op = call_form(lookup_op(tree.func.id, self.name, self.at(tree)), len(tree.args))
         arity = OPS[op].arity
         if any(isinstance(a, ast.Starred) for a in tree.args) or \
                 any(k.arg is None for k in tree.keywords):

@@ -14,6 +14,10 @@ import networkx as nx
 from . import shapes as S
 from .errors import GraphcError, Mark, SpecError
 from .ops import OPS
+from .ops.modal import stream
+from .ops.record import MODES
+
+RNG_KEY = "rng:key"     # int64 [train seed, step]: the trainer writes it before each step
 
 
 class VerifyError(GraphcError):
@@ -37,7 +41,7 @@ class Node:
     Provenance, read instead of parsing names: `origin` is the spec node (or leaf) the
     node comes from, `mark` its place in the spec file; `role` is forward, gradient
     (the reverse graph), update (the optimizer) or state (optimizer state, the learning
-    rate); a gradient node `differentiates` the forward node whose rule emitted it.
+    rate, the generator key, an op's state update such as batch_norm's); a gradient node `differentiates` the forward node whose rule emitted it.
     """
     name: str
     op: str
@@ -127,10 +131,16 @@ class GraphBuilder:
         An op that `saves` a value for its gradient, given the user's inputs, gets that
         value as a node of its own (`<name>/saved`, with the attributes the saved op
         declares) and as its last input; inputs that already end with that value are kept
-        as they are.
+        as they are. Given the user's inputs, a `random` op gets the generator key
+        `rng:key` as its last input and its own `stream`, and an op that `updates` state
+        gets its state update `<name>/update` (role state) after it.
         """
         inputs, attrs = tuple(inputs), dict(attrs or {})
         where = {"origin": name, **self.provenance}
+        user_form = len(inputs) == OPS[op].arity
+        if OPS[op].random:
+            inputs += (self._rng_key(),) if user_form else ()
+            attrs.setdefault("stream", stream(name))
         shape = self._infer(name, op, op, inputs, attrs, mark, where["origin"])
         saves = OPS[op].saves
         if saves and not (inputs and self.nodes[inputs[-1]].op == saves):
@@ -143,7 +153,25 @@ class GraphBuilder:
             inputs += (saved,)
         self.nodes[name] = Node(name, op, inputs, attrs, shape, dtype or self.dtype, mark,
                                 **where)
+        if OPS[op].updates and user_form:
+            self._state_update(name, OPS[op].updates, inputs, attrs, mark, where["origin"])
         return name
+
+    def _rng_key(self) -> str:
+        """The scalar-pair leaf `rng:key` (int64 [seed, step]) that random ops read."""
+        if RNG_KEY not in self.nodes:
+            self.nodes[RNG_KEY] = Node(RNG_KEY, "hyper", (), {"shape": (2,)}, (2,), "int64",
+                                       origin=RNG_KEY, role="state")
+        return RNG_KEY
+
+    def _state_update(self, name: str, op: str, inputs: tuple, attrs: dict,
+                      mark: Optional[Mark], origin: str) -> None:
+        """`<name>/update`: `op` over the node's inputs, writing its state leaves in place."""
+        update = self.fresh(f"{name}/update")
+        kept = {k: v for k, v in attrs.items() if k in OPS[op].attrs}
+        shape = self._infer(update, op, op, inputs, kept, mark, origin)
+        self.nodes[update] = Node(update, op, inputs, kept, shape, self.dtype, mark,
+                                  origin, "state")
 
     def _infer(self, name: str, user_op: str, op: str, inputs: tuple, attrs: dict,
                mark: Optional[Mark], origin: str) -> tuple:
@@ -153,7 +181,8 @@ class GraphBuilder:
         probe = Node(name, user_op, inputs, attrs, (), self.dtype, mark, origin)
         for pos, n in enumerate(in_nodes):
             is_int = n.dtype.startswith("int")
-            if is_int != (pos in opdef.labels):
+            is_key = opdef.random and pos == opdef.arity
+            if is_int != (pos in opdef.labels or is_key):
                 want, declare = (("integer class labels", "int64") if pos in opdef.labels
                                  else ("floating-point values", "float32"))
                 raise node_error(probe, f"input {pos + 1} of {user_op} is '{n.name}' "
@@ -201,8 +230,29 @@ def _check_acyclic(g: nx.DiGraph, node_specs: dict):
                     hint="a spec is a DAG: one of these nodes must not depend on the others")
 
 
-def build_graph(spec) -> Graph:
-    """Spec -> scheduled Graph with every shape inferred; the loss must be a scalar."""
+def lowered(op: str, attrs: Mapping, mode: str) -> tuple:
+    """(op, attrs) of a spec node in `mode`: the op its record lowers to there (itself by
+    default), with the attributes that op takes."""
+    target = OPS[op].modes.get(mode, op)
+    return target, {k: v for k, v in attrs.items() if k in OPS[target].attrs}
+
+
+def state_order(nodes: Mapping[str, Node]) -> list:
+    """(reader, update) pairs: a state update follows every other reader of the state
+    leaves it writes, as an optimizer update follows the readers of its param."""
+    readers: dict = {}
+    for n in nodes.values():
+        if n.role != "state":
+            for i in n.inputs:
+                readers.setdefault(i, []).append(n.name)
+    return [(r, u.name) for u in nodes.values() if u.role == "state" and not u.is_leaf
+            for i in u.inputs if nodes[i].op == "state" for r in readers.get(i, ())]
+
+
+def build_graph(spec, mode: str = "train") -> Graph:
+    """Spec -> scheduled Graph of `mode` (train or eval: docs/design.md#modes) with every
+    shape inferred; the loss must be a scalar."""
+    invariant(mode in MODES, f"unknown mode {mode!r}")
     b = GraphBuilder(spec.dtype)
     for leaf in spec.leaves.values():
         b.nodes[leaf.name] = Node(leaf.name, leaf.kind, (), {"shape": leaf.shape},
@@ -223,8 +273,9 @@ def build_graph(spec) -> Graph:
             b.nodes[name] = Node(name, "const", (), n.attrs, (), spec.dtype, n.mark, origin)
         else:
             b.provenance = {"origin": origin}
-            b.add(name, n.op, n.inputs, n.attrs, n.mark)
-    graph = toposort(b.graph(spec.loss, spec.outputs))
+            op, attrs = lowered(n.op, n.attrs, mode)
+            b.add(name, op, n.inputs, attrs, n.mark)
+    graph = toposort(b.graph(spec.loss, spec.outputs, state_order(b.nodes)))
     loss = graph[spec.loss]
     if loss.shape != ():
         raise node_error(loss, f"the loss must be a scalar, but '{loss.name}' has shape "

@@ -1,7 +1,9 @@
 """Layers: spec-level ops that expand into their own params and plain forward ops.
 
 `h: dense(x, units=N, activation=A)` becomes params `h.W` [in, N] and `h.b` [N]
-and the nodes `h/matmul = x @ h.W`, `h/add = h/matmul + h.b`, `h = A(h/add)`.
+and the nodes `h/matmul = x @ h.W`, `h/add = h/matmul + h.b`, `h = A(h/add)`;
+`h: batch_norm(x)` becomes params `h.gamma`, `h.beta`, state `h.running_mean`,
+`h.running_var` and the node `h = batch_norm(x, h.gamma, h.beta, ...)`.
 The IR thus keeps one closed vocabulary: every op in it has a shape rule, a
 gradient rule and a kernel, and a layer needs none of its own. `in` is the last
 dim of x, found by running the ops' own shape rules over the spec's nodes.
@@ -16,17 +18,19 @@ from . import shapes as S
 from .errors import Mark, SpecError, did_you_mean
 from .expr import NodeSpec
 from .ops import OPS, family
+from .ops.modal import channels
 
 ACTIVATIONS = tuple(family("activations"))     # each record names the init dense picks
 
 
 @dataclass(frozen=True)
 class LayerParam:
-    """A param a layer creates; the spec loader makes it a `param` leaf."""
+    """A param (or state) a layer creates; the spec loader makes it a leaf of that kind."""
     name: str
     shape: tuple
     init: object
     mark: Optional[Mark] = None
+    kind: str = "param"
 
 
 def expand_layers(leaf_shapes: Mapping[str, tuple], nodes) -> tuple:
@@ -41,7 +45,7 @@ def expand_layers(leaf_shapes: Mapping[str, tuple], nodes) -> tuple:
     params, out = [], []
     for n in nodes:
         if OPS[n.op].group == "layer" and n.inputs[0] in shapes:
-            layer_params, layer_nodes = dense(n, shapes[n.inputs[0]])
+            layer_params, layer_nodes = LAYERS[n.op](n, shapes[n.inputs[0]])
             params += layer_params
             out += layer_nodes
         else:
@@ -99,3 +103,24 @@ def dense(n: NodeSpec, x_shape: tuple) -> tuple:
         nodes.append(NodeSpec(name, op, inputs, attrs, n.mark))
         prev = name
     return params, nodes
+
+
+def batch_norm_layer(n: NodeSpec, x_shape: tuple) -> tuple:
+    """(params and state, the node) of `batch_norm(x)` at node n, as PyTorch's BatchNorm
+    starts: gamma = 1, beta = 0 (params), running_mean = 0, running_var = 1 (state), each
+    [C] for the C channels on x's axis 1."""
+    user_node = n.name.split("/")[0]
+    try:
+        c = channels(x_shape)
+    except S.ShapeError as exc:
+        raise SpecError(str(exc), mark=n.mark, node=user_node) from None
+    made = [LayerParam(f"{n.name}.{name}", (c,), init, n.mark, kind)
+            for name, init, kind in (("gamma", "ones", "param"), ("beta", "zeros", "param"),
+                                     ("running_mean", "zeros", "state"),
+                                     ("running_var", "ones", "state"))]
+    node = NodeSpec(n.name, "batch_norm", (n.inputs[0], *(p.name for p in made)),
+                    dict(n.attrs), n.mark)
+    return made, [node]
+
+
+LAYERS = {"dense": dense, "batch_norm_layer": batch_norm_layer}

@@ -1,4 +1,5 @@
-"""A spec's leaf entries (under `inputs:` and `params:`) -> `LeafSpec`: form, shape, dtype, value.
+"""A spec's leaf entries (under `inputs:`, `params:` and `state:`) -> `LeafSpec`: form, shape,
+dtype, value.
 
 A leaf is a shape list (`[batch, 2]`), a number (a scalar with that value), or a
 mapping with `shape`, `dtype`, `init` and `value`. A leaf of fixed shape is
@@ -20,11 +21,13 @@ LEAF_KEYS = ("shape", "dtype", "init", "value")
 MAX_DIM = 2**31 - 1
 FLOAT_DTYPES = ("float32", "float64")
 INPUT_DTYPES = FLOAT_DTYPES + ("int32", "int64")
+KIND_WORDS = {"input": "input", "param": "parameter", "state": "state"}
 
 
 @dataclass(frozen=True)
 class LeafSpec:
-    """An `input` (fed per batch) or `param` (trained) leaf."""
+    """An `input` (fed per batch), `param` (trained) or `state` (updated by ops, such as
+    batch_norm's running statistics; never by the optimizer) leaf."""
     name: str
     kind: str
     shape: tuple
@@ -35,7 +38,8 @@ class LeafSpec:
 
 
 def parse_leaf(name: str, raw, kind: str, dtype: str, mark: Mark) -> LeafSpec:
-    """The leaf `name: raw` of `kind` ('input' or 'param'); `dtype` is the spec's default."""
+    """The leaf `name: raw` of `kind` ('input', 'param' or 'state'); `dtype` is the spec's
+    default."""
     if isinstance(raw, bool):
         raise SpecError(f"leaf '{name}' is a boolean", mark=mark, node=name,
                         hint="give a shape list, a number, or {shape:, dtype:, init:, value:}")
@@ -115,8 +119,7 @@ def check_size(leaf: LeafSpec):
     """A leaf of fixed shape is allocated whole: refuse one above the memory limit first."""
     if not S.symbols(leaf.shape):
         nbytes = S.size(leaf.shape) * np.dtype(leaf.dtype).itemsize
-        kind = "parameter" if leaf.kind == "param" else leaf.kind
-        check_memory(nbytes, f"{kind} '{leaf.name}' of shape {S.fmt(leaf.shape)} "
+        check_memory(nbytes, f"{KIND_WORDS[leaf.kind]} '{leaf.name}' of shape {S.fmt(leaf.shape)} "
                              f"({leaf.dtype})", mark=leaf.mark, node=leaf.name)
 
 
@@ -132,8 +135,8 @@ def _shape(value, name: str, mark: Mark, kind: str) -> tuple:
             raise SpecError(f"dimension {i} of shape {_fmt(value)} is {short(d)}, expected a "
                             f"size from 1 to {MAX_DIM} or a dim name such as batch",
                             mark=at, node=name)
-        if kind == "param" and isinstance(d, str):
-            raise SpecError(f"parameter shape {_fmt(value)} has the symbolic dim '{d}', "
+        if kind != "input" and isinstance(d, str):
+            raise SpecError(f"{KIND_WORDS[kind]} shape {_fmt(value)} has the symbolic dim '{d}', "
                             "expected fixed sizes", mark=at, node=name,
                             hint="symbolic dims such as batch are for inputs")
     return tuple(value)

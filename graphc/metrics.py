@@ -210,6 +210,18 @@ class Accumulator:
             self.sums[v] += float(value(v)) * samples
         self.count += samples
 
+    @classmethod
+    def merged(cls, parts: list) -> "Accumulator":
+        """One accumulator holding `parts`' batches in order (the ranks' shares of a split)."""
+        out = cls(parts[0].metrics)
+        for p in parts:
+            for v in out.rows:
+                out.rows[v] += p.rows[v]
+            for v in out.sums:
+                out.sums[v] += p.sums[v]
+            out.count += p.count
+        return out
+
     def result(self) -> dict:
         out = {}
         for name, m in self.metrics.items():

@@ -18,17 +18,32 @@ from .data import label_outside
 from .errors import SpecError
 from .executor import Executor
 from .initializers import initialize
-from .ir import Graph, build_graph
+from .ir import RNG_KEY, Graph, build_graph
 from .ops import OPS
-from .plan import compile_plan, verify_plan
+from .remat import NONE, MemoryPolicy, remat_plan
 from .spec import Spec, load_spec
 
 
 @dataclass
 class Model:
+    """A spec compiled in one mode (`graph`), and the persistent values of every mode."""
     spec: Spec
     graph: Graph
     store: dict
+    mode: str = "train"
+
+    @property
+    def rng_key(self) -> Optional[np.ndarray]:
+        """The int64 [seed, step] that random ops (dropout) read, which a trainer writes
+        before each step; None where no op is random."""
+        return self.store.get(RNG_KEY)
+
+    def in_mode(self, mode: str) -> "Model":
+        """The same model, sharing its store, compiled in `mode` (train or eval): itself
+        where no op of the spec differs between the modes, so such a spec runs one graph."""
+        if mode == self.mode or not any(OPS[n.op].modes for n in self.spec.nodes):
+            return self
+        return Model(self.spec, build_graph(self.spec, mode), self.store, mode)
 
     @property
     def fed_inputs(self) -> list:
@@ -37,12 +52,13 @@ class Model:
                 if self.spec.leaves[n.name].value is None]
 
 
-def load_model(path, seed: Optional[int] = None, dtype: Optional[str] = None) -> Model:
-    """The spec at `path` as a graph with initialized params (the spec's seed, or `seed`);
-    `dtype` replaces the spec's float dtype."""
+def load_model(path, seed: Optional[int] = None, dtype: Optional[str] = None,
+               mode: str = "train") -> Model:
+    """The spec at `path` as a graph of `mode` with initialized params and state (the
+    spec's seed, or `seed`); `dtype` replaces the spec's float dtype."""
     spec = load_spec(path, dtype=dtype)
-    graph = build_graph(spec)
-    return Model(spec, graph, init_store(spec, graph, spec_seed(spec, seed)))
+    graph = build_graph(spec, mode)
+    return Model(spec, graph, init_store(spec, graph, spec_seed(spec, seed)), mode)
 
 
 def spec_seed(spec: Spec, override: Optional[int] = None) -> int:
@@ -58,13 +74,19 @@ def spec_seed(spec: Spec, override: Optional[int] = None) -> int:
 
 
 def init_store(spec: Spec, graph: Graph, seed: int) -> dict:
-    """Persistent values: params (value or initializer, in file order), given inputs, consts."""
+    """Persistent values: params and state (value or initializer, in file order; state
+    without one starts at zeros), given inputs, and the generator key [seed, step 0]
+    where an op is random."""
     rng = np.random.default_rng(seed)
     store = {}
+    if any(OPS[n.op].random for n in spec.nodes):
+        store[RNG_KEY] = np.array([seed, 0], dtype=np.int64)
     for leaf in spec.leaves.values():
         if leaf.value is not None:
             store[leaf.name] = leaf.value.astype(leaf.dtype)
-        elif leaf.kind == "param":
+        elif leaf.kind == "state" and leaf.init is None:
+            store[leaf.name] = np.zeros(leaf.shape, dtype=leaf.dtype)
+        elif leaf.kind in ("param", "state"):
             if S.symbols(leaf.shape):
                 raise SpecError(f"parameter shape {S.fmt(leaf.shape)} has symbolic dims",
                                 mark=leaf.mark, node=leaf.name,
@@ -143,11 +165,13 @@ class Runner:
     """One compiled executor per bound dims (batch size), sharing the model's store.
 
     `run` is where values enter a model outside training: it binds the dims and checks
-    class labels (fed or stored) against the class count, for every command and API."""
+    class labels (fed or stored) against the class count, for every command and API.
+    `memory` is the rematerialization policy each plan is compiled under (remat.py)."""
 
-    def __init__(self, graph: Graph, store: dict, keep=(), forward=None, reuse: bool = True):
+    def __init__(self, graph: Graph, store: dict, keep=(), forward=None, reuse: bool = True,
+                 memory: MemoryPolicy = NONE, together=()):
         self.graph, self.store, self.keep, self.forward = graph, store, tuple(keep), forward
-        self.reuse = reuse
+        self.reuse, self.memory, self.together = reuse, memory, tuple(together)
         self.labels = label_classes(graph)
         self.cache: dict = {}        # bound dims -> executor
         self.by_shapes: dict = {}    # the feeds' shapes -> executor, skipping bind_dims
@@ -155,8 +179,8 @@ class Runner:
     def executor(self, dims: Mapping[str, int]) -> Executor:
         key = tuple(sorted(dims.items()))
         if key not in self.cache:
-            plan = compile_plan(self.graph, dims, self.keep, self.forward, self.reuse)
-            verify_plan(plan)
+            plan = remat_plan(self.graph, dims, self.keep, self.forward, self.reuse,
+                              self.memory, self.together).plan
             self.cache[key] = Executor(plan, self.store)
         return self.cache[key]
 
@@ -216,7 +240,8 @@ def run_grads(model: Model, feeds: Mapping[str, np.ndarray], everything=False) -
     wrt = differentiable_leaves(model)
     gg = grad_graph(graph, wrt)
     check_params_reach_loss(graph, gg.grads)
-    user_nodes = [n for n in graph.nodes if not graph[n].is_leaf or n in wrt]
+    user_nodes = [n for n, node in graph.nodes.items()
+                  if (not node.is_leaf and node.role == "forward") or n in wrt]
     keep = {graph.loss} | {g for g in gg.grads.values() if g}
     if everything:
         keep |= set(graph.nodes)

@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
+import networkx as nx
+
 from .autodiff import check_params_reach_loss, grad_graph, trained_params
 from .errors import SpecError, did_you_mean
 from .shapes import is_number
@@ -29,6 +31,8 @@ from .ir import Graph, GraphBuilder, Node, toposort, verify_graph
 LR = "opt:lr"
 NORM = "opt:grad_norm"
 GUARD = "opt:grad_check"
+SHARE = "opt:batch_share"       # data-parallel: this rank's share of the batch's samples
+SYNC = "opt:allreduce"
 BETAS = (0.9, 0.999)
 
 # name -> settings with their defaults (PyTorch's, except sgd's lr, which Keras's 0.01 is)
@@ -78,6 +82,7 @@ class StepGraph:
     states: Mapping[str, tuple]
     guard: str = NORM
     folded: bool = False
+    together: tuple = ()        # the allreduce's output and values, side by side in the arena
 
 
 def parse_optimizer(raw, mark=None) -> Optimizer:
@@ -136,8 +141,10 @@ def _setting(name: str, key: str, value, mark):
 
 
 def training_graph(graph: Graph, optimizer: Optimizer,
-                   clip_grad_norm: Optional[float] = None) -> StepGraph:
-    """Forward graph -> forward + backward + one update per parameter + guard, scheduled."""
+                   clip_grad_norm: Optional[float] = None, synced: bool = False) -> StepGraph:
+    """Forward graph -> forward + backward + one update per parameter + guard, scheduled.
+    `synced` (data-parallel training): the loss and the gradients are averaged over the
+    ranks by one allreduce, which every other reader of them follows."""
     params = trained_params(graph)
     a = optimizer.args
     folded = optimizer.name == "sgd" and not (a["momentum"] or a["weight_decay"]
@@ -167,9 +174,27 @@ def training_graph(graph: Graph, optimizer: Optimizer,
         b.provenance = {"origin": p, "role": "update"}
         b.add(update, optimizer.name, (p, gg.grads[p], guard, LR, *states[p]), attrs)
         after += [(r, update) for r in readers[p]]
+    together = _allreduce(b, graph, [gg.grads[p] for p in params], after) if synced else ()
     out = toposort(b.graph(graph.loss, graph.outputs, after))
     verify_graph(out)
-    return StepGraph(out, frozenset(graph.nodes), gg.grads, states, guard, folded)
+    return StepGraph(out, frozenset(graph.nodes), gg.grads, states, guard, folded, together)
+
+
+def _allreduce(b: GraphBuilder, graph: Graph, grads: list, after: list) -> tuple:
+    """Add `opt:allreduce(opt:batch_share, loss, *grads)` and order after it every reader
+    of the loss and the gradients that does not feed it (a backward node may read one
+    gradient to make another, `neg` for `W - V`: it reads the rank's own, as it must);
+    returns its output and values, to be placed side by side. A gradient that is a leaf
+    (a constant) is the same on every rank: not summed."""
+    b.nodes[SHARE] = Node(SHARE, "hyper", (), {"shape": ()}, (), graph.dtype, origin=SHARE,
+                          role="state")
+    values = tuple(v for v in dict.fromkeys([graph.loss, *grads]) if not b.nodes[v].is_leaf)
+    b.provenance = {"origin": SYNC, "role": "update"}
+    b.add(SYNC, "allreduce", (SHARE, *values))
+    built = b.graph(graph.loss, graph.outputs, after)
+    feeding, readers = nx.ancestors(built.digraph(), SYNC), built.consumers()
+    after += [(SYNC, r) for v in values for r in readers[v] if r != SYNC and r not in feeding]
+    return (SYNC, *values)
 
 
 def _state_leaf(b: GraphBuilder, graph: Graph, param: str, suffix: str) -> str:

@@ -63,6 +63,8 @@ class Plan:
     lower_bound_bytes: int
     plain_lower_bound_bytes: int = 0         # the bound of the plain topological order
     reuse: bool = True
+    budget_bytes: Optional[int] = None       # a memory budget the arena must fit (remat.py)
+    together: tuple = ()                     # values placed side by side, in this order
 
 
 def aligned(nbytes: int) -> int:
@@ -156,8 +158,10 @@ def batch_dims(graph: Graph) -> list:
 
 
 def compile_plan(graph: Graph, dims: Mapping[str, int], keep=(), forward=None,
-                 reuse: bool = True) -> Plan:
-    """Bind dims, order the steps for memory, plan liveness, in-place writes and offsets."""
+                 reuse: bool = True, together=()) -> Plan:
+    """Bind dims, order the steps for memory, plan liveness, in-place writes and offsets.
+    The planned values of `together` are laid side by side in that order, one contiguous
+    span (never written in place of another value, nor another in theirs)."""
     _check_bound(graph, dims)
     forward = set(graph.nodes) if forward is None else set(forward)
     keep = set(keep)
@@ -170,21 +174,25 @@ def compile_plan(graph: Graph, dims: Mapping[str, int], keep=(), forward=None,
     steps = _steps(graph, _order(graph, sizes, keep, reuse), forward)
     ranges = liveness(steps, set(sizes), keep)
     layout = {v: (S.bind(graph[v].shape, dims), graph[v].dtype) for v in sizes}
+    together = tuple(v for v in dict.fromkeys(together) if v in sizes)
     pairs = in_place_pairs(steps, ranges, layout, keep) if reuse else {}
+    pairs = {o: i for o, i in pairs.items() if o not in together and i not in together}
     blocks = A.merge_in_place(ranges, sizes, pairs)
-    top, offsets = (A.assign_offsets if reuse else A.sequential_offsets)(blocks)
+    placed = A.side_by_side(blocks, together, sizes)
+    top, offsets = (A.assign_offsets if reuse else A.sequential_offsets)(placed)
     buffers = {}
-    for blk in blocks:
-        for v in blk.values:
+    for blk in placed:
+        for v, offset in blk.offsets(offsets[blk.values], sizes).items():
             shape, dtype = layout[v]
-            buffers[v] = Buffer(v, shape, dtype, offsets[blk.values], sizes[v],
+            buffers[v] = Buffer(v, shape, dtype, offset, sizes[v],
                                 ranges[v][0], ranges[v][1], pairs.get(v))
     buffers = {s.node: buffers[s.node] for s in steps if s.node in buffers}
     persistent = {n.name: (n.op, S.bind(n.shape, dims), n.dtype, n.attrs.get("value"))
                   for n in graph.nodes.values() if n.op in PERSISTENT_OPS}
     lead = batch_dims(graph)
     return Plan(dims.get(lead[0]) if lead else None, dict(dims), steps, buffers, persistent, top,
-                sum(sizes.values()), A.peak_bytes(blocks), plain_bound, reuse)
+                sum(sizes.values()), A.peak_bytes(blocks), plain_bound, reuse,
+                together=together)
 
 
 def verify_plan(plan: Plan) -> None:
@@ -212,12 +220,16 @@ def verify_plan(plan: Plan) -> None:
                           f"plan verifier: step {s.index} ({s.node}) reads {v} outside its "
                           f"live range {b.first_step}-{b.last_step}")
     _check_in_place(plan)
+    _check_together(plan)
     bound = _bound_with_pairs(plan)
     invariant(bound == plan.lower_bound_bytes, f"plan verifier: the lower bound recomputes "
                                                f"to {bound}, not {plan.lower_bound_bytes}")
     invariant(plan.lower_bound_bytes <= plan.arena_bytes <= plan.naive_bytes,
               f"plan verifier: the arena ({plan.arena_bytes} bytes) is not between the "
               f"lower bound and the naive sum")
+    invariant(plan.budget_bytes is None or plan.arena_bytes <= plan.budget_bytes,
+              f"plan verifier: the arena ({plan.arena_bytes} bytes) exceeds the memory "
+              f"budget of {plan.budget_bytes} bytes")
 
 
 def _check_in_place(plan: Plan) -> None:
@@ -232,6 +244,14 @@ def _check_in_place(plan: Plan) -> None:
             invariant((src.shape, src.dtype, src.last_step) == (b.shape, b.dtype, s.index),
                       f"plan verifier: {b.value} in place of {b.in_place_of}, which has "
                       "another layout or lives on")
+
+
+def _check_together(plan: Plan) -> None:
+    """The values of `together` follow each other in the arena with no gap, in order."""
+    bufs = [plan.buffers[v] for v in plan.together]
+    for a, b in zip(bufs, bufs[1:]):
+        invariant(b.offset == a.offset + a.bytes, f"plan verifier: {b.value} is not right "
+                                                  f"after {a.value}, as `together` places it")
 
 
 def _bound_with_pairs(plan: Plan) -> int:

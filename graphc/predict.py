@@ -53,10 +53,12 @@ def choose_outputs(model: Model, outputs: Optional[Sequence[str]] = None) -> tup
 
 
 class Predictor:
-    """The pruned forward pass of `outputs` over samples, `chunk` rows at a time."""
+    """The pruned eval-mode forward pass of `outputs` (running statistics, no dropout)
+    over samples, `chunk` rows at a time."""
 
     def __init__(self, model: Model, outputs: Optional[Sequence[str]] = None,
                  chunk: int = CHUNK):
+        model = model.in_mode("eval")
         self.model, self.outputs, self.chunk = model, choose_outputs(model, outputs), chunk
         self.graph = forward_graph(model.graph, self.outputs)
         self.inputs = [n for n in model.fed_inputs if n in self.graph.nodes]

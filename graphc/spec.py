@@ -18,16 +18,16 @@ import numpy as np
 from .blocks import Instance, expand_instances, parse_blocks
 from .errors import Mark, SpecError, did_you_mean, short
 from .limits import fmt_bytes
-from .expr import NodeSpec, check_attrs, lookup_op, parse_expression
+from .expr import NodeSpec, call_form, check_attrs, lookup_op, parse_expression
 from .layers import expand_layers
 from .leaves import FLOAT_DTYPES, LeafSpec, check_fits, check_size, parse_dtype, parse_leaf
 from .ops import OPS
 from .yamlload import MarkedDict, check_keys, load_yaml
 
-TOP_KEYS = ("graphc", "name", "dtype", "inputs", "params", "blocks", "nodes", "loss",
-            "outputs", "train")
+TOP_KEYS = ("graphc", "name", "dtype", "inputs", "params", "state", "blocks", "nodes",
+            "loss", "outputs", "train")
 TRAIN_KEYS = ("data", "batch_size", "epochs", "optimizer", "schedule", "metrics", "seed",
-              "clip_grad_norm", "early_stopping")
+              "clip_grad_norm", "early_stopping", "memory")
 NODE_KEYS = ("op", "inputs")
 MAX_SPEC_BYTES = 2**20          # specs are a few KB; YAML parsing needs ~200 bytes per byte
 
@@ -90,7 +90,9 @@ def _explicit_node(name: str, raw: MarkedDict) -> NodeSpec:
     if not isinstance(raw["op"], str):
         raise SpecError(f"op is {short(raw['op'])}, expected an op name such as relu",
                         mark=raw.mark_of("op"), node=name)
-    op = lookup_op(raw["op"], name, raw.mark_of("op"))
+    inputs = raw.get("inputs", [])
+    op = call_form(lookup_op(raw["op"], name, raw.mark_of("op")),
+                   len(inputs) if isinstance(inputs, list) else 0)
     check_keys(raw, NODE_KEYS + tuple(OPS[op].attrs), f"the {op} node", node=name)
     inputs = raw.get("inputs", [])
     if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
@@ -182,7 +184,7 @@ def _read(path: Path) -> str:
 
 def _leaves(raw: MarkedDict, dtype: str, seen: dict) -> dict:
     leaves = {}
-    for kind, key in (("input", "inputs"), ("param", "params")):
+    for kind, key in (("input", "inputs"), ("param", "params"), ("state", "state")):
         section = _mapping(raw.get(key), key, raw.mark_of(key))
         for written, body in section.items():
             mark = section.key_marks[written]
@@ -234,10 +236,10 @@ def _name(raw: MarkedDict, path: Path) -> str:
 
 
 def _expand_layers(leaves: dict, nodes: list, dtype: str) -> list:
-    """Layers become plain nodes (layers.py); the params they create join `leaves`."""
+    """Layers become plain nodes (layers.py); the params and state they create join `leaves`."""
     params, nodes = expand_layers({k: v.shape for k, v in leaves.items()}, nodes)
     for p in params:
-        leaves[p.name] = LeafSpec(p.name, "param", p.shape, dtype, p.init, None, p.mark)
+        leaves[p.name] = LeafSpec(p.name, p.kind, p.shape, dtype, p.init, None, p.mark)
         check_size(leaves[p.name])
     return nodes
 

@@ -6,11 +6,14 @@ gradient skips that step's updates (see optim.py) and stops training with the
 node that first went non-finite. Checkpoints (checkpoint.py) hold everything a
 resume needs to continue bit for bit. A run holds a lock on its checkpoint
 (outfiles.locked); Ctrl-C, SIGTERM and SIGHUP save one and exit 130, 143, 129.
+Under mpiexec every rank runs this loop on its share of each batch (parallel.py);
+stops and saves are agreed, and rank 0 alone logs, locks and writes (docs/scaling.md).
 """
 from __future__ import annotations
 
 import math
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional
@@ -26,7 +29,9 @@ from .interrupts import deferred_stop, exit_code, signal_name
 from .metrics import Accumulator, EarlyStopping, metric_nodes
 from .model import Model, Runner
 from .outfiles import destination, locked, remove_stale_temps
-from .optim import LR, StepGraph, training_graph
+from .optim import LR, SHARE, StepGraph, training_graph
+from .parallel import SOLO, World, everywhere, world as this_world
+from .remat import NONE, MemoryPolicy
 from .trainconfig import TrainConfig, load_dataset, parse_train
 
 SHUFFLE_STREAM = 2          # the batch order's RNG: default_rng([seed, 2]) (data uses 1)
@@ -70,21 +75,29 @@ class TrainResult:
 
 
 class Evaluator:
-    """(loss, {metric: value}) of the current params over a whole split, forward only."""
+    """(loss, {metric: value}) of the current params over a whole split, in eval mode; over
+    several ranks each takes its share of the split's rows and the sums are gathered."""
 
-    def __init__(self, model: Model, metrics: Mapping, batch_size: int = 1024):
+    def __init__(self, model: Model, metrics: Mapping, batch_size: int = 1024,
+                 world: World = SOLO):
         self.loss, self.metrics, self.batch_size = model.graph.loss, metrics, batch_size
-        self.runner = Runner(model.graph, model.store, {self.loss} | metric_nodes(metrics))
+        graph = model.in_mode("eval").graph
+        self.runner = Runner(graph, model.store, {self.loss} | metric_nodes(metrics))
+        self.world = world
 
     def __call__(self, arrays: Mapping[str, np.ndarray]) -> tuple:
         n = len(next(iter(arrays.values())))
+        first, stop = self.world.share(n)
         total, parts = 0.0, Accumulator(self.metrics)
-        for start in range(0, n, self.batch_size):
-            batch = {k: v[start:start + self.batch_size] for k, v in arrays.items()}
+        for start in range(first, stop, self.batch_size):
+            batch = {k: v[start:min(start + self.batch_size, stop)] for k, v in arrays.items()}
             ex = self.runner.run(batch)
             samples = len(next(iter(batch.values())))
             total += float(ex[self.loss]) * samples
             parts.add(lambda v: batch[v] if v in batch else ex[v], samples)
+        if self.world.size > 1:
+            shares = self.world.allgather((total, parts))
+            total, parts = sum(t for t, _ in shares), Accumulator.merged([p for _, p in shares])
         return total / max(n, 1), parts.result()
 
 
@@ -107,12 +120,13 @@ def evaluate_checkpoint(model: Model, path) -> dict:
 
 
 def read_checkpoint(model: Model, path) -> dict:
-    """Load a checkpoint's params into the model (every param must be there, shapes
-    checked); returns all of its arrays (normalization stats, settings, ...)."""
+    """Load a checkpoint's params and state into the model (every one must be there,
+    shapes checked); returns all of its arrays (normalization stats, settings, ...)."""
     arrays = C.read(path)
-    missing = [p for p in C.params_of(model) if p not in arrays]
+    missing = [p for p in C.leaves_of(model) if p not in arrays]
     if missing:
-        raise SpecError(f"checkpoint {path} has no parameter '{missing[0]}'", node=missing[0],
+        kind = "parameter" if missing[0] in C.params_of(model) else "state leaf"
+        raise SpecError(f"checkpoint {path} has no {kind} '{missing[0]}'", node=missing[0],
                         hint="was it saved from another spec?")
     load_params(path, model, arrays)
     return arrays
@@ -148,22 +162,28 @@ class Position:
         return pos
 
 
-def step_runner(model: Model, step: StepGraph) -> Runner:
-    """The compiled training step over the model's store, its optimizer state zeroed and its
-    learning-rate leaf added (zero until the caller writes it)."""
+def step_runner(model: Model, step: StepGraph, memory: MemoryPolicy = NONE) -> Runner:
+    """The compiled training step over the model's store, its optimizer state zeroed (not
+    the spec's state), its learning-rate leaf added (zero until written), under `memory`."""
     for n in step.graph.leaves("state"):
-        model.store[n.name] = np.zeros(n.shape, dtype=n.dtype)
+        if n.name not in model.spec.leaves:
+            model.store[n.name] = np.zeros(n.shape, dtype=n.dtype)
     model.store[LR] = np.zeros((), dtype=model.graph.dtype)
-    return Runner(step.graph, model.store, {model.graph.loss, step.guard}, forward=step.forward)
+    if step.together:
+        model.store[SHARE] = np.ones((), dtype=model.graph.dtype)
+    return Runner(step.graph, model.store, {model.graph.loss, step.guard}, forward=step.forward,
+                  memory=memory, together=step.together)
 
 
 class Run:
-    """One training run's moving parts: step executor, evaluator, position, early stopping."""
+    """One training run's moving parts: step executor, evaluator, position, early stopping.
+    Rank 0 alone `writes` to `out`; other ranks keep their checkpoints in memory."""
 
     def __init__(self, model: Model, cfg: TrainConfig, out: Optional[Path],
-                 save_every: Optional[int]):
+                 save_every: Optional[int], world: World = SOLO):
         self.model, self.cfg, self.out, self.save_every = model, cfg, out, save_every
-        if out is not None:
+        self.world, self.writes = world, out is not None and world.rank == 0
+        if self.writes:
             destination(out, "checkpoint")          # fail now, not after training
             remove_stale_temps(out)
         self.data = load_dataset(model, cfg)
@@ -171,9 +191,11 @@ class Run:
             raise SpecError("early_stopping watches the validation split, and train.data has "
                             "none", mark=model.spec.train.mark_of("early_stopping"),
                             hint="add validation: 0.2 to train.data")
-        self.step = training_graph(model.graph, cfg.optimizer, cfg.clip_grad_norm)
-        self.runner = step_runner(model, self.step)
-        self.evaluate = Evaluator(model, cfg.metrics)
+        self.step = training_graph(model.graph, cfg.optimizer, cfg.clip_grad_norm,
+                                   synced=world.size > 1)
+        self.runner = step_runner(model, self.step, cfg.memory)
+        self.key = model.rng_key
+        self.evaluate = Evaluator(model, cfg.metrics, world=world)
         self.rng = np.random.default_rng([cfg.seed, SHUFFLE_STREAM])
         self.pos = Position(C.rng_array(self.rng.bit_generator.state))
         self.early = cfg.early_stopping and EarlyStopping(cfg.early_stopping)
@@ -195,22 +217,31 @@ class Run:
             for i, rows in enumerate(batch_rows(n, self.cfg.batch_size, self.rng)):
                 if i >= self.pos.step:
                     self._step(rows, i)
-                    if stopped():
-                        self._interrupt(stopped())
+                    self._stop_if(stopped)
             history.append(self._end_epoch(lr))
             log(history[-1])
-            if stopped():
-                self._interrupt(stopped())
+            self._stop_if(stopped)
         return history
 
+    def _stop_if(self, stopped) -> None:
+        """Stop here when any rank has had a stop signal (all ranks agree where)."""
+        signum = self.world.agree(stopped())
+        if signum:
+            self._interrupt(signum)
+
     def _step(self, rows, i: int) -> None:
-        ex = self.runner.run_rows(self.data.train, rows)
+        if self.key is not None:
+            self.key[:] = self.cfg.seed, self.pos.global_step
+        shard, share = self.world.shard(rows)
+        if self.step.together:
+            self.model.store[SHARE][...] = share
+        ex = self.runner.run_rows(self.data.train, shard)
         loss, norm = float(ex[self.model.graph.loss]), float(ex[self.step.guard])
         if not (math.isfinite(loss) and math.isfinite(norm)):
             where = (f"epoch {self.pos.epoch + 1}, batch {i} "
                      f"(step {self.pos.global_step + 1})")
-            batch = {k: v[rows] for k, v in self.data.train.items()}
-            raise diagnose(self.model, batch, where, self._kept())
+            batch = {k: v[shard] for k, v in self.data.train.items()}
+            raise self.world.first(diagnose(self.model, batch, where, self._kept()))
         m = len(rows)
         p = self.pos
         p.loss_sum, p.samples, p.step = p.loss_sum + loss * m, p.samples + m, i + 1
@@ -232,11 +263,12 @@ class Run:
         if self.early:
             watched = metrics["val_" + self.early.cfg.metric]
             if self.early.update(watched, p.epoch + 1):
-                self.best = {k: v.copy() for k, v in C.params_of(self.model).items()}
+                self.best = {k: v.copy() for k, v in C.leaves_of(self.model).items()}
         self.pos = Position(C.rng_array(self.rng.bit_generator.state), p.epoch + 1, 0,
                             p.global_step, p.global_samples)
-        if self.save_every and self.pos.epoch % self.save_every == 0 or not self.save_every \
-                and time.monotonic() - self.last_save >= SAVE_INTERVAL_S:
+        due = self.save_every and self.pos.epoch % self.save_every == 0 or not self.save_every \
+            and time.monotonic() - self.last_save >= SAVE_INTERVAL_S
+        if self.world.agree(int(bool(due))):
             self.save()
         return EpochLog(self.pos.epoch, loss, metrics, lr)
 
@@ -245,16 +277,17 @@ class Run:
         p = self.pos
         at = f"epoch {p.epoch + 1}, batch {p.step}" if p.step else f"the end of epoch {p.epoch}"
         if self.out is None:
-            raise Interrupted(f"interrupted at {at} ({signal_name(signum)}); the params are "
-                              "those of that step", signum)
-        raise Interrupted(f"interrupted at {at} ({signal_name(signum)}); checkpoint saved to "
-                          f"{self.out}", signum, hint=f"continue with --resume {self.out}")
+            raise everywhere(Interrupted(f"interrupted at {at} ({signal_name(signum)}); the "
+                                         "params are those of that step", signum))
+        raise everywhere(Interrupted(f"interrupted at {at} ({signal_name(signum)}); checkpoint "
+                                     f"saved to {self.out}", signum,
+                                     hint=f"continue with --resume {self.out}"))
 
     def save(self, extra: Optional[dict] = None) -> None:
         """Params, optimizer state, position, RNG, early stopping, spec and stats, atomically
         to `out` (kept in memory, as `saved`, without one)."""
         m = self.model
-        arrays = {**C.params_of(m), **self.pos.arrays(),
+        arrays = {**C.leaves_of(m), **self.pos.arrays(),
                   **C.spec_arrays(m, self.cfg.run_settings()),
                   **stats_to_arrays(self.data.stats, STATS)}
         arrays.update({RESERVED + "state/" + s: m.store[s] for s in self.state_names()})
@@ -263,8 +296,11 @@ class Run:
             arrays[RESERVED + "early"] = np.array([e.best, e.best_epoch, e.wait], np.float64)
             arrays.update({RESERVED + "best/" + k: v for k, v in self.best.items()})
         arrays.update(extra or {})
+        m = self.model
+        self.world.check_identical([m.store[k] for k in [*C.params_of(m), *self.state_names()]],
+                                   f"{self.pos.global_step} steps")
         self.saved = arrays
-        if self.out is not None:
+        if self.writes:
             C.write(self.out, arrays)
         self.saved_epoch, self.last_save = self.pos.epoch, time.monotonic()
 
@@ -272,7 +308,7 @@ class Run:
         """Continue from a checkpoint of the same spec and settings, exactly where it was."""
         arrays = C.read(path)
         C.check_same_run(arrays, self.model, self.cfg.run_settings(), path)
-        names = list(C.params_of(self.model)) + [RESERVED + "state/" + s
+        names = list(C.leaves_of(self.model)) + [RESERVED + "state/" + s
                                                  for s in self.state_names()]
         for key in names:
             stored = RESERVED + "last/" + key if RESERVED + "last/" + key in arrays else key
@@ -298,13 +334,13 @@ class Run:
         self.early.best, self.early.best_epoch, self.early.wait = best, int(epoch), int(wait)
         if any(k.startswith(RESERVED + "best/") for k in arrays):
             self.best = {p: C.entry(arrays, RESERVED + "best/" + p, path, v.shape, v.dtype)
-                         .copy() for p, v in C.params_of(self.model).items()}
+                         .copy() for p, v in C.leaves_of(self.model).items()}
 
     def finish(self) -> tuple:
-        """Restore the best params (early stopping), evaluate, save the final checkpoint."""
+        """Restore the best params and state (early stopping), evaluate, save the final one."""
         last = {}
         if self.best:
-            for k, v in C.params_of(self.model).items():
+            for k, v in C.leaves_of(self.model).items():
                 last[RESERVED + "last/" + k] = v.copy()
                 v[...] = self.best[k]
             e = self.early
@@ -331,18 +367,24 @@ def train(model: Model, cfg: TrainConfig, *, out: Optional[Path],
     `out` every `save_every` epochs (default: at epoch ends, at most once a second) and at the
     end. With `out=None` nothing is written; the result carries the final checkpoint.
     The checkpoint is locked from the end of set-up (data loaded, step compiled: bad input
-    is reported first) to the last save."""
-    run = Run(model, cfg, None if out is None else Path(out), save_every)
-    if out is None:
-        return _train(run, log, resume)
-    with locked(out, "checkpoint"):
-        return _train(run, log, resume)
+    is reported first) to the last save. Under mpiexec every rank calls this alike; rank 0
+    alone logs, locks and writes (docs/scaling.md)."""
+    world = this_world()
+    with ExitStack() as held:
+        def setup() -> Run:
+            run = Run(model, cfg, None if out is None else Path(out), save_every, world)
+            if run.writes:
+                held.enter_context(locked(out, "checkpoint"))
+            if resume is not None:
+                run.restore(resume)
+            return run
+        run = world.settle(setup)
+        return _train(run, log if world.rank == 0 else lambda e: None, resume)
 
 
 def _train(run: Run, log, resume) -> TrainResult:
     cfg = run.cfg
     if resume is not None:
-        run.restore(resume)
         if run.pos.epoch >= cfg.epochs:
             run.notes.append(f"{resume} is already at epoch {run.pos.epoch} of {cfg.epochs}: "
                              "nothing left to train (raise --epochs to train longer)")

@@ -24,10 +24,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "graphc"
 # Earlier stages first. A unit imports only units to its left.
 STAGES = [
     "errors", "limits", "outfiles", "interrupts",           # errors, memory limit, files, signals
+    "parallel",                                             # the MPI world (data parallel)
     "shapes", "ops",                                        # the vocabulary (ops/: records)
     "yamlload", "leaves", "expr", "layers", "blocks", "spec",   # spec text -> validated spec
     "ir", "autodiff", "optim",                              # graph, reverse graph, updates
-    "arena", "plan", "dot", "memsvg",                       # the planner and its pictures
+    "arena", "plan", "remat", "dot", "memsvg",              # the planner and its pictures
     "backends", "executor",                                 # kernels behind one interface
     "initializers", "datasets", "datafiles", "datasources", "data",  # data and init
     "metrics", "schedules",
@@ -40,7 +41,7 @@ STAGES = [
 # Folder -> the units outside it that it may import (its layer), beyond the order.
 LAYERS = {
     "ops": {"shapes", "errors"},
-    "backends": {"ops", "shapes", "errors", "plan"},
+    "backends": {"ops", "shapes", "errors", "plan", "parallel"},
 }
 # Folder -> the only units outside it that may import it.
 IMPORTED_BY = {
@@ -225,7 +226,7 @@ def test_a_backend_importing_the_trainer_breaks_its_layer():
                     "backends.numpy": "from ...train import train\nfrom ...plan import Plan\n"})
     assert layer_violations(mods) == [
         "backends.numpy imports train (the backends layer imports only "
-        "['errors', 'ops', 'plan', 'shapes'])"]
+        "['errors', 'ops', 'parallel', 'plan', 'shapes'])"]
 
 
 def test_a_module_reaching_past_the_executor_into_a_backend_is_caught():

@@ -115,6 +115,11 @@ def npy(result, params):
     assert result["loss"] < math.log(3) / 4                   # equal scores: log 3
 
 
+def spiral_bn(result, params):
+    assert result["metrics"]["accuracy"] >= 0.9             # chance: 1/3; held out
+    assert np.all(params["running_var"] != 1.0)           # the state trained too
+
+
 EXAMPLES = {
     "moons_logistic.yaml": moons,
     "circles_hinge.yaml": circles,
@@ -125,6 +130,7 @@ EXAMPLES = {
     "csv_regression.yaml": csv,
     "npz_robust_l1.yaml": npz,
     "npy_softmax.yaml": npy,
+    "spiral_bn_dropout.yaml": spiral_bn,
 }
 
 

@@ -34,6 +34,7 @@ from graphc.gradcheck import check_grads, check_model, rel_error
 from graphc.ir import GraphBuilder, Node, toposort
 from graphc.model import load_model
 from graphc.ops import OPS, attrs_with_defaults, ops_in
+from graphc.ops.modal import stream
 
 import conv_reference
 
@@ -431,6 +432,52 @@ CASES.update({
     "scaled_dot_product_attention": Case(gen_attention, attention_by_loops),
     "layer_norm": Case(gen_layer_norm, layer_norm_by_rows),
     "slice": Case(gen_slice, _slice_ref),
+})
+
+# --- modes (graphc/ops/modal.py): batch_norm in train and eval mode, dropout -----------------
+def gen_batch_norm(draw, rng, running=False):
+    """x [N, C, ...] (rank 2 to 4, N >= 2) with values at least 0.03 apart (a batch variance
+    clear of 0), gamma, beta, running stats (var > 0); eps 1e-5 or 0.1."""
+    n = draw(st.integers(2, 3))
+    rest = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=3))
+    shape, c = (n,) + rest, rest[0]
+    pool = np.arange(-50, 50) * 0.04 + rng.uniform(-0.005, 0.005, 100)
+    x = rng.choice(pool, size=int(np.prod(shape)), replace=False).reshape(shape)
+    stats = [uniform(rng, (c,)), uniform(rng, (c,)), uniform(rng, (c,)), rng.uniform(0.5, 2, c)]
+    return [x, *stats], {"eps": draw(st.sampled_from([1e-5, 0.1]))}
+
+
+def _batch_norm_ref(running):
+    """Channel by channel: gamma (x - mean) / sqrt(var + eps) + beta, with the batch's mean and
+    biased variance over every axis but 1, or the running ones."""
+    def ref(x, gamma, beta, mean, var, eps):
+        out = np.empty_like(x)
+        for c in range(x.shape[1]):
+            xc = x[:, c]
+            m, v = (mean[c], var[c]) if running else (xc.mean(), xc.var())
+            out[:, c] = gamma[c] * (xc - m) / np.sqrt(v + eps) + beta[c]
+        return out
+    return ref
+
+
+def gen_dropout(draw, rng):
+    """x of any shape, a generator key (seed, step), p from 0 (identity) to 1 (all dropped)."""
+    key = np.array([rng.integers(0, 2**31), rng.integers(0, 2**20)], dtype=np.int64)
+    return [uniform(rng, draw(SHAPE)), key], {"p": draw(st.sampled_from([0.0, 0.3, 0.5, 1.0]))}
+
+
+def _dropout_ref(x, key, p):
+    """x / (1 - p) where Philox (key (seed, stream of the node 'out'), counter (0, 0, 0, step))
+    draws u >= p: numpy's generator, seeded directly."""
+    bits = np.random.Philox(key=[int(key[0]), stream("out")], counter=[0, 0, 0, int(key[1])])
+    u = np.random.Generator(bits).random(np.shape(x))
+    return np.where(u >= p, x / (1 - p), 0.0) if p < 1 else np.zeros_like(x)
+
+
+CASES.update({
+    "batch_norm": Case(gen_batch_norm, _batch_norm_ref(running=False)),
+    "batch_norm_eval": Case(gen_batch_norm, _batch_norm_ref(running=True)),
+    "dropout": Case(gen_dropout, _dropout_ref),
 })
 
 # Forward ops with no gradient at all, each with the reason. (Integer inputs such as

@@ -193,6 +193,8 @@ def _elementwise_case(op, shape):
         s = () if i == 0 and _is_loss_grad(op) else shape
         sign = 1.0 if positive or i < n - 1 else rng.choice([-1.0, 1.0], s)
         arrays.append(rng.uniform(0.5, 2.0, size=s) * sign)
+    if OPS[op].random:                  # dropout: the generator key (seed, step) comes last
+        arrays.append(np.array([7, 3], dtype=np.int64))
     attrs = {k: 2.0 for k, v in OPS[op].attrs.items() if v is REQUIRED}
     return arrays, attrs_with_defaults(OPS[op], attrs)
 

@@ -15,6 +15,7 @@ from typing import Mapping
 
 from . import (activations, conv, elementwise, linalg, losses, reductions, sequence, sources,
                updates)
+from . import modal
 from .record import GROUPS, REQUIRED, OpDef
 
 FAMILIES = {
@@ -27,6 +28,7 @@ FAMILIES = {
     "conv": conv.OPS,
     "updates": updates.OPS,
     "sequence": sequence.OPS,
+    "modal": modal.OPS,
 }
 
 

@@ -53,6 +53,11 @@ def _slice(shapes, attrs):
     return tuple(shape)
 
 
+def _matmul_flops(shapes, attrs):
+    """2·m·k·n: one multiply and one add per term of every output element."""
+    return 2 * S.size(S.matmul(shapes[0], shapes[1])) * shapes[0][-1]
+
+
 def _matmul_vjp(e, n, g):
     return (e("matmul_ga", g, n.inputs[1], shape=e.shape(n.inputs[0])),
             e("matmul_gb", n.inputs[0], g, shape=e.shape(n.inputs[1])))
@@ -82,9 +87,9 @@ def _concat_vjp(e, n, g):
 OPS = (
     OpDef("matmul", 2, _matmul, "matmul(a, b) = a @ b (numpy.matmul, 1-D operands as in NumPy)",
           vjp=_matmul_vjp, formula=lambda a, o, attrs: (f"g ↦ g @ {a[1]}ᵀ", f"g ↦ {a[0]}ᵀ @ g"),
-          elementwise=False),
+          elementwise=False, flops=_matmul_flops),
     OpDef("dot", 2, _dot, "dot(a, b) = numpy.dot for vectors and matrices", vjp=_matmul_vjp,
-          formula=lambda a, o, attrs: (a[1], a[0]), elementwise=False),
+          formula=lambda a, o, attrs: (a[1], a[0]), elementwise=False, flops=_matmul_flops),
     OpDef("matmul_ga", 2, attr_shape, "matmul_ga(g, b) = g @ b.T, summed to a's shape",
           attrs={"shape": REQUIRED}, **_BW),
     OpDef("matmul_gb", 2, attr_shape, "matmul_gb(a, g) = a.T @ g, summed to b's shape",

@@ -26,6 +26,7 @@ from .. import shapes as S
 
 REQUIRED = object()   # attribute default meaning "must be given"
 GROUPS = ("leaf", "forward", "layer", "saved", "backward", "update")
+MODES = ("train", "eval")   # the plans one spec compiles to (docs/design.md#modes)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,19 @@ class OpDef:
     saves: Optional[str] = None             # the op computing what this op's kernel and
                                             # gradient read: an input the IR builder adds
     onnx: Optional[str] = None              # the export mapping, when export lands
+    recomputable: bool = True               # False: the output is not a pure function of the
+                                            # inputs and attrs (hidden RNG state): never
+                                            # rematerialized (ops that mutate never are)
+    flops: Optional[Callable] = None        # flops(input_shapes, attrs) -> the kernel's
+                                            # arithmetic; None: one per output element
+    modes: Mapping[str, str] = field(default_factory=dict)  # mode -> the op this one lowers
+                                            # to there (dropout: eval -> identity); else itself
+    updates: Optional[str] = None           # train mode: the state-update op the IR builder
+                                            # adds over this op's inputs and saved value
+    random: bool = False                    # reads the generator key (seed, step) the IR
+                                            # builder adds as its last input; the mask is
+                                            # recomputed exactly from it, never stored
+    layer_form: Optional[str] = None        # the layer a one-input call of this op stands for
 
 
 def missing_facts(op: OpDef) -> list:

@@ -14,6 +14,11 @@ _DECAY = {"weight_decay": 0.0, "max_norm": 0.0}
 _ADAM = {"betas": (0.9, 0.999), "eps": 1e-8, **_DECAY}
 
 OPS = (
+    OpDef("allreduce", None, scalar,
+          "allreduce(weight, *values) = the sum over ranks of each rank's weight; each value "
+          "is overwritten in place by the sum over ranks of weight * value, in one MPI "
+          "allreduce over the values' bytes, which the planner places side by side "
+          "(data-parallel training: weight = this rank's share of the batch)", **_UP),
     OpDef("grad_norm", None, scalar,
           "grad_norm(loss, *grads) = sqrt(sum of |g|^2 over all grads), NaN if the loss is not "
           "finite; every update reads it, so all grads are complete before any update", **_UP),

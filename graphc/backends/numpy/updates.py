@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from ... import parallel
+from ...plan import ALIGN
 from .workspace import constant, scratch
 
 def _gate(g, guard, max_norm: float):
@@ -168,5 +170,41 @@ def _adam(decoupled: bool):
     return bind
 
 
-BIND = {"grad_norm": b_grad_norm, "sgd": b_sgd, "rmsprop": b_rmsprop, "adagrad": b_adagrad,
+def b_allreduce(out, weight, *values):
+    """out = the sum over ranks of `weight`; each value <- the sum over ranks of weight *
+    value: the bytes from `out` to the last value (the planner places them side by side,
+    plan.py's `together`) are scaled and summed in one in-place MPI allreduce."""
+    span = side_by_side((out,) + values)
+    world = parallel.world()
+
+    def sync():
+        out[...] = 1
+        np.multiply(span, weight, out=span)
+        world.allreduce(span)
+    return sync
+
+
+def side_by_side(arrays) -> np.ndarray:
+    """One flat view of the bytes from the first array's start to the last one's end, which
+    must follow each other in that order in one buffer (alignment padding between them is
+    summed too, and never read)."""
+    first, last = arrays[0], arrays[-1]
+    base, start = first.base, _address(first)
+    at = start
+    for a in arrays:
+        gap = _address(a) - at
+        if base is None or a.base is not base or a.dtype != first.dtype \
+                or not 0 <= gap < ALIGN:
+            raise ValueError("allreduce: its values are not side by side in one buffer of "
+                             "one dtype (plan.compile_plan's `together`)")
+        at = _address(a) + a.nbytes
+    offset = start - _address(base)
+    return base[offset:offset + _address(last) + last.nbytes - start].view(first.dtype)
+
+
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+BIND = {"allreduce": b_allreduce, "grad_norm": b_grad_norm, "sgd": b_sgd, "rmsprop": b_rmsprop, "adagrad": b_adagrad,
         "adam": _adam(False), "adamw": _adam(True)}
