@@ -108,6 +108,9 @@ def check(spec):
         from .train import parse_train
         metrics = parse_train(model).metrics
     click.echo(model.graph.dump())
+    from .blocks import instance_lines
+    for line in instance_lines(model.graph):
+        click.echo(line)
     for m in metrics.values():
         click.echo(f"metric {m.describe()}")
     for name, node in model.in_mode("eval").graph.nodes.items():

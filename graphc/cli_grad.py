@@ -73,13 +73,19 @@ def grad(spec, as_json, out, everything, params, inputs, dot, render, mode):
 @click.option("--atol", type=FiniteFloat(min=0),
               help="Abs error that passes whatever the rel error "
                    "[default: the central difference's rounding noise].")
+@click.option("--sample", type=click.IntRange(min=1),
+              help="Check at most N elements per leaf, a seeded random subset (large "
+                   "models) [default: every element].")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="Rows of train.data's first batch to feed [default: the spec's "
+                   "batch_size].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--params", type=click.Path(dir_okay=False, path_type=Path),
               help="Load parameter values from a checkpoint .npz.")
 @click.option("--inputs", type=click.Path(dir_okay=False, path_type=Path),
               help="Load input values from an .npz (arrays named like the inputs).")
 @MODE
-def gradcheck(spec, eps, tol, atol, as_json, params, inputs, mode):
+def gradcheck(spec, eps, tol, atol, sample, batch_size, as_json, params, inputs, mode):
     """Analytic vs central-difference gradients of every leaf, in float64 (exit 1 on failure)."""
     from .errors import CheckFailed
     from .gradcheck import check_json, check_model, check_table
@@ -88,7 +94,8 @@ def gradcheck(spec, eps, tol, atol, as_json, params, inputs, mode):
     model = load_model(spec, mode=mode)
     if params:
         load_params(params, model)
-    result = check_model(model, input_feeds(model, inputs), eps=eps, tol=tol, atol=atol)
+    result = check_model(model, input_feeds(model, inputs, batch_size), eps=eps, tol=tol,
+                         atol=atol, sample=sample)
     click.echo(json.dumps(check_json(result)) if as_json else check_table(result))
     if not result.ok:
         failed = ", ".join(c.leaf for c in result.leaves if not c.ok)

@@ -95,8 +95,28 @@ def digits(n: int, rng: np.random.Generator):
     return bunch.data[keep].astype(np.float64), bunch.target[keep].astype(np.int64), 10
 
 
+def sort_digits(n: int, rng: np.random.Generator, *, length: int = 6, digits: int = 10):
+    """Sequences d of `length` digits ~ U{0..digits-1} to sort, teacher-forced for a causal
+    decoder: x = d followed by sorted(d) without its last digit [n, 2 length - 1] (int64),
+    y = sorted(d) [n, length]; position length - 1 + i of x predicts y[i]."""
+    _require(length >= 1 and digits >= 2, f"need length >= 1 and digits >= 2, got "
+                                          f"length={length}, digits={digits}")
+    d = rng.integers(0, digits, (n, length))
+    y = np.sort(d, axis=1)
+    return np.concatenate([d, y[:, :-1]], axis=1), y, digits
+
+
+def count_ones(n: int, rng: np.random.Generator, *, length: int = 8):
+    """Bit strings x ~ U{0, 1}^length (as floats 0.0/1.0) and y = how many ones they hold,
+    a class of 0..length: a recurrent net must carry the running count along the sequence."""
+    _require(length >= 1, f"length must be >= 1, got {length}")
+    x = rng.integers(0, 2, (n, length))
+    return x.astype(np.float64), x.sum(axis=1), length + 1
+
+
 DATASETS = {"spiral": spiral, "moons": moons, "circles": circles, "xor": xor,
-            "blobs": blobs, "linear": linear, "sine": sine, "digits": digits}
+            "blobs": blobs, "linear": linear, "sine": sine, "digits": digits,
+            "sort_digits": sort_digits, "count_ones": count_ones}
 FULL_SIZE = {"digits": 1797}  # a fixed dataset's default `samples`: all of it (others: 300)
 
 

@@ -106,15 +106,19 @@ def forward_of(graph: Graph, name: str) -> Optional[str]:
 
 
 def _block(graph: Graph, name: str, phase: str) -> Optional[str]:
-    """The user's node a step belongs to (`h/matmul` -> `h`); its backward steps -> `d:h`;
-    the steps recomputing it (remat.py) -> `re:h`."""
-    if phase == "forward":
-        return graph[name].origin
-    if graph[name].role == "recompute":
-        return "re:" + graph[name].origin
-    if phase == "backward":
-        return "d:" + graph[forward_of(graph, name)].origin
-    return None
+    """The user's node a step belongs to (`h/matmul` -> `h`), or the block instance its
+    node lies in (`h1/z` -> `h1`); its backward steps -> `d:h`, `d:h1`; the steps
+    recomputing it (remat.py) -> `re:h`."""
+    node = graph[name]
+    if node.role == "recompute":
+        prefix = "re:"
+    elif phase == "forward":
+        prefix = ""
+    elif phase == "backward":
+        node, prefix = graph[forward_of(graph, name)], "d:"
+    else:
+        return None
+    return prefix + (node.mark.instance if node.mark and node.mark.instance else node.origin)
 
 
 def _value_shape(plan: Plan, value: str) -> tuple:

@@ -13,10 +13,13 @@ from typing import Iterable, Optional
 
 @dataclass(frozen=True)
 class Mark:
-    """A place in a file: 1-based line and column."""
+    """A place in a file: 1-based line and column; inside a reusable block's definition,
+    also the block and the instance (the node that instantiates it) the place belongs to."""
     file: str
     line: int
     col: int
+    block: Optional[str] = None
+    instance: Optional[str] = None
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.col}"
@@ -38,6 +41,9 @@ class GraphcError(Exception):
 
     def __str__(self) -> str:
         head = f"{self.mark}: " if self.mark else ""
+        if self.mark and self.mark.block:
+            head += f"block '{self.mark.block}'" + (f", instance '{self.mark.instance}'"
+                                                     if self.mark.instance else "") + ": "
         where = f"node '{self.node}': " if self.node else ""
         tail = f"; {self.hint}" if self.hint else ""
         lines = [f"{head}{where}{self.message}{tail}"]

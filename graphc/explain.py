@@ -92,7 +92,8 @@ class LocalGrads:
             store[leaf] = arr.copy()
             if not str(arr.dtype).startswith("int"):
                 wrt.append(leaf)
-        b.add("out", n.op, [f"in{p}" for p in range(len(n.inputs) - saved)], n.attrs)
+        b.add("out", n.op, [f"in{p}" for p in range(len(n.inputs) - saved)],
+              self._bound_attrs(n))
         out = b.nodes["out"]
         b.nodes["g"] = Node("g", "input", (), {"shape": out.shape}, out.shape, out.dtype)
         store["g"] = np.zeros(out.shape, dtype=out.dtype)
@@ -103,6 +104,16 @@ class LocalGrads:
         keep = {gg.grads[w] for w in wrt if gg.grads.get(w)}
         runner = Runner(gg.graph, store, keep, forward=set(forward.nodes))
         return runner, store, gg.grads
+
+    def _bound_attrs(self, n: Node) -> dict:
+        """n's attrs with dim names (reshape's shape=[batch, -1]) replaced by their sizes:
+        the one-node graph has the values' concrete shapes."""
+        dims = {d: size for x in n.inputs
+                for d, size in zip(self.graph[x].shape, np.shape(self.values[x]))
+                if isinstance(d, str)}
+        return {k: [dims.get(d, d) if isinstance(d, str) else d for d in v]
+                if k == "shape" and isinstance(v, (list, tuple)) else v
+                for k, v in n.attrs.items()}
 
     def vjp(self, node: str, position: int, g) -> Optional[np.ndarray]:
         """g (shaped like node) pulled back to input[position]; None where no gradient flows."""

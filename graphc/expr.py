@@ -32,6 +32,8 @@ class NodeSpec:
     attrs: Mapping = field(default_factory=dict, hash=False)
     mark: Optional[Mark] = field(default=None, compare=False)
     input_marks: tuple = field(default=(), compare=False)    # where each input is named
+    origin: Optional[str] = field(default=None, compare=False)  # the user's node, when the
+                                                                # name does not say (blocks)
 
 
 def check_attrs(op: str, attrs: Mapping, node: str, mark: Mark,

@@ -338,8 +338,9 @@ def build_graph(spec, mode: str = "train") -> Graph:
         _raise_cycle(node_specs)
     for name in order:
         n = node_specs[name]
-        # expr.py names a sub-expression of node `h` `h/<op>`: its origin is `h`
-        origin = name.split("/")[0]
+        # expr.py names a sub-expression of node `h` `h/<op>`: its origin is `h`; a block
+        # instance's nodes (`h1/z/<op>`) carry theirs (`h1/z`)
+        origin = n.origin or name.split("/")[0]
         if n.op == "const":
             b.nodes[name] = Node(name, "const", (), n.attrs, (), spec.dtype, n.mark, origin)
         else:

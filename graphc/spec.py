@@ -15,6 +15,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from .blocks import Instance, expand_instances, parse_blocks
 from .errors import Mark, SpecError, did_you_mean, short
 from .limits import fmt_bytes, paused_gc
 from .expr import NodeSpec, call_form, check_attrs, lookup_op, parse_expression
@@ -23,8 +24,8 @@ from .leaves import FLOAT_DTYPES, LeafSpec, check_fits, check_size, parse_dtype,
 from .ops import OPS
 from .yamlload import MarkedDict, check_keys, load_yaml
 
-TOP_KEYS = ("graphc", "name", "dtype", "inputs", "params", "state", "nodes", "loss",
-            "outputs", "train")
+TOP_KEYS = ("graphc", "name", "dtype", "inputs", "params", "state", "blocks", "nodes",
+            "loss", "outputs", "train")
 TRAIN_KEYS = ("data", "batch_size", "epochs", "optimizer", "schedule", "metrics", "seed",
               "clip_grad_norm", "early_stopping", "memory")
 NODE_KEYS = ("op", "inputs")
@@ -109,24 +110,29 @@ def _explicit_node(name: str, raw: MarkedDict) -> NodeSpec:
 
 
 def _nodes(raw: MarkedDict, lines: list, seen: dict) -> list:
-    """Node specs of the `nodes:` section: a number is read as the expression it spells."""
+    """Node specs of the `nodes:` section, and an `Instance` for each block instance."""
     out = []
     for written, body in raw.items():
-        mark = raw.mark_of(written)
         name = _declare(written, raw.key_marks[written], "node", seen)
-        if isinstance(body, float) and not math.isfinite(body):
-            raise SpecError(f"node is {body}, expected a finite number", mark=mark, node=name)
-        if isinstance(body, (int, float)) and not isinstance(body, bool):
-            body = repr(body)
-        if isinstance(body, str):
-            out += parse_expression(body, name, mark, _is_quoted(lines, mark))
-        elif isinstance(body, dict):
-            out.append(_explicit_node(name, body))
+        if isinstance(body, dict) and "block" in body:
+            out.append(Instance(name, body, raw.key_marks[written]))
         else:
-            raise SpecError(f"node is {short(body)}, expected an expression string or "
-                            "{op:, inputs:}", mark=mark, node=name,
-                            hint="e.g. relu(x @ W + b)")
+            out += _node(name, body, raw.mark_of(written), lines)
     return out
+
+
+def _node(name: str, body, mark: Mark, lines: list) -> list:
+    """The node specs of one node body: a number is read as the expression it spells."""
+    if isinstance(body, float) and not math.isfinite(body):
+        raise SpecError(f"node is {body}, expected a finite number", mark=mark, node=name)
+    if isinstance(body, (int, float)) and not isinstance(body, bool):
+        body = repr(body)
+    if isinstance(body, str):
+        return parse_expression(body, name, mark, _is_quoted(lines, mark))
+    if isinstance(body, dict):
+        return [_explicit_node(name, body)]
+    raise SpecError(f"node is {short(body)}, expected an expression string or "
+                    "{op:, inputs:}", mark=mark, node=name, hint="e.g. relu(x @ W + b)")
 
 
 def _is_quoted(lines: list, mark: Mark) -> bool:
@@ -259,8 +265,11 @@ def load_spec(path, text: Optional[str] = None, dtype: Optional[str] = None) -> 
                         None, raw.mark_of("dtype") if dtype is None else None)
     seen: dict = {}
     leaves = _leaves(raw, dtype, seen)
-    nodes = _nodes(_mapping(raw.get("nodes"), "nodes", raw.mark_of("nodes")),
-                   text.splitlines(), seen)
+    lines = text.splitlines()
+    blocks = parse_blocks(_mapping(raw.get("blocks"), "blocks", raw.mark_of("blocks")), dtype,
+                          lambda name, body, mark: _node(name, body, mark, lines))
+    nodes = _nodes(_mapping(raw.get("nodes"), "nodes", raw.mark_of("nodes")), lines, seen)
+    nodes = expand_instances(nodes, blocks, leaves)
     _check_names(leaves, nodes)
     for n in nodes:
         if n.op == "const":

@@ -64,10 +64,16 @@ def console_script() -> list:
 # --- check ---------------------------------------------------------------------------------
 
 def param_count(spec: Path) -> tuple:
-    """(params, values) from the YAML itself: a shape list, a `value:`, or a bare number."""
-    params = yaml.safe_load(spec.read_text()).get("params") or {}
+    """(params, values) from the YAML itself: a shape list, a `value:`, or a bare number;
+    a block's params once per instance that neither shares nor binds them."""
+    raw = yaml.safe_load(spec.read_text())
+    params = list((raw.get("params") or {}).values())
+    for node in (raw.get("nodes") or {}).values():
+        if isinstance(node, dict) and "block" in node and "share" not in node:
+            own = raw["blocks"][node["block"]].get("params") or {}
+            params += [v for k, v in own.items() if k not in (node.get("params") or {})]
     total = 0
-    for body in params.values():
+    for body in params:
         if isinstance(body, dict):
             shape = body["shape"] if "shape" in body else np.shape(body["value"])
         else:

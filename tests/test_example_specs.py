@@ -24,6 +24,7 @@ import yaml
 from graphc.data import DATASETS
 from graphc.model import load_model
 from graphc.trainconfig import load_dataset, parse_train
+from test_ops_grad import SAMPLED
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = REPO / "specs"
@@ -34,6 +35,7 @@ import make_spec_data as M  # noqa: E402
 LOSSES = ("mse", "l1", "huber", "softmax_cross_entropy", "binary_cross_entropy_with_logits",
           "hinge", "multiclass_hinge")
 NEEDS_SKLEARN = {"digits_mlp.yaml"}              # tests/test_digits.py covers it
+SEQUENCE = {"sort_transformer.yaml", "count_gru.yaml"}   # tests/test_sequence_specs.py does
 
 
 def graphc(*args) -> subprocess.CompletedProcess:
@@ -141,8 +143,11 @@ def test_example_trains_to_its_outcome(spec, tmp_path):
 @pytest.mark.parametrize("spec", sorted(p.name for p in SPECS.glob("*.yaml")
                                         if p.name not in NEEDS_SKLEARN))
 def test_every_shipped_spec_checks_and_gradchecks(spec):
+    sample, rows = SAMPLED.get(Path(spec).stem, (None, None))
     for command in ("check", "gradcheck"):
-        proc = graphc(command, SPECS / spec)
+        extra = ["--sample", sample, "--batch-size", rows] if command == "gradcheck" and \
+            sample else []
+        proc = graphc(command, SPECS / spec, *extra)
         assert proc.returncode == 0, f"graphc {command} {spec}:\n{proc.stdout}{proc.stderr}"
 
 
@@ -157,7 +162,7 @@ def test_examples_cover_every_data_source_and_loss_family():
             losses |= {n.op for n in load_model(path).graph.nodes.values()} & set(LOSSES)
     assert sources >= set(DATASETS) | {"csv", "npz", "npy"}
     assert losses == set(LOSSES)
-    assert set(EXAMPLES) | {"spiral_mlp.yaml"} | NEEDS_SKLEARN == \
+    assert set(EXAMPLES) | {"spiral_mlp.yaml"} | NEEDS_SKLEARN | SEQUENCE == \
         {p.name for p in SPECS.glob("*.yaml") if not p.name.startswith("lecture_")}, \
         "a new example spec needs an outcome in EXAMPLES"
 

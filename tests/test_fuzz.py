@@ -29,6 +29,8 @@ from graphc.limits import set_memory_limit  # noqa: E402
 
 SEEDS = F.seed_specs()
 LIMIT_S = 10.0          # per example; a hang fails the test instead of stalling CI
+# an epoch of these takes longer than LIMIT_S; tests/test_sequence_specs.py trains them
+SLOW_EPOCH = {"sort_transformer.yaml"}
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +92,8 @@ def test_mutated_specs_compile_to_a_plan_or_fail_cleanly(folder, name, rnd):
 @pytest.mark.slow
 @settings(max_examples=300, deadline=4000, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(name=st.sampled_from(sorted(n for n, text in SEEDS.items() if "data:" in text)),
+@given(name=st.sampled_from(sorted(n for n, text in SEEDS.items() if "data:" in text
+                                   and n not in SLOW_EPOCH)),
        rnd=st.randoms(use_true_random=False))
 def test_mutated_specs_train_one_epoch_or_fail_cleanly(folder, name, rnd):
     """train loads data and runs the step; a NaN may stop it (exit 1), nothing else may."""

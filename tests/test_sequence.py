@@ -132,3 +132,53 @@ def test_grad_json_of_an_embedding(tmp_path):
     proc = graphc("grad", spec_file(tmp_path, EMBED), "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["grads"]["W"] == [[1.0, 10.0], [0.0, 0.0], [3.0, 30.0]]
+
+
+def test_sequence_datasets_by_hand():
+    from graphc.datasets import count_ones, sort_digits
+    x, y, k = sort_digits(50, np.random.default_rng(0))
+    assert x.shape == (50, 11) and y.shape == (50, 6) and k == 10
+    np.testing.assert_array_equal(y, np.sort(x[:, :6], axis=1))     # y sorts the digits
+    np.testing.assert_array_equal(x[:, 6:], y[:, :5])                # x is teacher-forced
+    x, y, k = count_ones(50, np.random.default_rng(0), length=5)
+    assert x.shape == (50, 5) and k == 6 and set(np.unique(x)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(y, x.sum(axis=1))
+
+
+def test_explain_through_a_reshape_with_a_named_dim(tmp_path):
+    # explain compiles each node on concrete shapes: [batch, 2, 2] must become [1, 2, 2]
+    # (before: "cannot reshape [1, 4] to [batch, 2, 2]: the dim names must stay the same")
+    np.savez(tmp_path / "x.npz", x=np.array([[1.0, 2.0, 3.0, 4.0]]))
+    path = spec_file(tmp_path, """
+inputs: {x: [batch, 4]}
+params: {w: {value: [1.0, -1.0]}}
+nodes:
+  heads: reshape(x, shape=[batch, 2, 2]) * w
+  loss: sum(heads * heads)
+""")
+    proc = graphc("explain", path, "--wrt", "x", "--inputs", tmp_path / "x.npz")
+    assert proc.returncode == 0, proc.stderr
+    # d/dx sum((x w)²) = 2 x w², w² = 1, the path through the reshape
+    assert "graphc's gradient = [[2, 4, 6, 8]]  (matches)" in proc.stdout
+
+
+def test_gradcheck_sample_checks_only_the_sampled_elements(monkeypatch):
+    import dataclasses
+    from graphc.gradcheck import check_grads
+    from graphc.ops import OPS
+    from test_ops_grad import tanh_graph
+    graph, values = tanh_graph()                     # x0 [3, 2]: 6 elements
+    result = check_grads(graph, values, ["x0"], sample=2)
+    assert result.ok and np.isnan(result.numeric["x0"]).sum() == 4
+    wrong = dataclasses.replace(OPS["tanh"], vjp=lambda e, n, g: (e("sigmoid_grad", g, n.name),))
+    monkeypatch.setitem(OPS, "tanh", wrong)
+    assert not check_grads(graph, values, ["x0"], sample=2).ok    # a wrong rule still fails
+
+
+def test_gradcheck_cli_samples_a_large_spec():
+    from test_cli import SPECS
+    proc = graphc("gradcheck", SPECS / "sort_transformer.yaml", "--sample", "2",
+                  "--batch-size", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["ok"] is True and out["sample"] == 2 and len(out["leaves"]) == 31

@@ -14,6 +14,7 @@ from functools import partial
 
 from .bind import source
 from .kernels import k_matmul_ga, k_matmul_gb
+from .nn import GELU_C, GELU_K
 from .workspace import constant, scratch
 
 
@@ -41,6 +42,31 @@ def b_relu_grad(out, g, y):
         np.greater(y, zeros, out=mask)
         np.multiply(g, mask, out=out)
         """, y=y, zeros=zeros, mask=mask, g=g, out=out)
+
+
+def b_gelu_grad(out, g, x):
+    """g * (0.5 c x (1 + 3k x²)(1 - t²) + 0.5 (1 + t)), t = tanh(c x (1 + k x²)) (tanh form),
+    in scratch: the temporaries of the plain form cost more than the arithmetic."""
+    u, w = scratch(out.shape, out.dtype), scratch(out.shape, out.dtype)
+
+    def slope(t):
+        np.multiply(x, x, out=w)
+        np.multiply(w, GELU_K, out=u)
+        np.add(u, 1, out=u)
+        np.multiply(u, x, out=u)
+        np.multiply(u, GELU_C, out=u)
+        np.tanh(u, out=u)                                   # t
+        np.multiply(w, 3 * GELU_K, out=t)
+        np.add(t, 1, out=t)
+        np.multiply(t, x, out=t)
+        np.multiply(t, 0.5 * GELU_C, out=t)                 # 0.5 c x (1 + 3k x²)
+        np.multiply(u, u, out=w)
+        np.subtract(1, w, out=w)
+        np.multiply(t, w, out=t)
+        np.add(u, 1, out=u)
+        np.multiply(u, 0.5, out=u)
+        np.add(t, u, out=t)
+    return _times_slope(out, g, slope)
 
 
 def b_sigmoid_grad(out, g, y):
@@ -114,17 +140,30 @@ def _matmul_2d(out, a, b):
     return source("np.matmul(a, b, out=out)", a=a, b=b, out=out)
 
 
+def _rows(x):
+    """A C-contiguous [..., m, k] array as the matrix [prod(...) m, k] (a view), else None."""
+    return x.reshape(-1, x.shape[-1]) if x.ndim >= 2 and x.flags.c_contiguous else None
+
+
 def b_matmul_ga(out, g, b, shape=None):
-    """d(a @ b)/da = g @ b.T for matrices; other ranks use the general kernel."""
+    """d(a @ b)/da = g @ b.T for matrices, and for a batch of rows times a matrix b (one
+    GEMM over the stacked rows); other ranks use the general kernel."""
     if out.ndim == 2 and b.ndim == 2 and g.ndim == 2:
         return _matmul_2d(out, g, b.T)
+    if b.ndim == 2 and out.shape == g.shape[:-1] + b.shape[:1] and \
+            _rows(g) is not None and _rows(out) is not None:
+        return _matmul_2d(_rows(out), _rows(g), b.T)
     return partial(k_matmul_ga, out, g, b)
 
 
 def b_matmul_gb(out, a, g, shape=None):
-    """d(a @ b)/db = a.T @ g for matrices; other ranks use the general kernel."""
+    """d(a @ b)/db = a.T @ g for matrices, and summed over a batch of rows when b is a
+    matrix (one GEMM over the stacked rows); other ranks use the general kernel."""
     if out.ndim == 2 and a.ndim == 2 and g.ndim == 2:
         return _matmul_2d(out, a.T, g)
+    if out.ndim == 2 and a.ndim == g.ndim > 2 and a.shape[:-1] == g.shape[:-1] and \
+            _rows(a) is not None and _rows(g) is not None:
+        return _matmul_2d(out, _rows(a).T, _rows(g))
     return partial(k_matmul_gb, out, a, g)
 
 
@@ -179,6 +218,7 @@ def b_expand(out, g, shape=None, axis=None, keepdims=False, mean=False):
 BIND = {
     "relu": b_relu, "relu_grad": b_relu_grad, "sigmoid_grad": b_sigmoid_grad,
     "tanh_grad": b_tanh_grad, "pow_grad": b_pow_grad, "maximum_grad": b_maximum_grad,
+    "gelu_grad": b_gelu_grad,
     "sum_to": b_sum_to, "matmul_ga": b_matmul_ga, "matmul_gb": b_matmul_gb,
     "sum": b_sum, "mean": b_mean, "expand": b_expand,
 }

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bind import inline, plain_table, ufunc
+from .bind import inline, plain_table, source, ufunc
 
 
 def _sum_into(out: np.ndarray, full: np.ndarray) -> None:
@@ -19,6 +19,15 @@ def _sum_into(out: np.ndarray, full: np.ndarray) -> None:
     axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(out.shape)
                                       if d == 1 and full.shape[lead + i] != 1)
     np.sum(full, axis=axes, keepdims=True, out=out.reshape((1,) * lead + out.shape))
+
+
+def b_matmul(out, a, b):
+    """a @ b into out; a batch of rows times a matrix (`[..., T, D] @ [D, E]`, contiguous)
+    is one GEMM over the stacked rows, bound as 2-D views, not one GEMM per batch entry."""
+    if a.ndim > 2 and b.ndim == 2 and a.flags.c_contiguous and out.flags.c_contiguous:
+        return source("np.matmul(a, b, out=out)", out=out.reshape(-1, out.shape[-1]),
+                      a=a.reshape(-1, a.shape[-1]), b=b)
+    return source("np.matmul(a, b, out=out)", out=out, a=a, b=b)
 
 
 def k_matmul_ga(out, g, b, shape=None):
@@ -88,7 +97,7 @@ BIND = {
     "div": ufunc("divide", 2), "maximum": ufunc("maximum", 2),
     "neg": ufunc("negative", 1), "exp": ufunc("exp", 1), "log": ufunc("log", 1),
     "square": ufunc("square", 1), "tanh": ufunc("tanh", 1),
-    "matmul": ufunc("matmul", 2), "dot": ufunc("matmul", 2),
+    "matmul": b_matmul, "dot": ufunc("matmul", 2),
     "identity": inline("np.copyto(out, x)", "x"),
 } | plain_table({
     "pow": lambda out, x, exponent: np.power(x, exponent, out=out),

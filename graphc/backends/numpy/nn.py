@@ -123,14 +123,6 @@ def k_silu_grad(out, g, x):
     np.multiply(g, slope, out=out)
 
 
-def k_gelu_grad(out, g, x):
-    t = np.tanh(_gelu_inner(x))
-    x2 = x * x
-    slope = 0.5 * x * (1 - t * t) * GELU_C * (1 + 3 * GELU_K * x2)
-    slope += 0.5 * (1 + t)
-    np.multiply(g, slope, out=out)
-
-
 # reductions, softmax, shape ops
 
 def k_amax(out, x, axis=None, keepdims=False):
@@ -273,7 +265,7 @@ BIND = plain_table({
     "multiclass_hinge": k_multiclass_hinge,
     "abs_grad": k_abs_grad, "sqrt_grad": k_sqrt_grad, "reciprocal_grad": k_reciprocal_grad,
     "leaky_relu_grad": k_leaky_relu_grad, "elu_grad": k_elu_grad,
-    "softplus_grad": k_softplus_grad, "silu_grad": k_silu_grad, "gelu_grad": k_gelu_grad,
+    "softplus_grad": k_softplus_grad, "silu_grad": k_silu_grad,
     "amax_grad": k_amax_grad, "slice": k_slice, "softmax_grad": k_softmax_grad,
     "log_softmax_grad": k_log_softmax_grad, "l1_grad": k_l1_grad, "huber_grad": k_huber_grad,
     "binary_cross_entropy_with_logits_grad": k_bce_logits_grad,

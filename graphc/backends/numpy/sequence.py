@@ -47,32 +47,56 @@ def k_attention(out, q, k, v, probs, causal=False):
     np.matmul(probs, v, out=out)
 
 
-def _normalized(x, eps):
-    """(x̂, 1/σ) over the last axis, in fresh arrays: x̂ = (x - mean) / σ, σ = sqrt(var + eps)."""
-    centered = x - x.mean(axis=-1, keepdims=True)
-    inv_std = 1.0 / np.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)
-    centered *= inv_std
-    return centered, inv_std
+def _normalizer(x, eps):
+    """(xhat, inv_std, run): scratch for x̂ = (x - mean) / σ and 1/σ over the last axis,
+    σ = sqrt(var + eps), and the call that fills them."""
+    xhat = scratch(x.shape, x.dtype)
+    mean, inv_std = (scratch(x.shape[:-1] + (1,), x.dtype) for _ in range(2))
+
+    def run():
+        np.mean(x, axis=-1, keepdims=True, out=mean)
+        np.subtract(x, mean, out=xhat)
+        np.multiply(xhat, xhat, out=xhat)
+        np.mean(xhat, axis=-1, keepdims=True, out=inv_std)      # the variance
+        np.subtract(x, mean, out=xhat)
+        np.add(inv_std, eps, out=inv_std)
+        np.sqrt(inv_std, out=inv_std)
+        np.divide(1.0, inv_std, out=inv_std)
+        np.multiply(xhat, inv_std, out=xhat)
+    return xhat, inv_std, run
 
 
-def k_layer_norm(out, x, gamma, beta, eps=1e-5):
-    xhat, _ = _normalized(x, eps)
-    np.multiply(xhat, gamma, out=out)
-    out += beta
+def b_layer_norm(out, x, gamma, beta, eps=1e-5):
+    xhat, _, normalize = _normalizer(x, eps)
+
+    def run():
+        normalize()
+        np.multiply(xhat, gamma, out=out)
+        np.add(out, beta, out=out)
+    return run
 
 
-def k_layer_norm_grad(out, g, x, gamma, eps=1e-5, wrt="x"):
+def b_layer_norm_grad(out, g, x, gamma, eps=1e-5, wrt="x"):
     """wrt x: (γg - mean(γg) - x̂ mean(γg x̂)) / σ; wrt gamma: g x̂ (the driver sums it to [D])."""
-    xhat, inv_std = _normalized(x, eps)
+    xhat, inv_std, normalize = _normalizer(x, eps)
     if wrt == "gamma":
-        np.multiply(g, xhat, out=out)
-        return
-    dxhat = g * gamma
-    proj = (dxhat * xhat).mean(axis=-1, keepdims=True)
-    dxhat -= dxhat.mean(axis=-1, keepdims=True)
-    xhat *= proj
-    dxhat -= xhat
-    np.multiply(dxhat, inv_std, out=out)
+        def run_gamma():
+            normalize()
+            np.multiply(g, xhat, out=out)
+        return run_gamma
+    d, row = scratch(x.shape, x.dtype), scratch(x.shape[:-1] + (1,), x.dtype)
+
+    def run():
+        normalize()
+        np.multiply(g, gamma, out=d)
+        np.multiply(d, xhat, out=out)
+        np.mean(out, axis=-1, keepdims=True, out=row)
+        np.multiply(xhat, row, out=out)                # x̂ mean(γg x̂)
+        np.mean(d, axis=-1, keepdims=True, out=row)
+        np.subtract(d, row, out=d)
+        np.subtract(d, out, out=out)
+        np.multiply(out, inv_std, out=out)
+    return run
 
 
 def k_slice_grad(out, g, axis, start, stop):
@@ -82,9 +106,9 @@ def k_slice_grad(out, g, axis, start, stop):
     out[tuple(index)] = g
 
 
-BIND = {"attention_probs": b_attention_probs, **plain_table({
+BIND = {"attention_probs": b_attention_probs, "layer_norm": b_layer_norm,
+        "layer_norm_grad": b_layer_norm_grad, **plain_table({
     "embedding": k_embedding, "embedding_grad": k_embedding_grad,
     "scaled_dot_product_attention": k_attention,
-    "layer_norm": k_layer_norm, "layer_norm_grad": k_layer_norm_grad,
     "slice_grad": k_slice_grad,
 })}

@@ -1,0 +1,252 @@
+"""Reusable blocks: a subgraph written once under `blocks:`, instantiated as nodes.
+
+```yaml
+blocks:
+  cell:
+    inputs: [x, h]                  # what an instance binds
+    params: {W: [4, 4], b: [4]}     # each instance's own, unless shared
+    nodes: {out: tanh(x @ W + h + b)}
+    output: out                     # default: the block's last node
+nodes:
+  h1: {block: cell, inputs: [x1, h0]}              # params h1.W, h1.b
+  h2: {block: cell, inputs: [x2, h1], share: h1}   # reads h1.W, h1.b: tied weights
+  h3: {block: cell, inputs: [x3, h2], params: {W: W0}}   # W bound to the leaf W0
+```
+
+An instance compiles to plain nodes, so the IR, autodiff, the planner and `explain`
+see ordinary nodes: the block's node `z` of instance `h1` is `h1/z`, its output node is
+`h1` itself, its params are `h1.W`. Every node keeps the mark of its line inside the
+block, stamped with the block and the instance, so an error there names all three.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional
+
+from .errors import Mark, SpecError, did_you_mean, short
+from .expr import NodeSpec
+from .leaves import LeafSpec, parse_leaf
+from .ops import OPS
+from .yamlload import MarkedDict, check_keys
+
+BLOCK_KEYS = ("inputs", "params", "nodes", "output")
+INSTANCE_KEYS = ("block", "inputs", "share", "params")
+
+
+@dataclass(frozen=True)
+class Block:
+    """A block as written: local names of its inputs, params and nodes, and its output."""
+    name: str
+    inputs: tuple
+    params: Mapping[str, LeafSpec]
+    nodes: tuple
+    output: str
+    mark: Mark
+
+
+@dataclass(frozen=True)
+class Instance:
+    """`name: {block: B, inputs: ..., share: I, params: {P: LEAF}}` in `nodes:`."""
+    name: str
+    raw: MarkedDict
+    mark: Mark
+
+
+def stamped(mark: Optional[Mark], block: str, instance: Optional[str] = None):
+    return mark and dataclasses.replace(mark, block=block, instance=instance)
+
+
+def in_block(exc: SpecError, block: str, instance: Optional[str] = None) -> SpecError:
+    """The same error, its place stamped with the block (and instance) it lies in."""
+    return SpecError(exc.message, mark=stamped(exc.mark, block, instance), node=exc.node,
+                     hint=exc.hint, context=exc.context)
+
+
+def _names(raw, what: str, block: str, mark: Mark) -> tuple:
+    if not isinstance(raw, list) or not all(isinstance(i, str) and i.isidentifier()
+                                            for i in raw):
+        raise SpecError(f"{what} of block '{block}' is {short(raw)}, expected a list of "
+                        "names such as [x, h]", mark=mark)
+    return tuple(raw)
+
+
+def parse_blocks(raw: MarkedDict, dtype: str, parse_node: Callable) -> dict:
+    """name -> Block for the `blocks:` section; `parse_node(name, body, mark)` reads one
+    node's body as the `nodes:` section does."""
+    blocks = {}
+    for name, body in raw.items():
+        mark = raw.key_marks[name]
+        if not isinstance(body, dict):
+            raise SpecError(f"block '{name}' is {short(body)}, expected a mapping with inputs, "
+                            "params and nodes", mark=mark)
+        check_keys(body, BLOCK_KEYS, f"block '{name}'")
+        try:
+            blocks[name] = _block(name, body, mark, dtype, parse_node)
+        except SpecError as exc:
+            raise in_block(exc, name) from None
+    return blocks
+
+
+def _block(name: str, body: MarkedDict, mark: Mark, dtype: str, parse_node) -> Block:
+    inputs = _names(body.get("inputs", []), "inputs", name, body.mark_of("inputs"))
+    raw_params = body.get("params") or {}
+    if not isinstance(raw_params, dict):
+        raise SpecError(f"params of block '{name}' is {short(raw_params)}, expected a mapping "
+                        "name: leaf", mark=body.mark_of("params"), hint="e.g. {W: [4, 4]}")
+    params = {p: parse_leaf(p, v, "param", dtype, raw_params.key_marks[p])
+              for p, v in raw_params.items()}
+    raw_nodes = body.get("nodes")
+    if not isinstance(raw_nodes, dict) or not raw_nodes:
+        raise SpecError(f"block '{name}' has no nodes", mark=mark,
+                        hint="give it nodes: {out: EXPRESSION}")
+    for p in set(inputs) & set(params):
+        raise SpecError(f"'{p}' is both an input and a param of block '{name}'",
+                        mark=raw_params.key_marks[p], node=p, hint="rename one of them")
+    taken = set(inputs) | set(params)
+    nodes = []
+    for local, node_body in raw_nodes.items():
+        if local in taken or not local.isidentifier():
+            raise SpecError(f"node name '{local}' is taken or not an identifier",
+                            mark=raw_nodes.key_marks[local], node=local)
+        taken.add(local)
+        nodes += parse_node(local, node_body, raw_nodes.mark_of(local))
+    output = body.get("output", list(raw_nodes)[-1])
+    if output not in raw_nodes:
+        raise SpecError(f"output {short(output)} is not a node of block '{name}'",
+                        mark=body.mark_of("output"), hint=did_you_mean(str(output), raw_nodes))
+    return Block(name, inputs, params, tuple(nodes), output, mark)
+
+
+def expand_instances(items: list, blocks: Mapping[str, Block], leaves: dict) -> list:
+    """Nodes with every Instance replaced by its block's nodes; their params join `leaves`."""
+    of_block = {i.name: i.raw.get("block") for i in items if isinstance(i, Instance)}
+    known = set(leaves) | {i.name for i in items}
+    out = []
+    for item in items:
+        if isinstance(item, Instance):
+            out += _instantiate(item, blocks, of_block, leaves, known)
+        else:
+            out.append(item)
+    return out
+
+
+def _instantiate(inst: Instance, blocks, of_block: Mapping, leaves: dict, known: set) -> list:
+    raw = inst.raw
+    check_keys(raw, INSTANCE_KEYS, f"the instance '{inst.name}'", node=inst.name)
+    block = blocks.get(raw["block"]) if isinstance(raw["block"], str) else None
+    if block is None:
+        raise SpecError(f"unknown block {short(raw['block'])}", mark=raw.mark_of("block"),
+                        node=inst.name, hint=did_you_mean(str(raw["block"]), blocks) or
+                        "define it under blocks:")
+    layer = next((n for n in block.nodes if OPS[n.op].group == "layer"), None)
+    if layer is not None and "share" in raw:
+        raise SpecError(f"block '{block.name}' uses the layer {layer.op}, whose params are "
+                        "each instance's own: share: cannot tie them", mark=raw.mark_of("share"),
+                        node=inst.name, hint="declare the params in the block's params: and "
+                        "write the layer's ops (x @ W + b)")
+    rename = {**_bind_inputs(inst, block, known), **_bind_params(inst, block, of_block, leaves)}
+    for n in block.nodes:
+        rename[n.name] = inst.name if n.name == block.output else f"{inst.name}/{n.name}"
+    return [_renamed(n, rename, block, inst.name) for n in block.nodes]
+
+
+def _bind_inputs(inst: Instance, block: Block, known: set) -> dict:
+    given = inst.raw.get("inputs", [])
+    where = inst.raw.mark_of("inputs")
+    if isinstance(given, list) and len(given) == len(block.inputs):
+        given = dict(zip(block.inputs, given))
+    if not isinstance(given, dict) or set(given) != set(block.inputs) or \
+            not all(isinstance(v, str) for v in given.values()):
+        raise SpecError(f"block '{block.name}' takes inputs [{', '.join(block.inputs)}], got "
+                        f"{short(given)}", mark=where, node=inst.name,
+                        hint="give a list of names in that order, or a mapping "
+                             "{INPUT: NAME}")
+    for name in given.values():
+        if name not in known:
+            raise SpecError(f"unknown name '{name}' bound to an input of block "
+                            f"'{block.name}'", mark=where, node=inst.name,
+                            hint=did_you_mean(name, known) or
+                            "define it under inputs, params or nodes")
+    return dict(given)
+
+
+def _bind_params(inst: Instance, block: Block, of_block: Mapping, leaves: dict) -> dict:
+    """Block param -> leaf name: the instance's own (`<instance>.<param>`, created here), a
+    shared instance's (`share:`), or a leaf bound by name (`params:`)."""
+    share, bound = inst.raw.get("share"), inst.raw.get("params") or {}
+    if not isinstance(bound, dict):
+        raise SpecError(f"params is {short(bound)}, expected a mapping {{PARAM: LEAF}}",
+                        mark=inst.raw.mark_of("params"), node=inst.name)
+    if share is not None and (not isinstance(share, str) or of_block.get(share) != block.name):
+        raise SpecError(f"share {short(share)} is not an instance of block '{block.name}'",
+                        mark=inst.raw.mark_of("share"), node=inst.name,
+                        hint=did_you_mean(str(share), [i for i, b in of_block.items()
+                                                       if b == block.name and i != inst.name]))
+    out = {}
+    for p, leaf in block.params.items():
+        if p in bound:
+            out[p] = _bound_leaf(inst, block, p, bound[p], leaves)
+        else:
+            out[p] = f"{share or inst.name}.{p}"
+            if share is None:
+                leaves[out[p]] = dataclasses.replace(leaf, name=out[p],
+                                                     mark=stamped(leaf.mark, block.name,
+                                                                  inst.name))
+    unknown = set(bound) - set(block.params)
+    if unknown:
+        raise SpecError(f"block '{block.name}' has no param '{sorted(unknown)[0]}'",
+                        mark=inst.raw.mark_of("params"), node=inst.name,
+                        hint=did_you_mean(sorted(unknown)[0], block.params))
+    return out
+
+
+def _bound_leaf(inst: Instance, block: Block, param: str, name, leaves: dict) -> str:
+    want = block.params[param].shape
+    if not isinstance(name, str) or name not in leaves or leaves[name].kind != "param":
+        raise SpecError(f"param '{param}' is bound to {short(name)}, which is not a param",
+                        mark=inst.raw.mark_of("params"), node=inst.name,
+                        hint=did_you_mean(str(name), [k for k, v in leaves.items()
+                                                      if v.kind == "param"]))
+    if tuple(leaves[name].shape) != tuple(want):
+        raise SpecError(f"param '{param}' of block '{block.name}' has shape {list(want)}, but "
+                        f"'{name}' has {list(leaves[name].shape)}",
+                        mark=inst.raw.mark_of("params"), node=inst.name)
+    return name
+
+
+def _renamed(n: NodeSpec, rename: Mapping, block: Block, instance: str) -> NodeSpec:
+    """A block node as this instance's: names bound, marks stamped, origin the block node."""
+    for k, i in enumerate(n.inputs):
+        if i not in rename:
+            at = n.input_marks[k] if k < len(n.input_marks) else n.mark
+            raise SpecError(f"unknown name '{i}' in block '{block.name}'",
+                            mark=stamped(at, block.name, instance),
+                            node=rename.get(n.name.split("/")[0]),
+                            hint=did_you_mean(i, rename) or "a block reads only its inputs, "
+                            "params and nodes: add it to the block's inputs")
+    name = rename[n.name] if n.name in rename else f"{instance}/{n.name}"
+    user = n.name.split("/")[0]
+    return dataclasses.replace(
+        n, name=name, inputs=tuple(rename[i] for i in n.inputs),
+        mark=stamped(n.mark, block.name, instance),
+        input_marks=tuple(stamped(m, block.name, instance) for m in n.input_marks),
+        origin=rename[user])
+
+
+def instance_lines(graph) -> list:
+    """`check`'s summary of the block instances in an IR graph: one line per block, each
+    instance with its node count and the params it reads (its own or shared)."""
+    by_block: dict = {}
+    for n in graph.nodes.values():
+        if n.mark and n.mark.instance and not n.is_leaf:
+            inst = by_block.setdefault(n.mark.block, {}).setdefault(n.mark.instance, [])
+            inst.append(n)
+    lines = []
+    for block, instances in by_block.items():
+        parts = []
+        for inst, members in instances.items():
+            params = sorted({i for n in members for i in n.inputs if graph[i].op == "param"})
+            parts.append(f"{inst} ({len(members)} nodes; params {', '.join(params) or 'none'})")
+        lines.append(f"block {block}: " + ", ".join(parts))
+    return lines
