@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import Mark, SpecError, did_you_mean, short
 from .limits import fmt_bytes
-from .expr import NodeSpec, check_attrs, lookup_op, parse_expression
+from .expr import NodeSpec, check_attrs, layer_form, lookup_op, parse_expression, parse_stack
 from .layers import expand_layers
 from .leaves import FLOAT_DTYPES, LeafSpec, check_fits, check_size, parse_dtype, parse_leaf
 from .ops import OPS
@@ -89,7 +89,9 @@ def _explicit_node(name: str, raw: MarkedDict) -> NodeSpec:
     if not isinstance(raw["op"], str):
         raise SpecError(f"op is {short(raw['op'])}, expected an op name such as relu",
                         mark=raw.mark_of("op"), node=name)
-    op = lookup_op(raw["op"], name, raw.mark_of("op"))
+    given = raw.get("inputs")
+    op = layer_form(lookup_op(raw["op"], name, raw.mark_of("op")),
+                    len(given) if isinstance(given, list) else 0)
     check_keys(raw, NODE_KEYS + tuple(OPS[op].attrs), f"the {op} node", node=name)
     inputs = raw.get("inputs", [])
     if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
@@ -120,10 +122,12 @@ def _nodes(raw: MarkedDict, lines: list, seen: dict) -> list:
             out += parse_expression(body, name, mark, _is_quoted(lines, mark))
         elif isinstance(body, dict):
             out.append(_explicit_node(name, body))
+        elif isinstance(body, list):
+            out += parse_stack(body, name, mark)
         else:
-            raise SpecError(f"node is {short(body)}, expected an expression string or "
-                            "{op:, inputs:}", mark=mark, node=name,
-                            hint="e.g. relu(x @ W + b)")
+            raise SpecError(f"node is {short(body)}, expected an expression string, "
+                            "{op:, inputs:} or a layer stack [x, op(...), ...]", mark=mark,
+                            node=name, hint="e.g. relu(x @ W + b)")
     return out
 
 

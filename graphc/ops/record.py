@@ -51,6 +51,8 @@ class OpDef:
     saves: Optional[str] = None             # the op computing what this op's kernel and
                                             # gradient read: an input the IR builder adds
     onnx: Optional[str] = None              # the export mapping, when export lands
+    layer_form: Optional[str] = None        # the layer a call with x alone means:
+                                            # conv2d(x, out_channels=8, kernel=3)
 
 
 def missing_facts(op: OpDef) -> list:
