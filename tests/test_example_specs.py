@@ -33,7 +33,8 @@ import make_spec_data as M  # noqa: E402
 
 LOSSES = ("mse", "l1", "huber", "softmax_cross_entropy", "binary_cross_entropy_with_logits",
           "hinge", "multiclass_hinge")
-NEEDS_SKLEARN = {"digits_mlp.yaml"}              # tests/test_digits.py covers it
+NEEDS_SKLEARN = {"digits_mlp.yaml",              # tests/test_digits.py covers it
+                 "digits_cnn.yaml"}              # tests/test_conv_specs.py covers it
 
 
 def graphc(*args) -> subprocess.CompletedProcess:
@@ -108,6 +109,11 @@ def npz(result, params):
     assert np.abs(squares - truth).max() > 1.0, "the outliers should matter to mse"
 
 
+def waveforms(result, params):
+    assert result["metrics"]["accuracy"] >= 0.95            # chance: 1/3
+    assert result["loss"] < math.log(3) / 4                   # equal scores: log 3
+
+
 def npy(result, params):
     assert result["metrics"]["accuracy"] >= 0.9             # chance: 1/3
     assert result["loss"] < math.log(3) / 4                   # equal scores: log 3
@@ -123,6 +129,7 @@ EXAMPLES = {
     "csv_regression.yaml": csv,
     "npz_robust_l1.yaml": npz,
     "npy_softmax.yaml": npy,
+    "waveforms_conv1d.yaml": waveforms,
 }
 
 
