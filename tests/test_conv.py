@@ -76,6 +76,36 @@ def test_pools_by_hand():
     assert g.tolist() == [[2.2]]
 
 
+CONV1D_POOL = """\
+dtype: float64
+inputs:
+  x: {value: [[[1.0, -2.0, 3.0, 0.5]]]}
+params:
+  W: {value: [[[0.5, -1.0]]]}
+  b: {value: [0.25]}
+nodes:
+  y: conv1d(x, W, b, padding=1)
+  p: max_pool1d(y, kernel=2)
+  loss: sum(p * p)
+"""
+
+
+def test_conv1d_then_max_pool_by_hand_and_explained(tmp_path):
+    # padded x = [0, 1, -2, 3, 0.5, 0]; y[l] = 0.5 xp[l] - xp[l + 1] + 0.25
+    #   = [-0.75, 2.75, -3.75, 1.25, 0.5]; pooling pairs (the odd last one is dropped):
+    #   p = [2.75, 1.25], loss = 7.5625 + 1.5625 = 9.125; dL/dy = [0, 5.5, 0, 2.5, 0]
+    # dW = [5.5·1 + 2.5·3, 5.5·(-2) + 2.5·0.5] = [13, -9.75]; db = 8
+    # dx = [0.5·5.5, -5.5, 0.5·2.5, -2.5] = [2.75, -5.5, 1.25, -2.5]
+    spec = tmp_path / "c1.yaml"
+    spec.write_text(CONV1D_POOL)
+    r = json.loads(ok(graphc("grad", spec, "--json")).stdout)
+    assert r["loss"] == 9.125
+    assert r["grads"]["W"] == [[[13.0, -9.75]]] and r["grads"]["b"] == [8.0]
+    assert r["grads"]["x"] == [[[2.75, -5.5, 1.25, -2.5]]]
+    out = ok(graphc("explain", spec, "--wrt", "W")).stdout
+    assert "graphc's gradient = [[[13, -9.75]]]  (matches)" in out
+
+
 # --- against the loop references --------------------------------------------------------
 
 @pytest.mark.parametrize("shape,kernel,attrs", [

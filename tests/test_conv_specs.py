@@ -131,3 +131,33 @@ def test_a_stack_error_points_at_its_own_item(tmp_path):
 def test_cnn_specs_check(tmp_path):
     for spec in ("digits_cnn.yaml", "waveforms_conv1d.yaml"):
         ok(graphc("check", SPECS / spec))
+
+
+# --- the data ---------------------------------------------------------------------------
+
+def test_digits_images_are_the_flat_pixels_channels_first():
+    pytest.importorskip("sklearn", reason="the digits dataset needs scikit-learn")
+    from graphc.datasets import digits
+    flat, y, k = digits(20, np.random.default_rng(1))
+    images, y2, _ = digits(20, np.random.default_rng(1), images=True)
+    assert images.shape == (20, 1, 8, 8) and k == 10 and np.array_equal(y, y2)
+    assert np.array_equal(images.reshape(20, 64), flat)
+
+
+def test_a_dataset_flag_must_be_true_or_false(tmp_path):
+    spec = tmp_path / "flag.yaml"
+    spec.write_text((SPECS / "digits_cnn.yaml").read_text().replace("images: true",
+                                                                    "images: 1"))
+    r = graphc("train", spec, "--epochs", "1", "--out", tmp_path / "c.npz")
+    assert_one_located_error(r, {"exit": 2, "expect": "images of dataset 'digits' must be "
+                                                      "true or false, got 1"}, f"error: {spec}:")
+
+
+def test_waveforms_classes_differ_in_shape_not_in_scale():
+    from graphc.datasets import waveforms
+    x, y, k = waveforms(400, np.random.default_rng(0), noise=0.0)
+    assert x.shape == (400, 1, 64) and k == 3 and np.bincount(y).tolist() == [134, 133, 133]
+    # noiseless square waves take two values (±amplitude), a sine many
+    square, sine = x[y == 1][0, 0], x[y == 0][0, 0]
+    assert len(np.unique(np.round(np.abs(square), 9))) == 1
+    assert len(np.unique(np.round(sine, 9))) > 20
