@@ -117,7 +117,7 @@ def torch_step(layers, params: list, lr: float):
     return step, torch
 
 
-def bench_model(name: str, reps: int, seconds: float, workdir: Path) -> dict:
+def bench_model(name: str, reps: int, seconds: float, workdir: Path, with_torch: bool) -> dict:
     in_shape, batch, layers = MODELS[name]
     path = workdir / f"cnn_{name}.yaml"
     path.write_text(cnn_spec(name, in_shape, layers))
@@ -127,7 +127,7 @@ def bench_model(name: str, reps: int, seconds: float, workdir: Path) -> dict:
     x = rng.standard_normal((batch,) + in_shape).astype(np.float32)
     y = rng.integers(0, 10, batch).astype(np.int64)
     calls = {"graphc": lambda: model.step({"x": x, "y": y}), "numpy": lambda: hand.step(x, y)}
-    torch_run = torch_step(layers, params_of(model), LR)
+    torch_run = torch_step(layers, params_of(model), LR) if with_torch else None
     if torch_run is not None:
         step, torch = torch_run
         tx, ty = torch.from_numpy(x), torch.from_numpy(y)
@@ -183,6 +183,7 @@ def parse_args(argv=None):
     p.add_argument("--seconds", type=float, default=6.0,
                    help="time per model when --reps is not given")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch column")
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in args.models if m not in MODELS]
@@ -202,7 +203,8 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp, np.errstate(over="ignore", under="ignore"):
         for name in args.models:
-            rows.append(bench_model(name, args.reps, args.seconds, Path(tmp)))
+            rows.append(bench_model(name, args.reps, args.seconds, Path(tmp),
+                                    with_torch=not args.no_torch))
             if not args.json:
                 print(f"... {name} done ({rows[-1]['reps']} reps)", file=sys.stderr)
     if args.json:
