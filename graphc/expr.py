@@ -104,10 +104,19 @@ def attr_problem(key: str, default, value) -> Optional[str]:
     return None if test(value) else want
 
 
-def layer_form(op: str, n_inputs: int) -> str:
+def layer_form(op: str, n_inputs: int, given, node: str, mark: Mark) -> str:
     """The layer an op called with its input alone stands for (conv2d(x, out_channels=8,
-    kernel=3) creates its W and b), else the op itself."""
-    return OPS[op].layer_form if OPS[op].layer_form and n_inputs == 1 else op
+    kernel=3) creates its W and b), else the op itself; `given` are the attribute names."""
+    layer = OPS[op].layer_form
+    if not layer or n_inputs != 1:
+        return op
+    missing = [k for k, v in OPS[layer].attrs.items() if v is REQUIRED and k not in given]
+    if missing:
+        raise SpecError(f"{op} with its input alone is a layer that creates its weights, and "
+                        f"needs {' and '.join(missing)}", mark=mark, node=node,
+                        hint=f"write {op}(x, out_channels=16, kernel=3), or pass the weights: "
+                             f"{op}(x, W, b)")
+    return layer
 
 
 def lookup_op(name: str, node: str, mark: Mark) -> str:
@@ -256,7 +265,8 @@ class _Parser:
             self.fail(f"'{self.source(tree.func)}' cannot be called; only op names can",
                       tree.func, ALLOWED)
         self.check_name(tree.func.id, tree.func)
-        op = layer_form(lookup_op(tree.func.id, self.name, self.at(tree)), len(tree.args))
+        op = layer_form(lookup_op(tree.func.id, self.name, self.at(tree)), len(tree.args),
+                        {k.arg for k in tree.keywords}, self.name, self.at(tree))
         arity = OPS[op].arity
         if any(isinstance(a, ast.Starred) for a in tree.args) or \
                 any(k.arg is None for k in tree.keywords):

@@ -91,7 +91,7 @@ def _explicit_node(name: str, raw: MarkedDict) -> NodeSpec:
                         mark=raw.mark_of("op"), node=name)
     given = raw.get("inputs")
     op = layer_form(lookup_op(raw["op"], name, raw.mark_of("op")),
-                    len(given) if isinstance(given, list) else 0)
+                    len(given) if isinstance(given, list) else 0, set(raw), name, raw.mark)
     check_keys(raw, NODE_KEYS + tuple(OPS[op].attrs), f"the {op} node", node=name)
     inputs = raw.get("inputs", [])
     if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):

@@ -105,6 +105,10 @@ def test_a_layer_stack_chains_each_item_into_the_next(tmp_path):
 
 @pytest.mark.parametrize("layer,expect", [
     ("conv2d(x, out_channels=4, kernel=11)", "the kernel spans 11"),
+    ("conv2d(x, kernel=3)", "conv2d with its input alone is a layer that creates its weights, "
+                            "and needs out_channels; write conv2d(x, out_channels=16"),
+    ("{op: conv1d, inputs: [x]}", "conv1d with its input alone is a layer that creates its "
+                                  "weights, and needs out_channels and kernel"),
     ("conv2d(x, out_channels=0, kernel=3)", "attribute 'out_channels' of conv2d_layer is 0, "
                                             "expected a positive integer"),
     ("conv2d(x, out_channels=4, kernel=3, activation=rleu)", "conv2d has no activation 'rleu'"),
