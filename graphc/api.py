@@ -25,7 +25,7 @@ from .plan import Plan
 from .predict import CHUNK, Predictor, class_outputs, given_arrays, normalization
 from .optim import LR, parse_optimizer
 from .train import EpochLog, TrainResult, read_checkpoint, step_runner, train
-from .trainconfig import parse_train, training_plan, training_step
+from .trainconfig import memory_policy, parse_train, training_plan, training_step
 
 PathLike = Union[str, os.PathLike]
 ArrayLike = Union[np.ndarray, Sequence]
@@ -137,7 +137,7 @@ class Model:
         if self._step is None:
             raw = self._model.spec.train
             step = training_step(self._model)[0]
-            self._step = step_runner(self._model, step)
+            self._step = step_runner(self._model, step, memory_policy(self._model))
             self._model.store[LR][...] = parse_optimizer(raw.get("optimizer"),
                                                          raw.mark_of("optimizer")).lr
         if feeds.keys() != self._fed:
@@ -148,10 +148,12 @@ class Model:
                             f"); {what}", hint="a param or stored value is not fed")
         return float(self._step.run(feeds)[self._model.graph.loss])
 
-    def plan(self, batch: int = 64, *, reuse: bool = True) -> Plan:
+    def plan(self, batch: int = 64, *, reuse: bool = True,
+             memory_budget: Optional[str] = None) -> Plan:
         """The memory plan of the training step at batch size `batch`, as `graphc plan
-        --batch-size` prints it (`plan_json` and `plan_table` in graphc.plan)."""
-        return training_plan(self._model, batch, reuse)[1]
+        --batch-size` prints it (`plan_json` and `plan_table` in graphc.plan), under the
+        spec's `train.memory` policy or `memory_budget` (such as "64MiB")."""
+        return training_plan(self._model, batch, reuse, memory_budget=memory_budget)[1]
 
     def save(self, path: PathLike) -> Path:
         """Write a checkpoint atomically: the params, the spec, and what the last fit or

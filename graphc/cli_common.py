@@ -16,6 +16,10 @@ from .outfiles import write_text
 
 
 SPEC = click.Path(dir_okay=False, path_type=Path)
+MEMORY_BUDGET = click.option("--memory-budget", metavar="SIZE",
+                             help="Fit the step's plan in SIZE (such as 64MiB) by recomputing "
+                                  "forward values in the backward pass [default: "
+                                  "train.memory].")
 
 
 class FiniteFloat(click.FloatRange):

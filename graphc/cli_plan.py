@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 import click
-from .cli_common import SPEC, dot_outputs, limit_threads, training_step, write_dot
+from .cli_common import (MEMORY_BUDGET, SPEC, dot_outputs, limit_threads, training_step,
+                         write_dot)
 
 
 def _parse_dims(ctx, param, values) -> dict:
@@ -43,29 +44,40 @@ DIM = click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", callback
 @click.option("--render", is_flag=True, help="Also render the DOT to SVG with Graphviz.")
 @click.option("--no-reuse", is_flag=True,
               help="Give every value its own bytes (no arena reuse, no in-place), to compare.")
-def plan(spec, as_json, dot, batch_size, dims, memory, only, render, no_reuse):
+@MEMORY_BUDGET
+@click.option("--saved", is_flag=True,
+              help="List the values the backward pass reads: kept (bytes, producer) or "
+                   "recomputed (flops).")
+def plan(spec, as_json, dot, batch_size, dims, memory, only, render, no_reuse, memory_budget,
+         saved):
     """Compile the training step; print its schedule, buffers and memory summary."""
     from .model import load_model
     from .outfiles import check_outputs, write_text
     from .plan import plan_json, plan_table
-    from .trainconfig import training_plan
+    from .remat import memory_json, saved_table
+    from .trainconfig import training_remat
     if only and not dot:
         raise click.UsageError("--only selects the steps --dot draws: give --dot FILE too")
     check_outputs({"--memory": memory, **dot_outputs(dot, render)})   # before the work
     model = load_model(spec)
-    step, compiled = training_plan(model, batch_size, reuse=not no_reuse, dims=dims)
+    step, remat = training_remat(model, batch_size, not no_reuse, dims, memory_budget)
+    compiled, remat_on = remat.plan, remat.policy.kind != "none"
     if dot:
         from .dot import plan_dot
         write_dot(dot, plan_dot(step.graph, compiled, only), render)
     if memory:
         from .memsvg import memory_svg
         write_text(memory, memory_svg(compiled, f"{model.spec.name}: the arena over one "
-                                                f"training step"), "--memory")
+                                                f"training step", remat.kept,
+                                      remat.clones.values()), "--memory")
         click.echo(f"wrote {memory}", err=True)
     if as_json:
-        click.echo(json.dumps(plan_json(compiled)))
+        extra = {"memory": memory_json(remat)} if saved or remat_on else {}
+        click.echo(json.dumps({**plan_json(compiled), **extra}))
+    elif saved:
+        click.echo(saved_table(remat))
     else:
-        click.echo(plan_table(compiled))
+        click.echo(plan_table(compiled) + ("\n\n" + saved_table(remat) if remat_on else ""))
 
 
 @click.command(name="time")
@@ -76,13 +88,16 @@ def plan(spec, as_json, dot, batch_size, dims, memory, only, render, no_reuse):
 @click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="BLAS threads (default: as is).")
 @click.option("--no-reuse", is_flag=True, help="Time the plan without arena reuse.")
+@MEMORY_BUDGET
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def time_(spec, batch_size, dims, steps, warmup, threads, no_reuse, as_json):
+def time_(spec, batch_size, dims, steps, warmup, threads, no_reuse, memory_budget, as_json):
     """Time the compiled training step on synthetic data: median per step, per-op table."""
     from .timing import time_step
+    from .trainconfig import memory_policy
     limit_threads(threads)
     model, step, bs, dims = training_step(spec, batch_size, dims)
-    result = time_step(model, step, bs, dims, steps, warmup, reuse=not no_reuse)
+    result = time_step(model, step, bs, dims, steps, warmup, reuse=not no_reuse,
+                       memory=memory_policy(model, memory_budget))
     if as_json:
         click.echo(json.dumps(result.json()))
         return

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 import click
-from .cli_common import SPEC, FiniteFloat, checkpoint_or_default, default_checkpoint
+from .cli_common import (MEMORY_BUDGET, SPEC, FiniteFloat, checkpoint_or_default,
+                         default_checkpoint)
 
 
 @click.command()
@@ -30,8 +31,9 @@ from .cli_common import SPEC, FiniteFloat, checkpoint_or_default, default_checkp
               help="Write loss/metric curves per epoch (and a 2-D decision boundary) to DIR.")
 @click.option("--force", is_flag=True,
               help="Replace the default checkpoint even when another spec file saved it.")
+@MEMORY_BUDGET
 def train(spec, out, as_json, epochs, batch_size, lr, seed, resume, init_from, save_every,
-          plot, force):
+          plot, force, memory_budget):
     """Train SPEC on its train.data; save a checkpoint."""
     from .model import load_model
     from .checkpoint import check_same_spec_file, init_from as load_init
@@ -41,7 +43,8 @@ def train(spec, out, as_json, epochs, batch_size, lr, seed, resume, init_from, s
     if resume and init_from:
         raise click.UsageError("--resume and --init-from exclude each other")
     model = load_model(spec, seed)
-    cfg = parse_train(model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    cfg = parse_train(model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                      memory_budget=memory_budget)
     chosen = out or resume
     out = chosen or default_checkpoint(model)
     destination(out, "checkpoint")              # every output checked before the work

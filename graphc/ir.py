@@ -125,8 +125,9 @@ class GraphBuilder:
         """Add a node; ShapeError becomes a SpecError naming the inputs and their shapes.
 
         An op that `saves` a value for its gradient, given the user's inputs, gets that
-        value as a node of its own (`<name>/saved`, with the op's attributes) and as its
-        last input; inputs that already end with that value are kept as they are.
+        value as a node of its own (`<name>/saved`, with the attributes the saved op
+        declares) and as its last input; inputs that already end with that value are kept
+        as they are.
         """
         inputs, attrs = tuple(inputs), dict(attrs or {})
         where = {"origin": name, **self.provenance}
@@ -134,8 +135,9 @@ class GraphBuilder:
         saves = OPS[op].saves
         if saves and not (inputs and self.nodes[inputs[-1]].op == saves):
             saved = self.fresh(f"{name}/saved")
-            self.nodes[saved] = Node(saved, saves, inputs, attrs,
-                                     self._infer(name, op, saves, inputs, attrs, mark,
+            shared = {k: v for k, v in attrs.items() if k in OPS[saves].attrs}
+            self.nodes[saved] = Node(saved, saves, inputs, shared,
+                                     self._infer(name, op, saves, inputs, shared, mark,
                                                  where["origin"]),
                                      dtype or self.dtype, mark, **where)
             inputs += (saved,)

@@ -16,15 +16,16 @@ from .errors import Mark, SpecError
 
 MEMORY_ENV = "GRAPHC_MAX_MEMORY"
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30,
-          "gb": 2**30, "t": 2**40, "tb": 2**40}
+          "gb": 2**30, "t": 2**40, "tb": 2**40,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 _limit: Optional[int] = None
 
 
 def parse_bytes(text: str) -> int:
-    """'512M', '2G', '1.5gb', '1000000' -> bytes (binary units); ValueError if unreadable,
-    infinite or under one byte."""
+    """'512M', '2G', '1.5gb', '64MiB', '1000000' -> bytes (binary units); ValueError if
+    unreadable, infinite or under one byte."""
     s = str(text).strip().lower()
-    digits = s.rstrip("kmgtb")
+    digits = s.rstrip("kmgtib")
     value, unit = float(digits), s[len(digits):]
     if unit not in _UNITS or not math.isfinite(value) or int(value * _UNITS[unit]) < 1:
         raise ValueError(f"not a size: {text!r}")

@@ -13,6 +13,8 @@ from . import shapes as S
 from .plan import Plan
 
 PHASE_COLORS = {"forward": "#4c78a8", "backward": "#e45756", "update": "#f58518"}
+RECOMPUTED_COLOR = "#54a24b"      # a recompute node's value (remat.py)
+KEPT_STROKE = "#111111"           # a saved value kept for the backward pass: outlined
 WIDTH, HEIGHT = 900, 440
 LEFT, RIGHT, TOP, BOTTOM = 78, 24, 84, 56
 
@@ -44,7 +46,9 @@ def _text(x, y, body, anchor="start", **attrs) -> str:
     return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}"{extra}>{escape(body)}</text>'
 
 
-def _buffers(plan: Plan, ax: _Axes) -> list:
+def _buffers(plan: Plan, ax: _Axes, kept=frozenset(), recomputed=frozenset()) -> list:
+    """One bar per buffer, coloured by the writer's phase; recomputed values green, saved
+    values the backward pass keeps outlined."""
     phase = {s.index: s.phase for s in plan.steps}
     out = []
     for b in plan.buffers.values():
@@ -54,9 +58,15 @@ def _buffers(plan: Plan, ax: _Axes) -> list:
                f"steps {b.first_step}..{b.last_step}"
                + (f", in place of {b.in_place_of}" if b.in_place_of else ""))
         color = PHASE_COLORS.get(phase[b.first_step], "#888888")
-        out.append(f'<rect class="buffer" x="{x0:.2f}" y="{y0:.2f}" width="{x1 - x0:.2f}" '
-                   f'height="{max(y1 - y0, 0.75):.2f}" fill="{color}" fill-opacity="0.85" '
-                   f'stroke="#ffffff" stroke-width="0.5"><title>{escape(tip)}</title></rect>')
+        kind, stroke = "", 'stroke="#ffffff" stroke-width="0.5"'
+        if b.value in recomputed:
+            kind, color, tip = " recomputed", RECOMPUTED_COLOR, tip + ", recomputed"
+        elif b.value in kept:
+            kind, tip = " kept", tip + ", kept for the backward pass"
+            stroke = f'stroke="{KEPT_STROKE}" stroke-width="1.5"'
+        out.append(f'<rect class="buffer{kind}" x="{x0:.2f}" y="{y0:.2f}" '
+                   f'width="{x1 - x0:.2f}" height="{max(y1 - y0, 0.75):.2f}" fill="{color}" '
+                   f'fill-opacity="0.85" {stroke}><title>{escape(tip)}</title></rect>')
     return out
 
 
@@ -97,17 +107,24 @@ def _marks(plan: Plan, ax: _Axes) -> list:
     return out
 
 
-def _legend() -> list:
+def _legend(remat: bool) -> list:
     out, x = [], LEFT
-    for phase, color in PHASE_COLORS.items():
-        out.append(f'<rect x="{x}" y="48" width="12" height="12" fill="{color}"/>')
-        out.append(_text(x + 16, 58, f"written in {phase}", fill="#333"))
-        x += 140
+    entries = [(color, f"written in {phase}", "") for phase, color in PHASE_COLORS.items()]
+    if remat:
+        entries += [(RECOMPUTED_COLOR, "recomputed", ""),
+                    ("#ffffff", "kept for backward", f' stroke="{KEPT_STROKE}"')]
+    for color, label, stroke in entries:
+        out.append(f'<rect x="{x}" y="48" width="12" height="12" fill="{color}"{stroke}/>')
+        out.append(_text(x + 16, 58, label, fill="#333"))
+        x += 140 if len(entries) <= 4 else 128
     return out
 
 
-def memory_svg(plan: Plan, title: str = "memory plan") -> str:
-    """The whole picture as one SVG document (one `rect.buffer` per planned value)."""
+def memory_svg(plan: Plan, title: str = "memory plan", kept=(), recomputed=()) -> str:
+    """The whole picture as one SVG document (one `rect.buffer` per planned value); with a
+    rematerialized plan, the `recomputed` values and the saved values `kept` for the
+    backward pass are drawn apart (classes `recomputed` and `kept`)."""
+    kept, recomputed = frozenset(kept), frozenset(recomputed)
     top = max(plan.arena_bytes, plan.lower_bound_bytes, 1)
     ax = _Axes(len(plan.steps), top)
     saved = plan.naive_bytes / plan.arena_bytes if plan.arena_bytes else 1.0
@@ -117,7 +134,8 @@ def memory_svg(plan: Plan, title: str = "memory plan") -> str:
     body = ([f'<rect width="{WIDTH}" height="{HEIGHT}" fill="#ffffff"/>',
              _text(LEFT, 20, title, font_size=15, font_weight="bold"),
              _text(LEFT, 38, summary, fill="#333")]
-            + _legend() + _buffers(plan, ax) + _marks(plan, ax) + _axes(plan, ax, top))
+            + _legend(bool(recomputed)) + _buffers(plan, ax, kept, recomputed)
+            + _marks(plan, ax) + _axes(plan, ax, top))
     if not plan.buffers:
         body.append(_text(WIDTH / 2, HEIGHT / 2, "no arena buffers: every value is persistent",
                           "middle"))

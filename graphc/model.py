@@ -20,7 +20,7 @@ from .executor import Executor
 from .initializers import initialize
 from .ir import Graph, build_graph
 from .ops import OPS
-from .plan import compile_plan, verify_plan
+from .remat import NONE, MemoryPolicy, remat_plan
 from .spec import Spec, load_spec
 
 
@@ -98,17 +98,19 @@ def bind_dims(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict:
 
 def label_classes(graph: Graph) -> dict:
     """{label input: (number of classes, the node reading it)} for every forward op that takes
-    class labels against scores whose class axis (the last) has a fixed size."""
+    class labels (or embedding ids) against an axis of fixed size (`OpDef.label_range`:
+    the scores' class axis, the embedding table's rows)."""
     out: dict = {}
     for n in graph.nodes.values():
         if OPS[n.op].group != "forward":
             continue
-        scores = graph[n.inputs[0]].shape
+        source, axis = OPS[n.op].label_range
+        scores = graph[n.inputs[source]].shape
         for pos in OPS[n.op].labels:
             label = graph[n.inputs[pos]]
-            if scores and S.is_int(scores[-1]) and label.op == "input":
-                if label.name not in out or scores[-1] < out[label.name][0]:
-                    out[label.name] = (scores[-1], n.name)
+            if scores and S.is_int(scores[axis]) and label.op == "input":
+                if label.name not in out or scores[axis] < out[label.name][0]:
+                    out[label.name] = (scores[axis], n.name)
     return out
 
 
@@ -123,20 +125,31 @@ def check_labels(graph: Graph, classes: Mapping, values: Mapping) -> None:
         if index is not None:
             raise SpecError(f"label {arr[index]} at index {list(index)} is out of range for "
                             f"{k} classes (expected 0..{k - 1}): '{reader}' "
-                            f"({graph[reader].op}) reads it against {k} class scores",
+                            f"({graph[reader].op}) reads it against {_read_against(graph, reader)}",
                             mark=graph[name].mark, node=name,
                             hint=f"class labels count from 0; check the data fed to '{name}'")
+
+
+def _read_against(graph: Graph, reader: str) -> str:
+    """What a label indexes: "3 class scores", or "the 10 rows of 'W'" (embedding ids)."""
+    source, axis = OPS[graph[reader].op].label_range
+    table = graph[graph[reader].inputs[source]]
+    if (source, axis) == (0, -1):
+        return f"{table.shape[-1]} class scores"
+    return f"the {table.shape[axis]} rows of '{table.origin or table.name}'"
 
 
 class Runner:
     """One compiled executor per bound dims (batch size), sharing the model's store.
 
     `run` is where values enter a model outside training: it binds the dims and checks
-    class labels (fed or stored) against the class count, for every command and API."""
+    class labels (fed or stored) against the class count, for every command and API.
+    `memory` is the rematerialization policy each plan is compiled under (remat.py)."""
 
-    def __init__(self, graph: Graph, store: dict, keep=(), forward=None, reuse: bool = True):
+    def __init__(self, graph: Graph, store: dict, keep=(), forward=None, reuse: bool = True,
+                 memory: MemoryPolicy = NONE):
         self.graph, self.store, self.keep, self.forward = graph, store, tuple(keep), forward
-        self.reuse = reuse
+        self.reuse, self.memory = reuse, memory
         self.labels = label_classes(graph)
         self.cache: dict = {}        # bound dims -> executor
         self.by_shapes: dict = {}    # the feeds' shapes -> executor, skipping bind_dims
@@ -144,8 +157,8 @@ class Runner:
     def executor(self, dims: Mapping[str, int]) -> Executor:
         key = tuple(sorted(dims.items()))
         if key not in self.cache:
-            plan = compile_plan(self.graph, dims, self.keep, self.forward, self.reuse)
-            verify_plan(plan)
+            plan = remat_plan(self.graph, dims, self.keep, self.forward, self.reuse,
+                              self.memory).plan
             self.cache[key] = Executor(plan, self.store)
         return self.cache[key]
 

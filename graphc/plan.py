@@ -63,6 +63,7 @@ class Plan:
     lower_bound_bytes: int
     plain_lower_bound_bytes: int = 0         # the bound of the plain topological order
     reuse: bool = True
+    budget_bytes: Optional[int] = None       # a memory budget the arena must fit (remat.py)
 
 
 def aligned(nbytes: int) -> int:
@@ -218,6 +219,9 @@ def verify_plan(plan: Plan) -> None:
     invariant(plan.lower_bound_bytes <= plan.arena_bytes <= plan.naive_bytes,
               f"plan verifier: the arena ({plan.arena_bytes} bytes) is not between the "
               f"lower bound and the naive sum")
+    invariant(plan.budget_bytes is None or plan.arena_bytes <= plan.budget_bytes,
+              f"plan verifier: the arena ({plan.arena_bytes} bytes) exceeds the memory "
+              f"budget of {plan.budget_bytes} bytes")
 
 
 def _check_in_place(plan: Plan) -> None:

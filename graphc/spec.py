@@ -26,7 +26,7 @@ from .yamlload import MarkedDict, check_keys, load_yaml
 TOP_KEYS = ("graphc", "name", "dtype", "inputs", "params", "nodes", "loss", "outputs",
             "train")
 TRAIN_KEYS = ("data", "batch_size", "epochs", "optimizer", "schedule", "metrics", "seed",
-              "clip_grad_norm", "early_stopping")
+              "clip_grad_norm", "early_stopping", "memory")
 NODE_KEYS = ("op", "inputs")
 MAX_SPEC_BYTES = 2**20          # specs are a few KB; YAML parsing needs ~200 bytes per byte
 

@@ -15,6 +15,7 @@ from . import shapes as S
 from .limits import check_memory
 from .model import Model, Runner, label_classes
 from .optim import LR, StepGraph
+from .remat import NONE, MemoryPolicy
 
 
 @dataclass(frozen=True)
@@ -55,13 +56,16 @@ def _classes(model: Model, labels: str) -> int:
 
 
 def time_step(model: Model, step: StepGraph, batch: int, dims: Mapping[str, int],
-              steps: int = 200, warmup: int = 20, reuse: bool = True) -> Timing:
+              steps: int = 200, warmup: int = 20, reuse: bool = True,
+              memory: MemoryPolicy = NONE) -> Timing:
     """Median/p10 of whole training steps with its symbolic dims sized by `dims` (`batch`
-    is the batch size they give), then per-kernel time summed by (op, phase)."""
+    is the batch size they give), planned under `memory`, then per-kernel time summed by
+    (op, phase)."""
     for n in step.graph.leaves("state"):
         model.store.setdefault(n.name, np.zeros(n.shape, dtype=n.dtype))
     model.store.setdefault(LR, np.asarray(1e-6, dtype=model.graph.dtype))
-    ex = Runner(step.graph, model.store, {model.graph.loss}, step.forward, reuse).executor(dims)
+    ex = Runner(step.graph, model.store, {model.graph.loss}, step.forward, reuse,
+                memory).executor(dims)
     feeds = synthetic_batch(model, dims)
     ex.feed(feeds)
     for _ in range(warmup):

@@ -27,6 +27,7 @@ from .metrics import Accumulator, EarlyStopping, metric_nodes
 from .model import Model, Runner
 from .outfiles import destination, locked, remove_stale_temps
 from .optim import LR, StepGraph, training_graph
+from .remat import NONE, MemoryPolicy
 from .trainconfig import TrainConfig, load_dataset, parse_train
 
 SHUFFLE_STREAM = 2          # the batch order's RNG: default_rng([seed, 2]) (data uses 1)
@@ -148,13 +149,14 @@ class Position:
         return pos
 
 
-def step_runner(model: Model, step: StepGraph) -> Runner:
+def step_runner(model: Model, step: StepGraph, memory: MemoryPolicy = NONE) -> Runner:
     """The compiled training step over the model's store, its optimizer state zeroed and its
-    learning-rate leaf added (zero until the caller writes it)."""
+    learning-rate leaf added (zero until the caller writes it), planned under `memory`."""
     for n in step.graph.leaves("state"):
         model.store[n.name] = np.zeros(n.shape, dtype=n.dtype)
     model.store[LR] = np.zeros((), dtype=model.graph.dtype)
-    return Runner(step.graph, model.store, {model.graph.loss, step.guard}, forward=step.forward)
+    return Runner(step.graph, model.store, {model.graph.loss, step.guard}, forward=step.forward,
+                  memory=memory)
 
 
 class Run:
@@ -172,7 +174,7 @@ class Run:
                             "none", mark=model.spec.train.mark_of("early_stopping"),
                             hint="add validation: 0.2 to train.data")
         self.step = training_graph(model.graph, cfg.optimizer, cfg.clip_grad_norm)
-        self.runner = step_runner(model, self.step)
+        self.runner = step_runner(model, self.step, cfg.memory)
         self.evaluate = Evaluator(model, cfg.metrics)
         self.rng = np.random.default_rng([cfg.seed, SHUFFLE_STREAM])
         self.pos = Position(C.rng_array(self.rng.bit_generator.state))

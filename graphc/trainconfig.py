@@ -5,7 +5,7 @@ so every later stage sees one effective configuration.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Optional
 
 from . import shapes as S
@@ -13,7 +13,8 @@ from .data import apply_stats, load_data
 from .errors import SpecError, did_you_mean
 from .metrics import EarlyStoppingConfig, parse_early_stopping, parse_metrics
 from .model import Model, label_classes, spec_seed
-from .plan import batch_dims, compile_plan, verify_plan
+from .plan import batch_dims
+from .remat import NONE, MemoryPolicy, Remat, parse_memory, remat_plan
 from .shapes import is_number
 from .schedules import Schedule, parse_schedule
 from .spec import TRAIN_KEYS, check_keys
@@ -31,6 +32,7 @@ class TrainConfig:
     seed: int
     clip_grad_norm: Optional[float] = None
     early_stopping: Optional[EarlyStoppingConfig] = None
+    memory: MemoryPolicy = NONE
 
     def run_settings(self) -> dict:
         """What a resume must share with the run it continues, besides the spec text."""
@@ -46,7 +48,7 @@ def _positive_int(raw: Mapping, key: str, default: int, override=None) -> int:
 
 
 def parse_train(model: Model, epochs=None, batch_size=None, lr=None, seed=None,
-                data: Optional[Mapping] = None) -> TrainConfig:
+                data: Optional[Mapping] = None, memory_budget=None) -> TrainConfig:
     """Validate `train:` (keys, numbers, names), applying command-line overrides; `data`
     (a `train.data` mapping, from the Python API) replaces the spec's."""
     raw = model.spec.train
@@ -68,7 +70,15 @@ def parse_train(model: Model, epochs=None, batch_size=None, lr=None, seed=None,
         metrics=metrics, seed=spec_seed(model.spec, seed),
         clip_grad_norm=_clip(raw),
         early_stopping=parse_early_stopping(raw.get("early_stopping"), metrics,
-                                            raw.mark_of("early_stopping")))
+                                            raw.mark_of("early_stopping")),
+        memory=memory_policy(model, memory_budget))
+
+
+def memory_policy(model: Model, budget=None) -> MemoryPolicy:
+    """The spec's `train.memory` policy, or a budget given on the command line."""
+    raw = model.spec.train
+    return parse_memory(raw.get("memory"), list(model.graph.nodes), raw.mark_of("memory"),
+                        budget)
 
 
 def _clip(raw: Mapping) -> Optional[float]:
@@ -117,14 +127,24 @@ def _check_dim_names(model: Model, dims: Mapping) -> None:
                                 else "it has no symbolic dims"))
 
 
-def training_plan(model: Model, batch_size=None, reuse: bool = True, dims=None) -> tuple:
+def training_plan(model: Model, batch_size=None, reuse: bool = True, dims=None,
+                  memory_budget=None) -> tuple:
     """(step graph, verified plan) of the training step at `batch_size` (default the
     spec's) and `dims`, as `graphc plan` compiles it: the loss is the one value kept to
-    the end."""
+    the end. The step graph holds the recompute nodes of the spec's `train.memory`
+    policy (or of `memory_budget`)."""
+    step, remat = training_remat(model, batch_size, reuse, dims, memory_budget)
+    return step, remat.plan
+
+
+def training_remat(model: Model, batch_size=None, reuse: bool = True, dims=None,
+                   memory_budget=None) -> tuple:
+    """(step graph with its recompute nodes, Remat): `training_plan` with what the memory
+    policy keeps and recomputes."""
     step, _, dims = training_step(model, batch_size, dims)
-    plan = compile_plan(step.graph, dims, {model.graph.loss}, step.forward, reuse=reuse)
-    verify_plan(plan)
-    return step, plan
+    remat = remat_plan(step.graph, dims, {model.graph.loss}, step.forward, reuse,
+                       memory_policy(model, memory_budget))
+    return replace(step, graph=remat.graph), remat
 
 
 def fed_label_classes(model: Model) -> dict:

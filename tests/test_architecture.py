@@ -27,7 +27,7 @@ STAGES = [
     "shapes", "ops",                                        # the vocabulary (ops/: records)
     "yamlload", "leaves", "expr", "layers", "spec",         # spec text -> validated spec
     "ir", "autodiff", "optim",                              # graph, reverse graph, updates
-    "arena", "plan", "dot", "memsvg",                       # the planner and its pictures
+    "arena", "plan", "remat", "dot", "memsvg",              # the planner and its pictures
     "backends", "executor",                                 # kernels behind one interface
     "initializers", "datasets", "datafiles", "datasources", "data",  # data and init
     "metrics", "schedules",

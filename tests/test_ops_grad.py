@@ -364,6 +364,75 @@ CASES.update({
 })
 
 
+# --- sequence ops (issue 13): references written with loops, as the papers state them -------
+
+def gen_embedding(draw, rng):
+    """ids of rank 0..3 drawn from few rows, so ids repeat (their gradients must add up)."""
+    rows, width = draw(st.integers(1, SIDE)), draw(st.integers(1, SIDE))
+    ids = rng.integers(0, rows, size=draw(SHAPE)).astype(np.int64)
+    return [ids, uniform(rng, (rows, width))], {}
+
+
+def gen_attention(draw, rng):
+    """q [..., T, d], k [..., S, d], v [..., S, dv] with broadcasting batch dims; causal or not."""
+    t, s, d, dv = (draw(st.integers(1, SIDE)) for _ in range(4))
+    batch = draw(hnp.mutually_broadcastable_shapes(num_shapes=3, max_dims=2, max_side=3))
+    bq, bk, bv = batch.input_shapes
+    return ([uniform(rng, bq + (t, d)), uniform(rng, bk + (s, d)), uniform(rng, bv + (s, dv))],
+            {"causal": draw(st.booleans())})
+
+
+def attention_by_loops(q, k, v, causal=False):
+    """softmax_j(q_i · k_j / sqrt(d)) over the keys j <= i (causal) or all, times v_j."""
+    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    q, k, v = (np.broadcast_to(a, batch + a.shape[-2:]) for a in (q, k, v))
+    out = np.zeros(batch + (q.shape[-2], v.shape[-1]))
+    for idx in np.ndindex(batch):
+        for i in range(q.shape[-2]):
+            keys = range(min(i + 1, k.shape[-2]) if causal else k.shape[-2])
+            scores = [q[idx][i] @ k[idx][j] / np.sqrt(q.shape[-1]) for j in keys]
+            weights = np.exp(np.array(scores) - max(scores))
+            weights /= weights.sum()
+            out[idx][i] = sum(w * v[idx][j] for w, j in zip(weights, keys))
+    return out
+
+
+def gen_layer_norm(draw, rng):
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=SIDE))
+    return ([uniform(rng, shape), uniform(rng, shape[-1:]), uniform(rng, shape[-1:])],
+            {"eps": draw(st.sampled_from([1e-5, 0.1]))})
+
+
+def layer_norm_by_rows(x, gamma, beta, eps):
+    flat = x.reshape(-1, x.shape[-1])
+    rows = [(r - r.mean()) / np.sqrt(((r - r.mean()) ** 2).mean() + eps) for r in flat]
+    return (np.array(rows) * gamma + beta).reshape(x.shape)
+
+
+def gen_slice(draw, rng):
+    """One axis, start < stop inside it, each given from the front or (negative) the back."""
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=SIDE))
+    axis = draw(st.integers(-len(shape), len(shape) - 1))
+    size = shape[axis]
+    start = draw(st.integers(0, size - 1))
+    stop = draw(st.integers(start + 1, size))
+    start, stop = (i - size if draw(st.booleans()) and i < size else i for i in (start, stop))
+    return [uniform(rng, shape)], {"axis": axis, "start": start, "stop": stop}
+
+
+def _slice_ref(x, axis, start, stop):
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(start, stop)
+    return x[tuple(index)]
+
+
+CASES.update({
+    "embedding": Case(gen_embedding, lambda ids, table: table[ids]),
+    "scaled_dot_product_attention": Case(gen_attention, attention_by_loops),
+    "layer_norm": Case(gen_layer_norm, layer_norm_by_rows),
+    "slice": Case(gen_slice, _slice_ref),
+})
+
 # Forward ops with no gradient at all, each with the reason. (Integer inputs such as
 # class labels are not here: they are a per-input matter, `None` in the op's VJP rule.)
 NON_DIFFERENTIABLE: dict[str, str] = {}

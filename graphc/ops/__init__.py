@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from . import activations, conv, elementwise, linalg, losses, reductions, sources, updates
+from . import (activations, conv, elementwise, linalg, losses, reductions, sequence, sources,
+               updates)
 from .record import GROUPS, REQUIRED, OpDef
 
 FAMILIES = {
@@ -25,6 +26,7 @@ FAMILIES = {
     "losses": losses.OPS,
     "conv": conv.OPS,
     "updates": updates.OPS,
+    "sequence": sequence.OPS,
 }
 
 

@@ -1,10 +1,11 @@
-"""Products and shape ops: matmul, dot, transpose, reshape, concat, and their gradients."""
+"""Products and shape ops: matmul, dot, transpose, reshape, concat, slice, and their gradients."""
 from __future__ import annotations
 
 from .. import shapes as S
 from .record import REQUIRED, OpDef, attr_shape, constant_formula
 
 _BW = {"group": "backward", "elementwise": False}
+_SLICE = {"axis": REQUIRED, "start": REQUIRED, "stop": REQUIRED}
 
 
 def _matmul(shapes, attrs):
@@ -32,9 +33,29 @@ def _concat(shapes, attrs):
 
 
 def _slice(shapes, attrs):
+    """x's shape with `axis` cut to stop - start; the axis must have a fixed size and
+    0 <= start < stop <= size (negative start/stop count from the end, as in Python)."""
     shape = list(shapes[0])
-    shape[S.one_axis(attrs["axis"], len(shape))] = attrs["stop"] - attrs["start"]
+    if not shape:
+        raise S.ShapeError("slice needs an input of rank >= 1, got a scalar")
+    axis = S.one_axis(attrs["axis"], len(shape))
+    size, start, stop = shape[axis], attrs["start"], attrs["stop"]
+    if not S.is_int(size):
+        raise S.ShapeError(f"slice cuts axis {attrs['axis']} of {S.fmt(shape)}, a named dim "
+                           "whose size is unknown until run time; slice a fixed-size axis")
+    if not (S.is_int(start) and S.is_int(stop)):
+        raise S.ShapeError(f"start and stop must be integers, got {start!r} and {stop!r}")
+    lo, hi = (i + size if i < 0 else i for i in (start, stop))
+    if not 0 <= lo < hi <= size:
+        raise S.ShapeError(f"slice {start}:{stop} of axis {attrs['axis']} (size {size}) is "
+                           f"empty or out of range (expected 0 <= start < stop <= {size})")
+    shape[axis] = hi - lo
     return tuple(shape)
+
+
+def _matmul_flops(shapes, attrs):
+    """2·m·k·n: one multiply and one add per term of every output element."""
+    return 2 * S.size(S.matmul(shapes[0], shapes[1])) * shapes[0][-1]
 
 
 def _matmul_vjp(e, n, g):
@@ -66,9 +87,9 @@ def _concat_vjp(e, n, g):
 OPS = (
     OpDef("matmul", 2, _matmul, "matmul(a, b) = a @ b (numpy.matmul, 1-D operands as in NumPy)",
           vjp=_matmul_vjp, formula=lambda a, o, attrs: (f"g ↦ g @ {a[1]}ᵀ", f"g ↦ {a[0]}ᵀ @ g"),
-          elementwise=False),
+          elementwise=False, flops=_matmul_flops),
     OpDef("dot", 2, _dot, "dot(a, b) = numpy.dot for vectors and matrices", vjp=_matmul_vjp,
-          formula=lambda a, o, attrs: (a[1], a[0]), elementwise=False),
+          formula=lambda a, o, attrs: (a[1], a[0]), elementwise=False, flops=_matmul_flops),
     OpDef("matmul_ga", 2, attr_shape, "matmul_ga(g, b) = g @ b.T, summed to a's shape",
           attrs={"shape": REQUIRED}, **_BW),
     OpDef("matmul_gb", 2, attr_shape, "matmul_gb(a, g) = a.T @ g, summed to b's shape",
@@ -84,7 +105,11 @@ OPS = (
           "...], axis)", attrs={"axis": 0}, vjp=_concat_vjp,
           formula=lambda a, o, attrs: tuple(f"g ↦ slice {k + 1} of g" for k in range(len(a))),
           elementwise=False),
-    OpDef("slice", 1, _slice, "slice(g, axis, start, stop) = g[start:stop] along axis (the "
-          "gradient of one concat input)",
-          attrs={"axis": REQUIRED, "start": REQUIRED, "stop": REQUIRED}, **_BW),
+    OpDef("slice", 1, _slice, "slice(x, axis=A, start=S, stop=E) = x[S:E] along axis A, "
+          "which stays (x[:, S:E] for axis 1)", attrs=_SLICE,
+          vjp=lambda e, n, g: (e("slice_grad", g, shape=e.shape(n.inputs[0]), **n.attrs),),
+          formula=constant_formula("g ↦ g placed at [start:stop], zeros elsewhere"),
+          elementwise=False),
+    OpDef("slice_grad", 1, attr_shape, "slice_grad(g, shape, axis, start, stop) = zeros(shape) "
+          "with g at [start:stop] along axis", attrs={"shape": REQUIRED, **_SLICE}, **_BW),
 )

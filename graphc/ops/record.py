@@ -47,12 +47,19 @@ class OpDef:
     elementwise: Optional[bool] = None      # computed ops: the in-place permission
     mutates: tuple = ()                     # update ops: input positions written in place
     labels: tuple = ()                      # input positions that take integer class labels
+    label_range: tuple = (0, -1)            # (input, axis) whose size the labels index:
+                                            # 0..size-1 (class scores' last axis by default)
     layer_init: Optional[str] = None        # activations: the init dense picks for its W
     saves: Optional[str] = None             # the op computing what this op's kernel and
                                             # gradient read: an input the IR builder adds
     onnx: Optional[str] = None              # the export mapping, when export lands
     layer_form: Optional[str] = None        # the layer a call with x alone means:
                                             # conv2d(x, out_channels=8, kernel=3)
+    recomputable: bool = True               # False: the output is not a pure function of the
+                                            # inputs and attrs (hidden RNG state): never
+                                            # rematerialized (ops that mutate never are)
+    flops: Optional[Callable] = None        # flops(input_shapes, attrs) -> the kernel's
+                                            # arithmetic; None: one per output element
 
 
 def missing_facts(op: OpDef) -> list:

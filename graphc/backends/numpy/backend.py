@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from ...plan import ALIGN, Plan
-from . import conv, fast, kernels, nn, softmax, updates
+from . import conv, fast, kernels, nn, sequence, softmax, updates
 from .workspace import Workspace
 
 DROP_ATTRS = {"shape"}    # shape attributes are for inference; kernels see real arrays
@@ -33,7 +33,7 @@ def assemble(*tables: dict) -> dict:
 
 
 KERNELS = assemble(kernels.BIND, nn.BIND, fast.BIND, softmax.BIND, updates.BIND,
-                   conv.BIND)
+                   conv.BIND, sequence.BIND)
 
 
 def run_kernel(op: str, out: np.ndarray, *ins, **attrs) -> np.ndarray:

@@ -1,0 +1,134 @@
+"""Sequence ops beyond the random gradient table: hand-checked embedding gradients with
+repeated ids, causal masking, attention's saved probabilities, layer_norm against its
+closed form, and the errors a user sees (ids out of range, bad slices)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from graphc.ir import build_graph
+from graphc.spec import load_spec
+from test_cli import graphc
+from test_ops_grad import attention_by_loops
+from test_ops_semantics import grads_of, run, spec_file
+
+EMBED = """
+inputs:
+  ids: {shape: [4], dtype: int64, value: [2, 0, 2, 2]}
+params:
+  W: {value: [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]}
+  c: {value: [1.0, 10.0]}
+nodes:
+  loss: sum(embedding(ids, W) * c)
+"""
+
+
+def test_repeated_ids_accumulate(tmp_path):
+    # rows 2, 0, 2, 2: loss = (5 + 60) * 3 + (1 + 20) = 216; d W[r] = (#times r read) * c
+    loss, grads = grads_of(tmp_path, EMBED)
+    assert loss == 216.0
+    np.testing.assert_array_equal(grads["W"], [[1, 10], [0, 0], [3, 30]])
+
+
+def test_embedding_ids_out_of_range_name_the_node(tmp_path):
+    path = spec_file(tmp_path, EMBED.replace("[2, 0, 2, 2]", "[2, 0, 3, 2]"))
+    proc = graphc("grad", path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip()
+    assert line.startswith("error: ") and len(line.splitlines()) == 1
+    assert "spec.yaml:3:3: node 'ids': label 3 at index [2] is out of range" in line
+    assert "'loss/embedding' (embedding) reads it against the 3 rows of 'W'" in line
+
+
+def test_embedding_negative_id_is_refused_not_wrapped(tmp_path):
+    # NumPy's take would read row -1 (the last one) without a word
+    path = spec_file(tmp_path, EMBED.replace("[2, 0, 2, 2]", "[2, -1, 2, 2]"))
+    proc = graphc("grad", path)
+    assert proc.returncode == 2 and "label -1 at index [1] is out of range" in proc.stderr
+
+
+def test_float_ids_are_refused(tmp_path):
+    path = spec_file(tmp_path, EMBED.replace("dtype: int64, ", ""))
+    proc = graphc("check", path)
+    assert proc.returncode == 2
+    assert "input 1 of embedding is 'ids' (float32), but must be integer" in proc.stderr
+
+
+def attend(q, k, v, causal=False):
+    """The forward op's two kernels, as a plan runs them: the saved probabilities, then P v."""
+    probs = run("attention_probs", q, k, v, causal=causal)
+    return run("scaled_dot_product_attention", q, k, v, probs, causal=causal)
+
+
+def test_causal_attention_ignores_the_future():
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.normal(size=(2, 5, 3)) for _ in range(3))
+    out = attend(q, k, v, causal=True)
+    k2, v2 = k.copy(), v.copy()
+    k2[:, 3:], v2[:, 3:] = 100.0, -100.0         # change keys and values 3 and 4 only
+    out2 = attend(q, k2, v2, causal=True)
+    np.testing.assert_allclose(out[:, :3], out2[:, :3], rtol=1e-12)
+    assert not np.allclose(out[:, 3:], out2[:, 3:])
+    np.testing.assert_allclose(out[:, 0], v[:, 0], rtol=1e-12)     # query 0 sees key 0 only
+    np.testing.assert_allclose(out, attention_by_loops(q, k, v, causal=True), rtol=1e-12)
+
+
+def test_attention_is_stable_and_hand_checked():
+    # one query [1, 0] against keys [1, 0], [0, 1] at d = 2: weights softmax([1, 0] / √2)
+    q, k, v = np.array([[1.0, 0.0]]), np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([[1.0], [0.0]])
+    w = np.exp(1 / np.sqrt(2)) / (np.exp(1 / np.sqrt(2)) + 1)
+    assert attend(q, k, v)[0, 0] == pytest.approx(w, rel=1e-14)
+    big = attend(q * 1e4, k * 1e4, v)
+    assert np.isfinite(big).all() and big[0, 0] == pytest.approx(1.0)
+
+
+def test_attention_probabilities_are_a_saved_value(tmp_path):
+    path = spec_file(tmp_path, """
+inputs: {x: [batch, 4, 8]}
+nodes:
+  y: scaled_dot_product_attention(x, x, x, causal=True)
+  loss: sum(y)
+""")
+    graph = build_graph(load_spec(path))
+    saved = graph["y/saved"]
+    assert saved.op == "attention_probs" and saved.shape == ("batch", 4, 4)
+    assert saved.attrs == {"causal": True} and graph["y"].inputs[-1] == "y/saved"
+
+
+def test_layer_norm_by_hand():
+    # row [1, 2, 3]: mean 2, var 2/3; eps 0 gives x̂ = [-1, 0, 1]·√1.5
+    y = run("layer_norm", [[1.0, 2.0, 3.0]], [1.0, 1.0, 2.0], [0.0, 0.5, 0.0], eps=0.0)
+    np.testing.assert_allclose(y, [[-np.sqrt(1.5), 0.5, 2 * np.sqrt(1.5)]], rtol=1e-14)
+
+
+@pytest.mark.parametrize("call, message", [
+    ("slice(x, axis=1, start=2, stop=2)", "slice 2:2 of axis 1 (size 3) is empty or out of range"),
+    ("slice(x, axis=1, start=0, stop=4)", "expected 0 <= start < stop <= 3"),
+    ("slice(x, axis=0, start=0, stop=1)", "a named dim whose size is unknown until run time"),
+    ("slice(x, axis=1, start=0.5, stop=1)", "start and stop must be integers"),
+])
+def test_bad_slices_are_located(tmp_path, call, message):
+    path = spec_file(tmp_path, f"inputs: {{x: [batch, 3]}}\nnodes:\n  loss: sum({call})\n")
+    proc = graphc("check", path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "spec.yaml:3:13: node 'loss': shape mismatch in slice" in proc.stderr
+    assert message in proc.stderr
+
+
+def test_slice_keeps_the_axis_and_its_gradient_is_placed(tmp_path):
+    loss, grads = grads_of(tmp_path, """
+params:
+  x: {value: [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]}
+nodes:
+  loss: sum(slice(x, axis=1, start=-2, stop=3) ** 2)
+""")
+    assert loss == 4 + 9 + 25 + 36
+    np.testing.assert_array_equal(grads["x"], [[0, 4, 6], [0, 10, 12]])
+
+
+def test_grad_json_of_an_embedding(tmp_path):
+    proc = graphc("grad", spec_file(tmp_path, EMBED), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["grads"]["W"] == [[1.0, 10.0], [0.0, 0.0], [3.0, 30.0]]
