@@ -173,6 +173,14 @@ def _conv_layer(d: int, op: str):
     return infer
 
 
+def _conv_flops(d: int, op: str):
+    """2·C·prod(kernel) per output element: the matmul over the columns."""
+    def flops(shapes, attrs):
+        out = _conv(d, op)(shapes, attrs)
+        return 2 * S.size(out) * prod(shapes[1][1:])
+    return flops
+
+
 def conv_layer(d: int) -> OpDef:
     name = f"conv{d}d"
     return OpDef(f"{name}_layer", 1, _conv_layer(d, name),
@@ -191,7 +199,7 @@ def conv_op(d: int) -> OpDef:
                  f"{'K' if d == 1 else 'KH, KW'}], b [O] optional (F.{name}); stride, padding, "
                  "dilation an int or one per axis", attrs=dict(GEOMETRY), saves="im2col",
                  vjp=_conv_vjp, formula=_conv_formula, elementwise=False, onnx="Conv",
-                 layer_form=f"{name}_layer")
+                 layer_form=f"{name}_layer", flops=_conv_flops(d, name))
 
 
 def pool_op(kind: str, d: int) -> OpDef:
