@@ -80,9 +80,10 @@ def sine(n: int, rng: np.random.Generator, *, noise: float = 0.1):
     return x, np.sin(x[:, 0]) + noise * rng.standard_normal(n), None
 
 
-def digits(n: int, rng: np.random.Generator):
-    """scikit-learn's digits: 8x8 images of handwritten digits, pixels 0..16 as 64 features,
-    labels 0..9; `samples` below 1797 keeps a seeded random subset."""
+def digits(n: int, rng: np.random.Generator, *, images: bool = False):
+    """scikit-learn's digits: 8x8 images of handwritten digits, pixels 0..16 as 64 features
+    (with `images`, as [n, 1, 8, 8] channels-first images for a CNN), labels 0..9;
+    `samples` below 1797 keeps a seeded random subset."""
     try:  # optional dependency, imported only when a spec asks for this dataset
         from sklearn.datasets import load_digits
     except ImportError:
@@ -92,7 +93,27 @@ def digits(n: int, rng: np.random.Generator):
     total = len(bunch.target)
     _require(n <= total, f"samples must be at most {total} (the whole dataset), got {n}")
     keep = np.sort(rng.permutation(total)[:n])
-    return bunch.data[keep].astype(np.float64), bunch.target[keep].astype(np.int64), 10
+    x = bunch.data[keep].astype(np.float64)
+    return (x.reshape(n, 1, 8, 8) if images else x), bunch.target[keep].astype(np.int64), 10
+
+
+WAVES = ("sine", "square", "sawtooth", "triangle")
+
+
+def waveforms(n: int, rng: np.random.Generator, *, length: int = 64, classes: int = 3,
+              noise: float = 0.3):
+    """Sequences [n, 1, length] for a 1-D CNN: class j is the j-th of sine, square, sawtooth,
+    triangle, with amplitude ~ U[0.5, 1.5], ~U[1.5, 4] periods per sequence and a random
+    phase, plus noise*N(0, 1) per step."""
+    _require(1 <= classes <= len(WAVES), f"classes must be 1..{len(WAVES)}, got {classes}")
+    _require(length >= 8, f"length must be at least 8, got {length}")
+    y = np.repeat(np.arange(classes), _even_sizes(n, classes))
+    periods = rng.uniform(1.5, 4.0, (n, 1))
+    phase = (periods * np.linspace(0.0, 1.0, length) + rng.uniform(0.0, 1.0, (n, 1))) % 1.0
+    shapes = np.stack([np.sin(2 * np.pi * phase), np.where(phase < 0.5, 1.0, -1.0),
+                       2 * phase - 1, 1 - 4 * np.abs(phase - 0.5)])
+    x = shapes[y, np.arange(n)] * rng.uniform(0.5, 1.5, (n, 1))
+    return (x + noise * rng.standard_normal(x.shape))[:, None, :], y, classes
 
 
 def sort_digits(n: int, rng: np.random.Generator, *, length: int = 6, digits: int = 10):
@@ -116,7 +137,8 @@ def count_ones(n: int, rng: np.random.Generator, *, length: int = 8):
 
 DATASETS = {"spiral": spiral, "moons": moons, "circles": circles, "xor": xor,
             "blobs": blobs, "linear": linear, "sine": sine, "digits": digits,
-            "sort_digits": sort_digits, "count_ones": count_ones}
+            "sort_digits": sort_digits, "count_ones": count_ones,
+            "waveforms": waveforms}
 FULL_SIZE = {"digits": 1797}  # a fixed dataset's default `samples`: all of it (others: 300)
 
 

@@ -287,12 +287,14 @@ def _index(idx: tuple) -> str:
 def _check_types(cfg: Mapping, types: dict, what: str) -> None:
     for key, kind in types.items():
         if key in cfg and not _has_type(cfg[key], kind):
-            word = "an integer" if kind is int else "a finite number"
+            word = {int: "an integer", bool: "true or false"}.get(kind, "a finite number")
             raise SpecError(f"{key} of {what} must be {word}, got {cfg[key]!r}",
                             mark=value_mark(cfg, key))
 
 
 def _has_type(value, kind) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return is_number(value)

@@ -91,6 +91,7 @@ _PER_AXIS = (lambda v: v is None or S.is_int(v) or
              (isinstance(v, (list, tuple)) and all(map(S.is_int, v))),
              "an integer or a list of integers, one per spatial axis")
 ATTR_KINDS.update(dict.fromkeys(("kernel", "stride", "padding", "dilation"), _PER_AXIS))
+ATTR_KINDS["out_channels"] = ATTR_KINDS["units"]
 
 
 def attr_problem(key: str, default, value) -> Optional[str]:
@@ -108,6 +109,22 @@ def attr_problem(key: str, default, value) -> Optional[str]:
     return None if test(value) else want
 
 
+def layer_form(op: str, n_inputs: int, given, node: str, mark: Mark) -> str:
+    """The layer an op called with its input alone stands for (conv2d(x, out_channels=8,
+    kernel=3) creates its W and b; batch_norm(h) its gamma, beta and running statistics),
+    else the op itself; `given` are the attribute names."""
+    layer = OPS[op].layer_form
+    if not layer or n_inputs != 1 or OPS[op].arity == 1:
+        return op
+    missing = [k for k, v in OPS[layer].attrs.items() if v is REQUIRED and k not in given]
+    if missing:
+        raise SpecError(f"{op} with its input alone is a layer that creates its weights, and "
+                        f"needs {' and '.join(missing)}", mark=mark, node=node,
+                        hint=f"write {op}(x, out_channels=16, kernel=3), or pass the weights: "
+                             f"{op}(x, W, b)")
+    return layer
+
+
 def lookup_op(name: str, node: str, mark: Mark) -> str:
     """A user-callable op name (aliases resolved), or SpecError with the closest name."""
     op = ALIASES.get(name, name)
@@ -116,13 +133,6 @@ def lookup_op(name: str, node: str, mark: Mark) -> str:
         raise SpecError(f"unknown op '{name}'", mark=mark, node=node,
                         hint=did_you_mean(name, choices) or "run `graphc ops` for the list")
     return op
-
-
-def call_form(op: str, n_inputs: int) -> str:
-    """The op a call with `n_inputs` inputs means: an op's layer form (`layer_form`, e.g.
-    batch_norm(h), which creates its params) when called with one input, else the op."""
-    layer = OPS[op].layer_form
-    return layer if layer and n_inputs == 1 and OPS[op].arity != 1 else op
 
 
 # what a user wrote, in their words, for constructs the whitelist rejects
@@ -261,8 +271,8 @@ class _Parser:
             self.fail(f"'{self.source(tree.func)}' cannot be called; only op names can",
                       tree.func, ALLOWED)
         self.check_name(tree.func.id, tree.func)
-        mark = self.at(tree)
-        op = call_form(lookup_op(tree.func.id, self.name, mark), len(tree.args))
+        op = layer_form(lookup_op(tree.func.id, self.name, self.at(tree)), len(tree.args),
+                        {k.arg for k in tree.keywords}, self.name, self.at(tree))
         arity = OPS[op].arity
         if any(isinstance(a, ast.Starred) for a in tree.args) or \
                 any(k.arg is None for k in tree.keywords):
@@ -307,3 +317,51 @@ def parse_expression(text: str, name: str, mark: Mark, quoted: bool = False) -> 
     parser = _Parser(name, mark, col0, body)
     parser.visit(tree.body, top=True)
     return parser.nodes
+
+
+def parse_stack(items: list, name: str, mark: Mark) -> list:
+    """Node specs of a layer stack `name: [x, conv2d(out_channels=8, kernel=3),
+    max_pool2d(kernel=2), flatten]`, Keras's Sequential in one list: each item after the
+    first is an op call (or a bare op name) whose first input is the item before it. The
+    items become nodes `<name>/<op>` (`_2`, `_3`, ... when an op repeats); the last is `name`."""
+    marks = [getattr(items, "mark_of", lambda i: mark)(i) for i in range(len(items))]
+    if len(items) < 2 or not all(isinstance(i, str) for i in items) or \
+            not items[0].strip().isidentifier():
+        raise SpecError("a layer stack is a list of strings: the input's name, then op calls "
+                        "each taking the item before as its first input", mark=mark, node=name,
+                        hint="e.g. [x, conv2d(out_channels=8, kernel=3), max_pool2d(kernel=2), "
+                             "flatten]")
+    nodes, prev, used = [], items[0].strip(), set()
+    for i, (text, at) in enumerate(zip(items[1:], marks[1:]), start=1):
+        tree = _stack_call(text, name, at)
+        node = name if i == len(items) - 1 else _fresh(f"{name}/{tree.func.id}", used)
+        tree.args.insert(0, ast.copy_location(ast.Name(id=prev, ctx=ast.Load()), tree))
+        parser = _Parser(node, at, at.col, text.strip())
+        parser.visit(tree, top=True)
+        nodes += parser.nodes
+        prev = node
+    return nodes
+
+
+def _stack_call(text: str, name: str, mark: Mark) -> ast.Call:
+    """One stack item as a call: `flatten` is `flatten()`."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval").body
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        raise SpecError(f"syntax error in layer stack item '{clip(text)}': {exc}", mark=mark,
+                        node=name, hint="write an op call such as max_pool2d(kernel=2)") from None
+    if isinstance(tree, ast.Name):
+        tree = ast.copy_location(ast.Call(func=tree, args=[], keywords=[]), tree)
+    if not isinstance(tree, ast.Call) or not isinstance(tree.func, ast.Name) or tree.args:
+        raise SpecError(f"layer stack item '{clip(text)}' must be an op call with keyword "
+                        "attributes only (its input is the item before it)", mark=mark,
+                        node=name, hint="e.g. conv2d(out_channels=16, kernel=3) or flatten")
+    return tree
+
+
+def _fresh(base: str, used: set) -> str:
+    out, k = base, 2
+    while out in used:
+        out, k = f"{base}_{k}", k + 1
+    used.add(out)
+    return out

@@ -11,6 +11,7 @@ dim of x, found by running the ops' own shape rules over the spec's nodes.
 from __future__ import annotations
 
 import graphlib
+from math import prod, sqrt
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
@@ -45,7 +46,7 @@ def expand_layers(leaf_shapes: Mapping[str, tuple], nodes) -> tuple:
     params, out = [], []
     for n in nodes:
         if OPS[n.op].group == "layer" and n.inputs[0] in shapes:
-            layer_params, layer_nodes = LAYERS[n.op](n, shapes[n.inputs[0]])
+            layer_params, layer_nodes = EXPANSIONS[n.op](n, shapes[n.inputs[0]])
             params += layer_params
             out += layer_nodes
         else:
@@ -83,10 +84,7 @@ def dense(n: NodeSpec, x_shape: tuple) -> tuple:
         raise SpecError(f"dense needs an input whose last dim is a fixed size, but '{x}' has "
                         f"shape {S.fmt(x_shape)}", mark=n.mark, node=user_node,
                         hint="reshape it first, e.g. reshape(x, shape=[batch, -1])")
-    if activation is not None and activation not in ACTIVATIONS:
-        raise SpecError(f"dense has no activation '{activation}'", mark=n.mark, node=user_node,
-                        hint=did_you_mean(str(activation), ACTIVATIONS) or
-                        "activations: " + ", ".join(ACTIVATIONS))
+    _check_activation(n, "dense")
     init = n.attrs["init"] or (OPS[activation].layer_init if activation else "glorot_uniform")
     W, b = f"{n.name}.W", f"{n.name}.b"
     params = [LayerParam(W, (x_shape[-1], units), init, n.mark)]
@@ -94,15 +92,71 @@ def dense(n: NodeSpec, x_shape: tuple) -> tuple:
     if n.attrs["bias"]:
         params.append(LayerParam(b, (units,), "zeros", n.mark))
         steps.append(("add", (b,), {}))
+    return params, _chain(n, steps)
+
+
+def _check_activation(n: NodeSpec, layer: str) -> None:
+    activation = n.attrs["activation"]
+    if activation is not None and activation not in ACTIVATIONS:
+        raise SpecError(f"{layer} has no activation '{activation}'", mark=n.mark,
+                        node=n.name.split("/")[0],
+                        hint=did_you_mean(str(activation), ACTIVATIONS) or
+                        "activations: " + ", ".join(ACTIVATIONS))
+
+
+def _chain(n: NodeSpec, steps: list) -> list:
+    """The layer's nodes: each step reads the previous one, then the activation; the last
+    node takes the layer's name, the others `<name>/<op>`."""
+    activation = n.attrs["activation"]
     if activation is not None:
-        steps.append((activation, (), dict(OPS[activation].attrs)))
+        steps = steps + [(activation, (), dict(OPS[activation].attrs))]
     nodes, prev = [], None
     for i, (op, inputs, attrs) in enumerate(steps):
         name = n.name if i == len(steps) - 1 else f"{n.name}/{op}"
         inputs = inputs if prev is None else (prev,) + inputs
         nodes.append(NodeSpec(name, op, inputs, attrs, n.mark))
         prev = name
-    return params, nodes
+    return nodes
+
+
+def conv(n: NodeSpec, x_shape: tuple) -> tuple:
+    """(params, nodes) of `activation(convNd(x, W, b, ...))` at node n; W [out_channels, C,
+    *kernel], b [out_channels]. The default init of W is PyTorch-fanned (fan_in = C ·
+    prod(kernel)): He normal before a relu-like activation, else Glorot uniform."""
+    op = n.op.removesuffix("_layer")
+    _check_activation(n, op)
+    try:
+        OPS[n.op].infer([x_shape], n.attrs)
+    except S.ShapeError as exc:
+        raise SpecError(f"shape mismatch in {op}: {exc}", mark=n.mark,
+                        node=n.name.split("/")[0]) from None
+    x, out = n.inputs[0], n.attrs["out_channels"]
+    shape = (out, x_shape[1]) + _kernel(n, len(x_shape) - 2)
+    W, b = f"{n.name}.W", f"{n.name}.b"
+    params = [LayerParam(W, shape, n.attrs["init"] or conv_init(shape, n.attrs["activation"]),
+                         n.mark)]
+    geometry = {k: n.attrs[k] for k in ("stride", "padding", "dilation")}
+    inputs = (x, W)
+    if n.attrs["bias"]:
+        params.append(LayerParam(b, (out,), "zeros", n.mark))
+        inputs += (b,)
+    return params, _chain(n, [(op, inputs, geometry)])
+
+
+def _kernel(n: NodeSpec, d: int) -> tuple:
+    kernel = n.attrs["kernel"]
+    return (kernel,) * d if S.is_int(kernel) else tuple(kernel)
+
+
+def conv_init(shape: tuple, activation: Optional[str]) -> dict:
+    """He normal (std sqrt(2 / fan_in)) for relu-like activations, else Glorot uniform, with
+    PyTorch's fans of W [O, C, *kernel]: fan_in = C · prod(kernel), fan_out = O · prod(kernel)."""
+    field = prod(shape[2:])
+    fan_in, fan_out = shape[1] * field, shape[0] * field
+    if activation and OPS[activation].layer_init == "he_normal":
+        return {"normal": {"std": sqrt(2.0 / fan_in)}}
+    bound = sqrt(6.0 / (fan_in + fan_out))
+    return {"uniform": {"low": -bound, "high": bound}}
 
 
 def batch_norm_layer(n: NodeSpec, x_shape: tuple) -> tuple:
@@ -123,4 +177,5 @@ def batch_norm_layer(n: NodeSpec, x_shape: tuple) -> tuple:
     return made, [node]
 
 
-LAYERS = {"dense": dense, "batch_norm_layer": batch_norm_layer}
+EXPANSIONS = {"dense": dense, "conv1d_layer": conv, "conv2d_layer": conv,
+              "batch_norm_layer": batch_norm_layer}

@@ -18,7 +18,7 @@ import numpy as np
 from .blocks import Instance, expand_instances, parse_blocks
 from .errors import Mark, SpecError, did_you_mean, short
 from .limits import fmt_bytes, paused_gc
-from .expr import NodeSpec, call_form, check_attrs, lookup_op, parse_expression
+from .expr import NodeSpec, check_attrs, layer_form, lookup_op, parse_expression, parse_stack
 from .layers import expand_layers
 from .leaves import FLOAT_DTYPES, LeafSpec, check_fits, check_size, parse_dtype, parse_leaf
 from .ops import OPS
@@ -90,9 +90,9 @@ def _explicit_node(name: str, raw: MarkedDict) -> NodeSpec:
     if not isinstance(raw["op"], str):
         raise SpecError(f"op is {short(raw['op'])}, expected an op name such as relu",
                         mark=raw.mark_of("op"), node=name)
-    inputs = raw.get("inputs", [])
-    op = call_form(lookup_op(raw["op"], name, raw.mark_of("op")),
-                   len(inputs) if isinstance(inputs, list) else 0)
+    given = raw.get("inputs")
+    op = layer_form(lookup_op(raw["op"], name, raw.mark_of("op")),
+                    len(given) if isinstance(given, list) else 0, set(raw), name, raw.mark)
     check_keys(raw, NODE_KEYS + tuple(OPS[op].attrs), f"the {op} node", node=name)
     inputs = raw.get("inputs", [])
     if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
@@ -131,8 +131,11 @@ def _node(name: str, body, mark: Mark, lines: list) -> list:
         return parse_expression(body, name, mark, _is_quoted(lines, mark))
     if isinstance(body, dict):
         return [_explicit_node(name, body)]
-    raise SpecError(f"node is {short(body)}, expected an expression string or "
-                    "{op:, inputs:}", mark=mark, node=name, hint="e.g. relu(x @ W + b)")
+    if isinstance(body, list):
+        return parse_stack(body, name, mark)
+    raise SpecError(f"node is {short(body)}, expected an expression string, "
+                    "{op:, inputs:} or a layer stack [x, op(...), ...]", mark=mark,
+                    node=name, hint="e.g. relu(x @ W + b)")
 
 
 def _is_quoted(lines: list, mark: Mark) -> bool:

@@ -50,7 +50,8 @@ def test_regression_shapes_dtypes(name):
 def test_datasets_are_deterministic_in_the_seed(name):
     if name == "digits":
         pytest.importorskip("sklearn", reason="the digits dataset needs scikit-learn")
-    inputs = {"x": ("batch", "f"), "y": ("batch", "t") if name == "sort_digits" else ("batch",)}
+    x = ("batch", 1, "f") if name == "waveforms" else ("batch", "f")
+    inputs = {"x": x, "y": ("batch", "t") if name == "sort_digits" else ("batch",)}
     dtypes = TARGETS if name in ("linear", "sine") else LABELS
     a = load({"dataset": name, "seed": 3}, inputs, dtypes)
     b = load({"dataset": name, "seed": 3}, inputs, dtypes)

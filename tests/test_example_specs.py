@@ -34,7 +34,8 @@ import make_spec_data as M  # noqa: E402
 
 LOSSES = ("mse", "l1", "huber", "softmax_cross_entropy", "binary_cross_entropy_with_logits",
           "hinge", "multiclass_hinge")
-NEEDS_SKLEARN = {"digits_mlp.yaml"}              # tests/test_digits.py covers it
+NEEDS_SKLEARN = {"digits_mlp.yaml",              # tests/test_digits.py covers it
+                 "digits_cnn.yaml"}              # tests/test_conv_specs.py covers it
 SEQUENCE = {"sort_transformer.yaml", "count_gru.yaml"}   # tests/test_sequence_specs.py does
 
 
@@ -110,6 +111,11 @@ def npz(result, params):
     assert np.abs(squares - truth).max() > 1.0, "the outliers should matter to mse"
 
 
+def waveforms(result, params):
+    assert result["metrics"]["accuracy"] >= 0.95            # chance: 1/3
+    assert result["loss"] < math.log(3) / 4                   # equal scores: log 3
+
+
 def npy(result, params):
     assert result["metrics"]["accuracy"] >= 0.9             # chance: 1/3
     assert result["loss"] < math.log(3) / 4                   # equal scores: log 3
@@ -131,6 +137,7 @@ EXAMPLES = {
     "npz_robust_l1.yaml": npz,
     "npy_softmax.yaml": npy,
     "spiral_bn_dropout.yaml": spiral_bn,
+    "waveforms_conv1d.yaml": waveforms,
 }
 
 

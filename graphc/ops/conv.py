@@ -165,6 +165,33 @@ def _avg_pool_vjp(e, n, g):
     return (e("avg_pool_grad", g, shape=e.shape(n.inputs[0]), **_pool_attrs(n)),)
 
 
+def _conv_layer(d: int, op: str):
+    """The layer's output: the convolution's, with W [out_channels, C, *kernel]."""
+    def infer(shapes, attrs):
+        x = _image(shapes[0], d, op)
+        w = (attrs["out_channels"], x[1]) + per_axis(attrs["kernel"], d, "kernel", 1)
+        return _conv(d, op)([x, w], attrs)
+    return infer
+
+
+def _conv_flops(d: int, op: str):
+    """2·C·prod(kernel) per output element: the matmul over the columns."""
+    def flops(shapes, attrs):
+        out = _conv(d, op)(shapes, attrs)
+        return 2 * S.size(out) * prod(shapes[1][1:])
+    return flops
+
+
+def conv_layer(d: int) -> OpDef:
+    name = f"conv{d}d"
+    return OpDef(f"{name}_layer", 1, _conv_layer(d, name),
+                 f"{name}_layer(x, out_channels=O, kernel=K, stride=1, padding=0, dilation=1, "
+                 f"activation=None, init=None, bias=True) = activation({name}(x, <node>.W, "
+                 f"<node>.b)); also written {name}(x, out_channels=O, kernel=K, ...)",
+                 group="layer", attrs={"out_channels": REQUIRED, "kernel": REQUIRED, **GEOMETRY,
+                                       "activation": None, "init": None, "bias": True})
+
+
 def conv_op(d: int) -> OpDef:
     name = f"conv{d}d"
     dims = "L" if d == 1 else "H, W"
@@ -173,7 +200,8 @@ def conv_op(d: int) -> OpDef:
                  f"{'K' if d == 1 else 'KH, KW'}], b [O] optional (F.{name}); stride, padding, "
                  "dilation an int or one per axis", attrs=dict(GEOMETRY), saves="im2col",
                  vjp=_conv_vjp, formula=_conv_formula, elementwise=False,
-                 onnx=X.conv(geometry))
+                 onnx=X.conv(geometry), layer_form=f"{name}_layer",
+                 flops=_conv_flops(d, name))
 
 
 def pool_op(kind: str, d: int) -> OpDef:
@@ -191,7 +219,7 @@ def pool_op(kind: str, d: int) -> OpDef:
 
 
 OPS = (
-    conv_op(1), conv_op(2),
+    conv_op(1), conv_op(2), conv_layer(1), conv_layer(2),
     OpDef("im2col", None, _im2col, "im2col(x, W, [b], stride, padding, dilation) = the columns "
           "[N, C * prod(kernel), prod(output)] of x that conv1d/conv2d multiply by W",
           attrs=dict(GEOMETRY), group="saved", elementwise=False, onnx=X.im2col(geometry)),

@@ -11,6 +11,7 @@ over the whole batch. Padded copies live in step-local scratch; nothing allocate
 from __future__ import annotations
 
 import itertools
+from functools import partial
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -116,32 +117,62 @@ def b_conv_grad_columns(out, g, w):
     return lambda: np.matmul(wt, g3, out=out)
 
 
-def _scatter(out, attrs, kernel=None):
-    """(zero, finish, offset views, output size): adding slabs onto the padded gradient.
+class Scatter:
+    """Adds one [N, C, *output] slab per kernel offset onto a zeroed, padded gradient, then
+    copies its interior to `out` (col2im and the pooling gradients).
 
-    `zero()` clears it, each offset view is where one kernel offset's slab lands, and
-    `finish()` copies the interior into `out` (nothing to copy without padding)."""
-    kernel, stride, padding, dilation, size = _geometry(out.shape, attrs, kernel)
-    dxp, inner = _padded(out.shape, padding, out.dtype)
-    target = out if dxp is None else dxp
-    finish = (lambda: None) if dxp is None else (lambda: np.copyto(out, inner))
-    return (lambda: target.fill(0)), finish, offsets(target, kernel, stride, dilation, size), \
-        size
+    A slab's positions in the padded plane are strided and short (OW at a time), which
+    NumPy adds slowly. So each slab is first copied into `wide`, [N, C, OH, stride·Wp]
+    holding it at columns 0, stride, ... and zeros elsewhere: then the slab's place in
+    the flattened padded plane is one contiguous run per (n, c), added in one call. The
+    zeros land on positions they do not change. 1-D is 2-D with one row."""
+
+    def __init__(self, out, attrs, kernel=None):
+        x4 = out if out.ndim == 4 else out[:, :, None, :]
+        geo = _geometry(out.shape, attrs, kernel)
+        row = (1,) * (4 - out.ndim)                 # 1-D: one row, no padding along it
+        kernel, stride, dilation, size = (row + tuple(geo[i]) for i in (0, 1, 3, 4))
+        padding = (0,) * len(row) + tuple(geo[2])
+        n, c, h, w = x4.shape
+        hp, wp = h + 2 * padding[0], w + 2 * padding[1]
+        run = size[0] * stride[0] * wp
+        flat = scratch((n, c, (hp + stride[0]) * wp), out.dtype)
+        self.wide = scratch((n, c, size[0], stride[0] * wp), out.dtype)
+        self.slab = self.wide[..., :stride[1] * size[1]:stride[1]].reshape(
+            out.shape[:2] + tuple(geo[4]))
+        wide = self.wide.reshape(n, c, run)
+        self.targets = [flat[..., b:b + run] for b in
+                        (i * dilation[0] * wp + j * dilation[1]
+                         for i, j in itertools.product(range(kernel[0]), range(kernel[1])))]
+        self.adds = [partial(np.add, t, wide, out=t) for t in self.targets]
+        self.buffers = (flat, self.wide)
+        inner = flat[..., :hp * wp].reshape(n, c, hp, wp)[:, :, padding[0]:padding[0] + h,
+                                                          padding[1]:padding[1] + w]
+        self.copy = partial(np.copyto, out, inner.reshape(out.shape))
+
+    def zero(self):
+        for b in self.buffers:
+            b.fill(0)
+
+    def add(self, k: int, src) -> None:
+        """Add `src` [N, C, *output] at the positions kernel offset k (row-major) reads."""
+        np.copyto(self.slab, src)
+        self.adds[k]()
 
 
 def b_col2im(out, dcols, kernel=None, stride=1, padding=0, dilation=1):
     """dx = each column slab added back where im2col read it from."""
     attrs = {"stride": stride, "padding": padding, "dilation": dilation}
-    zero, finish, targets, size = _scatter(out, attrs, kernel)
-    src = dcols.reshape(out.shape[:2] + tuple(kernel) + size)
-    pairs = [(t, src[(slice(None), slice(None)) + k])
-             for t, k in zip(targets, itertools.product(*(range(n) for n in kernel)))]
+    scatter = Scatter(out, attrs, kernel)
+    src = dcols.reshape(out.shape[:2] + tuple(kernel) + scatter.slab.shape[2:])
+    slabs = [src[(slice(None), slice(None)) + k]
+             for k in itertools.product(*(range(n) for n in kernel))]
 
     def run():
-        zero()
-        for t, s in pairs:
-            np.add(t, s, out=t)
-        finish()
+        scatter.zero()
+        for k, s in enumerate(slabs):
+            scatter.add(k, s)
+        scatter.copy()
     return run
 
 
@@ -169,21 +200,21 @@ def b_max_pool_grad(out, g, x, y, kernel=None, stride=None, padding=0):
     """dx: g to the first position (row-major offset order) of each window where x == y."""
     attrs = {"kernel": kernel, "stride": stride, "padding": padding}
     pad, views = _pool_views(x, attrs, -np.inf)
-    zero, finish, targets, _ = _scatter(out, attrs)
+    scatter = Scatter(out, attrs)
     hit, taken = scratch(y.shape, bool), scratch(y.shape, bool)
     share = scratch(y.shape, out.dtype)
 
     def run():
         pad()
-        zero()
+        scatter.zero()
         taken.fill(False)
-        for v, t in zip(views, targets):
+        for k, v in enumerate(views):
             np.equal(v, y, out=hit)
             np.greater(hit, taken, out=hit)         # a max not taken by an earlier offset
             np.logical_or(taken, hit, out=taken)
             np.multiply(g, hit, out=share)
-            np.add(t, share, out=t)
-        finish()
+            scatter.add(k, share)
+        scatter.copy()
     return run
 
 
@@ -203,17 +234,17 @@ def b_avg_pool(out, x, kernel=None, stride=None, padding=0):
 
 def b_avg_pool_grad(out, g, kernel=None, stride=None, padding=0):
     """dx: g / prod(kernel) added onto every position of each window."""
-    zero, finish, targets, _ = _scatter(out, {"kernel": kernel, "stride": stride,
-                                              "padding": padding})
-    inv = constant(1.0 / len(targets), (), out.dtype)
+    scatter = Scatter(out, {"kernel": kernel, "stride": stride, "padding": padding})
+    inv = constant(1.0 / len(scatter.adds), (), out.dtype)
     share = scratch(g.shape, out.dtype)
 
     def run():
-        zero()
+        scatter.zero()
         np.multiply(g, inv, out=share)
-        for t in targets:
-            np.add(t, share, out=t)
-        finish()
+        np.copyto(scatter.slab, share)              # the same slab at every offset
+        for add in scatter.adds:
+            add()
+        scatter.copy()
     return run
 
 

@@ -1,0 +1,218 @@
+"""graphc's compiled CNN training step against a hand-written NumPy im2col step (and PyTorch).
+
+    python benchmarks/bench_cnn.py [--models digits,lenet5] [--reps N] [--json]
+
+For each model the script writes a graphc spec, compiles its training step (forward,
+backward, plain SGD) through the Python API (`graphc.load(spec).step(feeds)`) and times
+it next to benchmarks/handwritten_cnn.py on the same layers, batch and initial weights,
+in the same process, interleaved rep by rep (A B, B A, ...) so machine noise hits all
+alike; PyTorch eager joins as a third column when `import torch` works (never a
+dependency). The table shows medians, p10s and the ratios; BLAS (and torch) run on one
+thread, set before NumPy loads.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+if __name__ == "__main__":
+    for _var in THREAD_VARS:        # before NumPy loads its BLAS: one thread
+        os.environ[_var] = "1"
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_mlp import auto_reps, blas_info, time_interleaved  # noqa: E402
+from handwritten_cnn import HandwrittenCNN  # noqa: E402
+
+import graphc  # noqa: E402
+
+# name -> (input [C, H, W], batch, layers); ReLU after every conv and dense but the last
+MODELS = {
+    "digits": ((1, 8, 8), 64, [("conv", 32, 3, 1), ("pool", 2), ("conv", 64, 3, 1),
+                               ("pool", 2), ("flatten",), ("dense", 128), ("dense", 10)]),
+    "lenet5": ((1, 28, 28), 64, [("conv", 6, 5, 2), ("pool", 2), ("conv", 16, 5, 0),
+                                 ("pool", 2), ("flatten",), ("dense", 120), ("dense", 84),
+                                 ("dense", 10)]),
+}
+LR = 0.01
+
+
+def cnn_spec(name: str, in_shape, layers, lr: float = LR) -> str:
+    """The graphc spec of the model with params P1, P2, ... in layer order, as YAML text."""
+    params, nodes, prev, shape, k = [], [], "x", list(in_shape), 0
+    last_dense = max(i for i, spec in enumerate(layers) if spec[0] == "dense")
+    for i, spec in enumerate(layers):
+        node = f"h{i}"
+        if spec[0] == "conv":
+            _, out, kernel, pad = spec
+            params += [f"  P{k}: {{shape: [{out}, {shape[0]}, {kernel}, {kernel}], init: "
+                       f"{{normal: {{std: {np.sqrt(2 / (shape[0] * kernel * kernel)):.6f}}}}}}}",
+                       f"  P{k + 1}: [{out}]"]
+            nodes.append(f"  {node}: relu(conv2d({prev}, P{k}, P{k + 1}, padding={pad}))")
+            shape, k = [out] + [s + 2 * pad - kernel + 1 for s in shape[1:]], k + 2
+        elif spec[0] == "pool":
+            nodes.append(f"  {node}: max_pool2d({prev}, kernel=2)")
+            shape = [shape[0]] + [s // 2 for s in shape[1:]]
+        elif spec[0] == "flatten":
+            nodes.append(f"  {node}: flatten({prev})")
+            shape = [int(np.prod(shape))]
+        else:
+            params += [f"  P{k}: {{shape: [{shape[0]}, {spec[1]}], init: he_normal}}",
+                       f"  P{k + 1}: [{spec[1]}]"]
+            body = f"{prev} @ P{k} + P{k + 1}"
+            nodes.append(f"  {node}: {body if i == last_dense else f'relu({body})'}")
+            shape, k = [spec[1]], k + 2
+        prev = node
+    return "\n".join([f"name: cnn_{name}", "inputs:", f"  x: [batch, {', '.join(map(str, in_shape))}]",
+                      "  y: {shape: [batch], dtype: int64}", "params:", *params, "nodes:",
+                      *nodes, f"  loss: softmax_cross_entropy({prev}, y)", "loss: loss",
+                      "train:", f"  optimizer: {{sgd: {{lr: {lr!r}}}}}", "  seed: 0"]) + "\n"
+
+
+def params_of(model: graphc.Model) -> list:
+    """graphc's params P0, P1, ... as arrays the hand-written step updates itself (copies)."""
+    params = model.params
+    return [params[f"P{i}"].copy() for i in range(len(params))]
+
+
+def torch_step(layers, params: list, lr: float):
+    """PyTorch eager on the same layers and initial weights, one thread; None without torch."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    torch.set_num_threads(1)
+    ts = [torch.tensor(p, requires_grad=True) for p in params]
+
+    def step(x, y):
+        h, k = x, 0
+        dense = sum(1 for spec in layers if spec[0] == "dense")
+        for spec in layers:
+            if spec[0] == "conv":
+                h, k = F.relu(F.conv2d(h, ts[k], ts[k + 1], padding=spec[3])), k + 2
+            elif spec[0] == "pool":
+                h = F.max_pool2d(h, 2)
+            elif spec[0] == "flatten":
+                h = torch.flatten(h, 1)
+            else:
+                dense -= 1
+                h, k = h @ ts[k] + ts[k + 1], k + 2
+                h = F.relu(h) if dense else h
+        loss = F.cross_entropy(h, y)
+        loss.backward()
+        with torch.no_grad():
+            for t in ts:
+                t -= lr * t.grad
+                t.grad = None
+        return loss.item()
+    return step, torch
+
+
+def bench_model(name: str, reps: int, seconds: float, workdir: Path, with_torch: bool) -> dict:
+    in_shape, batch, layers = MODELS[name]
+    path = workdir / f"cnn_{name}.yaml"
+    path.write_text(cnn_spec(name, in_shape, layers))
+    model = graphc.load(path)
+    hand = HandwrittenCNN(layers, params_of(model), (batch,) + in_shape, LR)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch,) + in_shape).astype(np.float32)
+    y = rng.integers(0, 10, batch).astype(np.int64)
+    calls = {"graphc": lambda: model.step({"x": x, "y": y}), "numpy": lambda: hand.step(x, y)}
+    torch_run = torch_step(layers, params_of(model), LR) if with_torch else None
+    if torch_run is not None:
+        step, torch = torch_run
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+        calls["torch"] = lambda: step(tx, ty)
+    for _ in range(5):                                 # warm-up: compile, caches, BLAS
+        for f in calls.values():
+            f()
+    reps = reps or auto_reps(calls, seconds)
+    times = time_interleaved(calls, reps)
+    us = {n: (float(np.median(t)) * 1e6, float(np.percentile(t, 10)) * 1e6)
+          for n, t in times.items()}
+    plan = model.plan(batch)
+    out = {"model": name, "batch": batch, "reps": reps,
+           **{f"{n}_us": v[0] for n, v in us.items()},
+           **{f"{n}_p10_us": v[1] for n, v in us.items()},
+           "graphc_over_numpy": us["graphc"][0] / us["numpy"][0],
+           "graphc_over_numpy_p10": us["graphc"][1] / us["numpy"][1],
+           "arena_bytes": plan.arena_bytes, "lower_bound_bytes": plan.lower_bound_bytes,
+           "naive_bytes": plan.naive_bytes}
+    if "torch" in us:
+        out["graphc_over_torch"] = us["graphc"][0] / us["torch"][0]
+        out["graphc_over_torch_p10"] = us["graphc"][1] / us["torch"][1]
+    return out
+
+
+def table(rows) -> str:
+    head = ["model", "batch", "graphc us (p10)", "numpy us (p10)", "graphc/numpy (p10)",
+            "torch us (p10)", "graphc/torch (p10)", "arena MiB", "naive/arena"]
+    lines = [head]
+    for r in rows:
+        t = "torch_us" in r
+        lines.append([r["model"], str(r["batch"]),
+                      f"{r['graphc_us']:.0f} ({r['graphc_p10_us']:.0f})",
+                      f"{r['numpy_us']:.0f} ({r['numpy_p10_us']:.0f})",
+                      f"{r['graphc_over_numpy']:.2f} ({r['graphc_over_numpy_p10']:.2f})",
+                      f"{r['torch_us']:.0f} ({r['torch_p10_us']:.0f})" if t else "-",
+                      f"{r['graphc_over_torch']:.2f} ({r['graphc_over_torch_p10']:.2f})"
+                      if t else "-",
+                      f"{r['arena_bytes'] / 2**20:.2f}",
+                      f"{r['naive_bytes'] / r['arena_bytes']:.2f}"])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) if i > 0 else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+                     for line in lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=",".join(MODELS),
+                   help="comma-separated, from: " + ", ".join(MODELS))
+    p.add_argument("--reps", type=int, default=0,
+                   help="steps timed per model and contender (default: about --seconds)")
+    p.add_argument("--seconds", type=float, default=6.0,
+                   help="time per model when --reps is not given")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch column")
+    args = p.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown:
+        p.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
+    if args.reps < 0:
+        p.error("--reps must be >= 0")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    info = blas_info()
+    if not args.json:
+        for key, value in info.items():
+            print(f"{key}: {value}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, np.errstate(over="ignore", under="ignore"):
+        for name in args.models:
+            rows.append(bench_model(name, args.reps, args.seconds, Path(tmp),
+                                    with_torch=not args.no_torch))
+            if not args.json:
+                print(f"... {name} done ({rows[-1]['reps']} reps)", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"environment": info, "rows": rows}, indent=2))
+        return 0
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
