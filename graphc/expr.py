@@ -271,8 +271,9 @@ class _Parser:
             self.fail(f"'{self.source(tree.func)}' cannot be called; only op names can",
                       tree.func, ALLOWED)
         self.check_name(tree.func.id, tree.func)
-        op = layer_form(lookup_op(tree.func.id, self.name, self.at(tree)), len(tree.args),
-                        {k.arg for k in tree.keywords}, self.name, self.at(tree))
+        mark = self.at(tree)
+        op = layer_form(lookup_op(tree.func.id, self.name, mark), len(tree.args),
+                        {k.arg for k in tree.keywords}, self.name, mark)
         arity = OPS[op].arity
         if any(isinstance(a, ast.Starred) for a in tree.args) or \
                 any(k.arg is None for k in tree.keywords):
