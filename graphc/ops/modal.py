@@ -4,11 +4,13 @@ Each names, in `modes`, the op it lowers to in eval mode (docs/design.md#modes);
 train-mode op is itself. Train-mode batch_norm normalizes with the batch's statistics
 (a saved value, `batch_norm_stats`: mean and biased variance per channel) and names in
 `updates` the state update that moves the running statistics as PyTorch does; eval mode
-reads the running statistics. Export (graphc/onnx/) writes the eval-mode graph: the
-eval ops map to ONNX ops, and a train-only op (batch statistics, dropout's masks, which
-no ONNX runtime draws alike) refuses with a located error. Dropout is `random`: its mask comes from a counter-based
+reads the running statistics. Dropout is `random`: its mask comes from a counter-based
 generator keyed by (train seed, step, node), so its gradient regenerates the mask
 instead of storing it, and a recomputation draws the same mask.
+
+Export (graphc/onnx/) writes the eval-mode graph: the eval ops map to ONNX ops, and a
+train-only op (batch statistics, dropout's masks, which no ONNX runtime draws alike)
+refuses with a located error.
 """
 from __future__ import annotations
 
@@ -127,8 +129,7 @@ def _onnx_batch_norm_eval_grad(b, n, g, x, gamma, mean, var):
     if wrt in ("beta", "gamma"):
         return total
     if wrt == "running_var":
-        scale = b("Div", scale, b("Mul", sigma, b.const(-2.0)))
-        return b("Mul", total, scale)
+        scale = b("Div", scale, b("Mul", sigma, b.const(2.0)))     # gamma / (2 sigma^2)
     return b("Neg", b("Mul", total, scale))
 
 
