@@ -1,7 +1,8 @@
 """`graphc export` as a user types it, checked by onnx's checker and by onnxruntime.
 
-Oracles: `graphc predict` (the forward outputs) and `graphc grad` (the loss and every
-gradient) on the same held-out inputs, for every spec in specs/, trained one epoch.
+Oracles: `graphc predict` (the forward outputs) and `graphc grad --mode eval` (the loss
+and every gradient: export is the eval-mode graph) on the same held-out inputs, for every
+spec in specs/, trained one epoch.
 Agreement means |onnx - graphc| <= 1e-5 |graphc| + 1e-5 max|graphc| elementwise
 (float32; the second term covers entries near zero in sums that cancel), the rule
 docs/onnx.md states.
@@ -63,13 +64,14 @@ def run_onnx(path, feeds=None, spec=None) -> tuple:
 
 
 def check_grads(tmp_path, spec, params, feeds, outs) -> None:
-    """The loss and d:LEAF outputs equal `graphc grad` on the inputs the training step
-    sees (normalized with the checkpoint's statistics)."""
+    """The loss and d:LEAF outputs equal `graphc grad --mode eval` (export is the eval-mode
+    graph: running statistics, no dropout) on the inputs the training step sees (normalized with the checkpoint's statistics)."""
     if params:
         feeds = apply_stats(feeds, saved_stats(read(params[1]), params[1], STATS))
     np.savez(tmp_path / "seen.npz", **feeds)
     inputs = ["--inputs", tmp_path / "seen.npz"] if feeds else []
-    result = one_json(ok(graphc("grad", SPECS / spec, *params, *inputs, "--json")))
+    result = one_json(ok(graphc("grad", SPECS / spec, *params, *inputs, "--mode", "eval",
+                                "--json")))
     loss = load_model(SPECS / spec).graph.loss
     assert_close(outs[loss], result["loss"], f"{spec}: loss")
     leaves = {k for k in outs if k.startswith("d:")}

@@ -1,5 +1,5 @@
-"""`graphc export`: a model's eval-mode forward graph (and with `with_grad` its training
-step's reverse graph) as an ONNX model.
+"""`graphc export`: a model's eval-mode forward graph (and with `with_grad` its reverse
+graph, the gradients `graphc grad --mode eval` prints) as an ONNX model.
 
 Graph inputs are the spec's fed inputs under their own names, with symbolic dims kept
 as dim_params; the checkpoint's normalization, where training applied one, is written
@@ -42,8 +42,9 @@ def check_opset(opset: int) -> None:
 
 
 def eval_graph(model: Model) -> Graph:
-    """The eval-mode forward graph: today the one forward graph (modes slot in here)."""
-    return model.graph
+    """The eval-mode graph (contract §4): running statistics, dropout the identity; its
+    reverse graph is `graphc grad --mode eval`'s."""
+    return model.in_mode("eval").graph
 
 
 def export_graph(graph: Graph, outputs: Sequence[str], wrt: Sequence[str]) -> tuple:
@@ -63,7 +64,9 @@ def export_graph(graph: Graph, outputs: Sequence[str], wrt: Sequence[str]) -> tu
 
 def onnx_model(model: Model, stats: Mapping, outputs: Sequence[str], opset: int,
                with_grad: bool = False) -> onnx.ModelProto:
-    """The ONNX model of a model's `outputs` (and with `with_grad` its gradients)."""
+    """The ONNX model of a model's `outputs` (and with `with_grad` its gradients), both
+    in eval mode whatever the model's mode."""
+    model = model.in_mode("eval")
     wrt = differentiable_leaves(model) if with_grad else ()
     graph, named, zeros = export_graph(eval_graph(model), outputs, wrt)
     fed = [n for n in model.fed_inputs if n in graph.nodes]

@@ -7,12 +7,17 @@ train-mode op is itself. Train-mode batch_norm normalizes with the batch's stati
 reads the running statistics. Dropout is `random`: its mask comes from a counter-based
 generator keyed by (train seed, step, node), so its gradient regenerates the mask
 instead of storing it, and a recomputation draws the same mask.
+
+Export (graphc/onnx/) writes the eval-mode graph: the eval ops map to ONNX ops, and a
+train-only op (batch statistics, dropout's masks, which no ONNX runtime draws alike)
+refuses with a located error.
 """
 from __future__ import annotations
 
 import zlib
 
 from .. import shapes as S
+from ..errors import SpecError
 from .record import REQUIRED, OpDef, grad_of, same
 
 _BN = {"momentum": 0.1, "eps": 1e-5}
@@ -85,6 +90,58 @@ def _dropout(e, n, g):
     return e("dropout_grad", g, n.inputs[1], **n.attrs), None
 
 
+# --- export mappings (graphc/ops/record.py): eval mode only ----------------------------------
+def _onnx_channels(b, v, rank: int):
+    """A [C] value shaped to broadcast over an x [N, C, ...] of `rank`: [C, 1, ...]."""
+    return b("Reshape", v, b.const([-1] + [1] * (rank - 2), integer=True))
+
+
+def _onnx_scale(b, n, gamma, var):
+    """(gamma / sigma, sigma) per channel, sigma = sqrt(running_var + eps)."""
+    sigma = b("Sqrt", b("Add", var, b.const(n.attrs["eps"])))
+    return b("Div", gamma, sigma), sigma
+
+
+def _onnx_batch_norm_eval(b, n, x, gamma, beta, mean, var):
+    """(x - running_mean) gamma / sigma + beta, as the kernel computes it."""
+    rank = len(b.shape(n.inputs[0]))
+    scale, _ = _onnx_scale(b, n, gamma, var)
+    centered = b("Sub", x, _onnx_channels(b, mean, rank))
+    return b("Add", b("Mul", centered, _onnx_channels(b, scale, rank)),
+             _onnx_channels(b, beta, rank))
+
+
+def _onnx_batch_norm_eval_grad(b, n, g, x, gamma, mean, var):
+    """As the kernel (_bn_grad, running statistics): d x = g gamma / sigma; d beta = sum g,
+    d gamma = sum g x_hat, d running_mean = -sum(g) gamma / sigma, d running_var =
+    -sum(g x_hat) gamma / (2 sigma^2), sums over every axis but 1."""
+    scale, sigma = _onnx_scale(b, n, gamma, var)
+    wrt, rank = n.attrs["wrt"], len(b.shape(n.inputs[1]))
+    if wrt == "x":
+        return b("Mul", g, _onnx_channels(b, scale, rank))
+    axes = [0] + list(range(2, rank))
+    if wrt in ("beta", "running_mean"):
+        total = b.reduce("ReduceSum", g, axes, False)
+    else:
+        centered = b("Sub", x, _onnx_channels(b, mean, rank))
+        x_hat = b("Div", centered, _onnx_channels(b, sigma, rank))
+        total = b.reduce("ReduceSum", b("Mul", g, x_hat), axes, False)
+    if wrt in ("beta", "gamma"):
+        return total
+    if wrt == "running_var":
+        scale = b("Div", scale, b("Mul", sigma, b.const(2.0)))     # gamma / (2 sigma^2)
+    return b("Neg", b("Mul", total, scale))
+
+
+def _onnx_train_only(b, n, *xs):
+    """Batch statistics and dropout's masks are train mode's; export is eval mode's."""
+    raise SpecError(f"op '{n.op}' exports in eval mode only", mark=n.mark,
+                    node=n.origin or n.name,
+                    hint="graphc export writes the eval-mode graph (running statistics, "
+                         "dropout the identity), whose gradients graphc grad --mode eval "
+                         "prints")
+
+
 OPS = (
     OpDef("batch_norm", 5, _batch_norm,
           "batch_norm(x, gamma, beta, running_mean, running_var, momentum=0.1, eps=1e-5) = "
@@ -94,14 +151,15 @@ OPS = (
           attrs=_BN, saves="batch_norm_stats", updates="batch_norm_update",
           modes={"eval": "batch_norm_eval"}, layer_form="batch_norm_layer",
           vjp=_bn_grads("batch_norm_grad", _TRAIN_WRT, 0, 1, 5), formula=_bn_formula("σ_B"),
-          elementwise=False, onnx="BatchNormalization"),
+          elementwise=False, onnx=_onnx_train_only),
     OpDef("batch_norm_stats", 5, _stats,
           "batch_norm_stats(x, ...) = [mean, biased var] of each channel over the batch: "
           "train-mode batch_norm, its gradient and its state update read it",
-          group="saved", elementwise=False),
+          group="saved", elementwise=False, onnx=_onnx_train_only),
     OpDef("batch_norm_grad", 4, _wrt(1, 2),
           "batch_norm_grad(g, x, gamma, stats, wrt, eps) = d batch_norm / d wrt (x, gamma "
-          "or beta) with batch statistics", attrs={"wrt": REQUIRED, "eps": 1e-5}, **_BW),
+          "or beta) with batch statistics", attrs={"wrt": REQUIRED, "eps": 1e-5},
+          onnx=_onnx_train_only, **_BW),
     OpDef("batch_norm_update", 6, grad_of(3),
           "batch_norm_update(x, gamma, beta, running_mean, running_var, stats, momentum): "
           "running = (1 - momentum) running + momentum batch, the variance unbiased "
@@ -111,10 +169,11 @@ OPS = (
           "batch_norm_eval(x, gamma, beta, running_mean, running_var, momentum, eps) = "
           "gamma (x - running_mean) / sqrt(running_var + eps) + beta: eval-mode batch_norm",
           attrs=_BN, vjp=_bn_grads("batch_norm_eval_grad", _EVAL_WRT, 0, 1, 3, 4),
-          formula=_bn_formula("σ_running"), elementwise=False, onnx="BatchNormalization"),
+          formula=_bn_formula("σ_running"), elementwise=False, onnx=_onnx_batch_norm_eval),
     OpDef("batch_norm_eval_grad", 5, _wrt(1, 2),
           "batch_norm_eval_grad(g, x, gamma, running_mean, running_var, wrt, eps) = "
-          "d batch_norm_eval / d wrt (x, gamma, beta, running_mean or running_var)", attrs={"wrt": REQUIRED, "eps": 1e-5}, **_BW),
+          "d batch_norm_eval / d wrt (x, gamma, beta, running_mean or running_var)",
+          attrs={"wrt": REQUIRED, "eps": 1e-5}, onnx=_onnx_batch_norm_eval_grad, **_BW),
     OpDef("batch_norm_layer", 1, _bn_layer,
           "batch_norm_layer(x, momentum=0.1, eps=1e-5) = batch_norm(x, <node>.gamma, "
           "<node>.beta, <node>.running_mean, <node>.running_var); also written batch_norm(x)",
@@ -124,8 +183,9 @@ OPS = (
           "from (train seed, step, node) in train mode; the identity in eval mode (F.dropout)",
           attrs={"p": 0.5}, random=True, modes={"eval": "identity"},
           vjp=_dropout, formula=lambda a, o, attrs: ("mask / (1 - p)", None),
-          elementwise=True, onnx="Dropout"),
+          elementwise=True, onnx=_onnx_train_only),
     OpDef("dropout_grad", 1, grad_of(0),
           "dropout_grad(g, key, p) = g * mask / (1 - p), the forward's mask drawn again from "
-          "its key and stream", attrs={"p": 0.5}, random=True, elementwise=True, group="backward"),
+          "its key and stream", attrs={"p": 0.5}, random=True, elementwise=True, group="backward",
+          onnx=_onnx_train_only),
 )
