@@ -47,11 +47,23 @@ def expand_layers(leaf_shapes: Mapping[str, tuple], nodes) -> tuple:
     for n in nodes:
         if OPS[n.op].group == "layer" and n.inputs[0] in shapes:
             layer_params, layer_nodes = EXPANSIONS[n.op](n, shapes[n.inputs[0]])
+            _check_fresh(n, layer_params, leaf_shapes)
             params += layer_params
             out += layer_nodes
         else:
             out.append(n)
     return params, out
+
+
+def _check_fresh(n: NodeSpec, made: list, leaf_shapes: Mapping) -> None:
+    """A layer's params are new names: a block instance named like the layer's node may
+    already own `<instance>.W` (the block's param), which the layer must not replace."""
+    for p in made:
+        if p.name in leaf_shapes:
+            raise SpecError(f"the {n.op.removesuffix('_layer')} layer creates the {p.kind} "
+                            f"'{p.name}', but '{p.name}' is already declared", mark=n.mark,
+                            node=n.origin or n.name, hint="rename the block's param, or "
+                            "make the layer a node that is not the block's output")
 
 
 def infer_shapes(leaf_shapes: Mapping[str, tuple], nodes) -> dict:

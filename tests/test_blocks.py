@@ -156,3 +156,14 @@ def test_share_refuses_a_block_with_a_layer(tmp_path):
     assert proc.returncode == 2
     assert "block 'cell' uses the layer dense, whose params are each instance's own" in \
         proc.stderr
+
+
+def test_a_layer_output_may_not_take_the_name_of_a_block_param(tmp_path):
+    # the layer's output node is the instance h1, so its W is h1.W: the block's own param
+    # h1.W was silently replaced by the layer's [2, 2] weight of another init
+    text = OWN.replace("      out: tanh(pre + b)", "      out: dense(pre, units=2)")
+    proc = graphc("check", cli_spec(tmp_path, text))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and "spec.yaml:14:12: block 'cell', instance " \
+        "'h1': node 'h1': the dense layer creates the param 'h1.W', but 'h1.W' is already " \
+        "declared" in proc.stderr, proc.stderr
