@@ -50,7 +50,8 @@ class Node:
     Provenance, read instead of parsing names: `origin` is the spec node (or leaf) the
     node comes from, `mark` its place in the spec file; `role` is forward, gradient
     (the reverse graph), update (the optimizer) or state (optimizer state, the learning
-    rate, the generator key, an op's state update such as batch_norm's); a gradient node `differentiates` the forward node whose rule emitted it.
+    rate, the generator key, an op's state update such as batch_norm's); a gradient node
+    `differentiates` the forward node whose rule emitted it.
     """
     name: str
     op: str
