@@ -35,6 +35,12 @@ class NodeSpec:
     origin: Optional[str] = field(default=None, compare=False)  # the user's node, when the
                                                                 # name does not say (blocks)
 
+    @property
+    def user_node(self) -> str:
+        """The user's node it comes from, for errors: `origin` (a block instance's node),
+        else the name before the first `/` (`h/matmul` is part of `h`)."""
+        return self.origin or self.name.split("/")[0]
+
 
 def check_attrs(op: str, attrs: Mapping, node: str, mark: Mark,
                 marks: Optional[Mapping] = None) -> dict:

@@ -341,7 +341,7 @@ def build_graph(spec, mode: str = "train") -> Graph:
         n = node_specs[name]
         # expr.py names a sub-expression of node `h` `h/<op>`: its origin is `h`; a block
         # instance's nodes (`h1/z/<op>`) carry theirs (`h1/z`)
-        origin = n.origin or name.split("/")[0]
+        origin = n.user_node
         if n.op == "const":
             b.nodes[name] = Node(name, "const", (), n.attrs, (), spec.dtype, n.mark, origin)
         else:

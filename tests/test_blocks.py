@@ -167,3 +167,13 @@ def test_a_layer_output_may_not_take_the_name_of_a_block_param(tmp_path):
     assert proc.stderr.startswith("error: ") and "spec.yaml:14:12: block 'cell', instance " \
         "'h1': node 'h1': the dense layer creates the param 'h1.W', but 'h1.W' is already " \
         "declared" in proc.stderr, proc.stderr
+
+
+def test_an_error_in_a_block_layer_names_the_block_node_it_lies_in(tmp_path):
+    # dense's error named 'h1' (the name's first part), the IR's errors 'h1/pre' (the
+    # block node): both now say 'h1/pre', the instance's node
+    text = OWN.replace("      pre: x @ W + h", "      pre: dense(x, units=2, activation=rleu)")
+    proc = graphc("check", cli_spec(tmp_path, text))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "block 'cell', instance 'h1': node 'h1/pre': dense has no activation 'rleu'" in \
+        proc.stderr, proc.stderr
