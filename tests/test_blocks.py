@@ -131,6 +131,9 @@ ERRORS = [
      "of block 'cell'"),
     (("inputs: [x, h]", "inputs: [x, W]"), "spec.yaml:10:7: block 'cell': node 'W': 'W' is "
      "both an input and a param of block 'cell'"),
+    (("      pre: x @ W + h", "      pre: {block: cell, inputs: [x, h]}"), "spec.yaml:13:12: "
+     "block 'cell': node 'pre': node 'pre' of block 'cell' is an instance of a block, and "
+     "blocks do not nest"),
     (("      pre: x", "      x: x"), "spec.yaml:13:7: block 'cell': node 'x': node name 'x' is "
      "taken or not an identifier"),
 ]
