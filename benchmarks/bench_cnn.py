@@ -15,21 +15,19 @@ from __future__ import annotations
 import os
 import sys
 
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 if __name__ == "__main__":
-    for _var in THREAD_VARS:        # before NumPy loads its BLAS: one thread
-        os.environ[_var] = "1"
+    from harness import pin_one_thread   # the script's folder is sys.path[0]
+    pin_one_thread()                # before NumPy loads its BLAS: one thread
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_mlp import auto_reps, blas_info, time_interleaved  # noqa: E402
+from harness import (add_model_args, aligned, check_model_args, median_p10_us,  # noqa: E402
+                     run_models, timed)
 from handwritten_cnn import HandwrittenCNN  # noqa: E402
 
 import graphc  # noqa: E402
@@ -132,13 +130,8 @@ def bench_model(name: str, reps: int, seconds: float, workdir: Path, with_torch:
         step, torch = torch_run
         tx, ty = torch.from_numpy(x), torch.from_numpy(y)
         calls["torch"] = lambda: step(tx, ty)
-    for _ in range(5):                                 # warm-up: compile, caches, BLAS
-        for f in calls.values():
-            f()
-    reps = reps or auto_reps(calls, seconds)
-    times = time_interleaved(calls, reps)
-    us = {n: (float(np.median(t)) * 1e6, float(np.percentile(t, 10)) * 1e6)
-          for n, t in times.items()}
+    times, reps = timed(calls, reps, seconds)
+    us = median_p10_us(times)
     plan = model.plan(batch)
     out = {"model": name, "batch": batch, "reps": reps,
            **{f"{n}_us": v[0] for n, v in us.items()},
@@ -168,51 +161,22 @@ def table(rows) -> str:
                       if t else "-",
                       f"{r['arena_bytes'] / 2**20:.2f}",
                       f"{r['naive_bytes'] / r['arena_bytes']:.2f}"])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    return "\n".join("  ".join(c.rjust(w) if i > 0 else c.ljust(w)
-                               for i, (c, w) in enumerate(zip(line, widths))).rstrip()
-                     for line in lines)
+    return aligned(lines, left=1)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default=",".join(MODELS),
-                   help="comma-separated, from: " + ", ".join(MODELS))
-    p.add_argument("--reps", type=int, default=0,
-                   help="steps timed per model and contender (default: about --seconds)")
-    p.add_argument("--seconds", type=float, default=6.0,
-                   help="time per model when --reps is not given")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    add_model_args(p, MODELS)
     p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch column")
     args = p.parse_args(argv)
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in args.models if m not in MODELS]
-    if unknown:
-        p.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
-    if args.reps < 0:
-        p.error("--reps must be >= 0")
+    check_model_args(p, args, MODELS)
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    info = blas_info()
-    if not args.json:
-        for key, value in info.items():
-            print(f"{key}: {value}", flush=True)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp, np.errstate(over="ignore", under="ignore"):
-        for name in args.models:
-            rows.append(bench_model(name, args.reps, args.seconds, Path(tmp),
-                                    with_torch=not args.no_torch))
-            if not args.json:
-                print(f"... {name} done ({rows[-1]['reps']} reps)", file=sys.stderr)
-    if args.json:
-        print(json.dumps({"environment": info, "rows": rows}, indent=2))
-        return 0
-    print(table(rows))
-    return 0
-
+    return run_models(args, lambda name, workdir: bench_model(
+        name, args.reps, args.seconds, workdir, with_torch=not args.no_torch), table)
 
 if __name__ == "__main__":
     sys.exit(main())

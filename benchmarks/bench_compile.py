@@ -35,7 +35,7 @@ TREE = Path(os.environ.get("GRAPHC_TREE", Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(TREE))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_mlp import blas_info  # noqa: E402
+from harness import blas_info, relu_layers  # noqa: E402
 
 import graphc  # noqa: E402
 import graphc.arena  # noqa: E402
@@ -81,11 +81,8 @@ def mlp_spec(layers: int) -> str:
              "  y: {shape: [batch], dtype: int64}", "params:"]
     for i in range(1, layers + 1):
         lines += [f"  W{i}: [{WIDTH}, {WIDTH}]", f"  b{i}: [{WIDTH}]"]
-    lines.append("nodes:")
-    prev = "x"
-    for i in range(1, layers):
-        lines.append(f"  h{i}: relu({prev} @ W{i} + b{i})")
-        prev = f"h{i}"
+    hidden, prev = relu_layers(layers)
+    lines += ["nodes:", *hidden]
     lines += [f"  scores: {prev} @ W{layers} + b{layers}",
               "  loss: softmax_cross_entropy(scores, y)",
               "train:", "  batch_size: 16", "  optimizer: {sgd: {lr: 0.01}}"]

@@ -18,8 +18,8 @@ import os
 import sys
 
 if __name__ == "__main__":
-    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[_var] = "1"        # before NumPy loads its BLAS
+    from harness import pin_one_thread   # the script's folder is sys.path[0]
+    pin_one_thread()                # before NumPy loads its BLAS
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
@@ -30,7 +30,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_mlp import blas_info, mlp_spec, time_interleaved  # noqa: E402
+from bench_mlp import mlp_spec  # noqa: E402
+from harness import blas_info, time_interleaved  # noqa: E402
 
 from graphc.errors import SpecError  # noqa: E402
 from graphc.model import load_model  # noqa: E402

@@ -25,21 +25,17 @@ from __future__ import annotations
 import os
 import sys
 
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 if __name__ == "__main__":
-    for _var in THREAD_VARS:        # before NumPy loads its BLAS: one thread, for every model
-        os.environ[_var] = "1"
+    from harness import pin_one_thread   # the script's folder is sys.path[0]
+    pin_one_thread()                # before NumPy loads its BLAS: one thread, for every model
     os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
-import ctypes  # noqa: E402
-import gc  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -47,6 +43,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from frameworks import BUILDERS  # noqa: E402
+from harness import (add_model_args, aligned, check_model_args, median_p10_us,  # noqa: E402
+                     relu_layers, run_models, timed)
 from handwritten import HandwrittenMLP  # noqa: E402
 
 import graphc  # noqa: E402
@@ -59,39 +57,6 @@ LADDER = {     # name -> (layer sizes, batch)
     "deep": ([32] + [64] * 16 + [10], 64),
 }
 LR = 0.01
-BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") + THREAD_VARS + ("XLA_FLAGS",)
-
-
-def blas_info() -> dict:
-    """Which BLAS NumPy was built with, the kernel it runs, and the variables that steer it."""
-    info = {"numpy": np.__version__}
-    try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        info["blas"] = f"{blas.get('name')} {blas.get('version')}"
-    except Exception:                        # older NumPy: no dict form; not worth failing for
-        info["blas"] = "unknown"
-    info.update(_openblas_runtime())
-    for var in BLAS_VARS:
-        info[var] = os.environ.get(var, "(unset)")
-    return info
-
-
-def _openblas_runtime() -> dict:
-    """OpenBLAS's own word on its core type and threads, from the loaded library (Linux)."""
-    try:
-        with open("/proc/self/maps") as f:
-            libs = {line.split()[-1] for line in f if "openblas" in line.lower()}
-    except OSError:
-        return {}
-    for path in sorted(libs):
-        lib = ctypes.CDLL(path)
-        for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "64_"), ("openblas", "")):
-            core = getattr(lib, f"{prefix}_get_corename{suffix}", None)
-            threads = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-            if core is not None and threads is not None:
-                core.restype, threads.restype = ctypes.c_char_p, ctypes.c_int
-                return {"openblas_core": core().decode(), "openblas_threads": threads()}
-    return {}
 
 
 def mlp_spec(name: str, sizes, lr: float = LR, dtype: str = "float32") -> str:
@@ -102,11 +67,8 @@ def mlp_spec(name: str, sizes, lr: float = LR, dtype: str = "float32") -> str:
     for i in range(1, layers + 1):
         lines += [f"  W{i}: {{shape: [{sizes[i - 1]}, {sizes[i]}], init: he_normal}}",
                   f"  b{i}: [{sizes[i]}]"]
-    lines.append("nodes:")
-    prev = "x"
-    for i in range(1, layers):
-        lines.append(f"  h{i}: relu({prev} @ W{i} + b{i})")
-        prev = f"h{i}"
+    hidden, prev = relu_layers(layers)
+    lines += ["nodes:", *hidden]
     lines += [f"  scores: {prev} @ W{layers} + b{layers}",
               "  loss: softmax_cross_entropy(scores, y)", "loss: loss", "outputs: [scores]",
               "train:", f"  optimizer: {{sgd: {{lr: {lr!r}}}}}", "  seed: 0"]
@@ -158,35 +120,6 @@ def batch_of(sizes, batch: int, seed: int = 0, dtype=np.float32) -> dict:
             "y": rng.integers(0, sizes[-1], batch).astype(np.int64)}
 
 
-def time_interleaved(calls: dict, reps: int) -> dict:
-    """name -> per-rep seconds; one call of each per rep, the order reversed every other rep."""
-    names = list(calls)
-    times = {n: np.empty(reps) for n in names}
-    clock = time.perf_counter
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for r in range(reps):
-            for n in (names if r % 2 == 0 else names[::-1]):
-                f = calls[n]
-                t = clock()
-                f()
-                times[n][r] = clock() - t
-    finally:
-        if enabled:
-            gc.enable()
-    return times
-
-
-def auto_reps(calls: dict, seconds: float) -> int:
-    """Reps that fill about `seconds`, from one timed round of every call."""
-    start = time.perf_counter()
-    for f in calls.values():
-        f()
-    per_rep = time.perf_counter() - start
-    return int(min(5000, max(30, seconds / max(per_rep, 1e-9))))
-
-
 def bench_model(name: str, reps: int, seconds: float, workdir: Path, paths,
                 frameworks: bool = True) -> dict:
     sizes, batch = LADDER[name]
@@ -209,15 +142,6 @@ def bench_model(name: str, reps: int, seconds: float, workdir: Path, paths,
         if ratio is not None:
             result["over_numpy"][framework] = ratio
     return result
-
-
-def timed(calls: dict, reps: int, seconds: float) -> tuple:
-    """(per-rep seconds of each call, reps) after a warm-up (compile, caches, BLAS)."""
-    for _ in range(5):
-        for f in calls.values():
-            f()
-    reps = reps or auto_reps(calls, seconds)
-    return time_interleaved(calls, reps), reps
 
 
 def framework_ratio(name: str, framework: str, reps: int, seconds: float):
@@ -250,8 +174,7 @@ def contender(name: str, framework: str, reps: int, seconds: float) -> dict:
 
 
 def row(name, sizes, batch, reps, times, plan, default, kernel_calls) -> dict:
-    us = {n: (float(np.median(t)) * 1e6, float(np.percentile(t, 10)) * 1e6)
-          for n, t in times.items()}
+    us = median_p10_us(times)
     return {
         "model": name, "sizes": list(sizes), "batch": batch, "reps": reps,
         "step_code": default,
@@ -293,33 +216,19 @@ def table(rows) -> str:
             f"{r['floor_us']:.1f}",
             f"{r['numpy_over_floor']:.2f}", _mib(naive), _mib(r["lower_bound_bytes"]),
             _mib(arena), f"{naive / arena:.2f}" if naive and arena else "-"))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    return "\n".join("  ".join(c.rjust(w) if i > 1 else c.ljust(w)
-                               for i, (c, w) in enumerate(zip(line, widths))).rstrip()
-                     for line in lines)
+    return aligned(lines, left=2)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default=",".join(LADDER),
-                   help="comma-separated, from: " + ", ".join(LADDER))
-    p.add_argument("--reps", type=int, default=0,
-                   help="steps timed per model and contender (default: about --seconds)")
-    p.add_argument("--seconds", type=float, default=6.0,
-                   help="time per model when --reps is not given")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    add_model_args(p, LADDER)
     p.add_argument("--paths", default=",".join(STEP_CODES),
                    help="graphc step codes to time (fused only where numba imports)")
     p.add_argument("--contender", choices=sorted(BUILDERS), help=argparse.SUPPRESS)
     p.add_argument("--no-frameworks", action="store_true",
                    help="skip the jax.jit and PyTorch columns even when they import")
     args = p.parse_args(argv)
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in args.models if m not in LADDER]
-    if unknown:
-        p.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(LADDER)}")
-    if args.reps < 0:
-        p.error("--reps must be >= 0")
+    check_model_args(p, args, LADDER)
     args.paths = [c.strip() for c in args.paths.split(",") if c.strip()]
     wrong = [c for c in args.paths if c not in STEP_CODES]
     if wrong or not args.paths:
@@ -332,23 +241,9 @@ def main(argv=None) -> int:
     if args.contender:
         print(json.dumps(contender(args.models[0], args.contender, args.reps, args.seconds)))
         return 0
-    info = blas_info()
-    if not args.json:
-        for key, value in info.items():
-            print(f"{key}: {value}", flush=True)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp, np.errstate(over="ignore", under="ignore"):
-        for name in args.models:
-            rows.append(bench_model(name, args.reps, args.seconds, Path(tmp),
-                                    available_paths(args.paths), not args.no_frameworks))
-            if not args.json:
-                print(f"... {name} done ({rows[-1]['reps']} reps)", file=sys.stderr)
-    if args.json:
-        print(json.dumps({"environment": info, "rows": rows}, indent=2))
-        return 0
-    print(table(rows))
-    return 0
-
+    paths = available_paths(args.paths)
+    return run_models(args, lambda name, workdir: bench_model(
+        name, args.reps, args.seconds, workdir, paths, not args.no_frameworks), table)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,11 +16,11 @@ from __future__ import annotations
 import os
 import sys
 
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-for _var in THREAD_VARS:        # before NumPy loads its BLAS: one thread per process
-    os.environ[_var] = "1"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import pin_one_thread  # noqa: E402
+
+pin_one_thread()                # before NumPy loads its BLAS: one thread per process
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -32,7 +32,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from bench_mlp import LADDER, batch_of, blas_info, mlp_spec  # noqa: E402
+from bench_mlp import LADDER, batch_of, mlp_spec  # noqa: E402
+from harness import blas_info  # noqa: E402
 
 BATCHES = 64                    # the synthetic data set: this many batches per epoch
 COLLECTIVE_REPS = 200

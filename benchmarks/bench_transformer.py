@@ -9,7 +9,7 @@ embedding, Adam) in eager mode, when torch is importable (an optional column, ne
 dependency). Both run on one thread, interleaved rep by rep in the same process, so
 machine noise hits both alike; the table shows medians, p10s and their ratio. It also
 reports the plan's arena against its lower bound (the largest sum of bytes live at one
-step), and which BLAS kernel NumPy ran (bench_mlp.blas_info).
+step), and which BLAS kernel NumPy ran (harness.blas_info).
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import os
 import sys
 
 if __name__ == "__main__":
-    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[_var] = "1"       # before NumPy loads its BLAS
+    from harness import pin_one_thread   # the script's folder is sys.path[0]
+    pin_one_thread()                # before NumPy loads its BLAS
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
@@ -28,7 +28,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_mlp import auto_reps, blas_info, time_interleaved  # noqa: E402
+from harness import blas_info, median_p10_us, timed  # noqa: E402
 
 import graphc  # noqa: E402
 from graphc.datasets import sort_digits  # noqa: E402
@@ -103,14 +103,9 @@ def run(batch_size: int, reps: int, seconds: float) -> dict:
     other = torch_step(feeds)
     if other is not None:
         calls["torch"] = other
-    for _ in range(5):                          # warm-up: compile, caches, BLAS
-        for f in calls.values():
-            f()
-    reps = reps or auto_reps(calls, seconds)
-    times = time_interleaved(calls, reps)
+    times, reps = timed(calls, reps, seconds)
     plan = model.plan(batch_size)
-    us = {n: (float(np.median(t)) * 1e6, float(np.percentile(t, 10)) * 1e6)
-          for n, t in times.items()}
+    us = median_p10_us(times)
     return {"batch": batch_size, "reps": reps, "us": us,
             "graphc_over_torch": us["graphc"][0] / us["torch"][0] if "torch" in us else None,
             "arena_bytes": plan.arena_bytes, "lower_bound_bytes": plan.lower_bound_bytes,

@@ -110,6 +110,11 @@ def _block(name: str, body: MarkedDict, mark: Mark, dtype: str, parse_node) -> B
             raise SpecError(f"node name '{local}' is taken or not an identifier",
                             mark=raw_nodes.key_marks[local], node=local)
         taken.add(local)
+        if isinstance(node_body, dict) and "block" in node_body:
+            raise SpecError(f"node '{local}' of block '{name}' is an instance of a block, and "
+                            "blocks do not nest", mark=raw_nodes.mark_of(local), node=local,
+                            hint="instantiate both blocks under nodes:, the second reading "
+                                 "the first's output")
         nodes += parse_node(local, node_body, raw_nodes.mark_of(local))
     output = body.get("output", list(raw_nodes)[-1])
     if output not in raw_nodes:

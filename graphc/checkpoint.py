@@ -192,8 +192,9 @@ def saved_stats(arrays: Mapping, path, prefix: str) -> dict:
 
 
 def load_params(path, model: Model, arrays: Optional[Mapping] = None) -> None:
-    """Overwrite the store's params with a checkpoint's arrays of the same names, shapes
-    checked; `arrays`: the checkpoint's, where the caller has read them already."""
+    """Overwrite the store's values (params, and state such as running statistics) with a
+    checkpoint's arrays of the same names, shapes checked; `arrays`: the checkpoint's,
+    where the caller has read them already."""
     arrays = read(path) if arrays is None else arrays
     for name in arrays:
         if name.startswith(RESERVED) or name not in model.store:

@@ -234,6 +234,10 @@ def _check_wrt(model: Model, wrt: str) -> None:
         names = [n for n in graph.nodes if graph[n].origin == n]
         raise SpecError(f"--wrt '{wrt}' is not a node of the spec",
                         hint=did_you_mean(wrt, names) or "nodes: " + ", ".join(names))
+    if graph[wrt].op == "state":
+        raise SpecError(f"--wrt '{wrt}' is state, which its op updates and graphc does not "
+                        "differentiate (only inputs, params and nodes)", node=wrt,
+                        mark=graph[wrt].mark, hint="explain a param or a node instead")
     if graph[wrt].dtype.startswith("int") or graph[wrt].op == "const":
         raise SpecError(f"--wrt '{wrt}' is not differentiable ({graph[wrt].dtype} "
                         f"{graph[wrt].op})", node=wrt, mark=graph[wrt].mark)

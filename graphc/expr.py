@@ -35,6 +35,12 @@ class NodeSpec:
     origin: Optional[str] = field(default=None, compare=False)  # the user's node, when the
                                                                 # name does not say (blocks)
 
+    @property
+    def user_node(self) -> str:
+        """The user's node it comes from, for errors: `origin` (a block instance's node),
+        else the name before the first `/` (`h/matmul` is part of `h`)."""
+        return self.origin or self.name.split("/")[0]
+
 
 def check_attrs(op: str, attrs: Mapping, node: str, mark: Mark,
                 marks: Optional[Mapping] = None) -> dict:
@@ -321,17 +327,18 @@ def parse_expression(text: str, name: str, mark: Mark, quoted: bool = False) -> 
 
 
 def parse_stack(items: list, name: str, mark: Mark) -> list:
-    """Node specs of a layer stack `name: [x, conv2d(out_channels=8, kernel=3),
-    max_pool2d(kernel=2), flatten]`, Keras's Sequential in one list: each item after the
-    first is an op call (or a bare op name) whose first input is the item before it. The
-    items become nodes `<name>/<op>` (`_2`, `_3`, ... when an op repeats); the last is `name`."""
+    """Node specs of a layer stack, Keras's Sequential in one YAML list (one item per line:
+    `- x`, `- conv2d(out_channels=8, kernel=3)`, `- max_pool2d(kernel=2)`, `- flatten`):
+    each item after the first is an op call (or a bare op name) whose first input is the
+    item before it. The items become nodes `<name>/<op>` (`_2`, `_3`, ... when an op
+    repeats); the last is `name`."""
     marks = [getattr(items, "mark_of", lambda i: mark)(i) for i in range(len(items))]
     if len(items) < 2 or not all(isinstance(i, str) for i in items) or \
             not items[0].strip().isidentifier():
         raise SpecError("a layer stack is a list of strings: the input's name, then op calls "
                         "each taking the item before as its first input", mark=mark, node=name,
-                        hint="e.g. [x, conv2d(out_channels=8, kernel=3), max_pool2d(kernel=2), "
-                             "flatten]")
+                        hint="one item per line: - x, - conv2d(out_channels=8, kernel=3), "
+                             "- max_pool2d(kernel=2), - flatten")
     nodes, prev, used = [], items[0].strip(), set()
     for i, (text, at) in enumerate(zip(items[1:], marks[1:]), start=1):
         tree = _stack_call(text, name, at)
@@ -344,13 +351,20 @@ def parse_stack(items: list, name: str, mark: Mark) -> list:
     return nodes
 
 
+STACK_SPLIT = ("in YAML's inline list [x, f(a=1, b=2)] the commas inside a call split the "
+               "items: write the list one item per line (- x, - f(a=1, b=2)), or quote each "
+               "item")
+
+
 def _stack_call(text: str, name: str, mark: Mark) -> ast.Call:
     """One stack item as a call: `flatten` is `flatten()`."""
     try:
         tree = ast.parse(text.strip(), mode="eval").body
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        split = text.count("(") > text.count(")")      # YAML's [a, f(b=1, c=2)] splits at c
         raise SpecError(f"syntax error in layer stack item '{clip(text)}': {exc}", mark=mark,
-                        node=name, hint="write an op call such as max_pool2d(kernel=2)") from None
+                        node=name, hint=STACK_SPLIT if split else
+                        "write an op call such as max_pool2d(kernel=2)") from None
     if isinstance(tree, ast.Name):
         tree = ast.copy_location(ast.Call(func=tree, args=[], keywords=[]), tree)
     if not isinstance(tree, ast.Call) or not isinstance(tree.func, ast.Name) or tree.args:

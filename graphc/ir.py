@@ -50,7 +50,8 @@ class Node:
     Provenance, read instead of parsing names: `origin` is the spec node (or leaf) the
     node comes from, `mark` its place in the spec file; `role` is forward, gradient
     (the reverse graph), update (the optimizer) or state (optimizer state, the learning
-    rate, the generator key, an op's state update such as batch_norm's); a gradient node `differentiates` the forward node whose rule emitted it.
+    rate, the generator key, an op's state update such as batch_norm's); a gradient node
+    `differentiates` the forward node whose rule emitted it.
     """
     name: str
     op: str
@@ -340,7 +341,7 @@ def build_graph(spec, mode: str = "train") -> Graph:
         n = node_specs[name]
         # expr.py names a sub-expression of node `h` `h/<op>`: its origin is `h`; a block
         # instance's nodes (`h1/z/<op>`) carry theirs (`h1/z`)
-        origin = n.origin or name.split("/")[0]
+        origin = n.user_node
         if n.op == "const":
             b.nodes[name] = Node(name, "const", (), n.attrs, (), spec.dtype, n.mark, origin)
         else:

@@ -47,11 +47,23 @@ def expand_layers(leaf_shapes: Mapping[str, tuple], nodes) -> tuple:
     for n in nodes:
         if OPS[n.op].group == "layer" and n.inputs[0] in shapes:
             layer_params, layer_nodes = EXPANSIONS[n.op](n, shapes[n.inputs[0]])
+            _check_fresh(n, layer_params, leaf_shapes)
             params += layer_params
             out += layer_nodes
         else:
             out.append(n)
     return params, out
+
+
+def _check_fresh(n: NodeSpec, made: list, leaf_shapes: Mapping) -> None:
+    """A layer's params are new names: a block instance named like the layer's node may
+    already own `<instance>.W` (the block's param), which the layer must not replace."""
+    for p in made:
+        if p.name in leaf_shapes:
+            raise SpecError(f"the {n.op.removesuffix('_layer')} layer creates the {p.kind} "
+                            f"'{p.name}', but '{p.name}' is already declared", mark=n.mark,
+                            node=n.user_node, hint="rename the block's param, or "
+                            "make the layer a node that is not the block's output")
 
 
 def infer_shapes(leaf_shapes: Mapping[str, tuple], nodes) -> dict:
@@ -79,10 +91,9 @@ def infer_shapes(leaf_shapes: Mapping[str, tuple], nodes) -> dict:
 def dense(n: NodeSpec, x_shape: tuple) -> tuple:
     """(params, nodes) of `activation(x @ W + b)` at node n; W [in, units], b [units]."""
     units, activation, x = n.attrs["units"], n.attrs["activation"], n.inputs[0]
-    user_node = n.name.split("/")[0]
     if not x_shape or isinstance(x_shape[-1], str):
         raise SpecError(f"dense needs an input whose last dim is a fixed size, but '{x}' has "
-                        f"shape {S.fmt(x_shape)}", mark=n.mark, node=user_node,
+                        f"shape {S.fmt(x_shape)}", mark=n.mark, node=n.user_node,
                         hint="reshape it first, e.g. reshape(x, shape=[batch, -1])")
     _check_activation(n, "dense")
     init = n.attrs["init"] or (OPS[activation].layer_init if activation else "glorot_uniform")
@@ -99,7 +110,7 @@ def _check_activation(n: NodeSpec, layer: str) -> None:
     activation = n.attrs["activation"]
     if activation is not None and activation not in ACTIVATIONS:
         raise SpecError(f"{layer} has no activation '{activation}'", mark=n.mark,
-                        node=n.name.split("/")[0],
+                        node=n.user_node,
                         hint=did_you_mean(str(activation), ACTIVATIONS) or
                         "activations: " + ", ".join(ACTIVATIONS))
 
@@ -129,7 +140,7 @@ def conv(n: NodeSpec, x_shape: tuple) -> tuple:
         OPS[n.op].infer([x_shape], n.attrs)
     except S.ShapeError as exc:
         raise SpecError(f"shape mismatch in {op}: {exc}", mark=n.mark,
-                        node=n.name.split("/")[0]) from None
+                        node=n.user_node) from None
     x, out = n.inputs[0], n.attrs["out_channels"]
     shape = (out, x_shape[1]) + _kernel(n, len(x_shape) - 2)
     W, b = f"{n.name}.W", f"{n.name}.b"
@@ -163,11 +174,10 @@ def batch_norm_layer(n: NodeSpec, x_shape: tuple) -> tuple:
     """(params and state, the node) of `batch_norm(x)` at node n, as PyTorch's BatchNorm
     starts: gamma = 1, beta = 0 (params), running_mean = 0, running_var = 1 (state), each
     [C] for the C channels on x's axis 1."""
-    user_node = n.name.split("/")[0]
     try:
         c = channels(x_shape)
     except S.ShapeError as exc:
-        raise SpecError(str(exc), mark=n.mark, node=user_node) from None
+        raise SpecError(str(exc), mark=n.mark, node=n.user_node) from None
     made = [LayerParam(f"{n.name}.{name}", (c,), init, n.mark, kind)
             for name, init, kind in (("gamma", "ones", "param"), ("beta", "zeros", "param"),
                                      ("running_mean", "zeros", "state"),

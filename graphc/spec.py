@@ -158,7 +158,7 @@ def _check_names(leaves, nodes):
             if i not in defined:
                 mark = n.input_marks[k] if k < len(n.input_marks) else None
                 raise SpecError(f"unknown name '{i}'", mark=mark or n.mark,
-                                node=n.name.split("/")[0],
+                                node=n.user_node,
                                 hint=did_you_mean(i, defined) or
                                 "define it under inputs, params or nodes")
 
@@ -277,7 +277,7 @@ def load_spec(path, text: Optional[str] = None, dtype: Optional[str] = None) -> 
     for n in nodes:
         if n.op == "const":
             check_fits(np.float64(n.attrs["value"]), dtype, "the constant", n.mark,
-                       n.name.split("/")[0])
+                       n.user_node)
     nodes = _expand_layers(leaves, nodes, dtype)
     names = set(leaves) | {n.name for n in nodes}
     loss = _loss(raw, names, top)

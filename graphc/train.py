@@ -284,8 +284,9 @@ class Run:
                                      hint=f"continue with --resume {self.out}"))
 
     def save(self, extra: Optional[dict] = None) -> None:
-        """Params, optimizer state, position, RNG, early stopping, spec and stats, atomically
-        to `out` (kept in memory, as `saved`, without one)."""
+        """Params and state, optimizer state, position, RNG, early stopping, spec and stats,
+        checked identical across ranks; rank 0 writes them atomically to `out` (kept in
+        memory, as `saved`, always)."""
         m = self.model
         arrays = {**C.leaves_of(m), **self.pos.arrays(),
                   **C.spec_arrays(m, self.cfg.run_settings()),
@@ -296,7 +297,6 @@ class Run:
             arrays[RESERVED + "early"] = np.array([e.best, e.best_epoch, e.wait], np.float64)
             arrays.update({RESERVED + "best/" + k: v for k, v in self.best.items()})
         arrays.update(extra or {})
-        m = self.model
         self.world.check_identical([m.store[k] for k in [*C.leaves_of(m), *self.state_names()]],
                                    f"{self.pos.global_step} steps")
         self.saved = arrays

@@ -131,6 +131,9 @@ ERRORS = [
      "of block 'cell'"),
     (("inputs: [x, h]", "inputs: [x, W]"), "spec.yaml:10:7: block 'cell': node 'W': 'W' is "
      "both an input and a param of block 'cell'"),
+    (("      pre: x @ W + h", "      pre: {block: cell, inputs: [x, h]}"), "spec.yaml:13:12: "
+     "block 'cell': node 'pre': node 'pre' of block 'cell' is an instance of a block, and "
+     "blocks do not nest"),
     (("      pre: x", "      x: x"), "spec.yaml:13:7: block 'cell': node 'x': node name 'x' is "
      "taken or not an identifier"),
 ]
@@ -156,3 +159,24 @@ def test_share_refuses_a_block_with_a_layer(tmp_path):
     assert proc.returncode == 2
     assert "block 'cell' uses the layer dense, whose params are each instance's own" in \
         proc.stderr
+
+
+def test_a_layer_output_may_not_take_the_name_of_a_block_param(tmp_path):
+    # the layer's output node is the instance h1, so its W is h1.W: the block's own param
+    # h1.W was silently replaced by the layer's [2, 2] weight of another init
+    text = OWN.replace("      out: tanh(pre + b)", "      out: dense(pre, units=2)")
+    proc = graphc("check", cli_spec(tmp_path, text))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and "spec.yaml:14:12: block 'cell', instance " \
+        "'h1': node 'h1': the dense layer creates the param 'h1.W', but 'h1.W' is already " \
+        "declared" in proc.stderr, proc.stderr
+
+
+def test_an_error_in_a_block_layer_names_the_block_node_it_lies_in(tmp_path):
+    # dense's error named 'h1' (the name's first part), the IR's errors 'h1/pre' (the
+    # block node): both now say 'h1/pre', the instance's node
+    text = OWN.replace("      pre: x @ W + h", "      pre: dense(x, units=2, activation=rleu)")
+    proc = graphc("check", cli_spec(tmp_path, text))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "block 'cell', instance 'h1': node 'h1/pre': dense has no activation 'rleu'" in \
+        proc.stderr, proc.stderr

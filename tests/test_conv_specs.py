@@ -116,6 +116,9 @@ def test_a_layer_stack_chains_each_item_into_the_next(tmp_path):
      "layer stack item 'max_pool2d(c, kernel=2)' must be an op call with keyword attributes"),
     ("[x, 'max_pol2d(kernel=2)']", "unknown op 'max_pol2d'"),
     ("[x]", "a layer stack is a list of strings"),
+    ("[x, conv2d(out_channels=4, kernel=3)]", "syntax error in layer stack item "
+     "'conv2d(out_channels=4': '(' was never closed (<unknown>, line 1); in YAML's inline "
+     "list [x, f(a=1, b=2)] the commas inside a call split the items"),
 ])
 def test_layer_and_stack_errors_are_located(tmp_path, layer, expect):
     spec = tmp_path / "bad.yaml"

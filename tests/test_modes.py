@@ -308,6 +308,17 @@ def test_a_state_leaf_needs_fixed_sizes(tmp_path):
     assert "state shape [batch] has the symbolic dim 'batch'" in proc.stderr
 
 
+def test_explain_refuses_state_instead_of_reporting_a_mismatch(tmp_path):
+    # state is never differentiated: explain summed its paths and called graphc wrong (exit 1)
+    path = write(tmp_path, "inputs: {x: {value: [[1.0, 2.0]]}}\nstate: {s: [2]}\n"
+                           "nodes:\n  loss: sum(x * s)\n")
+    proc = run_cli("explain", path, "--wrt", "s")
+    assert proc.returncode == 2 and "DOES NOT MATCH" not in proc.stdout
+    assert proc.stderr.startswith("error: ") and "spec.yaml:2:" in proc.stderr and \
+        "node 's': --wrt 's' is state, which its op updates and graphc does not " \
+        "differentiate" in proc.stderr, proc.stderr
+
+
 def test_train_mode_batch_norm_refuses_one_value_per_channel(tmp_path):
     inputs = tmp_path / "one.npz"
     np.savez(inputs, x=np.ones((1, 2)))

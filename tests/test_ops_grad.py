@@ -669,6 +669,18 @@ def test_kinks_are_reported_only_where_the_check_would_fail(op, x, kinks):
     assert result.ok and [k.index for k in result.leaves[0].kinks] == kinks
 
 
+def test_a_nan_central_difference_is_reported_not_passed_as_unsampled():
+    # log at x = 1e-7: x - eps < 0, so f(x - eps) is NaN and the central difference too.
+    # It was mistaken for an element --sample left out: "ok" with no kink and no word.
+    b = GraphBuilder("float64")
+    b.nodes["x"] = Node("x", "input", (), {"shape": (2,)}, (2,), "float64")
+    b.add("y", "log", ["x"], attrs_with_defaults(OPS["log"], {}))
+    b.add("loss", "sum", ["y"], {"axis": None, "keepdims": False})
+    result = check_grads(toposort(b.graph("loss")), {"x": np.array([1e-7, 2.0])}, ["x"])
+    (row,) = result.leaves
+    assert [k.index for k in row.kinks] == [(0,)] and np.isnan(row.kinks[0].left)
+
+
 def test_a_wrong_rule_still_fails_beside_kinks(tmp_path, monkeypatch):
     # relu's gradient replaced by the identity: wrong wherever a unit is off. Every b1
     # element sits at a kink here (row 0's units are all at 0), so b1 cannot be checked on
