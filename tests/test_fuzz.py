@@ -29,8 +29,9 @@ from graphc.limits import set_memory_limit  # noqa: E402
 
 SEEDS = F.seed_specs()
 LIMIT_S = 10.0          # per example; a hang fails the test instead of stalling CI
-# an epoch of these takes longer than LIMIT_S; tests/test_sequence_specs.py trains them
-SLOW_EPOCH = {"sort_transformer.yaml"}
+# an epoch of these takes longer than LIMIT_S on a loaded machine; tests/test_sequence_specs.py
+# and tests/test_conv_specs.py train them
+SLOW_EPOCH = {"sort_transformer.yaml", "digits_cnn.yaml"}
 
 
 @pytest.fixture(scope="module")

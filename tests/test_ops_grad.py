@@ -597,14 +597,36 @@ def test_a_wrong_rule_fails(monkeypatch):
 # Specs too large to check every element (about two forward passes per element): checked
 # at this many seeded elements per leaf on a batch of this many rows (`gradcheck --sample
 # N --batch-size B`); every op they use has its own row in CASES.
-SAMPLED = {"sort_transformer": (4, 4)}
+SAMPLED = {"sort_transformer": (4, 4), "digits_cnn": (16, 8)}
+# Specs whose data has exact ties inside max-pooling windows (the digits' flat background
+# makes equal conv outputs side by side): the first maximum takes the gradient (as in
+# PyTorch), which central differences cannot confirm at a tie. Their inputs get a small
+# seeded jitter, which leaves no ties; the pooling ties rule has its own test (test_conv).
+TIED = {"digits_cnn"}
+# Open (issue 12's note): on the jittered digits batch, the first conv layer's bias
+# disagrees with central differences by 3e-4 to 2.4e-3 depending on eps (1e-7, 1e-6, 1e-5),
+# which looks like a kink the probe misses (a consistent error would not move with eps),
+# not yet explained. Strict: the day it passes, this mark must go.
+OPEN = {"digits_cnn": "conv bias vs central differences on the jittered digits batch "
+                      "(see the comment above)"}
 
 
-@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def _marked(path):
+    reason = OPEN.get(path.stem)
+    return pytest.param(path, marks=pytest.mark.xfail(strict=True, reason=reason)) \
+        if reason else path
+
+
+@pytest.mark.parametrize("path", [_marked(p) for p in SPECS], ids=lambda p: p.stem)
 def test_specs_pass_in_float64(path):
     model = load_model(path)
     sample, rows = SAMPLED.get(path.stem, (None, None))
-    result = check_model(model, input_feeds(model, None, rows), sample=sample)
+    feeds = input_feeds(model, None, rows)
+    if path.stem in TIED:
+        rng = np.random.default_rng(0)
+        feeds = {k: v + 0.01 * rng.standard_normal(v.shape) if v.dtype.kind == "f" else v
+                 for k, v in feeds.items()}
+    result = check_model(model, feeds, sample=sample)
     assert result.ok, "\n".join(map(str, result.leaves))
     assert all(g.dtype == np.float64 for g in result.analytic.values())
     # float32 central differences would be off by ~1e-2 at eps 1e-6
