@@ -384,27 +384,38 @@ def rank_pid(tag: str, rank: int, deadline: float) -> int:
     raise AssertionError(f"no rank {rank} process found")
 
 
-@needs_mpi
-@pytest.mark.slow
-def test_a_killed_rank_ends_the_run_and_the_last_checkpoint_resumes(tmp_path):
-    path, ckpt, tag = spec(tmp_path), tmp_path / "c.npz", uuid.uuid4().hex
+def signal_rank_one(path: Path, ckpt: Path, signum: int, timeout: float, *args,
+                    settle: float = 0.0) -> tuple:
+    """Train `path` on 2 ranks into `ckpt` (endless epochs), send `signum` to rank 1 once the
+    first checkpoint exists (and `settle` seconds more), wait up to `timeout` for the end:
+    (the finished run, stdout, stderr, seconds from the signal to the end)."""
+    tag = uuid.uuid4().hex
     cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "graphc", "train", str(path), "--out",
-           str(ckpt), "--epochs", "100000", "--save-every", "1"]
-    run = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, env=clean_env(GRAPHC_TEST_TAG=tag))
+           str(ckpt), "--epochs", "100000", *args]
+    run = subprocess.Popen(cmd, cwd=path.parent, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True,
+                           env=clean_env(GRAPHC_TEST_TAG=tag))
     try:
         deadline = time.monotonic() + 60
         victim = rank_pid(tag, 1, deadline)
         while not ckpt.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(0.3)
-        os.kill(victim, signal.SIGKILL)
-        killed = time.monotonic()
-        out, err = run.communicate(timeout=30)
-        ended = time.monotonic() - killed
+        time.sleep(settle)
+        os.kill(victim, signum)
+        sent = time.monotonic()
+        out, err = run.communicate(timeout=timeout)
+        return run, out, err, time.monotonic() - sent
     finally:
         if run.poll() is None:
             run.kill()
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_run_and_the_last_checkpoint_resumes(tmp_path):
+    path, ckpt = spec(tmp_path), tmp_path / "c.npz"
+    run, out, err, ended = signal_rank_one(path, ckpt, signal.SIGKILL, 30, "--save-every", "1",
+                                           settle=0.3)
     assert run.returncode != 0 and ended < 30
     said = out + err            # MPICH's mpiexec reports the dead rank on stdout
     assert "signal 9" in said.lower() or "killed by signal: 9" in said.lower(), said
@@ -422,21 +433,8 @@ def test_a_killed_rank_ends_the_run_and_the_last_checkpoint_resumes(tmp_path):
 def test_a_stop_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     """SIGTERM to rank 1 alone: the ranks agree after each step, so both stop there, rank 0
     saves that step's position and prints the one line; exit 143."""
-    path, ckpt, tag = spec(tmp_path), tmp_path / "c.npz", uuid.uuid4().hex
-    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "graphc", "train", str(path), "--out",
-           str(ckpt), "--epochs", "100000"]
-    run = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, env=clean_env(GRAPHC_TEST_TAG=tag))
-    try:
-        deadline = time.monotonic() + 60
-        victim = rank_pid(tag, 1, deadline)
-        while not ckpt.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        os.kill(victim, signal.SIGTERM)
-        _, err = run.communicate(timeout=60)
-    finally:
-        if run.poll() is None:
-            run.kill()
+    path, ckpt = spec(tmp_path), tmp_path / "c.npz"
+    run, _, err, _ = signal_rank_one(path, ckpt, signal.SIGTERM, 60)
     assert run.returncode == 143, err
     assert err.count("error:") == 1 and "(SIGTERM); checkpoint saved to" in err, err
     with np.load(ckpt) as f:

@@ -25,8 +25,7 @@ def b_matmul(out, a, b):
     """a @ b into out; a batch of rows times a matrix (`[..., T, D] @ [D, E]`, contiguous)
     is one GEMM over the stacked rows, bound as 2-D views, not one GEMM per batch entry."""
     if a.ndim > 2 and b.ndim == 2 and a.flags.c_contiguous and out.flags.c_contiguous:
-        return source("np.matmul(a, b, out=out)", out=out.reshape(-1, out.shape[-1]),
-                      a=a.reshape(-1, a.shape[-1]), b=b)
+        out, a = out.reshape(-1, out.shape[-1]), a.reshape(-1, a.shape[-1])
     return source("np.matmul(a, b, out=out)", out=out, a=a, b=b)
 
 
