@@ -15,14 +15,23 @@ f itself is only known to a few ulps, so n carries an error of about
 ulp(f) / eps whatever the gradient's size, and a small but correct gradient
 (1e-6 next to a loss of 1) would otherwise fail a relative test.
 
-Kinks. Where f is not differentiable (relu or abs at 0, a tie in max, a hinge at its
-margin, any of them within eps of x) the central difference averages two different
-slopes and matches no gradient. An element that fails is probed: its one-sided
-differences `(f(x) - f(x - h)) / h` and `(f(x + h) - f(x)) / h` are compared at h = eps
-and at h = eps / 10. On a smooth f they differ by about f'' h, which shrinks with h; at
-a kink they differ by the jump in slope, which does not. An element whose gap is above
-the rounding noise and does not shrink is a kink: reported and counted, not failed, and
-left out of the max errors. A wrong gradient at a smooth point keeps failing.
+Kinks. Where f is not differentiable (relu or abs at 0, a tie in max, a max-pool window
+changing its argmax, a hinge at its margin, any of them within eps of x) the central
+difference averages two different slopes and matches no gradient. Such points are found
+from the op records, not guessed from numbers: a `piecewise` op's vjp at g = 1 is
+constant on each piece of its domain (relu's `y > 0`, max_pool's argmax), so the probe
+graph computes it for every piecewise node, and two points where all of them are equal
+lie on the same pieces. An element that fails is probed at steps h = eps, eps / 10, ...
+down to eps / 1000; the first h whose points x - h and x + h lie on x's pieces decides.
+At h = eps the failure stands: f is smooth there, the difference is valid and the
+gradient is wrong. At a smaller h the central difference is taken again at h and compared
+with noise(loss, h): the element is counted as checked at a smaller step. No such h: a
+kink at x itself (within eps / 1000), where the slopes left and right differ and there is
+no gradient to compare: reported and counted, not failed, left out of the max errors; so
+is an element where f is not finite at x - h or x + h (the edge of its domain: log near
+0). The pieces come from the rules under test: a wrong rule can hide a kink (the element
+then fails, never passes) or invent one (the element is then checked at a smaller step,
+where a wrong gradient still fails).
 """
 from __future__ import annotations
 
@@ -33,18 +42,21 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from . import shapes as S
-from .autodiff import check_params_reach_loss, grad_graph
-from .ir import Graph
+from .autodiff import _Emit, check_params_reach_loss, grad_graph
+from .ir import Graph, GraphBuilder, toposort, verify_graph
 from .model import Model, Runner, differentiable_leaves
+from .ops import OPS
 
 FLOOR = 1e-8
 NOISE_ULPS = 64       # safety factor over the ~1 ulp of f that a central difference sees
-KINK_SHRINK = 10      # the second, smaller step of the kink probe: eps / KINK_SHRINK
+KINK_SHRINK = 10      # the kink probe's steps: eps, eps / KINK_SHRINK, ...
+KINK_STEPS = 4        # ... down to eps / 1000; no clean step by then: a kink at x
 
 
 @dataclass(frozen=True)
 class Kink:
-    """One element where f is not differentiable within eps: its one-sided differences."""
+    """One element where f is not differentiable within eps / 1000: its one-sided
+    differences at eps."""
     leaf: str
     index: tuple
     left: float
@@ -55,13 +67,15 @@ class Kink:
 @dataclass(frozen=True)
 class LeafCheck:
     """One leaf's comparison: the largest abs and rel error over its elements that are not
-    at a kink, and those that are."""
+    at a kink, those that are, and the (index, step) of those checked at a step below eps
+    (the probe at eps crossed a kink)."""
     leaf: str
     shape: tuple
     max_abs: float
     max_rel: float
     ok: bool
     kinks: tuple = ()
+    smaller_step: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -133,22 +147,43 @@ def analytic_grads(graph: Graph, values: Mapping[str, np.ndarray],
     return float(ex[graph.loss]), grads
 
 
+def piece_graph(graph: Graph) -> tuple:
+    """(the graph plus, for every piecewise node, its vjp at g = 1; the names of those
+    values): equal at two points exactly when both lie on the same pieces of every node."""
+    b = GraphBuilder(graph.dtype, graph.nodes)
+    emit, pieces = _Emit(b), []
+    for node in graph.nodes.values():
+        if OPS[node.op].piecewise:
+            emit.prefix, emit.mark = f"piece:{node.name}/", node.mark
+            ones = emit("expand", emit("const", value=1.0), shape=node.shape)
+            pieces += [p for p in OPS[node.op].vjp(emit, node, ones) if p is not None]
+    out = toposort(Graph(b.nodes, graph.loss, graph.outputs, graph.dtype, graph.after))
+    verify_graph(out)
+    return out, pieces
+
+
 class Probe:
-    """The compiled forward plan in float64: the loss with one leaf element moved by h."""
+    """The compiled forward plan in float64: the loss with one leaf element moved by h; and,
+    built at the first element that fails, the piece graph's plan (`piece_graph`)."""
 
     def __init__(self, graph: Graph, values: Mapping[str, np.ndarray]):
-        store = {k: np.array(v) for k, v in values.items()}
-        self.loss = graph.loss
-        self.ex = Runner(graph, store, {graph.loss}).run(_fed(graph, values))
+        self.graph, self.values, self.loss = graph, values, graph.loss
+        self.ex = self._runner(graph, {graph.loss})
         self.f0 = float(self.ex[graph.loss])
+        self._pieces = None
 
-    def moved(self, leaf: str, idx: tuple, h: float) -> float:
-        x = self.ex[leaf]       # the executor's own array: moving it changes the next run
+    def _runner(self, graph: Graph, keep: set):
+        store = {k: np.array(v) for k, v in self.values.items()}
+        return Runner(graph, store, keep).run(_fed(self.graph, self.values))
+
+    def moved(self, leaf: str, idx: tuple, h: float, ex=None) -> float:
+        ex = ex or self.ex
+        x = ex[leaf]            # the executor's own array: moving it changes the next run
         orig = x[idx].copy()
         x[idx] = orig + h
-        self.ex.run()
+        ex.run()
         x[idx] = orig
-        return float(self.ex[self.loss])
+        return float(ex[self.loss])
 
     def central(self, leaf: str, eps: float, checked: np.ndarray) -> np.ndarray:
         """(f(x + eps) - f(x - eps)) / (2 eps) at the `checked` elements of the leaf (a
@@ -163,17 +198,36 @@ class Probe:
         return ((self.f0 - self.moved(leaf, idx, -h)) / h,
                 (self.moved(leaf, idx, h) - self.f0) / h)
 
-    def kink(self, leaf: str, idx: tuple, eps: float, analytic: float) -> Optional[Kink]:
-        """A Kink where the one-sided differences disagree above the rounding noise at eps
-        and still at eps / KINK_SHRINK (a smooth f's gap shrinks with the step)."""
+    def kink(self, leaf: str, idx: tuple, eps: float, analytic: float) -> Kink:
         left, right = self.one_sided(leaf, idx, eps)
-        gap = abs(right - left)
-        if gap <= 4 * noise(self.f0, eps):
-            return None
-        left2, right2 = self.one_sided(leaf, idx, eps / KINK_SHRINK)
-        if abs(right2 - left2) <= gap / 2:
-            return None
         return Kink(leaf, tuple(int(i) for i in idx), left, right, float(analytic))
+
+    def pieces(self) -> tuple:
+        """(the piece graph's executor, its piece names, the pieces at x), built once."""
+        if self._pieces is None:
+            graph, names = piece_graph(self.graph)
+            ex = self._runner(graph, {self.loss, *names})
+            self._pieces = ex, names, [np.array(ex[p]) for p in names]
+        return self._pieces
+
+    def on_x_pieces(self, leaf: str, idx: tuple, h: float) -> tuple:
+        """(f(x + h), whether x + h lies on x's pieces of every piecewise node)."""
+        ex, names, at_x = self.pieces()
+        f = self.moved(leaf, idx, h, ex)
+        return f, all(np.array_equal(ex[p], a) for p, a in zip(names, at_x))
+
+    def clean_step(self, leaf: str, idx: tuple, eps: float) -> Optional[tuple]:
+        """(h, central difference at h) for the first h of eps, eps / KINK_SHRINK, ... down
+        to eps / 1000 whose x - h and x + h lie on x's pieces; None: a kink at x, or f not
+        finite at a probe (the edge of its domain, log near 0), which no step settles."""
+        for h in (eps / KINK_SHRINK ** k for k in range(KINK_STEPS)):
+            (right, same_right), (left, same_left) = (self.on_x_pieces(leaf, idx, h),
+                                                      self.on_x_pieces(leaf, idx, -h))
+            if not np.isfinite(right - left):
+                return None
+            if same_right and same_left:
+                return h, (right - left) / (2 * h)
+        return None
 
 
 def sampled(shape: tuple, sample: Optional[int]) -> np.ndarray:
@@ -192,8 +246,9 @@ def check_grads(graph: Graph, values: Mapping[str, np.ndarray],
                 tol: float = 1e-5, atol: Optional[float] = None,
                 sample: Optional[int] = None) -> GradCheck:
     """Analytic vs numeric gradients of every leaf in `wrt` (default: every float leaf), at
-    every element or at `sample` seeded elements per leaf; failing elements at a kink of f
-    are reported as kinks, not failures."""
+    every element or at `sample` seeded elements per leaf; a failing element whose probe
+    crossed a kink is checked at a smaller step, or reported as a kink where it sits on
+    one (the module docstring)."""
     graph, values = as_float64(graph, values)
     wrt = _float_leaves(graph) if wrt is None else list(wrt)
     loss, analytic = analytic_grads(graph, values, wrt)
@@ -201,21 +256,32 @@ def check_grads(graph: Graph, values: Mapping[str, np.ndarray],
     checks = {w: sampled(np.shape(values[w]), sample) for w in wrt}
     numeric = {w: probe.central(w, eps, checks[w]) for w in wrt}
     atol = noise(loss, eps) if atol is None else atol
-    rows = []
-    for w in wrt:
-        a, n = analytic[w], numeric[w]
-        checked = checks[w]         # a NaN central difference there fails (or is a kink)
-        err = np.where(checked, np.abs(a - n), 0.0)
-        rel = np.where(checked, rel_error(a, np.where(checked, n, a)), 0.0)
-        failed = ~((rel <= tol) | (err <= atol))
-        probed = (probe.kink(w, idx, eps, a[idx]) for idx in map(tuple, np.argwhere(failed)))
-        kinks = [k for k in probed if k is not None]
-        for k in kinks:
-            failed[k.index] = False
-            err[k.index] = rel[k.index] = 0.0
-        rows.append(LeafCheck(w, a.shape, float(np.max(err, initial=0.0)),
-                              float(np.max(rel, initial=0.0)), not failed.any(), tuple(kinks)))
-    return GradCheck(loss, eps, tol, atol, tuple(rows), analytic, numeric, sample)
+    rows = tuple(leaf_check(probe, w, analytic[w], numeric[w], checks[w], eps, tol, atol)
+                 for w in wrt)
+    return GradCheck(loss, eps, tol, atol, rows, analytic, numeric, sample)
+
+
+def leaf_check(probe: Probe, leaf: str, a: np.ndarray, n: np.ndarray, checked: np.ndarray,
+               eps: float, tol: float, atol: float) -> LeafCheck:
+    """One leaf's row; its failing elements probed for kinks (`Probe.clean_step`), and `n`
+    updated where one was checked at a smaller step."""
+    err = np.where(checked, np.abs(a - n), 0.0)     # a NaN central difference there fails
+    rel = np.where(checked, rel_error(a, np.where(checked, n, a)), 0.0)
+    failed = ~((rel <= tol) | (err <= atol))
+    kinks, smaller = [], []
+    for idx in map(tuple, np.argwhere(failed)):
+        step = probe.clean_step(leaf, idx, eps)
+        if step is None:
+            kinks.append(probe.kink(leaf, idx, eps, a[idx]))
+            failed[idx], err[idx], rel[idx] = False, 0.0, 0.0
+        elif step[0] < eps:
+            h, n[idx] = step
+            err[idx], rel[idx] = abs(a[idx] - n[idx]), rel_error(a[idx], n[idx])
+            failed[idx] = not (rel[idx] <= tol or err[idx] <= max(atol, noise(probe.f0, h)))
+            smaller.append((tuple(int(i) for i in idx), h))
+    return LeafCheck(leaf, a.shape, float(np.max(err, initial=0.0)),
+                     float(np.max(rel, initial=0.0)), not failed.any(), tuple(kinks),
+                     tuple(smaller))
 
 
 def check_model(model: Model, feeds: Mapping[str, np.ndarray], eps: float = 1e-6,
@@ -231,7 +297,8 @@ def check_json(result: GradCheck) -> dict:
     return {"ok": result.ok, "loss": result.loss, "eps": result.eps, "tol": result.tol,
             "atol": result.atol, "sample": result.sample,
             "leaves": [{"leaf": c.leaf, "shape": list(c.shape), "max_abs_error": c.max_abs,
-                        "max_rel_error": c.max_rel, "ok": c.ok, "kinks": len(c.kinks)}
+                        "max_rel_error": c.max_rel, "ok": c.ok, "kinks": len(c.kinks),
+                        "smaller_step": len(c.smaller_step)}
                        for c in result.leaves]}
 
 
@@ -239,8 +306,7 @@ def check_table(result: GradCheck) -> str:
     """One row per leaf, a verdict line, and a note on the elements at kinks."""
     head = ("leaf", "shape", "max abs error", "max rel error", "ok")
     rows = [head] + [(c.leaf, S.fmt(c.shape), f"{c.max_abs:.3e}", f"{c.max_rel:.3e}",
-                      ("ok" if c.ok else "FAIL") + (f" ({len(c.kinks)} at kinks)" if c.kinks
-                                                     else "")) for c in result.leaves]
+                      ("ok" if c.ok else "FAIL") + _counts(c)) for c in result.leaves]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     failed = [c.leaf for c in result.leaves if not c.ok]
@@ -253,7 +319,18 @@ def check_table(result: GradCheck) -> str:
         total = sum(n.size for n in result.numeric.values())
         lines.append(f"sampled: {checked} of {total} elements checked (at most "
                      f"{result.sample} per leaf, the same ones every run)")
-    return "\n".join(lines + kink_note(result))
+    return "\n".join(lines + kink_note(result) + smaller_step_note(result))
+
+
+def _counts(c: LeafCheck) -> str:
+    """' (2 at kinks, 1 at a smaller step)', or '' where there are none."""
+    counts = [f"{len(c.kinks)} at kinks"] if c.kinks else []
+    counts += [f"{len(c.smaller_step)} at a smaller step"] if c.smaller_step else []
+    return f" ({', '.join(counts)})" if counts else ""
+
+
+def _where(leaf: str, index: tuple) -> str:
+    return f"{leaf}[{', '.join(map(str, index))}]" if index else leaf
 
 
 def kink_note(result: GradCheck) -> list:
@@ -262,11 +339,23 @@ def kink_note(result: GradCheck) -> list:
     if not kinks:
         return []
     k = kinks[0]
-    where = f"{k.leaf}[{', '.join(map(str, k.index))}]" if k.index else k.leaf
     return [f"kinks: {len(kinks)} element{'s' if len(kinks) > 1 else ''} sit at a point where "
-            "the loss is not differentiable within eps (relu or abs at 0, a max tie, a hinge "
-            "at its margin): the slopes left and right of it differ, so there is no gradient "
-            "to compare; they are reported, not failed, and not checked (to check them, move "
-            "the point: other --inputs or --params)",
-            f"  first: {where}: slope {k.left:.6g} left, {k.right:.6g} right; graphc's "
-            f"gradient {k.analytic:.6g}"]
+            "the loss is not differentiable (relu or abs at 0, a tie in a max or a max-pool "
+            "window, a hinge at its margin, within eps / 1000): the slopes left and right of "
+            "it differ, so there is no gradient to compare; they are reported, not failed, "
+            "and not checked (to check them, move the point: other --inputs or --params)",
+            f"  first: {_where(k.leaf, k.index)}: slope {k.left:.6g} left, {k.right:.6g} "
+            f"right; graphc's gradient {k.analytic:.6g}"]
+
+
+def smaller_step_note(result: GradCheck) -> list:
+    """Lines on the elements checked at a step below eps: how many, why, the first one."""
+    moved = [(c.leaf, index, h) for c in result.leaves for index, h in c.smaller_step]
+    if not moved:
+        return []
+    leaf, index, h = moved[0]
+    return [f"smaller step: {len(moved)} element{'s' if len(moved) > 1 else ''} crossed a "
+            f"kink within eps (a relu, max or max-pool node changed piece between x - eps "
+            f"and x + eps), so the central difference there was taken again at the largest "
+            f"step eps / 10^k that stays on x's pieces; first: {_where(leaf, index)} at "
+            f"step {h:g}"]

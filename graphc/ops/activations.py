@@ -122,12 +122,13 @@ def _formula(text):
 
 OPS = (
     OpDef("relu", 1, same, "relu(x) = max(x, 0)", vjp=through("relu_grad"),
-          formula=_formula("1[{x} > 0]"), elementwise=True, layer_init=HE, onnx=onnx_op("Relu")),
+          formula=_formula("1[{x} > 0]"), elementwise=True, layer_init=HE, onnx=onnx_op("Relu"),
+          piecewise=True),
     OpDef("relu_grad", 2, grad_of(1), "relu_grad(g, y) = g * (y > 0)",
           onnx=lambda b, n, g, y: _times(b, g, _positive(b, y)), **_BW),
     OpDef("leaky_relu", 1, same, "leaky_relu(x, alpha=0.01) = x if x > 0 else alpha * x",
           attrs={"alpha": 0.01}, vjp=_leaky_relu, formula=_formula("1 if {x} > 0 else {alpha:g}"),
-          elementwise=True, layer_init=HE, onnx=_onnx_leaky_relu),
+          elementwise=True, layer_init=HE, onnx=_onnx_leaky_relu, piecewise=True),
     OpDef("leaky_relu_grad", 2, grad_of(1), "leaky_relu_grad(g, v, alpha) = g * (1 if v > 0 "
           "else alpha); v = y when alpha >= 0 (same sign as x), else x",
           attrs={"alpha": REQUIRED}, onnx=_onnx_leaky_relu_grad, **_BW),

@@ -195,13 +195,14 @@ OPS = (
                                e("hinge_grad", g, *reversed(n.inputs))),
           formula=lambda a, o, attrs: (f"-{a[1]}·1[1 - {a[1]}·{a[0]} > 0]/n",
                                        f"-{a[0]}·1[1 - {a[1]}·{a[0]} > 0]/n"),
-          elementwise=False, onnx=_onnx_hinge),
+          elementwise=False, onnx=_onnx_hinge, piecewise=True),
     OpDef("hinge_grad", 3, bcast,
           "hinge_grad(g, a, b) = -g * b * (1 - a * b > 0) / n (d hinge / d a; swap for b)",
           elementwise=True, onnx=_onnx_hinge_grad, **_BW),
     OpDef("l1", 2, _loss_pair, "l1(pred, target) = mean(|pred - target|)",
           vjp=_pair_loss("l1_grad"), formula=_pair_formula("sign({p} - {t})/n"),
-          elementwise=False, onnx=lambda b, n, p, t: _mean_all(b, b("Abs", b("Sub", p, t)))),
+          elementwise=False, onnx=lambda b, n, p, t: _mean_all(b, b("Abs", b("Sub", p, t))),
+          piecewise=True),
     OpDef("l1_grad", 3, bcast, "l1_grad(g, pred, target) = g * sign(pred - target) / n",
           elementwise=True, onnx=_onnx_l1_grad, **_BW),
     OpDef("huber", 2, _loss_pair, "huber(pred, target, delta=1.0) = mean(0.5 d^2 if |d| < "
@@ -225,7 +226,7 @@ OPS = (
           attrs={"margin": 1.0}, labels=(1,),
           vjp=lambda e, n, g: (e("multiclass_hinge_grad", g, *n.inputs, **n.attrs), None),
           formula=lambda a, o, attrs: ("g ↦ Σ over violated margins of ±1/n", None),
-          elementwise=False, onnx=_onnx_multiclass_hinge),
+          elementwise=False, onnx=_onnx_multiclass_hinge, piecewise=True),
     OpDef("multiclass_hinge_grad", 3, grad_of(1), "multiclass_hinge_grad(g, s, labels, "
           "margin) = g * (m_j > 0 for j != y; -count(m > 0) at y) / n, m_j = s_j - s_y + "
           "margin", attrs={"margin": 1.0}, labels=(2,), elementwise=False,
