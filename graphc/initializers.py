@@ -3,9 +3,9 @@
     initialize(init, shape, dtype, rng, *, mark=None, node=None) -> np.ndarray
 
 `init` is a name (`he_normal`) or a one-key mapping of a name to its arguments
-(`{normal: {std: 0.01}}`); `None` means `default_init(shape)`. graphc weights are
-[in, out] (y = x @ W), so a 2-D shape has fan_in = shape[0], fan_out = shape[1];
-see `fans` for other ranks. Defaults follow torch.nn.init, and every normal draw
+(`{normal: {std: 0.01}}`); `None` means `default_init(shape)`. graphc's dense weights
+are [in, out] (y = x @ W), so a 2-D shape has fan_in = shape[0], fan_out = shape[1];
+conv weights are PyTorch's [out, in, *kernel]; see `fans`. Defaults follow torch.nn.init, and every normal draw
 is a plain (untruncated) normal as in PyTorch. docs/data.md has the formulas.
 """
 from __future__ import annotations
@@ -26,14 +26,17 @@ Shape = tuple[int, ...]
 
 
 def fans(shape: Shape) -> tuple[int, int]:
-    """(fan_in, fan_out) = (shape[-2]*rf, shape[-1]*rf), rf = prod(shape[:-2]) (Keras);
-    (n, n) for [n]; (1, 1) for []. graphc weights are [in, out]."""
+    """(fan_in, fan_out): (in, out) for graphc's dense weights [in, out]; for conv weights
+    [out, in, *kernel] (rank >= 3, PyTorch's layout) (in * rf, out * rf), rf = prod(kernel)
+    as torch.nn.init computes them; (n, n) for [n]; (1, 1) for []."""
     if len(shape) == 0:
         return 1, 1
     if len(shape) == 1:
         return shape[0], shape[0]
-    receptive_field = math.prod(shape[:-2])
-    return shape[-2] * receptive_field, shape[-1] * receptive_field
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    receptive_field = math.prod(shape[2:])
+    return shape[1] * receptive_field, shape[0] * receptive_field
 
 
 def default_init(shape: Shape) -> str:
