@@ -184,6 +184,36 @@ def test_init_from_loads_matching_params_and_names_mismatches(tmp_path):
         init_from(tmp_path / "other.npz", model)
 
 
+def test_init_from_loads_running_statistics_as_load_state_dict_loads_buffers(tmp_path):
+    # A run started --init-from a checkpoint with batch_norm state, against one started from
+    # the same params without it (running_mean 0, running_var 1): same data, masks and batch
+    # statistics, so each step's update r = 0.9 r + 0.1 batch differs only in where r began,
+    # and after k = 8 steps (240 training rows, batches of 32) by 0.9^8 (r0 - init).
+    spec = REPO / "specs" / "spiral_bn_dropout.yaml"
+
+    def train_cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "graphc", "train", str(spec), *map(str, args)],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120, env=ENV)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    train_cli("--epochs", "2", "--out", "a.npz")
+    saved = arrays(tmp_path / "a.npz")
+    np.savez(tmp_path / "params.npz", **{k: saved[k] for k in ("W1", "gamma", "beta", "W2",
+                                                                "b2")})
+    model = load_model(spec)
+    assert init_from(tmp_path / "a.npz", model) == []
+    assert np.array_equal(model.store["running_var"], saved["running_var"])
+    train_cli("--epochs", "1", "--init-from", "a.npz", "--out", "with.npz")
+    proc = train_cli("--epochs", "1", "--init-from", "params.npz", "--out", "without.npz")
+    assert "'running_mean' is not in params.npz; it keeps its initializer" in proc.stderr
+    with_state, without = arrays(tmp_path / "with.npz"), arrays(tmp_path / "without.npz")
+    for name, init in (("running_mean", 0.0), ("running_var", 1.0)):
+        moved = with_state[name].astype(np.float64) - without[name]
+        np.testing.assert_allclose(moved, 0.9 ** 8 * (saved[name] - init), rtol=1e-4,
+                                   atol=1e-6)
+
+
 def test_resume_past_the_last_epoch_says_nothing_is_left(tmp_path):
     spec = write_spec(tmp_path)
     run(spec, tmp_path / "c.npz", epochs=3)
