@@ -43,26 +43,27 @@ class NodeSpec:
 
 
 def check_attrs(op: str, attrs: Mapping, node: str, mark: Mark,
-                marks: Optional[Mapping] = None) -> dict:
+                marks: Optional[Mapping] = None, written: Optional[str] = None) -> dict:
     """Reject unknown, missing and ill-typed attributes; return attrs with defaults filled.
 
-    `marks` may point at each attribute's own value (else `mark` is used).
+    `marks` may point at each attribute's own value (else `mark` is used); errors name the
+    op as `written` (batch_norm, not the batch_norm_layer it stands for), else `op`.
     """
-    known = OPS[op].attrs
+    known, shown = OPS[op].attrs, written or op
     for key in attrs:
         if key not in known:
             expected = ", ".join(known) or "none"
-            raise SpecError(f"op '{op}' has no attribute '{key}' (its attributes: {expected})",
-                            mark=(marks or {}).get(key, mark), node=node,
+            raise SpecError(f"op '{shown}' has no attribute '{key}' (its attributes: "
+                            f"{expected})", mark=(marks or {}).get(key, mark), node=node,
                             hint=did_you_mean(key, known))
     missing = [k for k, v in known.items() if v is REQUIRED and k not in attrs]
     if missing:
-        raise SpecError(f"op '{op}' needs attribute '{missing[0]}'", mark=mark, node=node,
-                        hint=f"write {op}(..., {missing[0]}=VALUE)")
+        raise SpecError(f"op '{shown}' needs attribute '{missing[0]}'", mark=mark, node=node,
+                        hint=f"write {shown}(..., {missing[0]}=VALUE)")
     for key, value in attrs.items():
         problem = attr_problem(key, known[key], value)
         if problem:
-            raise SpecError(f"attribute '{key}' of {op} is {short(value)}, expected "
+            raise SpecError(f"attribute '{key}' of {shown} is {short(value)}, expected "
                             f"{problem}", mark=(marks or {}).get(key, mark), node=node)
     return attrs_with_defaults(OPS[op], attrs)
 
@@ -292,10 +293,10 @@ class _Parser:
         for kw in tree.keywords:
             attrs[kw.arg], marks[kw.arg] = self.literal(kw.value), self.at(kw.value)
             if attrs[kw.arg] is _NOT_CONSTANT:
-                self.fail(f"attribute '{kw.arg}' of {op} is '{self.source(kw.value)}', "
-                          "expected a constant", kw.value,
+                self.fail(f"attribute '{kw.arg}' of {tree.func.id} is "
+                          f"'{self.source(kw.value)}', expected a constant", kw.value,
                           f"write {kw.arg}=1 or {kw.arg}=[0, 1]; inputs go by position")
-        attrs = check_attrs(op, attrs, self.name, mark, marks)
+        attrs = check_attrs(op, attrs, self.name, mark, marks, tree.func.id)
         return self.emit(op, inputs, attrs, tree, top)
 
 

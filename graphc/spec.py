@@ -93,7 +93,7 @@ def _explicit_node(name: str, raw: MarkedDict) -> NodeSpec:
     given = raw.get("inputs")
     op = layer_form(lookup_op(raw["op"], name, raw.mark_of("op")),
                     len(given) if isinstance(given, list) else 0, set(raw), name, raw.mark)
-    check_keys(raw, NODE_KEYS + tuple(OPS[op].attrs), f"the {op} node", node=name)
+    check_keys(raw, NODE_KEYS + tuple(OPS[op].attrs), f"the {raw['op']} node", node=name)
     inputs = raw.get("inputs", [])
     if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
         raise SpecError(f"inputs is {short(inputs)}, expected a list of names such as "
@@ -103,7 +103,8 @@ def _explicit_node(name: str, raw: MarkedDict) -> NodeSpec:
         raise SpecError(f"{op} takes {arity} input(s), got {len(inputs)}",
                         mark=raw.mark_of("inputs"), node=name)
     attrs = {k: v for k, v in raw.items() if k not in NODE_KEYS}
-    attrs = check_attrs(op, attrs, name, raw.mark, {k: raw.mark_of(k) for k in attrs})
+    attrs = check_attrs(op, attrs, name, raw.mark, {k: raw.mark_of(k) for k in attrs},
+                        raw["op"])
     marks = tuple(inputs.mark_of(i) for i in range(len(inputs))) \
         if hasattr(inputs, "mark_of") else ()
     return NodeSpec(name, op, tuple(map(as_read, inputs)), attrs, raw.mark, marks)

@@ -109,8 +109,25 @@ def test_a_layer_stack_chains_each_item_into_the_next(tmp_path):
                             "and needs out_channels; write conv2d(x, out_channels=16"),
     ("{op: conv1d, inputs: [x]}", "conv1d with its input alone is a layer that creates its "
                                   "weights, and needs out_channels and kernel"),
-    ("conv2d(x, out_channels=0, kernel=3)", "attribute 'out_channels' of conv2d_layer is 0, "
+    # the layer forms' errors name the op as written, not conv2d_layer / batch_norm_layer
+    ("conv2d(x, out_channels=0, kernel=3)", "attribute 'out_channels' of conv2d is 0, "
                                             "expected a positive integer"),
+    ("conv2d(x, out_channels=4, kernel=3, bogus=2)", "op 'conv2d' has no attribute 'bogus' "
+                                                     "(its attributes: out_channels, kernel"),
+    ("conv1d(x, out_channels=4, kernel=3, stride=x + 1)", "attribute 'stride' of conv1d is "
+                                                          "'x + 1', expected a constant"),
+    ("batch_norm(x, bogus=1)", "op 'batch_norm' has no attribute 'bogus' (its attributes: "
+                               "momentum, eps)"),
+    ("batch_norm(x, momentum=2)", "attribute 'momentum' of batch_norm is 2, expected a number "
+                                  "from 0 to 1"),
+    ("{op: batch_norm, inputs: [x], bogus: 1}", "unknown key 'bogus' in the batch_norm node; "
+                                                "allowed keys: op, inputs, momentum, eps"),
+    ("{op: conv2d, inputs: [x], out_channels: 4, kernel: 3, bias: 2}",
+     "attribute 'bias' of conv2d is 2, expected true or false"),
+    ("[x, 'batch_norm(eps=0)']", "attribute 'eps' of batch_norm is 0, expected a number > 0"),
+    # written as the layer itself, the layer's name is what the user wrote
+    ("{op: batch_norm_layer, inputs: [x], bogus: 1}", "unknown key 'bogus' in the "
+                                                      "batch_norm_layer node"),
     ("conv2d(x, out_channels=4, kernel=3, activation=rleu)", "conv2d has no activation 'rleu'"),
     ("[x, 'max_pool2d(c, kernel=2)']",
      "layer stack item 'max_pool2d(c, kernel=2)' must be an op call with keyword attributes"),

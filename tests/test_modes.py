@@ -289,7 +289,7 @@ def test_training_step_with_batch_norm_and_dropout_allocates_nothing(tmp_path):
     ("  h: batch_norm(sum(x, axis=1))\n", "batch_norm needs an input [N, C, ...] with channels on axis 1, got [batch]"),
     ("  h: batch_norm(x, W1, W1, W1, W1)\n", "gamma must be [8] (one value per channel of "
                                          "[batch, 8]), got [8, 32]"),
-    ("  h: batch_norm(x, eps=0)\n", "attribute 'eps' of batch_norm_layer is 0, expected a "
+    ("  h: batch_norm(x, eps=0)\n", "attribute 'eps' of batch_norm is 0, expected a "
                                     "number > 0"),
 ])
 def test_bad_modal_ops_are_one_located_error(tmp_path, nodes, expected):
