@@ -286,7 +286,7 @@ class _Parser:
                 any(k.arg is None for k in tree.keywords):
             self.fail("* and ** unpacking are not allowed", tree)
         if arity is not None and len(tree.args) != arity:
-            self.fail(f"{op} takes {arity} input(s), got {len(tree.args)}", tree,
+            self.fail(f"{tree.func.id} takes {arity} input(s), got {len(tree.args)}", tree,
                       "attributes are passed by keyword, e.g. sum(x, axis=1)")
         inputs = tuple(self.visit(a, depth + 1) for a in tree.args)
         attrs, marks = {}, {}

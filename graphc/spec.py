@@ -100,7 +100,7 @@ def _explicit_node(name: str, raw: MarkedDict) -> NodeSpec:
                         "[x, W]", mark=raw.mark_of("inputs"), node=name)
     arity = OPS[op].arity
     if arity is not None and len(inputs) != arity:
-        raise SpecError(f"{op} takes {arity} input(s), got {len(inputs)}",
+        raise SpecError(f"{raw['op']} takes {arity} input(s), got {len(inputs)}",
                         mark=raw.mark_of("inputs"), node=name)
     attrs = {k: v for k, v in raw.items() if k not in NODE_KEYS}
     attrs = check_attrs(op, attrs, name, raw.mark, {k: raw.mark_of(k) for k in attrs},

@@ -125,6 +125,9 @@ def test_a_layer_stack_chains_each_item_into_the_next(tmp_path):
     ("{op: conv2d, inputs: [x], out_channels: 4, kernel: 3, bias: 2}",
      "attribute 'bias' of conv2d is 2, expected true or false"),
     ("[x, 'batch_norm(eps=0)']", "attribute 'eps' of batch_norm is 0, expected a number > 0"),
+    # aliases too: before, "maximum takes 2 input(s)" for a spec that says max
+    ("max(x)", "max takes 2 input(s), got 1"),
+    ("{op: min, inputs: [x]}", "min takes 2 input(s), got 1"),
     # written as the layer itself, the layer's name is what the user wrote
     ("{op: batch_norm_layer, inputs: [x], bogus: 1}", "unknown key 'bogus' in the "
                                                       "batch_norm_layer node"),
