@@ -18,20 +18,19 @@ ulp(f) / eps whatever the gradient's size, and a small but correct gradient
 Kinks. Where f is not differentiable (relu or abs at 0, a tie in max, a max-pool window
 changing its argmax, a hinge at its margin, any of them within eps of x) the central
 difference averages two different slopes and matches no gradient. Such points are found
-from the op records, not guessed from numbers: a `piecewise` op's vjp at g = 1 is
-constant on each piece of its domain (relu's `y > 0`, max_pool's argmax), so the probe
-graph computes it for every piecewise node, and two points where all of them are equal
-lie on the same pieces. An element that fails is probed at steps h = eps, eps / 10, ...
-down to eps / 1000; the first h whose points x - h and x + h lie on x's pieces decides.
-At h = eps the failure stands: f is smooth there, the difference is valid and the
-gradient is wrong. At a smaller h the central difference is taken again at h and compared
-with noise(loss, h): the element is counted as checked at a smaller step. No such h: a
-kink at x itself (within eps / 1000), where the slopes left and right differ and there is
-no gradient to compare: reported and counted, not failed, left out of the max errors; so
-is an element where f is not finite at x - h or x + h (the edge of its domain: log near
-0). The pieces come from the rules under test: a wrong rule can hide a kink (the element
-then fails, never passes) or invent one (the element is then checked at a smaller step,
-where a wrong gradient still fails).
+from the op records, not guessed from numbers: an op that is not differentiable
+everywhere says, in its record's `piece`, which piece of its domain each element is on
+(relu's `x > 0`, max_pool's argmax), written apart from its gradient rule. The piece graph
+computes them for every such node, and two points where all of them are equal lie on the
+same pieces. An element that fails is probed at steps h = eps, eps / 10, ... down to
+eps / 1000; the first h whose points x - h and x + h lie on x's pieces decides. At h = eps
+the failure stands: f is smooth there, the difference is valid and the gradient is
+wrong. At a smaller h the central difference is taken again at h and compared with
+noise(loss, h): the element is counted as checked at a smaller step. No such h: a kink at
+x itself (within eps / 1000), where the slopes left and right differ and there is no
+gradient to compare: reported and counted, not failed, left out of the max errors; so is
+an element where f is not finite at x - h or x + h (the edge of its domain: log near 0).
+A wrong gradient rule changes no piece, so it still fails beside a kink.
 """
 from __future__ import annotations
 
@@ -148,15 +147,15 @@ def analytic_grads(graph: Graph, values: Mapping[str, np.ndarray],
 
 
 def piece_graph(graph: Graph) -> tuple:
-    """(the graph plus, for every piecewise node, its vjp at g = 1; the names of those
-    values): equal at two points exactly when both lie on the same pieces of every node."""
+    """(the graph plus, for every node whose op has a `piece`, its piece values; their
+    names): equal at two points exactly when both lie on the same pieces of every node."""
     b = GraphBuilder(graph.dtype, graph.nodes)
     emit, pieces = _Emit(b), []
     for node in graph.nodes.values():
-        if OPS[node.op].piecewise:
+        if OPS[node.op].piece:
             emit.prefix, emit.mark = f"piece:{node.name}/", node.mark
             ones = emit("expand", emit("const", value=1.0), shape=node.shape)
-            pieces += [p for p in OPS[node.op].vjp(emit, node, ones) if p is not None]
+            pieces += OPS[node.op].piece(emit, node, ones)
     out = toposort(Graph(b.nodes, graph.loss, graph.outputs, graph.dtype, graph.after))
     verify_graph(out)
     return out, pieces
@@ -211,7 +210,7 @@ class Probe:
         return self._pieces
 
     def on_x_pieces(self, leaf: str, idx: tuple, h: float) -> tuple:
-        """(f(x + h), whether x + h lies on x's pieces of every piecewise node)."""
+        """(f(x + h), whether x + h lies on x's pieces of every node with a piece)."""
         ex, names, at_x = self.pieces()
         f = self.moved(leaf, idx, h, ex)
         return f, all(np.array_equal(ex[p], a) for p, a in zip(names, at_x))

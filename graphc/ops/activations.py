@@ -123,18 +123,20 @@ def _formula(text):
 OPS = (
     OpDef("relu", 1, same, "relu(x) = max(x, 0)", vjp=through("relu_grad"),
           formula=_formula("1[{x} > 0]"), elementwise=True, layer_init=HE, onnx=onnx_op("Relu"),
-          piecewise=True),
+          piece=through("relu_grad")),
     OpDef("relu_grad", 2, grad_of(1), "relu_grad(g, y) = g * (y > 0)",
           onnx=lambda b, n, g, y: _times(b, g, _positive(b, y)), **_BW),
     OpDef("leaky_relu", 1, same, "leaky_relu(x, alpha=0.01) = x if x > 0 else alpha * x",
           attrs={"alpha": 0.01}, vjp=_leaky_relu, formula=_formula("1 if {x} > 0 else {alpha:g}"),
-          elementwise=True, layer_init=HE, onnx=_onnx_leaky_relu, piecewise=True),
+          elementwise=True, layer_init=HE, onnx=_onnx_leaky_relu,
+          piece=through("relu_grad", read="input")),
     OpDef("leaky_relu_grad", 2, grad_of(1), "leaky_relu_grad(g, v, alpha) = g * (1 if v > 0 "
           "else alpha); v = y when alpha >= 0 (same sign as x), else x",
           attrs={"alpha": REQUIRED}, onnx=_onnx_leaky_relu_grad, **_BW),
     OpDef("elu", 1, same, "elu(x, alpha=1.0) = x if x > 0 else alpha * (exp(x) - 1)",
           attrs={"alpha": 1.0}, vjp=_elu, formula=_formula("1 if {x} > 0 else {y} + {alpha:g}"),
-          elementwise=True, layer_init=HE, onnx=_onnx_elu),
+          elementwise=True, layer_init=HE, onnx=_onnx_elu,
+          piece=through("relu_grad", read="input")),
     OpDef("elu_grad", 2, grad_of(1), "elu_grad(g, v, alpha, output) = g * (1 if v > 0 else "
           "v + alpha) for v = y (output, alpha >= 0), else g * (1 if v > 0 else alpha exp(v)), "
           "v = x", attrs={"alpha": REQUIRED, "output": True}, onnx=_onnx_elu_grad, **_BW),

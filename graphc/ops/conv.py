@@ -215,7 +215,8 @@ def pool_op(kind: str, d: int) -> OpDef:
                  formula=(lambda a, o, attrs: (f"1[{a[0]} is the window's first max]",))
                  if kind == "max" else (lambda a, o, attrs: ("1/prod(kernel) per window",)),
                  elementwise=False, onnx=X.pool("MaxPool", geometry) if kind == "max" else
-                 X.pool("AveragePool", geometry, count_include_pad=1), piecewise=kind == "max")
+                 X.pool("AveragePool", geometry, count_include_pad=1),
+                 piece=_max_pool_vjp if kind == "max" else None)
 
 
 OPS = (

@@ -54,6 +54,12 @@ def _pair_loss(grad_op):
     return lambda e, n, g: (lambda d: (d, e("neg", d)))(e(grad_op, g, *n.inputs, **n.attrs))
 
 
+def _hinge_piece(e, n, g):
+    """1[1 - a b > 0], the side of the margin (hinge_grad reads a or b, which moves smoothly)."""
+    margin = e("sub", e("const", value=1.0), e("mul", *n.inputs))
+    return (e("relu_grad", e("expand", g, shape=e.shape(margin)), margin),)
+
+
 def _bce(e, n, g):
     return tuple(e("binary_cross_entropy_with_logits_grad", g, *n.inputs, wrt=wrt)
                  for wrt in ("logits", "targets"))
@@ -195,14 +201,14 @@ OPS = (
                                e("hinge_grad", g, *reversed(n.inputs))),
           formula=lambda a, o, attrs: (f"-{a[1]}·1[1 - {a[1]}·{a[0]} > 0]/n",
                                        f"-{a[0]}·1[1 - {a[1]}·{a[0]} > 0]/n"),
-          elementwise=False, onnx=_onnx_hinge, piecewise=True),
+          elementwise=False, onnx=_onnx_hinge, piece=_hinge_piece),
     OpDef("hinge_grad", 3, bcast,
           "hinge_grad(g, a, b) = -g * b * (1 - a * b > 0) / n (d hinge / d a; swap for b)",
           elementwise=True, onnx=_onnx_hinge_grad, **_BW),
     OpDef("l1", 2, _loss_pair, "l1(pred, target) = mean(|pred - target|)",
           vjp=_pair_loss("l1_grad"), formula=_pair_formula("sign({p} - {t})/n"),
           elementwise=False, onnx=lambda b, n, p, t: _mean_all(b, b("Abs", b("Sub", p, t))),
-          piecewise=True),
+          piece=lambda e, n, g: (e("l1_grad", g, *n.inputs),)),
     OpDef("l1_grad", 3, bcast, "l1_grad(g, pred, target) = g * sign(pred - target) / n",
           elementwise=True, onnx=_onnx_l1_grad, **_BW),
     OpDef("huber", 2, _loss_pair, "huber(pred, target, delta=1.0) = mean(0.5 d^2 if |d| < "
@@ -226,7 +232,8 @@ OPS = (
           attrs={"margin": 1.0}, labels=(1,),
           vjp=lambda e, n, g: (e("multiclass_hinge_grad", g, *n.inputs, **n.attrs), None),
           formula=lambda a, o, attrs: ("g ↦ Σ over violated margins of ±1/n", None),
-          elementwise=False, onnx=_onnx_multiclass_hinge, piecewise=True),
+          elementwise=False, onnx=_onnx_multiclass_hinge,
+          piece=lambda e, n, g: (e("multiclass_hinge_grad", g, *n.inputs, **n.attrs),)),
     OpDef("multiclass_hinge_grad", 3, grad_of(1), "multiclass_hinge_grad(g, s, labels, "
           "margin) = g * (m_j > 0 for j != y; -count(m > 0) at y) / n, m_j = s_j - s_y + "
           "margin", attrs={"margin": 1.0}, labels=(2,), elementwise=False,

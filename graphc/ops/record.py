@@ -77,10 +77,11 @@ class OpDef:
                                             # builder adds as its last input; the mask is
                                             # recomputed exactly from it, never stored
     layer_form: Optional[str] = None        # the layer a one-input call of this op stands for
-    piecewise: bool = False                 # not differentiable where an input crosses from
-                                            # one piece of the domain to the next (relu, max,
-                                            # max_pool), its vjp at g = 1 constant on each
-                                            # piece: gradcheck reads a change of it as a kink
+    piece: Optional[Callable] = None        # ops not differentiable everywhere (relu, max,
+                                            # max_pool): piece(emit, node, ones) -> values
+                                            # constant on each piece of the op's domain and
+                                            # different on the next (relu: x > 0); gradcheck
+                                            # reads a change of them as a kink crossed
 
 
 def missing_facts(op: OpDef) -> list:

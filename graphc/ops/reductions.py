@@ -80,7 +80,8 @@ OPS = (
           "(gradient shared equally among ties, as torch.amax)", attrs=AXES,
           vjp=lambda e, n, g: (e("amax_grad", g, n.inputs[0], n.name, **n.attrs),),
           formula=lambda a, o, attrs: (f"1[{a[0]} = max] (ties share)",), elementwise=False,
-          onnx=_onnx_reduce("ReduceMax"), piecewise=True),
+          onnx=_onnx_reduce("ReduceMax"),
+          piece=lambda e, n, g: (e("amax_grad", g, n.inputs[0], n.name, **n.attrs),)),
     OpDef("amax_grad", 3, grad_of(1), "amax_grad(g, x, y, axis, keepdims) = g * (x == y) / "
           "(number of ties), y = amax(x)", attrs=AXES, onnx=_onnx_amax_grad, **_BW),
 )
