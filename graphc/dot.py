@@ -42,7 +42,10 @@ class Html(str):
 
 def quote(text: str) -> str:
     """A DOT double-quoted string; a newline becomes DOT's \\n."""
-    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    text = str(text)
+    if "\\" in text or '"' in text or "\n" in text:    # most names and labels need no escape
+        text = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{text}"'
 
 
 def attr_list(attrs: Mapping) -> str:
