@@ -188,7 +188,7 @@ def compile_plan(graph: Graph, dims: Mapping[str, int], keep=(), forward=None,
     sizes = {v: nbytes for v, (_, _, nbytes) in layout.items()}
     plain_steps = _steps(graph, graph.nodes, forward)
     plain = liveness(plain_steps, set(sizes), keep)
-    plain_bound = A.peak_bytes(A.merge_in_place(plain, sizes, {}))
+    plain_bound = A.sweep_peak((first, last, sizes[v]) for v, (first, last) in plain.items())
     steps = _steps(graph, _order(graph, sizes, keep, reuse), forward)
     ranges = liveness(steps, set(sizes), keep)
     together = tuple(v for v in dict.fromkeys(together) if v in sizes)
@@ -331,15 +331,16 @@ def plan_table(plan: Plan) -> str:
     """The human-readable plan: one row per step, then the memory summary."""
     head = ("step", "phase", "op", "output", "shape", "bytes", "offset", "live", "in-place")
     rows = [head]
-    for s in plan.steps:
-        b = plan.buffers.get(s.outputs[0])
+    buffers = [plan.buffers.get(s.outputs[0]) for s in plan.steps]
+    shapes = S.fmt_all(plan.persistent[s.outputs[0]][1] if b is None else b.shape
+                       for s, b in zip(plan.steps, buffers))
+    for s, b, shape in zip(plan.steps, buffers, shapes):
         if b is None:
-            shape = plan.persistent[s.outputs[0]][1]
-            rows.append((str(s.index), s.phase, s.op, s.outputs[0], S.fmt(shape), "-",
+            rows.append((str(s.index), s.phase, s.op, s.outputs[0], shape, "-",
                          "(persistent)", "-", "-"))
             continue
-        rows.append((str(s.index), s.phase, s.op, b.value, S.fmt(b.shape), str(b.bytes),
+        rows.append((str(s.index), s.phase, s.op, b.value, shape, str(b.bytes),
                      str(b.offset), f"{b.first_step}-{b.last_step}", b.in_place_of or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    widths = [max(map(len, column)) for column in zip(*rows)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines + [plan_summary(plan)])
