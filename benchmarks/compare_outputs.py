@@ -11,7 +11,10 @@ runs it, with PYTHONPATH pointing at that checkout. For every spec of the head's
   samples_per_s timing) and every array of the checkpoint, compared bitwise (the
   spec's recorded path with each checkout's folder taken out);
 - `graphc grad SPEC --json --out GRADS.npz`: the JSON text and every gradient array,
-  compared bitwise.
+  compared bitwise;
+- the compiler's text: `graphc check SPEC`, `graphc plan SPEC` (the table),
+  `graphc plan SPEC --json` and the DOT file of `graphc plan SPEC --dot FILE`, compared
+  byte for byte (`--no-compile` leaves these out).
 
 A spec a revision refuses (exit 2, e.g. a lecture spec without train.data) must be
 refused the same way by the other: same exit code and message. Prints one row per spec
@@ -84,24 +87,42 @@ def without_timings(stdout: str) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
-def outputs(tree: Path, spec: Path, work: Path, epochs: int) -> dict:
-    """command -> everything it produced that must match: exit code, stdout, arrays."""
-    runs = {
-        "train": ["train", str(spec), "--epochs", str(epochs), "--seed", "0", "--json",
-                  "--out", str(work / "ckpt.npz")],
-        "grad": ["grad", str(spec), "--json", "--out", str(work / "grads.npz")],
+def file_bits(path: Path, tree: Path) -> dict:
+    """{file name: (None, None, bytes)} of a text output, the checkout's folder taken out;
+    {} when it is absent."""
+    if not path.exists():
+        return {}
+    return {path.name: (None, None, path.read_bytes().replace(str(tree).encode(), b"<checkout>"))}
+
+
+def outputs(tree: Path, spec: Path, work: Path, epochs: int, compile_text: bool = True) -> dict:
+    """command -> everything it produced that must match: exit code, stdout, arrays and
+    files."""
+    runs = {    # command -> (arguments, the file it writes, how to read that file)
+        "train": (["train", str(spec), "--epochs", str(epochs), "--seed", "0", "--json",
+                   "--out", str(work / "ckpt.npz")], work / "ckpt.npz", npz_bits),
+        "grad": (["grad", str(spec), "--json", "--out", str(work / "grads.npz")],
+                 work / "grads.npz", npz_bits),
     }
+    if compile_text:
+        runs.update({
+            "check": (["check", str(spec)], None, None),
+            "plan": (["plan", str(spec)], None, None),
+            "plan-json": (["plan", str(spec), "--json"], None, None),
+            "plan-dot": (["plan", str(spec), "--dot", str(work / "plan.dot")],
+                         work / "plan.dot", file_bits),
+        })
     result = {}
-    for command, args in runs.items():
-        for f in work.glob("*.npz"):
+    for command, (args, written, read) in runs.items():
+        for f in [*work.glob("*.npz"), *work.glob("*.dot")]:
             f.unlink()
         done = graphc(tree, args, cwd=work)
         # the message names the spec's path, which is in a different checkout per side
         error = ([line.replace(str(tree), "<checkout>") for line in
                   done.stderr.strip().splitlines()[-1:]] if done.returncode else [])
-        result[command] = (done.returncode, without_timings(done.stdout.strip()), error,
-                           npz_bits(work / ("ckpt.npz" if command == "train" else "grads.npz"),
-                                    tree))
+        stdout = without_timings(done.stdout.strip()).replace(str(tree), "<checkout>")
+        result[command] = (done.returncode, stdout, error,
+                           read(written, tree) if written else {})
     return result
 
 
@@ -120,22 +141,24 @@ def differences(a: tuple, b: tuple) -> str:
     return f"arrays differ: {', '.join(changed[:4])}" if changed else ""
 
 
-def compare(base: Path, head: Path, specs: list, epochs: int, scratch: Path) -> bool:
+def compare(base: Path, head: Path, specs: list, epochs: int, scratch: Path,
+            compile_text: bool = True) -> bool:
     """Print one row per spec and command; True when every row is the same."""
     same = True
-    print(f"{'spec':40} {'command':8} result")
+    print(f"{'spec':40} {'command':9} result")
     for name in specs:
         runs = []
         for side, tree in (("base", base), ("head", head)):
             work = scratch / side / name
             work.mkdir(parents=True, exist_ok=True)
-            runs.append(outputs(tree, tree / "specs" / f"{name}.yaml", work, epochs))
+            runs.append(outputs(tree, tree / "specs" / f"{name}.yaml", work, epochs,
+                                compile_text))
         for command in runs[0]:
             diff = differences(runs[0][command], runs[1][command])
             same = same and not diff
             rc = runs[0][command][0]
             note = "same" + ("" if rc == 0 else f" (both exit {rc})")
-            print(f"{name:40} {command:8} {'DIFFERENT: ' + diff if diff else note}",
+            print(f"{name:40} {command:9} {'DIFFERENT: ' + diff if diff else note}",
                   flush=True)
     return same
 
@@ -148,6 +171,8 @@ def main(argv=None) -> int:
                         "edits included]")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--specs", help="comma-separated spec names [default: all of specs/]")
+    p.add_argument("--no-compile", action="store_true",
+                   help="compare train and grad only, not the check/plan/DOT text")
     args = p.parse_args(argv)
     base_rev = args.base or git("merge-base", "HEAD", "main")
     with tempfile.TemporaryDirectory(prefix="graphc-compare-") as tmp:
@@ -158,7 +183,7 @@ def main(argv=None) -> int:
             names = (args.specs.split(",") if args.specs else
                      sorted(p.stem for p in (head / "specs").glob("*.yaml")))
             print(f"base {base_rev} ({base})\nhead {args.head} ({head})\n")
-            same = compare(base, head, names, args.epochs, scratch)
+            same = compare(base, head, names, args.epochs, scratch, not args.no_compile)
         finally:
             for tree in (base, head):
                 if tree != ROOT:

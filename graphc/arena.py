@@ -61,6 +61,10 @@ def merge_in_place(ranges: Mapping[str, tuple], sizes: Mapping[str, int],
         root.setdefault(find(v), []).append(v)
     out = []
     for members in root.values():
+        if len(members) == 1:            # most values: no chain to merge
+            v = members[0]
+            out.append(Block((v,), sizes[v], ranges[v][0], ranges[v][1]))
+            continue
         members.sort(key=lambda v: ranges[v][0])
         out.append(Block(tuple(members), max(sizes[v] for v in members),
                          min(ranges[v][0] for v in members),
@@ -217,8 +221,11 @@ def memory_order(preds: Mapping[str, tuple], inputs: Mapping[str, tuple],
     done: set = set()
 
     def gain(n):
-        freed = sum(sizes[p] for p in data_inputs[n] if readers[p] == 1 and p not in pinned)
-        return (sizes.get(n, 0) - freed, rank[n], n)
+        net = sizes.get(n, 0)
+        for p in data_inputs[n]:
+            if readers[p] == 1 and p not in pinned:
+                net -= sizes[p]
+        return (net, rank[n], n)
     ready = [gain(n) for n, w in waiting.items() if w == 0]
     heapq.heapify(ready)
     order = []

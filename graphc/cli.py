@@ -16,7 +16,7 @@ import click
 import numpy as np
 
 from .errors import GraphcError
-from .limits import set_memory_limit
+from .limits import paused_gc, set_memory_limit
 from .parallel import current as current_world
 from .interrupts import exit_code, signal_name, stop_on_signals
 from .cli_common import SPEC
@@ -95,6 +95,7 @@ def main():
 
 @main.command()
 @click.argument("spec", type=SPEC)
+@paused_gc
 def check(spec):
     """Validate SPEC; print nodes, shapes, the parameter and state counts, and what the
     eval-mode plan computes differently."""

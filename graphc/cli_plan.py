@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import click
+from .limits import paused_gc
 from .cli_common import (MEMORY_BUDGET, SPEC, dot_outputs, limit_threads, training_step,
                          write_dot)
 
@@ -56,6 +57,7 @@ DIM = click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", callback
 @click.option("--emit", type=click.Choice(["python"]),
               help="Print the step as the Python source that runs it (see --step-code).")
 @STEP_CODE
+@paused_gc
 def plan(spec, as_json, dot, batch_size, dims, memory, only, render, no_reuse, memory_budget,
          saved, emit, step_code):
     """Compile the training step; print its schedule, buffers and memory summary."""

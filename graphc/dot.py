@@ -42,7 +42,10 @@ class Html(str):
 
 def quote(text: str) -> str:
     """A DOT double-quoted string; a newline becomes DOT's \\n."""
-    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    text = str(text)
+    if "\\" in text or '"' in text or "\n" in text:    # most names and labels need no escape
+        text = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{text}"'
 
 
 def attr_list(attrs: Mapping) -> str:
@@ -56,7 +59,12 @@ def node_line(name: str, attrs: Mapping, indent: str = "  ") -> str:
 
 
 def edge_line(src: str, dst: str, attrs: Mapping) -> str:
-    return f"  {quote(src)} -> {quote(dst)} {attr_list(attrs)};"
+    return quoted_edge_line(quote(src), quote(dst), attr_list(attrs))
+
+
+def quoted_edge_line(src: str, dst: str, attrs: str) -> str:
+    """`edge_line` from its parts already written out: the quoted ends, the attr list."""
+    return f"  {src} -> {dst} {attrs};"
 
 
 def render(dot_path: Path, fmt: str = "svg") -> Optional[Path]:
@@ -148,8 +156,8 @@ def _plan_nodes(graph: Graph, plan: Plan, steps) -> tuple:
     offsets = sorted({b.offset for b in plan.buffers.values()})
     ranks = {off: i for i, off in enumerate(offsets)}
     clusters, drawn = {}, set()
-    for s in steps:
-        shape = S.fmt(_value_shape(plan, s.outputs[0]))
+    shapes = S.fmt_all(_value_shape(plan, s.outputs[0]) for s in steps)
+    for s, shape in zip(steps, shapes):
         label = f"{s.node}\n{s.op} {shape}\nstep {s.index}"
         if OPS[s.op].mutates:
             label += "\nwrites " + ", ".join(s.inputs[p] for p in OPS[s.op].mutates)
@@ -184,11 +192,14 @@ def _outside_attrs(graph: Graph, plan: Plan, v: str, writer: Mapping[str, int]) 
 
 
 def _plan_edges(graph: Graph, plan: Plan, steps, drawn: set) -> list:
-    lines = []
+    lines, tail = [], {}      # value -> (its quoted name, its data edges' attr list)
     for s in steps:
+        dst = quote(s.node)
         for v in s.inputs:
-            lines.append(edge_line(v, s.node, {"label": S.fmt(_value_shape(plan, v)),
-                                               "class": "data"}))
+            if v not in tail:       # a value feeds several steps: write its parts once
+                tail[v] = quote(v), attr_list({"label": S.fmt(_value_shape(plan, v)),
+                                               "class": "data"})
+            lines.append(quoted_edge_line(tail[v][0], dst, tail[v][1]))
         target = forward_of(graph, s.node)
         if target in drawn:
             lines.append(edge_line(s.node, target, {

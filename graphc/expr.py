@@ -195,7 +195,8 @@ class _Parser:
                       "split it into several named nodes")
         if isinstance(tree, ast.Name):
             self.check_name(tree.id, tree)
-            self.marks.setdefault(tree.id, self.at(tree))
+            if tree.id not in self.marks:
+                self.marks[tree.id] = self.at(tree)
             return self.emit("identity", (tree.id,), {}, tree, top) if top else tree.id
         if isinstance(tree, ast.Constant):
             return self.emit("const", (), {"shape": (), "value": self.number(tree)}, tree, top)

@@ -115,9 +115,10 @@ class Graph:
     def dump(self) -> str:
         """A readable table: name, op, inputs, shape (torch.fx print_tabular style)."""
         rows = [("node", "op", "inputs", "shape", "dtype")]
-        rows += [(n.name, n.op, ", ".join(n.inputs), S.fmt(n.shape), n.dtype)
-                 for n in self.nodes.values()]
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        nodes = self.nodes.values()
+        rows += [(n.name, n.op, ", ".join(n.inputs), shape, n.dtype)
+                 for n, shape in zip(nodes, S.fmt_all(n.shape for n in nodes))]
+        widths = [max(map(len, column)) for column in zip(*rows)]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
                          for r in rows)
 
@@ -153,14 +154,14 @@ class GraphBuilder:
         `rng:key` as its last input and its own `stream`, and an op that `updates` state
         gets its state update `<name>/update` (role state) after it.
         """
-        inputs, attrs = tuple(inputs), dict(attrs or {})
+        inputs, attrs, opdef = tuple(inputs), dict(attrs or {}), OPS[op]
         where = {"origin": name, **self.provenance}
-        user_form = len(inputs) == OPS[op].arity
-        if OPS[op].random:
+        user_form = len(inputs) == opdef.arity
+        if opdef.random:
             inputs += (self._rng_key(),) if user_form else ()
             attrs.setdefault("stream", stream(name))
         shape = self._infer(name, op, op, inputs, attrs, mark, where["origin"])
-        saves = OPS[op].saves
+        saves = opdef.saves
         if saves and not (inputs and self.nodes[inputs[-1]].op == saves):
             saved = self.fresh(f"{name}/saved")
             shared = {k: v for k, v in attrs.items() if k in OPS[saves].attrs}
@@ -171,8 +172,8 @@ class GraphBuilder:
             inputs += (saved,)
         self.nodes[name] = Node(name, op, inputs, attrs, shape, dtype or self.dtype, mark,
                                 **where)
-        if OPS[op].updates and user_form:
-            self._state_update(name, OPS[op].updates, inputs, attrs, mark, where["origin"])
+        if opdef.updates and user_form:
+            self._state_update(name, opdef.updates, inputs, attrs, mark, where["origin"])
         return name
 
     def _rng_key(self) -> str:
@@ -195,22 +196,24 @@ class GraphBuilder:
                mark: Optional[Mark], origin: str) -> tuple:
         """The shape of `op` over `inputs`, checked: integer labels where the op takes them,
         floats elsewhere; errors speak of `user_op`, the op the user wrote."""
-        opdef, in_nodes = OPS[op], [self.nodes[i] for i in inputs]
-        probe = Node(name, user_op, inputs, attrs, (), self.dtype, mark, origin)
+        opdef, nodes = OPS[op], self.nodes
+        in_nodes = [nodes[i] for i in inputs]
+        def probe() -> Node:        # the node as the user wrote it: built for an error only
+            return Node(name, user_op, inputs, attrs, (), self.dtype, mark, origin)
         for pos, n in enumerate(in_nodes):
             is_int = n.dtype.startswith("int")
             is_key = opdef.random and pos == opdef.arity
             if is_int != (pos in opdef.labels or is_key):
                 want, declare = (("integer class labels", "int64") if pos in opdef.labels
                                  else ("floating-point values", "float32"))
-                raise node_error(probe, f"input {pos + 1} of {user_op} is '{n.name}' "
+                raise node_error(probe(), f"input {pos + 1} of {user_op} is '{n.name}' "
                                         f"({n.dtype}), but must be {want}",
                                  hint=f"declare {n.name} with dtype: {declare}")
         try:
             return tuple(opdef.infer([n.shape for n in in_nodes], attrs))
         except S.ShapeError as exc:
             context = [f"{n.name}: {S.fmt(n.shape)}" for n in in_nodes]
-            raise node_error(probe, f"shape mismatch in {user_op}: {exc}",
+            raise node_error(probe(), f"shape mismatch in {user_op}: {exc}",
                              context=context) from None
 
     def graph(self, loss: str, outputs=(), after=()) -> Graph:
@@ -359,16 +362,17 @@ def build_graph(spec, mode: str = "train") -> Graph:
 
 def verify_graph(graph: Graph) -> None:
     """Stage-boundary check: inputs defined earlier, shapes re-infer, attrs complete."""
-    seen = set()
-    for n in graph.nodes.values():
-        for i in n.inputs:
-            if i not in seen:
-                broken(f"IR verifier: {n.name} reads {i} before it is computed", n)
-        missing = OPS[n.op].attrs.keys() - n.attrs.keys()
-        if missing:
+    seen, nodes = set(), graph.nodes
+    for n in nodes.values():
+        opdef = OPS[n.op]
+        if not seen.issuperset(n.inputs):
+            i = next(i for i in n.inputs if i not in seen)
+            broken(f"IR verifier: {n.name} reads {i} before it is computed", n)
+        if not opdef.attrs.keys() <= n.attrs.keys():
+            missing = opdef.attrs.keys() - n.attrs.keys()
             broken(f"IR verifier: {n.name} ({n.op}) lacks attrs {sorted(missing)}", n)
-        if not n.is_leaf and n.op != "const":
-            shape = tuple(OPS[n.op].infer([graph[i].shape for i in n.inputs], n.attrs))
+        if opdef.group != "leaf" and n.op != "const":
+            shape = tuple(opdef.infer([nodes[i].shape for i in n.inputs], n.attrs))
             if shape != n.shape:
                 broken(f"IR verifier: {n.name} ({n.op}) has shape {S.fmt(n.shape)}, its "
                        f"inputs give {S.fmt(shape)}", n)

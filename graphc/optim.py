@@ -21,12 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-import networkx as nx
-
 from .autodiff import check_params_reach_loss, grad_graph, trained_params
 from .errors import SpecError, did_you_mean
 from .shapes import is_number
-from .ir import Graph, GraphBuilder, Node, toposort, verify_graph
+from .ir import Graph, GraphBuilder, Node, reach, toposort, verify_graph
 from .limits import paused_gc
 
 LR = "opt:lr"
@@ -194,7 +192,7 @@ def _allreduce(b: GraphBuilder, graph: Graph, grads: list, after: list) -> tuple
     b.provenance = {"origin": SYNC, "role": "update"}
     b.add(SYNC, "allreduce", (SHARE, *values))
     built = b.graph(graph.loss, graph.outputs, after)
-    feeding, readers = nx.ancestors(built.digraph(), SYNC), built.consumers()
+    feeding, readers = reach(built.predecessors(), [SYNC]), built.consumers()   # SYNC too
     after += [(SYNC, r) for v in values for r in readers[v] if r != SYNC and r not in feeding]
     return (SYNC, *values)
 

@@ -80,14 +80,14 @@ def phase_of(graph: Graph, forward: set, name: str) -> str:
 
 
 def _steps(graph: Graph, order, forward: set) -> tuple:
-    steps = []
+    steps, nodes = [], graph.nodes
     for name in order:
-        n = graph[name]
+        n = nodes[name]
         if n.op in PERSISTENT_OPS:
             continue
-        mutated = [n.inputs[i] for i in OPS[n.op].mutates]
-        outputs = tuple(mutated[:1]) if mutated else (n.name,)
-        steps.append(Step(len(steps), n.name, n.op, phase_of(graph, forward, n.name),
+        mutates = OPS[n.op].mutates
+        outputs = (n.inputs[mutates[0]],) if mutates else (name,)
+        steps.append(Step(len(steps), name, n.op, phase_of(graph, forward, name),
                           n.inputs, outputs, n.attrs, n.origin, n.mark))
     return tuple(steps)
 
@@ -128,9 +128,19 @@ def in_place_pairs(steps, ranges: Mapping, layout: Mapping, keep: set) -> dict:
     return pairs
 
 
-def _sizes(graph: Graph, names, dims) -> dict:
-    return {v: aligned(S.size(S.bind(graph[v].shape, dims)) * np.dtype(graph[v].dtype).itemsize)
-            for v in names}
+def _layouts(graph: Graph, names, dims) -> dict:
+    """value -> (bound shape, dtype, aligned bytes): worked out once per distinct shape and
+    dtype, which most values share."""
+    shared: dict = {}
+    out = {}
+    for v in names:
+        n = graph.nodes[v]
+        key = (n.shape, n.dtype)
+        if key not in shared:
+            shape = S.bind(n.shape, dims)
+            shared[key] = (shape, n.dtype, aligned(S.size(shape) * np.dtype(n.dtype).itemsize))
+        out[v] = shared[key]
+    return out
 
 
 def _order(graph: Graph, sizes: Mapping, keep: set, reuse: bool) -> list:
@@ -144,7 +154,11 @@ def _order(graph: Graph, sizes: Mapping, keep: set, reuse: bool) -> list:
 
 def _check_bound(graph: Graph, dims: Mapping[str, int]) -> None:
     """Every symbolic dim needs a size before anything is laid out."""
+    checked = set()                     # shapes already checked: most values share one
     for n in graph.nodes.values():
+        if n.shape in checked:
+            continue
+        checked.add(n.shape)
         for d in sorted(S.symbols(n.shape) - set(dims)):
             bound = ", ".join(sorted(dims)) or "none"
             raise SpecError(f"dim '{d}' of shape {S.fmt(n.shape)} has no size here (sized "
@@ -170,13 +184,13 @@ def compile_plan(graph: Graph, dims: Mapping[str, int], keep=(), forward=None,
     keep = set(keep)
     computed = [n for n in graph.nodes.values()
                 if n.op not in PERSISTENT_OPS and not OPS[n.op].mutates]
-    sizes = _sizes(graph, [n.name for n in computed], dims)
+    layout = _layouts(graph, [n.name for n in computed], dims)
+    sizes = {v: nbytes for v, (_, _, nbytes) in layout.items()}
     plain_steps = _steps(graph, graph.nodes, forward)
     plain = liveness(plain_steps, set(sizes), keep)
-    plain_bound = A.peak_bytes(A.merge_in_place(plain, sizes, {}))
+    plain_bound = A.sweep_peak((first, last, sizes[v]) for v, (first, last) in plain.items())
     steps = _steps(graph, _order(graph, sizes, keep, reuse), forward)
     ranges = liveness(steps, set(sizes), keep)
-    layout = {v: (S.bind(graph[v].shape, dims), graph[v].dtype) for v in sizes}
     together = tuple(v for v in dict.fromkeys(together) if v in sizes)
     pairs = in_place_pairs(steps, ranges, layout, keep) if reuse else {}
     pairs = {o: i for o, i in pairs.items() if o not in together and i not in together}
@@ -186,7 +200,7 @@ def compile_plan(graph: Graph, dims: Mapping[str, int], keep=(), forward=None,
     buffers = {}
     for blk in placed:
         for v, offset in blk.offsets(offsets[blk.values], sizes).items():
-            shape, dtype = layout[v]
+            shape, dtype, _ = layout[v]
             buffers[v] = Buffer(v, shape, dtype, offset, sizes[v],
                                 ranges[v][0], ranges[v][1], pairs.get(v))
     buffers = {s.node: buffers[s.node] for s in steps if s.node in buffers}
@@ -317,15 +331,16 @@ def plan_table(plan: Plan) -> str:
     """The human-readable plan: one row per step, then the memory summary."""
     head = ("step", "phase", "op", "output", "shape", "bytes", "offset", "live", "in-place")
     rows = [head]
-    for s in plan.steps:
-        b = plan.buffers.get(s.outputs[0])
+    buffers = [plan.buffers.get(s.outputs[0]) for s in plan.steps]
+    shapes = S.fmt_all(plan.persistent[s.outputs[0]][1] if b is None else b.shape
+                       for s, b in zip(plan.steps, buffers))
+    for s, b, shape in zip(plan.steps, buffers, shapes):
         if b is None:
-            shape = plan.persistent[s.outputs[0]][1]
-            rows.append((str(s.index), s.phase, s.op, s.outputs[0], S.fmt(shape), "-",
+            rows.append((str(s.index), s.phase, s.op, s.outputs[0], shape, "-",
                          "(persistent)", "-", "-"))
             continue
-        rows.append((str(s.index), s.phase, s.op, b.value, S.fmt(b.shape), str(b.bytes),
+        rows.append((str(s.index), s.phase, s.op, b.value, shape, str(b.bytes),
                      str(b.offset), f"{b.first_step}-{b.last_step}", b.in_place_of or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    widths = [max(map(len, column)) for column in zip(*rows)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines + [plan_summary(plan)])

@@ -39,6 +39,13 @@ def fmt(shape: Sequence[Dim]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
+def fmt_all(shapes) -> list:
+    """`fmt` of each shape, written out once per distinct shape (a table of a large graph
+    repeats a few shapes many times)."""
+    text: dict = {}
+    return [text[s] if s in text else text.setdefault(s, fmt(s)) for s in shapes]
+
+
 def broadcast(*shapes: Shape) -> Shape:
     """NumPy broadcasting of symbolic shapes: align right, 1 stretches, else dims must be equal."""
     ndim = max(len(s) for s in shapes)

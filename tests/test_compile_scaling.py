@@ -6,6 +6,8 @@ replaced (same answers), and the long-chain tests make the old helpers fail loud
 """
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -262,3 +264,44 @@ def test_libyaml_events_load_what_pyyaml_loads_with_the_same_marks(spec):
     text = spec.read_text()
     fast = yamlload._parse(yamlload._FastLoader, text, spec.name)
     assert _marked(fast) == _marked(yamlload._parse(yamlload._Loader, text, spec.name))
+
+
+@pytest.mark.parametrize("spec", ["spiral_mlp", "spiral_bn_dropout", "sort_transformer"])
+def test_the_allreduce_orders_after_it_every_reader_that_does_not_feed_it(spec):
+    """Data-parallel steps: the readers of the loss and gradients that are no NetworkX
+    ancestor of the allreduce follow it, and none of its ancestors does (the sweep
+    `_allreduce` uses in place of nx.ancestors gives the same edges)."""
+    from graphc.optim import SYNC, training_graph
+    from graphc.trainconfig import parse_optimizer
+    model = load_model(SPECS / f"{spec}.yaml")
+    raw = model.spec.train
+    step = training_graph(model.graph, parse_optimizer(raw.get("optimizer"),
+                                                       raw.mark_of("optimizer")), synced=True)
+    g = step.graph
+    feeding, readers = nx.ancestors(g.digraph(), SYNC), g.consumers()
+    expected = {(SYNC, r) for v in g[SYNC].inputs[1:] for r in readers[v]
+                if r != SYNC and r not in feeding}
+    assert expected and {(a, b) for a, b in g.after if a == SYNC} == expected
+
+
+def test_check_and_plan_do_not_import_networkx(tmp_path):
+    """NetworkX (~0.1 s of start-up) loads only for a cycle's path, `explain` and
+    `predict`: `graphc check` and `graphc plan --dot` run without it."""
+    code = """
+import sys
+from graphc.cli import main
+spec, dot = sys.argv[1:]
+for args in (["check", spec], ["plan", spec, "--dot", dot]):
+    try:
+        main(args)
+    except SystemExit as stop:
+        assert not stop.code, stop.code
+print("networkx" in sys.modules)
+"""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code, str(SPECS / "spiral_mlp.yaml"),
+                           str(tmp_path / "plan.dot")], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "plan.dot").exists()
+    assert done.stdout.strip().splitlines()[-1] == "False"
