@@ -150,9 +150,9 @@ def _instantiate(inst: Instance, blocks, of_block: Mapping, leaves: dict, known:
     inputs = _bind_inputs(inst, block, known)
     if "repeat" in raw:
         return repeats(inst, block, inputs, share, leaves)
-    for key in set(raw) & {"chain", "per_step"}:
-        raise SpecError(f"{key}: belongs to a repeated instance, and '{inst.name}' has no "
-                        "repeat:", mark=raw.mark_of(key), node=inst.name,
+    for key in (k for k in raw if k in ("chain", "per_step")):
+        raise SpecError(f"{key}: belongs to a repeated instance, and '{inst.name}' is not "
+                        "repeated", mark=raw.mark_of(key), node=inst.name,
                         hint="add repeat: N, or drop the key")
     return _instance_nodes(inst, block, inst.name, inst.name, inputs, share, leaves)
 
