@@ -24,6 +24,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
+from . import shapes as S
 from .errors import Mark, SpecError, did_you_mean, short
 from .expr import NodeSpec
 from .leaves import LeafSpec, parse_leaf
@@ -31,7 +32,7 @@ from .ops import OPS
 from .yamlload import MarkedDict, check_keys
 
 BLOCK_KEYS = ("inputs", "params", "nodes", "output")
-INSTANCE_KEYS = ("block", "inputs", "share", "params")
+INSTANCE_KEYS = ("block", "inputs", "share", "params", "repeat", "chain", "per_step")
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ def _block(name: str, body: MarkedDict, mark: Mark, dtype: str, parse_node) -> B
 
 def expand_instances(items: list, blocks: Mapping[str, Block], leaves: dict) -> list:
     """Nodes with every Instance replaced by its block's nodes; their params join `leaves`."""
-    of_block = {i.name: i.raw.get("block") for i in items if isinstance(i, Instance)}
+    of_block = {i.name: i.raw.get("block") for i in items
+                if isinstance(i, Instance) and "repeat" not in i.raw}
     known = set(leaves) | {i.name for i in items}
     out = []
     for item in items:
@@ -144,16 +146,105 @@ def _instantiate(inst: Instance, blocks, of_block: Mapping, leaves: dict, known:
         raise SpecError(f"unknown block {short(raw['block'])}", mark=raw.mark_of("block"),
                         node=inst.name, hint=did_you_mean(str(raw["block"]), blocks) or
                         "define it under blocks:")
-    layer = next((n for n in block.nodes if OPS[n.op].group == "layer"), None)
-    if layer is not None and "share" in raw:
-        raise SpecError(f"block '{block.name}' uses the layer {layer.op}, whose params are "
-                        "each instance's own: share: cannot tie them", mark=raw.mark_of("share"),
-                        node=inst.name, hint="declare the params in the block's params: and "
-                        "write the layer's ops (x @ W + b)")
-    rename = {**_bind_inputs(inst, block, known), **_bind_params(inst, block, of_block, leaves)}
+    share = _share_of(inst, block, of_block)
+    inputs = _bind_inputs(inst, block, known)
+    if "repeat" in raw:
+        return repeats(inst, block, inputs, share, leaves)
+    for key in (k for k in raw if k in ("chain", "per_step")):
+        raise SpecError(f"{key}: belongs to a repeated instance, and '{inst.name}' is not "
+                        "repeated", mark=raw.mark_of(key), node=inst.name,
+                        hint="add repeat: N, or drop the key")
+    return _instance_nodes(inst, block, inst.name, inst.name, inputs, share, leaves)
+
+
+def _share_of(inst: Instance, block: Block, of_block: Mapping):
+    """The instance whose params this one reads (None: its own; True: a repeated instance's
+    first repetition), checked: an instance of the same block, whose layers can share."""
+    share = inst.raw.get("share")
+    if share is None:
+        return None
+    unshared = next((n for n in block.nodes if OPS[n.op].group == "layer" and
+                     "share" not in OPS[n.op].attrs), None)
+    if unshared is not None:
+        raise SpecError(f"block '{block.name}' uses the layer {unshared.op}, whose params are "
+                        "each instance's own: share: cannot tie them", mark=inst.raw.mark_of(
+                            "share"), node=inst.name, hint="declare the params in the block's "
+                        "params: and write the layer's ops (x @ W + b)")
+    if share is True and "repeat" in inst.raw:
+        return True
+    if not isinstance(share, str) or of_block.get(share) != block.name:
+        raise SpecError(f"share {short(share)} is not an instance of block '{block.name}'",
+                        mark=inst.raw.mark_of("share"), node=inst.name,
+                        hint=did_you_mean(str(share), [i for i, b in of_block.items()
+                                                       if b == block.name and i != inst.name])
+                        or "share: true ties the repetitions of a repeated instance")
+    return share
+
+
+def _instance_nodes(inst: Instance, block: Block, name: str, output: str, inputs: Mapping,
+                    share: Optional[str], leaves: dict) -> list:
+    """The block's nodes as instance `name` (its output node named `output`), reading
+    `inputs` and its own params, or those of the instance `share` (layers' too)."""
+    rename = {**inputs, **_bind_params(inst, block, name, share, leaves)}
     for n in block.nodes:
-        rename[n.name] = inst.name if n.name == block.output else f"{inst.name}/{n.name}"
-    return [_renamed(n, rename, block, inst.name) for n in block.nodes]
+        rename[n.name] = _local(block, name, output, n.name)
+    nodes = [_renamed(n, rename, block, name) for n in block.nodes]
+    if share is None:
+        return nodes
+    return [dataclasses.replace(m, attrs={**m.attrs, "share": _local(block, share, share, n.name)})
+            if OPS[n.op].group == "layer" else m for n, m in zip(block.nodes, nodes)]
+
+
+def _local(block: Block, name: str, output: str, node: str) -> str:
+    """The name of the block's node `node` in instance `name` whose output is `output`."""
+    return output if node == block.output else f"{name}/{node}"
+
+
+def repeats(inst: Instance, block: Block, inputs: Mapping, share, leaves: dict) -> list:
+    """`repeat: N` chains N instances `<name>/1` ... `<name>/N-1` and `<name>` itself (the
+    last, whose output the spec reads): repetition k reads repetition k-1's output as its
+    input `chain:` (default: the block's first input), and step k - 1 of each `per_step:
+    {INPUT: AXIS}` input (a slice of size 1 along AXIS). `share: true` ties every
+    repetition to the first."""
+    raw, count = inst.raw, inst.raw["repeat"]
+    if not S.is_int(count) or count < 1:
+        raise SpecError(f"repeat is {short(count)}, expected a whole number >= 1",
+                        mark=raw.mark_of("repeat"), node=inst.name, hint="e.g. repeat: 4")
+    chain = raw.get("chain", block.inputs[0] if block.inputs else None)
+    if chain not in block.inputs:
+        raise SpecError(f"chain {short(chain)} is not an input of block '{block.name}'",
+                        mark=raw.mark_of("chain") if "chain" in raw else raw.mark_of("repeat"),
+                        node=inst.name, hint=did_you_mean(str(chain), block.inputs) or
+                        "give the block an input that takes the previous repetition's output")
+    per_step = _per_step(inst, block, chain)
+    out, prev = [], inputs[chain]
+    for k in range(1, count + 1):
+        name = inst.name if k == count else f"{inst.name}/{k}"
+        bound = {**inputs, chain: prev}
+        for put, axis in per_step.items():
+            bound[put] = f"{name}/{put}"
+            out.append(NodeSpec(bound[put], "slice", (inputs[put],),
+                                {"axis": axis, "start": k - 1, "stop": k},
+                                stamped(raw.mark_of("per_step"), block.name, name),
+                                origin=bound[put]))
+        owner = f"{inst.name}/1" if share is True else share
+        out += _instance_nodes(inst, block, name, name, bound,
+                               None if k == 1 and share is True else owner, leaves)
+        prev = name
+    return out
+
+
+def _per_step(inst: Instance, block: Block, chain: str) -> dict:
+    """`per_step: {INPUT: AXIS}`, checked: inputs of the block other than `chain`, integer axes."""
+    given = inst.raw.get("per_step") or {}
+    if not isinstance(given, dict) or not all(
+            p in block.inputs and p != chain and S.is_int(a) for p, a in given.items()):
+        raise SpecError(f"per_step is {short(given)}, expected a mapping {{INPUT: AXIS}} of "
+                        f"inputs of block '{block.name}' other than the chained '{chain}'",
+                        mark=inst.raw.mark_of("per_step"), node=inst.name,
+                        hint="e.g. per_step: {x: 1} feeds repetition k the slice "
+                             "x[:, k-1:k]")
+    return dict(given)
 
 
 def _bind_inputs(inst: Instance, block: Block, known: set) -> dict:
@@ -176,28 +267,23 @@ def _bind_inputs(inst: Instance, block: Block, known: set) -> dict:
     return dict(given)
 
 
-def _bind_params(inst: Instance, block: Block, of_block: Mapping, leaves: dict) -> dict:
-    """Block param -> leaf name: the instance's own (`<instance>.<param>`, created here), a
-    shared instance's (`share:`), or a leaf bound by name (`params:`)."""
-    share, bound = inst.raw.get("share"), inst.raw.get("params") or {}
+def _bind_params(inst: Instance, block: Block, name: str, share: Optional[str],
+                 leaves: dict) -> dict:
+    """Block param -> leaf name: instance `name`'s own (`<name>.<param>`, created here), a
+    shared instance's (`<share>.<param>`), or a leaf bound by name (`params:`)."""
+    bound = inst.raw.get("params") or {}
     if not isinstance(bound, dict):
         raise SpecError(f"params is {short(bound)}, expected a mapping {{PARAM: LEAF}}",
                         mark=inst.raw.mark_of("params"), node=inst.name)
-    if share is not None and (not isinstance(share, str) or of_block.get(share) != block.name):
-        raise SpecError(f"share {short(share)} is not an instance of block '{block.name}'",
-                        mark=inst.raw.mark_of("share"), node=inst.name,
-                        hint=did_you_mean(str(share), [i for i, b in of_block.items()
-                                                       if b == block.name and i != inst.name]))
     out = {}
     for p, leaf in block.params.items():
         if p in bound:
             out[p] = _bound_leaf(inst, block, p, bound[p], leaves)
         else:
-            out[p] = f"{share or inst.name}.{p}"
+            out[p] = f"{share or name}.{p}"
             if share is None:
                 leaves[out[p]] = dataclasses.replace(leaf, name=out[p],
-                                                     mark=stamped(leaf.mark, block.name,
-                                                                  inst.name))
+                                                     mark=stamped(leaf.mark, block.name, name))
     unknown = set(bound) - set(block.params)
     if unknown:
         raise SpecError(f"block '{block.name}' has no param '{sorted(unknown)[0]}'",

@@ -99,6 +99,9 @@ _PER_AXIS = (lambda v: v is None or S.is_int(v) or
              "an integer or a list of integers, one per spatial axis")
 ATTR_KINDS.update(dict.fromkeys(("kernel", "stride", "padding", "dilation"), _PER_AXIS))
 ATTR_KINDS["out_channels"] = ATTR_KINDS["units"]
+ATTR_KINDS["heads"] = ATTR_KINDS["units"]
+ATTR_KINDS["mlp"] = (lambda v: v is None or (S.is_int(v) and v >= 1),
+                     "a positive integer (the MLP's hidden width)")
 
 
 def attr_problem(key: str, default, value) -> Optional[str]:

@@ -34,25 +34,50 @@ class LayerParam:
     kind: str = "param"
 
 
-def expand_layers(leaf_shapes: Mapping[str, tuple], nodes) -> tuple:
-    """(params, nodes): each layer node replaced by the params and nodes it stands for.
+def expand_layers(leaf_shapes: Mapping[str, tuple], nodes, expansions=None) -> tuple:
+    """(params, nodes): each layer node replaced by the params and nodes it stands for,
+    by `expansions` (op -> expansion(node, *input shapes); default: this module's).
 
-    A layer whose input shape cannot be inferred (a cycle, a shape mismatch upstream)
-    stays as it is: building the IR then reports the cause at its own line.
+    A layer whose input shapes cannot be inferred (a cycle, a shape mismatch upstream)
+    stays as it is: building the IR then reports the cause at its own line. A layer with
+    `share=NODE` creates no params: it reads those of the earlier layer NODE.
     """
     if not any(OPS[n.op].group == "layer" for n in nodes):
         return [], list(nodes)
     shapes = infer_shapes(leaf_shapes, nodes)
-    params, out = [], []
+    params, out, made = [], [], {}
     for n in nodes:
-        if OPS[n.op].group == "layer" and n.inputs[0] in shapes:
-            layer_params, layer_nodes = EXPANSIONS[n.op](n, shapes[n.inputs[0]])
-            _check_fresh(n, layer_params, leaf_shapes)
-            params += layer_params
+        if OPS[n.op].group == "layer" and all(i in shapes for i in n.inputs):
+            expand = (expansions or EXPANSIONS)[n.op]
+            layer_params, layer_nodes = expand(n, *(shapes[i] for i in n.inputs))
+            if n.attrs.get("share"):
+                _check_shared(n, layer_params, made)
+            else:
+                _check_fresh(n, layer_params, leaf_shapes)
+                params += layer_params
+                made[n.name] = (n.op, layer_params)
             out += layer_nodes
         else:
             out.append(n)
     return params, out
+
+
+def _check_shared(n: NodeSpec, wanted: list, made: Mapping) -> None:
+    """A layer sharing `share`'s params: an earlier layer of the same op, whose params
+    have the shapes this layer would have given its own."""
+    share = n.attrs["share"]
+    op, theirs = made.get(share, (None, ()))
+    if op != n.op:
+        raise SpecError(f"share={share} is not an earlier {n.op} layer", mark=n.mark,
+                        node=n.user_node, hint=f"name a {n.op} node written before this one, "
+                        "whose params this layer then reads")
+    shapes = {p.name: p.shape for p in theirs}
+    for p in wanted:
+        if shapes[p.name] != p.shape:
+            raise SpecError(f"{n.op} shares the params of '{share}', but here '{p.name}' "
+                            f"would be {S.fmt(p.shape)}, and it is {S.fmt(shapes[p.name])}",
+                            mark=n.mark, node=n.user_node,
+                            hint="a shared layer needs the same input widths and attributes")
 
 
 def _check_fresh(n: NodeSpec, made: list, leaf_shapes: Mapping) -> None:

@@ -26,7 +26,8 @@ STAGES = [
     "errors", "limits", "outfiles", "interrupts",           # errors, memory limit, files, signals
     "parallel",                                             # the MPI world (data parallel)
     "shapes", "ops",                                        # the vocabulary (ops/: records)
-    "yamlload", "leaves", "expr", "layers", "blocks", "spec",   # spec text -> validated spec
+    "yamlload", "leaves", "expr", "layers", "seqlayers",   # spec text
+    "blocks", "spec",                                       # -> validated spec
     "ir", "autodiff", "optim",                              # graph, reverse graph, updates
     "arena", "plan", "remat", "remat_report", "dot", "memsvg",   # the planner, its pictures
     "backends", "executor",                                 # kernels behind one interface

@@ -36,7 +36,8 @@ LOSSES = ("mse", "l1", "huber", "softmax_cross_entropy", "binary_cross_entropy_w
           "hinge", "multiclass_hinge")
 NEEDS_SKLEARN = {"digits_mlp.yaml",              # tests/test_digits.py covers it
                  "digits_cnn.yaml"}              # tests/test_conv_specs.py covers it
-SEQUENCE = {"sort_transformer.yaml", "count_gru.yaml"}   # tests/test_sequence_specs.py does
+SEQUENCE = {"sort_transformer.yaml", "count_gru.yaml",    # tests/test_sequence_specs.py does
+            "sort_transformer_layers.yaml", "count_gru_layers.yaml"}
 
 
 def graphc(*args) -> subprocess.CompletedProcess:

@@ -615,7 +615,8 @@ def test_an_ops_piece_stays_put_off_its_kinks(op, data, seed):
 # Specs too large to check every element (about two forward passes per element): checked
 # at this many seeded elements per leaf on a batch of this many rows (`gradcheck --sample
 # N --batch-size B`); every op they use has its own row in CASES.
-SAMPLED = {"sort_transformer": (4, 4), "digits_cnn": (16, 8)}
+SAMPLED = {"sort_transformer": (4, 4), "digits_cnn": (16, 8),
+           "sort_transformer_layers": (4, 4)}
 # Specs whose data has exact ties inside max-pooling windows (the digits' flat background
 # makes equal conv outputs side by side): the first maximum takes the gradient (as in
 # PyTorch), which central differences cannot confirm at a tie. Their inputs get a small

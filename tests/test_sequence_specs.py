@@ -4,6 +4,8 @@ specs/sort_transformer.yaml: a causal transformer trained teacher-forced on 6-di
 sequences; here it sorts 2000 fresh sequences (another seed than its training data),
 decoding greedily one digit at a time, each step reading the digits it produced before.
 specs/count_gru.yaml: a GRU block shared over 8 steps counts the ones in 8 bits.
+Their layer-form twins (sort_transformer_layers.yaml, count_gru_layers.yaml: the
+transformer_block and gru_cell layers) reach the same outcomes.
 """
 from __future__ import annotations
 
@@ -43,22 +45,23 @@ def test_greedy_sort_feeds_back_its_own_digits():
 
 
 @pytest.mark.slow
-def test_sort_transformer_sorts_held_out_sequences(tmp_path):
+@pytest.mark.parametrize("spec", ["sort_transformer.yaml", "sort_transformer_layers.yaml"])
+def test_sort_transformer_sorts_held_out_sequences(tmp_path, spec):
     ckpt = tmp_path / "sort.npz"
-    proc = cli("train", SPECS / "sort_transformer.yaml", "--json", "--out", ckpt,
-               timeout=3600)
+    proc = cli("train", SPECS / spec, "--json", "--out", ckpt, timeout=3600)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["metrics"]["accuracy"] >= 0.99     # per digit, forced
     x, _, _ = sort_digits(2000, np.random.default_rng(12345))
     digits = x[:, :LENGTH]
-    model = graphc.load(SPECS / "sort_transformer.yaml", params=ckpt)
+    model = graphc.load(SPECS / spec, params=ckpt)
     fully_correct = (greedy_sort(model, digits) == np.sort(digits, axis=1)).all(axis=1)
     assert fully_correct.mean() >= 0.99, f"{fully_correct.mean():.4f} of sequences sorted"
 
 
 @pytest.mark.slow
-def test_count_gru_counts_the_ones(tmp_path):
-    proc = cli("train", SPECS / "count_gru.yaml", "--json", "--out", tmp_path / "c.npz",
+@pytest.mark.parametrize("spec", ["count_gru.yaml", "count_gru_layers.yaml"])
+def test_count_gru_counts_the_ones(tmp_path, spec):
+    proc = cli("train", SPECS / spec, "--json", "--out", tmp_path / "c.npz",
                timeout=600)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)

@@ -54,6 +54,21 @@ def _attention_vjp(e, n, g):
     return e("matmul", ds, k), e("matmul_gb", ds, q, shape=e.shape(k)), dv, None
 
 
+def _keeps_shape(shapes, attrs):
+    """Sequence layers over x [..., T, D] whose output is x's shape (graphc/seqlayers.py)."""
+    if len(shapes[0]) < 2:
+        raise S.ShapeError(f"the layer needs x of rank >= 2 ([..., T, D]), got {S.fmt(shapes[0])}")
+    return tuple(shapes[0])
+
+
+def _gru_cell(shapes, attrs):
+    """[..., units]: x [..., in] and h [..., units], their batch dims broadcasting."""
+    x, h = shapes
+    if not x or not h:
+        raise S.ShapeError(f"gru_cell needs x and h of rank >= 1, got {S.fmt(x)}, {S.fmt(h)}")
+    return S.broadcast(x[:-1], h[:-1]) + (attrs["units"],)
+
+
 def _layer_norm(shapes, attrs):
     x, gamma, beta = shapes
     if not x:
@@ -157,4 +172,21 @@ OPS = (
     OpDef("layer_norm_grad", 3, grad_of(1), "layer_norm_grad(g, x, gamma, eps, wrt) = d "
           "layer_norm / d x applied to g for wrt='x'; g * x̂ (summed by the driver) for "
           "wrt='gamma'", attrs={"eps": 1e-5, "wrt": "x"}, onnx=_onnx_layer_norm_grad, **_BW),
+    # layers the spec loader expands into the ops above (graphc/seqlayers.py)
+    OpDef("multi_head_attention", 1, _keeps_shape, "multi_head_attention(x, heads=H, "
+          "causal=False, share=None) = concat_heads(scaled_dot_product_attention(x <node>.Wq, "
+          "x <node>.Wk, x <node>.Wv)) <node>.Wo + <node>.bo; self-attention over x [..., T, D]",
+          group="layer", attrs={"heads": REQUIRED, "causal": False, "share": None}),
+    OpDef("transformer_block", 1, _keeps_shape, "transformer_block(x, heads=H, mlp=4 D, "
+          "causal=False, activation=gelu, share=None) = r + mlp(layer_norm(r)), r = x + "
+          "multi_head_attention(layer_norm(x)): pre-norm, residual", group="layer",
+          attrs={"heads": REQUIRED, "mlp": None, "causal": False, "activation": "gelu",
+                 "share": None}),
+    OpDef("positional_embedding", 1, _keeps_shape, "positional_embedding(x, init=None, "
+          "share=None) = x + <node>.pos, a learned [T, D] table for x [..., T, D]",
+          group="layer", attrs={"init": None, "share": None}),
+    OpDef("gru_cell", 2, _gru_cell, "gru_cell(x, h, units=N, share=None) = (1 - z) n + z h: "
+          "PyTorch's GRUCell, gates r, z, n stacked in <node>.W_ih [in, 3N], <node>.W_hh "
+          "[N, 3N], <node>.b_ih, <node>.b_hh [3N]", group="layer",
+          attrs={"units": REQUIRED, "share": None}),
 )
