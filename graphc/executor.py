@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextvars
 import os
 from contextlib import contextmanager
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 from .backends import BACKENDS, current
 from .errors import GraphcError, SpecError
@@ -79,6 +79,10 @@ class Executor:
         if self.step_code != "reference":
             self.program = self.backend.program(plan.steps, self.calls,
                                                 fuse=self.step_code == "fused")
+        # every bound step in order, the batch already fed, in the backend's run context
+        # (wrapped once here: entering it per run cost a microsecond)
+        self.run_steps = self.backend.running(
+            self._reference if self.program is None else self._generated)
 
     @property
     def kernel_calls(self) -> int:
@@ -94,26 +98,28 @@ class Executor:
         """Gather the batch `rows` of each array straight into its input buffer."""
         self.backend.feed_rows(arrays, rows)
 
+    def feeder(self, names) -> Callable[[Mapping], None]:
+        """`feed` for feeds of exactly `names`, its buffers looked up once (the step path)."""
+        return self.backend.feeder(names)
+
     def run(self, feeds: Mapping = {}) -> None:
         """Feed, then run every bound step in order; a failing kernel names its step."""
-        self.backend.feed(feeds)
-        if self.program is not None:
-            self._run_program()
-            return
-        index = 0
-        try:
-            with self.backend.running():
-                for index, call in enumerate(self.calls):
-                    call()
-        except GraphcError:
-            raise
-        except Exception as exc:      # a kernel's own error: say where it ran
-            raise kernel_error(self.plan.steps[index], exc) from exc
+        if feeds:
+            self.backend.feed(feeds)
+        self.run_steps()
 
-    def _run_program(self) -> None:
+    def _reference(self) -> None:
+        for step, call in zip(self.plan.steps, self.calls):
+            try:
+                call()
+            except GraphcError:
+                raise
+            except Exception as exc:      # a kernel's own error: say where it ran
+                raise kernel_error(step, exc) from exc
+
+    def _generated(self) -> None:
         try:
-            with self.backend.running():
-                self.program.run()
+            self.program.run()
         except GraphcError:
             raise
         except Exception as exc:      # the generated line that raised names its step

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import ChainMap
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 
@@ -152,6 +152,34 @@ def check_labels(graph: Graph, classes: Mapping, values: Mapping) -> None:
                             hint=f"class labels count from 0; check the data fed to '{name}'")
 
 
+def labels_in_range(buffers: Mapping[str, np.ndarray], classes: Mapping) -> Callable:
+    """`in_range(feeds)`: whether every fed label of `classes` (label_classes), copied into
+    its input buffer in `buffers`, lies in 0..K-1. The step pays one maximum per integer
+    buffer seen as unsigned (a negative label is then huge) where check_labels pays four
+    calls; a feed of another dtype than its buffer's (a cast may wrap) is checked as fed."""
+    checks = [(name, buffers[name], k) for name, (k, _) in classes.items()
+              if name in buffers and buffers[name].size]
+    unsigned = [(name, b.dtype, _unsigned(b), k) for name, b, k in checks]
+    top = np.maximum.reduce
+
+    def in_range(feeds: Mapping[str, np.ndarray]) -> bool:
+        for name, dtype, view, k in unsigned:
+            arr = feeds[name]
+            if view.dtype.kind != "u" or arr.dtype != dtype:
+                if label_outside(arr, k) is not None:
+                    return False
+            elif top(view) >= k:
+                return False
+        return True
+    return in_range
+
+
+def _unsigned(arr: np.ndarray) -> np.ndarray:
+    """A flat view of an integer array as unsigned (negative values become huge); other
+    arrays as they are."""
+    return arr.reshape(-1).view(f"u{arr.itemsize}") if arr.dtype.kind == "i" else arr
+
+
 def _read_against(graph: Graph, reader: str) -> str:
     """What a label indexes: "3 class scores", or "the 10 rows of 'W'" (embedding ids)."""
     source, axis = OPS[graph[reader].op].label_range
@@ -175,6 +203,7 @@ class Runner:
         self.labels = label_classes(graph)
         self.cache: dict = {}        # bound dims -> executor
         self.by_shapes: dict = {}    # the feeds' shapes -> executor, skipping bind_dims
+        self.prepared: dict = {}     # the feeds' names and shapes -> their step path (run)
 
     def executor(self, dims: Mapping[str, int]) -> Executor:
         key = tuple(sorted(dims.items()))
@@ -185,17 +214,32 @@ class Runner:
         return self.cache[key]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> Executor:
-        """Check the labels, bind dims from the feeds' shapes (cached per shape), copy them
-        in, run the step."""
-        check_labels(self.graph, self.labels, ChainMap(feeds, self.store))
+        """Bind dims from the feeds' shapes, copy them in, check the labels, run the step.
+        Everything but the copies, the label check and the step is done once per shapes."""
         key = tuple((name, arr.shape) for name, arr in feeds.items())
-        ex = self.by_shapes.get(key)
-        if ex is None:
-            ex = self.executor(bind_dims(self.graph, feeds))
-            self._check_fed(ex, feeds)
-            self.by_shapes[key] = ex
-        ex.run(feeds)
-        return ex
+        run = self.prepared.get(key)
+        if run is None:
+            run = self.prepared[key] = self._prepare(feeds)
+        return run(feeds)
+
+    def _prepare(self, feeds: Mapping[str, np.ndarray]) -> Callable[[Mapping], Executor]:
+        """The step path for feeds of these names and shapes: feed, label check, run."""
+        check_labels(self.graph, self.labels, ChainMap(feeds, self.store))
+        ex = self.executor(bind_dims(self.graph, feeds))
+        self._check_fed(ex, feeds)
+        feed, run_steps = ex.feeder(tuple(feeds)), ex.run_steps
+        in_range = labels_in_range({name: ex[name] for name in feeds}, self.labels)
+        stored = {name: c for name, c in self.labels.items() if name not in feeds}
+
+        def run(feeds: Mapping[str, np.ndarray]) -> Executor:
+            feed(feeds)
+            if not in_range(feeds):
+                check_labels(self.graph, self.labels, feeds)
+            if stored:
+                check_labels(self.graph, stored, self.store)
+            run_steps()
+            return ex
+        return run
 
     def _check_fed(self, ex: Executor, feeds: Mapping[str, np.ndarray]) -> None:
         """SpecError for an input the plan reads that is neither fed nor stored: its buffer

@@ -159,3 +159,21 @@ def test_the_package_exports_only_the_api_lazily():
     assert graphc.load is graphc.api.load and graphc.Model is graphc.api.Model
     with pytest.raises(AttributeError):
         graphc.nothing_here
+
+
+@pytest.mark.parametrize("labels,index", [([0, 1, 3, 2], 2), ([0, -1, 1, 2], 1),
+                                          (np.array([2, 0, 5, 1], np.int32), 2),
+                                          (np.array([0, 1, 2, 2**32 + 1]), 3)])
+def test_step_checks_every_batch_of_labels_after_the_first(labels, index):
+    """The step path checks labels per batch on its input buffer (one maximum of the
+    buffer seen as unsigned); a batch after a good one, a negative label, int32 labels, and
+    a label an int32 buffer would wrap are all errors before any update."""
+    m = graphc.load(SPECS / "spiral_mlp.yaml")
+    x = np.zeros((4, 2), np.float32)
+    m.step({"x": x, "y": np.array([0, 1, 2, 0])})          # prepares the step path
+    before = m.params
+    with pytest.raises(SpecError, match=rf"node 'y': label -?\d+ at index \[{index}\] is out "
+                                        r"of range for 3 classes"):
+        m.step({"x": x, "y": np.asarray(labels)})
+    for name, value in m.params.items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)

@@ -191,3 +191,56 @@ def test_bias_and_relu_fuse_only_when_the_relu_reads_the_sum_alone(tmp_path):
     fused, generated = one_step(kept, "fused"), one_step(kept, "generated")
     for name, value in generated.items():
         np.testing.assert_allclose(fused[name], value, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+
+def trained(spec: Path, code: str, steps: int = 3, batch: int = 16) -> dict:
+    """Params and optimizer state after `steps` training steps under `code`, and the source."""
+    model = load_model(spec)
+    step, _, dims = training_step(model, batch, {})
+    with using_step_code(code):
+        ex = step_executor(model, step, dims)
+    rng = np.random.default_rng(0)
+    model.store["opt:lr"][...] = 0.01
+    for _ in range(steps):       # Adam's bias corrections change with the step count
+        ex.run({"x": rng.standard_normal(ex["x"].shape).astype(np.float32),
+                "y": rng.integers(0, 3, batch)})
+    source = ex.program.source if ex.program else ""
+    return {k: v.copy() for k, v in model.store.items() if v.dtype.kind == "f"}, source
+
+
+@pytest.mark.parametrize("optimizer,kernel", [
+    ("{adam: {}}", "adam("), ("{adam: {weight_decay: 0.01}}", "adam("),
+    ("{adamw: {}}", "adam("), ("{rmsprop: {}}", "rmsprop("),
+    ("{rmsprop: {momentum: 0.9, weight_decay: 0.001}}", "rmsprop(")])
+def test_fused_adam_and_rmsprop_steps_are_bit_for_bit(optimizer, kernel, tmp_path,
+                                                      monkeypatch):
+    """Only the updates fused (the softmax's fused forward differs in the last bits)."""
+    monkeypatch.setattr(F, "PATTERNS", (F._adam, F._rmsprop))
+    path = tmp_path / "tiny.yaml"
+    path.write_text(mlp_spec("tiny", [2, 100, 3]).replace(
+        "optimizer: {sgd: {lr: 0.01}}", f"optimizer: {optimizer}"))
+    (fused, source), (generated, _) = trained(path, "fused"), trained(path, "generated")
+    calls = [line for line in source.splitlines() if line.strip().startswith(kernel)]
+    assert len(calls) == 4, source          # every param's update is fused
+    assert fused.keys() == generated.keys()
+    for name, value in generated.items():
+        same_bits(fused[name], value)
+    assert not np.array_equal(generated["W1"], load_model(path).store["W1"])
+
+
+def test_fused_adam_skips_a_non_finite_gradient():
+    w, g = (RNG.standard_normal(7).astype(np.float32) for _ in range(2))
+    g[3] = np.inf
+    m, v, count, guard = np.ones(7, np.float32), np.ones(7, np.float32), \
+        np.zeros((), np.float32), np.zeros((), np.float32)
+    before = [a.copy() for a in (w, m, v, count)]
+    h = np.array([0.9, 0.1, 0.999, 0.001, 1, 1e-8, 0.01, 1, 0], np.float32)
+    F.adam(w, g, m, v, count, guard, h, float(np.finfo(np.float32).max))
+    for a, b in zip((w, m, v, count), before):
+        same_bits(a, b)
+    assert np.isnan(guard)
+    F.rmsprop(w, g, m, v, np.asarray(0.01, np.float32), guard,
+              np.array([0.99, 0.01, 1e-8, 0, 0], np.float32), float(np.finfo(np.float32).max))
+    for a, b in zip((w, m), before):
+        same_bits(a, b)

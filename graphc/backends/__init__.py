@@ -2,8 +2,9 @@
 
 A backend is a folder with a kernel table `KERNELS` (op name -> `bind(out, *ins,
 **attrs) -> call`), a `Backend(plan, store)` owning the plan's memory (`bind(steps)`,
-`feed`, `feed_rows`, `running()`, `host(name)`, `scratch_bytes`, and for the generated
-step code `program(steps, calls, fuse)` and `kernel_calls(calls)`) and `run_kernel`.
+`feed`, `feeder(names)`, `feed_rows`, `running(run)`, `host(name)`, `scratch_bytes`,
+and for the generated step code `program(steps, calls, fuse)` and `kernel_calls(calls)`)
+and `run_kernel`.
 The executor above them is backend-neutral; tests run per backend over `BACKENDS`.
 """
 from __future__ import annotations

@@ -105,14 +105,25 @@ class Backend:
         for name, arr in feeds.items():
             np.copyto(self.values[name], arr, casting="same_kind")
 
+    def feeder(self, names):
+        """`feed` for feeds of exactly `names`: the (name, buffer) pairs found once."""
+        pairs = tuple((name, self.values[name]) for name in names)
+        copyto = np.copyto
+
+        def feed(feeds: Mapping[str, np.ndarray]) -> None:
+            for name, buffer in pairs:
+                copyto(buffer, feeds[name], casting="same_kind")
+        return feed
+
     def feed_rows(self, arrays: Mapping[str, np.ndarray], rows: np.ndarray) -> None:
         """Gather the batch `rows` of each array straight into its input buffer."""
         for name, arr in arrays.items():
             np.take(arr, rows, axis=0, out=self.values[name])
 
-    def running(self):
-        """The context of a run: non-finite values are reported by the trainer's guard."""
-        return np.errstate(all="ignore")
+    def running(self, run):
+        """`run` in the context of a run: non-finite values raise no NumPy warning (the
+        trainer's guard reports them); the errstate is made once, as a decorator."""
+        return np.errstate(all="ignore")(run)
 
     def host(self, name: str) -> np.ndarray:
         """The value as a host NumPy array (for NumPy, the array itself: copy to keep it)."""

@@ -13,7 +13,7 @@ import numpy as np
 from functools import partial
 
 from .bind import source
-from .kernels import k_matmul_ga, k_matmul_gb
+from .kernels import gemm, k_matmul_ga, k_matmul_gb
 from .nn import GELU_C, GELU_K
 from .workspace import constant, scratch
 
@@ -136,10 +136,6 @@ def b_sum_to(out, g, shape=None):
     return lambda: np.sum(g, axis=axes, keepdims=True, out=view)
 
 
-def _matmul_2d(out, a, b):
-    return source("np.matmul(a, b, out=out)", a=a, b=b, out=out)
-
-
 def _rows(x):
     """A C-contiguous [..., m, k] array as the matrix [prod(...) m, k] (a view), else None."""
     return x.reshape(-1, x.shape[-1]) if x.ndim >= 2 and x.flags.c_contiguous else None
@@ -149,10 +145,10 @@ def b_matmul_ga(out, g, b, shape=None):
     """d(a @ b)/da = g @ b.T for matrices, and for a batch of rows times a matrix b (one
     GEMM over the stacked rows); other ranks use the general kernel."""
     if out.ndim == 2 and b.ndim == 2 and g.ndim == 2:
-        return _matmul_2d(out, g, b.T)
+        return gemm(out, g, b.T)
     if b.ndim == 2 and out.shape == g.shape[:-1] + b.shape[:1] and \
             _rows(g) is not None and _rows(out) is not None:
-        return _matmul_2d(_rows(out), _rows(g), b.T)
+        return gemm(_rows(out), _rows(g), b.T)
     return partial(k_matmul_ga, out, g, b)
 
 
@@ -160,10 +156,10 @@ def b_matmul_gb(out, a, g, shape=None):
     """d(a @ b)/db = a.T @ g for matrices, and summed over a batch of rows when b is a
     matrix (one GEMM over the stacked rows); other ranks use the general kernel."""
     if out.ndim == 2 and a.ndim == 2 and g.ndim == 2:
-        return _matmul_2d(out, a.T, g)
+        return gemm(out, a.T, g)
     if out.ndim == 2 and a.ndim == g.ndim > 2 and a.shape[:-1] == g.shape[:-1] and \
             _rows(a) is not None and _rows(g) is not None:
-        return _matmul_2d(out, _rows(a).T, _rows(g))
+        return gemm(out, _rows(a).T, _rows(g))
     return partial(k_matmul_gb, out, a, g)
 
 

@@ -9,6 +9,8 @@ matches; everything else, matmuls included (they stay on BLAS), runs as generate
 | relu_grad(g, y)                         | `relu_mask`          | bit for bit             |
 | sgd (plain, lr folded into g)           | `sgd_folded`         | bit for bit (guard: below) |
 | sgd with momentum (no nesterov, decay, clipping) | `sgd_momentum` | bit for bit (guard: below) |
+| adam, adamw (no clipping)               | `adam`               | bit for bit (guard: below) |
+| rmsprop (no clipping, not centered)     | `rmsprop`            | bit for bit (guard: below) |
 | softmax_cross_entropy_stats + its loss  | `softmax_ce`         | exp and sums differ     |
 | softmax_cross_entropy_grad              | `softmax_ce_grad`    | bit for bit, given stats |
 
@@ -17,15 +19,20 @@ inputs. The row sums and the batch mean are sequential loops, where NumPy goes t
 BLAS dot: another order of the same additions. `tests/test_step_code.py` bounds the
 difference at 1e-6 relative in float32. The fused SGD guard sums squares in float64 and
 calls the gradient non-finite past the dtype's largest value, as the float32 dot
-overflows there. Kernels are compiled with `cache=True`: the first run on a machine
-compiles them (about a second each), later runs load them from numba's cache.
+overflows there; the fused Adam and RMSprop updates share it. Their bias corrections and
+scalars are the dtype's values of updates.py's Python floats, each product and sum in
+the same order, so they are bit for bit. Kernels are compiled with `cache=True`: the
+first run on a machine compiles them (about a second each), later runs load them from numba's cache.
 """
 from __future__ import annotations
 
+import ast
 import math
 
+import numba
 import numpy as np
 from numba import njit
+from numba.core.dispatcher import Dispatcher
 
 from .bind import source
 from .softmax import _rows, _unpack
@@ -59,14 +66,23 @@ def relu_mask(g, y, zero, out):
         out[i] = g[i] if y[i] > 0 else g[i] * z
 
 
+@njit(cache=True, fastmath={"reassoc"})
+def _sum_of_squares(g):
+    """The sum of g's squares in float64 (the guard of the fused updates), g flat. Its
+    additions may be reordered (`reassoc`, no other fast-math flag: NaN and inf still
+    propagate): one running sum waits on each addition's latency, 6x BLAS's time on
+    16k floats, where partial sums vectorize. The sum is compared, never stored."""
+    total = 0.0
+    for i in range(g.shape[0]):
+        total += float(g[i]) * float(g[i])
+    return total
+
+
 @njit(cache=True)
 def sgd_folded(w, g, guard, largest):
     """w -= g when the sum of g's squares is finite and at most `largest`; else guard = NaN.
     w and g flat."""
-    total = 0.0
-    for i in range(g.shape[0]):
-        total += float(g[i]) * float(g[i])
-    if total <= largest:
+    if _sum_of_squares(g) <= largest:
         for i in range(g.shape[0]):
             w[i] -= g[i]
     else:
@@ -77,16 +93,58 @@ def sgd_folded(w, g, guard, largest):
 def sgd_momentum(w, g, v, guard, lr, mu, largest):
     """v = mu * v + g; w -= lr * v (torch's SGD with momentum), guarded as `sgd_folded`;
     w, g and v flat, lr and mu 0-d arrays of the dtype."""
-    total = 0.0
-    for i in range(g.shape[0]):
-        total += float(g[i]) * float(g[i])
-    if total <= largest:
+    if _sum_of_squares(g) <= largest:
         rate, m = lr[()], mu[()]
         for i in range(g.shape[0]):
             v[i] = v[i] * m + g[i]
             w[i] = w[i] - v[i] * rate
     else:
         guard[()] = math.nan
+
+
+@njit(cache=True)
+def adam(w, g, m, v, count, guard, h, largest):
+    """updates.py's Adam/AdamW in one pass, each operation in the same order and dtype,
+    guarded as `sgd_folded`. h (the dtype's scalars): b1, 1 - b1, b2, 1 - b2,
+    sqrt(1 - b2^k), eps, lr / (1 - b1^k), 1 - lr wd (AdamW), wd (Adam's L2 term)."""
+    if not _sum_of_squares(g) <= largest:
+        guard[()] = math.nan
+        return
+    count[()] += 1
+    b1, c1, b2, c2, root, eps, rate, keep, wd = h[0], h[1], h[2], h[3], h[4], h[5], h[6], \
+        h[7], h[8]
+    for i in range(g.shape[0]):
+        wi, u = w[i], g[i]
+        if keep != 1:
+            wi = wi * keep
+        if wd != 0:
+            u = u + wi * wd
+        mi = m[i] * b1 + u * c1
+        vi = v[i] * b2 + u * u * c2
+        m[i], v[i] = mi, vi
+        w[i] = wi - mi / (np.sqrt(vi) / root + eps) * rate
+
+
+@njit(cache=True)
+def rmsprop(w, g, s, b, lr, guard, h, largest):
+    """updates.py's RMSprop (not centered) in one pass, guarded as `sgd_folded`; b is the
+    momentum buffer (unused when h[3], the momentum, is 0). h: alpha, 1 - alpha, eps,
+    momentum, wd (the L2 term)."""
+    if not _sum_of_squares(g) <= largest:
+        guard[()] = math.nan
+        return
+    alpha, c, eps, mu, wd, rate = h[0], h[1], h[2], h[3], h[4], lr[()]
+    for i in range(g.shape[0]):
+        u = g[i]
+        if wd != 0:
+            u = u + w[i] * wd
+        si = s[i] * alpha + u * u * c
+        s[i] = si
+        t = u / (np.sqrt(si) + eps)
+        if mu != 0:
+            t = b[i] * mu + t
+            b[i] = t
+        w[i] = w[i] - t * rate
 
 
 @njit(cache=True)
@@ -206,6 +264,59 @@ def _sgd_momentum(runs, i, facts):
         mu=np.asarray(a["momentum"], dtype=w.dtype), largest=float(np.finfo(w.dtype).max))), 1
 
 
+def _update(step, facts, count: int):
+    """(w, g, guard, lr, state...) of an update step with `count` state leaves and no
+    clipping, its arrays of one float dtype and w's shape, flat; or None."""
+    if step.attrs.get("max_norm") or len(step.inputs) != 4 + count:
+        return None
+    w, g, guard, lr, *state = (facts.values[n] for n in step.inputs)
+    same = [w, g, *(s for s in state if s.shape)]
+    if not (_floats(*same) and all(a.shape == w.shape for a in same) and lr.dtype == w.dtype):
+        return None
+    return (w.reshape(-1), g.reshape(-1), guard, lr,
+            *(s.reshape(-1) if s.shape else s for s in state))
+
+
+def _adam(runs, i, facts):
+    """Adam and AdamW without clipping: the bias corrections are computed per step in
+    Python, as updates.py computes them, and written into h in the dtype."""
+    (step,), _ = runs[i]
+    a = step.attrs
+    arrays = _update(step, facts, 3) if step.op in ("adam", "adamw") else None
+    if arrays is None:
+        return None
+    w, g, guard, lr, m, v, count = arrays
+    (b1, b2), wd = a["betas"], a["weight_decay"]
+    h = np.array([b1, 1 - b1, b2, 1 - b2, 1, a["eps"], 0, 1, 0], dtype=w.dtype)
+    decoupled = "h[7] = 1 - float(lr) * wd" if step.op == "adamw" and wd else ""
+    h[8] = wd if step.op == "adam" else 0
+    return ((step,), source(f"""
+        k = float(count) + 1
+        h[4] = math.sqrt(1 - b2 ** k)
+        h[6] = float(lr) / (1 - b1 ** k)
+        {decoupled}
+        adam(w, g, m, v, count, guard, h, largest)
+        """, h=h, count=count, b1=float(b1), b2=float(b2), lr=lr, wd=float(wd),
+        adam=adam, w=w, g=g, m=m, v=v, guard=guard, largest=float(np.finfo(w.dtype).max))), 1
+
+
+def _rmsprop(runs, i, facts):
+    """RMSprop without clipping or centering, with or without momentum."""
+    (step,), _ = runs[i]
+    a = step.attrs
+    if step.op != "rmsprop" or a.get("centered"):
+        return None
+    arrays = _update(step, facts, 2 if a.get("momentum") else 1)
+    if arrays is None:
+        return None
+    w, g, guard, lr, s, *b = arrays
+    h = np.array([a["alpha"], 1 - a["alpha"], a["eps"], a["momentum"], a["weight_decay"]],
+                 dtype=w.dtype)
+    return ((step,), source("rmsprop(w, g, s, b, lr, guard, h, largest)", rmsprop=rmsprop,
+                            w=w, g=g, s=s, b=b[0] if b else s, lr=lr, guard=guard, h=h,
+                            largest=float(np.finfo(w.dtype).max))), 1
+
+
 def _softmax(runs, i, facts):
     """softmax_cross_entropy_stats, then the loss reading those stats."""
     (step,), _ = runs[i]
@@ -245,7 +356,21 @@ def _inverse(rows: int, dtype) -> np.ndarray:
     return np.asarray(1.0 / max(rows, 1), dtype=dtype)
 
 
-PATTERNS = (_bias, _relu_grad, _sgd, _sgd_momentum, _softmax, _softmax_grad)
+PATTERNS = (_bias, _relu_grad, _sgd, _sgd_momentum, _adam, _rmsprop, _softmax, _softmax_grad)
+
+
+def dispatched_once(call):
+    """`call` (bind.source text) with each numba kernel it calls replaced by the entry point
+    compiled for the very arguments it is bound to: numba's type dispatch, about a
+    microsecond per call, is paid here once instead of every step."""
+    names = dict(call.names)
+    for node in ast.walk(ast.parse(call.text)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                isinstance(names.get(node.func.id), Dispatcher):
+            kernel = names[node.func.id]
+            names[node.func.id] = kernel.compile(tuple(numba.typeof(names[a.id])
+                                                       for a in node.args))
+    return source(call.text, **names)
 
 
 def fuse_runs(runs, values, buffers) -> list:
@@ -255,6 +380,6 @@ def fuse_runs(runs, values, buffers) -> list:
     while i < len(runs):
         match = next((m for m in (p(runs, i, facts) for p in PATTERNS) if m), None)
         run, used = match or (runs[i], 1)
-        fused.append(run)
+        fused.append((run[0], dispatched_once(run[1])) if match else run)
         i += used
     return fused

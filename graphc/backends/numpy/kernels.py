@@ -21,12 +21,23 @@ def _sum_into(out: np.ndarray, full: np.ndarray) -> None:
     np.sum(full, axis=axes, keepdims=True, out=out.reshape((1,) * lead + out.shape))
 
 
+def gemm(out, a, b):
+    """out = a @ b for matrices: `np.dot` where BLAS takes the operands as they lie (each
+    C- or F-contiguous, out C-contiguous, one float dtype), a third cheaper to call than
+    the matmul ufunc and the same GEMM, bit for bit; else np.matmul."""
+    blas = all(x.ndim == 2 and x.dtype == out.dtype and
+               (x.flags.c_contiguous or x.flags.f_contiguous) for x in (a, b, out))
+    if blas and out.flags.c_contiguous and out.dtype in (np.float32, np.float64):
+        return source("np.dot(a, b, out)", a=a, b=b, out=out)
+    return source("np.matmul(a, b, out=out)", out=out, a=a, b=b)
+
+
 def b_matmul(out, a, b):
     """a @ b into out; a batch of rows times a matrix (`[..., T, D] @ [D, E]`, contiguous)
     is one GEMM over the stacked rows, bound as 2-D views, not one GEMM per batch entry."""
     if a.ndim > 2 and b.ndim == 2 and a.flags.c_contiguous and out.flags.c_contiguous:
         out, a = out.reshape(-1, out.shape[-1]), a.reshape(-1, a.shape[-1])
-    return source("np.matmul(a, b, out=out)", out=out, a=a, b=b)
+    return gemm(out, a, b)
 
 
 def k_matmul_ga(out, g, b, shape=None):

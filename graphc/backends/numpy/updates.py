@@ -118,11 +118,12 @@ def b_rmsprop(out, w, g, norm, lr, s, *state, alpha, eps, momentum, centered, we
               max_norm):
     b = state[0] if momentum else None
     a = state[-1] if centered else None
+    beta, mu, eps = _ema_weights(alpha, w.dtype), _scalar(momentum, w), _scalar(eps, w)
 
     def body(u, d, t):
-        _ema(s, np.multiply(u, u, out=t), alpha)
+        _ema(s, np.multiply(u, u, out=t), beta)
         if a is not None:
-            _ema(a, u, alpha, t)
+            _ema(a, u, beta, t)
             np.multiply(a, a, out=t)
             np.subtract(s, t, out=t)
             np.sqrt(t, out=t)
@@ -131,49 +132,71 @@ def b_rmsprop(out, w, g, norm, lr, s, *state, alpha, eps, momentum, centered, we
         np.add(t, eps, out=t)
         np.divide(u, t, out=t)
         if b is not None:
-            np.multiply(b, momentum, out=b)
+            np.multiply(b, mu, out=b)
             np.add(b, t, out=b)
-        _descend(w, t if b is None else b, float(lr), t)
+        _descend(w, t if b is None else b, lr, t)
     return _gated(w, g, norm, max_norm, weight_decay, body)
 
 
-def _ema(avg, x, beta: float, tmp=None) -> None:
-    """avg = beta * avg + (1 - beta) * x, in place (x itself is overwritten without tmp)."""
+def _scalar(value, like) -> np.ndarray:
+    """`value` as a read-only 0-d array of like's dtype: the value NumPy would cast a Python
+    float operand to, and a cheaper operand to call with (about 1 us per call on small arrays)."""
+    return constant(value, (), like.dtype)
+
+
+def _ema_weights(beta: float, dtype) -> tuple:
+    """(beta, 1 - beta) as 0-d constants of `dtype`, the weights of `_ema`."""
+    return constant(beta, (), dtype), constant(1 - beta, (), dtype)
+
+
+def _ema(avg, x, weights, tmp=None) -> None:
+    """avg = beta * avg + (1 - beta) * x, in place (x itself is overwritten without tmp);
+    `weights` is (beta, 1 - beta) from `_ema_weights`."""
     tmp = x if tmp is None else tmp
+    beta, rest = weights
     np.multiply(avg, beta, out=avg)
-    np.multiply(x, 1 - beta, out=tmp)
+    np.multiply(x, rest, out=tmp)
     np.add(avg, tmp, out=avg)
 
 
 def b_adagrad(out, w, g, norm, lr, s, *, eps, weight_decay, max_norm):
+    eps = _scalar(eps, w)
+
     def body(u, d, t):
         np.multiply(u, u, out=t)
         np.add(s, t, out=s)
         np.sqrt(s, out=t)
         np.add(t, eps, out=t)
         np.divide(u, t, out=t)
-        _descend(w, t, float(lr), t)
+        _descend(w, t, lr, t)
     return _gated(w, g, norm, max_norm, weight_decay, body)
 
 
 def _adam(decoupled: bool):
-    """Adam (L2 weight decay in the gradient) or AdamW (decoupled: w *= 1 - lr * wd first)."""
+    """Adam (L2 weight decay in the gradient) or AdamW (decoupled: w *= 1 - lr * wd first).
+    The step's scalars (bias corrections, the decay factor) are Python floats cast once
+    into 0-d scratch of w's dtype, as NumPy casts a Python float operand: the same bits."""
     def bind(out, w, g, norm, lr, m, v, count, *, betas, eps, weight_decay, max_norm):
         b1, b2 = betas
+        first, second = _ema_weights(b1, w.dtype), _ema_weights(b2, w.dtype)
+        one, eps = _scalar(1, w), _scalar(eps, w)
+        keep, root, size = (scratch((), w.dtype) for _ in range(3))
 
         def body(u, d, t):
             rate = float(lr)
             if decoupled and weight_decay:
-                np.multiply(w, 1 - rate * weight_decay, out=w)
-            np.add(count, 1, out=count)
+                keep[...] = 1 - rate * weight_decay
+                np.multiply(w, keep, out=w)
+            np.add(count, one, out=count)
             k = float(count)
-            _ema(m, u, b1, t)
-            _ema(v, np.multiply(u, u, out=t), b2)
+            root[...], size[...] = math.sqrt(1 - b2 ** k), rate / (1 - b1 ** k)
+            _ema(m, u, first, t)
+            _ema(v, np.multiply(u, u, out=t), second)
             np.sqrt(v, out=t)
-            np.divide(t, math.sqrt(1 - b2 ** k), out=t)
+            np.divide(t, root, out=t)
             np.add(t, eps, out=t)
             np.divide(m, t, out=t)
-            _descend(w, t, rate / (1 - b1 ** k), t)
+            _descend(w, t, size, t)
         return _gated(w, g, norm, max_norm, 0.0 if decoupled else weight_decay, body)
     return bind
 
