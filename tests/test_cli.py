@@ -69,18 +69,29 @@ LAYER_PARAMS = {
     "digits_cnn.yaml": (8, 288 + 32 + 18432 + 64 + 32768 + 128 + 1280 + 10),
     # conv1d 8*1*5 + 8, conv1d 16*8*5 + 16, dense 16*3 + 3
     "waveforms_conv1d.yaml": (6, 40 + 8 + 640 + 16 + 48 + 3),
+    # h0, W_out, b_out; gru_cell W_ih 1*48, W_hh 16*48, b_ih 48, b_hh 48, shared by 8 steps
+    "count_gru_layers.yaml": (7, 16 + 144 + 9 + 48 + 768 + 48 + 48),
+    # tok, norm_g, norm_b, out_b; pos 11*64; 2 blocks of 2 layer norms 4*64, Wq..Wo
+    # 4*64*64, bo 64, W1 64*256, b1 256, W2 256*64, b2 64 (13 params each)
+    "sort_transformer_layers.yaml": (31, 640 + 64 + 64 + 10 + 704 +
+                                     2 * (256 + 16384 + 64 + 16384 + 256 + 16384 + 64)),
 }
 
 
 def param_count(spec: Path) -> tuple:
     """(params, values) from the YAML itself: a shape list, a `value:`, or a bare number;
-    a block's params once per instance that neither shares nor binds them."""
+    a block's params once per instance that neither shares nor binds them (`repeat: N`:
+    N instances, or one with `share: true`)."""
     if spec.name in LAYER_PARAMS:
         return LAYER_PARAMS[spec.name]
     raw = yaml.safe_load(spec.read_text())
     params = list((raw.get("params") or {}).values())
     for node in (raw.get("nodes") or {}).values():
         if isinstance(node, dict) and "block" in node and "share" not in node:
+            own = raw["blocks"][node["block"]].get("params") or {}
+            copies = node.get("repeat", 1)
+            params += [v for k, v in own.items() if k not in (node.get("params") or {})] * copies
+        elif isinstance(node, dict) and node.get("share") is True:
             own = raw["blocks"][node["block"]].get("params") or {}
             params += [v for k, v in own.items() if k not in (node.get("params") or {})]
     total = 0
