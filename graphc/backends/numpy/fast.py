@@ -3,7 +3,7 @@
 Each bind function takes its scratch and constants from the workspace at compile
 time and returns a closure made of NumPy calls with `out=`, so a step allocates no
 arrays. Forms are chosen by measurement (benchmarks/): array operands of the right
-dtype instead of Python scalars, reductions over the batch through `np.dot` with a
+dtype instead of Python scalars, reductions over the batch through `ndarray.dot` with a
 ones vector. Elementwise kernels stay correct when `out` aliases an input.
 """
 from __future__ import annotations
@@ -118,7 +118,7 @@ def _batch_sum(out, g):
     lead = g.ndim - out.ndim
     if lead == 1 and g.ndim == 2 and g.shape[1:] == out.shape and g.flags.c_contiguous:
         ones = constant(1, (g.shape[0],), g.dtype)
-        return source("np.dot(ones, g, out=out)", ones=ones, g=g, out=out)
+        return source("ones.dot(g, out)", ones=ones, g=g, out=out)
     return None
 
 
@@ -177,10 +177,10 @@ def _reducer(out, x, axis, keepdims):
     axes = _axes(axis, x.ndim)
     if x.ndim == 2 and axes == (0,) and x.flags.c_contiguous and not keepdims:
         ones = constant(1, (x.shape[0],), x.dtype)
-        return source("np.dot(ones, x, out=out)", ones=ones, x=x, out=out)
+        return source("ones.dot(x, out)", ones=ones, x=x, out=out)
     if x.ndim == 2 and axes == (1,) and x.flags.c_contiguous and not keepdims:
         ones = constant(1, (x.shape[1],), x.dtype)
-        return source("np.dot(x, ones, out=out)", x=x, ones=ones, out=out)
+        return source("x.dot(ones, out)", x=x, ones=ones, out=out)
     return lambda: np.add.reduce(x, axis=axes, keepdims=keepdims, out=out)
 
 

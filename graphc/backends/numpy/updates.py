@@ -32,7 +32,7 @@ def _gate(g, guard, max_norm: float):
     flat = g.reshape(-1)
 
     def check():
-        if math.isfinite(np.dot(flat, flat)):
+        if math.isfinite(flat.dot(flat)):
             return 1.0
         guard[...] = math.nan
         return None
@@ -86,7 +86,7 @@ def b_sgd(out, w, g, norm, lr, *state, momentum, nesterov, weight_decay, max_nor
           folded=False):
     if folded and not max_norm:     # g arrives as lr * g (optim.py seeds with lr)
         return source("""
-            if math.isfinite(np.dot(flat, flat)):
+            if math.isfinite(flat.dot(flat)):
                 np.subtract(w, g, out=w)
             else:
                 guard[...] = math.nan
