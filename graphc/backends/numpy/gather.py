@@ -73,9 +73,13 @@ class Windows:
         self.k, self.p = self.index.shape
 
     def planes(self, x, fill):
-        """(load, ext): ext [N·C, plane + 1] holds x's planes and the fill after each."""
+        """(load, ext): ext [N·C, plane + 1] holds x's planes and the fill after each;
+        without padding no window reads the fill, and ext is x itself, loaded as it is."""
+        x2 = x.reshape(self.rows, self.plane)
+        if self.index.max(initial=0) < self.plane:
+            return (lambda: None), x2
         ext = scratch((self.rows, self.plane + 1), x.dtype)
-        body, x2 = ext[:, :self.plane], x.reshape(self.rows, self.plane)
+        body = ext[:, :self.plane]
 
         def load():
             ext[:, self.plane] = fill
