@@ -86,18 +86,6 @@ class Windows:
             np.copyto(body, x2)
         return load, ext
 
-    def full_readers(self) -> np.ndarray:
-        """[R, N·C·plane]: readers over a [K, N·C, P] stack of slot values plus one zero at
-        its end, for every plane at once."""
-        def make():
-            k, o = np.divmod(self.readers, self.p)
-            rows = np.arange(self.rows)[None, :, None] * self.p
-            flat = k[:, None, :] * (self.rows * self.p) + rows + o[:, None, :]
-            none = self.readers[:, None, :] == self.k * self.p
-            return np.where(none, self.k * self.rows * self.p, flat).reshape(
-                len(self.readers), -1)
-        return table(("full readers", self.rows) + self.key, make)
-
 
 def gather_sum(out2, src, readers, tmp) -> None:
     """out2 [..., plane] = 0 + Σ_r src[..., readers[r]] along the last axis, r in order: the
@@ -169,23 +157,23 @@ def b_max_pool_grad(out, g, x, y, attrs):
     """dx: g to the first kernel offset (row-major) of each window where x equals y."""
     win = Windows(x.shape, attrs)
     gather, slots = _slots(win, x, -np.inf)
-    shares = scratch((win.k * win.rows * win.p + 1,), out.dtype)
-    share = shares[:-1].reshape(slots.shape)
-    hit, taken = scratch(share.shape[1:], bool), scratch(share.shape[1:], bool)
+    shares = scratch((win.rows, win.k * win.p + 1), out.dtype)     # + one zero per plane
+    share = shares[:, :-1].reshape(win.rows, win.k, win.p)
+    hit, taken = scratch(slots.shape[1:], bool), scratch(slots.shape[1:], bool)
     g2, y2 = g.reshape(hit.shape), y.reshape(hit.shape)
-    out2, readers = out.reshape(-1), win.full_readers()
+    out2 = out.reshape(win.rows, win.plane)
     tmp = scratch(out2.shape, out.dtype)
 
     def run():
         gather()
         taken.fill(False)
-        shares.fill(0)
+        shares[:, -1] = 0
         for k in range(win.k):
             np.equal(slots[k], y2, out=hit)
             np.greater(hit, taken, out=hit)         # a max not taken by an earlier offset
             np.logical_or(taken, hit, out=taken)
-            np.copyto(share[k], g2, where=hit)      # no bool-to-float cast (a buffer)
-        gather_sum(out2, shares, readers, tmp)
+            np.multiply(g2, hit, out=share[:, k])
+        gather_sum(out2, shares, win.readers, tmp)
     return run
 
 
