@@ -31,6 +31,8 @@ def is_short(out_spatial) -> bool:
 
 
 def _window_index(spatial, kernel, stride, padding, dilation, out) -> np.ndarray:
+    """[K, P]: position o·stride + k·dilation - padding, flattened in the plane, or the
+    plane size where that is outside (padding)."""
     grids = np.meshgrid(*(np.arange(n) for n in tuple(kernel) + tuple(out)), indexing="ij")
     d = len(spatial)
     flat, inside = np.zeros_like(grids[0]), np.ones(grids[0].shape, bool)
@@ -43,6 +45,8 @@ def _window_index(spatial, kernel, stride, padding, dilation, out) -> np.ndarray
 
 
 def _reader_index(index: np.ndarray, plane: int) -> np.ndarray:
+    """[R, plane]: row r holds the r-th slot k·P + o (ascending) reading each position,
+    index.size where fewer than r + 1 slots read it; R the most readers of a position."""
     slots = np.flatnonzero(index.ravel() < plane)             # ascending: k, then o
     pos = index.ravel()[slots]
     order = np.argsort(pos, kind="stable")
