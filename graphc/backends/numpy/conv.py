@@ -7,6 +7,8 @@ filter gradient multiplies g by it again. The input gradient's columns are a pla
 value too; `col2im` adds each kernel offset's slab back onto the padded input. Pooling
 works one kernel offset at a time over strided views: prod(kernel) NumPy calls, each
 over the whole batch. Padded copies live in step-local scratch; nothing allocates.
+When the output's rows are short (gather.SHORT_ROW), im2col, col2im and the pools read
+their windows through index gathers instead (gather.py), bit for bit the same numbers.
 """
 from __future__ import annotations
 

@@ -190,8 +190,8 @@ def _reducer(out, x, axis, keepdims):
         rows, per_row = x.reshape(x.shape[0] * x.shape[1], -1), scratch(x.shape[:2], x.dtype)
         ones = constant(1, (x.shape[0],), x.dtype)
         ones_row = constant(1, (rows.shape[1],), x.dtype)
-        return source("np.dot(rows, ones_row, out=per_row.reshape(-1))\n"
-                      "np.dot(ones, per_row, out=out)", rows=rows, ones_row=ones_row,
+        return source("np.dot(rows, ones_row, out=flat)\nnp.dot(ones, per_row, out=out)",
+                      rows=rows, ones_row=ones_row, flat=per_row.reshape(-1),
                       per_row=per_row, ones=ones, out=out)
     return lambda: np.add.reduce(x, axis=axes, keepdims=keepdims, out=out)
 
