@@ -116,9 +116,11 @@ class Backend:
         return feed
 
     def feed_rows(self, arrays: Mapping[str, np.ndarray], rows: np.ndarray) -> None:
-        """Gather the batch `rows` of each array straight into its input buffer."""
+        """Gather the batch `rows` of each array straight into its input buffer. The rows
+        are the trainer's own indices, in range; mode 'raise' would buffer `out`, a
+        batch-sized allocation on every call."""
         for name, arr in arrays.items():
-            np.take(arr, rows, axis=0, out=self.values[name])
+            np.take(arr, rows, axis=0, out=self.values[name], mode="clip")
 
     def running(self, run):
         """`run` in the context of a run: non-finite values raise no NumPy warning (the

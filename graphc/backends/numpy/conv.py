@@ -7,6 +7,8 @@ filter gradient multiplies g by it again. The input gradient's columns are a pla
 value too; `col2im` adds each kernel offset's slab back onto the padded input. Pooling
 works one kernel offset at a time over strided views: prod(kernel) NumPy calls, each
 over the whole batch. Padded copies live in step-local scratch; nothing allocates.
+When the output's rows are short (gather.SHORT_ROW), im2col, col2im and the pools read
+their windows through index gathers instead (gather.py), bit for bit the same numbers.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ...ops.conv import geometry, output_size
+from . import gather
 from .workspace import constant, scratch
 
 
@@ -72,6 +75,8 @@ def b_im2col(out, x, w, *bias, stride=1, padding=0, dilation=1):
     """out [N, C * prod(kernel), prod(output)] = every window of the zero-padded x."""
     attrs = {"stride": stride, "padding": padding, "dilation": dilation}
     kernel, stride, padding, dilation, size = _geometry(x.shape, attrs, list(w.shape[2:]))
+    if gather.is_short(size):
+        return gather.b_im2col(out, x, w, attrs)
     pad, xp = _pad_into(x, padding, 0)
     src = windows(xp, kernel, stride, dilation, size)
     dst = out.reshape(src.shape)
@@ -97,16 +102,33 @@ def b_conv(out, x, w, *rest, stride=1, padding=0, dilation=1):
     return run
 
 
+FEW_POSITIONS = 32
+
+
 def b_conv_grad_filter(out, g, cols):
-    """dW [O, C * prod(kernel)] = Σ_n g[n] @ cols[n]ᵀ, through one batched matmul."""
-    n, o = g.shape[:2]
+    """dW [O, C * prod(kernel)] = Σ_n g[n] @ cols[n]ᵀ.
+
+    Per sample, each product contracts over the output positions; with fewer than
+    FEW_POSITIONS of them (the digits CNN's second layer has 16) the small GEMMs are
+    slow, so g and the columns are first copied to [O, N·P] and [C·k, N·P] and the
+    whole batch is one GEMM (2x there). Otherwise one batched matmul, summed over the
+    batch with a ones vector."""
+    n, o, k = g.shape[0], g.shape[1], cols.shape[1]
     g3, dw = g.reshape(n, o, -1), out.reshape(o, -1)
-    per_sample = scratch((n,) + dw.shape, out.dtype)
-    cols_t = cols.transpose(0, 2, 1)
+    if cols.shape[2] < FEW_POSITIONS:
+        gt, ct = scratch((o,) + g3.shape[::2], g.dtype), scratch((k,) + g3.shape[::2], g.dtype)
+
+        def run():
+            np.copyto(gt, g3.transpose(1, 0, 2))
+            np.copyto(ct, cols.transpose(1, 0, 2))
+            np.matmul(gt.reshape(o, -1), ct.reshape(k, -1).T, out=dw)
+        return run
+    per_sample = scratch((n, dw.size), out.dtype)
+    ones, cols_t = constant(1, (n,), out.dtype), cols.transpose(0, 2, 1)
 
     def run():
-        np.matmul(g3, cols_t, out=per_sample)
-        np.add.reduce(per_sample, axis=0, out=dw)
+        np.matmul(g3, cols_t, out=per_sample.reshape((n,) + dw.shape))
+        np.dot(ones, per_sample, out=out.reshape(-1))
     return run
 
 
@@ -163,6 +185,8 @@ class Scatter:
 def b_col2im(out, dcols, kernel=None, stride=1, padding=0, dilation=1):
     """dx = each column slab added back where im2col read it from."""
     attrs = {"stride": stride, "padding": padding, "dilation": dilation}
+    if gather.is_short(_geometry(out.shape, attrs, kernel)[-1]):
+        return gather.b_col2im(out, dcols, attrs, kernel)
     scatter = Scatter(out, attrs, kernel)
     src = dcols.reshape(out.shape[:2] + tuple(kernel) + scatter.slab.shape[2:])
     slabs = [src[(slice(None), slice(None)) + k]
@@ -185,8 +209,10 @@ def _pool_views(x, attrs, fill):
 
 def b_max_pool(out, x, kernel=None, stride=None, padding=0):
     """y = the max over each window, padding -inf."""
-    pad, views = _pool_views(x, {"kernel": kernel, "stride": stride, "padding": padding},
-                             -np.inf)
+    attrs = {"kernel": kernel, "stride": stride, "padding": padding}
+    if gather.is_short(out.shape[2:]):
+        return gather.b_pool(out, x, attrs, "max")
+    pad, views = _pool_views(x, attrs, -np.inf)
 
     def run():
         pad()
@@ -199,6 +225,8 @@ def b_max_pool(out, x, kernel=None, stride=None, padding=0):
 def b_max_pool_grad(out, g, x, y, kernel=None, stride=None, padding=0):
     """dx: g to the first position (row-major offset order) of each window where x == y."""
     attrs = {"kernel": kernel, "stride": stride, "padding": padding}
+    if gather.is_short(y.shape[2:]):
+        return gather.b_max_pool_grad(out, g, x, y, attrs)
     pad, views = _pool_views(x, attrs, -np.inf)
     scatter = Scatter(out, attrs)
     hit, taken = scratch(y.shape, bool), scratch(y.shape, bool)
@@ -220,7 +248,10 @@ def b_max_pool_grad(out, g, x, y, kernel=None, stride=None, padding=0):
 
 def b_avg_pool(out, x, kernel=None, stride=None, padding=0):
     """y = the mean over each window, zero padding counted."""
-    pad, views = _pool_views(x, {"kernel": kernel, "stride": stride, "padding": padding}, 0)
+    attrs = {"kernel": kernel, "stride": stride, "padding": padding}
+    if gather.is_short(out.shape[2:]):
+        return gather.b_pool(out, x, attrs, "avg")
+    pad, views = _pool_views(x, attrs, 0)
     inv = constant(1.0 / len(views), (), out.dtype)
 
     def run():
@@ -234,7 +265,10 @@ def b_avg_pool(out, x, kernel=None, stride=None, padding=0):
 
 def b_avg_pool_grad(out, g, kernel=None, stride=None, padding=0):
     """dx: g / prod(kernel) added onto every position of each window."""
-    scatter = Scatter(out, {"kernel": kernel, "stride": stride, "padding": padding})
+    attrs = {"kernel": kernel, "stride": stride, "padding": padding}
+    if gather.is_short(g.shape[2:]):
+        return gather.b_avg_pool_grad(out, g, attrs)
+    scatter = Scatter(out, attrs)
     inv = constant(1.0 / len(scatter.adds), (), out.dtype)
     share = scratch(g.shape, out.dtype)
 

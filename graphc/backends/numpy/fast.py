@@ -181,6 +181,14 @@ def _reducer(out, x, axis, keepdims):
     if x.ndim == 2 and axes == (1,) and x.flags.c_contiguous and not keepdims:
         ones = constant(1, (x.shape[1],), x.dtype)
         return source("x.dot(ones, out)", x=x, ones=ones, out=out)
+    if x.ndim >= 3 and axes == (0,) + tuple(range(2, x.ndim)) and x.flags.c_contiguous \
+            and not keepdims:       # a channel sum (a conv's bias gradient): two BLAS dots
+        rows, per_row = x.reshape(x.shape[0] * x.shape[1], -1), scratch(x.shape[:2], x.dtype)
+        ones = constant(1, (x.shape[0],), x.dtype)
+        ones_row = constant(1, (rows.shape[1],), x.dtype)
+        return source("rows.dot(ones_row, flat)\nones.dot(per_row, out)",
+                      rows=rows, ones_row=ones_row, flat=per_row.reshape(-1),
+                      per_row=per_row, ones=ones, out=out)
     return lambda: np.add.reduce(x, axis=axes, keepdims=keepdims, out=out)
 
 

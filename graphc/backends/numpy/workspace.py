@@ -84,6 +84,16 @@ def constant(value, shape, dtype) -> np.ndarray:
     return _current().constant(value, shape, dtype)
 
 
+def table(key: tuple, make) -> np.ndarray:
+    """An index table `make()`, built once and shared by every step asking for `key` (the
+    window indices of a convolution geometry, say). Never written, but left writeable:
+    `np.take` copies a read-only index array on every call."""
+    ws = _current()
+    if key not in ws.consts:
+        ws.consts[key] = make()
+    return ws.consts[key]
+
+
 def row_offsets(rows: int, classes: int) -> np.ndarray:
     """[0, classes, 2 classes, ...]: the flat index of each row's first class, read-only."""
     return _current().row_offsets(rows, classes)
