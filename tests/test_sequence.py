@@ -98,9 +98,35 @@ nodes:
 
 
 def test_layer_norm_by_hand():
-    # row [1, 2, 3]: mean 2, var 2/3; eps 0 gives x̂ = [-1, 0, 1]·√1.5
-    y = run("layer_norm", [[1.0, 2.0, 3.0]], [1.0, 1.0, 2.0], [0.0, 0.5, 0.0], eps=0.0)
-    np.testing.assert_allclose(y, [[-np.sqrt(1.5), 0.5, 2 * np.sqrt(1.5)]], rtol=1e-14)
+    # row [1, 2, 3]: mean 2, var 2/3; eps 0 gives x̂ = [-1, 0, 1]·√1.5 and 1/σ = √1.5, saved
+    # side by side; the forward kernel scales and shifts the saved x̂
+    x, gamma, beta = [[1.0, 2.0, 3.0]], [1.0, 1.0, 2.0], [0.0, 0.5, 0.0]
+    stats = run("layer_norm_stats", x, gamma, beta, eps=0.0)
+    root = np.sqrt(1.5)
+    np.testing.assert_allclose(stats, [[-root, 0.0, root, root]], rtol=1e-14, atol=1e-15)
+    y = run("layer_norm", x, gamma, beta, stats, eps=0.0)
+    np.testing.assert_allclose(y, [[-root, 0.5, 2 * root]], rtol=1e-14, atol=1e-15)
+    # d/dx at g = [1, 0, 0], gamma 1: mean(g) = 1/3, mean(g x̂) = -√1.5/3, so
+    # (g - mean(g) - x̂ mean(g x̂)) / σ = ([1, 0, 0] - 1/3 + [-0.5, 0, 0.5])·√1.5
+    g = [[1.0, 0.0, 0.0]]
+    dx = run("layer_norm_grad", g, stats, [1.0, 1.0, 1.0], wrt="x")
+    np.testing.assert_allclose(dx, [[root / 6, -root / 3, root / 6]], rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(run("layer_norm_grad", g, stats, gamma, wrt="gamma"),
+                               [[-root, 0.0, 0.0]], rtol=1e-14, atol=1e-15)
+
+
+def test_layer_norm_saves_its_stats(tmp_path):
+    path = spec_file(tmp_path, """
+inputs: {x: [batch, 4, 8]}
+params: {gamma: [8], beta: [8]}
+nodes:
+  y: layer_norm(x, gamma, beta)
+  loss: sum(y * y)
+""")
+    graph = build_graph(load_spec(path))
+    saved = graph["y/saved"]
+    assert saved.op == "layer_norm_stats" and saved.shape == ("batch", 4, 9)
+    assert graph["y"].inputs == ("x", "gamma", "beta", "y/saved")
 
 
 @pytest.mark.parametrize("call, message", [

@@ -145,25 +145,42 @@ def _rows(x):
     return x.reshape(-1, x.shape[-1]) if x.ndim >= 2 and x.flags.c_contiguous else None
 
 
+def _same_batch(*arrays) -> bool:
+    """Stacks of matrices [..., m, n] with one batch shape (no broadcasting), rank >= 3."""
+    return arrays[0].ndim > 2 and len({a.shape[:-2] for a in arrays}) == 1 and \
+        len({a.ndim for a in arrays}) == 1
+
+
 def b_matmul_ga(out, g, b, shape=None):
     """d(a @ b)/da = g @ b.T for matrices, and for a batch of rows times a matrix b (one
-    GEMM over the stacked rows); other ranks use the general kernel."""
+    GEMM over the stacked rows); for stacks of matrices of one batch shape, bᵀ is copied to
+    contiguous scratch first (NumPy's batched matmul runs BLAS only on contiguous rows);
+    other ranks use the general kernel."""
     if out.ndim == 2 and b.ndim == 2 and g.ndim == 2:
         return _matmul_2d(out, g, b.T)
     if b.ndim == 2 and out.shape == g.shape[:-1] + b.shape[:1] and \
             _rows(g) is not None and _rows(out) is not None:
         return _matmul_2d(_rows(out), _rows(g), b.T)
+    if _same_batch(out, g, b):
+        bt = scratch(b.shape[:-2] + b.shape[:-3:-1], b.dtype)
+        return source("""
+            np.copyto(bt, b_swapped)
+            np.matmul(g, bt, out=out)
+            """, bt=bt, b_swapped=np.swapaxes(b, -1, -2), g=g, out=out)
     return partial(k_matmul_ga, out, g, b)
 
 
 def b_matmul_gb(out, a, g, shape=None):
     """d(a @ b)/db = a.T @ g for matrices, and summed over a batch of rows when b is a
-    matrix (one GEMM over the stacked rows); other ranks use the general kernel."""
+    matrix (one GEMM over the stacked rows); for stacks of matrices of one batch shape,
+    aᵀ @ g straight into out; other ranks use the general kernel."""
     if out.ndim == 2 and a.ndim == 2 and g.ndim == 2:
         return _matmul_2d(out, a.T, g)
     if out.ndim == 2 and a.ndim == g.ndim > 2 and a.shape[:-1] == g.shape[:-1] and \
             _rows(a) is not None and _rows(g) is not None:
         return _matmul_2d(out, _rows(a).T, _rows(g))
+    if _same_batch(out, a, g):
+        return _matmul_2d(out, np.swapaxes(a, -1, -2), g)
     return partial(k_matmul_gb, out, a, g)
 
 
