@@ -44,29 +44,25 @@ def b_relu_grad(out, g, y):
         """, y=y, zeros=zeros, mask=mask, g=g, out=out)
 
 
-def b_gelu_grad(out, g, x):
-    """g * (0.5 c x (1 + 3k x²)(1 - t²) + 0.5 (1 + t)), t = tanh(c x (1 + k x²)) (tanh form),
-    in scratch: the temporaries of the plain form cost more than the arithmetic."""
-    u, w = scratch(out.shape, out.dtype), scratch(out.shape, out.dtype)
-
-    def slope(t):
+def b_gelu_grad(out, g, x, t):
+    """g (1 + t) (0.5 + 0.5 c x (1 + 3k x²) (1 - t)), t = tanh(c x (1 + k x²)) saved by
+    gelu (tanh form; 1 - t² = (1 - t)(1 + t)), in scratch and out (scratch for both
+    when out is written in place of an input)."""
+    aliased = any(np.shares_memory(out, a) for a in (g, x, t))
+    return source("""
         np.multiply(x, x, out=w)
-        np.multiply(w, GELU_K, out=u)
-        np.add(u, 1, out=u)
-        np.multiply(u, x, out=u)
-        np.multiply(u, GELU_C, out=u)
-        np.tanh(u, out=u)                                   # t
-        np.multiply(w, 3 * GELU_K, out=t)
-        np.add(t, 1, out=t)
-        np.multiply(t, x, out=t)
-        np.multiply(t, 0.5 * GELU_C, out=t)                 # 0.5 c x (1 + 3k x²)
-        np.multiply(u, u, out=w)
-        np.subtract(1, w, out=w)
-        np.multiply(t, w, out=t)
-        np.add(u, 1, out=u)
-        np.multiply(u, 0.5, out=u)
-        np.add(t, u, out=t)
-    return _times_slope(out, g, slope)
+        np.multiply(w, three_halves_ck, out=w)
+        np.add(w, half_c, out=w)
+        np.multiply(w, x, out=w)
+        np.subtract(1.0, t, out=v)
+        np.multiply(w, v, out=w)
+        np.add(w, 0.5, out=w)
+        np.add(t, 1.0, out=v)
+        np.multiply(w, v, out=w)
+        np.multiply(g, w, out=out)
+        """, x=x, w=scratch(out.shape, out.dtype), three_halves_ck=1.5 * GELU_C * GELU_K,
+        half_c=0.5 * GELU_C, t=t, v=scratch(out.shape, out.dtype) if aliased else out, g=g,
+        out=out)
 
 
 def b_sigmoid_grad(out, g, y):

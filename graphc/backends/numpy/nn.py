@@ -72,20 +72,27 @@ def k_silu(out, x):
     np.divide(x, 1 + np.exp(-x), out=out)
 
 
-def b_gelu(out, x):
-    """0.5 x (1 + tanh(c x (1 + k x²))) (the tanh form), c = sqrt(2/pi), k = 0.044715, in
-    one scratch array: no temporaries (out may be x: it is written last, elementwise)."""
+def b_gelu_tanh(out, x):
+    """t = tanh(c x (1 + k x²)), c = sqrt(2/pi), k = 0.044715: gelu's saved value."""
     return source("""
-        np.multiply(x, x, out=t)
-        np.multiply(t, k, out=t)
-        np.add(t, 1.0, out=t)
-        np.multiply(t, x, out=t)
-        np.multiply(t, c, out=t)
-        np.tanh(t, out=t)
-        np.add(t, 1.0, out=t)
-        np.multiply(t, x, out=out)
+        np.multiply(x, x, out=out)
+        np.multiply(out, k, out=out)
+        np.add(out, 1.0, out=out)
+        np.multiply(out, x, out=out)
+        np.multiply(out, c, out=out)
+        np.tanh(out, out=out)
+        """, x=x, k=GELU_K, c=GELU_C, out=out)
+
+
+def b_gelu(out, x, t):
+    """0.5 x (1 + t) (the tanh form), t the saved tanh; written in place of x, 1 + t goes
+    to scratch first."""
+    return source("""
+        np.add(t, 1.0, out=s)
+        np.multiply(s, x, out=out)
         np.multiply(out, 0.5, out=out)
-        """, x=x, t=scratch(x.shape, x.dtype), k=GELU_K, c=GELU_C, out=out)
+        """, t=t, s=scratch(x.shape, x.dtype) if np.shares_memory(out, x) else out, x=x,
+        out=out)
 
 
 # elementwise gradients
@@ -271,7 +278,7 @@ def k_multiclass_hinge_grad(out, g, s, labels, margin=1.0):
     out *= g / max(labels.size, 1)
 
 
-BIND = {"gelu": b_gelu, "softmax_grad": b_softmax_grad} | plain_table({
+BIND = {"gelu": b_gelu, "gelu_tanh": b_gelu_tanh, "softmax_grad": b_softmax_grad} | plain_table({
     "minimum": lambda out, a, b: np.minimum(a, b, out=out),
     "abs": unary(np.abs), "sqrt": unary(np.sqrt),
     "reciprocal": lambda out, x: np.divide(1, x, out=out),
