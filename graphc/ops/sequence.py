@@ -4,9 +4,10 @@ Attention's probabilities are a saved IR value (`attention_probs`, like softmax
 cross-entropy's stats): the forward op multiplies them with v, and the gradient rule,
 written with existing ops (matmul, softmax_grad), reads them, so the planner places
 them and keeps them live until the backward pass. Layer normalization saves its
-normalized input and inverse deviation the same way (`layer_norm_stats`, [..., D + 1]:
-x̂ in the first D columns of each row, 1/σ in the last): the forward op scales and
-shifts x̂, and both gradients read the stats instead of normalizing x again.
+normalized input and inverse deviation the same way (`layer_norm_stats` [..., D + 1]:
+x̂ [..., D] for every row, then 1/σ for every row, packed in this order, row-major, so
+x̂ stays contiguous): the forward op scales and shifts x̂, and both gradients read the
+stats instead of normalizing x again.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def _layer_norm(shapes, attrs):
 
 
 def _layer_norm_stats(shapes, attrs):
-    """[..., D + 1]: each row's x̂ (D values), then its 1/σ."""
+    """[..., D + 1]: x̂ for every row, then 1/σ for every row (row-major, in one value)."""
     x = _layer_norm(shapes, attrs)
     if not S.is_int(x[-1]):
         raise S.ShapeError(f"layer_norm's last axis must have a fixed size, got {S.fmt(x)}")
@@ -119,8 +120,10 @@ def _onnx_normalized(b, x, eps: float) -> tuple:
 
 
 def _onnx_layer_norm_stats(b, n, x, gamma, beta):
-    """x̂ and 1/σ side by side on the last axis, as the NumPy kernel packs them."""
-    return b("Concat", *_onnx_normalized(b, x, n.attrs["eps"]), axis=-1)
+    """x̂, then 1/σ, flattened one after the other, as the NumPy kernel packs them."""
+    parts = [b("Reshape", v, b.const([-1], integer=True))
+             for v in _onnx_normalized(b, x, n.attrs["eps"])]
+    return b("Reshape", b("Concat", *parts, axis=0), b.dims(n.shape))
 
 
 def _onnx_layer_norm(b, n, x, gamma, beta, stats=None):
@@ -129,18 +132,21 @@ def _onnx_layer_norm(b, n, x, gamma, beta, stats=None):
     return b("Add", b("Mul", xhat, gamma), beta)
 
 
-def _onnx_unpack(b, stats) -> tuple:
-    """(x̂, 1/σ): the saved stats' first D columns and its last."""
-    def columns(start, stop):
-        return b("Slice", stats, b.const([start], integer=True), b.const([stop], integer=True),
-                 b.const([-1], integer=True))
-    width = b.shape(stats)[-1]
-    return columns(0, width - 1), columns(width - 1, width)
+def _onnx_unpack(b, stats, g, shape) -> tuple:
+    """(x̂, 1/σ) of the saved stats of shape `shape`: its first size(g) elements, then the
+    rest (g has x's shape)."""
+    flat = b("Reshape", stats, b.const([-1], integer=True))
+    cut = b("Reshape", b("Size", g), b.const([1], integer=True))
+    rows = tuple(shape[:-1])
+    xhat = b("Slice", flat, b.const([0], integer=True), cut)
+    inv_std = b("Slice", flat, cut, b.const([2 ** 62], integer=True))
+    return (b("Reshape", xhat, b.dims(rows + (shape[-1] - 1,))),
+            b("Reshape", inv_std, b.dims(rows + (1,))))
 
 
 def _onnx_layer_norm_grad(b, n, g, stats, gamma):
     """wrt x: (γg - mean(γg) - x̂ mean(γg x̂)) / σ; wrt gamma: g x̂."""
-    xhat, inv_std = _onnx_unpack(b, stats)
+    xhat, inv_std = _onnx_unpack(b, stats, g, b.shape(n.inputs[1]))
     if n.attrs["wrt"] == "gamma":
         return b("Mul", g, xhat)
     dxhat = b("Mul", g, gamma)

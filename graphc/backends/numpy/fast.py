@@ -110,11 +110,16 @@ def b_maximum_grad(out, g, a, b):
 
 
 def _batch_sum(out, g):
-    """A closure summing g down to out's shape, or None when this is not a plain sum."""
+    """A closure summing g over its leading axes down to out's shape (a bias gradient:
+    [..., E] to [E]) as one matrix-vector product over the stacked rows, or None when this
+    is not such a sum."""
     lead = g.ndim - out.ndim
-    if lead == 1 and g.ndim == 2 and g.shape[1:] == out.shape and g.flags.c_contiguous:
-        ones = constant(1, (g.shape[0],), g.dtype)
-        return source("np.dot(ones, g, out=out)", ones=ones, g=g, out=out)
+    if lead >= 1 and out.ndim >= 1 and g.shape[lead:] == out.shape and g.flags.c_contiguous \
+            and out.flags.c_contiguous:
+        rows = g.reshape(-1, out.size)
+        ones = constant(1, (rows.shape[0],), g.dtype)
+        return source("np.dot(ones, rows, out=out)", ones=ones, rows=rows,
+                      out=out.reshape(-1))
     return None
 
 

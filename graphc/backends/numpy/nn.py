@@ -185,12 +185,17 @@ def k_log_softmax_grad(out, g, y, axis=-1):
     np.subtract(g, out, out=out)
 
 
-def k_transpose(out, x, axes=None):
-    np.copyto(out, np.transpose(x, _axes(axes)))
+def b_transpose(out, x, axes=None):
+    """A copy of x's transposed view, the view made once when the plan is bound."""
+    return source("np.copyto(out, view)", out=out, view=np.transpose(x, _axes(axes)))
 
 
-def k_reshape(out, x):
-    np.copyto(out, x.reshape(out.shape))
+def b_reshape(out, x):
+    """A copy of x's reshaped view, made once when the plan is bound (x contiguous; else
+    reshape copies, so it runs per call)."""
+    if not x.flags.c_contiguous:
+        return lambda: np.copyto(out, x.reshape(out.shape))
+    return source("np.copyto(out, view)", out=out, view=x.reshape(out.shape))
 
 
 def k_concat(out, *xs, axis=0):
@@ -278,12 +283,13 @@ def k_multiclass_hinge_grad(out, g, s, labels, margin=1.0):
     out *= g / max(labels.size, 1)
 
 
-BIND = {"gelu": b_gelu, "gelu_tanh": b_gelu_tanh, "softmax_grad": b_softmax_grad} | plain_table({
+BIND = {"gelu": b_gelu, "gelu_tanh": b_gelu_tanh, "softmax_grad": b_softmax_grad,
+        "transpose": b_transpose, "reshape": b_reshape} | plain_table({
     "minimum": lambda out, a, b: np.minimum(a, b, out=out),
     "abs": unary(np.abs), "sqrt": unary(np.sqrt),
     "reciprocal": lambda out, x: np.divide(1, x, out=out),
     "leaky_relu": k_leaky_relu, "elu": k_elu, "softplus": k_softplus, "silu": k_silu,
-    "amax": k_amax, "transpose": k_transpose, "reshape": k_reshape, "concat": k_concat,
+    "amax": k_amax, "concat": k_concat,
     "softmax": k_softmax, "log_softmax": k_log_softmax,
     "l1": k_l1, "huber": k_huber, "binary_cross_entropy_with_logits": k_bce_logits,
     "multiclass_hinge": k_multiclass_hinge,
