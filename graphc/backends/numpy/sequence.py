@@ -26,7 +26,7 @@ def b_embedding_grad(out, g, ids, shape=None):
     """Zeros, then each row of g added at its id: repeated ids accumulate. A table with no
     more rows than columns gets one GEMM, onehot(ids)ᵀ g (the one-hot matrix is no larger
     than g; the ONNX export writes the same); a taller one sums g's rows sorted by id, one
-    segment per id, in the order np.add.at would (a few times faster than it)."""
+    segment per id (a few times faster than np.add.at)."""
     rows, width = out.shape
     flat, g2 = ids.reshape(-1), g.reshape(-1, width)
     if rows <= width:
