@@ -53,7 +53,8 @@ def grads_of(tmp_path, text):
 
 def test_activations_at_hand_checked_points():
     assert run("softplus", 0.0) == pytest.approx(math.log(2))
-    assert run("gelu", 1.0) == pytest.approx(0.8411920, abs=1e-7)       # torch approximate='tanh'
+    # torch approximate='tanh'; the kernel reads the saved tanh
+    assert run("gelu", 1.0, run("gelu_tanh", 1.0)) == pytest.approx(0.8411920, abs=1e-7)
     assert run("silu", 1.0) == pytest.approx(1 / (1 + math.exp(-1)))
     assert run("elu", -1.0) == pytest.approx(math.exp(-1) - 1)
     assert run("elu", -1.0, alpha=2.0) == pytest.approx(2 * (math.exp(-1) - 1))
@@ -195,6 +196,8 @@ def _elementwise_case(op, shape):
         arrays.append(rng.uniform(0.5, 2.0, size=s) * sign)
     if OPS[op].random:                  # dropout: the generator key (seed, step) comes last
         arrays.append(np.array([7, 3], dtype=np.int64))
+    if OPS[op].saves:                   # gelu: its saved value, as the IR builder adds it
+        arrays.append(run(OPS[op].saves, *arrays))
     attrs = {k: 2.0 for k, v in OPS[op].attrs.items() if v is REQUIRED}
     return arrays, attrs_with_defaults(OPS[op], attrs)
 

@@ -32,6 +32,17 @@ def test_repeated_ids_accumulate(tmp_path):
     np.testing.assert_array_equal(grads["W"], [[1, 10], [0, 0], [3, 30]])
 
 
+@pytest.mark.parametrize("rows, width", [(3, 4), (6, 2)])     # one-hot GEMM; sorted segments
+def test_embedding_grad_accumulates_repeated_ids_in_both_forms(rows, width):
+    ids = np.array([[2, 0, 2], [2, 1, 2]])
+    g = np.random.default_rng(0).normal(size=(2, 3, width))
+    want = np.zeros((rows, width))
+    np.add.at(want, ids.reshape(-1), g.reshape(-1, width))    # in order: 2, 0, 2, 2, 1, 2
+    got = run("embedding_grad", g, ids, shape=[rows, width])
+    np.testing.assert_allclose(got, want, rtol=1e-15, atol=1e-15)
+    np.testing.assert_allclose(got[2], g[0, 0] + g[0, 2] + g[1, 0] + g[1, 2], rtol=1e-15)
+
+
 def test_embedding_ids_out_of_range_name_the_node(tmp_path):
     path = spec_file(tmp_path, EMBED.replace("[2, 0, 2, 2]", "[2, 0, 3, 2]"))
     proc = graphc("grad", path)
@@ -98,9 +109,44 @@ nodes:
 
 
 def test_layer_norm_by_hand():
-    # row [1, 2, 3]: mean 2, var 2/3; eps 0 gives x̂ = [-1, 0, 1]·√1.5
-    y = run("layer_norm", [[1.0, 2.0, 3.0]], [1.0, 1.0, 2.0], [0.0, 0.5, 0.0], eps=0.0)
-    np.testing.assert_allclose(y, [[-np.sqrt(1.5), 0.5, 2 * np.sqrt(1.5)]], rtol=1e-14)
+    # row [1, 2, 3]: mean 2, var 2/3; eps 0 gives x̂ = [-1, 0, 1]·√1.5 and 1/σ = √1.5, saved
+    # side by side; the forward kernel scales and shifts the saved x̂
+    x, gamma, beta = [[1.0, 2.0, 3.0]], [1.0, 1.0, 2.0], [0.0, 0.5, 0.0]
+    stats = run("layer_norm_stats", x, gamma, beta, eps=0.0)
+    root = np.sqrt(1.5)
+    np.testing.assert_allclose(stats, [[-root, 0.0, root, root]], rtol=1e-14, atol=1e-15)
+    y = run("layer_norm", x, gamma, beta, stats, eps=0.0)
+    np.testing.assert_allclose(y, [[-root, 0.5, 2 * root]], rtol=1e-14, atol=1e-15)
+    # d/dx at g = [1, 0, 0], gamma 1: mean(g) = 1/3, mean(g x̂) = -√1.5/3, so
+    # (g - mean(g) - x̂ mean(g x̂)) / σ = ([1, 0, 0] - 1/3 + [-0.5, 0, 0.5])·√1.5
+    g = [[1.0, 0.0, 0.0]]
+    dx = run("layer_norm_grad", g, stats, [1.0, 1.0, 1.0], wrt="x")
+    np.testing.assert_allclose(dx, [[root / 6, -root / 3, root / 6]], rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(run("layer_norm_grad", g, stats, gamma, wrt="gamma"),
+                               [[-root, 0.0, 0.0]], rtol=1e-14, atol=1e-15)
+
+
+def test_gelu_saves_its_tanh(tmp_path):
+    path = spec_file(tmp_path, "inputs: {x: [batch, 5]}\nnodes:\n  y: gelu(x)\n"
+                               "  loss: sum(y)\n")
+    graph = build_graph(load_spec(path))
+    assert graph["y/saved"].op == "gelu_tanh" and graph["y"].inputs == ("x", "y/saved")
+    t = run("gelu_tanh", [0.0, 1.0])
+    assert t[0] == 0.0 and t[1] == pytest.approx(np.tanh(np.sqrt(2 / np.pi) * 1.044715))
+
+
+def test_layer_norm_saves_its_stats(tmp_path):
+    path = spec_file(tmp_path, """
+inputs: {x: [batch, 4, 8]}
+params: {gamma: [8], beta: [8]}
+nodes:
+  y: layer_norm(x, gamma, beta)
+  loss: sum(y * y)
+""")
+    graph = build_graph(load_spec(path))
+    saved = graph["y/saved"]
+    assert saved.op == "layer_norm_stats" and saved.shape == ("batch", 4, 9)
+    assert graph["y"].inputs == ("x", "gamma", "beta", "y/saved")
 
 
 @pytest.mark.parametrize("call, message", [

@@ -89,14 +89,14 @@ def _gelu_tanh(b, x):
     return b("Tanh", b("Mul", b.const(GELU_C), b("Add", x, cube)))
 
 
-def _onnx_gelu(b, n, x):
+def _onnx_gelu(b, n, x, t):
+    """0.5 x (1 + t), t the saved tanh."""
     half_x = b("Mul", b.const(0.5), x)
-    return b("Mul", half_x, b("Add", b.const(1.0), _gelu_tanh(b, x)))
+    return b("Mul", half_x, b("Add", b.const(1.0), t))
 
 
-def _onnx_gelu_grad(b, n, g, x):
+def _onnx_gelu_grad(b, n, g, x, t):
     """0.5 x (1 - t^2) c (1 + 3 k x^2) + 0.5 (1 + t)."""
-    t = _gelu_tanh(b, x)
     x2 = b("Mul", x, x)
     d_inner = b("Mul", b.const(GELU_C), b("Add", b.const(1.0), b("Mul", b.const(3 * GELU_K), x2)))
     one_minus_t2 = b("Sub", b.const(1.0), b("Mul", t, t))
@@ -155,10 +155,14 @@ OPS = (
     OpDef("silu_grad", 2, grad_of(1), "silu_grad(g, x) = g * s (1 + x (1 - s)), s = sigmoid(x)",
           onnx=_onnx_silu_grad, **_BW),
     OpDef("gelu", 1, same, "gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) "
-          "(tanh form, torch approximate='tanh')", vjp=through("gelu_grad", read="input"),
+          "(tanh form, torch approximate='tanh')", saves="gelu_tanh",
+          vjp=lambda e, n, g: (e("gelu_grad", g, *n.inputs), None),
           formula=_formula("gelu'({x})"), elementwise=True, layer_init=HE, onnx=_onnx_gelu),
-    OpDef("gelu_grad", 2, grad_of(1), "gelu_grad(g, x) = g * d gelu / dx (tanh form)",
-          onnx=_onnx_gelu_grad, **_BW),
+    OpDef("gelu_tanh", 1, same, "gelu_tanh(x) = tanh(sqrt(2/pi) (x + 0.044715 x^3)): gelu "
+          "and its gradient read it", group="saved", elementwise=False,
+          onnx=lambda b, n, x: _gelu_tanh(b, x)),
+    OpDef("gelu_grad", 3, grad_of(1), "gelu_grad(g, x, t) = g * d gelu / dx (tanh form), t "
+          "the saved gelu_tanh(x)", onnx=_onnx_gelu_grad, **_BW),
     OpDef("sigmoid", 1, same, "sigmoid(x) = 1 / (1 + exp(-x))", vjp=through("sigmoid_grad"),
           formula=_formula("{y}·(1 - {y})"), elementwise=True, layer_init=GLOROT,
           onnx=onnx_op("Sigmoid")),

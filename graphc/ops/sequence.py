@@ -3,7 +3,11 @@
 Attention's probabilities are a saved IR value (`attention_probs`, like softmax
 cross-entropy's stats): the forward op multiplies them with v, and the gradient rule,
 written with existing ops (matmul, softmax_grad), reads them, so the planner places
-them and keeps them live until the backward pass.
+them and keeps them live until the backward pass. Layer normalization saves its
+normalized input and inverse deviation the same way (`layer_norm_stats` [..., D + 1]:
+x̂ [..., D] for every row, then 1/σ for every row, packed in this order, row-major, so
+x̂ stays contiguous): the forward op scales and shifts x̂, and both gradients read the
+stats instead of normalizing x again.
 """
 from __future__ import annotations
 
@@ -70,7 +74,7 @@ def _gru_cell(shapes, attrs):
 
 
 def _layer_norm(shapes, attrs):
-    x, gamma, beta = shapes
+    x, gamma, beta = shapes[:3]
     if not x:
         raise S.ShapeError("layer_norm needs an input of rank >= 1, got a scalar")
     for name, s in (("gamma", gamma), ("beta", beta)):
@@ -79,11 +83,18 @@ def _layer_norm(shapes, attrs):
     return tuple(x)
 
 
+def _layer_norm_stats(shapes, attrs):
+    """[..., D + 1]: x̂ for every row, then 1/σ for every row (row-major, in one value)."""
+    x = _layer_norm(shapes, attrs)
+    if not S.is_int(x[-1]):
+        raise S.ShapeError(f"layer_norm's last axis must have a fixed size, got {S.fmt(x)}")
+    return x[:-1] + (x[-1] + 1,)
+
+
 def _layer_norm_vjp(e, n, g):
-    x, gamma, _ = n.inputs
-    eps = n.attrs["eps"]
-    return (e("layer_norm_grad", g, x, gamma, eps=eps, wrt="x"),
-            e("layer_norm_grad", g, x, gamma, eps=eps, wrt="gamma"), g)
+    _, gamma, _, stats = n.inputs
+    return (e("layer_norm_grad", g, stats, gamma, wrt="x"),
+            e("layer_norm_grad", g, stats, gamma, wrt="gamma"), g, None)
 
 
 # --- export mappings (graphc/ops/record.py): the kernels' formulas as ONNX ops ---------------
@@ -116,27 +127,47 @@ def _onnx_attention_probs(b, n, q, k, v):
 
 
 def _onnx_normalized(b, x, eps: float) -> tuple:
-    """(x̂, σ) over the last axis: x̂ = (x - mean) / σ, σ = sqrt(var + eps)."""
+    """(x̂, 1/σ) over the last axis: x̂ = (x - mean) / σ, σ = sqrt(var + eps)."""
     centered = b("Sub", x, b.reduce("ReduceMean", x, [-1], True))
     var = b.reduce("ReduceMean", b("Mul", centered, centered), [-1], True)
-    sigma = b("Sqrt", b("Add", var, b.const(eps)))
-    return b("Div", centered, sigma), sigma
+    inv_std = b("Reciprocal", b("Sqrt", b("Add", var, b.const(eps))))
+    return b("Mul", centered, inv_std), inv_std
 
 
-def _onnx_layer_norm(b, n, x, gamma, beta):
+def _onnx_layer_norm_stats(b, n, x, gamma, beta):
+    """x̂, then 1/σ, flattened one after the other, as the NumPy kernel packs them."""
+    parts = [b("Reshape", v, b.const([-1], integer=True))
+             for v in _onnx_normalized(b, x, n.attrs["eps"])]
+    return b("Reshape", b("Concat", *parts, axis=0), b.dims(n.shape))
+
+
+def _onnx_layer_norm(b, n, x, gamma, beta, stats=None):
+    """x̂ γ + β, normalized again from x (the stats are written only where a gradient is)."""
     xhat, _ = _onnx_normalized(b, x, n.attrs["eps"])
     return b("Add", b("Mul", xhat, gamma), beta)
 
 
-def _onnx_layer_norm_grad(b, n, g, x, gamma):
+def _onnx_unpack(b, stats, g, shape) -> tuple:
+    """(x̂, 1/σ) of the saved stats of shape `shape`: its first size(g) elements, then the
+    rest (g has x's shape)."""
+    flat = b("Reshape", stats, b.const([-1], integer=True))
+    cut = b("Reshape", b("Size", g), b.const([1], integer=True))
+    rows = tuple(shape[:-1])
+    xhat = b("Slice", flat, b.const([0], integer=True), cut)
+    inv_std = b("Slice", flat, cut, b.const([2 ** 62], integer=True))
+    return (b("Reshape", xhat, b.dims(rows + (shape[-1] - 1,))),
+            b("Reshape", inv_std, b.dims(rows + (1,))))
+
+
+def _onnx_layer_norm_grad(b, n, g, stats, gamma):
     """wrt x: (γg - mean(γg) - x̂ mean(γg x̂)) / σ; wrt gamma: g x̂."""
-    xhat, sigma = _onnx_normalized(b, x, n.attrs["eps"])
+    xhat, inv_std = _onnx_unpack(b, stats, g, b.shape(n.inputs[1]))
     if n.attrs["wrt"] == "gamma":
         return b("Mul", g, xhat)
     dxhat = b("Mul", g, gamma)
     proj = b.reduce("ReduceMean", b("Mul", dxhat, xhat), [-1], True)
     centered = b("Sub", dxhat, b.reduce("ReduceMean", dxhat, [-1], True))
-    return b("Div", b("Sub", centered, b("Mul", xhat, proj)), sigma)
+    return b("Mul", b("Sub", centered, b("Mul", xhat, proj)), inv_std)
 
 
 OPS = (
@@ -165,13 +196,18 @@ OPS = (
           onnx=_onnx_attention_probs),
     OpDef("layer_norm", 3, _layer_norm, "layer_norm(x, gamma, beta, eps=1e-5) = (x - mean) / "
           "sqrt(var + eps) * gamma + beta over the last axis (biased var; F.layer_norm)",
-          attrs={"eps": 1e-5}, vjp=_layer_norm_vjp,
+          attrs={"eps": 1e-5}, saves="layer_norm_stats", vjp=_layer_norm_vjp,
           formula=lambda a, o, attrs: (f"g ↦ (γg - mean(γg) - x̂·mean(γg·x̂)) / σ",
-                                       "x̂ = (x - mean) / σ", "1"),
+                                       "x̂ = (x - mean) / σ", "1", None),
           elementwise=False, onnx=_onnx_layer_norm),
-    OpDef("layer_norm_grad", 3, grad_of(1), "layer_norm_grad(g, x, gamma, eps, wrt) = d "
+    OpDef("layer_norm_stats", 3, _layer_norm_stats, "layer_norm_stats(x, gamma, beta, eps) = "
+          "x̂ = (x - mean) / σ and 1/σ per row, [..., D + 1]: layer_norm and its gradients "
+          "read it", attrs={"eps": 1e-5}, group="saved", elementwise=False,
+          onnx=_onnx_layer_norm_stats),
+    OpDef("layer_norm_grad", 3, grad_of(0), "layer_norm_grad(g, stats, gamma, wrt) = d "
           "layer_norm / d x applied to g for wrt='x'; g * x̂ (summed by the driver) for "
-          "wrt='gamma'", attrs={"eps": 1e-5, "wrt": "x"}, onnx=_onnx_layer_norm_grad, **_BW),
+          "wrt='gamma'; x̂ and 1/σ from the saved stats", attrs={"wrt": "x"},
+          onnx=_onnx_layer_norm_grad, **_BW),
     # layers the spec loader expands into the ops above (graphc/seqlayers.py)
     OpDef("multi_head_attention", 1, _keeps_shape, "multi_head_attention(x, heads=H, "
           "causal=False, share=None) = concat_heads(scaled_dot_product_attention(x <node>.Wq, "

@@ -44,29 +44,25 @@ def b_relu_grad(out, g, y):
         """, y=y, zeros=zeros, mask=mask, g=g, out=out)
 
 
-def b_gelu_grad(out, g, x):
-    """g * (0.5 c x (1 + 3k x²)(1 - t²) + 0.5 (1 + t)), t = tanh(c x (1 + k x²)) (tanh form),
-    in scratch: the temporaries of the plain form cost more than the arithmetic."""
-    u, w = scratch(out.shape, out.dtype), scratch(out.shape, out.dtype)
-
-    def slope(t):
+def b_gelu_grad(out, g, x, t):
+    """g (1 + t) (0.5 + 0.5 c x (1 + 3k x²) (1 - t)), t = tanh(c x (1 + k x²)) saved by
+    gelu (tanh form; 1 - t² = (1 - t)(1 + t)), in scratch and out (scratch for both
+    when out is written in place of an input)."""
+    aliased = any(np.shares_memory(out, a) for a in (g, x, t))
+    return source("""
         np.multiply(x, x, out=w)
-        np.multiply(w, GELU_K, out=u)
-        np.add(u, 1, out=u)
-        np.multiply(u, x, out=u)
-        np.multiply(u, GELU_C, out=u)
-        np.tanh(u, out=u)                                   # t
-        np.multiply(w, 3 * GELU_K, out=t)
-        np.add(t, 1, out=t)
-        np.multiply(t, x, out=t)
-        np.multiply(t, 0.5 * GELU_C, out=t)                 # 0.5 c x (1 + 3k x²)
-        np.multiply(u, u, out=w)
-        np.subtract(1, w, out=w)
-        np.multiply(t, w, out=t)
-        np.add(u, 1, out=u)
-        np.multiply(u, 0.5, out=u)
-        np.add(t, u, out=t)
-    return _times_slope(out, g, slope)
+        np.multiply(w, three_halves_ck, out=w)
+        np.add(w, half_c, out=w)
+        np.multiply(w, x, out=w)
+        np.subtract(1.0, t, out=v)
+        np.multiply(w, v, out=w)
+        np.add(w, 0.5, out=w)
+        np.add(t, 1.0, out=v)
+        np.multiply(w, v, out=w)
+        np.multiply(g, w, out=out)
+        """, x=x, w=scratch(out.shape, out.dtype), three_halves_ck=1.5 * GELU_C * GELU_K,
+        half_c=0.5 * GELU_C, t=t, v=scratch(out.shape, out.dtype) if aliased else out, g=g,
+        out=out)
 
 
 def b_sigmoid_grad(out, g, y):
@@ -114,11 +110,16 @@ def b_maximum_grad(out, g, a, b):
 
 
 def _batch_sum(out, g):
-    """A closure summing g down to out's shape, or None when this is not a plain sum."""
+    """A closure summing g over its leading axes down to out's shape (a bias gradient:
+    [..., E] to [E]) as one matrix-vector product over the stacked rows, or None when this
+    is not such a sum."""
     lead = g.ndim - out.ndim
-    if lead == 1 and g.ndim == 2 and g.shape[1:] == out.shape and g.flags.c_contiguous:
-        ones = constant(1, (g.shape[0],), g.dtype)
-        return source("ones.dot(g, out)", ones=ones, g=g, out=out)
+    if lead >= 1 and out.ndim >= 1 and g.shape[lead:] == out.shape and g.flags.c_contiguous \
+            and out.flags.c_contiguous:
+        rows = g.reshape(-1, out.size)
+        ones = constant(1, (rows.shape[0],), g.dtype)
+        return source("ones.dot(rows, out)", ones=ones, rows=rows,
+                      out=out.reshape(-1))
     return None
 
 
@@ -141,25 +142,42 @@ def _rows(x):
     return x.reshape(-1, x.shape[-1]) if x.ndim >= 2 and x.flags.c_contiguous else None
 
 
+def _same_batch(*arrays) -> bool:
+    """Stacks of matrices [..., m, n] with one batch shape (no broadcasting), rank >= 3."""
+    return arrays[0].ndim > 2 and len({a.shape[:-2] for a in arrays}) == 1 and \
+        len({a.ndim for a in arrays}) == 1
+
+
 def b_matmul_ga(out, g, b, shape=None):
     """d(a @ b)/da = g @ b.T for matrices, and for a batch of rows times a matrix b (one
-    GEMM over the stacked rows); other ranks use the general kernel."""
+    GEMM over the stacked rows); for stacks of matrices of one batch shape, bᵀ is copied to
+    contiguous scratch first (NumPy's batched matmul runs BLAS only on contiguous rows);
+    other ranks use the general kernel."""
     if out.ndim == 2 and b.ndim == 2 and g.ndim == 2:
         return gemm(out, g, b.T)
     if b.ndim == 2 and out.shape == g.shape[:-1] + b.shape[:1] and \
             _rows(g) is not None and _rows(out) is not None:
         return gemm(_rows(out), _rows(g), b.T)
+    if _same_batch(out, g, b):
+        bt = scratch(b.shape[:-2] + b.shape[:-3:-1], b.dtype)
+        return source("""
+            np.copyto(bt, b_swapped)
+            np.matmul(g, bt, out=out)
+            """, bt=bt, b_swapped=np.swapaxes(b, -1, -2), g=g, out=out)
     return partial(k_matmul_ga, out, g, b)
 
 
 def b_matmul_gb(out, a, g, shape=None):
     """d(a @ b)/db = a.T @ g for matrices, and summed over a batch of rows when b is a
-    matrix (one GEMM over the stacked rows); other ranks use the general kernel."""
+    matrix (one GEMM over the stacked rows); for stacks of matrices of one batch shape,
+    aᵀ @ g straight into out; other ranks use the general kernel."""
     if out.ndim == 2 and a.ndim == 2 and g.ndim == 2:
         return gemm(out, a.T, g)
     if out.ndim == 2 and a.ndim == g.ndim > 2 and a.shape[:-1] == g.shape[:-1] and \
             _rows(a) is not None and _rows(g) is not None:
         return gemm(out, _rows(a).T, _rows(g))
+    if _same_batch(out, a, g):
+        return gemm(out, np.swapaxes(a, -1, -2), g)
     return partial(k_matmul_gb, out, a, g)
 
 

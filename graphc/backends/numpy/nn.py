@@ -12,8 +12,11 @@ import math
 
 import numpy as np
 
-from .bind import plain_table
+from functools import partial
+
+from .bind import plain_table, source
 from .kernels import unary
+from .workspace import constant, scratch
 
 GELU_C = math.sqrt(2.0 / math.pi)
 GELU_K = 0.044715
@@ -69,21 +72,27 @@ def k_silu(out, x):
     np.divide(x, 1 + np.exp(-x), out=out)
 
 
-def _gelu_inner(x):
-    """sqrt(2/pi) (x + 0.044715 x^3), in a fresh array."""
-    t = x * x
-    t *= GELU_K
-    t += 1
-    t *= x
-    t *= GELU_C
-    return t
+def b_gelu_tanh(out, x):
+    """t = tanh(c x (1 + k x²)), c = sqrt(2/pi), k = 0.044715: gelu's saved value."""
+    return source("""
+        np.multiply(x, x, out=out)
+        np.multiply(out, k, out=out)
+        np.add(out, 1.0, out=out)
+        np.multiply(out, x, out=out)
+        np.multiply(out, c, out=out)
+        np.tanh(out, out=out)
+        """, x=x, k=GELU_K, c=GELU_C, out=out)
 
 
-def k_gelu(out, x):
-    t = np.tanh(_gelu_inner(x))
-    t += 1
-    t *= 0.5
-    np.multiply(x, t, out=out)
+def b_gelu(out, x, t):
+    """0.5 x (1 + t) (the tanh form), t the saved tanh; written in place of x, 1 + t goes
+    to scratch first."""
+    return source("""
+        np.add(t, 1.0, out=s)
+        np.multiply(s, x, out=out)
+        np.multiply(out, 0.5, out=out)
+        """, t=t, s=scratch(x.shape, x.dtype) if np.shares_memory(out, x) else out, x=x,
+        out=out)
 
 
 # elementwise gradients
@@ -153,6 +162,22 @@ def k_softmax_grad(out, g, y, axis=-1):
     out *= y
 
 
+def b_softmax_grad(out, g, y, axis=-1):
+    """y (g - sum(g y, axis)); over the last axis in scratch, the row sums by a
+    matrix-vector product (NumPy reduces along a short last axis slowly)."""
+    if axis not in (-1, y.ndim - 1) or not y.ndim:
+        return partial(k_softmax_grad, out, g, y, axis=axis)
+    gy = scratch(y.shape, y.dtype)
+    dot = scratch(y.shape[:-1] + (1,), y.dtype)
+    return source("""
+        np.multiply(g, y, out=gy)
+        np.dot(gy_rows, ones, out=dot_rows)
+        np.subtract(g, dot, out=out)
+        np.multiply(out, y, out=out)
+        """, g=g, y=y, gy=gy, gy_rows=gy.reshape(-1, y.shape[-1]), dot=dot,
+        dot_rows=dot.reshape(-1), ones=constant(1, y.shape[-1:], y.dtype), out=out)
+
+
 def k_log_softmax_grad(out, g, y, axis=-1):
     total = np.sum(g, axis=axis, keepdims=True)
     np.exp(y, out=out)
@@ -160,12 +185,17 @@ def k_log_softmax_grad(out, g, y, axis=-1):
     np.subtract(g, out, out=out)
 
 
-def k_transpose(out, x, axes=None):
-    np.copyto(out, np.transpose(x, _axes(axes)))
+def b_transpose(out, x, axes=None):
+    """A copy of x's transposed view, the view made once when the plan is bound."""
+    return source("np.copyto(out, view)", out=out, view=np.transpose(x, _axes(axes)))
 
 
-def k_reshape(out, x):
-    np.copyto(out, x.reshape(out.shape))
+def b_reshape(out, x):
+    """A copy of x's reshaped view, made once when the plan is bound (x contiguous; else
+    reshape copies, so it runs per call)."""
+    if not x.flags.c_contiguous:
+        return lambda: np.copyto(out, x.reshape(out.shape))
+    return source("np.copyto(out, view)", out=out, view=x.reshape(out.shape))
 
 
 def k_concat(out, *xs, axis=0):
@@ -253,20 +283,20 @@ def k_multiclass_hinge_grad(out, g, s, labels, margin=1.0):
     out *= g / max(labels.size, 1)
 
 
-BIND = plain_table({
+BIND = {"gelu": b_gelu, "gelu_tanh": b_gelu_tanh, "softmax_grad": b_softmax_grad,
+        "transpose": b_transpose, "reshape": b_reshape} | plain_table({
     "minimum": lambda out, a, b: np.minimum(a, b, out=out),
     "abs": unary(np.abs), "sqrt": unary(np.sqrt),
     "reciprocal": lambda out, x: np.divide(1, x, out=out),
     "leaky_relu": k_leaky_relu, "elu": k_elu, "softplus": k_softplus, "silu": k_silu,
-    "gelu": k_gelu,
-    "amax": k_amax, "transpose": k_transpose, "reshape": k_reshape, "concat": k_concat,
+    "amax": k_amax, "concat": k_concat,
     "softmax": k_softmax, "log_softmax": k_log_softmax,
     "l1": k_l1, "huber": k_huber, "binary_cross_entropy_with_logits": k_bce_logits,
     "multiclass_hinge": k_multiclass_hinge,
     "abs_grad": k_abs_grad, "sqrt_grad": k_sqrt_grad, "reciprocal_grad": k_reciprocal_grad,
     "leaky_relu_grad": k_leaky_relu_grad, "elu_grad": k_elu_grad,
     "softplus_grad": k_softplus_grad, "silu_grad": k_silu_grad,
-    "amax_grad": k_amax_grad, "slice": k_slice, "softmax_grad": k_softmax_grad,
+    "amax_grad": k_amax_grad, "slice": k_slice,
     "log_softmax_grad": k_log_softmax_grad, "l1_grad": k_l1_grad, "huber_grad": k_huber_grad,
     "binary_cross_entropy_with_logits_grad": k_bce_logits_grad,
     "multiclass_hinge_grad": k_multiclass_hinge_grad,

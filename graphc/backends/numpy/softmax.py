@@ -26,7 +26,7 @@ def _unpack(stats, rows: int, classes: int) -> tuple:
     return flat[:cut].reshape(rows, classes), flat[cut:cut + rows], flat[cut + rows:cut + 2 * rows]
 
 
-def _row_max(x, out) -> tuple:
+def row_max(x, out) -> tuple:
     """(lines, names) computing out[i] = max_j x[i, j]. For few classes, pairwise maximum
     over column views beats np.maximum.reduce along a short inner axis by ~10x."""
     classes = x.shape[1]
@@ -46,9 +46,9 @@ def b_stats(out, logits, labels):
     flat, lab = logits.reshape(rows, classes), labels.reshape(rows)
     e, s, picked = _unpack(out, rows, classes)
     mx = scratch((rows, 1), logits.dtype)
-    row_max, cols = _row_max(flat, mx[:, 0])
+    maxima, cols = row_max(flat, mx[:, 0])
     return source("\n".join([
-        row_max,
+        maxima,
         "np.subtract(flat, shift, out=e)",
         "np.add(lab, offsets, out=idx, casting='unsafe')",
         "ef.take(idx, out=picked)",
