@@ -20,6 +20,7 @@ from .errors import Mark, SpecError, did_you_mean
 from .expr import NodeSpec
 from .ops import OPS, family
 from .ops.modal import channels
+from .ops.sequence import normed_width
 
 ACTIVATIONS = tuple(family("activations"))     # each record names the init dense picks
 
@@ -212,5 +213,19 @@ def batch_norm_layer(n: NodeSpec, x_shape: tuple) -> tuple:
     return made, [node]
 
 
+def layer_norm_layer(n: NodeSpec, x_shape: tuple) -> tuple:
+    """(params, the node) of `layer_norm(x)` at node n, as PyTorch's LayerNorm(D) starts:
+    gamma = 1 and beta = 0, each [D] for x's last dim D (a fixed size)."""
+    try:
+        width = normed_width(x_shape)
+    except S.ShapeError as exc:
+        raise SpecError(str(exc), mark=n.mark, node=n.user_node) from None
+    made = [LayerParam(f"{n.name}.{name}", (width,), init, n.mark)
+            for name, init in (("gamma", "ones"), ("beta", "zeros"))]
+    node = NodeSpec(n.name, "layer_norm", (n.inputs[0], *(p.name for p in made)),
+                    dict(n.attrs), n.mark)
+    return made, [node]
+
+
 EXPANSIONS = {"dense": dense, "conv1d_layer": conv, "conv2d_layer": conv,
-              "batch_norm_layer": batch_norm_layer}
+              "batch_norm_layer": batch_norm_layer, "layer_norm_layer": layer_norm_layer}

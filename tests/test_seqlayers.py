@@ -45,6 +45,13 @@ nodes:
   loss: sum(g * g)
 outputs: [g]
 """
+NORM = HEAD + """inputs:
+  x: [batch, 5, 8]
+nodes:
+  n: layer_norm(x, eps=0.001)
+  loss: sum(n * n * x)
+outputs: [n]
+"""
 FEEDS = {"x": [2, 5, 8]}
 
 
@@ -141,6 +148,16 @@ def test_mlp_defaults_to_four_times_the_width(tmp_path):
     assert leaves_of(spec)["t.W1"][0] == (8, 32)
 
 
+def test_layer_norm_with_one_input_is_its_layer_form(tmp_path):
+    """`layer_norm(x)` creates gamma (ones) and beta (zeros) over x's last dim, as
+    PyTorch's LayerNorm(D) starts, and is the 3-input op on them (eps passed through)."""
+    spec = load_spec(spec_at(tmp_path, NORM))
+    assert leaves_of(spec) == {"n.gamma": ((8,), "ones"), "n.beta": ((8,), "zeros")}
+    node = next(n for n in spec.nodes if n.name == "n")
+    assert (node.op, node.inputs[:3], node.attrs["eps"]) == \
+        ("layer_norm", ("x", "n.gamma", "n.beta"), 0.001)
+
+
 def test_positional_embedding_is_a_learned_table_added(tmp_path):
     spec = load_spec(spec_at(tmp_path, POS))
     assert leaves_of(spec) == {"p.pos": ((5, 8), {"normal": {"std": 0.02}})}
@@ -198,6 +215,14 @@ def test_positional_embedding_matches_numpy(tmp_path):
     np.testing.assert_array_equal(model.predict({"x": x}, outputs=["p"])["p"], x + P["p.pos"])
 
 
+def test_layer_norm_layer_matches_numpy(tmp_path):
+    model, P = loaded(tmp_path, NORM)
+    x = np.random.default_rng(7).normal(size=(2, 5, 8))
+    np.testing.assert_allclose(model.predict({"x": x}, outputs=["n"])["n"],
+                               layer_norm_ref(x, P["n.gamma"], P["n.beta"], eps=0.001),
+                               rtol=1e-12, atol=1e-12)
+
+
 def test_gru_cell_matches_numpy(tmp_path):
     model, P = loaded(tmp_path, GRU)
     rng = np.random.default_rng(4)
@@ -210,9 +235,10 @@ def test_gru_cell_matches_numpy(tmp_path):
 
 @pytest.mark.parametrize("text, feeds", [(MHA, {"x": (2, 5, 8)}), (BLOCK, {"x": (2, 5, 8)}),
                                          (POS, {"x": (2, 5, 8)}),
-                                         (GRU, {"x": (2, 3), "h0": (2, 4)})],
+                                         (GRU, {"x": (2, 3), "h0": (2, 4)}),
+                                         (NORM, {"x": (2, 5, 8)})],
                          ids=["multi_head_attention", "transformer_block",
-                              "positional_embedding", "gru_cell"])
+                              "positional_embedding", "gru_cell", "layer_norm"])
 def test_gradcheck_of_each_layer_form(tmp_path, text, feeds):
     rng = np.random.default_rng(5)
     np.savez(tmp_path / "in.npz", **{k: rng.normal(size=s) for k, s in feeds.items()})
@@ -261,6 +287,9 @@ def test_a_shared_gru_cell_reads_the_first_ones_params(tmp_path):
     (MHA, "x: [batch, 5, 8]", "x: [batch, 5, width]", 5, "last dim is a fixed size"),
     (TIED, "share=s1", "share=x1", 9, "share=x1 is not an earlier gru_cell layer"),
     (TIED, "units=3, share", "units=2, share", 9, "gru_cell's state h must be [..., 2]"),
+    (NORM, "x: [batch, 5, 8]", "x: [batch, 5, width]", 5, "D a fixed size, got [batch, 5, "),
+    (NORM, "layer_norm(x, eps", "layer_norm(sum(x), eps", 5, "D a fixed size, got []"),
+    (NORM, "eps=0.001", "eps=0", 5, "attribute 'eps' of layer_norm is 0"),
 ])
 def test_bad_arguments_are_located_errors(tmp_path, text, old, new, line, says):
     assert old in text

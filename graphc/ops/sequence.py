@@ -73,6 +73,18 @@ def _gru_cell(shapes, attrs):
     return S.broadcast(x[:-1], h[:-1]) + (attrs["units"],)
 
 
+def normed_width(x: tuple) -> int:
+    """D of x [..., D], the axis layer_norm(x)'s layer form normalizes: a fixed size."""
+    if not x or not isinstance(x[-1], int):
+        raise S.ShapeError(f"layer_norm needs x [..., D] with D a fixed size, got {S.fmt(x)}")
+    return x[-1]
+
+
+def _normed_layer(shapes, attrs):
+    normed_width(shapes[0])
+    return tuple(shapes[0])
+
+
 def _layer_norm(shapes, attrs):
     x, gamma, beta = shapes[:3]
     if not x:
@@ -199,7 +211,7 @@ OPS = (
           attrs={"eps": 1e-5}, saves="layer_norm_stats", vjp=_layer_norm_vjp,
           formula=lambda a, o, attrs: (f"g ↦ (γg - mean(γg) - x̂·mean(γg·x̂)) / σ",
                                        "x̂ = (x - mean) / σ", "1", None),
-          elementwise=False, onnx=_onnx_layer_norm),
+          elementwise=False, onnx=_onnx_layer_norm, layer_form="layer_norm_layer"),
     OpDef("layer_norm_stats", 3, _layer_norm_stats, "layer_norm_stats(x, gamma, beta, eps) = "
           "x̂ = (x - mean) / σ and 1/σ per row, [..., D + 1]: layer_norm and its gradients "
           "read it", attrs={"eps": 1e-5}, group="saved", elementwise=False,
@@ -208,7 +220,10 @@ OPS = (
           "layer_norm / d x applied to g for wrt='x'; g * x̂ (summed by the driver) for "
           "wrt='gamma'; x̂ and 1/σ from the saved stats", attrs={"wrt": "x"},
           onnx=_onnx_layer_norm_grad, **_BW),
-    # layers the spec loader expands into the ops above (graphc/seqlayers.py)
+    # layers the spec loader expands into the ops above (graphc/layers.py, seqlayers.py)
+    OpDef("layer_norm_layer", 1, _normed_layer, "layer_norm_layer(x, eps=1e-5) = "
+          "layer_norm(x, <node>.gamma, <node>.beta) over the last axis; also written "
+          "layer_norm(x)", group="layer", attrs={"eps": 1e-5}),
     OpDef("multi_head_attention", 1, _keeps_shape, "multi_head_attention(x, heads=H, "
           "causal=False, share=None) = concat_heads(scaled_dot_product_attention(x <node>.Wq, "
           "x <node>.Wk, x <node>.Wv)) <node>.Wo + <node>.bo; self-attention over x [..., T, D]",
