@@ -31,7 +31,7 @@ SEEDS = F.seed_specs()
 LIMIT_S = 10.0          # per example; a hang fails the test instead of stalling CI
 # an epoch of these takes longer than LIMIT_S on a loaded machine; tests/test_sequence_specs.py
 # and tests/test_conv_specs.py train them
-SLOW_EPOCH = {"sort_transformer.yaml", "digits_cnn.yaml"}
+SLOW_EPOCH = {"sort_transformer.yaml", "sort_transformer_layers.yaml", "digits_cnn.yaml"}
 
 
 @pytest.fixture(scope="module")
