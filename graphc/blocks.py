@@ -29,7 +29,7 @@ from .errors import Mark, SpecError, did_you_mean, short
 from .expr import NodeSpec
 from .leaves import LeafSpec, parse_leaf
 from .ops import OPS
-from .yamlload import MarkedDict, check_keys
+from .yamlload import MAX_VALUES, MarkedDict, check_keys
 
 BLOCK_KEYS = ("inputs", "params", "nodes", "output")
 INSTANCE_KEYS = ("block", "inputs", "share", "params", "repeat", "chain", "per_step")
@@ -210,6 +210,11 @@ def repeats(inst: Instance, block: Block, inputs: Mapping, share, leaves: dict) 
     if not S.is_int(count) or count < 1:
         raise SpecError(f"repeat is {short(count)}, expected a whole number >= 1",
                         mark=raw.mark_of("repeat"), node=inst.name, hint="e.g. repeat: 4")
+    if count * max(len(block.nodes), 1) > MAX_VALUES:
+        raise SpecError(f"repeat: {count} copies the {len(block.nodes)} node(s) of block "
+                        f"'{block.name}' {count} times, more than the {MAX_VALUES} values a "
+                        "spec may hold", mark=raw.mark_of("repeat"), node=inst.name,
+                        hint="a spec this large is not compiled; repeat fewer times")
     chain = raw.get("chain", block.inputs[0] if block.inputs else None)
     if chain not in block.inputs:
         raise SpecError(f"chain {short(chain)} is not an input of block '{block.name}'",

@@ -116,6 +116,9 @@ ERRORS = [
      "shape mismatch in slice: slice 2:3 of axis 0 (size 2)"),
     (("x @ W + h", "x @ W @ W @ x + h"), "block 'cell', instance 'h/1': node 'h/1/pre': shape "
      "mismatch in matmul"),
+    # the fuzzer's find: a huge count was expanded node by node (minutes) before any check
+    (("repeat: 2", "repeat: 100000000"), "spec.yaml:15:45: node 'h': repeat: 100000000 copies "
+     "the 4 node(s) of block 'cell' 100000000 times, more than the 250000 values"),
 ]
 
 
