@@ -121,7 +121,7 @@ def dense(n: NodeSpec, x_shape: tuple) -> tuple:
         raise SpecError(f"dense needs an input whose last dim is a fixed size, but '{x}' has "
                         f"shape {S.fmt(x_shape)}", mark=n.mark, node=n.user_node,
                         hint="reshape it first, e.g. reshape(x, shape=[batch, -1])")
-    _check_activation(n, "dense")
+    check_activation(n, "dense")
     init = n.attrs["init"] or (OPS[activation].layer_init if activation else "glorot_uniform")
     W, b = f"{n.name}.W", f"{n.name}.b"
     params = [LayerParam(W, (x_shape[-1], units), init, n.mark)]
@@ -132,7 +132,8 @@ def dense(n: NodeSpec, x_shape: tuple) -> tuple:
     return params, _chain(n, steps)
 
 
-def _check_activation(n: NodeSpec, layer: str) -> None:
+def check_activation(n: NodeSpec, layer: str) -> None:
+    """SpecError at n unless its `activation` attribute is None or an activation op."""
     activation = n.attrs["activation"]
     if activation is not None and activation not in ACTIVATIONS:
         raise SpecError(f"{layer} has no activation '{activation}'", mark=n.mark,
@@ -161,7 +162,7 @@ def conv(n: NodeSpec, x_shape: tuple) -> tuple:
     *kernel], b [out_channels]. The default init of W is PyTorch-fanned (fan_in = C ·
     prod(kernel)): He normal before a relu-like activation, else Glorot uniform."""
     op = n.op.removesuffix("_layer")
-    _check_activation(n, op)
+    check_activation(n, op)
     try:
         OPS[n.op].infer([x_shape], n.attrs)
     except S.ShapeError as exc:

@@ -15,7 +15,7 @@ from math import sqrt
 from . import shapes as S
 from .errors import SpecError
 from .expr import NodeSpec
-from .layers import EXPANSIONS, LayerParam, _check_activation
+from .layers import EXPANSIONS, LayerParam, check_activation
 from .ops import OPS, attrs_with_defaults
 
 
@@ -86,7 +86,7 @@ def transformer_block(n: NodeSpec, x_shape: tuple) -> tuple:
     + b2, W1 [D, mlp] (the init dense picks for the activation), W2 [mlp, D] (Glorot)."""
     x, o = n.inputs[0], _owner(n)
     width = _fixed_width(n, x, x_shape, 2)
-    _check_activation(n, n.op)
+    check_activation(n, n.op)
     hidden, act = n.attrs["mlp"] or 4 * width, n.attrs["activation"]
     norms = [LayerParam(f"{o}.{norm}_{p}", (width,), init, n.mark)
              for norm in ("norm1", "norm2") for p, init in (("gamma", "ones"), ("beta", "zeros"))]
