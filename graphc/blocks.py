@@ -166,10 +166,12 @@ def _share_of(inst: Instance, block: Block, of_block: Mapping):
     unshared = next((n for n in block.nodes if OPS[n.op].group == "layer" and
                      "share" not in OPS[n.op].attrs), None)
     if unshared is not None:
-        raise SpecError(f"block '{block.name}' uses the layer {unshared.op}, whose params are "
+        written = next((op for op, d in OPS.items() if d.layer_form == unshared.op), unshared.op)
+        raise SpecError(f"block '{block.name}' uses the layer {written}, whose params are "
                         "each instance's own: share: cannot tie them", mark=inst.raw.mark_of(
                             "share"), node=inst.name, hint="declare the params in the block's "
-                        "params: and write the layer's ops (x @ W + b)")
+                        "params: and pass them to the op (dense: x @ W + b; layer_norm(x, "
+                        "gamma, beta))")
     if share is True and "repeat" in inst.raw:
         return True
     if not isinstance(share, str) or of_block.get(share) != block.name:

@@ -152,13 +152,20 @@ def test_grad_json_reports_instance_params(tmp_path):
     assert set(grads) == {"x1", "x2", "h0", "h1.W", "h1.b"}
 
 
-def test_share_refuses_a_block_with_a_layer(tmp_path):
+@pytest.mark.parametrize("layer, written", [
+    ("dense(pre, units=2)", "dense"),
+    # the layer forms are named as the spec writes them: before, "the layer
+    # layer_norm_layer" and "conv1d_layer", names the spec never wrote
+    ("layer_norm(pre)", "layer_norm"),
+    ("flatten(conv1d(reshape(pre, shape=[1, 1, 2]), out_channels=1, kernel=1))", "conv1d"),
+])
+def test_share_refuses_a_block_with_a_layer(tmp_path, layer, written):
     # dense creates <node>.W per instance: share: would silently leave them untied
-    text = TIED.replace("      out: tanh(pre + b)", "      out: dense(pre, units=2)")
+    text = TIED.replace("      out: tanh(pre + b)", f"      out: {layer}")
     proc = graphc("check", cli_spec(tmp_path, text))
-    assert proc.returncode == 2
-    assert "block 'cell' uses the layer dense, whose params are each instance's own" in \
-        proc.stderr
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ")
+    assert f"block 'cell' uses the layer {written}, whose params are each instance's own" \
+        in proc.stderr, proc.stderr
 
 
 def test_a_layer_output_may_not_take_the_name_of_a_block_param(tmp_path):
