@@ -212,7 +212,12 @@ def repeats(inst: Instance, block: Block, inputs: Mapping, share, leaves: dict) 
     if not S.is_int(count) or count < 1:
         raise SpecError(f"repeat is {short(count)}, expected a whole number >= 1",
                         mark=raw.mark_of("repeat"), node=inst.name, hint="e.g. repeat: 4")
-    chain = raw.get("chain", block.inputs[0] if block.inputs else None)
+    if not block.inputs:
+        raise SpecError(f"block '{block.name}' has no inputs, and repeat: feeds each "
+                        "repetition's output to an input of the next", node=inst.name,
+                        mark=raw.mark_of("repeat"), hint="give the block an input (inputs: "
+                        "[x]) that takes the previous repetition's output")
+    chain = raw.get("chain", block.inputs[0])
     if chain not in block.inputs:
         raise SpecError(f"chain {short(chain)} is not an input of block '{block.name}'",
                         mark=raw.mark_of("chain") if "chain" in raw else raw.mark_of("repeat"),

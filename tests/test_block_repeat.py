@@ -147,3 +147,13 @@ def test_a_repeated_instance_cannot_be_shared_by_name(tmp_path):
     proc = graphc("check", cli_spec(tmp_path, text))
     assert proc.returncode == 2 and "share 'h' is not an instance of block 'cell'" in \
         proc.stderr, proc.stderr
+
+
+def test_repeat_of_a_block_without_inputs_is_located(tmp_path):
+    # before: "chain None is not an input of block 'lin'", a name the spec never wrote
+    text = STACK.replace("    inputs: [x]\n    params", "    params").replace(
+        "x @ W", "W @ W").replace("inputs: [x], repeat", "repeat")
+    proc = graphc("check", cli_spec(tmp_path, text))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr
+    assert "spec.yaml:11:27: node 'h': block 'lin' has no inputs, and repeat: feeds each " \
+        "repetition's output to an input of the next" in proc.stderr, proc.stderr
