@@ -136,6 +136,13 @@ def gru_cell(n: NodeSpec, x_shape: tuple, h_shape: tuple) -> tuple:
                         f"'{h}' has shape {S.fmt(h_shape)}", mark=n.mark, node=n.user_node,
                         hint=f"pass a state of width {units}, or set units={h_shape[-1]}"
                         if h_shape else "pass the previous step's state")
+    try:
+        OPS[n.op].infer([x_shape, h_shape], n.attrs)
+    except S.ShapeError as exc:
+        raise SpecError(f"gru_cell's x {S.fmt(x_shape)} and state h {S.fmt(h_shape)} need "
+                        f"leading (batch) dims that broadcast: {exc}", mark=n.mark,
+                        node=n.user_node, hint="give x [..., in] and h [..., units] the same "
+                        "batch dims (one time step of x: per_step:, or slice)") from None
     bound = 1.0 / sqrt(units)
     init = {"uniform": {"low": -bound, "high": bound}}
     params = [LayerParam(f"{o}.{name}", shape, init, n.mark)

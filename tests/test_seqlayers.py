@@ -283,6 +283,9 @@ def test_a_shared_gru_cell_reads_the_first_ones_params(tmp_path):
     (BLOCK, "mlp=12", "mlp=12, activation=gelo", 5, "has no activation 'gelo'"),
     (GRU, "units=4", "units=5", 6, "gru_cell's state h must be [..., 5] (units=5), but 'h0'"),
     (GRU, ", units=4", "", 6, "op 'gru_cell' needs attribute 'units'"),
+    # before: "shape mismatch in add" between the layer's inner nodes g/x_r and g/h_r
+    (GRU, "x: [batch, 3]", "x: [batch, seq, 3]", 6, "gru_cell's x [batch, seq, 3] and state "
+     "h [batch, 4] need leading (batch) dims that broadcast"),
     (POS, "x: [batch, 5, 8]", "x: [batch, seq, 8]", 5, "T and D fixed sizes"),
     (MHA, "x: [batch, 5, 8]", "x: [batch, 5, width]", 5, "last dim is a fixed size"),
     (TIED, "share=s1", "share=x1", 9, "share=x1 is not an earlier gru_cell layer"),
