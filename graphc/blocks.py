@@ -224,6 +224,7 @@ def repeats(inst: Instance, block: Block, inputs: Mapping, share, leaves: dict) 
                         node=inst.name, hint=did_you_mean(str(chain), block.inputs) or
                         "give the block an input that takes the previous repetition's output")
     per_step = _per_step(inst, block, chain)
+    _check_steps(inst, per_step, inputs, leaves, count)
     out, prev = [], inputs[chain]
     for k in range(1, count + 1):
         name = inst.name if k == count else f"{inst.name}/{k}"
@@ -252,6 +253,22 @@ def _per_step(inst: Instance, block: Block, chain: str) -> dict:
                         hint="e.g. per_step: {x: 1} feeds repetition k the slice "
                              "x[:, k-1:k]")
     return dict(given)
+
+
+def _check_steps(inst: Instance, per_step: Mapping, inputs: Mapping, leaves: Mapping,
+                 count: int) -> None:
+    """Each `per_step` input that is a leaf of fixed size along its axis holds `count` steps:
+    found before the N repetitions are written out (else the slice of the repetition that
+    runs out says so, after all of them)."""
+    for put, axis in per_step.items():
+        leaf = leaves.get(inputs[put])
+        shape = leaf.shape if leaf is not None else ()
+        steps = shape[axis] if -len(shape) <= axis < len(shape) else None
+        if S.is_int(steps) and steps < count:
+            raise SpecError(f"per_step reads {count} steps of '{inputs[put]}' along axis "
+                            f"{axis}, which has {steps}", mark=inst.raw.mark_of("per_step"),
+                            node=inst.name, hint=f"repeat: {steps} at most, or feed a "
+                            f"longer '{inputs[put]}'")
 
 
 def _bind_inputs(inst: Instance, block: Block, known: set) -> dict:
