@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import graphlib
 from math import prod, sqrt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Optional
 
 from . import shapes as S
@@ -46,13 +46,17 @@ def expand_layers(leaf_shapes: Mapping[str, tuple], nodes, expansions=None) -> t
     if not any(OPS[n.op].group == "layer" for n in nodes):
         return [], list(nodes)
     shapes = infer_shapes(leaf_shapes, nodes)
-    params, out, made = [], [], {}
+    params, out, made, owner = [], [], {}, {}    # owner: sharing layer -> whose params
     for n in nodes:
         if OPS[n.op].group == "layer" and all(i in shapes for i in n.inputs):
+            share = n.attrs.get("share")
+            if share:       # sharing a layer that shares: the params' owner, s3 -> s2 -> s1
+                n = replace(n, attrs={**n.attrs, "share": owner.get(share, share)})
             expand = (expansions or EXPANSIONS)[n.op]
             layer_params, layer_nodes = expand(n, *(shapes[i] for i in n.inputs))
-            if n.attrs.get("share"):
+            if share:
                 _check_shared(n, layer_params, made)
+                owner[n.name] = n.attrs["share"]
             else:
                 _check_fresh(n, layer_params, leaf_shapes)
                 params += layer_params

@@ -274,6 +274,23 @@ def test_a_shared_gru_cell_reads_the_first_ones_params(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+def test_a_layer_sharing_a_sharing_layer_reads_the_first_ones_params(tmp_path):
+    # s3 shares s2, which shares s1: before, "share=s2 is not an earlier gru_cell layer"
+    text = TIED.replace("x: [batch, 2]", "x: [batch, 3]").replace(
+        "  loss: sum(s2 * s2)\noutputs: [s2]", "  x3: slice(x, axis=1, start=2, stop=3)\n"
+        "  s3: gru_cell(x3, s2, units=3, share=s2)\n  loss: sum(s3 * s3)\noutputs: [s3]")
+    spec = load_spec(spec_at(tmp_path, text))
+    assert sorted(leaves_of(spec)) == ["s1.W_hh", "s1.W_ih", "s1.b_hh", "s1.b_ih"]
+    model, P = loaded(tmp_path, text)
+    rng = np.random.default_rng(7)
+    x, h = rng.normal(size=(2, 3)), rng.normal(size=(2, 3))
+    want = h
+    for k in range(3):
+        want = gru_ref(x[:, k:k + 1], want, P, "s1", 3)
+    got = model.predict({"x": x, "h0": h}, outputs=["s3"])["s3"]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 # --- located errors ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, old, new, line, says", [
