@@ -129,16 +129,28 @@ def expand_instances(items: list, blocks: Mapping[str, Block], leaves: dict) -> 
     of_block = {i.name: i.raw.get("block") for i in items
                 if isinstance(i, Instance) and "repeat" not in i.raw}
     known = set(leaves) | {i.name for i in items}
+    shares = {i.name: i.raw.get("share") for i in items if i.name in of_block}
     out = []
     for item in items:
         if isinstance(item, Instance):
-            out += _instantiate(item, blocks, of_block, leaves, known)
+            out += _instantiate(item, blocks, of_block, leaves, known, shares)
         else:
             out.append(item)
     return out
 
 
-def _instantiate(inst: Instance, blocks, of_block: Mapping, leaves: dict, known: set) -> list:
+def _owner(share: Optional[str], shares: Mapping) -> Optional[str]:
+    """The instance whose params sharing `share` reads: `share` itself, or, where that one
+    shares too, the instance it reads from (c shares b, b shares a: a)."""
+    seen = set()
+    while isinstance(shares.get(share), str) and share not in seen:
+        seen.add(share)
+        share = shares[share]
+    return share
+
+
+def _instantiate(inst: Instance, blocks, of_block: Mapping, leaves: dict, known: set,
+                 shares: Mapping) -> list:
     raw = inst.raw
     check_keys(raw, INSTANCE_KEYS, f"the instance '{inst.name}'", node=inst.name)
     block = blocks.get(raw["block"]) if isinstance(raw["block"], str) else None
@@ -147,6 +159,7 @@ def _instantiate(inst: Instance, blocks, of_block: Mapping, leaves: dict, known:
                         node=inst.name, hint=did_you_mean(str(raw["block"]), blocks) or
                         "define it under blocks:")
     share = _share_of(inst, block, of_block)
+    share = _owner(share, shares) if isinstance(share, str) else share
     inputs = _bind_inputs(inst, block, known)
     if "repeat" in raw:
         return repeats(inst, block, inputs, share, leaves)

@@ -187,3 +187,32 @@ def test_an_error_in_a_block_layer_names_the_block_node_it_lies_in(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "block 'cell', instance 'h1': node 'h1/pre': dense has no activation 'rleu'" in \
         proc.stderr, proc.stderr
+
+
+CHAIN = """inputs:
+  x: {value: [[1.0, 2.0]]}
+blocks:
+  lin:
+    inputs: [x]
+    params:
+      W: {value: [[0.5, 1.0], [-1.0, 2.0]]}
+    nodes:
+      out: x @ W
+nodes:
+  a: {block: lin, inputs: [x]}
+  b: {block: lin, inputs: [a], share: a}
+  c: {block: lin, inputs: [b], share: b}
+  loss: sum(c)
+"""
+
+
+def test_sharing_an_instance_that_shares_reads_the_first_ones_params(tmp_path):
+    # c shares b, which shares a: before, "unknown name 'b.W'; did you mean 'a.W'?"
+    proc = graphc("check", cli_spec(tmp_path, CHAIN))
+    assert proc.returncode == 0, proc.stderr
+    assert "c (1 nodes; params a.W)" in proc.stdout, proc.stdout
+    # loss = sum(x W W W): x W = [-1.5, 5], x W W = [-5.75, 8.5], x W W W = [-11.375, 11.25]
+    proc = graphc("grad", cli_spec(tmp_path, CHAIN), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["loss"] == pytest.approx(-0.125) and set(out["grads"]) == {"x", "a.W"}
