@@ -17,7 +17,7 @@ from .limits import paused_gc
 from .ops import OPS
 
 
-class _Emit:
+class Emit:
     """`emit(op, *inputs, **attrs)`: add a backward node named after the forward one."""
 
     def __init__(self, builder: GraphBuilder):
@@ -59,7 +59,7 @@ def grad_graph(graph: Graph, wrt, seed: Optional[str] = None) -> GradGraph:
     every gradient is then scaled by it (training folds the learning rate in this way).
     """
     b = GraphBuilder(graph.dtype, graph.nodes)
-    emit = _Emit(b)
+    emit = Emit(b)
     need = path_nodes(graph, wrt)
     pending = {name: [] for name in need | {graph.loss}}   # no params: need is empty
     if seed is None:
@@ -90,7 +90,7 @@ def grad_graph(graph: Graph, wrt, seed: Optional[str] = None) -> GradGraph:
     return GradGraph(out, {**totals, **{w: totals.get(w) for w in wrt}})
 
 
-def _total(emit: _Emit, node: Node, contributions: list) -> str:
+def _total(emit: Emit, node: Node, contributions: list) -> str:
     """Sum the fan-out contributions, each first un-broadcast to the node's shape."""
     parts = [c if emit.shape(c) == node.shape else emit("sum_to", c, shape=node.shape)
              for c in contributions]

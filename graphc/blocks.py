@@ -129,16 +129,28 @@ def expand_instances(items: list, blocks: Mapping[str, Block], leaves: dict) -> 
     of_block = {i.name: i.raw.get("block") for i in items
                 if isinstance(i, Instance) and "repeat" not in i.raw}
     known = set(leaves) | {i.name for i in items}
+    shares = {i.name: i.raw.get("share") for i in items if i.name in of_block}
     out = []
     for item in items:
         if isinstance(item, Instance):
-            out += _instantiate(item, blocks, of_block, leaves, known)
+            out += _instantiate(item, blocks, of_block, leaves, known, shares)
         else:
             out.append(item)
     return out
 
 
-def _instantiate(inst: Instance, blocks, of_block: Mapping, leaves: dict, known: set) -> list:
+def _owner(share: Optional[str], shares: Mapping) -> Optional[str]:
+    """The instance whose params sharing `share` reads: `share` itself, or, where that one
+    shares too, the instance it reads from (c shares b, b shares a: a)."""
+    seen = set()
+    while isinstance(shares.get(share), str) and share not in seen:
+        seen.add(share)
+        share = shares[share]
+    return share
+
+
+def _instantiate(inst: Instance, blocks, of_block: Mapping, leaves: dict, known: set,
+                 shares: Mapping) -> list:
     raw = inst.raw
     check_keys(raw, INSTANCE_KEYS, f"the instance '{inst.name}'", node=inst.name)
     block = blocks.get(raw["block"]) if isinstance(raw["block"], str) else None
@@ -147,6 +159,7 @@ def _instantiate(inst: Instance, blocks, of_block: Mapping, leaves: dict, known:
                         node=inst.name, hint=did_you_mean(str(raw["block"]), blocks) or
                         "define it under blocks:")
     share = _share_of(inst, block, of_block)
+    share = _owner(share, shares) if isinstance(share, str) else share
     inputs = _bind_inputs(inst, block, known)
     if "repeat" in raw:
         return repeats(inst, block, inputs, share, leaves)
@@ -166,10 +179,12 @@ def _share_of(inst: Instance, block: Block, of_block: Mapping):
     unshared = next((n for n in block.nodes if OPS[n.op].group == "layer" and
                      "share" not in OPS[n.op].attrs), None)
     if unshared is not None:
-        raise SpecError(f"block '{block.name}' uses the layer {unshared.op}, whose params are "
+        written = next((op for op, d in OPS.items() if d.layer_form == unshared.op), unshared.op)
+        raise SpecError(f"block '{block.name}' uses the layer {written}, whose params are "
                         "each instance's own: share: cannot tie them", mark=inst.raw.mark_of(
                             "share"), node=inst.name, hint="declare the params in the block's "
-                        "params: and write the layer's ops (x @ W + b)")
+                        "params: and pass them to the op (dense: x @ W + b; layer_norm(x, "
+                        "gamma, beta))")
     if share is True and "repeat" in inst.raw:
         return True
     if not isinstance(share, str) or of_block.get(share) != block.name:
@@ -215,13 +230,19 @@ def repeats(inst: Instance, block: Block, inputs: Mapping, share, leaves: dict) 
                         f"'{block.name}' {count} times, more than the {MAX_VALUES} values a "
                         "spec may hold", mark=raw.mark_of("repeat"), node=inst.name,
                         hint="a spec this large is not compiled; repeat fewer times")
-    chain = raw.get("chain", block.inputs[0] if block.inputs else None)
+    if not block.inputs:
+        raise SpecError(f"block '{block.name}' has no inputs, and repeat: feeds each "
+                        "repetition's output to an input of the next", node=inst.name,
+                        mark=raw.mark_of("repeat"), hint="give the block an input (inputs: "
+                        "[x]) that takes the previous repetition's output")
+    chain = raw.get("chain", block.inputs[0])
     if chain not in block.inputs:
         raise SpecError(f"chain {short(chain)} is not an input of block '{block.name}'",
                         mark=raw.mark_of("chain") if "chain" in raw else raw.mark_of("repeat"),
                         node=inst.name, hint=did_you_mean(str(chain), block.inputs) or
                         "give the block an input that takes the previous repetition's output")
     per_step = _per_step(inst, block, chain)
+    _check_steps(inst, per_step, inputs, leaves, count)
     out, prev = [], inputs[chain]
     for k in range(1, count + 1):
         name = inst.name if k == count else f"{inst.name}/{k}"
@@ -250,6 +271,22 @@ def _per_step(inst: Instance, block: Block, chain: str) -> dict:
                         hint="e.g. per_step: {x: 1} feeds repetition k the slice "
                              "x[:, k-1:k]")
     return dict(given)
+
+
+def _check_steps(inst: Instance, per_step: Mapping, inputs: Mapping, leaves: Mapping,
+                 count: int) -> None:
+    """Each `per_step` input that is a leaf of fixed size along its axis holds `count` steps:
+    found before the N repetitions are written out (else the slice of the repetition that
+    runs out says so, after all of them)."""
+    for put, axis in per_step.items():
+        leaf = leaves.get(inputs[put])
+        shape = leaf.shape if leaf is not None else ()
+        steps = shape[axis] if -len(shape) <= axis < len(shape) else None
+        if S.is_int(steps) and steps < count:
+            raise SpecError(f"per_step reads {count} steps of '{inputs[put]}' along axis "
+                            f"{axis}, which has {steps}", mark=inst.raw.mark_of("per_step"),
+                            node=inst.name, hint=f"repeat: {steps} at most, or feed a "
+                            f"longer '{inputs[put]}'")
 
 
 def _bind_inputs(inst: Instance, block: Block, known: set) -> dict:

@@ -41,7 +41,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from . import shapes as S
-from .autodiff import _Emit, check_params_reach_loss, grad_graph
+from .autodiff import Emit, check_params_reach_loss, grad_graph
 from .ir import Graph, GraphBuilder, toposort, verify_graph
 from .model import Model, Runner, differentiable_leaves
 from .ops import OPS
@@ -150,7 +150,7 @@ def piece_graph(graph: Graph) -> tuple:
     """(the graph plus, for every node whose op has a `piece`, its piece values; their
     names): equal at two points exactly when both lie on the same pieces of every node."""
     b = GraphBuilder(graph.dtype, graph.nodes)
-    emit, pieces = _Emit(b), []
+    emit, pieces = Emit(b), []
     for node in graph.nodes.values():
         if OPS[node.op].piece:
             emit.prefix, emit.mark = f"piece:{node.name}/", node.mark

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import graphlib
 from math import prod, sqrt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Optional
 
 from . import shapes as S
@@ -46,13 +46,17 @@ def expand_layers(leaf_shapes: Mapping[str, tuple], nodes, expansions=None) -> t
     if not any(OPS[n.op].group == "layer" for n in nodes):
         return [], list(nodes)
     shapes = infer_shapes(leaf_shapes, nodes)
-    params, out, made = [], [], {}
+    params, out, made, owner = [], [], {}, {}    # owner: sharing layer -> whose params
     for n in nodes:
         if OPS[n.op].group == "layer" and all(i in shapes for i in n.inputs):
+            share = n.attrs.get("share")
+            if share:       # sharing a layer that shares: the params' owner, s3 -> s2 -> s1
+                n = replace(n, attrs={**n.attrs, "share": owner.get(share, share)})
             expand = (expansions or EXPANSIONS)[n.op]
             layer_params, layer_nodes = expand(n, *(shapes[i] for i in n.inputs))
-            if n.attrs.get("share"):
+            if share:
                 _check_shared(n, layer_params, made)
+                owner[n.name] = n.attrs["share"]
             else:
                 _check_fresh(n, layer_params, leaf_shapes)
                 params += layer_params
@@ -121,7 +125,7 @@ def dense(n: NodeSpec, x_shape: tuple) -> tuple:
         raise SpecError(f"dense needs an input whose last dim is a fixed size, but '{x}' has "
                         f"shape {S.fmt(x_shape)}", mark=n.mark, node=n.user_node,
                         hint="reshape it first, e.g. reshape(x, shape=[batch, -1])")
-    _check_activation(n, "dense")
+    check_activation(n, "dense")
     init = n.attrs["init"] or (OPS[activation].layer_init if activation else "glorot_uniform")
     W, b = f"{n.name}.W", f"{n.name}.b"
     params = [LayerParam(W, (x_shape[-1], units), init, n.mark)]
@@ -132,7 +136,8 @@ def dense(n: NodeSpec, x_shape: tuple) -> tuple:
     return params, _chain(n, steps)
 
 
-def _check_activation(n: NodeSpec, layer: str) -> None:
+def check_activation(n: NodeSpec, layer: str) -> None:
+    """SpecError at n unless its `activation` attribute is None or an activation op."""
     activation = n.attrs["activation"]
     if activation is not None and activation not in ACTIVATIONS:
         raise SpecError(f"{layer} has no activation '{activation}'", mark=n.mark,
@@ -161,7 +166,7 @@ def conv(n: NodeSpec, x_shape: tuple) -> tuple:
     *kernel], b [out_channels]. The default init of W is PyTorch-fanned (fan_in = C ·
     prod(kernel)): He normal before a relu-like activation, else Glorot uniform."""
     op = n.op.removesuffix("_layer")
-    _check_activation(n, op)
+    check_activation(n, op)
     try:
         OPS[n.op].infer([x_shape], n.attrs)
     except S.ShapeError as exc:

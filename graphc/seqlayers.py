@@ -15,7 +15,7 @@ from math import sqrt
 from . import shapes as S
 from .errors import SpecError
 from .expr import NodeSpec
-from .layers import EXPANSIONS, LayerParam, _check_activation
+from .layers import EXPANSIONS, LayerParam, check_activation
 from .ops import OPS, attrs_with_defaults
 
 
@@ -86,7 +86,7 @@ def transformer_block(n: NodeSpec, x_shape: tuple) -> tuple:
     + b2, W1 [D, mlp] (the init dense picks for the activation), W2 [mlp, D] (Glorot)."""
     x, o = n.inputs[0], _owner(n)
     width = _fixed_width(n, x, x_shape, 2)
-    _check_activation(n, n.op)
+    check_activation(n, n.op)
     hidden, act = n.attrs["mlp"] or 4 * width, n.attrs["activation"]
     norms = [LayerParam(f"{o}.{norm}_{p}", (width,), init, n.mark)
              for norm in ("norm1", "norm2") for p, init in (("gamma", "ones"), ("beta", "zeros"))]
@@ -136,6 +136,13 @@ def gru_cell(n: NodeSpec, x_shape: tuple, h_shape: tuple) -> tuple:
                         f"'{h}' has shape {S.fmt(h_shape)}", mark=n.mark, node=n.user_node,
                         hint=f"pass a state of width {units}, or set units={h_shape[-1]}"
                         if h_shape else "pass the previous step's state")
+    try:
+        OPS[n.op].infer([x_shape, h_shape], n.attrs)
+    except S.ShapeError as exc:
+        raise SpecError(f"gru_cell's x {S.fmt(x_shape)} and state h {S.fmt(h_shape)} need "
+                        f"leading (batch) dims that broadcast: {exc}", mark=n.mark,
+                        node=n.user_node, hint="give x [..., in] and h [..., units] the same "
+                        "batch dims (one time step of x: per_step:, or slice)") from None
     bound = 1.0 / sqrt(units)
     init = {"uniform": {"low": -bound, "high": bound}}
     params = [LayerParam(f"{o}.{name}", shape, init, n.mark)

@@ -112,8 +112,13 @@ ERRORS = [
      "block 'cell'; did you mean 'h'?"),
     (("per_step: {x: 0}", "per_step: {h: 0}"), "per_step is {'h': 0}, expected a mapping "
      "{INPUT: AXIS} of inputs of block 'cell' other than the chained 'h'"),
-    (("repeat: 2", "repeat: 3"), "spec.yaml:15:68: block 'cell', instance 'h': node 'h/x': "
-     "shape mismatch in slice: slice 2:3 of axis 0 (size 2)"),
+    # a leaf input too short for repeat: found before the repetitions are written out
+    (("repeat: 2", "repeat: 3"), "spec.yaml:15:68: node 'h': per_step reads 3 steps of 'x' "
+     "along axis 0, which has 2; repeat: 2 at most"),
+    (("repeat: 2", "repeat: 100000000"), "per_step reads 100000000 steps of 'x' along axis 0"),
+    # a computed input: the slice of the repetition that runs out says so
+    (("inputs: [x, h0]", "inputs: [x2, h0]"), "spec.yaml:15:69: block 'cell', instance 'h': "
+     "node 'h/x': shape mismatch in slice: slice 1:2 of axis 0 (size 1)"),
     (("x @ W + h", "x @ W @ W @ x + h"), "block 'cell', instance 'h/1': node 'h/1/pre': shape "
      "mismatch in matmul"),
     # the fuzzer's find: a huge count was expanded node by node (minutes) before any check
@@ -125,7 +130,9 @@ ERRORS = [
 @pytest.mark.parametrize("edit, message", ERRORS, ids=[m[:30] for _, m in ERRORS])
 def test_repeat_errors_are_located(tmp_path, edit, message):
     assert edit[0] in TIED
-    proc = graphc("check", cli_spec(tmp_path, TIED.replace(*edit)))
+    text = TIED.replace(*edit).replace("  loss:", "  x2: slice(x, axis=0, start=0, stop=1)\n"
+                                       "  loss:")
+    proc = graphc("check", cli_spec(tmp_path, text), timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
 
@@ -150,3 +157,13 @@ def test_a_repeated_instance_cannot_be_shared_by_name(tmp_path):
     proc = graphc("check", cli_spec(tmp_path, text))
     assert proc.returncode == 2 and "share 'h' is not an instance of block 'cell'" in \
         proc.stderr, proc.stderr
+
+
+def test_repeat_of_a_block_without_inputs_is_located(tmp_path):
+    # before: "chain None is not an input of block 'lin'", a name the spec never wrote
+    text = STACK.replace("    inputs: [x]\n    params", "    params").replace(
+        "x @ W", "W @ W").replace("inputs: [x], repeat", "repeat")
+    proc = graphc("check", cli_spec(tmp_path, text))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr
+    assert "spec.yaml:11:27: node 'h': block 'lin' has no inputs, and repeat: feeds each " \
+        "repetition's output to an input of the next" in proc.stderr, proc.stderr

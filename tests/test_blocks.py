@@ -152,13 +152,20 @@ def test_grad_json_reports_instance_params(tmp_path):
     assert set(grads) == {"x1", "x2", "h0", "h1.W", "h1.b"}
 
 
-def test_share_refuses_a_block_with_a_layer(tmp_path):
+@pytest.mark.parametrize("layer, written", [
+    ("dense(pre, units=2)", "dense"),
+    # the layer forms are named as the spec writes them: before, "the layer
+    # layer_norm_layer" and "conv1d_layer", names the spec never wrote
+    ("layer_norm(pre)", "layer_norm"),
+    ("flatten(conv1d(reshape(pre, shape=[1, 1, 2]), out_channels=1, kernel=1))", "conv1d"),
+])
+def test_share_refuses_a_block_with_a_layer(tmp_path, layer, written):
     # dense creates <node>.W per instance: share: would silently leave them untied
-    text = TIED.replace("      out: tanh(pre + b)", "      out: dense(pre, units=2)")
+    text = TIED.replace("      out: tanh(pre + b)", f"      out: {layer}")
     proc = graphc("check", cli_spec(tmp_path, text))
-    assert proc.returncode == 2
-    assert "block 'cell' uses the layer dense, whose params are each instance's own" in \
-        proc.stderr
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ")
+    assert f"block 'cell' uses the layer {written}, whose params are each instance's own" \
+        in proc.stderr, proc.stderr
 
 
 def test_a_layer_output_may_not_take_the_name_of_a_block_param(tmp_path):
@@ -180,3 +187,32 @@ def test_an_error_in_a_block_layer_names_the_block_node_it_lies_in(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "block 'cell', instance 'h1': node 'h1/pre': dense has no activation 'rleu'" in \
         proc.stderr, proc.stderr
+
+
+CHAIN = """inputs:
+  x: {value: [[1.0, 2.0]]}
+blocks:
+  lin:
+    inputs: [x]
+    params:
+      W: {value: [[0.5, 1.0], [-1.0, 2.0]]}
+    nodes:
+      out: x @ W
+nodes:
+  a: {block: lin, inputs: [x]}
+  b: {block: lin, inputs: [a], share: a}
+  c: {block: lin, inputs: [b], share: b}
+  loss: sum(c)
+"""
+
+
+def test_sharing_an_instance_that_shares_reads_the_first_ones_params(tmp_path):
+    # c shares b, which shares a: before, "unknown name 'b.W'; did you mean 'a.W'?"
+    proc = graphc("check", cli_spec(tmp_path, CHAIN))
+    assert proc.returncode == 0, proc.stderr
+    assert "c (1 nodes; params a.W)" in proc.stdout, proc.stdout
+    # loss = sum(x W W W): x W = [-1.5, 5], x W W = [-5.75, 8.5], x W W W = [-11.375, 11.25]
+    proc = graphc("grad", cli_spec(tmp_path, CHAIN), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["loss"] == pytest.approx(-0.125) and set(out["grads"]) == {"x", "a.W"}

@@ -274,6 +274,23 @@ def test_a_shared_gru_cell_reads_the_first_ones_params(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+def test_a_layer_sharing_a_sharing_layer_reads_the_first_ones_params(tmp_path):
+    # s3 shares s2, which shares s1: before, "share=s2 is not an earlier gru_cell layer"
+    text = TIED.replace("x: [batch, 2]", "x: [batch, 3]").replace(
+        "  loss: sum(s2 * s2)\noutputs: [s2]", "  x3: slice(x, axis=1, start=2, stop=3)\n"
+        "  s3: gru_cell(x3, s2, units=3, share=s2)\n  loss: sum(s3 * s3)\noutputs: [s3]")
+    spec = load_spec(spec_at(tmp_path, text))
+    assert sorted(leaves_of(spec)) == ["s1.W_hh", "s1.W_ih", "s1.b_hh", "s1.b_ih"]
+    model, P = loaded(tmp_path, text)
+    rng = np.random.default_rng(7)
+    x, h = rng.normal(size=(2, 3)), rng.normal(size=(2, 3))
+    want = h
+    for k in range(3):
+        want = gru_ref(x[:, k:k + 1], want, P, "s1", 3)
+    got = model.predict({"x": x, "h0": h}, outputs=["s3"])["s3"]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 # --- located errors ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, old, new, line, says", [
@@ -283,6 +300,9 @@ def test_a_shared_gru_cell_reads_the_first_ones_params(tmp_path):
     (BLOCK, "mlp=12", "mlp=12, activation=gelo", 5, "has no activation 'gelo'"),
     (GRU, "units=4", "units=5", 6, "gru_cell's state h must be [..., 5] (units=5), but 'h0'"),
     (GRU, ", units=4", "", 6, "op 'gru_cell' needs attribute 'units'"),
+    # before: "shape mismatch in add" between the layer's inner nodes g/x_r and g/h_r
+    (GRU, "x: [batch, 3]", "x: [batch, seq, 3]", 6, "gru_cell's x [batch, seq, 3] and state "
+     "h [batch, 4] need leading (batch) dims that broadcast"),
     (POS, "x: [batch, 5, 8]", "x: [batch, seq, 8]", 5, "T and D fixed sizes"),
     (MHA, "x: [batch, 5, 8]", "x: [batch, 5, width]", 5, "last dim is a fixed size"),
     (TIED, "share=s1", "share=x1", 9, "share=x1 is not an earlier gru_cell layer"),
