@@ -102,11 +102,11 @@ def test_softmax_cross_entropy_within_1e6_relative():
                        z, labels)
     loss = run_kernel("softmax_cross_entropy", np.empty((), np.float32), z, labels, stats)
     got, got_loss = np.empty_like(stats), np.empty((), np.float32)
-    e, s, picked = F._unpack(got, rows, classes)
+    e, s, picked = F.unpack_stats(got, rows, classes)
     F.softmax_ce(z, labels, e, s, picked, got_loss, F._inverse(rows, np.float32))
     np.testing.assert_allclose(got, stats, rtol=1e-6)
     np.testing.assert_allclose(got_loss, loss, rtol=1e-6)
-    same_bits(picked, F._unpack(stats, rows, classes)[2])      # a subtraction: exact
+    same_bits(picked, F.unpack_stats(stats, rows, classes)[2])      # a subtraction: exact
 
 
 def test_softmax_cross_entropy_gradient_is_bit_for_bit_given_the_stats():
@@ -116,7 +116,7 @@ def test_softmax_cross_entropy_gradient_is_bit_for_bit_given_the_stats():
                        z, labels)
     g = np.asarray(0.3, np.float32)
     expect = run_kernel("softmax_cross_entropy_grad", np.empty_like(z), g, z, labels, stats)
-    e, s, _ = F._unpack(stats, rows, classes)
+    e, s, _ = F.unpack_stats(stats, rows, classes)
     got = np.empty_like(z)
     F.softmax_ce_grad(g, e, s, labels, got, F._inverse(rows, np.float32))
     same_bits(got, expect)

@@ -35,7 +35,7 @@ from numba import njit
 from numba.core.dispatcher import Dispatcher
 
 from .bind import source
-from .softmax import _rows, _unpack
+from .softmax import logit_rows, unpack_stats
 
 
 @njit(cache=True)
@@ -328,8 +328,8 @@ def _softmax(runs, i, facts):
     loss = facts.values[nxt[0].outputs[0]]
     if not _floats(logits, stats, loss):
         return None
-    rows, classes = _rows(logits)
-    e, s, picked = _unpack(stats, rows, classes)
+    rows, classes = logit_rows(logits)
+    e, s, picked = unpack_stats(stats, rows, classes)
     return ((step, nxt[0]), source(
         "softmax_ce(z, labels, e, s, picked, loss, inv_rows)", softmax_ce=softmax_ce,
         z=logits.reshape(rows, classes), labels=labels.reshape(rows), e=e, s=s,
@@ -343,8 +343,8 @@ def _softmax_grad(runs, i, facts):
     g, logits, labels, stats, out = facts.arrays(step)
     if not (_floats(g, logits, stats, out) and g.ndim == 0):
         return None
-    rows, classes = _rows(logits)
-    e, s, _ = _unpack(stats, rows, classes)
+    rows, classes = logit_rows(logits)
+    e, s, _ = unpack_stats(stats, rows, classes)
     return ((step,), source(
         "softmax_ce_grad(g, e, s, labels, out, inv_rows)", softmax_ce_grad=softmax_ce_grad,
         g=g, e=e, s=s, labels=labels.reshape(rows), out=out.reshape(rows, classes),

@@ -14,12 +14,12 @@ from .bind import source
 from .workspace import constant, row_offsets, scratch
 
 
-def _rows(logits) -> tuple:
+def logit_rows(logits) -> tuple:
     classes = logits.shape[-1]
     return int(np.prod(logits.shape[:-1], dtype=np.int64)), classes
 
 
-def _unpack(stats, rows: int, classes: int) -> tuple:
+def unpack_stats(stats, rows: int, classes: int) -> tuple:
     """Views (e [rows, classes], s [rows], picked [rows]) of the packed stats value."""
     flat = stats.reshape(-1)
     cut = rows * classes
@@ -42,9 +42,9 @@ def row_max(x, out) -> tuple:
 
 def b_stats(out, logits, labels):
     """e = exp(z), s = sum(e) per row, z[label], z = logits - row max (stable)."""
-    rows, classes = _rows(logits)
+    rows, classes = logit_rows(logits)
     flat, lab = logits.reshape(rows, classes), labels.reshape(rows)
-    e, s, picked = _unpack(out, rows, classes)
+    e, s, picked = unpack_stats(out, rows, classes)
     mx = scratch((rows, 1), logits.dtype)
     maxima, cols = row_max(flat, mx[:, 0])
     return source("\n".join([
@@ -61,8 +61,8 @@ def b_stats(out, logits, labels):
 
 def b_loss(out, logits, labels, stats):
     """mean over rows of log s - z[label]."""
-    rows, classes = _rows(logits)
-    _, s, picked = _unpack(stats, rows, classes)
+    rows, classes = logit_rows(logits)
+    _, s, picked = unpack_stats(stats, rows, classes)
     return source("""
         np.log(s, out=log_s)
         np.subtract(log_s, picked, out=terms)
@@ -74,8 +74,8 @@ def b_loss(out, logits, labels, stats):
 
 def b_grad(out, g, logits, labels, stats):
     """g * (softmax(logits) - onehot(labels)) / rows = g / rows * (e / s - onehot)."""
-    rows, classes = _rows(logits)
-    e, s, _ = _unpack(stats, rows, classes)
+    rows, classes = logit_rows(logits)
+    e, s, _ = unpack_stats(stats, rows, classes)
     r = scratch((rows,), out.dtype)
     return source("""
         np.multiply(g, inv_rows, out=scale)
