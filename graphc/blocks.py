@@ -28,7 +28,7 @@ from . import shapes as S
 from .errors import Mark, SpecError, did_you_mean, short
 from .expr import NodeSpec
 from .leaves import LeafSpec, parse_leaf
-from .ops import OPS
+from .ops import OPS, written
 from .yamlload import MAX_VALUES, MarkedDict, check_keys
 
 BLOCK_KEYS = ("inputs", "params", "nodes", "output")
@@ -179,12 +179,11 @@ def _share_of(inst: Instance, block: Block, of_block: Mapping):
     unshared = next((n for n in block.nodes if OPS[n.op].group == "layer" and
                      "share" not in OPS[n.op].attrs), None)
     if unshared is not None:
-        written = next((op for op, d in OPS.items() if d.layer_form == unshared.op), unshared.op)
-        raise SpecError(f"block '{block.name}' uses the layer {written}, whose params are "
-                        "each instance's own: share: cannot tie them", mark=inst.raw.mark_of(
-                            "share"), node=inst.name, hint="declare the params in the block's "
-                        "params: and pass them to the op (dense: x @ W + b; layer_norm(x, "
-                        "gamma, beta))")
+        raise SpecError(f"block '{block.name}' uses the layer {written(unshared.op)}, whose "
+                        "params are each instance's own: share: cannot tie them",
+                        mark=inst.raw.mark_of("share"), node=inst.name,
+                        hint="declare the params in the block's params: and pass them to the "
+                        "op (dense: x @ W + b; layer_norm(x, gamma, beta))")
     if share is True and "repeat" in inst.raw:
         return True
     if not isinstance(share, str) or of_block.get(share) != block.name:

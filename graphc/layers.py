@@ -18,7 +18,7 @@ from typing import Mapping, Optional
 from . import shapes as S
 from .errors import Mark, SpecError, did_you_mean
 from .expr import NodeSpec
-from .ops import OPS, family
+from .ops import OPS, family, written
 from .ops.modal import channels
 from .ops.sequence import normed_width
 
@@ -90,7 +90,7 @@ def _check_fresh(n: NodeSpec, made: list, leaf_shapes: Mapping) -> None:
     already own `<instance>.W` (the block's param), which the layer must not replace."""
     for p in made:
         if p.name in leaf_shapes:
-            raise SpecError(f"the {n.op.removesuffix('_layer')} layer creates the {p.kind} "
+            raise SpecError(f"the {written(n.op)} layer creates the {p.kind} "
                             f"'{p.name}', but '{p.name}' is already declared", mark=n.mark,
                             node=n.user_node, hint="rename the block's param, or "
                             "make the layer a node that is not the block's output")
@@ -165,7 +165,7 @@ def conv(n: NodeSpec, x_shape: tuple) -> tuple:
     """(params, nodes) of `activation(convNd(x, W, b, ...))` at node n; W [out_channels, C,
     *kernel], b [out_channels]. The default init of W is PyTorch-fanned (fan_in = C ·
     prod(kernel)): He normal before a relu-like activation, else Glorot uniform."""
-    op = n.op.removesuffix("_layer")
+    op = written(n.op)
     check_activation(n, op)
     try:
         OPS[n.op].infer([x_shape], n.attrs)

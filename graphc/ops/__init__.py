@@ -52,6 +52,15 @@ def ops_in(group: str) -> list:
     return [name for name, op in OPS.items() if op.group == group]
 
 
+def written(op: str) -> str:
+    """The op as a spec writes it: `batch_norm` for the batch_norm_layer a one-input
+    batch_norm(x) stands for (its record's `layer_form`), else the op itself."""
+    return _WRITTEN.get(op, op)
+
+
+_WRITTEN = {record.layer_form: name for name, record in OPS.items() if record.layer_form}
+
+
 def family(name: str) -> list:
     """The forward ops of one family, in its module's order (dense's activations)."""
     return [op.name for op in FAMILIES[name] if op.group == "forward"]
