@@ -306,8 +306,7 @@ def check_table(result: GradCheck) -> str:
     head = ("leaf", "shape", "max abs error", "max rel error", "ok")
     rows = [head] + [(c.leaf, S.fmt(c.shape), f"{c.max_abs:.3e}", f"{c.max_rel:.3e}",
                       ("ok" if c.ok else "FAIL") + _counts(c)) for c in result.leaves]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = S.aligned(rows)
     failed = [c.leaf for c in result.leaves if not c.ok]
     verdict = (f"FAIL: {len(failed)} of {len(result.leaves)} leaves exceed" if failed
                else f"ok: {len(result.leaves)} leaves within")

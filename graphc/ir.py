@@ -118,9 +118,7 @@ class Graph:
         nodes = self.nodes.values()
         rows += [(n.name, n.op, ", ".join(n.inputs), shape, n.dtype)
                  for n, shape in zip(nodes, S.fmt_all(n.shape for n in nodes))]
-        widths = [max(map(len, column)) for column in zip(*rows)]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
-                         for r in rows)
+        return "\n".join(S.aligned(rows))
 
 
 def node_error(node: Node, message: str, hint: Optional[str] = None, context=()) -> SpecError:

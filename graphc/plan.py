@@ -341,6 +341,4 @@ def plan_table(plan: Plan) -> str:
             continue
         rows.append((str(s.index), s.phase, s.op, b.value, shape, str(b.bytes),
                      str(b.offset), f"{b.first_step}-{b.last_step}", b.in_place_of or "-"))
-    widths = [max(map(len, column)) for column in zip(*rows)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines + [plan_summary(plan)])
+    return "\n".join(S.aligned(rows) + [plan_summary(plan)])

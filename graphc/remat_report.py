@@ -2,6 +2,7 @@
 ("memory"), and what recomputing each value costs in flops."""
 from __future__ import annotations
 
+from . import shapes as S
 from .limits import fmt_bytes
 from .remat import PREFIX, Remat, node_flops
 
@@ -38,8 +39,7 @@ def saved_table(r: Remat) -> str:
     lines = [head] + [(x["value"], x["producer"], str(x["bytes"]),
                        "kept" if x["kept"] else f"recomputed ({PREFIX}{x['value']})",
                        str(x["recompute_flops"]) if not x["kept"] else "-") for x in rows]
-    widths = [max(len(x[i]) for x in lines) for i in range(len(head))]
-    text = ["  ".join(c.ljust(w) for c, w in zip(x, widths)).rstrip() for x in lines]
+    text = S.aligned(lines)
     kept = [x for x in rows if x["kept"]]   # rows, for their bytes
     fwd = forward_flops(r)
     share = f", {r.recompute_flops / fwd:.0%} of the forward pass" if fwd else ""

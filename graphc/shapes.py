@@ -46,6 +46,14 @@ def fmt_all(shapes) -> list:
     return [text[s] if s in text else text.setdefault(s, fmt(s)) for s in shapes]
 
 
+def aligned(rows) -> list:
+    """Rows of text cells as lines: each column padded to its widest cell, two spaces
+    between columns, no trailing spaces (the tables of check, plan and gradcheck)."""
+    rows = list(rows)
+    widths = [max(map(len, column)) for column in zip(*rows)]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
 def broadcast(*shapes: Shape) -> Shape:
     """NumPy broadcasting of symbolic shapes: align right, 1 stretches, else dims must be equal."""
     ndim = max(len(s) for s in shapes)
