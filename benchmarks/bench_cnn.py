@@ -6,9 +6,12 @@ For each model the script writes a graphc spec, compiles its training step (forw
 backward, plain SGD) through the Python API (`graphc.load(spec).step(feeds)`) and times
 it next to benchmarks/handwritten_cnn.py on the same layers, batch and initial weights,
 in the same process, interleaved rep by rep (A B, B A, ...) so machine noise hits all
-alike; PyTorch eager joins as a third column when `import torch` works (never a
-dependency). The table shows medians, p10s and the ratios; BLAS (and torch) run on one
-thread, set before NumPy loads.
+alike; PyTorch eager joins as a column when `import torch` works (never a
+dependency). graphc runs twice: its default step code (`generated`, NumPy kernels only:
+the `graphc` column) and, where numba imports, the `fused` step code (numba window
+kernels, backends/numpy/fused_conv.py: the `fused` column), each its own model from the
+same initial weights. The table shows medians, p10s and the ratios; BLAS (and torch)
+run on one thread, set before NumPy loads.
 """
 from __future__ import annotations
 
@@ -28,9 +31,11 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (add_model_args, aligned, check_model_args, median_p10_us,  # noqa: E402
                      run_models, timed)
+from bench_mlp import available_paths  # noqa: E402
 from handwritten_cnn import HandwrittenCNN  # noqa: E402
 
 import graphc  # noqa: E402
+from graphc.executor import using_step_code  # noqa: E402
 
 # name -> (input [C, H, W], batch, layers); ReLU after every conv and dense but the last
 MODELS = {
@@ -115,6 +120,16 @@ def torch_step(layers, params: list, lr: float):
     return step, torch
 
 
+def graphc_step(path: Path, step_code: str, feeds: dict):
+    """One training step of the spec at `path` under `step_code` (its own model)."""
+    model = graphc.load(path)
+
+    def step():
+        with using_step_code(step_code):        # the first step compiles the plan
+            return model.step(feeds)
+    return step
+
+
 def bench_model(name: str, reps: int, seconds: float, workdir: Path, with_torch: bool) -> dict:
     in_shape, batch, layers = MODELS[name]
     path = workdir / f"cnn_{name}.yaml"
@@ -125,6 +140,8 @@ def bench_model(name: str, reps: int, seconds: float, workdir: Path, with_torch:
     x = rng.standard_normal((batch,) + in_shape).astype(np.float32)
     y = rng.integers(0, 10, batch).astype(np.int64)
     calls = {"graphc": lambda: model.step({"x": x, "y": y}), "numpy": lambda: hand.step(x, y)}
+    if available_paths(["fused"]):
+        calls["fused"] = graphc_step(path, "fused", {"x": x, "y": y})
     torch_run = torch_step(layers, params_of(model), LR) if with_torch else None
     if torch_run is not None:
         step, torch = torch_run
@@ -140,25 +157,32 @@ def bench_model(name: str, reps: int, seconds: float, workdir: Path, with_torch:
            "graphc_over_numpy_p10": us["graphc"][1] / us["numpy"][1],
            "arena_bytes": plan.arena_bytes, "lower_bound_bytes": plan.lower_bound_bytes,
            "naive_bytes": plan.naive_bytes}
-    if "torch" in us:
-        out["graphc_over_torch"] = us["graphc"][0] / us["torch"][0]
-        out["graphc_over_torch_p10"] = us["graphc"][1] / us["torch"][1]
+    for a, b in (("fused", "numpy"), ("graphc", "torch"), ("fused", "torch")):
+        if a in us and b in us:
+            out[f"{a}_over_{b}"] = us[a][0] / us[b][0]
+            out[f"{a}_over_{b}_p10"] = us[a][1] / us[b][1]
     return out
 
 
+def _cell(r: dict, key: str) -> str:
+    """`median (p10)` of a time or ratio in the row, "-" where that contender did not run."""
+    if key not in r:
+        return "-"
+    p10 = r[key.replace("_us", "_p10_us") if key.endswith("_us") else key + "_p10"]
+    return f"{r[key]:.0f} ({p10:.0f})" if key.endswith("_us") else f"{r[key]:.2f} ({p10:.2f})"
+
+
 def table(rows) -> str:
-    head = ["model", "batch", "graphc us (p10)", "numpy us (p10)", "graphc/numpy (p10)",
-            "torch us (p10)", "graphc/torch (p10)", "arena MiB", "naive/arena"]
+    """graphc's default step (`graphc`), its fused step (`fused`), the hand-written NumPy
+    step and PyTorch: times and ratios, median (p10)."""
+    keys = ["graphc_us", "fused_us", "numpy_us", "torch_us", "graphc_over_numpy",
+            "fused_over_numpy", "graphc_over_torch", "fused_over_torch"]
+    head = ["model", "batch", "graphc us (p10)", "fused us (p10)", "numpy us (p10)",
+            "torch us (p10)", "graphc/numpy", "fused/numpy", "graphc/torch", "fused/torch",
+            "arena MiB", "naive/arena"]
     lines = [head]
     for r in rows:
-        t = "torch_us" in r
-        lines.append([r["model"], str(r["batch"]),
-                      f"{r['graphc_us']:.0f} ({r['graphc_p10_us']:.0f})",
-                      f"{r['numpy_us']:.0f} ({r['numpy_p10_us']:.0f})",
-                      f"{r['graphc_over_numpy']:.2f} ({r['graphc_over_numpy_p10']:.2f})",
-                      f"{r['torch_us']:.0f} ({r['torch_p10_us']:.0f})" if t else "-",
-                      f"{r['graphc_over_torch']:.2f} ({r['graphc_over_torch_p10']:.2f})"
-                      if t else "-",
+        lines.append([r["model"], str(r["batch"]), *(_cell(r, k) for k in keys),
                       f"{r['arena_bytes'] / 2**20:.2f}",
                       f"{r['naive_bytes'] / r['arena_bytes']:.2f}"])
     return aligned(lines, left=1)

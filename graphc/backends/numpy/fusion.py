@@ -35,6 +35,7 @@ from numba import njit
 from numba.core.dispatcher import Dispatcher
 
 from .bind import source
+from .fused_conv import CONV_PATTERNS
 from .softmax import logit_rows, unpack_stats
 
 
@@ -356,7 +357,8 @@ def _inverse(rows: int, dtype) -> np.ndarray:
     return np.asarray(1.0 / max(rows, 1), dtype=dtype)
 
 
-PATTERNS = (_bias, _relu_grad, _sgd, _sgd_momentum, _adam, _rmsprop, _softmax, _softmax_grad)
+PATTERNS = (_bias, _relu_grad, _sgd, _sgd_momentum, _adam, _rmsprop, _softmax, _softmax_grad,
+            *CONV_PATTERNS)
 
 
 def dispatched_once(call):

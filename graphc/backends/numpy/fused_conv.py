@@ -1,0 +1,204 @@
+"""Fused window kernels (numba): im2col, col2im, max pooling and its gradient as loops.
+
+On small images (the digits CNN's 8x8 and 4x4 planes) the NumPy kernels of conv.py and
+gather.py pay NumPy's per-call and per-row overhead many times per step; one loop over
+the windows pays none. fusion.py's `fuse_runs` offers each step of the fused step code
+to `CONV_PATTERNS` as to its own patterns, so these kernels run exactly where the fused
+MLP kernels do (`--step-code fused`, `GRAPHC_STEP_CODE=fused`).
+
+| step                    | fused kernel      | rounding vs NumPy |
+|-------------------------|-------------------|-------------------|
+| im2col (conv1d, conv2d) | `im2col`          | a copy: bit for bit |
+| col2im                  | `col2im`          | bit for bit       |
+| max_pool1d, max_pool2d  | `max_pool`        | bit for bit       |
+| max_pool_grad           | `max_pool_grad`   | bit for bit       |
+
+Bit for bit because the loops do the NumPy kernels' float operations in their order:
+a gradient starts at +0 and each position adds its terms kernel offset by kernel offset
+in row-major order (the order of conv.Scatter and gather.gather_sum); a window's max is
+np.maximum's `a if a > b or a is NaN else b` from the first offset on; a max-pool
+gradient term is `g * hit` with hit 1 or 0 in the dtype, so -0.0, NaN and inf come out
+as NumPy's. 1-D windows run as 2-D ones with one row. Each kernel is compiled for its
+step's geometry (kernel, stride, padding, dilation, input and output sizes) as
+constants: numba unrolls the window loops then (`specialized`).
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, types
+
+from ...ops.conv import geometry, output_size
+from .bind import source
+
+
+@njit(cache=True)
+def im2col(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, h, w, oh, ow):
+    """cols [N, C·KH·KW, OH·OW] = x [N, C, H, W] at (a·sh + i·dh - ph, b·sw + j·dw - pw)
+    for kernel offset (i, j) and output position (a, b); 0 where that is padding."""
+    planes = x.shape[0] * x.shape[1]
+    xs, cs = x.reshape(planes, h * w), cols.reshape(planes, kh * kw, oh * ow)
+    for p in range(planes):
+        for i in range(kh):
+            for j in range(kw):
+                for a in range(oh):
+                    r = a * sh + i * dh - ph
+                    for b in range(ow):
+                        q = b * sw + j * dw - pw
+                        if 0 <= r < h and 0 <= q < w:
+                            cs[p, i * kw + j, a * ow + b] = xs[p, r * w + q]
+                        else:
+                            cs[p, i * kw + j, a * ow + b] = 0
+
+
+@njit(cache=True)
+def col2im(dcols, out, kh, kw, sh, sw, ph, pw, dh, dw, h, w, oh, ow):
+    """out [N, C, H, W] = +0, then each column entry added back where im2col read it,
+    kernel offsets in row-major order (padding dropped)."""
+    planes = out.shape[0] * out.shape[1]
+    xs, cs = out.reshape(planes, h * w), dcols.reshape(planes, kh * kw, oh * ow)
+    xs[...] = 0
+    for p in range(planes):
+        for i in range(kh):
+            for j in range(kw):
+                for a in range(oh):
+                    r = a * sh + i * dh - ph
+                    for b in range(ow):
+                        q = b * sw + j * dw - pw
+                        if 0 <= r < h and 0 <= q < w:
+                            xs[p, r * w + q] += cs[p, i * kw + j, a * ow + b]
+
+
+@njit(cache=True)
+def max_pool(x, out, lowest, kh, kw, sh, sw, ph, pw, dh, dw, h, w, oh, ow):
+    """out [N, C, OH, OW] = the max over each window (padding `lowest`, 0-d: -inf), from
+    its first offset on as np.maximum(m, v) does: m if m > v or m is NaN, else v."""
+    planes, fill = x.shape[0] * x.shape[1], lowest[()]
+    xs, ys = x.reshape(planes, h * w), out.reshape(planes, oh * ow)
+    for p in range(planes):
+        for a in range(oh):
+            for b in range(ow):
+                m = fill
+                for i in range(kh):
+                    r = a * sh + i * dh - ph
+                    for j in range(kw):
+                        q = b * sw + j * dw - pw
+                        v = xs[p, r * w + q] if 0 <= r < h and 0 <= q < w else fill
+                        keep = (i + j > 0) & ((m > v) | (m != m))
+                        m = m if keep else v
+                ys[p, a * ow + b] = m
+
+
+@njit(cache=True)
+def max_pool_grad(g, x, y, out, taken, zero, lowest, kh, kw, sh, sw, ph, pw, dh, dw, h, w,
+                  oh, ow):
+    """out [N, C, H, W] = +0 plus g · hit for every (window, offset) reading a position,
+    offsets in row-major order; hit: x there (padding `lowest`) equals the window's max y
+    and no earlier offset of the window took it. `taken` [OH·OW] bools, `zero` 0-d."""
+    planes, z, fill = x.shape[0] * x.shape[1], zero[()], lowest[()]
+    xs, dx = x.reshape(planes, h * w), out.reshape(planes, h * w)
+    gs, ys = g.reshape(planes, oh * ow), y.reshape(planes, oh * ow)
+    dx[...] = 0
+    for p in range(planes):
+        taken[:] = False
+        for i in range(kh):
+            for j in range(kw):
+                for a in range(oh):
+                    r = a * sh + i * dh - ph
+                    for b in range(ow):
+                        q = b * sw + j * dw - pw
+                        o = a * ow + b
+                        inside = 0 <= r < h and 0 <= q < w
+                        v = xs[p, r * w + q] if inside else fill
+                        hit = (v == ys[p, o]) & (not taken[o])
+                        taken[o] = taken[o] | hit
+                        if inside:
+                            dx[p, r * w + q] += gs[p, o] if hit else gs[p, o] * z
+
+
+# --- the patterns: (runs, i, facts) -> (fused run, runs used) or None, as fusion.py's ---
+
+def _geo(x_shape, attrs, kernel=None) -> tuple:
+    """kernel, stride, padding, dilation, input and output sizes, two of each (1-D: one
+    row first), as the kernels' trailing int arguments."""
+    kernel, stride, padding, dilation = geometry(attrs, len(x_shape) - 2, kernel)
+    out = output_size(x_shape[2:], kernel, stride, padding, dilation)
+    row = len(x_shape) == 3
+    parts = [(1,) * row + kernel, (1,) * row + stride, (0,) * row + padding,
+             (1,) * row + dilation, (1,) * row + tuple(x_shape[2:]), (1,) * row + out]
+    return tuple(int(v) for p in parts for v in p)
+
+
+def specialized(kernel, *args):
+    """`kernel` compiled for these arrays with its int arguments as constants: numba then
+    unrolls the window loops and folds the index arithmetic (4x on 2x2 pooling of 8x8
+    planes). One compilation per geometry, kept in numba's cache like the others."""
+    return kernel.compile(tuple(types.literal(a) if isinstance(a, int) else numba.typeof(a)
+                                for a in args))
+
+
+def _arrays(step, facts, ops) -> list:
+    """The step's inputs and output when it is one of `ops` over C-contiguous arrays of one
+    float dtype, its output sharing no bytes with its inputs; else None."""
+    if step.op not in ops:
+        return None
+    arrays = facts.arrays(step)
+    out, floats = arrays[-1], [a for a in arrays if a.dtype.kind == "f"]
+    if not all(a.dtype == out.dtype and a.flags.c_contiguous for a in floats) or \
+            out.dtype.kind != "f" or any(np.shares_memory(out, a) for a in arrays[:-1]):
+        return None
+    return arrays
+
+
+def _fused(step, kernel, arrays: dict, geo: tuple):
+    """The fused run of one step: `kernel(*arrays, *geo)`, compiled for them."""
+    names = ", ".join(arrays)
+    call = specialized(kernel, *arrays.values(), *geo)
+    return ((step,), source(f"{kernel.__name__}({names}, *geo)",
+                            **{kernel.__name__: call}, **arrays, geo=geo)), 1
+
+
+def _im2col(runs, i, facts):
+    (step,), _ = runs[i]
+    arrays = _arrays(step, facts, ("im2col",))
+    if arrays is None:
+        return None
+    x, w, *_, cols = arrays
+    return _fused(step, im2col, {"x": x, "cols": cols},
+                  _geo(x.shape, step.attrs, list(w.shape[2:])))
+
+
+def _col2im(runs, i, facts):
+    (step,), _ = runs[i]
+    arrays = _arrays(step, facts, ("col2im",))
+    if arrays is None:
+        return None
+    dcols, out = arrays
+    return _fused(step, col2im, {"dcols": dcols, "out": out},
+                  _geo(out.shape, step.attrs, step.attrs["kernel"]))
+
+
+def _max_pool(runs, i, facts):
+    (step,), _ = runs[i]
+    arrays = _arrays(step, facts, ("max_pool1d", "max_pool2d"))
+    if arrays is None:
+        return None
+    x, out = arrays
+    return _fused(step, max_pool, {"x": x, "out": out,
+                                   "lowest": np.array(-np.inf, out.dtype)},
+                  _geo(x.shape, step.attrs))
+
+
+def _max_pool_grad(runs, i, facts):
+    (step,), _ = runs[i]
+    arrays = _arrays(step, facts, ("max_pool_grad",))
+    if arrays is None:
+        return None
+    g, x, y, out = arrays
+    return _fused(step, max_pool_grad, {
+        "g": g, "x": x, "y": y, "out": out,
+        "taken": np.zeros(y.shape[2:], bool).reshape(-1), "zero": np.zeros((), out.dtype),
+        "lowest": np.array(-np.inf, out.dtype)}, _geo(x.shape, step.attrs))
+
+
+CONV_PATTERNS = (_im2col, _col2im, _max_pool, _max_pool_grad)
