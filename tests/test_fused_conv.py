@@ -98,12 +98,34 @@ def test_fused_max_pool_and_its_gradient_equal_numpy_at_ties(monkeypatch, shape,
         same_bits(y, expect)
     g = rng.normal(size=y_shape).astype(dtype)
     g.reshape(-1)[:3] = [-1.0, np.inf, -0.0]
-    dx = np.full(shape, np.nan, dtype)
-    fused(FC.max_pool_grad, g, x, y, dx, np.zeros(y_shape[2:], bool).reshape(-1),
-          np.zeros((), dtype), lowest, *geo)
-    for expect in numpy_paths(monkeypatch, lambda: run_kernel(
-            "max_pool_grad", np.empty(shape, dtype), g, x, y, **attrs).copy()):
-        same_bits(dx, expect)
+    taken, zero = np.zeros(y_shape[2:], bool).reshape(-1), np.zeros((), dtype)
+    for masked in (False, True):          # True: relu_grad(dx, x) in the same pass
+        dx = np.full(shape, np.nan, dtype)
+        fused(FC.max_pool_grad, g, x, y, dx, taken, zero, lowest, masked, *geo)
+        for expect in numpy_paths(monkeypatch, lambda: run_kernel(
+                "max_pool_grad", np.empty(shape, dtype), g, x, y, **attrs).copy()):
+            if masked:
+                expect = run_kernel("relu_grad", np.empty_like(expect), expect, x)
+            same_bits(dx, expect)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_conv_bias_and_relu_epilogue_equals_numpy(dtype):
+    # integer data: many sums are exactly 0 (relu's edge), and the bias holds NaN and -inf
+    rng = np.random.default_rng(2)
+    x = rng.integers(-2, 3, size=(3, 2, 5, 5)).astype(dtype)
+    w = rng.integers(-1, 2, size=(4, 2, 3, 3)).astype(dtype)
+    b = np.array([0.0, -1.0, np.nan, -np.inf], dtype)
+    attrs = {"stride": 1, "padding": 1, "dilation": 1}
+    cols = run_kernel("im2col", np.empty((3, 18, 25), dtype), x, w, b, **attrs)
+    y = run_kernel("conv2d", np.empty((3, 4, 5, 5), dtype), x, w, b, cols, **attrs)
+    expect = run_kernel("relu", np.empty_like(y), y)
+    m = run_kernel("conv2d", np.empty_like(y), x, w, cols, **attrs)     # no bias: the matmul
+    got = np.full_like(y, np.nan)
+    fused(FC.conv_bias_relu, m.reshape(3, 4, -1), b, np.zeros((), dtype),
+          got.reshape(3, 4, -1))
+    same_bits(got, expect)
+    assert (expect == 0).any() and (expect > 0).any()
 
 
 CNN = """\
@@ -150,6 +172,7 @@ def test_a_cnn_step_with_the_window_kernels_fused_is_bit_for_bit(tmp_path, monke
              for line in source.splitlines() if "*geo" in line]
     assert calls == ["im2col", "max_pool", "im2col", "max_pool", "max_pool_grad", "col2im",
                      "max_pool_grad"], source
+    assert "# fused: conv2d + relu" in source and "# fused: max_pool_grad + relu_grad" in source
     assert got.keys() == expect.keys()
     for name, value in expect.items():
         same_bits(got[name], value)

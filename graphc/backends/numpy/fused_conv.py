@@ -90,30 +90,71 @@ def max_pool(x, out, lowest, kh, kw, sh, sw, ph, pw, dh, dw, h, w, oh, ow):
 
 
 @njit(cache=True)
-def max_pool_grad(g, x, y, out, taken, zero, lowest, kh, kw, sh, sw, ph, pw, dh, dw, h, w,
-                  oh, ow):
+def max_pool_grad(g, x, y, out, taken, zero, lowest, masked, kh, kw, sh, sw, ph, pw, dh, dw,
+                  h, w, oh, ow):
     """out [N, C, H, W] = +0 plus g · hit for every (window, offset) reading a position,
     offsets in row-major order; hit: x there (padding `lowest`) equals the window's max y
-    and no earlier offset of the window took it. `taken` [OH·OW] bools, `zero` 0-d."""
+    and no earlier offset of the window took it. `taken` [OH·OW] bools, `zero` 0-d.
+    Windows that do not overlap give each position one term at most, so they are done
+    one window at a time (the offsets unrolled, `taken` in a register). With `masked`,
+    relu_grad(out, x) follows in the same pass: each position's sum v becomes v where
+    x > 0, else v · 0 (fusion.relu_mask's rule)."""
     planes, z, fill = x.shape[0] * x.shape[1], zero[()], lowest[()]
     xs, dx = x.reshape(planes, h * w), out.reshape(planes, h * w)
     gs, ys = g.reshape(planes, oh * ow), y.reshape(planes, oh * ow)
     dx[...] = 0
+    apart = sh >= (kh - 1) * dh + 1 and sw >= (kw - 1) * dw + 1
     for p in range(planes):
-        taken[:] = False
-        for i in range(kh):
-            for j in range(kw):
-                for a in range(oh):
-                    r = a * sh + i * dh - ph
-                    for b in range(ow):
-                        q = b * sw + j * dw - pw
-                        o = a * ow + b
+        if apart:
+            for o in range(oh * ow):
+                found = False
+                for i in range(kh):
+                    r = (o // ow) * sh + i * dh - ph
+                    for j in range(kw):
+                        q = (o % ow) * sw + j * dw - pw
                         inside = 0 <= r < h and 0 <= q < w
-                        v = xs[p, r * w + q] if inside else fill
-                        hit = (v == ys[p, o]) & (not taken[o])
-                        taken[o] = taken[o] | hit
+                        hit = ((xs[p, r * w + q] if inside else fill) == ys[p, o]) & \
+                            (not found)
+                        found = found | hit
                         if inside:
                             dx[p, r * w + q] += gs[p, o] if hit else gs[p, o] * z
+        else:
+            _offset_by_offset(xs[p], ys[p], gs[p], dx[p], taken, z, fill, kh, kw, sh, sw,
+                              ph, pw, dh, dw, h, w, oh, ow)
+        if masked:
+            for q in range(h * w):
+                v = dx[p, q]
+                dx[p, q] = v if xs[p, q] > 0 else v * z
+
+
+@njit(cache=True)
+def _offset_by_offset(xs, ys, gs, dx, taken, z, fill, kh, kw, sh, sw, ph, pw, dh, dw, h, w,
+                      oh, ow):
+    """max_pool_grad of one plane whose windows overlap: offset by offset, so that each
+    position adds its terms in row-major offset order, as the NumPy kernels do."""
+    taken[:] = False
+    for i in range(kh):
+        for j in range(kw):
+            for o in range(oh * ow):
+                r, q = (o // ow) * sh + i * dh - ph, (o % ow) * sw + j * dw - pw
+                inside = 0 <= r < h and 0 <= q < w
+                hit = ((xs[r * w + q] if inside else fill) == ys[o]) & (not taken[o])
+                taken[o] = taken[o] | hit
+                if inside:
+                    dx[r * w + q] += gs[o] if hit else gs[o] * z
+
+
+@njit(cache=True)
+def conv_bias_relu(y, b, zero, out):
+    """out [N, O, P] = relu(y + b[o]), as np.add then np.maximum(·, 0) give it: NaN
+    passes, -0.0 becomes 0 (fusion.bias_add_relu's rule, per channel)."""
+    z = zero[()]
+    for n in range(y.shape[0]):
+        for o in range(y.shape[1]):
+            c = b[o]
+            for p in range(y.shape[2]):
+                v = y[n, o, p] + c
+                out[n, o, p] = v if v > 0 or v != v else z
 
 
 # --- the patterns: (runs, i, facts) -> (fused run, runs used) or None, as fusion.py's ---
@@ -150,12 +191,44 @@ def _arrays(step, facts, ops) -> list:
     return arrays
 
 
-def _fused(step, kernel, arrays: dict, geo: tuple):
-    """The fused run of one step: `kernel(*arrays, *geo)`, compiled for them."""
+def _fused(steps: tuple, kernel, arrays: dict, geo: tuple):
+    """The fused run of `steps`: `kernel(*arrays, *geo)`, compiled for them."""
     names = ", ".join(arrays)
     call = specialized(kernel, *arrays.values(), *geo)
-    return ((step,), source(f"{kernel.__name__}({names}, *geo)",
-                            **{kernel.__name__: call}, **arrays, geo=geo)), 1
+    return (steps, source(f"{kernel.__name__}({names}, *geo)",
+                          **{kernel.__name__: call}, **arrays, geo=geo)), len(steps)
+
+
+def _reader(runs, i, facts, op: str, value: str, at: int):
+    """The next run's step when it is `op` reading `value` as its input `at`, the only
+    reader of `value`, and `value` dies there; else None."""
+    nxt = runs[i + 1][0] if i + 1 < len(runs) else ()
+    if len(nxt) == 1 and nxt[0].op == op and len(nxt[0].inputs) > at and \
+            nxt[0].inputs[at] == value and facts.dies_at(value, nxt[0]):
+        return nxt[0]
+    return None
+
+
+def _conv_relu(runs, i, facts):
+    """conv1d/conv2d with a bias, then the relu reading it alone: the matmul as the NumPy
+    kernel makes it, then bias and relu in one pass (`conv_bias_relu`)."""
+    (step,), _ = runs[i]
+    arrays = _arrays(step, facts, ("conv1d", "conv2d"))
+    relu = arrays and len(arrays) == 5 and _reader(runs, i, facts, "relu", step.outputs[0], 0)
+    if not relu:
+        return None
+    x, w, b, cols, y = arrays
+    out = facts.values[relu.outputs[0]]
+    if out.dtype != y.dtype or any(np.shares_memory(out, a) for a in (x, w, b, cols)):
+        return None
+    n, o = y.shape[:2]
+    y3, zero = y.reshape(n, o, -1), np.zeros((), y.dtype)
+    call = specialized(conv_bias_relu, y3, b, zero, y3)
+    return ((step, relu), source("""
+        np.matmul(w, cols, out=y)
+        conv_bias_relu(y, b, zero, out)
+        """, conv_bias_relu=call, w=w.reshape(o, -1), cols=cols, y=y3, b=b, zero=zero,
+        out=out.reshape(y3.shape))), 2
 
 
 def _im2col(runs, i, facts):
@@ -164,7 +237,7 @@ def _im2col(runs, i, facts):
     if arrays is None:
         return None
     x, w, *_, cols = arrays
-    return _fused(step, im2col, {"x": x, "cols": cols},
+    return _fused((step,), im2col, {"x": x, "cols": cols},
                   _geo(x.shape, step.attrs, list(w.shape[2:])))
 
 
@@ -174,7 +247,7 @@ def _col2im(runs, i, facts):
     if arrays is None:
         return None
     dcols, out = arrays
-    return _fused(step, col2im, {"dcols": dcols, "out": out},
+    return _fused((step,), col2im, {"dcols": dcols, "out": out},
                   _geo(out.shape, step.attrs, step.attrs["kernel"]))
 
 
@@ -184,21 +257,31 @@ def _max_pool(runs, i, facts):
     if arrays is None:
         return None
     x, out = arrays
-    return _fused(step, max_pool, {"x": x, "out": out,
+    return _fused((step,), max_pool, {"x": x, "out": out,
                                    "lowest": np.array(-np.inf, out.dtype)},
                   _geo(x.shape, step.attrs))
 
 
 def _max_pool_grad(runs, i, facts):
+    """max_pool_grad, and the relu_grad after it when that reads its output alone with the
+    pool's own input as y (relu, then pool: the relu's output is x)."""
     (step,), _ = runs[i]
     arrays = _arrays(step, facts, ("max_pool_grad",))
     if arrays is None:
         return None
     g, x, y, out = arrays
-    return _fused(step, max_pool_grad, {
+    steps = (step,)
+    relu = _reader(runs, i, facts, "relu_grad", step.outputs[0], 0)
+    if relu and relu.inputs[1] == step.inputs[1]:
+        masked = facts.values[relu.outputs[0]]
+        if masked.dtype == out.dtype and not any(np.shares_memory(masked, a)
+                                                 for a in (g, x, y)):
+            steps, out = (step, relu), masked
+    return _fused(steps, max_pool_grad, {
         "g": g, "x": x, "y": y, "out": out,
         "taken": np.zeros(y.shape[2:], bool).reshape(-1), "zero": np.zeros((), out.dtype),
-        "lowest": np.array(-np.inf, out.dtype)}, _geo(x.shape, step.attrs))
+        "lowest": np.array(-np.inf, out.dtype), "masked": len(steps) == 2},
+        _geo(x.shape, step.attrs))
 
 
-CONV_PATTERNS = (_im2col, _col2im, _max_pool, _max_pool_grad)
+CONV_PATTERNS = (_im2col, _conv_relu, _col2im, _max_pool, _max_pool_grad)
