@@ -13,6 +13,7 @@ matches; everything else, matmuls included (they stay on BLAS), runs as generate
 | rmsprop (no clipping, not centered)     | `rmsprop`            | bit for bit (guard: below) |
 | softmax_cross_entropy_stats + its loss  | `softmax_ce`         | exp and sums differ     |
 | softmax_cross_entropy_grad              | `softmax_ce_grad`    | bit for bit, given stats |
+| im2col, col2im, max pooling, conv + relu | fused_conv.py       | bit for bit             |
 
 numba's exp is the C library's, NumPy's a SIMD one: they differ in the last bit for some
 inputs. The row sums and the batch mean are sequential loops, where NumPy goes through
