@@ -1,4 +1,4 @@
-"""Fused window kernels (numba): im2col, col2im, max pooling and its gradient as loops.
+"""Fused window kernels (numba): im2col, col2im, max pooling, its gradient, conv + relu.
 
 On small images (the digits CNN's 8x8 and 4x4 planes) the NumPy kernels of conv.py and
 gather.py pay NumPy's per-call and per-row overhead many times per step; one loop over
@@ -6,12 +6,13 @@ the windows pays none. fusion.py's `fuse_runs` offers each step of the fused ste
 to `CONV_PATTERNS` as to its own patterns, so these kernels run exactly where the fused
 MLP kernels do (`--step-code fused`, `GRAPHC_STEP_CODE=fused`).
 
-| step                    | fused kernel      | rounding vs NumPy |
-|-------------------------|-------------------|-------------------|
-| im2col (conv1d, conv2d) | `im2col`          | a copy: bit for bit |
-| col2im                  | `col2im`          | bit for bit       |
-| max_pool1d, max_pool2d  | `max_pool`        | bit for bit       |
-| max_pool_grad           | `max_pool_grad`   | bit for bit       |
+| steps                                        | fused kernel             | rounding vs NumPy   |
+|----------------------------------------------|--------------------------|---------------------|
+| im2col (conv1d, conv2d)                      | `im2col`                 | a copy: bit for bit |
+| conv1d/2d with bias + relu, its only reader  | matmul + `conv_bias_relu` | bit for bit        |
+| col2im                                       | `col2im`                 | bit for bit         |
+| max_pool1d, max_pool2d                       | `max_pool`               | bit for bit         |
+| max_pool_grad [+ relu_grad(it, pool's x)]    | `max_pool_grad`          | bit for bit         |
 
 Bit for bit because the loops do the NumPy kernels' float operations in their order:
 a gradient starts at +0 and each position adds its terms kernel offset by kernel offset
