@@ -48,3 +48,9 @@ def test_bench_cnn_runs_and_reports_ratios():
     row = report["rows"][0]
     assert row["model"] == "digits" and row["graphc_over_numpy"] > 0 and "torch_us" not in row
     assert report["environment"]["OPENBLAS_NUM_THREADS"] == "1"
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        assert "fused_us" not in row                   # the column needs graphc[numba]
+    else:
+        assert row["fused_over_numpy"] > 0 and "fused_over_torch" not in row
