@@ -36,10 +36,11 @@ def _times_slope(out, g, slope):
 
 def b_relu_grad(out, g, y):
     """g * (y > 0), as `_times_slope` but inline: the hot one, each MLP layer runs it.
-    The mask is bool against a 0-d zero (the hand-written step's form): a quarter of a
-    float mask's bytes, and no zeros array to read, for the same products g * 1 and g * 0."""
+    y is compared with a 0-d zero, not a zeros array of y's shape (one pass less to read).
+    The mask stays in out's dtype: g times a bool mask would cast it through a buffer
+    that the multiply allocates on every call."""
     zero = constant(0, (), y.dtype)
-    mask = scratch(out.shape, np.bool_)
+    mask = scratch(out.shape, out.dtype)
     return source("""
         np.greater(y, zero, out=mask)
         np.multiply(g, mask, out=out)
