@@ -82,8 +82,10 @@ class GraphcStep:
     step_code: str = DEFAULT_STEP_CODE
 
     def run(self, feeds) -> float:
-        with using_step_code(self.step_code):       # the first step compiles the plan
-            return self.model.step(feeds)
+        if self.model._step is None:        # the first step compiles the plan in its step code
+            with using_step_code(self.step_code):
+                return self.model.step(feeds)
+        return self.model.step(feeds)       # as `graphc train` steps: no context per step
 
     @property
     def kernel_calls(self) -> int:

@@ -131,6 +131,23 @@ def test_one_graphc_step_matches_the_handwritten_step(tmp_path, dtype, tol):
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
 
+def test_graphc_steps_in_the_step_code_it_compiled_without_a_context_per_step(tmp_path,
+                                                                            monkeypatch):
+    """Only the compiling step enters `using_step_code`: `graphc train` enters it once per
+    run, and its two microseconds a step were charged to graphc's tiny step."""
+    entered = []
+    real = bench_mlp.using_step_code
+    monkeypatch.setattr(bench_mlp, "using_step_code", lambda code: entered.append(code)
+                        or real(code))
+    g, _, feeds = graphc_and_handwritten(tmp_path, [4, 16, 3], 8, "float32")
+    g.step_code = "reference"
+    for _ in range(3):
+        g.run(feeds)
+    assert entered == ["reference"]
+    (ex,) = g.model._step.cache.values()
+    assert ex.step_code == "reference" and ex.program is None
+
+
 def test_deep_spec_has_sixteen_hidden_layers(tmp_path):
     sizes, batch = bench_mlp.LADDER["deep"]
     g, hand, feeds = graphc_and_handwritten(tmp_path, sizes, batch, "float32")

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 from graphc.backends.numpy import KERNELS
 from graphc.backends.numpy.bind import source
+from graphc.backends.numpy.workspace import Workspace
 from graphc.cli import main
 from graphc.executor import using_step_code
 from graphc.model import load_model
@@ -136,6 +137,21 @@ def test_an_op_without_source_text_runs_as_its_bound_kernel(monkeypatch):
         e.run()
     for name in ("W1", "b1", "W2", "b2", "loss"):
         assert ex["generated"][name].tobytes() == ex["reference"][name].tobytes(), name
+
+
+def test_relu_grad_compares_with_a_0d_zero():
+    """relu_grad reads g and y, writes its mask and out, and compares y with a 0-d zero:
+    no zeros array of y's shape to read (the hand-written step's form)."""
+    rng = np.random.default_rng(0)
+    y = np.maximum(rng.standard_normal((8, 5)), 0).astype(np.float32)
+    g = rng.standard_normal((8, 5)).astype(np.float32)
+    out = np.empty_like(g)
+    with Workspace().binding():
+        call = KERNELS["relu_grad"](out, g, y)
+    read = [a for k, a in call.names.items() if k not in ("g", "y", "out", "mask")]
+    assert read and all(a.shape == () for a in read), [a.shape for a in read]
+    call()
+    assert out.tobytes() == (g * (y > 0).astype(np.float32)).tobytes()
 
 
 def test_an_inlined_line_that_raises_names_its_node_op_and_spec_line(monkeypatch):

@@ -35,13 +35,16 @@ def _times_slope(out, g, slope):
 
 
 def b_relu_grad(out, g, y):
-    """g * (y > 0), as `_times_slope` but inline: the hot one, each MLP layer runs it."""
-    zeros = constant(0, y.shape, y.dtype)
+    """g * (y > 0), as `_times_slope` but inline: the hot one, each MLP layer runs it.
+    y is compared with a 0-d zero, not a zeros array of y's shape (one pass less to read).
+    The mask stays in out's dtype: g times a bool mask would cast it through a buffer
+    that the multiply allocates on every call."""
+    zero = constant(0, (), y.dtype)
     mask = scratch(out.shape, out.dtype)
     return source("""
-        np.greater(y, zeros, out=mask)
+        np.greater(y, zero, out=mask)
         np.multiply(g, mask, out=out)
-        """, y=y, zeros=zeros, mask=mask, g=g, out=out)
+        """, y=y, zero=zero, mask=mask, g=g, out=out)
 
 
 def b_gelu_grad(out, g, x, t):
@@ -190,12 +193,13 @@ def _axes(axis, ndim: int) -> tuple:
 
 
 def _reducer(out, x, axis, keepdims):
-    """A closure for sum(x, axis): np.dot with ones over the batch axis of a matrix, else
-    np.add.reduce (the np.sum wrapper costs ~4 us of Python per call)."""
+    """A closure for sum(x, axis): np.dot with ones over the batch axis of a matrix
+    (`_batch_sum`) or over its rows, else np.add.reduce (the np.sum wrapper costs ~4 us
+    of Python per call)."""
     axes = _axes(axis, x.ndim)
-    if x.ndim == 2 and axes == (0,) and x.flags.c_contiguous and not keepdims:
-        ones = constant(1, (x.shape[0],), x.dtype)
-        return source("ones.dot(x, out)", ones=ones, x=x, out=out)
+    batch_sum = _batch_sum(out, x) if x.ndim == 2 and axes == (0,) and not keepdims else None
+    if batch_sum is not None:
+        return batch_sum
     if x.ndim == 2 and axes == (1,) and x.flags.c_contiguous and not keepdims:
         ones = constant(1, (x.shape[1],), x.dtype)
         return source("x.dot(ones, out)", x=x, ones=ones, out=out)
