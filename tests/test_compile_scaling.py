@@ -305,3 +305,53 @@ print("networkx" in sys.modules)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "plan.dot").exists()
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def _parsed(nodes) -> list:
+    """Node specs with the fields their equality leaves out (marks, origin)."""
+    return [(n.name, n.op, n.inputs, dict(n.attrs), n.mark, n.input_marks, n.origin)
+            for n in nodes]
+
+
+# (an expression, another of the same form with other names), and expressions the form
+# cache must not share: a callee that is no name, keywords, `__`, the node's own name
+SAME_FORM = [("tanh(h1)", "tanh(q7)"), ("relu(h1 @ W2 + b2)", "relu(zz @ Wq + bb)"),
+             ("  relu(h12 @ W2 + b2)", "  relu(abc @ Wz + b3)"), ("a*a + b", "c*c + d"),
+             ("x ** 2 - 0.5 * x", "y ** 2 - 0.5 * y"), ("maximum(a, b)", "maximum(c, d)"),
+             ("-x", "-y"), ("x", "y"), ("2.5", "2.5"), ("batch_norm(h)", "batch_norm(k)"),
+             ("x @ W + x @ W", "y @ V + y @ V"), ("1e-3 * x", "1e-3 * y")]
+NOT_SHARED = [("(relu)(x)", "(tanh)(x)"), ("maximum(a, b)", "maximum(c, c)"),
+              ("tanh(hh)", "tanh(h1)"),
+              ("relu(x) + None", "relu(x) + True"), ("tanh(__x)", "tanh(__y)"),
+              ("sum(x, axis=1)", "sum(x, axis=0)"), ("x[0]", "y[1]")]
+
+
+@pytest.mark.parametrize("first, second", SAME_FORM + NOT_SHARED)
+def test_an_expression_of_a_parsed_form_parses_as_the_parser_reads_it(first, second):
+    """The form cache gives what ast + the parser give: names, ops, inputs, attrs, marks,
+    input marks; for errors, the same error."""
+    from graphc import expr as E
+    from graphc.errors import Mark
+    mark = Mark("f.yaml", 3, 7)
+
+    def parse(text):
+        try:
+            return _parsed(E.parse_expression(text, "hh", mark, quoted=True))
+        except Exception as exc:        # noqa: BLE001 - the error is what is compared
+            return repr(exc)
+    E._FORMS.clear()
+    expected = parse(second)
+    E._FORMS.clear()
+    parse(first)
+    assert parse(second) == expected
+
+
+@pytest.mark.parametrize("first, second", SAME_FORM)
+def test_an_expression_of_a_parsed_form_is_not_parsed_again(first, second, monkeypatch):
+    """A 100,000-line chain parses one `tanh(_)`: the parser runs once per form."""
+    from graphc import expr as E
+    from graphc.errors import Mark
+    E._FORMS.clear()
+    E.parse_expression(first, "hh", Mark("f.yaml", 1, 1))
+    monkeypatch.setattr(E, "_Parser", _refuse("the parser"))
+    assert E.parse_expression(second, "hh", Mark("f.yaml", 2, 1))[-1].name == "hh"
