@@ -259,11 +259,49 @@ def _marked(value):
 
 
 @pytest.mark.parametrize("spec", sorted(SPECS.glob("*.yaml")), ids=lambda p: p.stem)
-def test_libyaml_events_load_what_pyyaml_loads_with_the_same_marks(spec):
+@pytest.mark.parametrize("loader", ["_FastLoader", "_ComposedLoader"])
+def test_libyaml_events_load_what_pyyaml_loads_with_the_same_marks(spec, loader):
     from graphc import yamlload
     text = spec.read_text()
-    fast = yamlload._parse(yamlload._FastLoader, text, spec.name)
+    fast = yamlload._parse(getattr(yamlload, loader), text, spec.name)
     assert _marked(fast) == _marked(yamlload._parse(yamlload._Loader, text, spec.name))
+
+
+def _loaded(text):
+    from graphc.yamlload import load_yaml
+    try:
+        return _marked(load_yaml(text, "f.yaml"))
+    except Exception as exc:            # noqa: BLE001 - the error is what is compared
+        return repr(exc)
+
+
+# texts libyaml's composer takes (shallow, no anchors) that break a limit or a rule, and
+# texts it must not take: nesting past what its C recursion survives, anchors, quotes
+# beside brackets, lines too long to bound the nesting
+C_COMPOSED = ["[" * 150 + "]" * 150, "".join(" " * i + "-\n" for i in range(120)),
+              "- 1\n" * 250_001, "a: 1\na: 2\n", "a: !!float abc\n",
+              "a: {b: [c, d]}  # [\n", "a: !!binary aGk=\n", "{1: a}\n", "a: *x\n"]
+PYTHON_COMPOSED = ["[" * 100_000 + "]" * 100_000, "[\n" * 60_000 + "]\n" * 60_000,
+                   "a: &x [1]\nb: *x\n", "a: ['[', 2]\n", "a: [1, 2\n",
+                   "a: " + "b" * 1200 + "\n"]
+
+
+@pytest.mark.parametrize("text", C_COMPOSED + PYTHON_COMPOSED, ids=lambda t: t[:24])
+def test_a_text_loads_as_the_event_by_event_loaders_load_it(text, monkeypatch):
+    """Values, marks and errors are those of the loaders before libyaml composed nodes;
+    100,000 nested brackets are an error, not a crash in libyaml's C recursion."""
+    from graphc import yamlload
+    loaded = _loaded(text)
+    assert yamlload._shallow(text) == (text in C_COMPOSED)
+    monkeypatch.setattr(yamlload, "_shallow", lambda text: False)
+    assert loaded == _loaded(text)
+
+
+def test_libyaml_composes_a_large_plain_spec(monkeypatch):
+    """The 100,000-node chain's text goes through libyaml's composer, not the Python one."""
+    from graphc import yamlload
+    monkeypatch.setattr(yamlload, "_FastLoader", None)
+    assert len(yamlload.load_yaml(chain_spec(100_000), "chain.yaml")["nodes"]) == 100_000
 
 
 @pytest.mark.parametrize("spec", ["spiral_mlp", "spiral_bn_dropout", "sort_transformer"])
