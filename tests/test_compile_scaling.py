@@ -393,3 +393,22 @@ def test_an_expression_of_a_parsed_form_is_not_parsed_again(first, second, monke
     E.parse_expression(first, "hh", Mark("f.yaml", 1, 1))
     monkeypatch.setattr(E, "_Parser", _refuse("the parser"))
     assert E.parse_expression(second, "hh", Mark("f.yaml", 2, 1))[-1].name == "hh"
+
+
+def test_the_verifier_trusts_only_the_same_nodes_over_the_same_inputs():
+    """verify_graph(g, trusted=t) skips re-inferring a node only where t holds that very
+    node over those very inputs: a node rebuilt with a wrong shape, or a trusted node whose
+    input was swapped for one of another shape, is still caught."""
+    from dataclasses import replace
+
+    from graphc.ir import Graph, Node, VerifyError, verify_graph
+    graph = build_graph(load_spec(SPECS / "spiral_mlp.yaml"))
+    verify_graph(graph, trusted=graph)
+    name, node = next((k, n) for k, n in graph.nodes.items() if n.op == "relu")
+    wrong = replace(node, shape=(*node.shape, 1))
+    x = node.inputs[0]              # an input of another shape, itself consistent
+    leaf = Node(x, "input", (), {"shape": wrong.shape}, wrong.shape)
+    for nodes, broken in (({**graph.nodes, name: wrong}, name), ({**graph.nodes, x: leaf}, name)):
+        with pytest.raises(VerifyError, match=f"{broken} .relu. has shape"):
+            verify_graph(Graph(nodes, graph.loss, graph.outputs, graph.dtype, graph.after),
+                         trusted=graph)
