@@ -7,14 +7,13 @@ sub-expression becomes an anonymous node named `<node>/<op>`.
 from __future__ import annotations
 
 import ast
-import keyword
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 from . import shapes as S
 from .errors import Mark, SpecError, clip, did_you_mean, short
+from .exprforms import FORMS, MAX_FORMS, Form, form_of
 from .ops import OPS, REQUIRED, attrs_with_defaults, ops_in
 
 MAX_LENGTH = 10_000
@@ -316,9 +315,9 @@ def parse_expression(text: str, name: str, mark: Mark, quoted: bool = False) -> 
                         mark=mark, node=name, hint="split it into several named nodes")
     body = text.strip()
     col0 = mark.col + (1 if quoted else 0) + len(text) - len(text.lstrip())
-    key, names = _form(body, name)
-    if key in _FORMS:
-        return _FORMS[key].nodes(name, names, mark, col0)
+    key, names = form_of(body, name)
+    if key in FORMS:
+        return FORMS[key].nodes(name, names, mark, col0)
     try:
         tree = ast.parse(body, mode="eval")
     except SyntaxError as exc:
@@ -333,68 +332,10 @@ def parse_expression(text: str, name: str, mark: Mark, quoted: bool = False) -> 
                         hint="split it into several named nodes") from None
     parser = _Parser(name, mark, col0, body)
     parser.visit(tree.body, top=True)
-    if key is not None and len(_FORMS) < MAX_FORMS and \
+    if key is not None and len(FORMS) < MAX_FORMS and \
             set(names) <= {i for n in parser.nodes for i in n.inputs}:
-        _FORMS[key] = _Form.of(parser.nodes, name, names, col0)
+        FORMS[key] = Form.of(parser.nodes, name, names, col0)
     return parser.nodes
-
-
-# An expression's form: its text with each input name replaced by a slot, plus the
-# names' lengths and which are equal. Two expressions of one form parse to the same
-# nodes up to the names and the columns the lengths shift, so a spec of 100,000
-# `h_i: tanh(h_{i-1})` lines parses one `tanh(_)` and fills in the rest (no ast.parse,
-# no tree walk). Only plain forms are cached: ASCII names, operators, parentheses and
-# numbers on one line; no attribute (`=`), list, string, or name the parser could
-# reject or read as text (keywords, `__`, the node's own name).
-_PLAIN = re.compile(r"[A-Za-z0-9_ ()+\-*/@.,]+", re.ASCII)
-_INPUT = re.compile(r"(?<![\w.])[A-Za-z_]\w*(?!\w)(?!\s*\()", re.ASCII)
-_CALLED = re.compile(r"\)\s*\(")     # `(relu)(x)`: a callee that is no name before `(`
-_FORMS: dict = {}
-MAX_FORMS = 4096
-_KEYWORDS = frozenset(keyword.kwlist)
-
-
-def _form(body: str, name: str) -> tuple:
-    """(the form's key, the input names in order of appearance), or (None, None) when
-    the expression is not plain enough to share a parse."""
-    if not _PLAIN.fullmatch(body) or "__" in body or _CALLED.search(body):
-        return None, None
-    names = _INPUT.findall(body)
-    if name in names or not _KEYWORDS.isdisjoint(names):
-        return None, None
-    first: dict = {}
-    return (_INPUT.sub("\0", body), tuple(map(len, names)),
-            tuple([first.setdefault(n, i) for i, n in enumerate(names)])), names
-
-
-@dataclass(frozen=True)
-class _Form:
-    """A parse with its names as slots: per node, its name after the node's own name
-    (`/add`, or '' for the node itself), op, inputs (('slot', k): the k-th name of the
-    text; ('node', j): the j-th node's output), attrs, column and the inputs' columns
-    (relative to the expression's first column; None where the parse had no mark)."""
-    rows: tuple
-
-    @staticmethod
-    def of(nodes: list, name: str, names: list, col0: int) -> "_Form":
-        slot = {n: ("slot", names.index(n)) for n in names}
-        made = {n.name: ("node", j) for j, n in enumerate(nodes)}
-        rel = lambda m: None if m is None else m.col - col0
-        return _Form(tuple((n.name[len(name):], n.op, tuple(slot.get(i) or made[i]
-                                                            for i in n.inputs),
-                            dict(n.attrs), rel(n.mark), tuple(map(rel, n.input_marks)))
-                           for n in nodes))
-
-    def nodes(self, name: str, names: list, mark: Mark, col0: int) -> list:
-        """The node specs of this form for node `name` over `names`, at `mark`."""
-        out, file, line = [], mark.file, mark.line
-        for suffix, op, inputs, attrs, col, cols in self.rows:
-            ins = tuple(names[k] if kind == "slot" else out[k].name for kind, k in inputs)
-            out.append(NodeSpec(name + suffix, op, ins, dict(attrs),
-                                Mark(file, line, col0 + col),
-                                tuple(None if c is None else Mark(file, line, col0 + c)
-                                      for c in cols)))
-        return out
 
 
 def parse_stack(items: list, name: str, mark: Mark) -> list:

@@ -370,6 +370,7 @@ def test_an_expression_of_a_parsed_form_parses_as_the_parser_reads_it(first, sec
     input marks; for errors, the same error."""
     from graphc import expr as E
     from graphc.errors import Mark
+    from graphc.exprforms import FORMS
     mark = Mark("f.yaml", 3, 7)
 
     def parse(text):
@@ -377,9 +378,9 @@ def test_an_expression_of_a_parsed_form_parses_as_the_parser_reads_it(first, sec
             return _parsed(E.parse_expression(text, "hh", mark, quoted=True))
         except Exception as exc:        # noqa: BLE001 - the error is what is compared
             return repr(exc)
-    E._FORMS.clear()
+    FORMS.clear()
     expected = parse(second)
-    E._FORMS.clear()
+    FORMS.clear()
     parse(first)
     assert parse(second) == expected
 
@@ -389,7 +390,8 @@ def test_an_expression_of_a_parsed_form_is_not_parsed_again(first, second, monke
     """A 100,000-line chain parses one `tanh(_)`: the parser runs once per form."""
     from graphc import expr as E
     from graphc.errors import Mark
-    E._FORMS.clear()
+    from graphc.exprforms import FORMS
+    FORMS.clear()
     E.parse_expression(first, "hh", Mark("f.yaml", 1, 1))
     monkeypatch.setattr(E, "_Parser", _refuse("the parser"))
     assert E.parse_expression(second, "hh", Mark("f.yaml", 2, 1))[-1].name == "hh"
