@@ -13,6 +13,7 @@ from typing import Mapping, Optional
 
 from . import shapes as S
 from .errors import Mark, SpecError, clip, did_you_mean, short
+from .exprforms import FORMS, MAX_FORMS, Form, form_of
 from .ops import OPS, REQUIRED, attrs_with_defaults, ops_in
 
 MAX_LENGTH = 10_000
@@ -314,6 +315,9 @@ def parse_expression(text: str, name: str, mark: Mark, quoted: bool = False) -> 
                         mark=mark, node=name, hint="split it into several named nodes")
     body = text.strip()
     col0 = mark.col + (1 if quoted else 0) + len(text) - len(text.lstrip())
+    key, names = form_of(body, name)
+    if key in FORMS:
+        return FORMS[key].nodes(name, names, mark, col0)
     try:
         tree = ast.parse(body, mode="eval")
     except SyntaxError as exc:
@@ -328,6 +332,9 @@ def parse_expression(text: str, name: str, mark: Mark, quoted: bool = False) -> 
                         hint="split it into several named nodes") from None
     parser = _Parser(name, mark, col0, body)
     parser.visit(tree.body, top=True)
+    if key is not None and len(FORMS) < MAX_FORMS and \
+            set(names) <= {i for n in parser.nodes for i in n.inputs}:
+        FORMS[key] = Form.of(parser.nodes, name, names, col0)
     return parser.nodes
 
 

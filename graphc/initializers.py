@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Optional
 import numpy as np
 
 from .errors import Mark, SpecError, did_you_mean
-from .limits import check_memory
+from .limits import check_memory, memory_limit
 from .shapes import is_number
 
 Shape = tuple[int, ...]
@@ -152,8 +152,10 @@ def initialize(init, shape: Shape, dtype, rng: np.random.Generator, *,
     its peak memory (init_nbytes) is checked against the memory limit before drawing."""
     shape = _check_shape(shape, mark, node)
     name, kwargs = parse_init(default_init(shape) if init is None else init, mark=mark, node=node)
-    check_memory(init_nbytes(name, shape, dtype), f"initializer '{name}' of a "
-                 f"{list(shape)} {np.dtype(dtype)} param", mark=mark, node=node)
+    nbytes = init_nbytes(name, shape, dtype)
+    if nbytes > memory_limit():     # the message (np.dtype's text) only where it is shown
+        check_memory(nbytes, f"initializer '{name}' of a {list(shape)} {np.dtype(dtype)} "
+                     f"param", mark=mark, node=node)
     try:
         values = INITIALIZERS[name](shape, rng, **kwargs)
     except ValueError as e:

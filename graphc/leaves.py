@@ -14,7 +14,7 @@ import numpy as np
 
 from . import shapes as S
 from .errors import Mark, SpecError, clip, did_you_mean, short
-from .limits import check_memory
+from .limits import check_memory, memory_limit
 from .yamlload import check_keys
 
 LEAF_KEYS = ("shape", "dtype", "init", "value")
@@ -119,8 +119,10 @@ def check_size(leaf: LeafSpec):
     """A leaf of fixed shape is allocated whole: refuse one above the memory limit first."""
     if not S.symbols(leaf.shape):
         nbytes = S.size(leaf.shape) * np.dtype(leaf.dtype).itemsize
-        check_memory(nbytes, f"{KIND_WORDS[leaf.kind]} '{leaf.name}' of shape {S.fmt(leaf.shape)} "
-                             f"({leaf.dtype})", mark=leaf.mark, node=leaf.name)
+        if nbytes > memory_limit():        # the message only where it is shown
+            check_memory(nbytes, f"{KIND_WORDS[leaf.kind]} '{leaf.name}' of shape "
+                                 f"{S.fmt(leaf.shape)} ({leaf.dtype})", mark=leaf.mark,
+                         node=leaf.name)
 
 
 def _shape(value, name: str, mark: Mark, kind: str) -> tuple:

@@ -57,6 +57,12 @@ def memory_limit() -> int:
         except ValueError:
             raise SpecError(f"${MEMORY_ENV} is '{os.environ[MEMORY_ENV]}', expected a size "
                             "such as 512M or 4G") from None
+    return _half_of_ram()
+
+
+@functools.lru_cache(maxsize=None)
+def _half_of_ram() -> int:
+    """Half of this machine's RAM (read once: every param's draw asks), else 8 GiB."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
     except (AttributeError, ValueError, OSError):

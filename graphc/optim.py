@@ -176,7 +176,7 @@ def training_graph(graph: Graph, optimizer: Optimizer,
         after += [(r, update) for r in readers[p]]
     together = _allreduce(b, graph, [gg.grads[p] for p in params], after) if synced else ()
     out = toposort(b.graph(graph.loss, graph.outputs, after))
-    verify_graph(out)
+    verify_graph(out, trusted=gg.graph)
     return StepGraph(out, frozenset(graph.nodes), gg.grads, states, guard, folded, together)
 
 

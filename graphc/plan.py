@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from collections import namedtuple
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
@@ -83,13 +84,29 @@ def _steps(graph: Graph, order, forward: set) -> tuple:
     steps, nodes = [], graph.nodes
     for name in order:
         n = nodes[name]
-        if n.op in PERSISTENT_OPS:
-            continue
-        mutates = OPS[n.op].mutates
-        outputs = (n.inputs[mutates[0]],) if mutates else (name,)
-        steps.append(Step(len(steps), name, n.op, phase_of(graph, forward, name),
-                          n.inputs, outputs, n.attrs, n.origin, n.mark))
+        if n.op not in PERSISTENT_OPS:
+            steps.append(Step(len(steps), name, n.op, phase_of(graph, forward, name),
+                              n.inputs, _outputs(n), n.attrs, n.origin, n.mark))
     return tuple(steps)
+
+
+def _outputs(n) -> tuple:
+    """What a node's step writes: its own value, or the input it updates in place."""
+    mutates = OPS[n.op].mutates
+    return (n.inputs[mutates[0]],) if mutates else (n.name,)
+
+
+_Slot = namedtuple("_Slot", "index inputs outputs")     # what liveness reads of a Step
+
+
+def _plain_liveness(graph: Graph, planned: set, keep: set) -> dict:
+    """`liveness` of the plain schedule (the graph's own order), which only the lower
+    bound reads: its steps' positions, inputs and outputs, not the steps themselves."""
+    slots = []
+    for n in graph.nodes.values():
+        if n.op not in PERSISTENT_OPS:
+            slots.append(_Slot(len(slots), n.inputs, _outputs(n)))
+    return liveness(slots, planned, keep)
 
 
 def liveness(steps, planned: set, keep: set) -> dict:
@@ -186,8 +203,7 @@ def compile_plan(graph: Graph, dims: Mapping[str, int], keep=(), forward=None,
                 if n.op not in PERSISTENT_OPS and not OPS[n.op].mutates]
     layout = _layouts(graph, [n.name for n in computed], dims)
     sizes = {v: nbytes for v, (_, _, nbytes) in layout.items()}
-    plain_steps = _steps(graph, graph.nodes, forward)
-    plain = liveness(plain_steps, set(sizes), keep)
+    plain = _plain_liveness(graph, set(sizes), keep)
     plain_bound = A.sweep_peak((first, last, sizes[v]) for v, (first, last) in plain.items())
     steps = _steps(graph, _order(graph, sizes, keep, reuse), forward)
     ranges = liveness(steps, set(sizes), keep)

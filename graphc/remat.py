@@ -110,18 +110,20 @@ def saved_values(graph: Graph, forward) -> list:
             if v in read and v in forward and n.op not in PERSISTENT_OPS]
 
 
-def rematerialize(graph: Graph, forward, kept) -> tuple:
+def rematerialize(graph: Graph, forward, kept, saved=None) -> tuple:
     """(graph with recompute nodes, {value: its clone}): every saved value outside `kept`
     that may be recomputed, with the forward values its clone needs, is cloned; backward
     readers read the clone. Each clone is ordered after the loss and the backward inputs
     of the first step that needs it (so it runs in the backward pass, not beside its
-    original) and before any step that overwrites a leaf it reads."""
+    original) and before any step that overwrites a leaf it reads. `saved`: the graph's
+    saved values where the caller has them."""
     forward = set(forward)
+    saved = saved_values(graph, forward) if saved is None else saved
 
     def stays(u):
         return (u not in forward or graph[u].op in PERSISTENT_OPS or u in kept
                 or not recomputable(graph[u]))
-    need, stack = set(), [v for v in saved_values(graph, forward) if not stays(v)]
+    need, stack = set(), [v for v in saved if not stays(v)]
     while stack:
         v = stack.pop()
         if v not in need:
@@ -252,9 +254,11 @@ class Remat:
         return tuple(v for v in self.saved if v not in self.clones)
 
 
-def candidates(graph: Graph, forward, keep) -> list:
-    """The saved values a policy may drop: recomputable, and not kept for the caller."""
-    return [v for v in saved_values(graph, forward) if v not in keep and recomputable(graph[v])]
+def candidates(graph: Graph, forward, keep, saved=None) -> list:
+    """The saved values (`saved`, else the graph's) a policy may drop: recomputable, and
+    not kept for the caller."""
+    saved = saved_values(graph, forward) if saved is None else saved
+    return [v for v in saved if v not in keep and recomputable(graph[v])]
 
 
 def segment_ends(n: int, first: int, slope: float) -> set:
@@ -284,19 +288,23 @@ def remat_plan(graph: Graph, dims: Mapping[str, int], keep=(), forward=None,
     """The verified plan of `graph` under `policy` (compile_plan's arguments otherwise).
     `none` returns compile_plan's very plan; a budget is proved by verify_plan."""
     forward = set(graph.nodes) if forward is None else set(forward)
-    cands = candidates(graph, forward, set(keep))
+    saved = saved_values(graph, forward)
+    cands = candidates(graph, forward, set(keep), saved)
     if policy.kind == "budget":
         return _fit_budget(graph, dims, keep, forward, reuse, policy, cands, together)
     return _verified(plan_keeping(graph, dims, keep, forward, reuse, policy,
-                                  kept_by(policy, cands), together))
+                                  kept_by(policy, cands), together, saved))
 
 
-def plan_keeping(graph, dims, keep, forward, reuse, policy, kept, together=()) -> Remat:
-    """The plan that keeps `kept` (plus what is never recomputed), unverified."""
-    new, clones = rematerialize(graph, forward, set(kept) | set(keep))
+def plan_keeping(graph, dims, keep, forward, reuse, policy, kept, together=(),
+                 saved=None) -> Remat:
+    """The plan that keeps `kept` (plus what is never recomputed), unverified; `saved`:
+    the graph's saved values where the caller has them."""
+    saved = saved_values(graph, forward) if saved is None else saved
+    new, clones = rematerialize(graph, forward, set(kept) | set(keep), saved)
     plan = compile_plan(new, dims, keep, forward, reuse, together)
     flops = {c: node_flops(new, c, dims) for c in clones.values()}
-    return Remat(policy, new, plan, tuple(saved_values(graph, forward)), clones, flops)
+    return Remat(policy, new, plan, tuple(saved), clones, flops)
 
 
 def _verified(r: Remat) -> Remat:

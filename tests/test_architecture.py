@@ -26,7 +26,7 @@ STAGES = [
     "errors", "limits", "outfiles", "interrupts",           # errors, memory limit, files, signals
     "parallel",                                             # the MPI world (data parallel)
     "shapes", "ops",                                        # the vocabulary (ops/: records)
-    "yamlload", "leaves", "expr", "layers", "seqlayers",   # spec text
+    "yamlload", "leaves", "exprforms", "expr", "layers", "seqlayers",   # spec text
     "blocks", "spec",                                       # -> validated spec
     "ir", "autodiff", "optim",                              # graph, reverse graph, updates
     "arena", "plan", "remat", "remat_report", "dot", "memsvg",   # the planner, its pictures

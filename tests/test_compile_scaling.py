@@ -259,11 +259,49 @@ def _marked(value):
 
 
 @pytest.mark.parametrize("spec", sorted(SPECS.glob("*.yaml")), ids=lambda p: p.stem)
-def test_libyaml_events_load_what_pyyaml_loads_with_the_same_marks(spec):
+@pytest.mark.parametrize("loader", ["_FastLoader", "_ComposedLoader"])
+def test_libyaml_events_load_what_pyyaml_loads_with_the_same_marks(spec, loader):
     from graphc import yamlload
     text = spec.read_text()
-    fast = yamlload._parse(yamlload._FastLoader, text, spec.name)
+    fast = yamlload._parse(getattr(yamlload, loader), text, spec.name)
     assert _marked(fast) == _marked(yamlload._parse(yamlload._Loader, text, spec.name))
+
+
+def _loaded(text):
+    from graphc.yamlload import load_yaml
+    try:
+        return _marked(load_yaml(text, "f.yaml"))
+    except Exception as exc:            # noqa: BLE001 - the error is what is compared
+        return repr(exc)
+
+
+# texts libyaml's composer takes (shallow, no anchors) that break a limit or a rule, and
+# texts it must not take: nesting past what its C recursion survives, anchors, quotes
+# beside brackets, lines too long to bound the nesting
+C_COMPOSED = ["[" * 150 + "]" * 150, "".join(" " * i + "-\n" for i in range(120)),
+              "- 1\n" * 250_001, "a: 1\na: 2\n", "a: !!float abc\n",
+              "a: {b: [c, d]}  # [\n", "a: !!binary aGk=\n", "{1: a}\n", "a: *x\n"]
+PYTHON_COMPOSED = ["[" * 100_000 + "]" * 100_000, "[\n" * 60_000 + "]\n" * 60_000,
+                   "a: &x [1]\nb: *x\n", "a: ['[', 2]\n", "a: [1, 2\n",
+                   "a: " + "b" * 1200 + "\n"]
+
+
+@pytest.mark.parametrize("text", C_COMPOSED + PYTHON_COMPOSED, ids=lambda t: t[:24])
+def test_a_text_loads_as_the_event_by_event_loaders_load_it(text, monkeypatch):
+    """Values, marks and errors are those of the loaders before libyaml composed nodes;
+    100,000 nested brackets are an error, not a crash in libyaml's C recursion."""
+    from graphc import yamlload
+    loaded = _loaded(text)
+    assert yamlload._shallow(text) == (text in C_COMPOSED)
+    monkeypatch.setattr(yamlload, "_shallow", lambda text: False)
+    assert loaded == _loaded(text)
+
+
+def test_libyaml_composes_a_large_plain_spec(monkeypatch):
+    """The 100,000-node chain's text goes through libyaml's composer, not the Python one."""
+    from graphc import yamlload
+    monkeypatch.setattr(yamlload, "_FastLoader", None)
+    assert len(yamlload.load_yaml(chain_spec(100_000), "chain.yaml")["nodes"]) == 100_000
 
 
 @pytest.mark.parametrize("spec", ["spiral_mlp", "spiral_bn_dropout", "sort_transformer"])
@@ -305,3 +343,74 @@ print("networkx" in sys.modules)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "plan.dot").exists()
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def _parsed(nodes) -> list:
+    """Node specs with the fields their equality leaves out (marks, origin)."""
+    return [(n.name, n.op, n.inputs, dict(n.attrs), n.mark, n.input_marks, n.origin)
+            for n in nodes]
+
+
+# (an expression, another of the same form with other names), and expressions the form
+# cache must not share: a callee that is no name, keywords, `__`, the node's own name
+SAME_FORM = [("tanh(h1)", "tanh(q7)"), ("relu(h1 @ W2 + b2)", "relu(zz @ Wq + bb)"),
+             ("  relu(h12 @ W2 + b2)", "  relu(abc @ Wz + b3)"), ("a*a + b", "c*c + d"),
+             ("x ** 2 - 0.5 * x", "y ** 2 - 0.5 * y"), ("maximum(a, b)", "maximum(c, d)"),
+             ("-x", "-y"), ("x", "y"), ("2.5", "2.5"), ("batch_norm(h)", "batch_norm(k)"),
+             ("x @ W + x @ W", "y @ V + y @ V"), ("1e-3 * x", "1e-3 * y")]
+NOT_SHARED = [("(relu)(x)", "(tanh)(x)"), ("maximum(a, b)", "maximum(c, c)"),
+              ("tanh(hh)", "tanh(h1)"),
+              ("relu(x) + None", "relu(x) + True"), ("tanh(__x)", "tanh(__y)"),
+              ("sum(x, axis=1)", "sum(x, axis=0)"), ("x[0]", "y[1]")]
+
+
+@pytest.mark.parametrize("first, second", SAME_FORM + NOT_SHARED)
+def test_an_expression_of_a_parsed_form_parses_as_the_parser_reads_it(first, second):
+    """The form cache gives what ast + the parser give: names, ops, inputs, attrs, marks,
+    input marks; for errors, the same error."""
+    from graphc import expr as E
+    from graphc.errors import Mark
+    from graphc.exprforms import FORMS
+    mark = Mark("f.yaml", 3, 7)
+
+    def parse(text):
+        try:
+            return _parsed(E.parse_expression(text, "hh", mark, quoted=True))
+        except Exception as exc:        # noqa: BLE001 - the error is what is compared
+            return repr(exc)
+    FORMS.clear()
+    expected = parse(second)
+    FORMS.clear()
+    parse(first)
+    assert parse(second) == expected
+
+
+@pytest.mark.parametrize("first, second", SAME_FORM)
+def test_an_expression_of_a_parsed_form_is_not_parsed_again(first, second, monkeypatch):
+    """A 100,000-line chain parses one `tanh(_)`: the parser runs once per form."""
+    from graphc import expr as E
+    from graphc.errors import Mark
+    from graphc.exprforms import FORMS
+    FORMS.clear()
+    E.parse_expression(first, "hh", Mark("f.yaml", 1, 1))
+    monkeypatch.setattr(E, "_Parser", _refuse("the parser"))
+    assert E.parse_expression(second, "hh", Mark("f.yaml", 2, 1))[-1].name == "hh"
+
+
+def test_the_verifier_trusts_only_the_same_nodes_over_the_same_inputs():
+    """verify_graph(g, trusted=t) skips re-inferring a node only where t holds that very
+    node over those very inputs: a node rebuilt with a wrong shape, or a trusted node whose
+    input was swapped for one of another shape, is still caught."""
+    from dataclasses import replace
+
+    from graphc.ir import Graph, Node, VerifyError, verify_graph
+    graph = build_graph(load_spec(SPECS / "spiral_mlp.yaml"))
+    verify_graph(graph, trusted=graph)
+    name, node = next((k, n) for k, n in graph.nodes.items() if n.op == "relu")
+    wrong = replace(node, shape=(*node.shape, 1))
+    x = node.inputs[0]              # an input of another shape, itself consistent
+    leaf = Node(x, "input", (), {"shape": wrong.shape}, wrong.shape)
+    for nodes, broken in (({**graph.nodes, name: wrong}, name), ({**graph.nodes, x: leaf}, name)):
+        with pytest.raises(VerifyError, match=f"{broken} .relu. has shape"):
+            verify_graph(Graph(nodes, graph.loss, graph.outputs, graph.dtype, graph.after),
+                         trusted=graph)
