@@ -67,6 +67,21 @@ def expand_layers(leaf_shapes: Mapping[str, tuple], nodes, expansions=None) -> t
     return params, out
 
 
+def check_float_inputs(nodes, integer: Mapping[str, str]) -> None:
+    """SpecError at the first layer that reads one of the `integer` leaves (name -> dtype):
+    said at the layer the user wrote, not at the matmul or layer_norm it expands into."""
+    for n in nodes:
+        bad = [(pos, i) for pos, i in enumerate(n.inputs) if i in integer]
+        if OPS[n.op].group == "layer" and bad:
+            pos, name = bad[0]
+            raise SpecError(f"input {pos + 1} of the {written(n.op)} layer is '{name}' "
+                            f"({integer[name]}), but must be floating-point values",
+                            mark=n.mark, node=n.user_node,
+                            hint=f"ids go through a table first: {written(n.op)}("
+                                 f"embedding({name}, W), ...); numbers: declare {name} "
+                                 "with dtype: float32")
+
+
 def _check_shared(n: NodeSpec, wanted: list, made: Mapping) -> None:
     """A layer sharing `share`'s params: an earlier layer of the same op, whose params
     have the shapes this layer would have given its own."""

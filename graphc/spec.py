@@ -19,7 +19,7 @@ from .blocks import Instance, expand_instances, parse_blocks
 from .errors import Mark, SpecError, did_you_mean, short
 from .limits import fmt_bytes, paused_gc
 from .expr import NodeSpec, check_attrs, layer_form, lookup_op, parse_expression, parse_stack
-from .layers import expand_layers
+from .layers import check_float_inputs, expand_layers
 from .seqlayers import LAYERS
 from .leaves import FLOAT_DTYPES, LeafSpec, check_fits, check_size, parse_dtype, parse_leaf
 from .ops import OPS
@@ -242,6 +242,8 @@ def _name(raw: MarkedDict, path: Path) -> str:
 
 def _expand_layers(leaves: dict, nodes: list, dtype: str) -> list:
     """Layers become plain nodes (layers.py); the params and state they create join `leaves`."""
+    check_float_inputs(nodes, {k: v.dtype for k, v in leaves.items()
+                               if v.dtype.startswith("int")})
     params, nodes = expand_layers({k: v.shape for k, v in leaves.items()}, nodes, LAYERS)
     for p in params:
         leaves[p.name] = LeafSpec(p.name, p.kind, p.shape, dtype, p.init, None, p.mark)
