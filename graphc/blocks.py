@@ -27,6 +27,7 @@ from typing import Callable, Mapping, Optional
 from . import shapes as S
 from .errors import Mark, SpecError, did_you_mean, short
 from .expr import NodeSpec
+from .layers import share_owner
 from .leaves import LeafSpec, parse_leaf
 from .ops import OPS, written
 from .yamlload import MAX_VALUES, MarkedDict, check_keys
@@ -139,16 +140,6 @@ def expand_instances(items: list, blocks: Mapping[str, Block], leaves: dict) -> 
     return out
 
 
-def _owner(share: Optional[str], shares: Mapping) -> Optional[str]:
-    """The instance whose params sharing `share` reads: `share` itself, or, where that one
-    shares too, the instance it reads from (c shares b, b shares a: a)."""
-    seen = set()
-    while isinstance(shares.get(share), str) and share not in seen:
-        seen.add(share)
-        share = shares[share]
-    return share
-
-
 def _instantiate(inst: Instance, blocks, of_block: Mapping, leaves: dict, known: set,
                  shares: Mapping) -> list:
     raw = inst.raw
@@ -159,7 +150,7 @@ def _instantiate(inst: Instance, blocks, of_block: Mapping, leaves: dict, known:
                         node=inst.name, hint=did_you_mean(str(raw["block"]), blocks) or
                         "define it under blocks:")
     share = _share_of(inst, block, of_block)
-    share = _owner(share, shares) if isinstance(share, str) else share
+    share = share_owner(share, shares) if isinstance(share, str) else share
     inputs = _bind_inputs(inst, block, known)
     if "repeat" in raw:
         return repeats(inst, block, inputs, share, leaves)
