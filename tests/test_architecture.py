@@ -27,7 +27,7 @@ STAGES = [
     "parallel",                                             # the MPI world (data parallel)
     "shapes", "ops",                                        # the vocabulary (ops/: records)
     "yamlload", "leaves", "expr", "layers", "seqlayers",   # spec text
-    "blocks", "spec",                                       # -> validated spec
+    "blockdefs", "blocks", "spec",                          # -> validated spec
     "ir", "autodiff", "optim",                              # graph, reverse graph, updates
     "arena", "plan", "remat", "remat_report", "dot", "memsvg",   # the planner, its pictures
     "backends", "executor",                                 # kernels behind one interface
