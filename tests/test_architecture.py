@@ -34,7 +34,7 @@ STAGES = [
     "initializers", "datasets", "datafiles", "datasources", "data",  # data and init
     "metrics", "schedules",
     "model", "checkpoint", "gradcheck", "explain", "annotate",      # commands' parts
-    "guard", "timing", "plots", "trainconfig", "train",
+    "guard", "timing", "plots", "trainconfig", "evaluation", "train",
     "predict", "api",                                       # using a trained model
     "onnx",                                                 # ONNX export and import
     "cli_common", "cli_grad", "cli_plan", "cli_predict", "cli_train",   # one per family

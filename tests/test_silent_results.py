@@ -97,7 +97,8 @@ train:
 
 def test_accuracy_thresholds_logits_at_0_and_probabilities_at_half(tmp_path):
     from graphc.model import load_model
-    from graphc.train import evaluate, parse_train
+    from graphc.evaluation import evaluate
+    from graphc.trainconfig import parse_train
     spec = tmp_path / "binary.yaml"
     spec.write_text(BINARY, encoding="utf-8")
     x = np.array([[0.2], [0.3], [-0.4], [0.1]], np.float32)
