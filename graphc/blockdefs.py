@@ -72,7 +72,11 @@ def _block(name: str, body: MarkedDict, mark: Mark, dtype: str, parse_node) -> B
     params = {p: parse_leaf(p, v, "param", dtype, raw_params.key_marks[p])
               for p, v in raw_params.items()}
     raw_nodes = body.get("nodes")
-    if not isinstance(raw_nodes, dict) or not raw_nodes:
+    if raw_nodes is not None and not isinstance(raw_nodes, dict):
+        raise SpecError(f"nodes of block '{name}' is {short(raw_nodes)}, expected a mapping "
+                        "name: expression", mark=body.mark_of("nodes"),
+                        hint="write each node as NAME: EXPRESSION, e.g. out: tanh(x @ W)")
+    if not raw_nodes:
         raise SpecError(f"block '{name}' has no nodes", mark=mark,
                         hint="give it nodes: {out: EXPRESSION}")
     for p in set(inputs) & set(params):

@@ -45,10 +45,10 @@ class Instance:
 
 def expand_instances(items: list, blocks: Mapping[str, Block], leaves: dict) -> list:
     """Nodes with every Instance replaced by its block's nodes; their params join `leaves`."""
-    of_block = {i.name: i.raw.get("block") for i in items
-                if isinstance(i, Instance) and "repeat" not in i.raw}
+    of_block = {i.name: None if "repeat" in i.raw else i.raw.get("block") for i in items
+                if isinstance(i, Instance)}     # None: repeated, which share: cannot name
     known = set(leaves) | {i.name for i in items}
-    shares = {i.name: i.raw.get("share") for i in items if i.name in of_block}
+    shares = {i.name: i.raw.get("share") for i in items if of_block.get(i.name)}
     out = []
     for item in items:
         if isinstance(item, Instance):
@@ -95,6 +95,12 @@ def _share_of(inst: Instance, block: Block, of_block: Mapping):
                         "op (dense: x @ W + b; layer_norm(x, gamma, beta))")
     if share is True and "repeat" in inst.raw:
         return True
+    if isinstance(share, str) and share in of_block and of_block[share] is None:
+        first = next(iter(block.params), "W")
+        raise SpecError(f"share '{share}' names a repeated instance, which has a set of params "
+                        "per repetition", mark=inst.raw.mark_of("share"), node=inst.name,
+                        hint=f"bind the ones to read with params:, e.g. params: {{{first}: "
+                             f"{share}.{first}}} (its last repetition's)")
     if not isinstance(share, str) or of_block.get(share) != block.name:
         raise SpecError(f"share {short(share)} is not an instance of block '{block.name}'",
                         mark=inst.raw.mark_of("share"), node=inst.name,
