@@ -144,10 +144,6 @@ ERRORS = [
     (("h1: {block: cell, inputs: [x1, h0]}", "h1: cell(x1, h0)"), "spec.yaml:16:7: node 'h1': "
      "'cell' is a block, not an op: a block is instantiated by a node of its own; write h1: "
      "{block: cell, inputs: [...]} under nodes:"),
-    # before: "share 'h1' is not an instance of block 'cell'", though it is one
-    (("h1: {block: cell, inputs: [x1, h0]}", "h1: {block: cell, inputs: [x1, h0], repeat: 2}"),
-     "node 'h2': share 'h1' names a repeated instance, which has a set of params per "
-     "repetition; bind the ones to read with params:, e.g. params: {W: h1.W}"),
     # before: "block 'cell' has no nodes"
     (("      pre: x @ W + h\n      out: tanh(pre + b)", "      - tanh(x @ W + h + b)"),
      "spec.yaml:13:7: block 'cell': nodes of block 'cell' is ['tanh(x @ W + h + b)'], "
