@@ -108,8 +108,8 @@ def _block(name: str, body: MarkedDict, mark: Mark, dtype: str, parse_node) -> B
 
 
 def check_not_called(node: str, body, blocks: Collection[str], mark: Mark) -> None:
-    """SpecError where a node body calls a block as if it were an op (`h: cell(x)`,
-    `{op: cell, ...}`): a block is instantiated by a node of its own."""
+    """SpecError where a node body that failed to parse calls a block as if it were an op
+    (`h: cell(x)`, `{op: cell, ...}`): a block is instantiated by a node of its own."""
     if isinstance(body, dict):
         called = {body.get("op")}
     else:
@@ -125,7 +125,7 @@ def _called(text: str) -> set:
     """The names an expression calls (none when it does not parse: its own error says so)."""
     try:
         tree = ast.parse(text.strip(), mode="eval")
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return set()
     return {c.func.id for c in ast.walk(tree)
             if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)}

@@ -278,8 +278,11 @@ def load_spec(path, text: Optional[str] = None, dtype: Optional[str] = None) -> 
     raw_blocks = _mapping(raw.get("blocks"), "blocks", raw.mark_of("blocks"))
 
     def parse_node(name: str, body, mark: Mark) -> list:
-        check_not_called(name, body, raw_blocks, mark)
-        return _node(name, body, mark, lines)
+        try:
+            return _node(name, body, mark, lines)
+        except SpecError:       # looked at only then: a correct spec pays nothing for it
+            check_not_called(name, body, raw_blocks, mark)
+            raise
     blocks = parse_blocks(raw_blocks, dtype, parse_node)
     nodes = _nodes(_mapping(raw.get("nodes"), "nodes", raw.mark_of("nodes")), parse_node, seen)
     nodes = expand_instances(nodes, blocks, leaves)
