@@ -151,7 +151,7 @@ def test_labels_are_checked_on_the_model_level_path(tmp_path):
     from graphc.errors import SpecError
     from graphc.metrics import Metric
     from graphc.model import load_model
-    from graphc.train import evaluate
+    from graphc.evaluation import evaluate
     model = load_model(SPIRAL)
     arrays = {"x": np.zeros((3, 2), np.float32), "y": np.array([0, 1, 3])}
     accuracy = {"accuracy": Metric("accuracy", "accuracy", ("scores", "y"))}
