@@ -24,7 +24,8 @@ from .model import GradResult, load_model, run_grads
 from .plan import Plan
 from .predict import CHUNK, Predictor, class_outputs, given_arrays, normalization
 from .optim import LR, parse_optimizer
-from .train import EpochLog, TrainResult, read_checkpoint, step_runner, train
+from .evaluation import read_checkpoint
+from .train import EpochLog, TrainResult, step_runner, train
 from .trainconfig import memory_policy, parse_train, training_plan, training_step
 
 PathLike = Union[str, os.PathLike]

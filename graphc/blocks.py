@@ -22,28 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
+from typing import Mapping, Optional
 
 from . import shapes as S
+from .blockdefs import Block, stamped
 from .errors import Mark, SpecError, did_you_mean, short
 from .expr import NodeSpec
-from .leaves import LeafSpec, parse_leaf
+from .layers import share_owner
 from .ops import OPS, written
 from .yamlload import MAX_VALUES, MarkedDict, check_keys
 
-BLOCK_KEYS = ("inputs", "params", "nodes", "output")
 INSTANCE_KEYS = ("block", "inputs", "share", "params", "repeat", "chain", "per_step")
-
-
-@dataclass(frozen=True)
-class Block:
-    """A block as written: local names of its inputs, params and nodes, and its output."""
-    name: str
-    inputs: tuple
-    params: Mapping[str, LeafSpec]
-    nodes: tuple
-    output: str
-    mark: Mark
 
 
 @dataclass(frozen=True)
@@ -54,82 +43,12 @@ class Instance:
     mark: Mark
 
 
-def stamped(mark: Optional[Mark], block: str, instance: Optional[str] = None):
-    return mark and dataclasses.replace(mark, block=block, instance=instance)
-
-
-def in_block(exc: SpecError, block: str, instance: Optional[str] = None) -> SpecError:
-    """The same error, its place stamped with the block (and instance) it lies in."""
-    return SpecError(exc.message, mark=stamped(exc.mark, block, instance), node=exc.node,
-                     hint=exc.hint, context=exc.context)
-
-
-def _names(raw, what: str, block: str, mark: Mark) -> tuple:
-    if not isinstance(raw, list) or not all(isinstance(i, str) and i.isidentifier()
-                                            for i in raw):
-        raise SpecError(f"{what} of block '{block}' is {short(raw)}, expected a list of "
-                        "names such as [x, h]", mark=mark)
-    return tuple(raw)
-
-
-def parse_blocks(raw: MarkedDict, dtype: str, parse_node: Callable) -> dict:
-    """name -> Block for the `blocks:` section; `parse_node(name, body, mark)` reads one
-    node's body as the `nodes:` section does."""
-    blocks = {}
-    for name, body in raw.items():
-        mark = raw.key_marks[name]
-        if not isinstance(body, dict):
-            raise SpecError(f"block '{name}' is {short(body)}, expected a mapping with inputs, "
-                            "params and nodes", mark=mark)
-        check_keys(body, BLOCK_KEYS, f"block '{name}'")
-        try:
-            blocks[name] = _block(name, body, mark, dtype, parse_node)
-        except SpecError as exc:
-            raise in_block(exc, name) from None
-    return blocks
-
-
-def _block(name: str, body: MarkedDict, mark: Mark, dtype: str, parse_node) -> Block:
-    inputs = _names(body.get("inputs", []), "inputs", name, body.mark_of("inputs"))
-    raw_params = body.get("params") or {}
-    if not isinstance(raw_params, dict):
-        raise SpecError(f"params of block '{name}' is {short(raw_params)}, expected a mapping "
-                        "name: leaf", mark=body.mark_of("params"), hint="e.g. {W: [4, 4]}")
-    params = {p: parse_leaf(p, v, "param", dtype, raw_params.key_marks[p])
-              for p, v in raw_params.items()}
-    raw_nodes = body.get("nodes")
-    if not isinstance(raw_nodes, dict) or not raw_nodes:
-        raise SpecError(f"block '{name}' has no nodes", mark=mark,
-                        hint="give it nodes: {out: EXPRESSION}")
-    for p in set(inputs) & set(params):
-        raise SpecError(f"'{p}' is both an input and a param of block '{name}'",
-                        mark=raw_params.key_marks[p], node=p, hint="rename one of them")
-    taken = set(inputs) | set(params)
-    nodes = []
-    for local, node_body in raw_nodes.items():
-        if local in taken or not local.isidentifier():
-            raise SpecError(f"node name '{local}' is taken or not an identifier",
-                            mark=raw_nodes.key_marks[local], node=local)
-        taken.add(local)
-        if isinstance(node_body, dict) and "block" in node_body:
-            raise SpecError(f"node '{local}' of block '{name}' is an instance of a block, and "
-                            "blocks do not nest", mark=raw_nodes.mark_of(local), node=local,
-                            hint="instantiate both blocks under nodes:, the second reading "
-                                 "the first's output")
-        nodes += parse_node(local, node_body, raw_nodes.mark_of(local))
-    output = body.get("output", list(raw_nodes)[-1])
-    if output not in raw_nodes:
-        raise SpecError(f"output {short(output)} is not a node of block '{name}'",
-                        mark=body.mark_of("output"), hint=did_you_mean(str(output), raw_nodes))
-    return Block(name, inputs, params, tuple(nodes), output, mark)
-
-
 def expand_instances(items: list, blocks: Mapping[str, Block], leaves: dict) -> list:
     """Nodes with every Instance replaced by its block's nodes; their params join `leaves`."""
-    of_block = {i.name: i.raw.get("block") for i in items
-                if isinstance(i, Instance) and "repeat" not in i.raw}
+    of_block = {i.name: None if "repeat" in i.raw else i.raw.get("block") for i in items
+                if isinstance(i, Instance)}     # None: repeated, which share: cannot name
     known = set(leaves) | {i.name for i in items}
-    shares = {i.name: i.raw.get("share") for i in items if i.name in of_block}
+    shares = {i.name: i.raw.get("share") for i in items if of_block.get(i.name)}
     out = []
     for item in items:
         if isinstance(item, Instance):
@@ -137,16 +56,6 @@ def expand_instances(items: list, blocks: Mapping[str, Block], leaves: dict) -> 
         else:
             out.append(item)
     return out
-
-
-def _owner(share: Optional[str], shares: Mapping) -> Optional[str]:
-    """The instance whose params sharing `share` reads: `share` itself, or, where that one
-    shares too, the instance it reads from (c shares b, b shares a: a)."""
-    seen = set()
-    while isinstance(shares.get(share), str) and share not in seen:
-        seen.add(share)
-        share = shares[share]
-    return share
 
 
 def _instantiate(inst: Instance, blocks, of_block: Mapping, leaves: dict, known: set,
@@ -159,7 +68,7 @@ def _instantiate(inst: Instance, blocks, of_block: Mapping, leaves: dict, known:
                         node=inst.name, hint=did_you_mean(str(raw["block"]), blocks) or
                         "define it under blocks:")
     share = _share_of(inst, block, of_block)
-    share = _owner(share, shares) if isinstance(share, str) else share
+    share = share_owner(share, shares) if isinstance(share, str) else share
     inputs = _bind_inputs(inst, block, known)
     if "repeat" in raw:
         return repeats(inst, block, inputs, share, leaves)
@@ -186,6 +95,12 @@ def _share_of(inst: Instance, block: Block, of_block: Mapping):
                         "op (dense: x @ W + b; layer_norm(x, gamma, beta))")
     if share is True and "repeat" in inst.raw:
         return True
+    if isinstance(share, str) and share in of_block and of_block[share] is None:
+        first = next(iter(block.params), "W")
+        raise SpecError(f"share '{share}' names a repeated instance, which has a set of params "
+                        "per repetition", mark=inst.raw.mark_of("share"), node=inst.name,
+                        hint=f"bind the ones to read with params:, e.g. params: {{{first}: "
+                             f"{share}.{first}}} (its last repetition's)")
     if not isinstance(share, str) or of_block.get(share) != block.name:
         raise SpecError(f"share {short(share)} is not an instance of block '{block.name}'",
                         mark=inst.raw.mark_of("share"), node=inst.name,

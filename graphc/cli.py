@@ -106,7 +106,7 @@ def check(spec):
     check_params_reach_loss(model.graph, gg.grads)
     metrics = {}
     if "data" in model.spec.train:    # the training settings too, so typos surface here
-        from .train import parse_train
+        from .trainconfig import parse_train
         metrics = parse_train(model).metrics
     click.echo(model.graph.dump())
     from .blocks import instance_lines

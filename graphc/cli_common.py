@@ -51,7 +51,7 @@ def input_feeds(model, inputs_path, batch_size=None):
     """Fed inputs for one pass: --inputs FILE.npz, else the first batch of train.data."""
     from .checkpoint import read
     from .data import first_batch
-    from .train import load_dataset, parse_train
+    from .trainconfig import load_dataset, parse_train
     fed = model.fed_inputs
     given = {}
     if inputs_path:

@@ -41,7 +41,7 @@ def _trained_model(spec, params) -> tuple:
     with no train.data and no --params keeps its values and initializers."""
     from .model import load_model
     from .predict import normalization
-    from .train import read_checkpoint
+    from .evaluation import read_checkpoint
     model = load_model(spec)
     if params is None and "data" not in model.spec.train:
         return model, {}

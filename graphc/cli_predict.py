@@ -35,7 +35,7 @@ def predict(spec, params, inputs, out, as_json, classes, batch_size):
     from .model import load_model
     from .outfiles import check_outputs
     from .predict import CHUNK, Predictor, class_outputs, normalization, read_inputs
-    from .train import read_checkpoint
+    from .evaluation import read_checkpoint
     if out is not None and out.suffix.lower() not in (".npz", ".csv"):
         raise click.UsageError(f"--out {out}: expected a .npz or .csv file")
     check_outputs({"--out": out})      # before the work

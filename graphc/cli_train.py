@@ -40,7 +40,8 @@ def train(spec, out, as_json, epochs, batch_size, lr, seed, resume, init_from, s
     from .outfiles import destination
     from .parallel import world
     from .plots import check_plot_folder
-    from .train import parse_train, train as run_train
+    from .train import train as run_train
+    from .trainconfig import parse_train
     if resume and init_from:
         raise click.UsageError("--resume and --init-from exclude each other")
 
@@ -150,7 +151,7 @@ class _progress:
 def eval_(spec, params, as_json):
     """Loss and metrics of a checkpoint on SPEC's data (its validation split if it has one)."""
     from .model import load_model
-    from .train import evaluate_checkpoint
+    from .evaluation import evaluate_checkpoint
     model = load_model(spec)
     result = evaluate_checkpoint(model, checkpoint_or_default(model, params))
     if as_json:

@@ -46,17 +46,17 @@ def expand_layers(leaf_shapes: Mapping[str, tuple], nodes, expansions=None) -> t
     if not any(OPS[n.op].group == "layer" for n in nodes):
         return [], list(nodes)
     shapes = infer_shapes(leaf_shapes, nodes)
-    params, out, made, owner = [], [], {}, {}    # owner: sharing layer -> whose params
+    params, out, made, shares = [], [], {}, {}    # shares: sharing layer -> the one named
     for n in nodes:
         if OPS[n.op].group == "layer" and all(i in shapes for i in n.inputs):
             share = n.attrs.get("share")
-            if share:       # sharing a layer that shares: the params' owner, s3 -> s2 -> s1
-                n = replace(n, attrs={**n.attrs, "share": owner.get(share, share)})
+            if share:
+                n = replace(n, attrs={**n.attrs, "share": share_owner(share, shares)})
             expand = (expansions or EXPANSIONS)[n.op]
             layer_params, layer_nodes = expand(n, *(shapes[i] for i in n.inputs))
             if share:
                 _check_shared(n, layer_params, made)
-                owner[n.name] = n.attrs["share"]
+                shares[n.name] = share
             else:
                 _check_fresh(n, layer_params, leaf_shapes)
                 params += layer_params
@@ -65,6 +65,32 @@ def expand_layers(leaf_shapes: Mapping[str, tuple], nodes, expansions=None) -> t
         else:
             out.append(n)
     return params, out
+
+
+def share_owner(share: str, shares: Mapping) -> str:
+    """The node whose params a layer or block instance with `share=share` reads: `share`
+    itself, or, where that one shares too, the one it reads from (`shares`: node -> the node
+    its share names; s3 shares s2, s2 shares s1: s1)."""
+    seen = set()
+    while isinstance(shares.get(share), str) and share not in seen:
+        seen.add(share)
+        share = shares[share]
+    return share
+
+
+def check_float_inputs(nodes, integer: Mapping[str, str]) -> None:
+    """SpecError at the first layer that reads one of the `integer` leaves (name -> dtype):
+    said at the layer the user wrote, not at the matmul or layer_norm it expands into."""
+    for n in nodes:
+        bad = [(pos, i) for pos, i in enumerate(n.inputs) if i in integer]
+        if OPS[n.op].group == "layer" and bad:
+            pos, name = bad[0]
+            raise SpecError(f"input {pos + 1} of the {written(n.op)} layer is '{name}' "
+                            f"({integer[name]}), but must be floating-point values",
+                            mark=n.mark, node=n.user_node,
+                            hint=f"ids go through a table first: {written(n.op)}("
+                                 f"embedding({name}, W), ...); numbers: declare {name} "
+                                 "with dtype: float32")
 
 
 def _check_shared(n: NodeSpec, wanted: list, made: Mapping) -> None:

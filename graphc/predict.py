@@ -21,10 +21,10 @@ from .datafiles import csv_header, np_load, resolve
 from .errors import SpecError, did_you_mean
 from .ir import Graph
 from .model import Model, Runner
-from .train import STATS
+from .evaluation import STATS
 from .trainconfig import fed_label_classes
 
-CHUNK = 1024            # rows per forward pass, as eval's (train.Evaluator)
+CHUNK = 1024            # rows per forward pass, as eval's (evaluation.Evaluator)
 CLASS_SUFFIX = ".class"  # `--classes`: the predicted class of output NAME is NAME.class
 FORMATS = (".npz", ".npy", ".csv")
 

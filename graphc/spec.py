@@ -15,11 +15,12 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from .blocks import Instance, expand_instances, parse_blocks
+from .blockdefs import check_not_called, parse_blocks
+from .blocks import Instance, expand_instances
 from .errors import Mark, SpecError, did_you_mean, short
 from .limits import fmt_bytes, paused_gc
 from .expr import NodeSpec, check_attrs, layer_form, lookup_op, parse_expression, parse_stack
-from .layers import expand_layers
+from .layers import check_float_inputs, expand_layers
 from .seqlayers import LAYERS
 from .leaves import FLOAT_DTYPES, LeafSpec, check_fits, check_size, parse_dtype, parse_leaf
 from .ops import OPS
@@ -111,15 +112,16 @@ def _explicit_node(name: str, raw: MarkedDict) -> NodeSpec:
     return NodeSpec(name, op, tuple(map(as_read, inputs)), attrs, raw.mark, marks)
 
 
-def _nodes(raw: MarkedDict, lines: list, seen: dict) -> list:
-    """Node specs of the `nodes:` section, and an `Instance` for each block instance."""
+def _nodes(raw: MarkedDict, parse_node, seen: dict) -> list:
+    """Node specs of the `nodes:` section, and an `Instance` for each block instance;
+    `parse_node(name, body, mark)` reads any other node body."""
     out = []
     for written, body in raw.items():
         name = _declare(written, raw.key_marks[written], "node", seen)
         if isinstance(body, dict) and "block" in body:
             out.append(Instance(name, body, raw.key_marks[written]))
         else:
-            out += _node(name, body, raw.mark_of(written), lines)
+            out += parse_node(name, body, raw.mark_of(written))
     return out
 
 
@@ -242,6 +244,8 @@ def _name(raw: MarkedDict, path: Path) -> str:
 
 def _expand_layers(leaves: dict, nodes: list, dtype: str) -> list:
     """Layers become plain nodes (layers.py); the params and state they create join `leaves`."""
+    check_float_inputs(nodes, {k: v.dtype for k, v in leaves.items()
+                               if v.dtype.startswith("int")})
     params, nodes = expand_layers({k: v.shape for k, v in leaves.items()}, nodes, LAYERS)
     for p in params:
         leaves[p.name] = LeafSpec(p.name, p.kind, p.shape, dtype, p.init, None, p.mark)
@@ -271,9 +275,16 @@ def load_spec(path, text: Optional[str] = None, dtype: Optional[str] = None) -> 
     seen: dict = {}
     leaves = _leaves(raw, dtype, seen)
     lines = text.splitlines()
-    blocks = parse_blocks(_mapping(raw.get("blocks"), "blocks", raw.mark_of("blocks")), dtype,
-                          lambda name, body, mark: _node(name, body, mark, lines))
-    nodes = _nodes(_mapping(raw.get("nodes"), "nodes", raw.mark_of("nodes")), lines, seen)
+    raw_blocks = _mapping(raw.get("blocks"), "blocks", raw.mark_of("blocks"))
+
+    def parse_node(name: str, body, mark: Mark) -> list:
+        try:
+            return _node(name, body, mark, lines)
+        except SpecError:       # looked at only then: a correct spec pays nothing for it
+            check_not_called(name, body, raw_blocks, mark)
+            raise
+    blocks = parse_blocks(raw_blocks, dtype, parse_node)
+    nodes = _nodes(_mapping(raw.get("nodes"), "nodes", raw.mark_of("nodes")), parse_node, seen)
     nodes = expand_instances(nodes, blocks, leaves)
     _check_names(leaves, nodes)
     for n in nodes:

@@ -27,14 +27,14 @@ STAGES = [
     "parallel",                                             # the MPI world (data parallel)
     "shapes", "ops",                                        # the vocabulary (ops/: records)
     "yamlload", "leaves", "exprforms", "expr", "layers", "seqlayers",   # spec text
-    "blocks", "spec",                                       # -> validated spec
+    "blockdefs", "blocks", "spec",                          # -> validated spec
     "ir", "autodiff", "optim",                              # graph, reverse graph, updates
     "arena", "plan", "remat", "remat_report", "dot", "memsvg",   # the planner, its pictures
     "backends", "executor",                                 # kernels behind one interface
     "initializers", "datasets", "datafiles", "datasources", "data",  # data and init
     "metrics", "schedules",
     "model", "checkpoint", "gradcheck", "explain", "annotate",      # commands' parts
-    "guard", "timing", "plots", "trainconfig", "train",
+    "guard", "timing", "plots", "trainconfig", "evaluation", "train",
     "predict", "api",                                       # using a trained model
     "onnx",                                                 # ONNX export and import
     "cli_common", "cli_grad", "cli_plan", "cli_predict", "cli_train",   # one per family

@@ -155,8 +155,10 @@ def test_a_repeated_instance_cannot_be_shared_by_name(tmp_path):
     text = OWN.replace("  loss: sum(h * h)", "  g: {block: cell, inputs: [x, h], share: h}\n"
                        "  loss: sum(g * g)")
     proc = graphc("check", cli_spec(tmp_path, text))
-    assert proc.returncode == 2 and "share 'h' is not an instance of block 'cell'" in \
-        proc.stderr, proc.stderr
+    # before: "share 'h' is not an instance of block 'cell'", though it is one
+    assert proc.returncode == 2 and "share 'h' names a repeated instance, which has a set " \
+        "of params per repetition; bind the ones to read with params:, e.g. params: {W: h.W}" \
+        in proc.stderr, proc.stderr
 
 
 def test_repeat_of_a_block_without_inputs_is_located(tmp_path):

@@ -136,6 +136,22 @@ ERRORS = [
      "blocks do not nest"),
     (("      pre: x", "      x: x"), "spec.yaml:13:7: block 'cell': node 'x': node name 'x' is "
      "taken or not an identifier"),
+    # before: "internal error (TypeError: unhashable type: 'MarkedList')"
+    (("      out: tanh(pre + b)", "      out: tanh(pre + b)\n    output: [pre, out]"),
+     "spec.yaml:15:13: block 'cell': output of block 'cell' is ['pre', 'out'], expected one "
+     "node name: a block has one output"),
+    # before: "unknown op 'cell'; did you mean 'gru_cell'?"
+    (("h1: {block: cell, inputs: [x1, h0]}", "h1: cell(x1, h0)"), "spec.yaml:16:7: node 'h1': "
+     "'cell' is a block, not an op: a block is instantiated by a node of its own; write h1: "
+     "{block: cell, inputs: [...]} under nodes:"),
+    # before: "block 'cell' has no nodes"
+    (("      pre: x @ W + h\n      out: tanh(pre + b)", "      - tanh(x @ W + h + b)"),
+     "spec.yaml:13:7: block 'cell': nodes of block 'cell' is ['tanh(x @ W + h + b)'], "
+     "expected a mapping name: expression"),
+    (("h1: {block: cell, inputs: [x1, h0]}", "h1: {op: cell, inputs: [x1, h0]}"),
+     "node 'h1': 'cell' is a block, not an op"),
+    (("      pre: x @ W + h", "      pre: relu(cell(x, h))"), "spec.yaml:13:12: block 'cell': "
+     "node 'pre': 'cell' is a block, not an op"),
 ]
 
 
@@ -144,6 +160,16 @@ def test_block_errors_are_located(tmp_path, edit, message):
     proc = graphc("check", cli_spec(tmp_path, TIED.replace(*edit)))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
+    assert [line.startswith("error: ") for line in proc.stderr.splitlines()].count(True) == 1
+
+
+def test_another_node_of_an_instance_is_read_by_name(tmp_path):
+    # the documented way around one output: h1/pre in an explicit node's inputs
+    text = TIED.replace("  loss: sum(h2 * h2)", "  s: {op: sum, inputs: [h1/pre]}\n"
+                        "  loss: sum(h2 * h2) + s")
+    loss, _ = grads_of(tmp_path, text)
+    pre = np.array([[1.0, 2.0]]) @ W
+    assert loss == pytest.approx(by_hand(W, B, W, B)[0] + pre.sum(), rel=1e-14)
 
 
 def test_grad_json_reports_instance_params(tmp_path):

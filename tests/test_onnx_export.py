@@ -25,7 +25,7 @@ ort = pytest.importorskip("onnxruntime", reason="the ONNX tests need the extra: 
 from graphc.checkpoint import read, saved_stats                       # noqa: E402
 from graphc.data import apply_stats                                   # noqa: E402
 from graphc.model import label_classes, load_model                    # noqa: E402
-from graphc.train import STATS                                        # noqa: E402
+from graphc.evaluation import STATS                                   # noqa: E402
 from test_cli import ALL_SPECS, REPO, SPECS, graphc, ok, one_json     # noqa: E402
 
 ROWS = 7                     # held-out samples: a batch size no spec trains with

@@ -411,7 +411,8 @@ def test_train_plot_writes_curves_and_the_decision_boundary(tmp_path):
 
 def test_without_matplotlib_the_numbers_are_csv(tmp_path, monkeypatch):
     from graphc import plots
-    from graphc.train import load_dataset, parse_train, train
+    from graphc.train import train
+    from graphc.trainconfig import load_dataset, parse_train
     monkeypatch.setattr(plots, "_matplotlib", lambda: None)
     model = load_model(SPECS / "spiral_mlp.yaml")
     cfg = parse_train(model, epochs=1)

@@ -22,7 +22,8 @@ import graphc.train as T
 from graphc.errors import SpecError
 from graphc.model import load_model
 from graphc.checkpoint import init_from
-from graphc.train import RESERVED, Interrupted, parse_train, train
+from graphc.train import RESERVED, Interrupted, train
+from graphc.trainconfig import parse_train
 
 SPEC = """\
 name: resumable

@@ -327,3 +327,17 @@ def test_sharing_a_layer_of_other_shapes_is_a_located_error(tmp_path):
     assert proc.returncode == 2
     assert ":9:" in proc.stderr and "shares the params of 's1', but here 's1.W_ih' would be " \
         "[2, 9], and it is [1, 9]" in proc.stderr
+
+
+@pytest.mark.parametrize("text, layer", [(MHA, "multi_head_attention"),
+                                         (BLOCK, "transformer_block"), (NORM, "layer_norm"),
+                                         (POS, "positional_embedding")])
+def test_integer_ids_into_a_layer_are_refused_at_the_layer(tmp_path, text, layer):
+    # before: "input 1 of matmul is 'x' (int64)" (or layer_norm), at an op the user never wrote
+    text = text.replace("x: [batch, 5, 8]", "x: {shape: [batch, 5, 8], dtype: int64}")
+    proc = cli("check", spec_at(tmp_path, text))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip()
+    assert len(line.splitlines()) == 1 and line.startswith(f"error: {tmp_path / 'spec.yaml'}:5:")
+    assert f"input 1 of the {layer} layer is 'x' (int64), but must be floating-point" in line
+    assert f"{layer}(embedding(x, W), ...)" in line

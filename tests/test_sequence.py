@@ -43,6 +43,21 @@ def test_embedding_grad_accumulates_repeated_ids_in_both_forms(rows, width):
     np.testing.assert_allclose(got[2], g[0, 0] + g[0, 2] + g[1, 0] + g[1, 2], rtol=1e-15)
 
 
+@pytest.mark.parametrize("rows, width", [(3, 4), (6, 2)])     # one-hot GEMM; sorted segments
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_embedding_grad_keeps_a_non_finite_g_to_the_rows_read(rows, width, bad):
+    # id 2 reads the bad element: row 2 alone is non-finite, row 0 and the unread rows are
+    # what they would be (the GEMM's 0 · NaN once spread it over a whole column)
+    ids = np.array([2, 0, 2])
+    g = np.arange(3.0 * width).reshape(3, width)
+    g[2, 1] = bad
+    want = np.zeros((rows, width))
+    np.add.at(want, ids, g)
+    got = run("embedding_grad", g, ids, shape=[rows, width])
+    np.testing.assert_array_equal(got, want)
+    assert np.isfinite(np.delete(got, 2, axis=0)).all() and not np.isfinite(got[2, 1])
+
+
 def test_embedding_ids_out_of_range_name_the_node(tmp_path):
     path = spec_file(tmp_path, EMBED.replace("[2, 0, 2, 2]", "[2, 0, 3, 2]"))
     proc = graphc("grad", path)
@@ -84,6 +99,19 @@ def test_causal_attention_ignores_the_future():
     assert not np.allclose(out[:, 3:], out2[:, 3:])
     np.testing.assert_allclose(out[:, 0], v[:, 0], rtol=1e-12)     # query 0 sees key 0 only
     np.testing.assert_allclose(out, attention_by_loops(q, k, v, causal=True), rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_a_masked_position_gets_zero_probability_whatever_its_score(bad):
+    # key 4's score is +inf (NaN) for every query; queries 0-3 may not see it (adding the
+    # -inf mask made inf - inf = NaN), query 4 may, and its row is NaN as softmax's is
+    q, k, v = np.ones((1, 5, 2)), np.ones((1, 5, 2)), np.ones((1, 5, 2))
+    finite = run("attention_probs", q, k, v, causal=True)
+    k[0, 4] = bad
+    probs = run("attention_probs", q, k, v, causal=True)
+    np.testing.assert_array_equal(probs[0, :4], finite[0, :4])
+    assert (probs[0, :4, 4] == 0).all() and np.isnan(probs[0, 4]).all()
+    np.testing.assert_array_equal(finite[0, 1], [0.5, 0.5, 0, 0, 0])
 
 
 def test_attention_is_stable_and_hand_checked():

@@ -97,7 +97,8 @@ train:
 
 def test_accuracy_thresholds_logits_at_0_and_probabilities_at_half(tmp_path):
     from graphc.model import load_model
-    from graphc.train import evaluate, parse_train
+    from graphc.evaluation import evaluate
+    from graphc.trainconfig import parse_train
     spec = tmp_path / "binary.yaml"
     spec.write_text(BINARY, encoding="utf-8")
     x = np.array([[0.2], [0.3], [-0.4], [0.1]], np.float32)
@@ -150,7 +151,7 @@ def test_labels_are_checked_on_the_model_level_path(tmp_path):
     from graphc.errors import SpecError
     from graphc.metrics import Metric
     from graphc.model import load_model
-    from graphc.train import evaluate
+    from graphc.evaluation import evaluate
     model = load_model(SPIRAL)
     arrays = {"x": np.zeros((3, 2), np.float32), "y": np.array([0, 1, 3])}
     accuracy = {"accuracy": Metric("accuracy", "accuracy", ("scores", "y"))}

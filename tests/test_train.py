@@ -22,7 +22,9 @@ from graphc.errors import CheckFailed, SpecError
 from graphc.metrics import (EarlyStopping, EarlyStoppingConfig, Metric, accuracy, mae,
                             parse_early_stopping, rmse)
 from graphc.model import load_model
-from graphc.train import RESERVED, evaluate, evaluate_checkpoint, parse_train, train
+from graphc.evaluation import evaluate, evaluate_checkpoint
+from graphc.train import RESERVED, train
+from graphc.trainconfig import parse_train
 
 
 REPO = Path(__file__).resolve().parents[1]

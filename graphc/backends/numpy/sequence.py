@@ -10,6 +10,7 @@ operand has contiguous rows, so a transposed operand is copied to scratch first.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
@@ -26,24 +27,32 @@ def b_embedding_grad(out, g, ids, shape=None):
     """Zeros, then each row of g added at its id: repeated ids accumulate. A table with no
     more rows than columns gets one GEMM, onehot(ids)ᵀ g (the one-hot matrix is no larger
     than g; the ONNX export writes the same); a taller one sums g's rows sorted by id, one
-    segment per id (a few times faster than np.add.at)."""
+    segment per id (a few times faster than np.add.at). A NaN or Inf in g would reach a
+    whole column of the GEMM's result (0 · NaN is NaN), so a non-finite result is summed
+    again by segments: only the rows of ids that occur are then non-finite, as in PyTorch."""
     rows, width = out.shape
     flat, g2 = ids.reshape(-1), g.reshape(-1, width)
-    if rows <= width:
-        return source("""
-            np.equal(row_ids, flat, out=onehot)
-            np.matmul(onehot, g2, out=out)
-            """, row_ids=row_offsets(rows, 1)[:, None], flat=flat,
-            onehot=scratch((rows, flat.size), out.dtype), g2=g2, out=out)
+    segments = partial(_segment_sums, out, flat, g2)
+    if rows > width:
+        return segments
+    return source("""
+        np.equal(row_ids, flat, out=onehot)
+        np.matmul(onehot, g2, out=out)
+        if not math.isfinite(np.dot(out.reshape(-1), ones)):
+            segments()
+        """, row_ids=row_offsets(rows, 1)[:, None], flat=flat,
+        onehot=scratch((rows, flat.size), out.dtype), g2=g2, out=out,
+        ones=constant(1, (rows * width,), out.dtype), segments=segments)
 
-    def run():
-        out.fill(0)
-        if flat.size:
-            order = np.argsort(flat, kind="stable")
-            ordered = flat[order]
-            starts = np.flatnonzero(np.diff(ordered, prepend=-1))
-            out[ordered[starts]] = np.add.reduceat(g2[order], starts, axis=0)
-    return run
+
+def _segment_sums(out, flat, g2) -> None:
+    """out[r] = the sum of the rows of g2 whose id in flat is r, summed in id order."""
+    out.fill(0)
+    if flat.size:
+        order = np.argsort(flat, kind="stable")
+        ordered = flat[order]
+        starts = np.flatnonzero(np.diff(ordered, prepend=-1))
+        out[ordered[starts]] = np.add.reduceat(g2[order], starts, axis=0)
 
 
 def _row_stats(x) -> tuple:
@@ -60,16 +69,17 @@ def _row_stats(x) -> tuple:
 
 def b_attention_probs(out, q, k, v, causal=False):
     """softmax(q kᵀ / sqrt(d) + mask) into out [..., T, S], stable (row max subtracted):
-    kᵀ copied to contiguous scratch, the mask added (0 or -inf), each row's max subtracted,
-    exp, then divided by the row sum."""
+    kᵀ copied to contiguous scratch, the mask applied with fmin (NaN where a key is seen,
+    which fmin ignores; -inf at a future key, whatever its score: +inf or NaN too, which
+    adding -inf would make NaN), each row's max subtracted, exp, divided by the row sum."""
     kt = scratch(k.shape[:-2] + (k.shape[-1], k.shape[-2]), k.dtype)
     maxima, names = _row_stats(out)
     lines = ["np.copyto(kt, k_swapped)", "np.matmul(q, kt, out=out)",
              "np.multiply(out, scale, out=out)"]
-    lines += ["np.add(out, mask, out=out)"] if causal else []
+    lines += ["np.fmin(out, mask, out=out)"] if causal else []
     lines += [maxima, "np.subtract(out, mx_col, out=out)", "np.exp(out, out=out)",
               "np.dot(flat, ones_s, out=total_rows)", "np.divide(out, total, out=out)"]
-    mask = np.where(np.triu(np.ones(out.shape[-2:], dtype=bool), k=1), -np.inf, 0)
+    mask = np.where(np.triu(np.ones(out.shape[-2:], dtype=bool), k=1), -np.inf, np.nan)
     return source("\n".join(lines), **names, kt=kt, k_swapped=np.swapaxes(k, -1, -2), q=q,
                   out=out, scale=1.0 / math.sqrt(q.shape[-1]), mask=mask.astype(out.dtype))
 
