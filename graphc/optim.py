@@ -11,11 +11,11 @@ the trainer checks after each step:
   finite skips itself and sets the guard to NaN.
 Plain SGD (no momentum, weight decay or clipping) starts the backward pass from
 the learning rate instead of 1, so every gradient arrives scaled and each update
-is one subtract, run as soon as its gradient is complete (gradient buffers die
-early). Every other optimizer's updates run last, one after another in param
-order, which the backend runs as one update over flat views of all params
-(backends/numpy/updates.flat_updates). Optimizer state leaves (`<param>.velocity`,
-`.m`, ...) start at zero; the learning rate is the `hyper` leaf `opt:lr`, set by the
+is one subtract. Each update runs as soon as its gradient is complete (gradient
+buffers die early); the NumPy backend's generated code defers the other
+optimizers' arithmetic to the last update, one update over flat views of all
+params (backends/numpy/updates.flat_updates). Optimizer state leaves
+(`<param>.velocity`, `.m`, ...) start at zero; the learning rate is the `hyper` leaf `opt:lr`, set by the
 trainer each epoch, so a schedule needs no recompile.
 """
 from __future__ import annotations
@@ -177,22 +177,9 @@ def training_graph(graph: Graph, optimizer: Optimizer,
         b.add(update, optimizer.name, (p, gg.grads[p], guard, LR, *states[p]), attrs)
         after += [(r, update) for r in readers[p]]
     together = _allreduce(b, graph, [gg.grads[p] for p in params], after) if synced else ()
-    if not folded:
-        _updates_last(b, params, after)
     out = toposort(b.graph(graph.loss, graph.outputs, after))
     verify_graph(out)
     return StepGraph(out, frozenset(graph.nodes), gg.grads, states, guard, folded, together)
-
-
-def _updates_last(b: GraphBuilder, params: list, after: list) -> None:
-    """Order the updates after every other step, one after another in param order, so
-    they run as one stretch (the backend's flat update, updates.flat_updates). Their
-    gradients then all live to the end of the step."""
-    updates = tuple(f"update:{p}" for p in params)
-    mine = set(updates)
-    rest = [n for n, node in b.nodes.items() if not node.is_leaf and n not in mine]
-    if updates:
-        after += [(n, updates[0]) for n in rest] + list(zip(updates, updates[1:]))
 
 
 def _allreduce(b: GraphBuilder, graph: Graph, grads: list, after: list) -> tuple:

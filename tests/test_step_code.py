@@ -192,8 +192,7 @@ def test_time_says_which_step_code_ran_and_its_kernel_calls():
                              done.stderr.strip())
         assert found, done.stderr
         calls[code] = int(found[1])
-    # relu_grad makes two calls; generated code runs the 4 momentum-SGD updates as one
-    assert calls["reference"] - 3 == calls["generated"] > 36
+    assert calls["reference"] == calls["generated"] > 36       # relu_grad makes two calls
     text = ok(graphc("time", SPIRAL, "--steps", "3", "--warmup", "1")).stdout
     assert f"\nstep code: generated, 36 plan steps, {calls['generated']} kernel calls" in text
 

@@ -209,38 +209,33 @@ def _adam(decoupled: bool):
 
 
 def flat_updates(steps, calls, values, workspace) -> list:
-    """(steps, call) runs of the bound `calls` of `steps`, where each stretch of two or more
-    consecutive updates of one op, attrs, guard and learning rate whose params, gradients
-    and states each lie side by side in one array, with the same gaps (model.pack, the
-    planner's `together`), is one run: one update over flat views of them all, one NumPy
-    call per operation where each param made its own. Every element sees the same
-    operations, so the numbers are the per-param updates'. When the whole gradient is not
-    finite, or Adam's step counts differ, the stretch runs its per-param updates instead,
-    each skipping itself or not as it always did."""
-    runs, i = [], 0
-    while i < len(steps):
-        j = i + 1
-        while j < len(steps) and _same_update(steps[i], steps[j]):
-            j += 1
-        flat = _flat(steps[i:j], calls[i:j], values, workspace) if j - i > 1 else None
-        if flat is None:
-            runs.extend(((s,), c) for s, c in zip(steps[i:j], calls[i:j]))
-        else:
-            runs.append((tuple(steps[i:j]), flat))
-        i = j
-    return runs
+    """(steps, call) runs of the bound `calls` of `steps`, one per step, where the updates
+    of one op, attrs, guard and learning rate whose params and states each lie side by
+    side in one array with the same gaps (model.pack) run as one: each copies its
+    gradient into a stash laid out as the params, and the last of them in the plan
+    updates every param over flat views, one NumPy call per operation where each param
+    made its own. Each update follows every reader of its param, so every param is read
+    before the last update writes it; gradients die where they did. Every element sees
+    the same operations, so the numbers are the per-param updates'. When the whole
+    gradient is not finite, or Adam's step counts differ, the last update runs the
+    per-param updates (over the stash) instead, each skipping itself or not as always."""
+    chosen: dict = {}
+    groups: dict = {}
+    for step, call in zip(steps, calls):
+        if step.op in FLAT and not step.attrs.get("folded"):
+            key = (step.op, repr(sorted(step.attrs.items())), step.inputs[2:4], len(step.inputs))
+            groups.setdefault(key, []).append((step, call))
+    for group in groups.values():
+        if len(group) > 1:
+            chosen.update(_flat(group, values, workspace) or {})
+    return [((s,), chosen.get(s.index, c)) for s, c in zip(steps, calls)]
 
 
-def _same_update(a, b) -> bool:
-    return (a.op in FLAT and a.op == b.op and not a.attrs.get("folded")
-            and a.attrs == b.attrs and a.inputs[2:4] == b.inputs[2:4]
-            and len(a.inputs) == len(b.inputs))
-
-
-def _flat(steps, calls, values, workspace):
-    """The flat update of `steps` (bound per param as `calls`), or None where their arrays
-    do not lie side by side alike."""
-    columns = [[values[n] for n in col] for col in zip(*(s.inputs for s in steps))]
+def _flat(group, values, workspace) -> Optional[dict]:
+    """step index -> its call in the flat update of `group` ((step, call) pairs in plan
+    order), or None where the arrays do not lie side by side alike."""
+    by_place = sorted(group, key=lambda sc: _address(values[sc[0].inputs[0]]))
+    columns = [[values[n] for n in col] for col in zip(*(s.inputs for s, _ in by_place))]
     params, grads, states = columns[0], columns[1], columns[4:]
     spans = [_span(col) for col in [params] + states]
     if any(s is None for s in spans):
@@ -254,38 +249,37 @@ def _flat(steps, calls, values, workspace):
             return None
         else:
             counts.append(flat)
-    workspace.begin_step()
-    g, copies = _flat_grad(grads, w, at)
-    gaps = [g[a + x.size:b] for a, b, x in zip(at, at[1:], grads) if a + x.size < b]
+    stash = np.zeros_like(w)        # the step's gradients, laid out as the params (gaps 0)
+    views = {s.index: stash[a:a + g.size].reshape(g.shape)
+             for (s, _), a, g in zip(by_place, at, grads)}
+    step, norm, lr = group[0][0], values[group[0][0].inputs[2]], values[group[0][0].inputs[3]]
+    per_param = []
+    for s, _ in by_place:
+        workspace.begin_step()
+        per_param.append(BIND[s.op](values[s.inputs[0]], values[s.inputs[0]], views[s.index],
+                                    norm, lr, *(values[n] for n in s.inputs[4:]), **s.attrs))
 
-    def per_param():
-        for call in calls:
+    def each():
+        for call in per_param:
             call()
-    step = steps[0]
-    update = BIND[step.op](w, w, g, values[step.inputs[2]], values[step.inputs[3]],
-                           *(f for f, _ in spans[1:]), skipped=per_param, **step.attrs)
+    workspace.begin_step()
+    update = BIND[step.op](w, w, stash, norm, lr, *(f for f, _ in spans[1:]), skipped=each,
+                           **step.attrs)
 
     def flat_update():
-        for dst, src in copies:
-            np.copyto(dst, src)
-        for gap in gaps:            # padding between params: zero, so that w there stays 0
-            gap.fill(0)
         for c in counts:
             if c.min() != c.max():
-                return per_param()
+                return each()
         update()
-    return flat_update
-
-
-def _flat_grad(grads, w, at) -> tuple:
-    """(g laid out as the flat params w, with the params at offsets `at`, and the (dst,
-    src) copies that fill it each step): the gradients themselves where they lie so
-    (the allreduce's side-by-side values), else step-local scratch."""
-    span = _span(grads)
-    if span is not None and span[1] == at and span[0].size == w.size:
-        return span[0], []
-    g = scratch(w.shape, w.dtype)
-    return g, [(g[a:a + x.size], x.reshape(-1)) for a, x in zip(at, grads)]
+    out = {s.index: source("np.copyto(stashed, g)", stashed=views[s.index],
+                           g=values[s.inputs[1]]) for s, _ in group}
+    last = group[-1][0]
+    copy = out[last.index]
+    out[last.index] = source("""
+        copy()
+        flat_update()
+        """, copy=copy, flat_update=flat_update)
+    return out
 
 
 def _span(arrays) -> Optional[tuple]:
