@@ -91,6 +91,15 @@ class Executor:
             return self.program.kernel_calls
         return self.backend.kernel_calls(self.calls)
 
+    @property
+    def timed_runs(self) -> list:
+        """(steps, call) pairs one run calls, for per-op timing: the backend's runs on the
+        generated path (a flat update is one call for all its steps), else one per step."""
+        runs = getattr(self.backend, "runs", None)
+        if self.step_code == "generated" and runs:
+            return runs
+        return [((s,), c) for s, c in zip(self.plan.steps, self.calls)]
+
     def feed(self, feeds: Mapping) -> None:
         self.backend.feed(feeds)
 

@@ -20,6 +20,7 @@ from .executor import Executor
 from .initializers import initialize
 from .ir import RNG_KEY, Graph, build_graph
 from .ops import OPS
+from .plan import ALIGN
 from .remat import NONE, MemoryPolicy, remat_plan
 from .spec import Spec, load_spec
 
@@ -93,7 +94,40 @@ def init_store(spec: Spec, graph: Graph, seed: int) -> dict:
                                 hint="parameters need fixed sizes; symbolic dims are for inputs")
             store[leaf.name] = initialize(leaf.init, leaf.shape, leaf.dtype, rng,
                                           mark=leaf.mark, node=leaf.name)
+    pack(store, [n.name for n in graph.leaves("param")])
     return store
+
+
+def pack(store: dict, names: list, align: int = ALIGN) -> None:
+    """Replace the store's arrays of `names` (values kept) by views of one new array, in
+    that order, each starting `align` bytes (plan.aligned) after the one before, as the
+    planner lays gradients side by side: an optimizer then updates every param and state
+    with one NumPy call per operation (backends/numpy/updates.flat_updates). Zeros pad
+    the gaps. Arrays of mixed dtypes are left as they are."""
+    arrays = [store[n] for n in names]
+    if len({a.dtype for a in arrays}) != 1:
+        return
+    sizes = [-(-a.nbytes // align) * align for a in arrays]
+    flat = np.zeros(sum(sizes) // arrays[0].itemsize, dtype=arrays[0].dtype)
+    at = 0
+    for name, a, size in zip(names, arrays, sizes):
+        view = flat[at:at + a.size].reshape(a.shape)
+        view[...] = a
+        store[name], at = view, at + size // a.itemsize
+
+
+def zero_state(model: "Model", graph: Graph, states: Mapping[str, tuple]) -> None:
+    """Zeros for the state leaves of `graph` that the spec does not declare (an optimizer's),
+    each kind (every param's `m`, say: `states` maps param -> its state leaves) packed in
+    param order, as the params are; a kind not of its params' shapes (Adam's step counts)
+    with no gaps."""
+    store = model.store
+    for n in graph.leaves("state"):
+        if n.name not in model.spec.leaves:
+            store[n.name] = np.zeros(n.shape, dtype=n.dtype)
+    for kind in zip(*states.values()):
+        like = all(store[s].shape == store[p].shape for s, p in zip(kind, states))
+        pack(store, list(kind), ALIGN if like else store[kind[0]].itemsize)
 
 
 def bind_dims(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict:

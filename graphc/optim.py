@@ -7,14 +7,16 @@ the trainer checks after each step:
 - with `clip_grad_norm`, the node `opt:grad_norm` (the global gradient norm, NaN
   if the loss is not finite): clipping needs every gradient before any update,
   and a non-finite norm skips every update of the step;
-- without, the state leaf `opt:grad_check` (0): each update runs as soon as its
-  own gradient is complete, so gradient buffers die early; an update whose
-  gradient is not finite skips itself and sets the guard to NaN.
+- without, the state leaf `opt:grad_check` (0): an update whose gradient is not
+  finite skips itself and sets the guard to NaN.
 Plain SGD (no momentum, weight decay or clipping) starts the backward pass from
 the learning rate instead of 1, so every gradient arrives scaled and each update
-is one subtract. Optimizer state leaves (`<param>.velocity`, `.m`, ...) start at
-zero; the learning rate is the `hyper` leaf `opt:lr`, set by the trainer each
-epoch, so a schedule needs no recompile.
+is one subtract. Each update runs as soon as its gradient is complete (gradient
+buffers die early); the NumPy backend's generated code defers the other
+optimizers' arithmetic to the last update, one update over flat views of all
+params (backends/numpy/updates.flat_updates). Optimizer state leaves
+(`<param>.velocity`, `.m`, ...) start at zero; the learning rate is the `hyper` leaf `opt:lr`, set by the
+trainer each epoch, so a schedule needs no recompile.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import numpy as np
 from . import shapes as S
 from .executor import Executor
 from .limits import check_memory
-from .model import Model, Runner, label_classes
+from .model import Model, Runner, label_classes, zero_state
 from .optim import LR, StepGraph
 from .remat import NONE, MemoryPolicy
 
@@ -92,25 +92,27 @@ def step_executor(model: Model, step: StepGraph, dims: Mapping[str, int],
 
 
 def seed_store(model: Model, step: StepGraph) -> None:
-    """Optimizer state at zeros and the learning rate at 1e-6 where the store has none."""
-    for n in step.graph.leaves("state"):
-        model.store.setdefault(n.name, np.zeros(n.shape, dtype=n.dtype))
+    """Optimizer state at zeros, laid out as training lays it (model.zero_state), where the
+    store has none, and the learning rate at 1e-6 where it has none."""
+    if any(n.name not in model.store for n in step.graph.leaves("state")):
+        zero_state(model, step.graph, step.states)
     model.store.setdefault(LR, np.asarray(1e-6, dtype=model.graph.dtype))
 
 
 def _per_op(ex, steps: int) -> list:
     """Median time of each bound call (robust to a busy machine), summed per (op, phase)."""
-    samples = np.zeros((steps, len(ex.calls)))
+    runs = ex.timed_runs
+    samples = np.zeros((steps, len(runs)))
     clock = time.perf_counter
     with np.errstate(all="ignore"):
         for r in range(steps):
-            for i, call in enumerate(ex.calls):
+            for i, (_, call) in enumerate(runs):
                 t0 = clock()
                 call()
                 samples[r, i] = clock() - t0
     by_op: dict = {}
-    for s, t in zip(ex.plan.steps, np.median(samples, axis=0)):
-        key = (s.op, s.phase)
+    for (run, _), t in zip(runs, np.median(samples, axis=0)):
+        key = (run[0].op, run[0].phase)
         by_op[key] = by_op.get(key, 0.0) + float(t) * 1e6
     rows = [{"op": op, "phase": phase, "us": us} for (op, phase), us in by_op.items()]
     return sorted(rows, key=lambda r: -r["us"])

@@ -28,7 +28,7 @@ from .evaluation import STATS, Evaluator
 from .guard import diagnose
 from .interrupts import deferred_stop, exit_code, signal_name
 from .metrics import EarlyStopping
-from .model import Model, Runner
+from .model import Model, Runner, zero_state
 from .outfiles import destination, locked, remove_stale_temps
 from .optim import LR, SHARE, StepGraph, training_graph
 from .parallel import SOLO, World, everywhere, world as this_world
@@ -107,9 +107,7 @@ class Position:
 def step_runner(model: Model, step: StepGraph, memory: MemoryPolicy = NONE) -> Runner:
     """The compiled training step over the model's store, its optimizer state zeroed (not
     the spec's state), its learning-rate leaf added (zero until written), under `memory`."""
-    for n in step.graph.leaves("state"):
-        if n.name not in model.spec.leaves:
-            model.store[n.name] = np.zeros(n.shape, dtype=n.dtype)
+    zero_state(model, step.graph, step.states)
     model.store[LR] = np.zeros((), dtype=model.graph.dtype)
     if step.together:
         model.store[SHARE] = np.ones((), dtype=model.graph.dtype)

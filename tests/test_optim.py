@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from graphc.errors import SpecError
-from graphc.model import Runner, load_model
+from graphc.executor import using_step_code
+from graphc.model import Runner, load_model, zero_state
 from graphc.plan import compile_plan
 from graphc.optim import LR, NORM, parse_optimizer, training_graph
 
@@ -52,8 +53,7 @@ def graphc_steps(spec, optimizer, steps=STEPS, clip=None, lr_of=None) -> dict:
     model = load_model(spec)
     opt = parse_optimizer(optimizer)
     sg = training_graph(model.graph, opt, clip)
-    for n in sg.graph.leaves("state"):
-        model.store[n.name] = np.zeros(n.shape, n.dtype)
+    zero_state(model, sg.graph, sg.states)        # packed: the flat update runs
     model.store[LR] = np.zeros(())
     runner = Runner(sg.graph, model.store, {model.graph.loss, sg.guard}, forward=sg.forward)
     for k in range(steps):
@@ -277,3 +277,93 @@ def test_bad_optimizer_settings_are_located_errors(raw, fragment):
     with pytest.raises(SpecError) as err:
         parse_optimizer(raw)
     assert fragment in str(err.value)
+
+
+SETTINGS = [{"sgd": {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1}},
+            {"rmsprop": {"lr": 0.01, "momentum": 0.5, "centered": True}},
+            {"adagrad": {"lr": 0.1}}, {"adam": {"lr": 0.1, "weight_decay": 0.1}},
+            {"adamw": {"lr": 0.1}}]
+
+
+def _stepped(spec, optimizer, code: str, clip=None, before=None):
+    """(the store after STEPS steps under step code `code`, the executor's runs); `before`
+    edits the store first."""
+    with using_step_code(code):
+        model = load_model(spec)
+        sg = training_graph(model.graph, parse_optimizer(optimizer), clip)
+        zero_state(model, sg.graph, sg.states)
+        model.store[LR] = np.asarray(0.1)
+        (before or (lambda store: None))(model.store)
+        runner = Runner(sg.graph, model.store, {model.graph.loss, sg.guard}, sg.forward)
+        for _ in range(STEPS):
+            ex = runner.run({})
+        return model.store, ex.backend.runs
+
+
+def flat_calls(runs) -> dict:
+    """update step -> what its generated call does, in plan order: its gradient's copy to
+    the stash, or that and then the flat update of every param (updates.flat_updates)."""
+    kinds = {"np.copyto(stashed, g)": "copy", "copy()\nflat_update()": "copy, then the flat update"}
+    return {steps[0].node: kinds.get(getattr(call, "text", None), "per param")
+            for steps, call in runs if steps[0].node.startswith("update:")}
+
+
+@pytest.mark.parametrize("optimizer", SETTINGS)
+@pytest.mark.parametrize("clip", [None, 0.5])
+def test_the_updates_run_as_one_flat_update_bit_for_bit(spec, optimizer, clip):
+    """Generated step code: each update copies its gradient to the stash and the last one
+    updates both params over flat views (w1 has 3 floats, padded to 8: the gap stays 0),
+    with every bit of the per-param reference's numbers."""
+    flat, runs = _stepped(spec, optimizer, "generated", clip)
+    per_param, _ = _stepped(spec, optimizer, "reference", clip)
+    assert list(flat_calls(runs).values()) == ["copy", "copy, then the flat update"]
+    assert flat.keys() == per_param.keys()
+    for name in flat:
+        assert np.array_equal(flat[name], per_param[name]), name
+    whole = flat["w1"].base
+    assert whole is flat["w2"].base and whole.size == 16
+    assert not any(flat["w1" + kind].base[3:8].any() for kind in ("", ".m", ".v", ".velocity",
+                                                                  ".square_avg", ".sum_sq")
+                   if "w1" + kind in flat)
+
+
+def test_params_and_each_state_lie_side_by_side_in_param_order(spec):
+    model = load_model(spec)
+    sg = training_graph(model.graph, parse_optimizer("adam"))
+    zero_state(model, sg.graph, sg.states)
+    store = model.store
+    for kind in ("", ".m", ".v"):           # w1 (24 bytes) padded to 64, as the planner pads
+        a, b = store["w1" + kind], store["w2" + kind]
+        assert a.base is b.base and b.ctypes.data - a.ctypes.data == 64
+    assert store["w2.step"].ctypes.data - store["w1.step"].ctypes.data == 8
+
+
+def test_unequal_adam_step_counts_update_each_param_with_its_own(spec):
+    """A store whose step counts differ (each param's bias correction its own) is updated
+    per param: the flat update uses one count for all."""
+    def counts(store):
+        store["w1.step"][...] = 5
+    flat, _ = _stepped(spec, "adam", "generated", before=counts)
+    per_param, _ = _stepped(spec, "adam", "reference", before=counts)
+    assert flat["w1.step"] == 5 + STEPS and flat["w2.step"] == STEPS
+    for name in flat:
+        assert np.array_equal(flat[name], per_param[name]), name
+
+
+def test_a_non_finite_gradient_of_one_param_skips_that_param_alone(tmp_path):
+    """u's gradient is finite, w's is not (pow(w, 0.5) at 0): as per param, u takes its
+    step (momentum SGD's first: u - 0.1 * 2u = 0.8u), w and its velocity stay."""
+    path = tmp_path / "s.yaml"
+    path.write_text("dtype: float64\nparams:\n  u: {value: [1.0, 2.0]}\n"
+                    "  w: {value: [0.0, 1.0]}\n"
+                    "nodes:\n  loss: sum(u * u) + sum(pow(w, exponent=0.5))\n")
+    with using_step_code("generated"):
+        model = load_model(path)
+        sg = training_graph(model.graph, parse_optimizer({"sgd": {"lr": 0.1, "momentum": 0.9}}))
+        zero_state(model, sg.graph, sg.states)
+        model.store[LR] = np.asarray(0.1)
+        ex = Runner(sg.graph, model.store, {model.graph.loss, sg.guard}, sg.forward).run({})
+    assert sorted(flat_calls(ex.backend.runs).values()) == ["copy", "copy, then the flat update"]
+    assert not math.isfinite(float(ex[sg.guard]))
+    assert model.store["u"].tolist() == [0.8, 1.6]
+    assert model.store["w"].tolist() == [0.0, 1.0] and not model.store["w.velocity"].any()

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from graphc.backends.numpy import run_kernel
 from graphc.ir import build_graph
 from graphc.spec import load_spec
 from test_cli import graphc
@@ -161,6 +162,36 @@ def test_gelu_saves_its_tanh(tmp_path):
     assert graph["y/saved"].op == "gelu_tanh" and graph["y"].inputs == ("x", "y/saved")
     t = run("gelu_tanh", [0.0, 1.0])
     assert t[0] == 0.0 and t[1] == pytest.approx(np.tanh(np.sqrt(2 / np.pi) * 1.044715))
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_gelu_grad_in_row_blocks_is_bit_for_bit_the_whole_call(monkeypatch, in_place):
+    """gelu_grad runs block by block where its arrays exceed BLOCK_BYTES: 7 rows of 8
+    float32 in blocks of 2 rows (the last one short), written in place of g or not, give
+    every bit of one call over the whole arrays (the NumPy kernel made directly)."""
+    from graphc.backends.numpy import bind, fast
+    rng = np.random.default_rng(0)
+    g, x = (rng.standard_normal((7, 8)).astype(np.float32) for _ in range(2))
+    t = np.tanh(x)
+    whole = run_kernel("gelu_grad", np.empty_like(g), g, x, t)
+    assert np.array_equal(whole, run_kernel_as(fast.b_gelu_grad, g, x, t, in_place))
+    monkeypatch.setattr(bind, "BLOCK_BYTES", 2 * 8 * 4)
+    assert np.array_equal(whole, run_kernel_as(fast.BIND["gelu_grad"], g, x, t, in_place))
+    calls = []
+    monkeypatch.setattr(fast, "b_gelu_grad", lambda out, *ins: calls.append(out.shape))
+    bind.in_row_blocks(fast.b_gelu_grad, np.empty_like(g), g, x, t)
+    assert calls == [(2, 8), (2, 8), (2, 8), (1, 8)]
+
+
+def run_kernel_as(bind_fn, g, x, t, in_place: bool) -> np.ndarray:
+    """One call of `bind_fn` bound as a plan binds it, out = a copy of g when `in_place`."""
+    from graphc.backends.numpy.workspace import Workspace
+    g = g.copy()
+    out = g if in_place else np.empty_like(g)
+    with Workspace().binding():
+        call = bind_fn(out, g, x, t)
+    call()
+    return out
 
 
 def test_layer_norm_saves_its_stats(tmp_path):

@@ -208,7 +208,9 @@ def test_time_says_which_step_code_ran_and_its_kernel_calls():
                              done.stderr.strip())
         assert found, done.stderr
         calls[code] = int(found[1])
-    assert calls["reference"] == calls["generated"] > 36       # relu_grad makes two calls
+    # relu_grad makes two calls; generated code's last update copies its gradient, then
+    # runs the flat update of all four params (updates.flat_updates): one call more
+    assert calls["reference"] + 1 == calls["generated"] > 36
     text = ok(graphc("time", SPIRAL, "--steps", "3", "--warmup", "1")).stdout
     assert f"\nstep code: generated, 36 plan steps, {calls['generated']} kernel calls" in text
 

@@ -65,6 +65,7 @@ class Backend:
                                               offset=base + b.offset)
         self.buffers = plan.buffers
         self.workspace = Workspace(0)
+        self.runs: list = []                   # (steps, call) of the bound steps
 
     def bind(self, steps) -> list:
         """The no-argument call of every step, bound to its arrays, in order."""
@@ -75,7 +76,9 @@ class Backend:
 
     def _bind_all(self, ws: Workspace, steps) -> list:
         with ws.binding():
-            return [self._bind_step(ws, s) for s in steps]
+            calls = [self._bind_step(ws, s) for s in steps]
+            self.runs = updates.flat_updates(steps, calls, self.values, ws)
+            return calls
 
     def _bind_step(self, ws: Workspace, step):
         attrs = {k: v for k, v in step.attrs.items() if k not in DROP_ATTRS}
@@ -90,6 +93,8 @@ class Backend:
         if fuse:
             from .fusion import fuse_runs      # imports numba: only when asked for
             runs = fuse_runs(runs, self.values, self.buffers)
+        elif [s for run, _ in self.runs for s in run] == list(steps):
+            runs = self.runs                   # with flat updates (updates.flat_updates)
         return generate(runs, self.values, f"{len(steps)} steps")
 
     @staticmethod

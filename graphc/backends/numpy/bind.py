@@ -20,6 +20,8 @@ from functools import lru_cache, partial
 
 import numpy as np
 
+from .workspace import mark, rewind
+
 
 def plain(kernel):
     """The bind function of a kernel that needs nothing bound: `kernel(out, *ins, **attrs)`."""
@@ -56,6 +58,33 @@ def source(text: str, **names):
     call = _factory(text, tuple(names))(*names.values())
     call.text, call.names = text, names
     return call
+
+
+BLOCK_BYTES = 256 * 1024     # per array: a few arrays of it stay in a core's L2 cache
+
+
+def in_row_blocks(bind_one, out, *ins):
+    """The call of `bind_one(out, *ins)` (an elementwise kernel; every array of out's
+    shape, C-contiguous) made over blocks of rows of about BLOCK_BYTES each, one block
+    after another, each block's scratch the same bytes: the same operations on every
+    element, so the same numbers, but a kernel of many passes over several arrays larger
+    than the cache reads them from the cache after its first pass (gelu_grad on the sort
+    transformer's [64, 11, 256]: about 20% faster). Arrays that fit one block, or of
+    other shapes, get the one call as it is."""
+    arrays = (out, *ins)
+    width = out.shape[-1] if out.ndim else 1
+    rows = max(1, BLOCK_BYTES // max(1, width * out.itemsize))
+    if out.size <= rows * width or not all(a.shape == out.shape and a.flags.c_contiguous
+                                           for a in arrays):
+        return bind_one(out, *ins)
+    flat, start, blocks = [a.reshape(-1, width) for a in arrays], mark(), []
+    for first in range(0, flat[0].shape[0], rows):
+        rewind(start)
+        blocks.append(bind_one(*(a[first:first + rows] for a in flat)))
+    return source("""
+        for block in blocks:
+            block()
+        """, blocks=tuple(blocks))
 
 
 def inline(text: str, *params: str):

@@ -12,7 +12,7 @@ import numpy as np
 
 from functools import partial
 
-from .bind import source
+from .bind import in_row_blocks, source
 from .kernels import gemm, k_matmul_ga, k_matmul_gb
 from .nn import GELU_C, GELU_K
 from .workspace import constant, scratch
@@ -244,7 +244,7 @@ def b_expand(out, g, shape=None, axis=None, keepdims=False, mean=False):
 BIND = {
     "relu": b_relu, "relu_grad": b_relu_grad, "sigmoid_grad": b_sigmoid_grad,
     "tanh_grad": b_tanh_grad, "pow_grad": b_pow_grad, "maximum_grad": b_maximum_grad,
-    "gelu_grad": b_gelu_grad,
+    "gelu_grad": partial(in_row_blocks, b_gelu_grad),
     "sum_to": b_sum_to, "matmul_ga": b_matmul_ga, "matmul_gb": b_matmul_gb,
     "sum": b_sum, "mean": b_mean, "expand": b_expand,
 }

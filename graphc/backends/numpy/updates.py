@@ -9,6 +9,7 @@ would rebind the closed-over name.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 
@@ -54,9 +55,10 @@ def _grad_into(d, t, g, w, c: float, weight_decay: float):
     return d
 
 
-def _gated(w, g, norm, max_norm: float, weight_decay: float, body):
+def _gated(w, g, norm, max_norm: float, weight_decay: float, body, skipped=None):
     """An update step: unless the gate skips it, `body(u, d, t)`, u the clipped gradient
-    plus the L2 term (g itself, or d), d and t step-local scratch of w's shape."""
+    plus the L2 term (g itself, or d), d and t step-local scratch of w's shape; when it
+    skips, `skipped()` if given (a flat update's per-param updates, flat_updates)."""
     d, t = scratch(w.shape, w.dtype), scratch(w.shape, w.dtype)
     gate = _gate(g, norm, max_norm)
 
@@ -64,6 +66,8 @@ def _gated(w, g, norm, max_norm: float, weight_decay: float, body):
         c = gate()
         if c is not None:
             body(_grad_into(d, t, g, w, c, weight_decay), d, t)
+        elif skipped is not None:
+            skipped()
     return update
 
 
@@ -83,7 +87,7 @@ def b_grad_norm(out, loss, *grads):
 
 
 def b_sgd(out, w, g, norm, lr, *state, momentum, nesterov, weight_decay, max_norm,
-          folded=False):
+          folded=False, skipped=None):
     if folded and not max_norm:     # g arrives as lr * g (optim.py seeds with lr)
         return source("""
             if math.isfinite(flat.dot(flat)):
@@ -111,11 +115,11 @@ def b_sgd(out, w, g, norm, lr, *state, momentum, nesterov, weight_decay, max_nor
             else:
                 u = v
         _descend(w, u, lr, t)
-    return _gated(w, g, norm, max_norm, weight_decay, body)
+    return _gated(w, g, norm, max_norm, weight_decay, body, skipped)
 
 
 def b_rmsprop(out, w, g, norm, lr, s, *state, alpha, eps, momentum, centered, weight_decay,
-              max_norm):
+              max_norm, skipped=None):
     b = state[0] if momentum else None
     a = state[-1] if centered else None
     beta, mu, eps = _ema_weights(alpha, w.dtype), _scalar(momentum, w), _scalar(eps, w)
@@ -135,7 +139,7 @@ def b_rmsprop(out, w, g, norm, lr, s, *state, alpha, eps, momentum, centered, we
             np.multiply(b, mu, out=b)
             np.add(b, t, out=b)
         _descend(w, t if b is None else b, lr, t)
-    return _gated(w, g, norm, max_norm, weight_decay, body)
+    return _gated(w, g, norm, max_norm, weight_decay, body, skipped)
 
 
 def _scalar(value, like) -> np.ndarray:
@@ -159,7 +163,7 @@ def _ema(avg, x, weights, tmp=None) -> None:
     np.add(avg, tmp, out=avg)
 
 
-def b_adagrad(out, w, g, norm, lr, s, *, eps, weight_decay, max_norm):
+def b_adagrad(out, w, g, norm, lr, s, *, eps, weight_decay, max_norm, skipped=None):
     eps = _scalar(eps, w)
 
     def body(u, d, t):
@@ -169,15 +173,17 @@ def b_adagrad(out, w, g, norm, lr, s, *, eps, weight_decay, max_norm):
         np.add(t, eps, out=t)
         np.divide(u, t, out=t)
         _descend(w, t, lr, t)
-    return _gated(w, g, norm, max_norm, weight_decay, body)
+    return _gated(w, g, norm, max_norm, weight_decay, body, skipped)
 
 
 def _adam(decoupled: bool):
     """Adam (L2 weight decay in the gradient) or AdamW (decoupled: w *= 1 - lr * wd first).
     The step's scalars (bias corrections, the decay factor) are Python floats cast once
     into 0-d scratch of w's dtype, as NumPy casts a Python float operand: the same bits."""
-    def bind(out, w, g, norm, lr, m, v, count, *, betas, eps, weight_decay, max_norm):
+    def bind(out, w, g, norm, lr, m, v, count, *, betas, eps, weight_decay, max_norm,
+             skipped=None):
         b1, b2 = betas
+        first_count = count.reshape(-1)[:1].reshape(())   # every param's, in a flat update
         first, second = _ema_weights(b1, w.dtype), _ema_weights(b2, w.dtype)
         one, eps = _scalar(1, w), _scalar(eps, w)
         keep, root, size = (scratch((), w.dtype) for _ in range(3))
@@ -188,7 +194,7 @@ def _adam(decoupled: bool):
                 keep[...] = 1 - rate * weight_decay
                 np.multiply(w, keep, out=w)
             np.add(count, one, out=count)
-            k = float(count)
+            k = float(first_count)
             root[...], size[...] = math.sqrt(1 - b2 ** k), rate / (1 - b1 ** k)
             _ema(m, u, first, t)
             _ema(v, np.multiply(u, u, out=t), second)
@@ -197,8 +203,96 @@ def _adam(decoupled: bool):
             np.add(t, eps, out=t)
             np.divide(m, t, out=t)
             _descend(w, t, size, t)
-        return _gated(w, g, norm, max_norm, 0.0 if decoupled else weight_decay, body)
+        return _gated(w, g, norm, max_norm, 0.0 if decoupled else weight_decay, body,
+                      skipped)
     return bind
+
+
+def flat_updates(steps, calls, values, workspace) -> list:
+    """(steps, call) runs of the bound `calls` of `steps`, one per step, where the updates
+    of one op, attrs, guard and learning rate whose params and states each lie side by
+    side in one array with the same gaps (model.pack) run as one: each copies its
+    gradient into a stash laid out as the params, and the last of them in the plan
+    updates every param over flat views, one NumPy call per operation where each param
+    made its own. Each update follows every reader of its param, so every param is read
+    before the last update writes it; gradients die where they did. Every element sees
+    the same operations, so the numbers are the per-param updates'. When the whole
+    gradient is not finite, or Adam's step counts differ, the last update runs the
+    per-param updates (over the stash) instead, each skipping itself or not as always."""
+    chosen: dict = {}
+    groups: dict = {}
+    for step, call in zip(steps, calls):
+        if step.op in FLAT and not step.attrs.get("folded"):
+            key = (step.op, repr(sorted(step.attrs.items())), step.inputs[2:4], len(step.inputs))
+            groups.setdefault(key, []).append((step, call))
+    for group in groups.values():
+        if len(group) > 1:
+            chosen.update(_flat(group, values, workspace) or {})
+    return [((s,), chosen.get(s.index, c)) for s, c in zip(steps, calls)]
+
+
+def _flat(group, values, workspace) -> Optional[dict]:
+    """step index -> its call in the flat update of `group` ((step, call) pairs in plan
+    order), or None where the arrays do not lie side by side alike."""
+    by_place = sorted(group, key=lambda sc: _address(values[sc[0].inputs[0]]))
+    columns = [[values[n] for n in col] for col in zip(*(s.inputs for s, _ in by_place))]
+    params, grads, states = columns[0], columns[1], columns[4:]
+    spans = [_span(col) for col in [params] + states]
+    if any(s is None for s in spans):
+        return None
+    (w, at), counts = spans[0], []
+    for col, (flat, offsets) in zip(states, spans[1:]):
+        if col[0].shape == params[0].shape:
+            if offsets != at or flat.size != w.size:
+                return None
+        elif offsets != tuple(range(len(col))) or col[0].shape:
+            return None
+        else:
+            counts.append(flat)
+    stash = np.zeros_like(w)        # the step's gradients, laid out as the params (gaps 0)
+    views = {s.index: stash[a:a + g.size].reshape(g.shape)
+             for (s, _), a, g in zip(by_place, at, grads)}
+    step, norm, lr = group[0][0], values[group[0][0].inputs[2]], values[group[0][0].inputs[3]]
+    per_param = []
+    for s, _ in by_place:
+        workspace.begin_step()
+        per_param.append(BIND[s.op](values[s.inputs[0]], values[s.inputs[0]], views[s.index],
+                                    norm, lr, *(values[n] for n in s.inputs[4:]), **s.attrs))
+
+    def each():
+        for call in per_param:
+            call()
+    workspace.begin_step()
+    update = BIND[step.op](w, w, stash, norm, lr, *(f for f, _ in spans[1:]), skipped=each,
+                           **step.attrs)
+
+    def flat_update():
+        for c in counts:
+            if c.min() != c.max():
+                return each()
+        update()
+    out = {s.index: source("np.copyto(stashed, g)", stashed=views[s.index],
+                           g=values[s.inputs[1]]) for s, _ in group}
+    last = group[-1][0]
+    copy = out[last.index]
+    out[last.index] = source("""
+        copy()
+        flat_update()
+        """, copy=copy, flat_update=flat_update)
+    return out
+
+
+def _span(arrays) -> Optional[tuple]:
+    """(one flat view over `arrays`, each one's offset in it) where they lie side by side
+    in one buffer (`side_by_side`), each contiguous; else None."""
+    if not all(a.flags.c_contiguous for a in arrays):
+        return None
+    try:
+        flat = side_by_side(arrays)
+    except ValueError:
+        return None
+    start = _address(arrays[0])
+    return flat, tuple((_address(a) - start) // a.itemsize for a in arrays)
 
 
 def b_allreduce(out, weight, *values):
@@ -237,5 +331,6 @@ def _address(a: np.ndarray) -> int:
     return a.__array_interface__["data"][0]
 
 
+FLAT = ("sgd", "rmsprop", "adagrad", "adam", "adamw")    # elementwise: flat_updates
 BIND = {"allreduce": b_allreduce, "grad_norm": b_grad_norm, "sgd": b_sgd, "rmsprop": b_rmsprop, "adagrad": b_adagrad,
         "adam": _adam(False), "adamw": _adam(True)}

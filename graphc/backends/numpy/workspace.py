@@ -79,6 +79,17 @@ def scratch(shape, dtype) -> np.ndarray:
     return _current().scratch(shape, dtype)
 
 
+def mark() -> int:
+    """Where the current step's next scratch starts (for `rewind`)."""
+    return _current().cursor
+
+
+def rewind(at: int) -> None:
+    """Scratch asked for next starts at `at` (a `mark`) again: parts of one step that run
+    one after another (bind.in_row_blocks) share the same scratch bytes."""
+    _current().cursor = at
+
+
 def constant(value, shape, dtype) -> np.ndarray:
     """A read-only constant array, shared across steps."""
     return _current().constant(value, shape, dtype)
