@@ -28,6 +28,7 @@ class Block:
     output: str
     mark: Mark
 
+
 def stamped(mark: Optional[Mark], block: str, instance: Optional[str] = None):
     return mark and dataclasses.replace(mark, block=block, instance=instance)
 
