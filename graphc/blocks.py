@@ -49,17 +49,21 @@ def expand_instances(items: list, blocks: Mapping[str, Block], leaves: dict) -> 
                 if isinstance(i, Instance)}     # None: repeated, which share: cannot name
     known = set(leaves) | {i.name for i in items}
     shares = {i.name: i.raw.get("share") for i in items if of_block.get(i.name)}
+    binds = {i.name: i.raw.get("params") for i in items if of_block.get(i.name)}
     out = []
     for item in items:
         if isinstance(item, Instance):
-            out += _instantiate(item, blocks, of_block, leaves, known, shares)
+            out += _instantiate(item, blocks, of_block, leaves, known, shares, binds)
         else:
             out.append(item)
     return out
 
 
 def _instantiate(inst: Instance, blocks, of_block: Mapping, leaves: dict, known: set,
-                 shares: Mapping) -> list:
+                 shares: Mapping, binds: Mapping) -> list:
+    """The nodes of instance `inst`; `shares` and `binds` map each (unrepeated) instance to
+    its share: and params: as written, so a sharing instance reads the params its owner
+    reads, bound ones included."""
     raw = inst.raw
     check_keys(raw, INSTANCE_KEYS, f"the instance '{inst.name}'", node=inst.name)
     block = blocks.get(raw["block"]) if isinstance(raw["block"], str) else None
@@ -69,14 +73,15 @@ def _instantiate(inst: Instance, blocks, of_block: Mapping, leaves: dict, known:
                         "define it under blocks:")
     share = _share_of(inst, block, of_block)
     share = share_owner(share, shares) if isinstance(share, str) else share
+    owned = binds.get(share) if isinstance(share, str) else None
     inputs = _bind_inputs(inst, block, known)
     if "repeat" in raw:
-        return repeats(inst, block, inputs, share, leaves)
+        return repeats(inst, block, inputs, share, leaves, owned)
     for key in (k for k in raw if k in ("chain", "per_step")):
         raise SpecError(f"{key}: belongs to a repeated instance, and '{inst.name}' is not "
                         "repeated", mark=raw.mark_of(key), node=inst.name,
                         hint="add repeat: N, or drop the key")
-    return _instance_nodes(inst, block, inst.name, inst.name, inputs, share, leaves)
+    return _instance_nodes(inst, block, inst.name, inst.name, inputs, share, leaves, owned)
 
 
 def _share_of(inst: Instance, block: Block, of_block: Mapping):
@@ -111,10 +116,11 @@ def _share_of(inst: Instance, block: Block, of_block: Mapping):
 
 
 def _instance_nodes(inst: Instance, block: Block, name: str, output: str, inputs: Mapping,
-                    share: Optional[str], leaves: dict) -> list:
+                    share: Optional[str], leaves: dict, owned=None) -> list:
     """The block's nodes as instance `name` (its output node named `output`), reading
-    `inputs` and its own params, or those of the instance `share` (layers' too)."""
-    rename = {**inputs, **_bind_params(inst, block, name, share, leaves)}
+    `inputs` and its own params, or those of the instance `share` (layers' too), whose
+    `params:` bindings are `owned`."""
+    rename = {**inputs, **_bind_params(inst, block, name, share, leaves, owned)}
     for n in block.nodes:
         rename[n.name] = _local(block, name, output, n.name)
     nodes = [_renamed(n, rename, block, name) for n in block.nodes]
@@ -129,7 +135,8 @@ def _local(block: Block, name: str, output: str, node: str) -> str:
     return output if node == block.output else f"{name}/{node}"
 
 
-def repeats(inst: Instance, block: Block, inputs: Mapping, share, leaves: dict) -> list:
+def repeats(inst: Instance, block: Block, inputs: Mapping, share, leaves: dict,
+            owned=None) -> list:
     """`repeat: N` chains N instances `<name>/1` ... `<name>/N-1` and `<name>` itself (the
     last, whose output the spec reads): repetition k reads repetition k-1's output as its
     input `chain:` (default: the block's first input), and step k - 1 of each `per_step:
@@ -169,7 +176,7 @@ def repeats(inst: Instance, block: Block, inputs: Mapping, share, leaves: dict) 
                                 origin=bound[put]))
         owner = f"{inst.name}/1" if share is True else share
         out += _instance_nodes(inst, block, name, name, bound,
-                               None if k == 1 and share is True else owner, leaves)
+                               None if k == 1 and share is True else owner, leaves, owned)
         prev = name
     return out
 
@@ -224,9 +231,11 @@ def _bind_inputs(inst: Instance, block: Block, known: set) -> dict:
 
 
 def _bind_params(inst: Instance, block: Block, name: str, share: Optional[str],
-                 leaves: dict) -> dict:
+                 leaves: dict, owned=None) -> dict:
     """Block param -> leaf name: instance `name`'s own (`<name>.<param>`, created here), a
-    shared instance's (`<share>.<param>`), or a leaf bound by name (`params:`)."""
+    shared instance's (`<share>.<param>`, or the leaf its `params:` binds: `owned`), or a
+    leaf bound by name (`params:`)."""
+    owned = owned if isinstance(owned, dict) else {}
     bound = inst.raw.get("params") or {}
     if not isinstance(bound, dict):
         raise SpecError(f"params is {short(bound)}, expected a mapping {{PARAM: LEAF}}",
@@ -235,6 +244,8 @@ def _bind_params(inst: Instance, block: Block, name: str, share: Optional[str],
     for p, leaf in block.params.items():
         if p in bound:
             out[p] = _bound_leaf(inst, block, p, bound[p], leaves)
+        elif share is not None and isinstance(owned.get(p), str):
+            out[p] = owned[p]
         else:
             out[p] = f"{share or name}.{p}"
             if share is None:

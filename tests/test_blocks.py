@@ -242,3 +242,17 @@ def test_sharing_an_instance_that_shares_reads_the_first_ones_params(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["loss"] == pytest.approx(-0.125) and set(out["grads"]) == {"x", "a.W"}
+
+
+def test_sharing_an_instance_that_binds_a_param_reads_the_bound_leaf(tmp_path):
+    # a binds W to the leaf W0 (params:); b shares a, c shares b. Before: "unknown name
+    # 'a.W'" at b. Same numbers as the chain above, W0 holding a.W's values.
+    text = CHAIN.replace("blocks:", "params:\n  W0: {value: [[0.5, 1.0], [-1.0, 2.0]]}\nblocks:")
+    text = text.replace("a: {block: lin, inputs: [x]}", "a: {block: lin, inputs: [x], params: {W: W0}}")
+    proc = graphc("check", cli_spec(tmp_path, text))
+    assert proc.returncode == 0, proc.stderr
+    assert "c (1 nodes; params W0)" in proc.stdout, proc.stdout
+    proc = graphc("grad", cli_spec(tmp_path, text), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["loss"] == pytest.approx(-0.125) and set(out["grads"]) == {"x", "W0"}
