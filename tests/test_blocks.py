@@ -232,27 +232,20 @@ nodes:
 """
 
 
-def test_sharing_an_instance_that_shares_reads_the_first_ones_params(tmp_path):
-    # c shares b, which shares a: before, "unknown name 'b.W'; did you mean 'a.W'?"
-    proc = graphc("check", cli_spec(tmp_path, CHAIN))
-    assert proc.returncode == 0, proc.stderr
-    assert "c (1 nodes; params a.W)" in proc.stdout, proc.stdout
-    # loss = sum(x W W W): x W = [-1.5, 5], x W W = [-5.75, 8.5], x W W W = [-11.375, 11.25]
-    proc = graphc("grad", cli_spec(tmp_path, CHAIN), "--json")
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
-    assert out["loss"] == pytest.approx(-0.125) and set(out["grads"]) == {"x", "a.W"}
+# a binds W to the leaf W0 (params:), holding a.W's values: the same numbers
+BOUND = CHAIN.replace("blocks:", "params:\n  W0: {value: [[0.5, 1.0], [-1.0, 2.0]]}\nblocks:") \
+    .replace("a: {block: lin, inputs: [x]}", "a: {block: lin, inputs: [x], params: {W: W0}}")
 
 
-def test_sharing_an_instance_that_binds_a_param_reads_the_bound_leaf(tmp_path):
-    # a binds W to the leaf W0 (params:); b shares a, c shares b. Before: "unknown name
-    # 'a.W'" at b. Same numbers as the chain above, W0 holding a.W's values.
-    text = CHAIN.replace("blocks:", "params:\n  W0: {value: [[0.5, 1.0], [-1.0, 2.0]]}\nblocks:")
-    text = text.replace("a: {block: lin, inputs: [x]}", "a: {block: lin, inputs: [x], params: {W: W0}}")
+@pytest.mark.parametrize("text, param", [(CHAIN, "a.W"), (BOUND, "W0")])
+def test_sharing_an_instance_that_shares_reads_the_first_ones_params(tmp_path, text, param):
+    # c shares b, which shares a: before, "unknown name 'b.W'; did you mean 'a.W'?", and
+    # where a binds W with params:, "unknown name 'a.W'" at b
     proc = graphc("check", cli_spec(tmp_path, text))
     assert proc.returncode == 0, proc.stderr
-    assert "c (1 nodes; params W0)" in proc.stdout, proc.stdout
+    assert f"c (1 nodes; params {param})" in proc.stdout, proc.stdout
+    # loss = sum(x W W W): x W = [-1.5, 5], x W W = [-5.75, 8.5], x W W W = [-11.375, 11.25]
     proc = graphc("grad", cli_spec(tmp_path, text), "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out["loss"] == pytest.approx(-0.125) and set(out["grads"]) == {"x", "W0"}
+    assert out["loss"] == pytest.approx(-0.125) and set(out["grads"]) == {"x", param}
