@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from graphc.spec import load_spec
-from test_blocks import B, W, by_hand, cli_spec
+from test_blocks import B, CELL_BLOCK, LIN, W, by_hand, cli_spec
 from test_cli import graphc
 from test_ops_semantics import grads_of
 
@@ -15,31 +15,13 @@ from test_ops_semantics import grads_of
 RNN = """inputs:
   x: {value: [[1.0, 2.0], [0.5, -1.0]]}
   h0: {value: [[0.0, 0.0]]}
-blocks:
-  cell:
-    inputs: [x, h]
-    params:
-      W: {value: [[0.1, 0.2], [0.3, 0.4]]}
-      b: {value: [0.1, -0.1]}
-    nodes:
-      pre: x @ W + h
-      out: tanh(pre + b)
-nodes:
+""" + CELL_BLOCK + """nodes:
   h: {block: cell, inputs: [x, h0], repeat: 2, chain: h, per_step: {x: 0}SHARE}
   loss: sum(h * h)
 """
 OWN, TIED = RNN.replace("SHARE", ""), RNN.replace("SHARE", ", share: true")
 # a one-input block chained through its input: h = x W1 W2 W3
-STACK = """inputs:
-  x: {value: [[1.0, 2.0]]}
-blocks:
-  lin:
-    inputs: [x]
-    params:
-      W: {value: [[0.5, 1.0], [-1.0, 2.0]]}
-    nodes:
-      out: x @ W
-nodes:
+STACK = LIN + """nodes:
   h: {block: lin, inputs: [x], repeat: 3}
   loss: sum(h)
 """

@@ -13,11 +13,8 @@ from graphc.model import load_model
 from test_cli import graphc
 from test_ops_semantics import grads_of, spec_file
 
-CELL = """inputs:
-  x1: {value: [[1.0, 2.0]]}
-  x2: {value: [[0.5, -1.0]]}
-  h0: {value: [[0.0, 0.0]]}
-blocks:
+# a cell of two inputs and two params, shared by the specs of test_blocks and test_block_repeat
+CELL_BLOCK = """blocks:
   cell:
     inputs: [x, h]
     params:
@@ -26,7 +23,12 @@ blocks:
     nodes:
       pre: x @ W + h
       out: tanh(pre + b)
-nodes:
+"""
+CELL = """inputs:
+  x1: {value: [[1.0, 2.0]]}
+  x2: {value: [[0.5, -1.0]]}
+  h0: {value: [[0.0, 0.0]]}
+""" + CELL_BLOCK + """nodes:
   h1: {block: cell, inputs: [x1, h0]}
   h2: {block: cell, inputs: [x2, h1]SHARE}
   loss: sum(h2 * h2)
@@ -215,7 +217,9 @@ def test_an_error_in_a_block_layer_names_the_block_node_it_lies_in(tmp_path):
         proc.stderr, proc.stderr
 
 
-CHAIN = """inputs:
+# x and a one-input block lin (out = x W), the head of the chained specs here and in
+# test_block_repeat
+LIN = """inputs:
   x: {value: [[1.0, 2.0]]}
 blocks:
   lin:
@@ -224,7 +228,8 @@ blocks:
       W: {value: [[0.5, 1.0], [-1.0, 2.0]]}
     nodes:
       out: x @ W
-nodes:
+"""
+CHAIN = LIN + """nodes:
   a: {block: lin, inputs: [x]}
   b: {block: lin, inputs: [a], share: a}
   c: {block: lin, inputs: [b], share: b}
