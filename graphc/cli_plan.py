@@ -27,11 +27,13 @@ def _parse_dims(ctx, param, values) -> dict:
 BATCH_SIZE = click.option("--batch-size", type=click.IntRange(min=1),
                           help="Size the batch dim, the inputs' first dim [default: "
                                "train.batch_size, else 32].")
-STEP_CODE = click.option("--step-code", type=click.Choice(["reference", "generated", "fused"]),
+STEP_CODE = click.option("--step-code", type=click.Choice(["reference", "generated", "fused",
+                                                            "numpy"]),
                           help="How the step runs: the reference loop of bound kernels, "
-                               "generated straight-line code, or generated code with fused "
-                               "kernels (needs graphc[numba]) [default: $GRAPHC_STEP_CODE, "
-                               "else generated].")
+                               "generated straight-line code (a CNN's window steps on numba "
+                               "where it imports), generated code with fused kernels (needs "
+                               "graphc[numba]), or generated code on NumPy alone "
+                               "[default: $GRAPHC_STEP_CODE, else generated].")
 DIM = click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", callback=_parse_dims,
                    help="Size a symbolic dim, such as --dim T=16 (repeatable).")
 
@@ -139,6 +141,8 @@ def time_(spec, batch_size, dims, steps, warmup, threads, no_reuse, memory_budge
                            memory=memory_policy(model, memory_budget))
     path = (f"step code: {result.step_code}, {result.plan_steps} plan steps, "
             f"{result.kernel_calls} kernel calls per step")
+    if result.step_code == "generated" and result.numba_steps:
+        path += f" ({result.numba_steps} steps in numba window kernels)"
     if as_json:         # stdout: exactly the contract's object; the path goes to stderr
         click.echo(path, err=True)
         click.echo(json.dumps(result.json()))

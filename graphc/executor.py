@@ -5,12 +5,13 @@ values (shared with the model's store), the workspace and the kernel table; this
 module checks the memory limit, binds every step once, and runs the calls. After
 binding, `run` copies the batch in and calls the bound kernels, allocating nothing.
 
-Three ways to run the bound steps (the *step code*, docs/design.md): `reference` calls
-each step's bound kernel in a loop; `generated` (the default) runs the backend's
-straight-line function of the same calls, bit for bit the reference's numbers;
-`fused` is generated code with runs of elementwise steps fused into single loops
-(needs numba, the `graphc[numba]` extra). `GRAPHC_STEP_CODE` or `using_step_code`
-choose.
+Four ways to run the bound steps (the *step code*, docs/design.md): `reference` calls
+each step's bound kernel in a loop; `numpy` runs the backend's straight-line function
+of the same calls, bit for bit the reference's numbers; `generated` (the default) is
+that function with a CNN's window steps on numba loops that are bit for bit NumPy's,
+where numba imports (else it is `numpy`); `fused` is generated code with runs of
+elementwise steps fused into single loops (needs numba, the `graphc[numba]` extra).
+`GRAPHC_STEP_CODE` or `using_step_code` choose.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from .errors import GraphcError, SpecError
 from .limits import check_memory
 from .plan import Plan, Step
 
-STEP_CODES = ("reference", "generated", "fused")
+STEP_CODES = ("reference", "generated", "fused", "numpy")
 DEFAULT_STEP_CODE = "generated"
 _STEP_CODE = contextvars.ContextVar("graphc step code", default=None)
 
@@ -78,7 +79,8 @@ class Executor:
         self.program = None
         if self.step_code != "reference":
             self.program = self.backend.program(plan.steps, self.calls,
-                                                fuse=self.step_code == "fused")
+                                                fuse=self.step_code == "fused",
+                                                windows=self.step_code == "generated")
         # every bound step in order, the batch already fed, in the backend's run context
         # (wrapped once here: entering it per run cost a microsecond)
         self.run_steps = self.backend.running(
@@ -92,11 +94,17 @@ class Executor:
         return self.backend.kernel_calls(self.calls)
 
     @property
+    def numba_steps(self) -> int:
+        """How many plan steps one run does in numba kernels (0 on NumPy alone)."""
+        return getattr(self.backend, "numba_steps", 0)
+
+    @property
     def timed_runs(self) -> list:
-        """(steps, call) pairs one run calls, for per-op timing: the backend's runs on the
-        generated path (a flat update is one call for all its steps), else one per step."""
-        runs = getattr(self.backend, "runs", None)
-        if self.step_code == "generated" and runs:
+        """(steps, call) pairs one run calls, for per-op timing: the runs the step code was
+        generated from (a flat update or a fused run is one call for all its steps), else
+        one per step."""
+        runs = getattr(self.backend, "program_runs", None)
+        if self.program is not None and runs:
             return runs
         return [((s,), c) for s, c in zip(self.plan.steps, self.calls)]
 

@@ -1,8 +1,8 @@
 """`graphc time`: the compiled training step timed on synthetic data of the spec's shapes.
 
 Like `caffe time`: warm up, then time whole steps (median and p10) on the step code
-executors run (reference, generated or fused: executor.py) and, in a separate pass,
-each bound kernel call of the reference path, summed per (op, phase).
+executors run (executor.py) and, in a separate pass, each call of that path (a bound
+kernel, or a run of steps fused into one call), summed per (op, phase) of its first step.
 """
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ class Timing:
     step_us_median: float
     step_us_p10: float
     per_op: list          # [{"op", "phase", "us"}], us per step, slowest first
-    step_code: str = "reference"    # which path ran: reference, generated or fused
+    step_code: str = "reference"    # which path ran (executor.STEP_CODES)
     plan_steps: int = 0             # the plan's steps (one bound kernel each)
     kernel_calls: int = 0           # kernel calls one training step makes on that path
+    numba_steps: int = 0            # plan steps it runs in numba kernels
 
     def json(self) -> dict:
         """The contract's object (contract §2): the step code is reported beside it."""
@@ -79,7 +80,7 @@ def time_step(model: Model, step: StepGraph, batch: int, dims: Mapping[str, int]
         samples[i] = time.perf_counter() - t0
     return Timing(batch, steps, float(np.median(samples)) * 1e6,
                   float(np.percentile(samples, 10)) * 1e6, _per_op(ex, steps),
-                  ex.step_code, len(ex.plan.steps), ex.kernel_calls)
+                  ex.step_code, len(ex.plan.steps), ex.kernel_calls, ex.numba_steps)
 
 
 def step_executor(model: Model, step: StepGraph, dims: Mapping[str, int],

@@ -10,11 +10,12 @@ which steps ran fused.
 from __future__ import annotations
 
 import re
+import sys
 
 import numpy as np
 import pytest
 
-pytest.importorskip("numba", reason="the fused step code needs graphc[numba]")
+numba = pytest.importorskip("numba", reason="the fused step code needs graphc[numba]")
 
 from graphc.backends.numpy import fused_conv as FC  # noqa: E402
 from graphc.backends.numpy import fusion as F  # noqa: E402
@@ -24,6 +25,7 @@ from graphc.model import load_model  # noqa: E402
 from graphc.ops import OPS  # noqa: E402
 from graphc.timing import step_executor  # noqa: E402
 from graphc.trainconfig import training_step  # noqa: E402
+from test_cli import graphc, ok  # noqa: E402
 
 CONVS = [
     ((2, 3, 6, 5), (4, 3, 3, 2), {"stride": [2, 1], "padding": [1, 0], "dilation": [1, 2]}),
@@ -163,17 +165,69 @@ def trained(spec, code: str, steps: int = 2, batch: int = 8):
         ex.program.source
 
 
-def test_a_cnn_step_with_the_window_kernels_fused_is_bit_for_bit(tmp_path, monkeypatch):
-    monkeypatch.setattr(F, "PATTERNS", FC.CONV_PATTERNS)
-    spec = tmp_path / "cnn.yaml"
-    spec.write_text(CNN)
-    (got, source), (expect, _) = trained(spec, "fused"), trained(spec, "generated")
-    calls = [re.sub(r"_\d+$", "", line.split("(")[0].strip())      # kernel names as bound
-             for line in source.splitlines() if "*geo" in line]
-    assert calls == ["im2col", "max_pool", "im2col", "max_pool", "max_pool_grad", "col2im",
-                     "max_pool_grad"], source
-    assert "# fused: conv2d + relu" in source and "# fused: max_pool_grad + relu_grad" in source
+WINDOW_CALLS = ["im2col", "max_pool", "im2col", "max_pool", "max_pool_grad", "col2im",
+                "max_pool_grad"]
+
+
+def window_calls(source: str) -> list:
+    """The window kernels a step's source calls, in order (names as bound)."""
+    return [re.sub(r"_\d+$", "", line.split("(")[0].strip())
+            for line in source.splitlines() if "*geo" in line]
+
+
+def assert_same_store(got: dict, expect: dict):
     assert got.keys() == expect.keys()
     for name, value in expect.items():
         same_bits(got[name], value)
+
+
+@pytest.mark.parametrize("code", ["fused", "generated"])
+def test_a_cnn_step_with_the_window_kernels_fused_is_bit_for_bit(tmp_path, monkeypatch, code):
+    """`fused` with only the window patterns, and the default `generated` (which runs them
+    wherever numba imports), against the generated step on NumPy alone."""
+    monkeypatch.setattr(F, "PATTERNS", FC.CONV_PATTERNS)
+    spec = tmp_path / "cnn.yaml"
+    spec.write_text(CNN)
+    (got, source), (expect, plain) = trained(spec, code), trained(spec, "numpy")
+    assert window_calls(source) == WINDOW_CALLS, source
+    assert window_calls(plain) == []
+    assert "# fused: conv2d + relu" in source and "# fused: max_pool_grad + relu_grad" in source
+    assert_same_store(got, expect)
     assert not np.array_equal(expect["W1"], load_model(spec).store["W1"])
+
+
+def test_the_default_step_code_falls_back_to_numpy_where_numba_fails(tmp_path, monkeypatch):
+    """numba not importable, or failing to compile a kernel: the default step runs the
+    NumPy kernels, the same numbers, and says it runs nothing in numba."""
+    spec = tmp_path / "cnn.yaml"
+    spec.write_text(CNN)
+    expect, _ = trained(spec, "numpy")
+
+    def cannot_compile(*args):
+        raise numba.core.errors.TypingError("no compiler here")
+    with monkeypatch.context() as m:
+        m.setattr(FC, "specialized", cannot_compile)
+        got, source = trained(spec, "generated")
+    assert window_calls(source) == []
+    assert_same_store(got, expect)
+    for module in ("numba", "graphc.backends.numpy.fusion", "graphc.backends.numpy.fused_conv"):
+        monkeypatch.setitem(sys.modules, module, None)      # `import` raises ImportError
+    got, source = trained(spec, "generated")
+    assert window_calls(source) == []
+    assert_same_store(got, expect)
+
+
+def test_time_says_how_many_steps_ran_in_numba_window_kernels(tmp_path):
+    """The default step code on a CNN counts the steps its numba window kernels run (CNN
+    above: the 7 kernels of WINDOW_CALLS, two with a relu gradient fused in, 9 steps; and
+    the biased conv with its relu, 2); `numpy` runs none and says nothing."""
+    spec = tmp_path / "cnn.yaml"
+    spec.write_text(CNN)
+    lines = {}
+    for code in ("generated", "numpy"):
+        done = ok(graphc("time", spec, "--steps", "2", "--warmup", "1", "--step-code", code))
+        lines[code] = next(x for x in done.stdout.splitlines() if x.startswith("step code:"))
+    assert re.fullmatch(r"step code: generated, \d+ plan steps, \d+ kernel calls per step "
+                        r"\(11 steps in numba window kernels\)", lines["generated"])
+    assert re.fullmatch(r"step code: numpy, \d+ plan steps, \d+ kernel calls per step",
+                        lines["numpy"])

@@ -66,6 +66,8 @@ class Backend:
         self.buffers = plan.buffers
         self.workspace = Workspace(0)
         self.runs: list = []                   # (steps, call) of the bound steps
+        self.program_runs: list = []           # the runs the step code was generated from
+        self.numba_steps = 0                   # steps of them in numba kernels
 
     def bind(self, steps) -> list:
         """The no-argument call of every step, bound to its arrays, in order."""
@@ -86,16 +88,36 @@ class Backend:
         ws.begin_step()
         return KERNELS[step.op](self.values[step.outputs[0]], *ins, **attrs)
 
-    def program(self, steps, calls, fuse: bool = False):
+    def program(self, steps, calls, fuse: bool = False, windows: bool = False):
         """The bound `calls` of `steps` as generated step code (codegen.py); with `fuse`,
-        runs of elementwise steps first become fused kernels (fusion.py, needs numba)."""
+        runs of elementwise steps first become fused kernels (fusion.py, needs numba);
+        with `windows`, only a CNN's window steps do (`window_kernels`)."""
         runs = [((s,), c) for s, c in zip(steps, calls)]
         if fuse:
             from .fusion import fuse_runs      # imports numba: only when asked for
             runs = fuse_runs(runs, self.values, self.buffers)
         elif [s for run, _ in self.runs for s in run] == list(steps):
             runs = self.runs                   # with flat updates (updates.flat_updates)
+        if windows:
+            runs = self.window_kernels(runs)
+        bound = {id(c) for c in calls} | {id(c) for _, c in self.runs}
+        self.program_runs = runs
+        self.numba_steps = sum(len(s) for s, c in runs if id(c) not in bound)
         return generate(runs, self.values, f"{len(steps)} steps")
+
+    def window_kernels(self, runs) -> list:
+        """`runs` with a CNN's window steps (im2col, col2im, max pooling, its gradient, conv
+        + relu: conv.WINDOW_OPS) on the numba kernels of fused_conv.py, bit for bit the
+        NumPy ones, where numba imports and compiles them; else `runs` as they are, the
+        same numbers. A plan without window steps never imports numba (about 0.7 s)."""
+        if not any(s.op in conv.WINDOW_OPS for steps, _ in runs for s in steps):
+            return runs
+        try:
+            from .fusion import fuse_runs
+            from .fused_conv import CONV_PATTERNS
+            return fuse_runs(runs, self.values, self.buffers, CONV_PATTERNS)
+        except Exception:       # numba missing, or unable to cache or compile here
+            return runs
 
     @staticmethod
     def kernel_calls(calls) -> int:

@@ -298,6 +298,11 @@ def b_flatten(out, x):
     return lambda: np.copyto(out, flat)
 
 
+# the steps fused_conv.py has numba kernels for, bit for bit these (the default step code
+# runs them there where numba imports: Backend.window_kernels)
+WINDOW_OPS = frozenset({"im2col", "conv1d", "conv2d", "col2im", "max_pool1d", "max_pool2d",
+                        "max_pool_grad"})
+
 BIND = {
     "im2col": b_im2col, "conv1d": b_conv, "conv2d": b_conv,
     "conv_grad_filter": b_conv_grad_filter, "conv_grad_columns": b_conv_grad_columns,

@@ -376,12 +376,15 @@ def dispatched_once(call):
     return source(call.text, **names)
 
 
-def fuse_runs(runs, values, buffers) -> list:
+def fuse_runs(runs, values, buffers, patterns=None) -> list:
     """`runs` ((steps, call) pairs in order) with each matching pattern's steps replaced
-    by one fused run; `values` holds the plan's arrays, `buffers` its planned values."""
+    by one fused run; `values` holds the plan's arrays, `buffers` its planned values.
+    `patterns`: those to try (default PATTERNS); a run of several steps stays as it is."""
     facts, fused, i = Facts(runs, values, buffers), [], 0
+    patterns = PATTERNS if patterns is None else patterns
     while i < len(runs):
-        match = next((m for m in (p(runs, i, facts) for p in PATTERNS) if m), None)
+        match = len(runs[i][0]) == 1 and \
+            next((m for m in (p(runs, i, facts) for p in patterns) if m), None)
         run, used = match or (runs[i], 1)
         fused.append((run[0], dispatched_once(run[1])) if match else run)
         i += used
