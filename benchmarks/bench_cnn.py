@@ -7,11 +7,12 @@ backward, plain SGD) through the Python API (`graphc.load(spec).step(feeds)`) an
 it next to benchmarks/handwritten_cnn.py on the same layers, batch and initial weights,
 in the same process, interleaved rep by rep (A B, B A, ...) so machine noise hits all
 alike; PyTorch eager joins as a column when `import torch` works (never a
-dependency). graphc runs twice: its default step code (`generated`, NumPy kernels only:
-the `graphc` column) and, where numba imports, the `fused` step code (numba window
-kernels, backends/numpy/fused_conv.py: the `fused` column), each its own model from the
-same initial weights. The table shows medians, p10s and the ratios; BLAS (and torch)
-run on one thread, set before NumPy loads.
+dependency). graphc runs three ways, each its own model from the same initial weights:
+its default step code (`generated`: the `graphc` column; where numba imports, its window
+steps run on the numba kernels of backends/numpy/fused_conv.py, bit for bit NumPy's:
+`numba steps` says how many), the `numpy` step code (NumPy kernels alone: `plain`), and,
+where numba imports, the `fused` step code (`fused`). The table shows medians, p10s and
+the ratios; BLAS (and torch) run on one thread, set before NumPy loads.
 """
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ from handwritten_cnn import HandwrittenCNN  # noqa: E402
 
 import graphc  # noqa: E402
 from graphc.executor import using_step_code  # noqa: E402
+from graphc.model import load_model  # noqa: E402
+from graphc.timing import step_executor  # noqa: E402
+from graphc.trainconfig import training_step  # noqa: E402
 
 # name -> (input [C, H, W], batch, layers); ReLU after every conv and dense but the last
 MODELS = {
@@ -130,6 +134,13 @@ def graphc_step(path: Path, step_code: str, feeds: dict):
     return step
 
 
+def numba_steps(path: Path, batch: int) -> int:
+    """How many steps of the spec's training step the default step code runs in numba."""
+    model = load_model(path)
+    step, _, dims = training_step(model, batch)
+    return step_executor(model, step, dims).numba_steps
+
+
 def bench_model(name: str, reps: int, seconds: float, workdir: Path, with_torch: bool) -> dict:
     in_shape, batch, layers = MODELS[name]
     path = workdir / f"cnn_{name}.yaml"
@@ -139,7 +150,9 @@ def bench_model(name: str, reps: int, seconds: float, workdir: Path, with_torch:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch,) + in_shape).astype(np.float32)
     y = rng.integers(0, 10, batch).astype(np.int64)
-    calls = {"graphc": lambda: model.step({"x": x, "y": y}), "numpy": lambda: hand.step(x, y)}
+    calls = {"graphc": lambda: model.step({"x": x, "y": y}),
+             "plain": graphc_step(path, "numpy", {"x": x, "y": y}),
+             "numpy": lambda: hand.step(x, y)}
     if available_paths(["fused"]):
         calls["fused"] = graphc_step(path, "fused", {"x": x, "y": y})
     torch_run = torch_step(layers, params_of(model), LR) if with_torch else None
@@ -156,8 +169,9 @@ def bench_model(name: str, reps: int, seconds: float, workdir: Path, with_torch:
            "graphc_over_numpy": us["graphc"][0] / us["numpy"][0],
            "graphc_over_numpy_p10": us["graphc"][1] / us["numpy"][1],
            "arena_bytes": plan.arena_bytes, "lower_bound_bytes": plan.lower_bound_bytes,
-           "naive_bytes": plan.naive_bytes}
-    for a, b in (("fused", "numpy"), ("graphc", "torch"), ("fused", "torch")):
+           "naive_bytes": plan.naive_bytes, "numba_steps": numba_steps(path, batch)}
+    for a, b in (("plain", "numpy"), ("fused", "numpy"), ("graphc", "torch"),
+                 ("plain", "torch"), ("fused", "torch")):
         if a in us and b in us:
             out[f"{a}_over_{b}"] = us[a][0] / us[b][0]
             out[f"{a}_over_{b}_p10"] = us[a][1] / us[b][1]
@@ -173,16 +187,20 @@ def _cell(r: dict, key: str) -> str:
 
 
 def table(rows) -> str:
-    """graphc's default step (`graphc`), its fused step (`fused`), the hand-written NumPy
-    step and PyTorch: times and ratios, median (p10)."""
-    keys = ["graphc_us", "fused_us", "numpy_us", "torch_us", "graphc_over_numpy",
-            "fused_over_numpy", "graphc_over_torch", "fused_over_torch"]
-    head = ["model", "batch", "graphc us (p10)", "fused us (p10)", "numpy us (p10)",
-            "torch us (p10)", "graphc/numpy", "fused/numpy", "graphc/torch", "fused/torch",
+    """graphc's default step (`graphc`, with its numba steps), its step on NumPy alone
+    (`plain`), its fused step (`fused`), the hand-written NumPy step and PyTorch: times and
+    ratios, median (p10)."""
+    keys = ["graphc_us", "plain_us", "fused_us", "numpy_us", "torch_us", "graphc_over_numpy",
+            "plain_over_numpy", "fused_over_numpy", "graphc_over_torch", "plain_over_torch",
+            "fused_over_torch"]
+    head = ["model", "batch", "numba steps", "graphc us (p10)", "plain us (p10)",
+            "fused us (p10)", "numpy us (p10)", "torch us (p10)", "graphc/numpy",
+            "plain/numpy", "fused/numpy", "graphc/torch", "plain/torch", "fused/torch",
             "arena MiB", "naive/arena"]
     lines = [head]
     for r in rows:
-        lines.append([r["model"], str(r["batch"]), *(_cell(r, k) for k in keys),
+        lines.append([r["model"], str(r["batch"]), str(r["numba_steps"]),
+                      *(_cell(r, k) for k in keys),
                       f"{r['arena_bytes'] / 2**20:.2f}",
                       f"{r['naive_bytes'] / r['arena_bytes']:.2f}"])
     return aligned(lines, left=1)

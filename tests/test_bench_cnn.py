@@ -48,9 +48,13 @@ def test_bench_cnn_runs_and_reports_ratios():
     row = report["rows"][0]
     assert row["model"] == "digits" and row["graphc_over_numpy"] > 0 and "torch_us" not in row
     assert report["environment"]["OPENBLAS_NUM_THREADS"] == "1"
+    assert row["plain_over_numpy"] > 0
     try:
         import numba  # noqa: F401
     except ImportError:
         assert "fused_us" not in row                   # the column needs graphc[numba]
+        assert row["numba_steps"] == 0
     else:
         assert row["fused_over_numpy"] > 0 and "fused_over_torch" not in row
+        # im2col, conv + relu (2), max_pool twice, col2im, max_pool_grad + relu_grad twice
+        assert row["numba_steps"] == 13
