@@ -15,6 +15,7 @@ import pytest
 import conv_reference
 from graphc.backends.numpy import conv, gather, run_kernel
 from graphc.ops import OPS
+from graphc.ops.conv import positions_first
 
 CONVS = [
     ((2, 3, 6, 5), (4, 3, 3, 2), {"stride": [2, 1], "padding": [1, 0], "dilation": [1, 2]}),
@@ -98,18 +99,19 @@ def test_a_tied_window_sends_g_to_its_first_maximum_on_both_paths(monkeypatch):
 
 
 @pytest.mark.parametrize("positions", [3, 40])
-def test_the_filter_gradient_is_one_gemm_or_per_sample_and_both_are_the_sum(monkeypatch,
-                                                                            positions):
+def test_the_filter_gradient_is_one_gemm_or_per_sample_and_both_are_the_sum(positions):
     # dW[o, k] = Σ_n Σ_p g[n, o, p] cols[n, k, p]: with small integers every product and
-    # sum is exact in float32, so both forms must give the same numbers as the loop.
+    # sum is exact in float32, so both forms (3 positions: the columns positions first,
+    # one GEMM; 40: per sample) must give the same numbers as the loop.
     rng = np.random.default_rng(2)
     g = rng.integers(-3, 4, size=(5, 4, positions)).astype(np.float32)
     cols = rng.integers(-3, 4, size=(5, 6, positions)).astype(np.float32)
     expect = np.einsum("nop,nkp->ok", g.astype(np.int64), cols.astype(np.int64))
-    for few in (0, 10 ** 6):
-        monkeypatch.setattr(conv, "FEW_POSITIONS", few)
-        dw = run_kernel("conv_grad_filter", np.empty((4, 3, 2), np.float32), g, cols)
-        assert dw.reshape(4, 6).tolist() == expect.tolist()
+    first = positions_first(positions)
+    assert first == (positions == 3)
+    laid = np.ascontiguousarray(cols.transpose(0, 2, 1)) if first else cols
+    dw = run_kernel("conv_grad_filter", np.empty((4, 3, 2), np.float32), g, laid)
+    assert dw.reshape(4, 6).tolist() == expect.tolist()
 
 
 def test_a_channel_sum_over_batch_and_positions_is_the_bias_gradient():

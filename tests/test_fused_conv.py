@@ -23,6 +23,7 @@ from graphc.backends.numpy import gather, run_kernel  # noqa: E402
 from graphc.executor import using_step_code  # noqa: E402
 from graphc.model import load_model  # noqa: E402
 from graphc.ops import OPS  # noqa: E402
+from graphc.ops.conv import positions_first  # noqa: E402
 from graphc.timing import step_executor  # noqa: E402
 from graphc.trainconfig import training_step  # noqa: E402
 from test_cli import graphc, ok  # noqa: E402
@@ -69,11 +70,14 @@ def test_fused_im2col_and_col2im_equal_numpy_bit_for_bit(monkeypatch, shape, ker
     geo = FC._geo(shape, attrs, list(kernel[2:]))
     cols_shape = OPS["im2col"].infer([shape, kernel], attrs)
     cols = np.full(cols_shape, np.nan, dtype)          # every slot must be written
-    fused(FC.im2col, x, cols, *geo)
+    first = positions_first(geo[-1] * geo[-2])
+    fused(FC.im2col_positions_first if first else FC.im2col, x, cols, *geo)
     for expect in numpy_paths(monkeypatch, lambda: run_kernel(
             "im2col", np.empty(cols_shape, dtype), x, w, **attrs).copy()):
         same_bits(cols, expect)
-    dcols = rng.normal(size=cols_shape).astype(dtype)
+    # dcols (conv_grad_columns) is [N, C·K, P] whatever the columns' layout
+    dcols = rng.normal(size=(shape[0], int(np.prod(kernel[1:])), geo[-1] * geo[-2])
+                       ).astype(dtype)
     dx = np.full(shape, np.nan, dtype)
     fused(FC.col2im, dcols, dx, *geo)
     for expect in numpy_paths(monkeypatch, lambda: run_kernel(
@@ -138,11 +142,12 @@ params:
   W1: {shape: [4, 2, 3, 3], init: he_normal}
   b1: [4]
   W2: {shape: [6, 4, 2, 2], init: he_normal}
+  b2: [6]
   V: {shape: [24, 3], init: he_normal}
 nodes:
   h1: relu(conv2d(x, W1, b1, padding=1))
   p1: max_pool2d(h1, kernel=3, stride=2, padding=1)
-  h2: relu(conv2d(p1, W2, stride=2, dilation=1))
+  h2: relu(conv2d(p1, W2, b2, stride=2, dilation=1))
   p2: max_pool2d(h2, kernel=1)
   z: flatten(p2) @ V
   loss: softmax_cross_entropy(z, y)
@@ -171,7 +176,7 @@ WINDOW_CALLS = ["im2col", "max_pool", "im2col", "max_pool", "max_pool_grad", "co
 
 def window_calls(source: str) -> list:
     """The window kernels a step's source calls, in order (names as bound)."""
-    return [re.sub(r"_\d+$", "", line.split("(")[0].strip())
+    return [re.sub(r"(_positions_first)?(_\d+)?$", "", line.split("(")[0].strip())
             for line in source.splitlines() if "*geo" in line]
 
 
@@ -191,7 +196,9 @@ def test_a_cnn_step_with_the_window_kernels_fused_is_bit_for_bit(tmp_path, monke
     (got, source), (expect, plain) = trained(spec, code), trained(spec, "numpy")
     assert window_calls(source) == WINDOW_CALLS, source
     assert window_calls(plain) == []
-    assert "# fused: conv2d + relu" in source and "# fused: max_pool_grad + relu_grad" in source
+    assert source.count("# fused: conv2d + relu") == 2       # columns, then positions first
+    assert "# fused: max_pool_grad + relu_grad" in source
+    assert "conv_bias_relu_t(" in source
     assert_same_store(got, expect)
     assert not np.array_equal(expect["W1"], load_model(spec).store["W1"])
 
@@ -220,7 +227,7 @@ def test_the_default_step_code_falls_back_to_numpy_where_numba_fails(tmp_path, m
 def test_time_says_how_many_steps_ran_in_numba_window_kernels(tmp_path):
     """The default step code on a CNN counts the steps its numba window kernels run (CNN
     above: the 7 kernels of WINDOW_CALLS, two with a relu gradient fused in, 9 steps; and
-    the biased conv with its relu, 2); `numpy` runs none and says nothing."""
+    the two biased convs with their relus, 4); `numpy` runs none and says nothing."""
     spec = tmp_path / "cnn.yaml"
     spec.write_text(CNN)
     lines = {}
@@ -228,6 +235,6 @@ def test_time_says_how_many_steps_ran_in_numba_window_kernels(tmp_path):
         done = ok(graphc("time", spec, "--steps", "2", "--warmup", "1", "--step-code", code))
         lines[code] = next(x for x in done.stdout.splitlines() if x.startswith("step code:"))
     assert re.fullmatch(r"step code: generated, \d+ plan steps, \d+ kernel calls per step "
-                        r"\(11 steps in numba window kernels\)", lines["generated"])
+                        r"\(13 steps in numba window kernels\)", lines["generated"])
     assert re.fullmatch(r"step code: numpy, \d+ plan steps, \d+ kernel calls per step",
                         lines["numpy"])

@@ -58,14 +58,18 @@ def conv(geo):
     return lower
 
 
-def im2col(geo):
-    """The columns [N, C * K, P]: a Conv with one-hot filters, reshaped."""
+def im2col(geo, positions_first):
+    """The columns [N, C * K, P]: a Conv with one-hot filters, reshaped (and transposed to
+    [N, P, C * K] where `positions_first` lays them out so)."""
     def lower(b, n, x, *rest):
         w = b.shape(n.inputs[1])
         kernel, stride, padding, dilation = geo(n.attrs, len(w) - 2, list(w[2:]))
         filters = b.const(one_hot_filters(w[1], kernel))
         cols = b("Conv", x, filters, **_window(kernel, stride, padding, dilation))
-        return b("Reshape", cols, b.dims(n.shape))
+        first = positions_first(prod(n.shape[1:]) // prod(w[1:]))
+        shape = (n.shape[0], n.shape[2], n.shape[1]) if first else n.shape
+        cols = b("Reshape", cols, b.dims(shape))
+        return b("Transpose", cols, perm=[0, 2, 1]) if first else cols
     return lower
 
 
@@ -77,12 +81,15 @@ def conv_grad_columns(b, n, g, w):
     return b("MatMul", wt, b("Reshape", g, b.dims((gs[0], o, prod(gs[2:])))))
 
 
-def conv_grad_filter(b, n, g, cols):
-    """Σ over the batch of g · colsᵀ, as W's shape."""
-    gs, shape = b.shape(n.inputs[0]), n.attrs["shape"]
-    g3 = b("Reshape", g, b.dims((gs[0], shape[0], prod(gs[2:]))))
-    per_sample = b("MatMul", g3, b("Transpose", cols, perm=[0, 2, 1]))
-    return b("Reshape", b.reduce("ReduceSum", per_sample, (0,), False), b.dims(shape))
+def conv_grad_filter(positions_first):
+    """Σ over the batch of g · colsᵀ, as W's shape (columns positions first: g · cols)."""
+    def lower(b, n, g, cols):
+        gs, shape = b.shape(n.inputs[0]), n.attrs["shape"]
+        g3 = b("Reshape", g, b.dims((gs[0], shape[0], prod(gs[2:]))))
+        first = positions_first(prod(gs[2:]))
+        per_sample = b("MatMul", g3, cols if first else b("Transpose", cols, perm=[0, 2, 1]))
+        return b("Reshape", b.reduce("ReduceSum", per_sample, (0,), False), b.dims(shape))
+    return lower
 
 
 def col2im(geo, out_size):

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import itertools
 from functools import partial
+from math import prod
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ...ops.conv import geometry, output_size
+from ...ops.conv import geometry, output_size, positions_first
 from . import gather
+from .bind import source
 from .workspace import constant, scratch
 
 
@@ -72,7 +74,8 @@ def offsets(xp, kernel, stride, dilation, out) -> list:
 
 
 def b_im2col(out, x, w, *bias, stride=1, padding=0, dilation=1):
-    """out [N, C * prod(kernel), prod(output)] = every window of the zero-padded x."""
+    """out [N, C * prod(kernel), prod(output)] = every window of the zero-padded x (positions
+    first, [N, prod(output), C * prod(kernel)], where `positions_first` says so)."""
     attrs = {"stride": stride, "padding": padding, "dilation": dilation}
     kernel, stride, padding, dilation, size = _geometry(x.shape, attrs, list(w.shape[2:]))
     if gather.is_short(size):
@@ -80,6 +83,10 @@ def b_im2col(out, x, w, *bias, stride=1, padding=0, dilation=1):
     pad, xp = _pad_into(x, padding, 0)
     src = windows(xp, kernel, stride, dilation, size)
     dst = out.reshape(src.shape)
+    if positions_first(prod(size)):                 # [N, *out, C, *kernel], seen as src
+        d = len(size)
+        dst = out.reshape(src.shape[:1] + src.shape[2 + d:] + src.shape[1:2 + d]).transpose(
+            0, *range(d + 1, 2 * d + 2), *range(1, d + 1))
 
     def run():
         pad()
@@ -88,13 +95,16 @@ def b_im2col(out, x, w, *bias, stride=1, padding=0, dilation=1):
 
 
 def b_conv(out, x, w, *rest, stride=1, padding=0, dilation=1):
-    """y [N, O, P] = W [O, C * prod(kernel)] @ cols [N, ., P] (+ b per channel)."""
+    """y [N, O, P] = W [O, C * prod(kernel)] @ cols [N, ., P] (+ b per channel); positions
+    first, yᵀ [N·P, O] = cols [N·P, C * prod(kernel)] @ Wᵀ, one GEMM, then y its transpose."""
     cols = rest[-1]
     n, o = out.shape[:2]
     w2, y3 = w.reshape(o, -1), out.reshape(n, o, -1)
-    if len(rest) == 1:
+    b = rest[0].reshape(o, 1) if len(rest) == 2 else None
+    if positions_first(y3.shape[2]):
+        return _conv_positions_first(y3, w2, cols, b)
+    if b is None:
         return lambda: np.matmul(w2, cols, out=y3)
-    b = rest[0].reshape(o, 1)
 
     def run():
         np.matmul(w2, cols, out=y3)
@@ -102,31 +112,39 @@ def b_conv(out, x, w, *rest, stride=1, padding=0, dilation=1):
     return run
 
 
-FEW_POSITIONS = 32
+def _conv_positions_first(y3, w2, cols, b):
+    """y3 [N, O, P] from columns [N, P, C·K]: their GEMM by Wᵀ into scratch [N, P, O], then
+    that transposed into y3 (plus b [O, 1] when given)."""
+    n, o, p = y3.shape
+    yt, wt, c2 = scratch((n, p, o), y3.dtype), w2.T, cols.reshape(n * p, -1)
+    y_of = yt.transpose(0, 2, 1)
+    if b is None:
+        return source("""
+            c2.dot(wt, yt2)
+            np.copyto(y3, y_of)
+            """, c2=c2, wt=wt, yt2=yt.reshape(n * p, o), y3=y3, y_of=y_of)
+    return source("""
+        c2.dot(wt, yt2)
+        np.add(y_of, b, out=y3)
+        """, c2=c2, wt=wt, yt2=yt.reshape(n * p, o), y3=y3, y_of=y_of, b=b)
 
 
 def b_conv_grad_filter(out, g, cols):
     """dW [O, C * prod(kernel)] = Σ_n g[n] @ cols[n]ᵀ.
 
-    Per sample, each product contracts over the output positions; with fewer than
-    FEW_POSITIONS of them (the digits CNN's second layer has 16) the small GEMMs are
-    slow, so g and the columns are first copied to [O, N·P] and [C·k, N·P] and the
-    whole batch is one GEMM (2x there), computed as dWᵀ = cols · gᵀ and copied back
-    (OpenBLAS's kernel for that operand order was 1.3x the one for g · colsᵀ on the
-    digits CNN's [64, 1024] x [1024, 288]). Otherwise one batched matmul, summed over
-    the batch with a ones vector."""
-    n, o, k = g.shape[0], g.shape[1], cols.shape[1]
+    Columns positions first (`positions_first`: the digits CNN's second layer has 16
+    positions), g is copied to [O, N·P] and the whole batch is one GEMM g · cols, over
+    the columns as they lie. Otherwise one batched matmul, summed over the batch with a
+    ones vector."""
+    n, o = g.shape[0], g.shape[1]
     g3, dw = g.reshape(n, o, -1), out.reshape(o, -1)
-    if cols.shape[2] < FEW_POSITIONS:
-        gt, ct = scratch((o,) + g3.shape[::2], g.dtype), scratch((k,) + g3.shape[::2], g.dtype)
-        dwt = scratch((k, o), g.dtype)
-
-        def run():
-            np.copyto(gt, g3.transpose(1, 0, 2))
-            np.copyto(ct, cols.transpose(1, 0, 2))
-            np.matmul(ct.reshape(k, -1), gt.reshape(o, -1).T, out=dwt)
-            np.copyto(dw, dwt.T)
-        return run
+    if positions_first(g3.shape[2]):
+        gt = scratch((o,) + g3.shape[::2], g.dtype)
+        return source("""
+            np.copyto(gt, g_of)
+            gt2.dot(c2, dw)
+            """, gt=gt, g_of=g3.transpose(1, 0, 2), gt2=gt.reshape(o, -1),
+            c2=cols.reshape(-1, cols.shape[2]), dw=dw)
     per_sample = scratch((n, dw.size), out.dtype)
     ones, cols_t = constant(1, (n,), out.dtype), cols.transpose(0, 2, 1)
 

@@ -1,18 +1,18 @@
-"""Fused window kernels (numba): im2col, col2im, max pooling, its gradient, conv + relu.
+"""Numba window kernels: im2col, col2im, max pooling, its gradient, conv + relu.
 
 On small images (the digits CNN's 8x8 and 4x4 planes) the NumPy kernels of conv.py and
 gather.py pay NumPy's per-call and per-row overhead many times per step; one loop over
-the windows pays none. fusion.py's `fuse_runs` offers each step of the fused step code
-to `CONV_PATTERNS` as to its own patterns, so these kernels run exactly where the fused
-MLP kernels do (`--step-code fused`, `GRAPHC_STEP_CODE=fused`).
+the windows pays none. fusion.py's `fuse_runs` offers the generated step code's steps
+to `CONV_PATTERNS` as to its own patterns. Being bit for bit NumPy's, they run in the
+default step code wherever numba imports (`Backend.window_kernels`) and in the fused one.
 
-| steps                                        | fused kernel             | rounding vs NumPy   |
-|----------------------------------------------|--------------------------|---------------------|
-| im2col (conv1d, conv2d)                      | `im2col`                 | a copy: bit for bit |
-| conv1d/2d with bias + relu, its only reader  | matmul + `conv_bias_relu` | bit for bit        |
-| col2im                                       | `col2im`                 | bit for bit         |
-| max_pool1d, max_pool2d                       | `max_pool`               | bit for bit         |
-| max_pool_grad [+ relu_grad(it, pool's x)]    | `max_pool_grad`          | bit for bit         |
+| steps                                        | kernel                    | rounding vs NumPy   |
+|----------------------------------------------|---------------------------|---------------------|
+| im2col (conv1d, conv2d)                      | `im2col`, `im2col_positions_first` | a copy: bit for bit |
+| conv1d/2d with bias + relu, its only reader  | matmul + `conv_bias_relu[_t]` | bit for bit     |
+| col2im                                       | `col2im`                  | bit for bit         |
+| max_pool1d, max_pool2d                       | `max_pool`                | bit for bit         |
+| max_pool_grad [+ relu_grad(it, pool's x)]    | `max_pool_grad`           | bit for bit         |
 
 Bit for bit because the loops do the NumPy kernels' float operations in their order:
 a gradient starts at +0 and each position adds its terms kernel offset by kernel offset
@@ -29,8 +29,30 @@ import numba
 import numpy as np
 from numba import njit, types
 
-from ...ops.conv import geometry, output_size
+from ...ops.conv import geometry, output_size, positions_first
 from .bind import source
+
+
+@njit(inline="always")
+def _windows(xs, cs, adding, kh, kw, sh, sw, ph, pw, dh, dw, h, w, oh, ow):
+    """The loop nest of im2col and col2im over planes xs [planes, H·W] and columns cs
+    [planes, KH·KW, OH·OW]: slot (i·kw + j, a·ow + b) of a plane is its position (a·sh +
+    i·dh - ph, b·sw + j·dw - pw). `adding` (col2im): each slot inside the plane is added
+    onto its position, kernel offsets in row-major order; else (im2col) each slot is a
+    copy of its position, 0 where that is padding."""
+    for p in range(xs.shape[0]):
+        for i in range(kh):
+            for j in range(kw):
+                for a in range(oh):
+                    r = a * sh + i * dh - ph
+                    for b in range(ow):
+                        q = b * sw + j * dw - pw
+                        inside = 0 <= r < h and 0 <= q < w
+                        if adding:
+                            if inside:
+                                xs[p, r * w + q] += cs[p, i * kw + j, a * ow + b]
+                        else:
+                            cs[p, i * kw + j, a * ow + b] = xs[p, r * w + q] if inside else 0
 
 
 @njit(cache=True)
@@ -38,18 +60,8 @@ def im2col(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, h, w, oh, ow):
     """cols [N, C·KH·KW, OH·OW] = x [N, C, H, W] at (a·sh + i·dh - ph, b·sw + j·dw - pw)
     for kernel offset (i, j) and output position (a, b); 0 where that is padding."""
     planes = x.shape[0] * x.shape[1]
-    xs, cs = x.reshape(planes, h * w), cols.reshape(planes, kh * kw, oh * ow)
-    for p in range(planes):
-        for i in range(kh):
-            for j in range(kw):
-                for a in range(oh):
-                    r = a * sh + i * dh - ph
-                    for b in range(ow):
-                        q = b * sw + j * dw - pw
-                        if 0 <= r < h and 0 <= q < w:
-                            cs[p, i * kw + j, a * ow + b] = xs[p, r * w + q]
-                        else:
-                            cs[p, i * kw + j, a * ow + b] = 0
+    _windows(x.reshape(planes, h * w), cols.reshape(planes, kh * kw, oh * ow), False,
+             kh, kw, sh, sw, ph, pw, dh, dw, h, w, oh, ow)
 
 
 @njit(cache=True)
@@ -57,17 +69,30 @@ def col2im(dcols, out, kh, kw, sh, sw, ph, pw, dh, dw, h, w, oh, ow):
     """out [N, C, H, W] = +0, then each column entry added back where im2col read it,
     kernel offsets in row-major order (padding dropped)."""
     planes = out.shape[0] * out.shape[1]
-    xs, cs = out.reshape(planes, h * w), dcols.reshape(planes, kh * kw, oh * ow)
+    xs = out.reshape(planes, h * w)
     xs[...] = 0
-    for p in range(planes):
-        for i in range(kh):
-            for j in range(kw):
-                for a in range(oh):
-                    r = a * sh + i * dh - ph
-                    for b in range(ow):
-                        q = b * sw + j * dw - pw
-                        if 0 <= r < h and 0 <= q < w:
-                            xs[p, r * w + q] += cs[p, i * kw + j, a * ow + b]
+    _windows(xs, dcols.reshape(planes, kh * kw, oh * ow), True,
+             kh, kw, sh, sw, ph, pw, dh, dw, h, w, oh, ow)
+
+
+@njit(cache=True)
+def im2col_positions_first(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, h, w, oh, ow):
+    """cols [N, OH·OW, C·KH·KW] = im2col's columns, positions first (ops.conv's
+    `positions_first`). Its own loop nest: position outermost, so that each position's
+    row of C·KH·KW slots is written in order."""
+    n, c = x.shape[0], x.shape[1]
+    xs, cs = x.reshape(n, c, h * w), cols.reshape(n, oh * ow, c * kh * kw)
+    for s in range(n):
+        for a in range(oh):
+            for b in range(ow):
+                for ch in range(c):
+                    for i in range(kh):
+                        r = a * sh + i * dh - ph
+                        for j in range(kw):
+                            q = b * sw + j * dw - pw
+                            inside = 0 <= r < h and 0 <= q < w
+                            cs[s, a * ow + b, (ch * kh + i) * kw + j] = \
+                                xs[s, ch, r * w + q] if inside else 0
 
 
 @njit(cache=True)
@@ -143,6 +168,19 @@ def _offset_by_offset(xs, ys, gs, dx, taken, z, fill, kh, kw, sh, sw, ph, pw, dh
                 taken[o] = taken[o] | hit
                 if inside:
                     dx[r * w + q] += gs[o] if hit else gs[o] * z
+
+
+@njit(cache=True)
+def conv_bias_relu_t(yt, b, zero, out):
+    """out [N, O, P] = relu(yt [N, P, O] transposed + b[o]), as conv_bias_relu: the
+    forward product of columns laid out positions first."""
+    z = zero[()]
+    for n in range(out.shape[0]):
+        for o in range(out.shape[1]):
+            c = b[o]
+            for p in range(out.shape[2]):
+                v = yt[n, p, o] + c
+                out[n, o, p] = v if v > 0 or v != v else z
 
 
 @njit(cache=True)
@@ -224,6 +262,9 @@ def _conv_relu(runs, i, facts):
         return None
     n, o = y.shape[:2]
     y3, zero = y.reshape(n, o, -1), np.zeros((), y.dtype)
+    if positions_first(y3.shape[2]):
+        return _conv_relu_positions_first((step, relu), runs[i][1].names, b, zero,
+                                          out.reshape(y3.shape))
     call = specialized(conv_bias_relu, y3, b, zero, y3)
     return ((step, relu), source("""
         np.matmul(w, cols, out=y)
@@ -232,14 +273,28 @@ def _conv_relu(runs, i, facts):
         out=out.reshape(y3.shape))), 2
 
 
+def _conv_relu_positions_first(steps, names, b, zero, out):
+    """The NumPy kernel's GEMM into its own scratch (conv._conv_positions_first: yt [N, P,
+    O]), then its transpose, bias and relu in one pass (`conv_bias_relu_t`)."""
+    yt = names["yt2"].reshape(out.shape[0], out.shape[2], out.shape[1])
+    call = specialized(conv_bias_relu_t, yt, b, zero, out)
+    return (steps, source("""
+        c2.dot(wt, yt2)
+        conv_bias_relu_t(yt, b, zero, out)
+        """, conv_bias_relu_t=call, c2=names["c2"], wt=names["wt"], yt2=names["yt2"], yt=yt,
+        b=b, zero=zero, out=out)), 2
+
+
 def _im2col(runs, i, facts):
     (step,), _ = runs[i]
     arrays = _arrays(step, facts, ("im2col",))
     if arrays is None:
         return None
     x, w, *_, cols = arrays
-    return _fused((step,), im2col, {"x": x, "cols": cols},
-                  _geo(x.shape, step.attrs, list(w.shape[2:])))
+    geo = _geo(x.shape, step.attrs, list(w.shape[2:]))
+    first = positions_first(geo[-1] * geo[-2])
+    return _fused((step,), im2col_positions_first if first else im2col,
+                  {"x": x, "cols": cols}, geo)
 
 
 def _col2im(runs, i, facts):

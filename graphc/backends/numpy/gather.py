@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...ops.conv import geometry, output_size
+from ...ops.conv import geometry, output_size, positions_first
 from .workspace import constant, scratch, table
 
 SHORT_ROW = 8
@@ -101,10 +101,18 @@ def gather_sum(out2, src, readers, tmp) -> None:
 
 
 def b_im2col(out, x, w, attrs):
-    """out [N, C·K, P] = every window of x, padding read as the zeros after each plane."""
+    """out [N, C·K, P] = every window of x, padding read as the zeros after each plane;
+    positions first ([N, P, C·K], `positions_first`), one gather per sample over its
+    C planes side by side."""
     win = Windows(x.shape, attrs, list(w.shape[2:]))
     load, ext = win.planes(x, 0)
     cols, flat = out.reshape(win.rows, -1), win.index.ravel()
+    if positions_first(win.p):
+        n, c = x.shape[:2]
+        ext, cols = ext.reshape(n, -1), out.reshape(n, -1)
+        flat = table(("positions first", c, ext.shape[1] // c) + win.key, lambda: (
+            win.index.T[:, None, :] + np.arange(c)[None, :, None] * (ext.shape[1] // c)
+        ).ravel())
 
     def run():
         load()
