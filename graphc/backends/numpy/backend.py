@@ -63,6 +63,7 @@ class Backend:
         for b in plan.buffers.values():
             self.values[b.value] = np.ndarray(b.shape, dtype=b.dtype, buffer=self.arena,
                                               offset=base + b.offset)
+        updates.stash_gradients(plan.steps, self.values, plan.buffers)   # plain SGD's
         self.buffers = plan.buffers
         self.workspace = Workspace(0)
         self.runs: list = []                   # (steps, call) of the bound steps
