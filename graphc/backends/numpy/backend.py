@@ -91,10 +91,14 @@ class Backend:
         """The bound `calls` of `steps` as generated step code (codegen.py); with `fuse`,
         runs of elementwise steps first become fused kernels (fusion.py, needs numba)."""
         runs = [((s,), c) for s, c in zip(steps, calls)]
+        flat = [s for run, _ in self.runs for s in run] == list(steps)
         if fuse:
             from .fusion import fuse_runs      # imports numba: only when asked for
+            if flat:     # plain SGD's flat update only; the other updates fuse per param
+                runs = [(run, f if getattr(f, "flat", False) else c)
+                        for (run, c), (_, f) in zip(runs, self.runs)]
             runs = fuse_runs(runs, self.values, self.buffers)
-        elif [s for run, _ in self.runs for s in run] == list(steps):
+        elif flat:
             runs = self.runs                   # with flat updates (updates.flat_updates)
         return generate(runs, self.values, f"{len(steps)} steps")
 

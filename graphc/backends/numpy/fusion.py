@@ -239,8 +239,9 @@ def _relu_grad(runs, i, facts):
 
 
 def _sgd(runs, i, facts):
-    (step,), _ = runs[i]
-    if step.op != "sgd" or not step.attrs.get("folded") or step.attrs.get("max_norm"):
+    (step,), call = runs[i]
+    if step.op != "sgd" or not step.attrs.get("folded") or step.attrs.get("max_norm") \
+            or getattr(call, "flat", False):      # one flat update already (updates._flat_sgd)
         return None
     w, g, guard = (facts.values[n] for n in step.inputs[:3])
     if not (_floats(w, g) and w.shape == g.shape):

@@ -276,6 +276,8 @@ def _flat_sgd(group, values, workspace) -> Optional[dict]:
             for update in each:
                 update()
         """, w=w[0], g=g[0], each=tuple(c for _, c in group))
+    for call in out.values():
+        call.flat = True        # fused step code keeps it (fusion._sgd): 2 calls, not one a param
     return out
 
 
