@@ -238,19 +238,24 @@ def _groups(pairs) -> list:
     return [g for g in groups.values() if len(g) > 1]
 
 
+FLAT_SGD_BYTES = 512 * 1024     # larger params: each update while its gradient is in cache
+
+
 def stash_gradients(steps, values: dict, buffers) -> None:
     """Plain SGD with the learning rate folded in (no clipping): where the params lie side
-    by side (model.pack) and each gradient is a planned value only its update reads, the
-    gradients are placed in a stash laid out as the params, outside the arena (their
-    arena bytes stay unused), so that one check and one subtraction update every param
-    (`_flat_sgd`). Call before binding: `values` (name -> array) is rewritten."""
+    by side (model.pack), take at most FLAT_SGD_BYTES, and each gradient is a planned
+    value only its update reads, the gradients are placed in a stash laid out as the
+    params, outside the arena (their arena bytes stay unused), so that one check and one
+    subtraction update every param (`_flat_sgd`): on small params the calls, not the
+    bytes, are the cost. Call before binding: `values` (name -> array) is rewritten."""
     readers = Counter(n for s in steps for n in s.inputs)
     for group in _groups((s, None) for s in steps if s.attrs.get("folded")):
         by_place = sorted((s for s, _ in group), key=lambda s: _address(values[s.inputs[0]]))
         span = _span([values[s.inputs[0]] for s in by_place])
         names = [s.inputs[1] for s in by_place]
-        if span is None or any(n not in buffers or readers[n] != 1 or values[n].dtype !=
-                               span[0].dtype for n in names):
+        if span is None or span[0].nbytes > FLAT_SGD_BYTES or any(
+                n not in buffers or readers[n] != 1 or values[n].dtype != span[0].dtype
+                for n in names):
             continue
         stash = np.zeros_like(span[0])
         for name, at in zip(names, span[1]):
