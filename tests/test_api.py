@@ -165,7 +165,7 @@ def test_the_package_exports_only_the_api_lazily():
                                           (np.array([2, 0, 5, 1], np.int32), 2),
                                           (np.array([0, 1, 2, 2**32 + 1]), 3)])
 def test_step_checks_every_batch_of_labels_after_the_first(labels, index):
-    """The step path checks labels per batch on its input buffer (one maximum of the
+    """The step path checks labels per batch on its input buffer (one argmax of the
     buffer seen as unsigned); a batch after a good one, a negative label, int32 labels, and
     a label an int32 buffer would wrap are all errors before any update."""
     m = graphc.load(SPECS / "spiral_mlp.yaml")

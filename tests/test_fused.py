@@ -193,6 +193,16 @@ def test_bias_and_relu_fuse_only_when_the_relu_reads_the_sum_alone(tmp_path):
         np.testing.assert_allclose(fused[name], value, rtol=1e-6, atol=1e-7, err_msg=name)
 
 
+def test_fused_plain_sgd_keeps_the_one_flat_update(tmp_path):
+    """Plain SGD's four updates stay one check and one subtraction over the stashed
+    gradients (updates._flat_sgd), not four fused per-param loops."""
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(mlp_spec("tiny", [2, 100, 3]))
+    source = emitted(tiny)
+    assert "sgd_folded(" not in source
+    assert source.count("math.isfinite(") == 1 and source.count("np.subtract(w_") == 1
+
+
 
 def trained(spec: Path, code: str, steps: int = 3, batch: int = 16) -> dict:
     """Params and optimizer state after `steps` training steps under `code`, and the source."""

@@ -300,10 +300,15 @@ def _stepped(spec, optimizer, code: str, clip=None, before=None):
         return model.store, ex.backend.runs
 
 
+PLAIN_FLAT = ("if math.isfinite(g.dot(g)):\n    np.subtract(w, g, out=w)\nelse:\n"
+              "    for update in each:\n        update()")
+
+
 def flat_calls(runs) -> dict:
     """update step -> what its generated call does, in plan order: its gradient's copy to
     the stash, or that and then the flat update of every param (updates.flat_updates)."""
-    kinds = {"np.copyto(stashed, g)": "copy", "copy()\nflat_update()": "copy, then the flat update"}
+    kinds = {"np.copyto(stashed, g)": "copy", "copy()\nflat_update()": "copy, then the flat update",
+             "pass": "nothing", PLAIN_FLAT: "the flat update"}
     return {steps[0].node: kinds.get(getattr(call, "text", None), "per param")
             for steps, call in runs if steps[0].node.startswith("update:")}
 
@@ -325,6 +330,20 @@ def test_the_updates_run_as_one_flat_update_bit_for_bit(spec, optimizer, clip):
     assert not any(flat["w1" + kind].base[3:8].any() for kind in ("", ".m", ".v", ".velocity",
                                                                   ".square_avg", ".sum_sq")
                    if "w1" + kind in flat)
+
+
+def test_plain_sgd_checks_and_updates_every_param_at_once_bit_for_bit(spec):
+    """Plain SGD (lr folded into the gradients): the gradients are computed into a stash
+    laid out as the params, so the last update checks all of them with one dot and
+    subtracts them with one call; the numbers are the per-param reference's."""
+    flat, runs = _stepped(spec, {"sgd": {"lr": 0.1}}, "generated")
+    per_param, _ = _stepped(spec, {"sgd": {"lr": 0.1}}, "reference")
+    assert list(flat_calls(runs).values()) == ["nothing", "the flat update"]
+    for name in flat:
+        assert np.array_equal(flat[name], per_param[name]), name
+    (last,) = [c for _, c in runs if getattr(c, "text", None) == PLAIN_FLAT]
+    stash, params = last.names["g"], last.names["w"]
+    assert stash.size == params.size == 16 and not stash[3:8].any()     # w1's gap stays 0
 
 
 def test_params_and_each_state_lie_side_by_side_in_param_order(spec):
@@ -350,20 +369,25 @@ def test_unequal_adam_step_counts_update_each_param_with_its_own(spec):
         assert np.array_equal(flat[name], per_param[name]), name
 
 
-def test_a_non_finite_gradient_of_one_param_skips_that_param_alone(tmp_path):
+@pytest.mark.parametrize("optimizer, calls", [
+    ({"sgd": {"lr": 0.1, "momentum": 0.9}}, ["copy", "copy, then the flat update"]),
+    ({"sgd": {"lr": 0.1}}, ["nothing", "the flat update"])])
+def test_a_non_finite_gradient_of_one_param_skips_that_param_alone(tmp_path, optimizer, calls):
     """u's gradient is finite, w's is not (pow(w, 0.5) at 0): as per param, u takes its
-    step (momentum SGD's first: u - 0.1 * 2u = 0.8u), w and its velocity stay."""
+    step (SGD's first, with or without momentum: u - 0.1 * 2u = 0.8u), w and its
+    velocity stay."""
     path = tmp_path / "s.yaml"
     path.write_text("dtype: float64\nparams:\n  u: {value: [1.0, 2.0]}\n"
                     "  w: {value: [0.0, 1.0]}\n"
                     "nodes:\n  loss: sum(u * u) + sum(pow(w, exponent=0.5))\n")
     with using_step_code("generated"):
         model = load_model(path)
-        sg = training_graph(model.graph, parse_optimizer({"sgd": {"lr": 0.1, "momentum": 0.9}}))
+        sg = training_graph(model.graph, parse_optimizer(optimizer))
         zero_state(model, sg.graph, sg.states)
         model.store[LR] = np.asarray(0.1)
         ex = Runner(sg.graph, model.store, {model.graph.loss, sg.guard}, sg.forward).run({})
-    assert sorted(flat_calls(ex.backend.runs).values()) == ["copy", "copy, then the flat update"]
+    assert sorted(flat_calls(ex.backend.runs).values()) == calls
     assert not math.isfinite(float(ex[sg.guard]))
     assert model.store["u"].tolist() == [0.8, 1.6]
-    assert model.store["w"].tolist() == [0.0, 1.0] and not model.store["w.velocity"].any()
+    assert model.store["w"].tolist() == [0.0, 1.0]
+    assert not model.store.get("w.velocity", np.zeros(1)).any()

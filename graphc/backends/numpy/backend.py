@@ -63,6 +63,7 @@ class Backend:
         for b in plan.buffers.values():
             self.values[b.value] = np.ndarray(b.shape, dtype=b.dtype, buffer=self.arena,
                                               offset=base + b.offset)
+        updates.stash_gradients(plan.steps, self.values, plan.buffers)   # plain SGD's
         self.buffers = plan.buffers
         self.workspace = Workspace(0)
         self.runs: list = []                   # (steps, call) of the bound steps
@@ -93,10 +94,14 @@ class Backend:
         runs of elementwise steps first become fused kernels (fusion.py, needs numba);
         with `windows`, only a CNN's window steps do (`window_kernels`)."""
         runs = [((s,), c) for s, c in zip(steps, calls)]
+        flat = [s for run, _ in self.runs for s in run] == list(steps)
         if fuse:
             from .fusion import fuse_runs      # imports numba: only when asked for
+            if flat:     # plain SGD's flat update only; the other updates fuse per param
+                runs = [(run, f if getattr(f, "flat", False) else c)
+                        for (run, c), (_, f) in zip(runs, self.runs)]
             runs = fuse_runs(runs, self.values, self.buffers)
-        elif [s for run, _ in self.runs for s in run] == list(steps):
+        elif flat:
             runs = self.runs                   # with flat updates (updates.flat_updates)
         if windows:
             runs = self.window_kernels(runs)

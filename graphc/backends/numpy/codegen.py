@@ -135,8 +135,8 @@ def generate(runs: Sequence, values: Mapping[str, np.ndarray], title: str) -> Pr
             body.append(f"# fused: {' + '.join(s.op for s in steps)}")
         body.extend(step_comment(s) for s in steps)
         first = steps[0].index
-        if hasattr(call, "text"):
-            lines = inline_lines(call, first, names)
+        if hasattr(call, "text"):      # a step deferred to a later one runs `pass`: no line
+            lines = [line for line in inline_lines(call, first, names) if line != "pass"]
         else:
             lines = [f"{names.bind(call, f'k{first}')}()    # bound kernel: no source text"]
         kernel_calls += len(lines)

@@ -7,13 +7,16 @@ matches; everything else, matmuls included (they stay on BLAS), runs as generate
 |-----------------------------------------|----------------------|-------------------------|
 | add(m, bias) [+ relu, its only reader]  | `bias_add[_relu]`    | bit for bit             |
 | relu_grad(g, y)                         | `relu_mask`          | bit for bit             |
-| sgd (plain, lr folded into g)           | `sgd_folded`         | bit for bit (guard: below) |
+| sgd (plain, lr folded into g) [1]       | `sgd_folded`         | bit for bit (guard: below) |
 | sgd with momentum (no nesterov, decay, clipping) | `sgd_momentum` | bit for bit (guard: below) |
 | adam, adamw (no clipping)               | `adam`               | bit for bit (guard: below) |
 | rmsprop (no clipping, not centered)     | `rmsprop`            | bit for bit (guard: below) |
 | softmax_cross_entropy_stats + its loss  | `softmax_ce`         | exp and sums differ     |
 | softmax_cross_entropy_grad              | `softmax_ce_grad`    | bit for bit, given stats |
 | im2col, col2im, max pooling, conv + relu | fused_conv.py       | bit for bit             |
+
+[1] Where updates._flat_sgd made the plain SGD updates one flat update (small params),
+it stays: one dot and one subtraction beat a numba loop per param.
 
 numba's exp is the C library's, NumPy's a SIMD one: they differ in the last bit for some
 inputs. The row sums and the batch mean are sequential loops, where NumPy goes through
@@ -239,8 +242,9 @@ def _relu_grad(runs, i, facts):
 
 
 def _sgd(runs, i, facts):
-    (step,), _ = runs[i]
-    if step.op != "sgd" or not step.attrs.get("folded") or step.attrs.get("max_norm"):
+    (step,), call = runs[i]
+    if step.op != "sgd" or not step.attrs.get("folded") or step.attrs.get("max_norm") \
+            or getattr(call, "flat", False):      # one flat update already (updates._flat_sgd)
         return None
     w, g, guard = (facts.values[n] for n in step.inputs[:3])
     if not (_floats(w, g) and w.shape == g.shape):

@@ -9,6 +9,7 @@ would rebind the closed-over name.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Optional
 
 import numpy as np
@@ -220,15 +221,69 @@ def flat_updates(steps, calls, values, workspace) -> list:
     gradient is not finite, or Adam's step counts differ, the last update runs the
     per-param updates (over the stash) instead, each skipping itself or not as always."""
     chosen: dict = {}
+    for group in _groups(zip(steps, calls)):
+        flat = _flat_sgd if group[0][0].attrs.get("folded") else _flat
+        chosen.update(flat(group, values, workspace) or {})
+    return [((s,), chosen.get(s.index, c)) for s, c in zip(steps, calls)]
+
+
+def _groups(pairs) -> list:
+    """The (step, call) pairs of updates that can run as one (flat_updates), in plan
+    order, grouped by op, attrs, guard and learning rate; groups of two or more."""
     groups: dict = {}
-    for step, call in zip(steps, calls):
-        if step.op in FLAT and not step.attrs.get("folded"):
+    for step, call in pairs:
+        if step.op in FLAT and not (step.attrs.get("folded") and step.attrs.get("max_norm")):
             key = (step.op, repr(sorted(step.attrs.items())), step.inputs[2:4], len(step.inputs))
             groups.setdefault(key, []).append((step, call))
-    for group in groups.values():
-        if len(group) > 1:
-            chosen.update(_flat(group, values, workspace) or {})
-    return [((s,), chosen.get(s.index, c)) for s, c in zip(steps, calls)]
+    return [g for g in groups.values() if len(g) > 1]
+
+
+FLAT_SGD_BYTES = 512 * 1024     # larger params: each update while its gradient is in cache
+
+
+def stash_gradients(steps, values: dict, buffers) -> None:
+    """Plain SGD with the learning rate folded in (no clipping): where the params lie side
+    by side (model.pack), take at most FLAT_SGD_BYTES, and each gradient is a planned
+    value only its update reads, the gradients are placed in a stash laid out as the
+    params, outside the arena (their arena bytes stay unused), so that one check and one
+    subtraction update every param (`_flat_sgd`): on small params the calls, not the
+    bytes, are the cost. Call before binding: `values` (name -> array) is rewritten."""
+    readers = Counter(n for s in steps for n in s.inputs)
+    for group in _groups((s, None) for s in steps if s.attrs.get("folded")):
+        by_place = sorted((s for s, _ in group), key=lambda s: _address(values[s.inputs[0]]))
+        span = _span([values[s.inputs[0]] for s in by_place])
+        names = [s.inputs[1] for s in by_place]
+        if span is None or span[0].nbytes > FLAT_SGD_BYTES or any(
+                n not in buffers or readers[n] != 1 or values[n].dtype != span[0].dtype
+                for n in names):
+            continue
+        stash = np.zeros_like(span[0])
+        for name, at in zip(names, span[1]):
+            values[name] = stash[at:at + values[name].size].reshape(values[name].shape)
+
+
+def _flat_sgd(group, values, workspace) -> Optional[dict]:
+    """step index -> its call for plain SGD with the learning rate folded in, where
+    `stash_gradients` placed the gradients as the params lie: each update step but the
+    last runs nothing, and the last checks the whole stash once and subtracts it from
+    every param, or, when it is not finite, runs each param's own update (each skipping
+    itself or not, as always). Every element sees the same subtraction: the per-param
+    updates' numbers. None where the gradients were not stashed so."""
+    by_place = sorted(group, key=lambda sc: _address(values[sc[0].inputs[0]]))
+    w, g = (_span([values[s.inputs[k]] for s, _ in by_place]) for k in (0, 1))
+    if w is None or g is None or w[1] != g[1] or w[0].size != g[0].size:
+        return None
+    out = {s.index: source("pass") for s, _ in group}
+    out[group[-1][0].index] = source("""
+        if math.isfinite(g.dot(g)):
+            np.subtract(w, g, out=w)
+        else:
+            for update in each:
+                update()
+        """, w=w[0], g=g[0], each=tuple(c for _, c in group))
+    for call in out.values():
+        call.flat = True        # fused step code keeps it (fusion._sgd): 2 calls, not one a param
+    return out
 
 
 def _flat(group, values, workspace) -> Optional[dict]:
