@@ -307,7 +307,8 @@ PLAIN_FLAT = ("if math.isfinite(g.dot(g)):\n    np.subtract(w, g, out=w)\nelse:\
 def flat_calls(runs) -> dict:
     """update step -> what its generated call does, in plan order: its gradient's copy to
     the stash, or that and then the flat update of every param (updates.flat_updates)."""
-    kinds = {"np.copyto(stashed, g)": "copy", "copy()\nflat_update()": "copy, then the flat update",
+    kinds = {"np.copyto(stashed, g)": "copy",
+             "copy()\nflat_update()": "copy, then the flat update",
              "pass": "nothing", PLAIN_FLAT: "the flat update"}
     return {steps[0].node: kinds.get(getattr(call, "text", None), "per param")
             for steps, call in runs if steps[0].node.startswith("update:")}

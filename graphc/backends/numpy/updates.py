@@ -219,7 +219,8 @@ def flat_updates(steps, calls, values, workspace) -> list:
     before the last update writes it; gradients die where they did. Every element sees
     the same operations, so the numbers are the per-param updates'. When the whole
     gradient is not finite, or Adam's step counts differ, the last update runs the
-    per-param updates (over the stash) instead, each skipping itself or not as always."""
+    per-param updates (over the stash) instead, each skipping itself or not as always.
+    Plain SGD copies nothing: its gradients are computed into the stash (`_flat_sgd`)."""
     chosen: dict = {}
     for group in _groups(zip(steps, calls)):
         flat = _flat_sgd if group[0][0].attrs.get("folded") else _flat
