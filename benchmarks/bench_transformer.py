@@ -3,7 +3,10 @@
     python benchmarks/bench_transformer.py [--batch 64] [--reps N | --seconds S] [--json]
 
 graphc runs the spec's compiled training step (`graphc.load(spec).step(feeds)`: forward,
-backward, Adam); PyTorch runs the same model written as a module (same shapes, same
+backward, Adam) twice, each its own model from the same initial weights: its default
+step code (`generated`, NumPy kernels only: the `graphc` column) and, where numba
+imports, the `fused` step code (numba kernels for gelu, layer_norm, Adam and softmax
+cross-entropy, backends/numpy/fused_seq.py and fusion.py: the `fused` column). PyTorch runs the same model written as a module (same shapes, same
 ops: tanh-GELU, pre-norm, causal `F.scaled_dot_product_attention`, tied output
 embedding, Adam) in eager mode, when torch is importable (an optional column, never a
 dependency). Both run on one thread, interleaved rep by rep in the same process, so
@@ -28,6 +31,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_cnn import graphc_step  # noqa: E402
+from bench_mlp import available_paths  # noqa: E402
 from harness import blas_info, median_p10_us, timed  # noqa: E402
 
 import graphc  # noqa: E402
@@ -100,14 +105,20 @@ def _torch_model(torch):
 def run(batch_size: int, reps: int, seconds: float) -> dict:
     model, feeds = graphc.load(SPEC), batch_of(batch_size)
     calls = {"graphc": lambda: model.step(feeds)}
+    if available_paths(["fused"]):
+        calls["fused"] = graphc_step(SPEC, "fused", feeds)
     other = torch_step(feeds)
     if other is not None:
         calls["torch"] = other
     times, reps = timed(calls, reps, seconds)
     plan = model.plan(batch_size)
     us = median_p10_us(times)
-    return {"batch": batch_size, "reps": reps, "us": us,
-            "graphc_over_torch": us["graphc"][0] / us["torch"][0] if "torch" in us else None,
+    ratios = {f"{a}_over_torch": us[a][0] / us["torch"][0] if {a, "torch"} <= us.keys()
+              else None for a in ("graphc", "fused")}
+    return {"batch": batch_size, "reps": reps, "us": us, **ratios,
+            **{f"{k}_p10": us[a][1] / us["torch"][1] for k, a in
+               (("graphc_over_torch", "graphc"), ("fused_over_torch", "fused"))
+               if ratios[k] is not None},
             "arena_bytes": plan.arena_bytes, "lower_bound_bytes": plan.lower_bound_bytes,
             "naive_bytes": plan.naive_bytes}
 
@@ -116,9 +127,11 @@ def table(r: dict) -> str:
     lines = [f"batch {r['batch']}, {r['reps']} reps, one thread"]
     for name, (median, p10) in r["us"].items():
         lines.append(f"{name:7s} {median:10.1f} us/step (p10 {p10:.1f})")
-    ratio = r["graphc_over_torch"]
-    lines.append("graphc/torch  " + (f"{ratio:.2f} (target <= 0.70)" if ratio else
-                                      "- (torch not importable: pip install torch)"))
+    for name in ("graphc", "fused"):
+        ratio = r[f"{name}_over_torch"]
+        lines.append(f"{name}/torch  ".ljust(14) + (
+            f"{ratio:.2f} (p10 {r[f'{name}_over_torch_p10']:.2f}; target <= 0.70)" if ratio
+            else "- (not run: torch, or numba for fused, is not importable)"))
     arena, bound = r["arena_bytes"], r["lower_bound_bytes"]
     lines.append(f"arena {arena / 2**20:.3f} MiB, lower bound {bound / 2**20:.3f} MiB, naive "
                  f"{r['naive_bytes'] / 2**20:.3f} MiB: arena/bound {arena / bound:.3f}")
