@@ -56,6 +56,20 @@ def test_gelu_forward_is_bit_for_bit(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_bias_add_before_gelu_is_bit_for_bit_in_place(dtype):
+    m, b = floats(6, 5, 7, dtype=dtype), floats(7, dtype=dtype)[::-1].copy()
+    with np.errstate(all="ignore"):
+        x = run_kernel("add", np.empty_like(m), m, b)
+        t = run_kernel("gelu_tanh", np.empty_like(x), x)
+        got_t = np.empty_like(x)
+        FS.bias_gelu_inner(m.reshape(-1, 7), b, got_t.reshape(-1, 7),
+                           np.array([FS.GELU_K, 1, FS.GELU_C], dtype))
+        np.tanh(got_t, out=got_t)
+    same_bits(m, x)
+    same_bits(got_t, t)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gelu_grad_is_bit_for_bit_apart_and_in_place(dtype):
     g, x = floats(9, 33, dtype=dtype), floats(9, 33, dtype=dtype)[::-1].copy()
     h = np.array(GELU_H, dtype)
@@ -157,9 +171,9 @@ def test_the_fused_transformer_step_runs_the_sequence_kernels():
     with using_step_code("fused"):
         source = step_executor(model, step, dims).program.source
     calls = [re.sub(r"_\d+$", "", line.split("(")[0].strip()) for line in source.splitlines()
-             if re.match(r"\s*(gelu|layer_norm)_\w+\(", line)]
-    assert sorted(set(calls)) == ["gelu_grad_in_place", "gelu_inner", "gelu_out",
+             if re.match(r"\s*(bias_gelu|gelu|layer_norm)_\w+\(", line)]
+    assert sorted(set(calls)) == ["bias_gelu_inner", "gelu_grad_in_place", "gelu_out",
                                   "layer_norm_forward", "layer_norm_grad_x"], source
     assert calls.count("layer_norm_forward") == 5 and calls.count("layer_norm_grad_x") == 5
     assert source.count("# fused: layer_norm_stats + layer_norm") == 5
-    assert source.count("# fused: gelu_tanh + gelu") == 2
+    assert source.count("# fused: add + gelu_tanh + gelu") == 2

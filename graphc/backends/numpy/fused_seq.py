@@ -8,7 +8,7 @@ code to `SEQUENCE_PATTERNS` as to its own patterns (`--step-code fused`,
 
 | steps                                   | fused kernels                     | rounding vs NumPy |
 |-----------------------------------------|-----------------------------------|-------------------|
-| gelu_tanh [+ gelu reading its t]        | `gelu_inner`, np.tanh, `gelu_out` | bit for bit       |
+| [bias add +] gelu_tanh [+ gelu]         | `gelu_inner`, np.tanh, `gelu_out` | bit for bit       |
 | gelu_grad                               | `gelu_grad`                       | bit for bit       |
 | layer_norm_stats [+ layer_norm after it] | `layer_norm_forward`             | row sums differ   |
 | layer_norm_grad wrt x                   | `layer_norm_grad_x`               | row sums differ   |
@@ -39,6 +39,20 @@ def gelu_inner(x, out, h):
     for i in range(x.shape[0]):
         v = x[i]
         out[i] = (v * v * k + one) * v * c
+
+
+@njit(cache=True)
+def bias_gelu_inner(x, b, t, h):
+    """x += b (b along x's rows), then t = `gelu_inner` of it, row by row (two loops, each
+    of which vectorizes); x, t [rows, width]."""
+    k, one, c = h[0], h[1], h[2]
+    for r in range(x.shape[0]):
+        row, out = x[r], t[r]
+        for j in range(row.shape[0]):
+            row[j] = row[j] + b[j]
+        for j in range(row.shape[0]):
+            v = row[j]
+            out[j] = (v * v * k + one) * v * c
 
 
 @njit(cache=True)
@@ -158,23 +172,46 @@ def _constants(dtype, *values) -> np.ndarray:
 
 def _gelu(runs, i, facts):
     """gelu_tanh, and the gelu after it when that reads this x and t: the polynomial in one
-    pass, NumPy's tanh in place, then gelu's value in one pass."""
+    pass, NumPy's tanh in place, then gelu's value in one pass. A bias add written in
+    place just before, whose sum is this x, joins the polynomial's pass."""
     (step,), _ = runs[i]
-    arrays = _arrays(step, facts, "gelu_tanh")
-    if arrays is None:
+    add = _bias_in_place(step, facts)
+    if add is not None:
+        step = _next(runs, i, "gelu_tanh")
+        i += 1
+    arrays = step and _arrays(step, facts, "gelu_tanh")
+    if not arrays or (add and step.inputs[0] != add.outputs[0]):
         return None
-    x, t = (a.reshape(-1) for a in arrays)
-    h = _constants(t.dtype, GELU_K, 1.0, GELU_C)
-    lines, names, steps = ["gelu_inner(x, t, h)", "np.tanh(t, out=t)"], {}, (step,)
+    x, t = arrays
+    lines = ["gelu_inner(x, t, h)", "np.tanh(t, out=t)"]
+    names = {"gelu_inner": gelu_inner, "x": x.reshape(-1), "t": t.reshape(-1),
+             "h": _constants(t.dtype, GELU_K, 1.0, GELU_C)}
+    if add:
+        width = x.shape[-1]
+        lines[0] = "bias_gelu_inner(x2, b, t2, h)"
+        names.update(bias_gelu_inner=bias_gelu_inner, x2=x.reshape(-1, width),
+                     b=facts.values[add.inputs[1]], t2=t.reshape(-1, width))
+    steps = (add, step) if add else (step,)
     gelu = _next(runs, i, "gelu")
     after = gelu and _arrays(gelu, facts, "gelu", elementwise=True)
     if after and gelu.inputs == (step.inputs[0], step.outputs[0]):
         lines.append("gelu_out(x, t, y, half)")
-        names = {"gelu_out": gelu_out, "y": after[-1].reshape(-1),
-                 "half": _constants(t.dtype, 1.0, 0.5)}
-        steps = (step, gelu)
-    return (steps, source("\n".join(lines), gelu_inner=gelu_inner, x=x, t=t, h=h,
-                          **names)), len(steps)
+        names.update(gelu_out=gelu_out, y=after[-1].reshape(-1),
+                     half=_constants(t.dtype, 1.0, 0.5))
+        steps += (gelu,)
+    return (steps, source("\n".join(lines), **names)), len(steps)
+
+
+def _bias_in_place(step, facts):
+    """`step` when it is add(m, b) written over m, b a vector along m's last axis, all of
+    one float dtype and C-contiguous; else None."""
+    arrays = _arrays(step, facts, "add", elementwise=True)
+    if arrays is None:
+        return None
+    m, b, out = arrays
+    if not (b.ndim == 1 and m.ndim >= 2 and b.shape == m.shape[-1:] and _same(out, m)):
+        return None
+    return step
 
 
 def _gelu_grad(runs, i, facts):
