@@ -17,6 +17,7 @@ import numpy as np
 from ...plan import ALIGN, Plan
 from . import conv, fast, kernels, modal, nn, sequence, softmax, updates
 from .codegen import generate, statements
+from .copies import fold_copies
 from .workspace import Workspace
 
 DROP_ATTRS = {"shape"}    # shape attributes are for inference; kernels see real arrays
@@ -77,7 +78,8 @@ class Backend:
     def _bind_all(self, ws: Workspace, steps) -> list:
         with ws.binding():
             calls = [self._bind_step(ws, s) for s in steps]
-            self.runs = updates.flat_updates(steps, calls, self.values, ws)
+            self.runs = fold_copies(updates.flat_updates(steps, calls, self.values, ws),
+                                    self.values, self.buffers)
             return calls
 
     def _bind_step(self, ws: Workspace, step):
@@ -88,11 +90,13 @@ class Backend:
 
     def program(self, steps, calls, fuse: bool = False):
         """The bound `calls` of `steps` as generated step code (codegen.py); with `fuse`,
-        runs of elementwise steps first become fused kernels (fusion.py, needs numba)."""
+        runs of elementwise steps first become fused kernels (fusion.py, needs numba).
+        Either way a reshape and a transpose in a row run as one copy (copies.py)."""
         runs = [((s,), c) for s, c in zip(steps, calls)]
         if fuse:
             from .fusion import fuse_runs      # imports numba: only when asked for
-            runs = fuse_runs(runs, self.values, self.buffers)
+            runs = fold_copies(fuse_runs(runs, self.values, self.buffers), self.values,
+                               self.buffers)
         elif [s for run, _ in self.runs for s in run] == list(steps):
             runs = self.runs                   # with flat updates (updates.flat_updates)
         return generate(runs, self.values, f"{len(steps)} steps")
