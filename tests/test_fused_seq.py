@@ -117,6 +117,18 @@ def test_layer_norm_and_its_gradient_within_the_fused_tolerance(dtype, rtol):
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.max(np.abs(want)))
 
 
+def test_softmax_grad_rows_within_the_fused_tolerance_apart_and_in_place():
+    y = np.exp(floats(64, 11, special=False))
+    y /= y.sum(axis=-1, keepdims=True)
+    g = floats(64, 11, special=False)
+    want = run_kernel("softmax_grad", np.empty_like(g), g, y, axis=-1)
+    got = np.empty_like(g)
+    FS.softmax_rows_grad(g, y, got)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.max(np.abs(want)))
+    FS.softmax_rows_grad(g, y, g)                   # over g, as the planner may place it
+    np.testing.assert_array_equal(g, got)
+
+
 def test_a_constant_row_with_eps_0_gives_numpys_non_finite_values_not_an_exception():
     """1/σ of a constant row is 1/0: inf in NumPy, and in the fused kernel (numba's
     Python error model would raise ZeroDivisionError there)."""
@@ -171,9 +183,11 @@ def test_the_fused_transformer_step_runs_the_sequence_kernels():
     with using_step_code("fused"):
         source = step_executor(model, step, dims).program.source
     calls = [re.sub(r"_\d+$", "", line.split("(")[0].strip()) for line in source.splitlines()
-             if re.match(r"\s*(bias_gelu|gelu|layer_norm)_\w+\(", line)]
+             if re.match(r"\s*(bias_gelu|gelu|layer_norm|softmax_rows)_\w+\(", line)]
     assert sorted(set(calls)) == ["bias_gelu_inner", "gelu_grad_in_place", "gelu_out",
-                                  "layer_norm_forward", "layer_norm_grad_x"], source
+                                  "layer_norm_forward", "layer_norm_grad_x",
+                                  "softmax_rows_grad"], source
+    assert calls.count("softmax_rows_grad") == 2
     assert calls.count("layer_norm_forward") == 5 and calls.count("layer_norm_grad_x") == 5
     assert source.count("# fused: layer_norm_stats + layer_norm") == 5
     assert source.count("# fused: add + gelu_tanh + gelu") == 2

@@ -1,4 +1,4 @@
-"""Fused sequence kernels (numba): gelu, its gradient, layer_norm and its gradient.
+"""Fused sequence kernels (numba): gelu, layer_norm, their gradients, softmax's gradient.
 
 On the sort transformer's [64, 11, 256] and [64, 11, 64] values each NumPy kernel of
 nn.py, fast.py and sequence.py makes 3 to 10 passes over arrays larger than a core's L2
@@ -12,14 +12,17 @@ code to `SEQUENCE_PATTERNS` as to its own patterns (`--step-code fused`,
 | gelu_grad                               | `gelu_grad`                       | bit for bit       |
 | layer_norm_stats [+ layer_norm after it] | `layer_norm_forward`             | row sums differ   |
 | layer_norm_grad wrt x                   | `layer_norm_grad_x`               | row sums differ   |
+| softmax_grad over the last axis         | `softmax_rows_grad`               | row sums differ   |
 
 The gelu kernels do nn.py's and fast.py's float operations in their order, in the
 dtype (the constants are passed as arrays of it; numba contracts nothing into an FMA
 without fast-math), so they are bit for bit. tanh stays NumPy's (numba's is the C
 library's, several times slower per element and not the same bits). layer_norm's row
-means are sequential sums times 1/D where NumPy's kernels take BLAS dot products with a
-1/D vector: another order of the same additions, within the fused tolerance (1e-6
-relative, float32) that `tests/test_fused_seq.py` checks.
+means are vectorized sums times 1/D where NumPy's kernels take BLAS dot products with a
+1/D vector, and softmax_grad's row sums likewise: another order of the same additions,
+within the fused tolerance (1e-6 relative, float32) that `tests/test_fused_seq.py`
+checks. Attention's probabilities stay NumPy's: a loop of its scores and row sums
+measured slower than kᵀ copied, BLAS and NumPy's exp (numba's exp is the C library's).
 """
 from __future__ import annotations
 
@@ -133,6 +136,17 @@ def layer_norm_grad_x(g, gamma, xhat, inv_std, out, by_d):
         mean = _dot(g[j], gamma) * scale
         for k in range(g.shape[1]):
             out[j, k] = (g[j, k] * gamma[k] - xhat[j, k] * projection - mean) * inv_std[j]
+
+
+@njit(cache=True)
+def softmax_rows_grad(g, y, out):
+    """out = (g - sum(g y)) y row by row (softmax's gradient over the last axis), as
+    nn.b_softmax_grad's operations; g, y, out [rows, S]; out may be g or y itself (each
+    row's sum is taken before the row is written)."""
+    for r in range(g.shape[0]):
+        total = _dot(g[r], y[r])
+        for j in range(g.shape[1]):
+            out[r, j] = (g[r, j] - total) * y[r, j]
 
 
 # --- the patterns: (runs, i, facts) -> (fused run, runs used) or None, as fusion.py's ---
@@ -270,4 +284,15 @@ def _layer_norm_grad(runs, i, facts):
         by_d=np.asarray(1.0 / width, dtype=g.dtype))), 1
 
 
-SEQUENCE_PATTERNS = (_gelu, _gelu_grad, _layer_norm, _layer_norm_grad)
+def _softmax_grad(runs, i, facts):
+    (step,), _ = runs[i]
+    arrays = _arrays(step, facts, "softmax_grad", elementwise=True)
+    if arrays is None or step.attrs.get("axis", -1) not in (-1, arrays[0].ndim - 1) or \
+            not arrays[0].ndim:
+        return None
+    g, y, out = (a.reshape(-1, a.shape[-1]) for a in arrays)
+    return ((step,), source("softmax_rows_grad(g, y, out)",
+                            softmax_rows_grad=softmax_rows_grad, g=g, y=y, out=out)), 1
+
+
+SEQUENCE_PATTERNS = (_gelu, _gelu_grad, _layer_norm, _layer_norm_grad, _softmax_grad)
