@@ -1,10 +1,14 @@
 """The transformer's training step (specs/sort_transformer.yaml) against PyTorch eager.
 
     python benchmarks/bench_transformer.py [--batch 64] [--reps N | --seconds S] [--json]
+                                           [--no-torch]
 
 graphc runs the spec's compiled training step (`graphc.load(spec).step(feeds)`: forward,
-backward, Adam); PyTorch runs the same model written as a module (same shapes, same
-ops: tanh-GELU, pre-norm, causal `F.scaled_dot_product_attention`, tied output
+backward, Adam) twice, each its own model from the same initial weights: its default
+step code (`generated`, NumPy kernels only: the `graphc` column) and, where numba
+imports, the `fused` step code (numba kernels for gelu, layer_norm, softmax_grad, Adam
+and softmax cross-entropy, backends/numpy/fused_seq.py and fusion.py: the `fused`
+column). PyTorch runs the same model written as a module (same shapes, same ops: tanh-GELU, pre-norm, causal `F.scaled_dot_product_attention`, tied output
 embedding, Adam) in eager mode, when torch is importable (an optional column, never a
 dependency). Both run on one thread, interleaved rep by rep in the same process, so
 machine noise hits both alike; the table shows medians, p10s and their ratio. It also
@@ -28,6 +32,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_cnn import graphc_step  # noqa: E402
+from bench_mlp import available_paths  # noqa: E402
 from harness import blas_info, median_p10_us, timed  # noqa: E402
 
 import graphc  # noqa: E402
@@ -97,28 +103,45 @@ def _torch_model(torch):
     return Sorter()
 
 
-def run(batch_size: int, reps: int, seconds: float) -> dict:
+def run(batch_size: int, reps: int, seconds: float, with_torch: bool = True) -> dict:
     model, feeds = graphc.load(SPEC), batch_of(batch_size)
     calls = {"graphc": lambda: model.step(feeds)}
-    other = torch_step(feeds)
+    if available_paths(["fused"]):
+        calls["fused"] = graphc_step(SPEC, "fused", feeds)
+    other = torch_step(feeds) if with_torch else None
     if other is not None:
         calls["torch"] = other
     times, reps = timed(calls, reps, seconds)
     plan = model.plan(batch_size)
     us = median_p10_us(times)
-    return {"batch": batch_size, "reps": reps, "us": us,
-            "graphc_over_torch": us["graphc"][0] / us["torch"][0] if "torch" in us else None,
+    return {"batch": batch_size, "reps": reps, "us": us, **over_torch(us),
             "arena_bytes": plan.arena_bytes, "lower_bound_bytes": plan.lower_bound_bytes,
             "naive_bytes": plan.naive_bytes}
+
+
+def over_torch(us: dict) -> dict:
+    """graphc/torch and fused/torch of the medians (and `_p10` of the p10s); None where a
+    column did not run."""
+    out = {}
+    for name in ("graphc", "fused"):
+        ran = name in us and "torch" in us
+        out[f"{name}_over_torch"] = us[name][0] / us["torch"][0] if ran else None
+        if ran:
+            out[f"{name}_over_torch_p10"] = us[name][1] / us["torch"][1]
+    return out
 
 
 def table(r: dict) -> str:
     lines = [f"batch {r['batch']}, {r['reps']} reps, one thread"]
     for name, (median, p10) in r["us"].items():
         lines.append(f"{name:7s} {median:10.1f} us/step (p10 {p10:.1f})")
-    ratio = r["graphc_over_torch"]
-    lines.append("graphc/torch  " + (f"{ratio:.2f} (target <= 0.70)" if ratio else
-                                      "- (torch not importable: pip install torch)"))
+    for name in ("graphc", "fused"):
+        ratio = r[f"{name}_over_torch"]
+        why = "numba is not importable" if name not in r["us"] else \
+            "no torch column: --no-torch, or torch is not importable"
+        lines.append(f"{name}/torch".ljust(14) + (
+            f"{ratio:.2f} (p10 {r[f'{name}_over_torch_p10']:.2f}; target <= 0.70)" if ratio
+            else f"- ({why})"))
     arena, bound = r["arena_bytes"], r["lower_bound_bytes"]
     lines.append(f"arena {arena / 2**20:.3f} MiB, lower bound {bound / 2**20:.3f} MiB, naive "
                  f"{r['naive_bytes'] / 2**20:.3f} MiB: arena/bound {arena / bound:.3f}")
@@ -131,10 +154,11 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=0, help="steps timed per contender")
     p.add_argument("--seconds", type=float, default=10.0, help="time budget without --reps")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch column")
     args = p.parse_args(argv)
     info = blas_info()
     with np.errstate(over="ignore", under="ignore"):
-        result = run(args.batch, args.reps, args.seconds)
+        result = run(args.batch, args.reps, args.seconds, with_torch=not args.no_torch)
     if args.json:
         print(json.dumps({"environment": info, **result}, indent=2))
     else:

@@ -217,3 +217,17 @@ def test_forms_prints_both_tables():
     assert any(r.startswith("relu: np.maximum(a, zeros, out=a)") for r in rows)
     assert any(r.startswith("row max: np.maximum over columns") for r in rows)
     assert all(float(cell) > 0 for r in rows for cell in r.split()[-3:])
+
+
+def test_bench_transformer_times_both_step_codes_and_keeps_the_arena_at_its_bound():
+    pytest.importorskip("numba", reason="the fused column needs graphc[numba]")
+    out = subprocess.run([sys.executable, str(BENCH / "bench_transformer.py"), "--reps", "2",
+                          "--no-torch", "--batch", "8"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("graphc ") and "us/step" in line for line in lines)
+    assert any(line.startswith("fused ") and "us/step" in line for line in lines)
+    assert "graphc/torch  - (no torch column: --no-torch" in out.stdout
+    assert "fused/torch   - (no torch column: --no-torch" in out.stdout
+    assert lines[-1].endswith("arena/bound 1.000"), lines[-1]

@@ -287,3 +287,37 @@ def test_gradcheck_cli_samples_a_large_spec():
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["ok"] is True and out["sample"] == 2 and len(out["leaves"]) == 31
+
+
+def transformer_step(code: str, batch: int = 8) -> tuple:
+    """(float store after one training step of the sort transformer under `code`, the
+    executor)."""
+    from pathlib import Path
+
+    from graphc.executor import using_step_code
+    from graphc.model import load_model
+    from graphc.timing import step_executor
+    from graphc.trainconfig import training_step
+    model = load_model(Path(__file__).resolve().parents[1] / "specs" / "sort_transformer.yaml")
+    step, _, dims = training_step(model, batch, {})
+    with using_step_code(code):
+        ex = step_executor(model, step, dims)
+    rng = np.random.default_rng(0)
+    with np.errstate(under="ignore"):
+        ex.run({"x": rng.integers(0, 10, (batch, 11)), "y": rng.integers(0, 10, (batch, 6))})
+    return {k: v.copy() for k, v in model.store.items() if v.dtype.kind == "f"}, ex
+
+
+def test_head_reshape_and_transpose_copy_once_bit_for_bit():
+    """The generated step copies a head value once where reshape and transpose follow each
+    other (backends/numpy/copies.py): the forward q, k, v (reshape + transpose) and merged
+    heads (transpose + reshape) of both blocks; the backward pairs whose output the planner
+    placed over the first copy's input stay two copies. Params after a step equal the
+    reference executor's, bit for bit."""
+    (got, ex), (want, _) = transformer_step("generated"), transformer_step("reference")
+    source = ex.program.source
+    assert source.count("# fused: reshape + transpose") == 6
+    assert source.count("# fused: transpose + reshape") == 2
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        assert got[name].tobytes() == value.tobytes(), name

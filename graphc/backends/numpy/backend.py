@@ -17,6 +17,7 @@ import numpy as np
 from ...plan import ALIGN, Plan
 from . import conv, fast, kernels, modal, nn, sequence, softmax, updates
 from .codegen import generate, statements
+from .copies import fold_copies
 from .workspace import Workspace
 
 DROP_ATTRS = {"shape"}    # shape attributes are for inference; kernels see real arrays
@@ -80,7 +81,8 @@ class Backend:
     def _bind_all(self, ws: Workspace, steps) -> list:
         with ws.binding():
             calls = [self._bind_step(ws, s) for s in steps]
-            self.runs = updates.flat_updates(steps, calls, self.values, ws)
+            self.runs = fold_copies(updates.flat_updates(steps, calls, self.values, ws),
+                                    self.values, self.buffers)
             return calls
 
     def _bind_step(self, ws: Workspace, step):
@@ -92,17 +94,18 @@ class Backend:
     def program(self, steps, calls, fuse: bool = False, windows: bool = False):
         """The bound `calls` of `steps` as generated step code (codegen.py); with `fuse`,
         runs of elementwise steps first become fused kernels (fusion.py, needs numba);
-        with `windows`, only a CNN's window steps do (`window_kernels`)."""
+        with `windows`, only a CNN's window steps do (`window_kernels`). Either way a
+        reshape and a transpose in a row run as one copy (copies.py, folded in `self.runs`)."""
         runs = [((s,), c) for s, c in zip(steps, calls)]
-        flat = [s for run, _ in self.runs for s in run] == list(steps)
+        if [s for run, _ in self.runs for s in run] == list(steps):
+            runs = self.runs        # with flat updates (updates.flat_updates), folded copies
+            if fuse:                # plain SGD's flat update only; the other updates fuse per param
+                own = {id(s): c for s, c in zip(steps, calls)}
+                keep = lambda run, f: len(run) > 1 or getattr(f, "flat", False)  # noqa: E731
+                runs = [(run, f if keep(run, f) else own[id(run[0])]) for run, f in runs]
         if fuse:
             from .fusion import fuse_runs      # imports numba: only when asked for
-            if flat:     # plain SGD's flat update only; the other updates fuse per param
-                runs = [(run, f if getattr(f, "flat", False) else c)
-                        for (run, c), (_, f) in zip(runs, self.runs)]
             runs = fuse_runs(runs, self.values, self.buffers)
-        elif flat:
-            runs = self.runs                   # with flat updates (updates.flat_updates)
         if windows:
             runs = self.window_kernels(runs)
         bound = {id(c) for c in calls} | {id(c) for _, c in self.runs}

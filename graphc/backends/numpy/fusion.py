@@ -14,6 +14,7 @@ matches; everything else, matmuls included (they stay on BLAS), runs as generate
 | softmax_cross_entropy_stats + its loss  | `softmax_ce`         | exp and sums differ     |
 | softmax_cross_entropy_grad              | `softmax_ce_grad`    | bit for bit, given stats |
 | im2col, col2im, max pooling, conv + relu | fused_conv.py       | bit for bit             |
+| gelu, layer_norm and their gradients    | fused_seq.py         | gelu: bit for bit       |
 
 [1] Where updates._flat_sgd made the plain SGD updates one flat update (small params),
 it stays: one dot and one subtraction beat a numba loop per param.
@@ -40,6 +41,7 @@ from numba.core.dispatcher import Dispatcher
 
 from .bind import source
 from .fused_conv import CONV_PATTERNS
+from .fused_seq import SEQUENCE_PATTERNS
 from .softmax import logit_rows, unpack_stats
 
 
@@ -107,7 +109,7 @@ def sgd_momentum(w, g, v, guard, lr, mu, largest):
         guard[()] = math.nan
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")    # a division that may raise does not vectorize
 def adam(w, g, m, v, count, guard, h, largest):
     """updates.py's Adam/AdamW in one pass, each operation in the same order and dtype,
     guarded as `sgd_folded`. h (the dtype's scalars): b1, 1 - b1, b2, 1 - b2,
@@ -130,7 +132,7 @@ def adam(w, g, m, v, count, guard, h, largest):
         w[i] = wi - mi / (np.sqrt(vi) / root + eps) * rate
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def rmsprop(w, g, s, b, lr, guard, h, largest):
     """updates.py's RMSprop (not centered) in one pass, guarded as `sgd_folded`; b is the
     momentum buffer (unused when h[3], the momentum, is 0). h: alpha, 1 - alpha, eps,
@@ -363,7 +365,7 @@ def _inverse(rows: int, dtype) -> np.ndarray:
 
 
 PATTERNS = (_bias, _relu_grad, _sgd, _sgd_momentum, _adam, _rmsprop, _softmax, _softmax_grad,
-            *CONV_PATTERNS)
+            *CONV_PATTERNS, *SEQUENCE_PATTERNS)
 
 
 def dispatched_once(call):

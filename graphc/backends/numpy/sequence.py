@@ -88,7 +88,7 @@ def k_attention(out, q, k, v, probs, causal=False):
     np.matmul(probs, v, out=out)
 
 
-def _unpack(stats) -> tuple:
+def unpack_layer_norm(stats) -> tuple:
     """Views (x̂ [..., D], 1/σ [..., 1]) of layer_norm's saved stats [..., D + 1], which
     hold every x̂, then every 1/σ (so x̂ is contiguous: strided rows cost NumPy 3-5x)."""
     rows, width = stats.shape[:-1], stats.shape[-1] - 1
@@ -100,7 +100,7 @@ def _unpack(stats) -> tuple:
 def b_layer_norm_stats(out, x, gamma, beta, eps=1e-5):
     """x̂ = (x - mean) / σ and 1/σ over the last axis, σ = sqrt(var + eps) (biased var),
     packed into out [..., D + 1]; the means are matrix-vector products with 1/D."""
-    xhat, inv_std = _unpack(out)
+    xhat, inv_std = unpack_layer_norm(out)
     return source("""
         np.matmul(x, by_d, out=mean)
         np.subtract(x, mean, out=xhat)
@@ -120,13 +120,13 @@ def b_layer_norm(out, x, gamma, beta, stats, eps=1e-5):
     return source("""
         np.multiply(xhat, gamma, out=out)
         np.add(out, beta, out=out)
-        """, xhat=_unpack(stats)[0], gamma=gamma, beta=beta, out=out)
+        """, xhat=unpack_layer_norm(stats)[0], gamma=gamma, beta=beta, out=out)
 
 
 def b_layer_norm_grad(out, g, stats, gamma, wrt="x"):
     """wrt x: (γg - mean(γg) - x̂ mean(γg x̂)) / σ; wrt gamma: g x̂ (the driver sums it to
     [D]); x̂ and 1/σ read from the saved stats."""
-    xhat, inv_std = _unpack(stats)
+    xhat, inv_std = unpack_layer_norm(stats)
     if wrt == "gamma":
         return source("np.multiply(g, xhat, out=out)", g=g, xhat=xhat, out=out)
     return source("""
