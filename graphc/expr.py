@@ -80,9 +80,9 @@ def _is_plain(v) -> bool:
 ATTR_KINDS = {
     "axis": (lambda v: v is None or S.is_int(v) or
              (isinstance(v, (list, tuple)) and all(map(S.is_int, v))),
-             "an integer, a list of integers, or None"),
+             "an integer, a list of integers, or null (None in an expression)"),
     "axes": (lambda v: v is None or (isinstance(v, (list, tuple)) and all(map(S.is_int, v))),
-             "a list of integers or None"),
+             "a list of integers or null (None in an expression)"),
     "shape": (lambda v: isinstance(v, (list, tuple)) and all(
         S.is_dim(d, minus_one=True) for d in v),
         "a list of sizes, dim names and -1, such as [batch, -1]"),
