@@ -154,6 +154,9 @@ ERRORS = [
      "node 'h1': 'cell' is a block, not an op"),
     (("      pre: x @ W + h", "      pre: relu(cell(x, h))"), "spec.yaml:13:12: block 'cell': "
      "node 'pre': 'cell' is a block, not an op"),
+    # before: "chain 'h' is not an input", or "takes inputs [h, x, h]" at the instance
+    (("inputs: [x, h]", "inputs: [x, x]"), "spec.yaml:8:13: block 'cell': inputs of block "
+     "'cell' names 'x' twice; each input of a block is one distinct name"),
 ]
 
 

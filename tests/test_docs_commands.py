@@ -6,6 +6,7 @@
   output must be the documented lines. A `...` line stands for any lines (an elision),
   and a JSON line matches when its keys match and its numbers agree to 1e-4 relative
   (`samples_per_s`, a speed, is not compared).
+- The README's Python example runs verbatim there.
 - Every `graphc CMD specs/...` quoted inline with no placeholder runs with exit 0, in a
   folder where the README's front door (`graphc train specs/spiral_mlp.yaml`) has run.
 """
@@ -71,7 +72,8 @@ def inline_commands() -> list:
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    """A user's folder: the repository's specs/, and `graphc` on PATH meaning this graphc."""
+    """A user's folder: the repository's specs/; `graphc` and `python` on PATH meaning this
+    graphc and this interpreter."""
     path = tmp_path_factory.mktemp("docs")
     (path / "specs").symlink_to(REPO / "specs")
     bin_dir = path / "bin"
@@ -79,9 +81,11 @@ def folder(tmp_path_factory) -> Path:
     shim = bin_dir / "graphc"
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m graphc "$@"\n')
     shim.chmod(0o755)
+    (bin_dir / "python").symlink_to(sys.executable)     # the docs' `python -c ...` lines
     r = run(FRONT_DOOR.split(" && ")[1], path)
     assert r.returncode == 0 and (path / "spiral_mlp.ckpt.npz").exists(), r.stderr
-    r = run("""python -c "import numpy as np; np.savez('new.npz', x=[[0.5, -0.2]])" """, path)
+    r = run(f"""'{sys.executable}' -c "import numpy as np; np.savez('new.npz', x=[[0.5, -0.2]])" """,
+            path)
     assert r.returncode == 0, r.stderr
     return path
 
@@ -145,6 +149,14 @@ def test_a_documented_session_prints_what_the_docs_show(where, steps, folder):
 
 def test_the_readme_front_door_is_the_trained_command():
     assert FRONT_DOOR in (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_readme_python_example_runs_verbatim(folder):
+    code = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8"),
+                      re.S)
+    assert len(code) == 1 and "graphc.load(" in code[0]
+    r = run(f"'{sys.executable}' - <<'EOF'\n{code[0]}EOF", folder)
+    assert r.returncode == 0, r.stderr
 
 
 @pytest.mark.parametrize("command", inline_commands())
