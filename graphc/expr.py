@@ -110,7 +110,8 @@ def attr_problem(key: str, default, value) -> Optional[str]:
     if key in ATTR_KINDS:
         test, want = ATTR_KINDS[key]
     elif isinstance(default, bool):
-        test, want = (lambda v: isinstance(v, bool)), "true or false"
+        test, want = (lambda v: isinstance(v, bool)), "true or false (True or False in an " \
+            "expression)"
     elif S.is_int(default):
         test, want = S.is_int, "an integer"
     elif isinstance(default, float):

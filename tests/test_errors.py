@@ -286,6 +286,9 @@ YAML_SPELLING = [
     ("relu(x @ W1 + b1)", "{op: sum, inputs: [x], axis: [true]}",
      "is [true], expected an integer, a list of integers, or null"),
     ("dataset: spiral", "dataset: [spiral]", "unknown dataset [spiral]"),
+    # an expression is Python: a lowercase false there is a name, read as the text 'false'
+    ("h @ W2 + b2", "dense(h, units=3, bias=false)",
+     "is 'false', expected true or false (True or False in an expression)"),
     ("{accuracy: [scores, y]}", "{accuracy: null}",
      "got null; e.g. accuracy: {accuracy: [scores, y]}, or a scalar node: accuracy: data_loss"),
 ]
