@@ -86,7 +86,9 @@ def _load(cfg, spec_dir: Path, inputs: dict, dtypes: dict, seed: int, classes: d
     seed = _seed(cfg.get("seed", seed), cfg)
     dtypes = {name: _dtype(dtypes.get(name, "float32"), name) for name in inputs}
     raw = LOADERS[kind](cfg, spec_dir, inputs, seed)
-    label_classes = {name: classes.get(name, raw.n_classes) for name in inputs}
+    # both the graph's K and a declared `classes:` hold: labels must fit the smaller
+    label_classes = {name: min((k for k in (classes.get(name), raw.n_classes) if k),
+                               default=None) for name in inputs}
     arrays = {name: _fit(name, raw, inputs[name], dtypes[name], label_classes[name])
               for name in inputs}
     n_samples(arrays)

@@ -93,6 +93,9 @@ def _explicit_map(cfg: Mapping, inputs: dict, choices, what: str) -> dict[str, s
     if not isinstance(given, Mapping):
         raise SpecError(f"map must be a mapping {{INPUT: ARRAY}}, got {short(given)}", mark=mark)
     for name, array in given.items():
+        if not isinstance(array, str):
+            raise SpecError(f"map gives input '{name}' the array {short(array)}, expected "
+                            "the name of an array in the file", mark=mark, node=name)
         if name not in inputs:
             raise SpecError(f"map names '{name}', which is not a fed input", mark=mark,
                             hint=_suggest(name, inputs, "fed inputs"))
@@ -207,7 +210,7 @@ def _load_npy(cfg: Mapping, spec_dir: Path, inputs: dict, seed: int) -> Raw:
     files = cfg["npy"]
     if isinstance(files, str) and len(inputs) == 1:
         files = {next(iter(inputs)): files}
-    if not isinstance(files, Mapping):
+    if not isinstance(files, Mapping) or not all(isinstance(f, str) for f in files.values()):
         raise SpecError(f"npy must map each fed input to a .npy file, got {short(files)}",
                         mark=value_mark(cfg, "npy"), hint="e.g. npy: {x: x.npy, y: y.npy}")
     for name in inputs:

@@ -73,7 +73,7 @@ def short(value) -> str:
 
 
 PLAIN = re.compile(r"[A-Za-z_][\w.\-/]*")
-YAML_WORDS = {"true", "false", "null", "yes", "no", "on", "off", "y", "n"}
+YAML_WORDS = {"true", "false", "null"}     # YAML 1.2's, as the loader reads them
 
 
 def yaml_text(value, nested: bool = False) -> str:
