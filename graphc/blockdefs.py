@@ -44,6 +44,10 @@ def _names(raw, what: str, block: str, mark: Mark) -> tuple:
                                             for i in raw):
         raise SpecError(f"{what} of block '{block}' is {short(raw)}, expected a list of "
                         "names such as [x, h]", mark=mark)
+    twice = next((i for i in raw if raw.count(i) > 1), None)
+    if twice:
+        raise SpecError(f"{what} of block '{block}' names '{twice}' twice", mark=mark,
+                        hint="each input of a block is one distinct name")
     return tuple(raw)
 
 

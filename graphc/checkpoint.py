@@ -154,7 +154,8 @@ def check_same_run(arrays: Mapping, model: Model, config: Mapping, path) -> None
                         context=shown, hint="use --init-from to start from its params "
                         "with the changed spec")
     saved = saved_settings(arrays, path)
-    changed = [f"{k}: {saved.get(k)!r} in the checkpoint, {v!r} now" for k, v in config.items()
+    changed = [f"{k}: {short(saved.get(k))} in the checkpoint, {short(v)} now"
+               for k, v in config.items()
                if saved.get(k) != v]
     if changed:
         raise SpecError(f"cannot resume from {path}: the command line changed the run",

@@ -26,7 +26,7 @@ import numpy as np
 from .datasets import DATASETS, options
 from .datasources import (DEFAULT_SAMPLES, LOADERS, Arrays, Raw, generator,
                           key_mark, value_mark)
-from .errors import Mark, SpecError, did_you_mean
+from .errors import Mark, SpecError, did_you_mean, short
 from .leaves import misfit, misfit_message
 from .shapes import is_number
 
@@ -76,7 +76,7 @@ def load_data(cfg: Mapping, *, spec_dir: Path, inputs: Mapping[str, tuple],
 
 def _load(cfg, spec_dir: Path, inputs: dict, dtypes: dict, seed: int, classes: dict) -> Dataset:
     if not isinstance(cfg, Mapping):
-        raise SpecError(f"train.data must be a mapping, got {cfg!r}",
+        raise SpecError(f"train.data must be a mapping, got {short(cfg)}",
                         hint="e.g. data: {dataset: spiral, samples: 300}")
     kind = _source_kind(cfg)
     allowed = SOURCE_KEYS[kind] + COMMON_KEYS
@@ -86,7 +86,9 @@ def _load(cfg, spec_dir: Path, inputs: dict, dtypes: dict, seed: int, classes: d
     seed = _seed(cfg.get("seed", seed), cfg)
     dtypes = {name: _dtype(dtypes.get(name, "float32"), name) for name in inputs}
     raw = LOADERS[kind](cfg, spec_dir, inputs, seed)
-    label_classes = {name: classes.get(name, raw.n_classes) for name in inputs}
+    # both the graph's K and a declared `classes:` hold: labels must fit the smaller
+    label_classes = {name: min((k for k in (classes.get(name), raw.n_classes) if k),
+                               default=None) for name in inputs}
     arrays = {name: _fit(name, raw, inputs[name], dtypes[name], label_classes[name])
               for name in inputs}
     n_samples(arrays)
@@ -211,13 +213,13 @@ def _split(arrays: Arrays, cfg: Mapping, seed: int) -> tuple[Arrays, Optional[Ar
     """Hold out round(f*N) samples: a seeded permutation's tail (the rows' tail if no shuffle)."""
     fraction, shuffle = cfg.get("validation"), cfg.get("shuffle", True)
     if not isinstance(shuffle, bool):
-        raise SpecError(f"shuffle must be true or false, got {shuffle!r}",
+        raise SpecError(f"shuffle must be true or false, got {short(shuffle)}",
                         mark=value_mark(cfg, "shuffle"))
     if fraction is None:
         return arrays, None
     if not is_number(fraction) or not 0 < fraction < 1:
         raise SpecError(f"validation must be a fraction strictly between 0 and 1, "
-                        f"got {fraction!r}", mark=value_mark(cfg, "validation"),
+                        f"got {short(fraction)}", mark=value_mark(cfg, "validation"),
                         hint="omit `validation` to train on every sample")
     n = n_samples(arrays)
     n_valid = max(1, round(fraction * n))
@@ -250,7 +252,8 @@ def _normalized_inputs(cfg: Mapping, dtypes: dict, targets: tuple) -> tuple[str,
                 raise SpecError(f"input '{name}' is {dtypes[name]}: labels are never normalized",
                                 mark=value_mark(cfg, "normalize"))
         return tuple(rule["standard"])
-    raise SpecError(f"normalize must be 'standard' or {{standard: [INPUT, ...]}}, got {rule!r}",
+    raise SpecError(f"normalize must be 'standard' or {{standard: [INPUT, ...]}}, "
+                    f"got {short(rule)}",
                     mark=value_mark(cfg, "normalize"),
                     hint=did_you_mean(str(rule), ["standard"]))
 
@@ -322,7 +325,7 @@ def first_batch(arrays: Mapping[str, np.ndarray], batch_size: int) -> Arrays:
 def _check_batch_size(batch_size) -> None:
     integer = isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
     if not integer or batch_size < 1:
-        raise SpecError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise SpecError(f"batch_size must be a positive integer, got {short(batch_size)}")
 
 
 # --- small checks ----------------------------------------------------------------------------
@@ -336,7 +339,7 @@ def _check_keys(cfg: Mapping, allowed: tuple, what: str) -> None:
 
 def _seed(value, cfg: Mapping) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise SpecError(f"seed must be a non-negative integer, got {value!r}",
+        raise SpecError(f"seed must be a non-negative integer, got {short(value)}",
                         mark=value_mark(cfg, "seed"))
     return value
 
@@ -345,5 +348,5 @@ def _dtype(name, input_name: str) -> np.dtype:
     try:
         return np.dtype(name)
     except TypeError:
-        raise SpecError(f"input '{input_name}' has unknown dtype {name!r}",
+        raise SpecError(f"input '{input_name}' has unknown dtype {short(name)}",
                         node=input_name) from None

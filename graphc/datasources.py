@@ -18,7 +18,7 @@ import numpy as np
 
 from .datafiles import member, np_load, numeric, parse_cells, read_csv, resolve
 from .datasets import DATASETS, FULL_SIZE, options
-from .errors import Mark, SpecError, did_you_mean
+from .errors import Mark, SpecError, did_you_mean, short
 from .limits import check_memory
 from .shapes import is_number
 
@@ -43,7 +43,7 @@ def generator(cfg: Mapping) -> Callable:
     """The generator `dataset:` names; an unknown name is an error with a suggestion."""
     name = cfg["dataset"]
     if not isinstance(name, str) or name not in DATASETS:
-        raise SpecError(f"unknown dataset '{name}'", mark=value_mark(cfg, "dataset"),
+        raise SpecError(f"unknown dataset {short(name)}", mark=value_mark(cfg, "dataset"),
                         hint=did_you_mean(str(name), DATASETS) or f"known: {', '.join(DATASETS)}")
     return DATASETS[name]
 
@@ -91,8 +91,11 @@ def _explicit_map(cfg: Mapping, inputs: dict, choices, what: str) -> dict[str, s
     given = cfg["map"]
     mark = value_mark(cfg, "map")
     if not isinstance(given, Mapping):
-        raise SpecError(f"map must be a mapping {{INPUT: ARRAY}}, got {given!r}", mark=mark)
+        raise SpecError(f"map must be a mapping {{INPUT: ARRAY}}, got {short(given)}", mark=mark)
     for name, array in given.items():
+        if not isinstance(array, str):
+            raise SpecError(f"map gives input '{name}' the array {short(array)}, expected "
+                            "the name of an array in the file", mark=mark, node=name)
         if name not in inputs:
             raise SpecError(f"map names '{name}', which is not a fed input", mark=mark,
                             hint=_suggest(name, inputs, "fed inputs"))
@@ -134,7 +137,7 @@ def _csv_columns(cfg: Mapping, header: list[str], inputs: dict, shown: str):
     mark = value_mark(cfg, "columns")
     if not isinstance(spec, Mapping):
         raise SpecError(f"columns must be a mapping {{INPUT: COLUMN | [COLUMNS] | rest}}, "
-                        f"got {spec!r}", mark=mark)
+                        f"got {short(spec)}", mark=mark)
     for name in spec:
         if name not in inputs:
             raise SpecError(f"columns names '{name}', which is not a fed input", mark=mark,
@@ -168,7 +171,7 @@ def _column_list(name: str, choice, header: list[str], shown: str, mark) -> tupl
     cols = [choice] if single else choice
     if not isinstance(cols, list) or not cols or not all(isinstance(c, str) for c in cols):
         raise SpecError(f"columns of '{name}' must be a column name, a list of them, or rest; "
-                        f"got {choice!r}", mark=mark, node=name)
+                        f"got {short(choice)}", mark=mark, node=name)
     for c in cols:
         if c not in header:
             raise SpecError(f"{shown} has no column '{c}' (wanted by input '{name}')", mark=mark,
@@ -207,8 +210,8 @@ def _load_npy(cfg: Mapping, spec_dir: Path, inputs: dict, seed: int) -> Raw:
     files = cfg["npy"]
     if isinstance(files, str) and len(inputs) == 1:
         files = {next(iter(inputs)): files}
-    if not isinstance(files, Mapping):
-        raise SpecError(f"npy must map each fed input to a .npy file, got {files!r}",
+    if not isinstance(files, Mapping) or not all(isinstance(f, str) for f in files.values()):
+        raise SpecError(f"npy must map each fed input to a .npy file, got {short(files)}",
                         mark=value_mark(cfg, "npy"), hint="e.g. npy: {x: x.npy, y: y.npy}")
     for name in inputs:
         if name not in files:
@@ -267,14 +270,15 @@ def _file_targets(inputs: dict) -> tuple[str, ...]:
 def _classes_option(cfg: Mapping) -> Optional[int]:
     k = cfg.get("classes")
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-        raise SpecError(f"classes must be a positive integer, got {k!r}",
+        raise SpecError(f"classes must be a positive integer, got {short(k)}",
                         mark=value_mark(cfg, "classes"))
     return k
 
 
 def _data_path(cfg: Mapping, key: str, spec_dir: Path) -> Path:
     if not isinstance(cfg[key], str):
-        raise SpecError(f"{key} must be a file path, got {cfg[key]!r}", mark=value_mark(cfg, key))
+        raise SpecError(f"{key} must be a file path, got {short(cfg[key])}",
+                        mark=value_mark(cfg, key))
     return resolve(spec_dir, cfg[key])
 
 
@@ -288,7 +292,7 @@ def _check_types(cfg: Mapping, types: dict, what: str) -> None:
     for key, kind in types.items():
         if key in cfg and not _has_type(cfg[key], kind):
             word = {int: "an integer", bool: "true or false"}.get(kind, "a finite number")
-            raise SpecError(f"{key} of {what} must be {word}, got {cfg[key]!r}",
+            raise SpecError(f"{key} of {what} must be {word}, got {short(cfg[key])}",
                             mark=value_mark(cfg, key))
 
 

@@ -7,6 +7,9 @@ and never a traceback.
 from __future__ import annotations
 
 import difflib
+import math
+import numbers
+import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -65,8 +68,36 @@ def clip(text: str, limit: int = 40) -> str:
 
 
 def short(value) -> str:
-    """repr(value) clipped to 40 characters: what the spec held, quoted into a message."""
-    return clip(repr(value))
+    """yaml_text(value) clipped to 40 characters: what the spec held, quoted into a message."""
+    return clip(yaml_text(value))
+
+
+PLAIN = re.compile(r"[A-Za-z_][\w.\-/]*")
+YAML_WORDS = {"true", "false", "null"}     # YAML 1.2's, as the loader reads them
+
+
+def yaml_text(value, nested: bool = False) -> str:
+    """A spec's value spelled as YAML, the way the user wrote it: true, null, .inf,
+    [a, 2], {k: v}; not Python's True, None, inf, ['a', 2], {'k': 'v'}. A string is
+    quoted ('it''s') at the top, where it stands in a sentence, and plain inside a list
+    or mapping where YAML reads it back as the same string."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        return repr(value) if math.isfinite(value) else \
+            {math.inf: ".inf", -math.inf: "-.inf"}.get(value, ".nan")
+    if isinstance(value, str):
+        plain = nested and PLAIN.fullmatch(value) and value.lower() not in YAML_WORDS
+        return value if plain else "'" + value.replace("'", "''") + "'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(yaml_text(v, True) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{yaml_text(k, True)}: {yaml_text(v, True)}"
+                               for k, v in value.items()) + "}"
+    return repr(value)
 
 
 class SpecError(GraphcError):

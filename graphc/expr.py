@@ -80,9 +80,9 @@ def _is_plain(v) -> bool:
 ATTR_KINDS = {
     "axis": (lambda v: v is None or S.is_int(v) or
              (isinstance(v, (list, tuple)) and all(map(S.is_int, v))),
-             "an integer, a list of integers, or None"),
+             "an integer, a list of integers, or null (None in an expression)"),
     "axes": (lambda v: v is None or (isinstance(v, (list, tuple)) and all(map(S.is_int, v))),
-             "a list of integers or None"),
+             "a list of integers or null (None in an expression)"),
     "shape": (lambda v: isinstance(v, (list, tuple)) and all(
         S.is_dim(d, minus_one=True) for d in v),
         "a list of sizes, dim names and -1, such as [batch, -1]"),
@@ -110,7 +110,8 @@ def attr_problem(key: str, default, value) -> Optional[str]:
     if key in ATTR_KINDS:
         test, want = ATTR_KINDS[key]
     elif isinstance(default, bool):
-        test, want = (lambda v: isinstance(v, bool)), "true or false"
+        test, want = (lambda v: isinstance(v, bool)), "true or false (True or False in an " \
+            "expression)"
     elif S.is_int(default):
         test, want = S.is_int, "an integer"
     elif isinstance(default, float):

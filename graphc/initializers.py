@@ -18,7 +18,7 @@ from typing import Callable, Mapping, Optional
 
 import numpy as np
 
-from .errors import Mark, SpecError, did_you_mean
+from .errors import Mark, SpecError, did_you_mean, short
 from .limits import check_memory, memory_limit
 from .shapes import is_number
 
@@ -183,14 +183,14 @@ def parse_init(init, *, mark: Optional[Mark] = None,
         if isinstance(init, (int, float)) and not isinstance(init, bool):
             hint = f"for a constant write init: {{constant: {{value: {init}}}}}"
         raise SpecError(f"init must be a name or a one-key mapping {{NAME: {{ARG: VALUE}}}}, "
-                        f"got {init!r}", mark=mark, node=node, hint=hint)
+                        f"got {short(init)}", mark=mark, node=node, hint=hint)
     name = str(name)
     if name not in INITIALIZERS:
         raise SpecError(f"unknown initializer '{name}'", mark=mark, node=node,
                         hint=did_you_mean(name, INITIALIZERS)
                         or f"known: {', '.join(sorted(INITIALIZERS))}")
     if not isinstance(kwargs, Mapping):
-        raise SpecError(f"arguments of initializer '{name}' must be a mapping, got {kwargs!r}",
+        raise SpecError(f"arguments of initializer '{name}' must be a mapping, got {short(kwargs)}",
                         mark=mark, node=node, hint=f"write {{{name}: {{ARG: VALUE}}}}")
     _check_args(name, dict(kwargs), mark, node)
     return name, dict(kwargs)
@@ -208,7 +208,7 @@ def _check_args(name: str, kwargs: dict, mark, node) -> None:
         kind = params[key][0]
         if not _has_type(value, kind):
             raise SpecError(f"argument '{key}' of initializer '{name}' must be "
-                            f"{_type_word(kind)}, got {value!r}", mark=mark, node=node)
+                            f"{_type_word(kind)}, got {short(value)}", mark=mark, node=node)
     for key, (_, default) in params.items():
         if default is inspect.Parameter.empty and key not in kwargs:
             raise SpecError(f"initializer '{name}' needs argument '{key}'; it accepts: {accepted}",

@@ -325,6 +325,22 @@ def state_order(nodes: Mapping[str, Node]) -> list:
             for i in u.inputs if nodes[i].op == "state" for r in readers.get(i, ())]
 
 
+def check_state_writes(nodes: Mapping[str, Node]) -> None:
+    """Each state update writes distinct state leaves: a parameter, an input or a computed
+    value written in place (or one leaf written twice) would be garbage, silently."""
+    for u in nodes.values():
+        written = [u.inputs[p] for p in OPS[u.op].mutates] if u.role == "state" else []
+        for leaf in written:
+            if nodes[leaf].op != "state" or written.count(leaf) > 1:
+                kind = {"param": "a parameter", "input": "an input", "state": "named twice"}
+                raise node_error(u, f"its state update writes the running statistics into "
+                                    f"{' and '.join(written)}, which must be distinct state "
+                                    f"leaves; '{leaf}' is "
+                                    f"{kind.get(nodes[leaf].op, 'a computed value')}",
+                                 hint="declare them under state: (e.g. running_mean: [C], "
+                                      "running_var: {shape: [C], init: ones})")
+
+
 @paused_gc
 def build_graph(spec, mode: str = "train") -> Graph:
     """Spec -> scheduled Graph of `mode` (train or eval: docs/design.md#modes) with every
@@ -349,6 +365,7 @@ def build_graph(spec, mode: str = "train") -> Graph:
             b.provenance = {"origin": origin}
             op, attrs = lowered(n.op, n.attrs, mode)
             b.add(name, op, n.inputs, attrs, n.mark)
+    check_state_writes(b.nodes)
     graph = toposort(b.graph(spec.loss, spec.outputs, state_order(b.nodes)))
     loss = graph[spec.loss]
     if loss.shape != ():

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Mapping, Optional
 
 from . import shapes as S
-from .errors import Mark, SpecError, did_you_mean
+from .errors import Mark, SpecError, did_you_mean, yaml_text
 from .expr import NodeSpec
 from .ops import OPS, family, written
 from .ops.modal import channels
@@ -72,7 +72,7 @@ def share_owner(share: str, shares: Mapping) -> str:
     itself, or, where that one shares too, the one it reads from (`shares`: node -> the node
     its share names; s3 shares s2, s2 shares s1: s1)."""
     seen = set()
-    while isinstance(shares.get(share), str) and share not in seen:
+    while isinstance(share, str) and isinstance(shares.get(share), str) and share not in seen:
         seen.add(share)
         share = shares[share]
     return share
@@ -97,9 +97,10 @@ def _check_shared(n: NodeSpec, wanted: list, made: Mapping) -> None:
     """A layer sharing `share`'s params: an earlier layer of the same op, whose params
     have the shapes this layer would have given its own."""
     share = n.attrs["share"]
-    op, theirs = made.get(share, (None, ()))
+    op, theirs = made.get(share, (None, ())) if isinstance(share, str) else (None, ())
     if op != n.op:
-        raise SpecError(f"share={share} is not an earlier {n.op} layer", mark=n.mark,
+        raise SpecError(f"share={yaml_text(share, nested=True)} is not an earlier {n.op} "
+                        "layer", mark=n.mark,
                         node=n.user_node, hint=f"name a {n.op} node written before this one, "
                         "whose params this layer then reads")
     shapes = {p.name: p.shape for p in theirs}

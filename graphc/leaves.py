@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from . import shapes as S
-from .errors import Mark, SpecError, clip, did_you_mean, short
+from .errors import Mark, SpecError, clip, did_you_mean, short, yaml_text
 from .limits import check_memory, memory_limit
 from .yamlload import check_keys
 
@@ -146,7 +146,7 @@ def _shape(value, name: str, mark: Mark, kind: str) -> tuple:
 
 def _fmt(shape) -> str:
     """[batch, 2] as written in YAML, shortened when long."""
-    text = S.fmt(shape)
+    text = yaml_text(shape)
     return text if len(text) <= 40 else text[:36] + "...]"
 
 

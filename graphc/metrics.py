@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Optional
 import numpy as np
 
 from . import shapes as S
-from .errors import SpecError, did_you_mean
+from .errors import SpecError, did_you_mean, short
 from .ir import Graph
 from .shapes import is_number
 
@@ -109,7 +109,7 @@ def parse_metrics(raw, graph: Graph, mark=None) -> dict:
     kind), `acc_a: {accuracy: [s1, y1], threshold: 0}` (a named metric) and `ce: data_loss`
     (a scalar node logged as it is)."""
     if raw is not None and not isinstance(raw, dict):
-        raise SpecError(f"metrics must map a name to [prediction, target], got {raw!r}",
+        raise SpecError(f"metrics must map a name to [prediction, target], got {short(raw)}",
                         mark=mark, hint="e.g. metrics: {accuracy: [scores, y]}")
     out = {}
     for name, body in (raw or {}).items():
@@ -139,9 +139,9 @@ def _parse_one(name: str, body, graph: Graph, where) -> Metric:
         raise SpecError(f"unknown metric '{kind}'", mark=where,
                         hint=did_you_mean(kind, METRICS) or "known: " + ", ".join(METRICS))
     if not isinstance(args, list) or len(args) != 2:
-        raise SpecError(f"metric '{name}' takes [prediction, target], got {args!r}",
+        raise SpecError(f"metric '{name}' takes [prediction, target], got {short(args)}",
                         mark=where, hint=f"e.g. {name}: {{{kind}: [scores, y]}}, or a "
-                                         "scalar node: {name}: data_loss")
+                                         f"scalar node: {name}: data_loss")
     _check_nodes(name, args, graph, where)
     labels = _check_pair(name, kind, args, graph, where)
     if threshold is None:
@@ -161,7 +161,7 @@ def _named(name: str, body: dict, where) -> tuple:
     if threshold is not None and (kind != "accuracy" or isinstance(threshold, bool)
                                   or not isinstance(threshold, (int, float))):
         raise SpecError(f"metric '{name}': threshold must be a number, and only accuracy "
-                        f"takes one (got {threshold!r} for {kind})", mark=where,
+                        f"takes one (got {short(threshold)} for {kind})", mark=where,
                         hint="e.g. {accuracy: [logit, y], threshold: 0}")
     return kind, body[kinds[0]], threshold
 
@@ -169,7 +169,7 @@ def _named(name: str, body: dict, where) -> tuple:
 def _check_nodes(name: str, args, graph: Graph, where) -> None:
     for a in args:
         if not isinstance(a, str):
-            raise SpecError(f"metric '{name}' takes two node names, got {a!r}", mark=where,
+            raise SpecError(f"metric '{name}' takes two node names, got {short(a)}", mark=where,
                             hint=f"e.g. {name}: [scores, y]")
         if a not in graph.nodes:
             raise SpecError(f"metric '{name}' names unknown node '{a}'", mark=where,
@@ -251,7 +251,7 @@ def parse_early_stopping(raw, metrics, mark=None) -> Optional[EarlyStoppingConfi
         return None
     keys = ("metric", "patience", "mode", "min_delta")
     if not isinstance(raw, dict):
-        raise SpecError(f"early_stopping must be a mapping, got {raw!r}", mark=mark,
+        raise SpecError(f"early_stopping must be a mapping, got {short(raw)}", mark=mark,
                         hint="e.g. early_stopping: {metric: accuracy, patience: 10}")
     for key in raw:
         if key not in keys:
@@ -266,14 +266,14 @@ def parse_early_stopping(raw, metrics, mark=None) -> Optional[EarlyStoppingConfi
     patience, mode = raw.get("patience", 10), raw.get("mode", default)
     delta = raw.get("min_delta", 0.0)
     if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-        raise SpecError(f"early_stopping patience must be a positive integer, got {patience!r}",
-                        mark=mark)
+        raise SpecError("early_stopping patience must be a positive integer, "
+                        f"got {short(patience)}", mark=mark)
     if mode not in ("max", "min"):
-        raise SpecError(f"early_stopping mode must be max or min, got {mode!r}", mark=mark,
+        raise SpecError(f"early_stopping mode must be max or min, got {short(mode)}", mark=mark,
                         hint=did_you_mean(str(mode), ["max", "min"]))
     if not is_number(delta) or not delta >= 0:
-        raise SpecError(f"early_stopping min_delta must be a finite number >= 0, got {delta!r}",
-                        mark=mark)
+        raise SpecError("early_stopping min_delta must be a finite number >= 0, "
+                        f"got {short(delta)}", mark=mark)
     return EarlyStoppingConfig(metric, patience, mode, float(delta))
 
 

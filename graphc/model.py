@@ -15,7 +15,7 @@ import numpy as np
 from . import shapes as S
 from .autodiff import check_params_reach_loss, grad_graph, path_nodes
 from .data import label_outside
-from .errors import SpecError
+from .errors import SpecError, short
 from .executor import Executor
 from .initializers import initialize
 from .ir import RNG_KEY, Graph, build_graph
@@ -69,7 +69,7 @@ def spec_seed(spec: Spec, override: Optional[int] = None) -> int:
         return int(override)
     seed = spec.train.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise SpecError(f"train.seed is {seed!r}, expected a non-negative integer",
+        raise SpecError(f"train.seed is {short(seed)}, expected a non-negative integer",
                         mark=spec.train.mark_of("seed"))
     return seed
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Mapping, Optional
 
 from .autodiff import check_params_reach_loss, grad_graph, trained_params
-from .errors import SpecError, did_you_mean
+from .errors import SpecError, did_you_mean, short
 from .shapes import is_number
 from .ir import Graph, GraphBuilder, Node, reach, toposort, verify_graph
 from .limits import paused_gc
@@ -102,7 +102,7 @@ def parse_optimizer(raw, mark=None) -> Optimizer:
                         hint=did_you_mean(str(name), OPTIMIZERS) or
                         "known: " + ", ".join(OPTIMIZERS))
     if args is not None and not isinstance(args, dict):
-        raise SpecError(f"optimizer '{name}' takes a mapping of settings, got {args!r}",
+        raise SpecError(f"optimizer '{name}' takes a mapping of settings, got {short(args)}",
                         mark=where, hint=f"e.g. {{{name}: {{lr: 0.01}}}}")
     args = dict(args or {})
     for key, value in args.items():
@@ -123,20 +123,20 @@ def _setting(name: str, key: str, value, mark):
     default = OPTIMIZERS[name][key]
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise SpecError(f"optimizer setting '{key}' must be true or false, got {value!r}",
+            raise SpecError(f"optimizer setting '{key}' must be true or false, got {short(value)}",
                             mark=mark)
         return value
     values = value if isinstance(default, tuple) else [value]
     if isinstance(default, tuple) and (not isinstance(value, list) or len(value) != 2):
         raise SpecError(f"optimizer setting '{key}' must be a pair such as [0.9, 0.999], "
-                        f"got {value!r}", mark=mark)
+                        f"got {short(value)}", mark=mark)
     for v in values:
         if not is_number(v) or not v >= 0:
             raise SpecError(f"optimizer setting '{key}' must be a finite number >= 0, got "
-                            f"{value!r}",
+                            f"{short(value)}",
                             mark=mark)
         if key in FRACTIONS and not v < 1:
-            raise SpecError(f"optimizer setting '{key}' must be in [0, 1), got {value!r}",
+            raise SpecError(f"optimizer setting '{key}' must be in [0, 1), got {short(value)}",
                             mark=mark)
     return tuple(float(v) for v in values) if isinstance(default, tuple) else float(value)
 

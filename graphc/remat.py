@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping, Optional
 
 from . import shapes as S
-from .errors import Mark, SpecError, did_you_mean
+from .errors import Mark, SpecError, did_you_mean, short
 from .ir import Graph, Node, toposort, verify_graph
 from .limits import fmt_bytes, parse_bytes
 from .ops import OPS
@@ -60,7 +60,7 @@ def parse_size(text, what: str, mark=None) -> int:
     try:
         return parse_bytes(text)
     except ValueError:
-        raise SpecError(f"{what} is {text!r}, expected a size such as 64MiB or 1.5GiB",
+        raise SpecError(f"{what} is {short(text)}, expected a size such as 64MiB or 1.5GiB",
                         mark=mark) from None
 
 
@@ -73,7 +73,7 @@ def parse_memory(raw, nodes, mark=None, budget: Optional[str] = None) -> MemoryP
         return NONE
     example = "e.g. memory: {budget: 64MiB}, {every: 4}, {policy: sqrt} or {keep: [h1]}"
     if not isinstance(raw, dict) or len(raw) != 1:
-        raise SpecError(f"train.memory must be one setting, got {raw!r}", mark=mark,
+        raise SpecError(f"train.memory must be one setting, got {short(raw)}", mark=mark,
                         hint=example)
     (key, value), = raw.items()
     where = getattr(raw, "mark_of", lambda k: mark)(key)
@@ -91,7 +91,7 @@ def parse_memory(raw, nodes, mark=None, budget: Optional[str] = None) -> MemoryP
                                 "spec", mark=where, hint=did_you_mean(name, nodes))
         return MemoryPolicy("keep", keep=tuple(value))
     if key in ("budget", "every", "policy", "keep"):
-        raise SpecError(f"train.memory.{key} is {value!r}", mark=where, hint=example)
+        raise SpecError(f"train.memory.{key} is {short(value)}", mark=where, hint=example)
     raise SpecError(f"train.memory has no setting '{key}'", mark=where,
                     hint=did_you_mean(str(key), ("budget", "every", "policy", "keep"))
                     or example)

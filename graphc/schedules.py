@@ -11,7 +11,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
-from .errors import SpecError, did_you_mean
+from .errors import SpecError, did_you_mean, short
 from .shapes import is_number
 
 REQUIRED = object()
@@ -87,7 +87,8 @@ def parse_schedule(raw, mark=None, epochs: Optional[int] = None) -> Schedule:
 
 def _settings(name: str, raw, mark) -> dict:
     if raw is not None and not isinstance(raw, dict):
-        raise SpecError(f"schedule '{name}' takes a mapping of settings, got {raw!r}", mark=mark)
+        raise SpecError(f"schedule '{name}' takes a mapping of settings, got {short(raw)}",
+                        mark=mark)
     allowed = SCHEDULES[name]
     for key in raw or {}:
         if key not in allowed:
@@ -117,24 +118,25 @@ def _check(name: str, key: str, value, mark):
         ok = isinstance(value, list) and all(_is_int(v) and v >= 0 for v in value) and \
             all(a < b for a, b in zip(value, value[1:]))
         if not ok:
-            raise SpecError(f"{what} must be a list of increasing epoch numbers, got {value!r}",
+            raise SpecError(f"{what} must be a list of increasing epoch numbers, "
+                            f"got {short(value)}",
                             mark=mark, hint="e.g. milestones: [30, 80]")
         return tuple(value)
     if value is None and key == "T_max":
         return None
     if key in INTEGERS:
         if not _is_int(value) or value < 1:
-            raise SpecError(f"{what} must be a positive integer, got {value!r}", mark=mark)
+            raise SpecError(f"{what} must be a positive integer, got {short(value)}", mark=mark)
         return value
     if not is_number(value) or not value >= 0 or (key == "gamma" and value == 0):
         raise SpecError(f"{what} must be a finite number {'> 0' if key == 'gamma' else '>= 0'}, "
-                        f"got {value!r}", mark=mark)
+                        f"got {short(value)}", mark=mark)
     return float(value)
 
 
 def _warmup(raw, mark) -> int:
     if not isinstance(raw, dict) or list(raw) != ["epochs"]:
-        raise SpecError(f"warmup must be {{epochs: N}}, got {raw!r}", mark=mark,
+        raise SpecError(f"warmup must be {{epochs: N}}, got {short(raw)}", mark=mark,
                         hint="e.g. schedule: {cosine: {}, warmup: {epochs: 5}}")
     return _check(WARMUP, "epochs", raw["epochs"], mark)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from math import isfinite, prod
 from typing import Mapping, Sequence, Union
 
+from .errors import short
+
 Dim = Union[int, str]
 Shape = tuple
 
@@ -100,7 +102,7 @@ def normalize_axis(axis, ndim: int) -> tuple:
 def one_axis(axis, ndim: int) -> int:
     """A single integer `axis` (negatives allowed) as a non-negative axis of rank `ndim`."""
     if not is_int(axis):
-        raise ShapeError(f"axis must be one integer, got {axis!r}")
+        raise ShapeError(f"axis must be one integer, got {short(axis)}")
     return normalize_axis(axis, ndim)[0]
 
 
@@ -131,7 +133,7 @@ def permutation(axes, ndim: int) -> tuple:
         is_int(a) and -ndim <= a < ndim for a in axes)
     perm = tuple(a % ndim for a in axes) if ok else ()
     if not ok or sorted(perm) != list(range(ndim)):
-        raise ShapeError(f"axes {axes!r} are not a permutation of the {ndim} axes "
+        raise ShapeError(f"axes {short(axes)} are not a permutation of the {ndim} axes "
                          f"(expected an order of 0..{ndim - 1})")
     return perm
 
@@ -152,7 +154,7 @@ def reshape(shape: Shape, target) -> Shape:
     ok = isinstance(target, (list, tuple)) and all(is_dim(d, minus_one=True) for d in target)
     if not ok or list(target).count(-1) > 1:
         raise ShapeError(f"reshape's shape must be a list of sizes, dim names and at most "
-                         f"one -1, such as [batch, -1]; got {target!r}")
+                         f"one -1, such as [batch, -1]; got {short(target)}")
     names_in = sorted(d for d in shape if isinstance(d, str))
     names_out = sorted(d for d in target if isinstance(d, str))
     if names_in != names_out:

@@ -128,7 +128,7 @@ def _nodes(raw: MarkedDict, parse_node, seen: dict) -> list:
 def _node(name: str, body, mark: Mark, lines: list) -> list:
     """The node specs of one node body: a number is read as the expression it spells."""
     if isinstance(body, float) and not math.isfinite(body):
-        raise SpecError(f"node is {body}, expected a finite number", mark=mark, node=name)
+        raise SpecError(f"node is {short(body)}, expected a finite number", mark=mark, node=name)
     if isinstance(body, (int, float)) and not isinstance(body, bool):
         body = repr(body)
     if isinstance(body, str):
@@ -267,7 +267,8 @@ def load_spec(path, text: Optional[str] = None, dtype: Optional[str] = None) -> 
         raise SpecError(f"the spec is {found}, expected a YAML mapping with inputs, params "
                         "and nodes", mark=top, hint="start from specs/spiral_mlp.yaml")
     check_keys(raw, TOP_KEYS, "the spec")
-    if raw.get("graphc", 1) != 1:
+    version = raw.get("graphc", 1)
+    if isinstance(version, bool) or version != 1:
         raise SpecError(f"format version {short(raw['graphc'])} is not supported "
                         "(expected 1)", mark=raw.mark_of("graphc"))
     dtype = parse_dtype(raw.get("dtype", "float32") if dtype is None else dtype, FLOAT_DTYPES,

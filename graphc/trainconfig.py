@@ -10,7 +10,7 @@ from typing import Mapping, Optional
 
 from . import shapes as S
 from .data import apply_stats, load_data
-from .errors import SpecError, did_you_mean
+from .errors import SpecError, did_you_mean, short
 from .metrics import EarlyStoppingConfig, parse_early_stopping, parse_metrics
 from .model import Model, label_classes, spec_seed
 from .plan import batch_dims
@@ -42,7 +42,7 @@ class TrainConfig:
 def _positive_int(raw: Mapping, key: str, default: int, override=None) -> int:
     value = override if override is not None else raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SpecError(f"train.{key} must be a positive integer, got {value!r}",
+        raise SpecError(f"train.{key} must be a positive integer, got {short(value)}",
                         mark=raw.mark_of(key) if override is None else None)
     return value
 
@@ -84,7 +84,7 @@ def memory_policy(model: Model, budget=None) -> MemoryPolicy:
 def _clip(raw: Mapping) -> Optional[float]:
     value = raw.get("clip_grad_norm")
     if value is not None and not (is_number(value) and value > 0):
-        raise SpecError(f"train.clip_grad_norm must be a finite number > 0, got {value!r}",
+        raise SpecError(f"train.clip_grad_norm must be a finite number > 0, got {short(value)}",
                         mark=raw.mark_of("clip_grad_norm"), hint="e.g. clip_grad_norm: 1.0")
     return None if value is None else float(value)
 

@@ -92,7 +92,7 @@ ERRORS = [
     (("repeat: 2", "repeat: two"), "node 'h': repeat is 'two', expected a whole number"),
     (("chain: h", "chain: hh"), "spec.yaml:15:55: node 'h': chain 'hh' is not an input of "
      "block 'cell'; did you mean 'h'?"),
-    (("per_step: {x: 0}", "per_step: {h: 0}"), "per_step is {'h': 0}, expected a mapping "
+    (("per_step: {x: 0}", "per_step: {h: 0}"), "per_step is {h: 0}, expected a mapping "
      "{INPUT: AXIS} of inputs of block 'cell' other than the chained 'h'"),
     # a leaf input too short for repeat: found before the repetitions are written out
     (("repeat: 2", "repeat: 3"), "spec.yaml:15:68: node 'h': per_step reads 3 steps of 'x' "
@@ -129,7 +129,7 @@ def test_share_true_needs_repeat(tmp_path):
     text = TIED.replace("repeat: 2, chain: h, per_step: {x: 0}, ", "")
     proc = graphc("check", cli_spec(tmp_path, text))
     assert proc.returncode == 2
-    assert "share True is not an instance of block 'cell'; share: true ties the " \
+    assert "share true is not an instance of block 'cell'; share: true ties the " \
         "repetitions of a repeated instance" in proc.stderr, proc.stderr
 
 

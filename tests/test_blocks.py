@@ -123,12 +123,12 @@ ERRORS = [
     (("      out: tanh(pre + b)", "      out: tahn(pre + b)"), "spec.yaml:14:12: block 'cell': "
      "node 'out': unknown op 'tahn'; did you mean 'tanh'?"),
     (("share: h1", "share: h9"), "node 'h2': share 'h9' is not an instance of block 'cell'"),
-    (("share: h1}", "share: [h1]}"), "node 'h2': share ['h1'] is not an instance of block"),
-    (("share: h1}", "params: [W]}"), "node 'h2': params is ['W'], expected a mapping"),
+    (("share: h1}", "share: [h1]}"), "node 'h2': share [h1] is not an instance of block"),
+    (("share: h1}", "params: [W]}"), "node 'h2': params is [W], expected a mapping"),
     (("block: cell, inputs: [x2", "block: cel, inputs: [x2"), "spec.yaml:17:15: node 'h2': "
      "unknown block 'cel'; did you mean 'cell'?"),
     (("inputs: [x2, h1]", "inputs: [x2]"), "node 'h2': block 'cell' takes inputs [x, h], got "
-     "['x2']"),
+     "[x2]"),
     (("inputs: [x2, h1]", "inputs: [x2, h7]"), "node 'h2': unknown name 'h7' bound to an input "
      "of block 'cell'"),
     (("inputs: [x, h]", "inputs: [x, W]"), "spec.yaml:10:7: block 'cell': node 'W': 'W' is "
@@ -140,7 +140,7 @@ ERRORS = [
      "taken or not an identifier"),
     # before: "internal error (TypeError: unhashable type: 'MarkedList')"
     (("      out: tanh(pre + b)", "      out: tanh(pre + b)\n    output: [pre, out]"),
-     "spec.yaml:15:13: block 'cell': output of block 'cell' is ['pre', 'out'], expected one "
+     "spec.yaml:15:13: block 'cell': output of block 'cell' is [pre, out], expected one "
      "node name: a block has one output"),
     # before: "unknown op 'cell'; did you mean 'gru_cell'?"
     (("h1: {block: cell, inputs: [x1, h0]}", "h1: cell(x1, h0)"), "spec.yaml:16:7: node 'h1': "
@@ -154,6 +154,9 @@ ERRORS = [
      "node 'h1': 'cell' is a block, not an op"),
     (("      pre: x @ W + h", "      pre: relu(cell(x, h))"), "spec.yaml:13:12: block 'cell': "
      "node 'pre': 'cell' is a block, not an op"),
+    # before: "chain 'h' is not an input", or "takes inputs [h, x, h]" at the instance
+    (("inputs: [x, h]", "inputs: [x, x]"), "spec.yaml:8:13: block 'cell': inputs of block "
+     "'cell' names 'x' twice; each input of a block is one distinct name"),
 ]
 
 

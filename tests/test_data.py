@@ -198,6 +198,10 @@ def test_labels_beyond_the_graphs_classes():
     ({"dataset": "moons", "csv": "a.csv"}, "names 2 sources"),
     ({"samples": 3}, "needs a source"),
     ("spiral", "train.data must be a mapping"),
+    # before: "has no array '['f']'", and "data file not found: True"
+    ({"npz": "a.npz", "map": {"x": ["f"]}}, "map gives input 'x' the array [f], expected"),
+    ({"npy": {"x": True, "y": "y.npy"}}, "npy must map each fed input to a .npy file, got "
+                                         "{x: true, y: y.npy}"),
 ])
 def test_config_errors(cfg, fragment):
     assert fragment in error(cfg)
@@ -372,6 +376,14 @@ def test_csv_classes_bound_the_labels(tmp_path):
     assert d.n_classes == 3
     msg = csv_error(tmp_path, GOOD, {"x": ["a", "b"]}, classes=2)
     assert "data.csv line 5, column 'label': label 2 is out of range for 2 classes" in msg
+
+
+def test_declared_classes_bound_the_labels_below_the_graphs(tmp_path):
+    # before: the graph's 3 classes replaced the declared 2, and label 2 trained silently
+    with pytest.raises(SpecError, match="data.csv line 5, column 'label': label 2 is out of "
+                                        "range for 2 classes"):
+        load({"csv": write(tmp_path, GOOD), "columns": {"x": ["a", "b"]}, "classes": 2},
+             CSV_INPUTS, CSV_DTYPES, spec_dir=tmp_path, classes={"label": 3})
 
 
 def test_csv_labels_from_the_graph_bound_too(tmp_path):

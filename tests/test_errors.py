@@ -174,8 +174,8 @@ def test_yaml_12_floats_read_exponents_as_numbers(tmp_path):
     ("sum(x) * -1e400", "4:19", "constant 1e400 is too large for a float"),
     ("x ** 1e400", "4:14", "the exponent of ** is '1e400', expected a constant number"),
     ("1" + "0" * 400, "4:9", "constant 1" + "0" * 26 + "... is too large for a float"),
-    ("1e400", "4:9", "node is inf, expected a finite number"),
-    (".nan", "4:9", "node is nan, expected a finite number"),
+    ("1e400", "4:9", "node is .inf, expected a finite number"),
+    (".nan", "4:9", "node is .nan, expected a finite number"),
 ])
 def test_a_constant_that_is_not_a_finite_float_is_an_error(tmp_path, node, where, fragment):
     path = spec(tmp_path, f"inputs:\n  x: [2]\nnodes:\n  loss: {node}\n")
@@ -186,7 +186,7 @@ def test_a_constant_that_is_not_a_finite_float_is_an_error(tmp_path, node, where
 
 
 @pytest.mark.parametrize("value, fragment", [
-    ("[true, 2]", "value must be a number or a nested list of numbers, got [True, 2]"),
+    ("[true, 2]", "value must be a number or a nested list of numbers, got [true, 2]"),
     ('["1", 2]', "value must be a number or a nested list of numbers, got ['1', 2]"),
     ("[[1, 2], [3]]", "value must be a number or a nested list of numbers"),
     ("[]", "value has shape [0], which holds no numbers"),
@@ -265,3 +265,46 @@ def test_the_spec_parse_counts_against_the_memory_limit(tmp_path):
             load_spec(path)
     finally:
         set_memory_limit(None)
+
+
+# spiral_mlp's text, one line changed -> the message's words: the user's value spelled as
+# YAML (true, null, [a, b], {k: v}, .inf), as written, never as Python (True, None, ...)
+YAML_SPELLING = [
+    ("  seed: 0\n", "  seed: true\n", "train.seed is true, expected"),
+    ("  seed: 0\n", "  seed: null\n", "train.seed is null, expected"),
+    ("batch_size: 64", "batch_size: [1, b]", "positive integer, got [1, b]"),
+    ("batch_size: 64", "batch_size: {a: null}", "positive integer, got {a: null}"),
+    ("batch_size: 64", "batch_size: \"it's\"", "positive integer, got 'it''s'"),
+    ("momentum: 0.9", "momentum: .inf", "finite number >= 0, got .inf"),
+    ("every: 100", "every: false", "positive integer, got false"),
+    ("init: he_normal", "init: [he_normal]", "{NAME: {ARG: VALUE}}, got [he_normal]"),
+    ("dtype: float32", "dtype: null", "dtype null is not supported"),
+    ("shape: [2, 100]", "shape: [2, true]", "dimension 1 of shape [2, true] is true"),
+    ("relu(x @ W1 + b1)", ".inf", "node 'h': node is .inf, expected a finite number"),
+    ("outputs: [scores]", "outputs: [null]", "output null is not a node"),
+    ("loss: loss\n", "loss: [a, 'true']\n", "loss is [a, 'true'], expected a node name"),
+    ("relu(x @ W1 + b1)", "{op: sum, inputs: [x], axis: [true]}",
+     "is [true], expected an integer, a list of integers, or null"),
+    ("dataset: spiral", "dataset: [spiral]", "unknown dataset [spiral]"),
+    # an expression is Python: a lowercase false there is a name, read as the text 'false'
+    ("h @ W2 + b2", "dense(h, units=3, bias=false)",
+     "is 'false', expected true or false (True or False in an expression)"),
+    ("{accuracy: [scores, y]}", "{accuracy: null}",
+     "got null; e.g. accuracy: {accuracy: [scores, y]}, or a scalar node: accuracy: data_loss"),
+]
+
+
+@pytest.mark.parametrize("old, new, expect", YAML_SPELLING, ids=[r[1] for r in YAML_SPELLING])
+def test_error_messages_spell_the_users_values_as_yaml(tmp_path, old, new, expect):
+    text = (Path(__file__).parents[1] / "specs" / "spiral_mlp.yaml").read_text()
+    assert text.count(old) == 1
+    path = spec(tmp_path, text.replace(old, new))
+    r = subprocess.run([sys.executable, "-m", "graphc", "train", path.name, "--epochs", "1"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: s.yaml:"), r.stderr
+    assert len(r.stderr.splitlines()) == 1 and expect in r.stderr, r.stderr
+
+
+def test_graphc_true_is_not_format_version_1(tmp_path):
+    with pytest.raises(SpecError, match="format version true is not supported"):
+        load_spec(spec(tmp_path, "graphc: true\ninputs: {x: [2]}\nnodes: {loss: sum(x)}\n"))

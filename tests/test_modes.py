@@ -301,6 +301,23 @@ def test_bad_modal_ops_are_one_located_error(tmp_path, nodes, expected):
     assert proc.stderr.startswith("error: ") and "spec.yaml:" in proc.stderr
 
 
+# before: each trained without a word, writing the running variance into a parameter
+# (then also moved by the optimizer), a computed value, or the running mean (val_loss nan)
+@pytest.mark.parametrize("running_var, written, what", [
+    ("gamma", "gamma", "'gamma' is a parameter"),
+    ("sum(h1, axis=0)", "h1n/sum", "'h1n/sum' is a computed value"),
+    ("running_mean", "running_mean", "'running_mean' is named twice")])
+def test_batch_norm_writes_two_distinct_state_leaves(tmp_path, running_var, written, what):
+    text = (REPO / "specs" / "spiral_bn_dropout.yaml").read_text().replace(
+        "running_mean, running_var)", f"running_mean, {running_var})")
+    proc = run_cli("train", write(tmp_path, text), "--epochs", "1", "--out", tmp_path / "c.npz")
+    assert proc.returncode == 2 and proc.stderr.count("error: ") == 1, proc.stderr
+    assert "spec.yaml:29:8: node 'h1n': its state update writes the running statistics into " \
+        f"running_mean and {written}, which must " \
+        f"be distinct state leaves; {what}" in proc.stderr, proc.stderr
+    assert not (tmp_path / "c.npz").exists()
+
+
 def test_a_state_leaf_needs_fixed_sizes(tmp_path):
     text = "inputs: {x: [batch, 2]}\nstate: {s: [batch]}\nnodes: {loss: sum(x)}\n"
     proc = run_cli("check", write(tmp_path, text))

@@ -306,6 +306,8 @@ def test_a_layer_sharing_a_sharing_layer_reads_the_first_ones_params(tmp_path):
     (POS, "x: [batch, 5, 8]", "x: [batch, seq, 8]", 5, "T and D fixed sizes"),
     (MHA, "x: [batch, 5, 8]", "x: [batch, 5, width]", 5, "last dim is a fixed size"),
     (TIED, "share=s1", "share=x1", 9, "share=x1 is not an earlier gru_cell layer"),
+    # before: "internal error (TypeError: unhashable type: 'list')"
+    (TIED, "share=s1", "share=[s1]", 9, "share=[s1] is not an earlier gru_cell layer"),
     (TIED, "units=3, share", "units=2, share", 9, "gru_cell's state h must be [..., 2]"),
     (NORM, "x: [batch, 5, 8]", "x: [batch, 5, width]", 5, "D a fixed size, got [batch, 5, "),
     (NORM, "layer_norm(x, eps", "layer_norm(sum(x), eps", 5, "D a fixed size, got []"),

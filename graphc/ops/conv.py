@@ -17,6 +17,7 @@ from __future__ import annotations
 from math import prod
 
 from .. import shapes as S
+from ..errors import short
 from . import conv_export as X
 from .record import REQUIRED, OpDef, attr_shape, grad_of, onnx_op
 
@@ -31,7 +32,7 @@ def per_axis(value, d: int, what: str, least: int) -> tuple:
     if not isinstance(values, (list, tuple)) or len(values) != d or \
             not all(S.is_int(v) and v >= least for v in values):
         raise S.ShapeError(f"{what} must be an integer >= {least} or a list of {d} of them, "
-                           f"got {value!r}")
+                           f"got {short(value)}")
     return tuple(values)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .. import shapes as S
+from ..errors import short
 from .record import REQUIRED, OpDef, attr_shape, constant_formula, onnx_op
 from .reductions import onnx_sum_to
 
@@ -45,7 +46,7 @@ def _slice(shapes, attrs):
         raise S.ShapeError(f"slice cuts axis {attrs['axis']} of {S.fmt(shape)}, a named dim "
                            "whose size is unknown until run time; slice a fixed-size axis")
     if not (S.is_int(start) and S.is_int(stop)):
-        raise S.ShapeError(f"start and stop must be integers, got {start!r} and {stop!r}")
+        raise S.ShapeError(f"start and stop must be integers, got {short(start)} and {short(stop)}")
     lo, hi = (i + size if i < 0 else i for i in (start, stop))
     if not 0 <= lo < hi <= size:
         raise S.ShapeError(f"slice {start}:{stop} of axis {attrs['axis']} (size {size}) is "

@@ -164,7 +164,7 @@ OPS = (
           "batch_norm_update(x, gamma, beta, running_mean, running_var, stats, momentum): "
           "running = (1 - momentum) running + momentum batch, the variance unbiased "
           "(m / (m - 1)); the optimizer never touches it", attrs={"momentum": 0.1},
-          group="update", elementwise=False, mutates=(3,)),
+          group="update", elementwise=False, mutates=(3, 4)),
     OpDef("batch_norm_eval", 5, _batch_norm,
           "batch_norm_eval(x, gamma, beta, running_mean, running_var, momentum, eps) = "
           "gamma (x - running_mean) / sqrt(running_var + eps) + beta: eval-mode batch_norm",
