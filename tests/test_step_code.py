@@ -220,7 +220,7 @@ def test_an_unknown_step_code_is_one_error_line():
     assert done.exit_code == 2
     assert done.output.strip().splitlines() == [
         "error: unknown step code 'jit' (GRAPHC_STEP_CODE); expected one of reference, "
-        "generated, fused; unset it for generated"]
+        "generated, fused, numpy; unset it for generated"]
 
 
 def test_fused_without_numba_says_what_to_install(monkeypatch):

@@ -99,10 +99,10 @@ class Backend:
         runs = [((s,), c) for s, c in zip(steps, calls)]
         if [s for run, _ in self.runs for s in run] == list(steps):
             runs = self.runs        # with flat updates (updates.flat_updates), folded copies
-            if fuse:                # plain SGD's flat update only; the other updates fuse per param
-                own = {id(s): c for s, c in zip(steps, calls)}
-                keep = lambda run, f: len(run) > 1 or getattr(f, "flat", False)  # noqa: E731
-                runs = [(run, f if keep(run, f) else own[id(run[0])]) for run, f in runs]
+            if fuse:    # keeps plain SGD's flat update and the folded copies; the other
+                own = {id(s): c for s, c in zip(steps, calls)}    # updates fuse per param
+                runs = [(run, f if len(run) > 1 or getattr(f, "flat", False)
+                         else own[id(run[0])]) for run, f in runs]
         if fuse:
             from .fusion import fuse_runs      # imports numba: only when asked for
             runs = fuse_runs(runs, self.values, self.buffers)
