@@ -142,7 +142,7 @@ def time_(spec, batch_size, dims, steps, warmup, threads, no_reuse, memory_budge
     path = (f"step code: {result.step_code}, {result.plan_steps} plan steps, "
             f"{result.kernel_calls} kernel calls per step")
     if result.step_code == "generated" and result.numba_steps:
-        path += f" ({result.numba_steps} steps in numba window kernels)"
+        path += f" ({result.numba_steps} steps in numba kernels)"
     if as_json:         # stdout: exactly the contract's object; the path goes to stderr
         click.echo(path, err=True)
         click.echo(json.dumps(result.json()))

@@ -80,7 +80,7 @@ class Executor:
         if self.step_code != "reference":
             self.program = self.backend.program(plan.steps, self.calls,
                                                 fuse=self.step_code == "fused",
-                                                windows=self.step_code == "generated")
+                                                bitwise=self.step_code == "generated")
         # every bound step in order, the batch already fed, in the backend's run context
         # (wrapped once here: entering it per run cost a microsecond)
         self.run_steps = self.backend.running(

@@ -235,6 +235,6 @@ def test_time_says_how_many_steps_ran_in_numba_window_kernels(tmp_path):
         done = ok(graphc("time", spec, "--steps", "2", "--warmup", "1", "--step-code", code))
         lines[code] = next(x for x in done.stdout.splitlines() if x.startswith("step code:"))
     assert re.fullmatch(r"step code: generated, \d+ plan steps, \d+ kernel calls per step "
-                        r"\(13 steps in numba window kernels\)", lines["generated"])
+                        r"\(13 steps in numba kernels\)", lines["generated"])
     assert re.fullmatch(r"step code: numpy, \d+ plan steps, \d+ kernel calls per step",
                         lines["numpy"])

@@ -191,3 +191,21 @@ def test_the_fused_transformer_step_runs_the_sequence_kernels():
     assert calls.count("layer_norm_forward") == 5 and calls.count("layer_norm_grad_x") == 5
     assert source.count("# fused: layer_norm_stats + layer_norm") == 5
     assert source.count("# fused: add + gelu_tanh + gelu") == 2
+
+
+def test_the_default_step_code_runs_gelu_in_numba_bit_for_bit():
+    """The gelu kernels are bit for bit NumPy's, so the default step code runs them
+    wherever numba imports (Backend.bitwise_kernels), and nothing else of the sequence
+    kernels: its gradients equal the `numpy` step code's, bit for bit."""
+    spec = REPO / "specs" / "sort_transformer.yaml"
+    model = load_model(spec)
+    step, _, dims = training_step(model, 8, {})
+    with using_step_code("generated"):
+        ex = step_executor(model, step, dims)
+    assert ex.numba_steps == 8          # 2 blocks: bias add + gelu_tanh + gelu, gelu_grad
+    assert ex.program.source.count("# fused: add + gelu_tanh + gelu") == 2
+    assert "layer_norm_forward(" not in ex.program.source
+    (default, _), (plain, _) = (gradients(spec, code) for code in ("generated", "numpy"))
+    assert default.keys() == plain.keys()
+    for name, value in plain.items():
+        assert np.array_equal(default[name], value), name

@@ -20,6 +20,9 @@ from .codegen import generate, statements
 from .copies import fold_copies
 from .workspace import Workspace
 
+# the steps whose numba kernels are bit for bit their NumPy kernels: the default step code
+# runs them there where numba imports (Backend.bitwise_kernels)
+BITWISE_OPS = conv.WINDOW_OPS | {"gelu_tanh", "gelu_grad"}
 DROP_ATTRS = {"shape"}    # shape attributes are for inference; kernels see real arrays
 
 
@@ -91,10 +94,11 @@ class Backend:
         ws.begin_step()
         return KERNELS[step.op](self.values[step.outputs[0]], *ins, **attrs)
 
-    def program(self, steps, calls, fuse: bool = False, windows: bool = False):
+    def program(self, steps, calls, fuse: bool = False, bitwise: bool = False):
         """The bound `calls` of `steps` as generated step code (codegen.py); with `fuse`,
         runs of elementwise steps first become fused kernels (fusion.py, needs numba);
-        with `windows`, only a CNN's window steps do (`window_kernels`). Either way a
+        with `bitwise`, only the steps whose numba kernels are bit for bit NumPy's do
+        (`bitwise_kernels`). Either way a
         reshape and a transpose in a row run as one copy (copies.py, folded in `self.runs`)."""
         runs = [((s,), c) for s, c in zip(steps, calls)]
         if [s for run, _ in self.runs for s in run] == list(steps):
@@ -106,24 +110,26 @@ class Backend:
         if fuse:
             from .fusion import fuse_runs      # imports numba: only when asked for
             runs = fuse_runs(runs, self.values, self.buffers)
-        if windows:
-            runs = self.window_kernels(runs)
+        if bitwise:
+            runs = self.bitwise_kernels(runs)
         bound = {id(c) for c in calls} | {id(c) for _, c in self.runs}
         self.program_runs = runs
         self.numba_steps = sum(len(s) for s, c in runs if id(c) not in bound)
         return generate(runs, self.values, f"{len(steps)} steps")
 
-    def window_kernels(self, runs) -> list:
-        """`runs` with a CNN's window steps (im2col, col2im, max pooling, its gradient, conv
-        + relu: conv.WINDOW_OPS) on the numba kernels of fused_conv.py, bit for bit the
-        NumPy ones, where numba imports and compiles them; else `runs` as they are, the
-        same numbers. A plan without window steps never imports numba (about 0.7 s)."""
-        if not any(s.op in conv.WINDOW_OPS for steps, _ in runs for s in steps):
+    def bitwise_kernels(self, runs) -> list:
+        """`runs` with the steps of BITWISE_OPS on their numba kernels, bit for bit the
+        NumPy ones (a CNN's window steps: im2col, col2im, max pooling, its gradient, conv
+        + relu, fused_conv.py; gelu and its gradient, fused_seq.py), where numba imports
+        and compiles them; else `runs` as they are, the same numbers. A plan without such
+        steps never imports numba (about 0.7 s)."""
+        if not any(s.op in BITWISE_OPS for steps, _ in runs for s in steps):
             return runs
         try:
             from .fusion import fuse_runs
             from .fused_conv import CONV_PATTERNS
-            return fuse_runs(runs, self.values, self.buffers, CONV_PATTERNS)
+            from .fused_seq import GELU_PATTERNS
+            return fuse_runs(runs, self.values, self.buffers, CONV_PATTERNS + GELU_PATTERNS)
         except Exception:       # numba missing, or unable to cache or compile here
             return runs
 

@@ -317,7 +317,7 @@ def b_flatten(out, x):
 
 
 # the steps fused_conv.py has numba kernels for, bit for bit these (the default step code
-# runs them there where numba imports: Backend.window_kernels)
+# runs them there where numba imports: Backend.bitwise_kernels)
 WINDOW_OPS = frozenset({"im2col", "conv1d", "conv2d", "col2im", "max_pool1d", "max_pool2d",
                         "max_pool_grad"})
 

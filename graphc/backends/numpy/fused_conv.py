@@ -4,7 +4,7 @@ On small images (the digits CNN's 8x8 and 4x4 planes) the NumPy kernels of conv.
 gather.py pay NumPy's per-call and per-row overhead many times per step; one loop over
 the windows pays none. fusion.py's `fuse_runs` offers the generated step code's steps
 to `CONV_PATTERNS` as to its own patterns. Being bit for bit NumPy's, they run in the
-default step code wherever numba imports (`Backend.window_kernels`) and in the fused one.
+default step code wherever numba imports (`Backend.bitwise_kernels`) and in the fused one.
 
 | steps                                        | kernel                    | rounding vs NumPy   |
 |----------------------------------------------|---------------------------|---------------------|

@@ -4,7 +4,8 @@ On the sort transformer's [64, 11, 256] and [64, 11, 64] values each NumPy kerne
 nn.py, fast.py and sequence.py makes 3 to 10 passes over arrays larger than a core's L2
 cache; one loop makes one. fusion.py's `fuse_runs` offers each step of the fused step
 code to `SEQUENCE_PATTERNS` as to its own patterns (`--step-code fused`,
-`GRAPHC_STEP_CODE=fused`).
+`GRAPHC_STEP_CODE=fused`); the gelu ones, bit for bit (`GELU_PATTERNS`), also run on the
+default step code wherever numba imports (`Backend.bitwise_kernels`).
 
 | steps                                   | fused kernels                     | rounding vs NumPy |
 |-----------------------------------------|-----------------------------------|-------------------|
@@ -295,4 +296,5 @@ def _softmax_grad(runs, i, facts):
                             softmax_rows_grad=softmax_rows_grad, g=g, y=y, out=out)), 1
 
 
-SEQUENCE_PATTERNS = (_gelu, _gelu_grad, _layer_norm, _layer_norm_grad, _softmax_grad)
+GELU_PATTERNS = (_gelu, _gelu_grad)          # bit for bit: the default step code's too
+SEQUENCE_PATTERNS = (*GELU_PATTERNS, _layer_norm, _layer_norm_grad, _softmax_grad)
