@@ -240,8 +240,9 @@ OPS = (
     conv_op(1), conv_op(2), conv_layer(1), conv_layer(2),
     OpDef("im2col", None, _im2col, "im2col(x, W, [b], stride, padding, dilation) = the columns "
           "[N, C * prod(kernel), prod(output)] of x that conv1d/conv2d multiply by W "
-          "([N, prod(output), C * prod(kernel)] under 32 output positions)",
-          attrs=dict(GEOMETRY), group="saved", elementwise=False, onnx=X.im2col(geometry, positions_first)),
+          f"([N, prod(output), C * prod(kernel)] under {FEW_POSITIONS} output positions)",
+          attrs=dict(GEOMETRY), group="saved", elementwise=False,
+          onnx=X.im2col(geometry, positions_first)),
     OpDef("conv_grad_columns", 2, _grad_columns, "conv_grad_columns(g, W) = Wᵀ g per sample: "
           "the gradient of the columns, [N, C * prod(kernel), prod(output)]",
           onnx=X.conv_grad_columns, **_BW),
@@ -250,8 +251,8 @@ OPS = (
           attrs={"shape": REQUIRED, "kernel": REQUIRED, **GEOMETRY},
           onnx=X.col2im(geometry, output_size), **_BW),
     OpDef("conv_grad_filter", 2, attr_shape, "conv_grad_filter(g, cols, shape) = Σ over the "
-          "batch of g · colsᵀ (dW)", attrs={"shape": REQUIRED}, onnx=X.conv_grad_filter(positions_first),
-          **_BW),
+          "batch of g · colsᵀ (dW)", attrs={"shape": REQUIRED},
+          onnx=X.conv_grad_filter(positions_first), **_BW),
     pool_op("max", 1), pool_op("max", 2), pool_op("avg", 1), pool_op("avg", 2),
     OpDef("max_pool_grad", 3, grad_of(1), "max_pool_grad(g, x, y, kernel, stride, padding) = "
           "g sent to the first position of each window where x equals the max y",
