@@ -8,8 +8,8 @@ binding, `run` copies the batch in and calls the bound kernels, allocating nothi
 Four ways to run the bound steps (the *step code*, docs/design.md): `reference` calls
 each step's bound kernel in a loop; `numpy` runs the backend's straight-line function
 of the same calls, bit for bit the reference's numbers; `generated` (the default) is
-that function with a CNN's window steps on numba loops that are bit for bit NumPy's,
-where numba imports (else it is `numpy`); `fused` is generated code with runs of
+that function with a CNN's window steps and a transformer's gelu on numba loops that
+are bit for bit NumPy's, where numba imports (else it is `numpy`); `fused` is generated code with runs of
 elementwise steps fused into single loops (needs numba, the `graphc[numba]` extra).
 `GRAPHC_STEP_CODE` or `using_step_code` choose.
 """
