@@ -98,8 +98,8 @@ class Backend:
         """The bound `calls` of `steps` as generated step code (codegen.py); with `fuse`,
         runs of elementwise steps first become fused kernels (fusion.py, needs numba);
         with `bitwise`, only the steps whose numba kernels are bit for bit NumPy's do
-        (`bitwise_kernels`). Either way a
-        reshape and a transpose in a row run as one copy (copies.py, folded in `self.runs`)."""
+        (`bitwise_kernels`). Either way a reshape and a transpose in a row run as one copy
+        (copies.py, folded in `self.runs`)."""
         runs = [((s,), c) for s, c in zip(steps, calls)]
         if [s for run, _ in self.runs for s in run] == list(steps):
             runs = self.runs        # with flat updates (updates.flat_updates), folded copies
