@@ -117,16 +117,11 @@ def _conv_positions_first(y3, w2, cols, b):
     that transposed into y3 (plus b [O, 1] when given)."""
     n, o, p = y3.shape
     yt, wt, c2 = scratch((n, p, o), y3.dtype), w2.T, cols.reshape(n * p, -1)
-    y_of = yt.transpose(0, 2, 1)
-    if b is None:
-        return source("""
-            c2.dot(wt, yt2)
-            np.copyto(y3, y_of)
-            """, c2=c2, wt=wt, yt2=yt.reshape(n * p, o), y3=y3, y_of=y_of)
-    return source("""
-        c2.dot(wt, yt2)
-        np.add(y_of, b, out=y3)
-        """, c2=c2, wt=wt, yt2=yt.reshape(n * p, o), y3=y3, y_of=y_of, b=b)
+    bias = {} if b is None else {"b": b}
+    return source("c2.dot(wt, yt2)\n" + ("np.add(y_of, b, out=y3)" if bias else
+                                         "np.copyto(y3, y_of)"),
+                  c2=c2, wt=wt, yt2=yt.reshape(n * p, o), y3=y3, y_of=yt.transpose(0, 2, 1),
+                  **bias)
 
 
 def b_conv_grad_filter(out, g, cols):
