@@ -59,7 +59,13 @@ def _openblas_runtime() -> dict:
 
 
 def time_interleaved(calls: dict, reps: int) -> dict:
-    """name -> per-rep seconds; one call of each per rep, the order reversed every other rep."""
+    """name -> per-rep seconds; each rep times one call of each, the order reversed every
+    other rep (machine drift hits all alike). Each timed call comes right after an untimed
+    call of its own, as a training step follows its model's previous step: without it the
+    cache held the data of whichever call ran before, which favoured some (a hand-written
+    step timed after its own matmul floor; the first and last calls, run twice in a row
+    where the order turns): the medium MLP's hand-written step ran 6% faster after its
+    floor than after another model's step."""
     import numpy as np
     names = list(calls)
     times = {n: np.empty(reps) for n in names}
@@ -70,6 +76,7 @@ def time_interleaved(calls: dict, reps: int) -> dict:
         for r in range(reps):
             for n in (names if r % 2 == 0 else names[::-1]):
                 f = calls[n]
+                f()
                 t = clock()
                 f()
                 times[n][r] = clock() - t
@@ -80,11 +87,12 @@ def time_interleaved(calls: dict, reps: int) -> dict:
 
 
 def auto_reps(calls: dict, seconds: float) -> int:
-    """Reps that fill about `seconds`, from one timed round of every call."""
+    """Reps that fill about `seconds`, from one timed round of every call (a rep runs
+    each call twice: time_interleaved)."""
     start = time.perf_counter()
     for f in calls.values():
         f()
-    per_rep = time.perf_counter() - start
+    per_rep = 2 * (time.perf_counter() - start)
     return int(min(5000, max(30, seconds / max(per_rep, 1e-9))))
 
 

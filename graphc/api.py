@@ -138,9 +138,10 @@ class Model:
     def step(self, feeds: Mapping[str, np.ndarray]) -> float:
         """One training step (forward, backward, update at the spec's optimizer and lr) on the
         batch `feeds`, as `graphc train` and `graphc time` run each batch; returns the
-        batch's loss. The arrays must have the inputs' dtypes (nothing is checked or copied
-        beyond the input buffers: this is the timed path). Each step advances the step
-        count that keys dropout's masks."""
+        batch's loss. The arrays must have the inputs' dtypes (nothing else is checked: this
+        is the timed path); one with its input's dtype, shape and C layout is read in place
+        where the step code can (backends/numpy/feeding.py), else copied. Each step
+        advances the step count that keys dropout's masks."""
         if self._step is None:
             raw = self._model.spec.train
             step = training_step(self._model)[0]

@@ -3,7 +3,9 @@
 Backend-neutral: the backend (graphc/backends/) holds the arena, the persistent
 values (shared with the model's store), the workspace and the kernel table; this
 module checks the memory limit, binds every step once, and runs the calls. After
-binding, `run` copies the batch in and calls the bound kernels, allocating nothing.
+binding, `run` feeds the batch (copied into the input buffers, or read in place by the
+generated step code: backends/numpy/feeding.py) and calls the bound kernels, allocating
+nothing.
 
 Four ways to run the bound steps (the *step code*, docs/design.md): `reference` calls
 each step's bound kernel in a loop; `numpy` runs the backend's straight-line function

@@ -186,20 +186,24 @@ def check_labels(graph: Graph, classes: Mapping, values: Mapping) -> None:
                             hint=f"class labels count from 0; check the data fed to '{name}'")
 
 
-def labels_in_range(buffers: Mapping[str, np.ndarray], classes: Mapping) -> Callable:
-    """`in_range(feeds)`: whether every fed label of `classes` (label_classes), copied into
-    its input buffer in `buffers`, lies in 0..K-1. The step pays one argmax per integer
-    buffer seen as unsigned (a negative label is then huge) where check_labels pays four
-    calls; a feed of another dtype than its buffer's (a cast may wrap) is checked as fed."""
-    checks = [(name, buffers[name], k) for name, (k, _) in classes.items()
-              if name in buffers and buffers[name].size]
-    unsigned = [(name, b.dtype, _unsigned(b), k) for name, b, k in checks]
+def labels_in_range(held: Callable[[str], np.ndarray], fed, classes: Mapping) -> Callable:
+    """`in_range(feeds)`: whether every fed label of `classes` (label_classes), as the
+    plan holds it after feeding (`held(name)`: copied into its input buffer, or the fed
+    array itself where the step reads it in place), lies in 0..K-1. The step pays one
+    argmax per integer array seen as unsigned (a negative label is then huge; the view is
+    made once per array) where check_labels pays four calls; a feed of another dtype than
+    its buffer's (a cast may wrap) is checked as fed."""
+    names = [(name, k) for name, (k, _) in classes.items() if name in fed and held(name).size]
+    seen: dict = {}         # name -> (the array holding it, its unsigned view)
 
     def in_range(feeds: Mapping[str, np.ndarray]) -> bool:
-        for name, dtype, view, k in unsigned:
-            arr = feeds[name]
-            if view.dtype.kind != "u" or arr.dtype != dtype:
-                if label_outside(arr, k) is not None:
+        for name, k in names:
+            arr, given = held(name), feeds[name]
+            if name not in seen or seen[name][0] is not arr:
+                seen[name] = (arr, _unsigned(arr))
+            view = seen[name][1]
+            if view.dtype.kind != "u" or given.dtype != arr.dtype:
+                if label_outside(given, k) is not None:
                     return False
             elif view.item(view.argmax()) >= k:    # a third of np.maximum.reduce's call cost
                 return False
@@ -261,7 +265,7 @@ class Runner:
         ex = self.executor(bind_dims(self.graph, feeds))
         self._check_fed(ex, feeds)
         feed, run_steps = ex.feeder(tuple(feeds)), ex.run_steps
-        in_range = labels_in_range({name: ex[name] for name in feeds}, self.labels)
+        in_range = labels_in_range(ex.__getitem__, feeds, self.labels)
         stored = {name: c for name, c in self.labels.items() if name not in feeds}
 
         def run(feeds: Mapping[str, np.ndarray]) -> Executor:

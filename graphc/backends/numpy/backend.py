@@ -18,6 +18,7 @@ from ...plan import ALIGN, Plan
 from . import conv, fast, kernels, modal, nn, sequence, softmax, updates
 from .codegen import generate, statements
 from .copies import fold_copies
+from .feeding import Feeding
 from .workspace import Workspace
 
 # the steps whose numba kernels are bit for bit their NumPy kernels: the default step code
@@ -57,13 +58,16 @@ class Backend:
         self.arena = np.zeros(plan.arena_bytes + ALIGN, dtype=np.uint8)
         base = (-self.arena.ctypes.data) % ALIGN
         self.values: dict = {}
+        own = []
         for name, (op, shape, dtype, value) in plan.persistent.items():
             if op == "const":
                 self.values[name] = np.full(shape, value, dtype=dtype)
             elif op == "input" and (name not in store or store[name].shape != shape):
                 self.values[name] = np.zeros(shape, dtype=dtype)     # fed per batch
+                own.append(name)
             else:
                 self.values[name] = store[name]
+        self.feeding = Feeding(self.values, own)
         for b in plan.buffers.values():
             self.values[b.value] = np.ndarray(b.shape, dtype=b.dtype, buffer=self.arena,
                                               offset=base + b.offset)
@@ -115,7 +119,11 @@ class Backend:
         bound = {id(c) for c in calls} | {id(c) for _, c in self.runs}
         self.program_runs = runs
         self.numba_steps = sum(len(s) for s, c in runs if id(c) not in bound)
-        return generate(runs, self.values, f"{len(steps)} steps")
+        program = generate(runs, self.values, f"{len(steps)} steps")
+        self.feeding.read_in_place(program.namespace, {
+            name: [c for run, c in runs if any(name in s.inputs for s in run)]
+            for name in self.feeding.own})
+        return program
 
     def bitwise_kernels(self, runs) -> list:
         """`runs` with the steps of BITWISE_OPS on their numba kernels, bit for bit the
@@ -143,23 +151,19 @@ class Backend:
         return self.workspace.capacity + self.workspace.const_bytes
 
     def feed(self, feeds: Mapping[str, np.ndarray]) -> None:
-        for name, arr in feeds.items():
-            np.copyto(self.values[name], arr, casting="same_kind")
+        """Copy the batch into the input buffers (feeding.py)."""
+        self.feeding.feed(feeds)
 
     def feeder(self, names):
-        """`feed` for feeds of exactly `names`: the (name, buffer) pairs found once."""
-        pairs = tuple((name, self.values[name]) for name in names)
-        copyto = np.copyto
-
-        def feed(feeds: Mapping[str, np.ndarray]) -> None:
-            for name, buffer in pairs:
-                copyto(buffer, feeds[name], casting="same_kind")
-        return feed
+        """`feed` for feeds of exactly `names`, reading in place the arrays the step code
+        can read where they lie, copying the others (feeding.py)."""
+        return self.feeding.feeder(names)
 
     def feed_rows(self, arrays: Mapping[str, np.ndarray], rows: np.ndarray) -> None:
         """Gather the batch `rows` of each array straight into its input buffer. The rows
         are the trainer's own indices, in range; mode 'raise' would buffer `out`, a
         batch-sized allocation on every call."""
+        self.feeding.release(arrays)
         for name, arr in arrays.items():
             np.take(arr, rows, axis=0, out=self.values[name], mode="clip")
 
