@@ -94,7 +94,22 @@ def test_a_batch_refilled_in_place_is_read_anew(tmp_path):
         feeds[k][...] = second[k]
     losses.append(model.step(feeds))
     assert losses == expected and bound(model) == {"x": True, "y": True}
+    (ex,) = model._step.cache.values()
+    assert not ex.program.namespace["x"].flags.writeable      # the caller's rows, read-only
+    assert feeds["x"].flags.writeable
     assert all(np.array_equal(v, params[k]) for k, v in model.params.items())
+
+
+def test_a_read_only_batch_is_read_in_place(tmp_path):
+    (tmp_path / "s.yaml").write_text(MLP)
+    feeds = batches(graphc.load(tmp_path / "s.yaml"), 2)
+    expected, params, _ = run(tmp_path / "s.yaml", "generated", feeds)
+    for f in feeds:
+        for v in f.values():
+            v.flags.writeable = False
+    losses, got, model = run(tmp_path / "s.yaml", "generated", feeds)
+    assert losses == expected and bound(model) == {"x": True, "y": True}
+    assert all(np.array_equal(v, params[k]) for k, v in got.items())
 
 
 def test_bad_labels_written_into_a_bound_array_are_caught(tmp_path):

@@ -11,7 +11,7 @@ scratch); the same numbers either way (the copy was exact). It stays bound while
 same array is fed again (a loader refilling one array costs nothing); another array
 rebinds the names (a microsecond per view); any other array is copied into the input's
 own buffer, the names pointed back first, as is every write of the buffers
-(`release`: `feed`, `feed_rows`). While bound, the backend's value of the input is the
+(`release`: `feed`, `feed_rows`). The rebuilt views are read-only. While bound, the backend's value of the input is the
 caller's array (`host` returns it) and the step code holds a reference to it.
 
 Only for an input whose every reader is written as source text over named arrays
@@ -70,9 +70,13 @@ class Binding:
                 and not any(np.may_share_memory(arr, w) for w in written))
 
     def bind(self, arr: np.ndarray) -> None:
+        """Point the names at `arr`, each view read-only: a kernel that wrote an input
+        would raise (a located kernel error), never change the caller's array."""
         ns = self.namespace
         for k, shape, dtype, offset, strides in self.views:
-            ns[k] = np.ndarray(shape, dtype, buffer=arr, offset=offset, strides=strides)
+            view = np.ndarray(shape, dtype, buffer=arr, offset=offset, strides=strides)
+            view.flags.writeable = False
+            ns[k] = view
         self.bound = arr
 
     def release(self) -> None:
