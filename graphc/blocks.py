@@ -30,7 +30,7 @@ from .errors import Mark, SpecError, did_you_mean, short
 from .expr import NodeSpec
 from .layers import share_owner
 from .ops import OPS, written
-from .yamlload import MAX_VALUES, MarkedDict, check_keys
+from .yamlload import MAX_VALUES, MarkedDict, check_keys, without
 
 INSTANCE_KEYS = ("block", "inputs", "share", "params", "repeat", "chain", "per_step")
 
@@ -41,6 +41,13 @@ class Instance:
     name: str
     raw: MarkedDict
     mark: Mark
+
+
+def instance(name: str, raw: MarkedDict, mark: Mark) -> Instance:
+    """The instance `name: raw`. An optional key given null (`repeat: null`, `share: null`,
+    `chain: null`) is as if absent, as YAML users expect of a key left at its default."""
+    nulls = [k for k in INSTANCE_KEYS[1:] if k in raw and raw[k] is None]
+    return Instance(name, without(raw, nulls), mark)
 
 
 def expand_instances(items: list, blocks: Mapping[str, Block], leaves: dict) -> list:

@@ -35,8 +35,9 @@ def grad(spec, as_json, out, everything, params, inputs, dot, render, mode):
     """One forward + backward pass: the loss and d loss / d every leaf."""
     from .model import load_model, run_grads
     from .checkpoint import load_params, write
-    from .outfiles import check_outputs
-    check_outputs({"--out": out, **dot_outputs(dot, render)})   # before the work
+    from .outfiles import DOT, NPZ, check_outputs
+    check_outputs({"--out": out, **dot_outputs(dot, render)},   # before the work
+                  {"--out": NPZ, "--dot": DOT})
     model = load_model(spec, mode=mode)
     if params:
         load_params(params, model)

@@ -17,6 +17,7 @@ from .plan import batch_dims
 from .remat import NONE, MemoryPolicy, Remat, parse_memory, remat_plan
 from .shapes import is_number
 from .schedules import Schedule, parse_schedule
+from .yamlload import without
 from .spec import TRAIN_KEYS, check_keys
 from .optim import Optimizer, parse_optimizer, training_graph
 
@@ -162,7 +163,7 @@ def load_dataset(model: Model, cfg: TrainConfig, stats=None):
     classes = fed_label_classes(model)
     cfg_data = cfg.data
     if stats and isinstance(cfg_data, Mapping) and cfg_data.get("normalize"):
-        cfg_data = _without(cfg_data, "normalize")
+        cfg_data = without(cfg_data, ("normalize",))
     data = load_data(cfg_data, spec_dir=model.spec.path.parent,
                      inputs={n: graph[n].shape for n in fed},
                      input_dtypes={n: graph[n].dtype for n in fed}, seed=cfg.seed,
@@ -171,12 +172,3 @@ def load_dataset(model: Model, cfg: TrainConfig, stats=None):
         return data
     valid = None if data.valid is None else apply_stats(data.valid, stats)
     return type(data)(apply_stats(data.train, stats), valid, stats, data.n_classes)
-
-
-def _without(mapping: Mapping, key: str) -> Mapping:
-    """A copy of a (marked) mapping without `key`, keeping its marks for error messages."""
-    copy = type(mapping)((k, v) for k, v in mapping.items() if k != key)
-    for attr in ("mark", "key_marks", "value_marks"):
-        if hasattr(mapping, attr):
-            setattr(copy, attr, getattr(mapping, attr))
-    return copy
