@@ -5,6 +5,8 @@ so every later stage sees one effective configuration.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, replace
 from typing import Mapping, Optional
 
@@ -59,7 +61,7 @@ def parse_train(model: Model, epochs=None, batch_size=None, lr=None, seed=None,
                         hint="e.g. data: {dataset: spiral, samples: 300, classes: 3}")
     optimizer = parse_optimizer(raw.get("optimizer"), raw.mark_of("optimizer"))
     if lr is not None:
-        optimizer = Optimizer(optimizer.name, {**optimizer.args, "lr": float(lr)})
+        optimizer = Optimizer(optimizer.name, {**optimizer.args, "lr": _lr(lr)})
     total = _positive_int(raw, "epochs", 10, epochs)
     metrics = parse_metrics(raw.get("metrics"), model.graph, raw.mark_of("metrics"))
     return TrainConfig(
@@ -80,6 +82,15 @@ def memory_policy(model: Model, budget=None) -> MemoryPolicy:
     raw = model.spec.train
     return parse_memory(raw.get("memory"), list(model.graph.nodes), raw.mark_of("memory"),
                         budget)
+
+
+def _lr(lr) -> float:
+    """An lr override (`--lr`, `fit(lr=)`): a finite number > 0, as the command line's
+    FiniteFloat checks it; a negative or NaN rate would train garbage or stop at step 1."""
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (
+            math.isfinite(lr) and lr > 0):
+        raise SpecError(f"lr must be a finite number > 0, got {short(lr)}", hint="e.g. lr=0.01")
+    return float(lr)
 
 
 def _clip(raw: Mapping) -> Optional[float]:

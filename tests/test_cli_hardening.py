@@ -129,3 +129,40 @@ def test_an_instance_key_given_null_is_as_if_absent(tmp_path, keys, nodes):
     spec = tmp_path / "rep.yaml"
     spec.write_text(REPEATED.format(keys=keys))
     assert f"ok: {nodes} nodes" in ok(run("check", spec)).stdout
+
+
+@pytest.fixture(scope="module")
+def spiral():
+    return graphc.load(SPIRAL)
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda m: m.fit(epochs=1, lr=-1), "lr must be a finite number > 0, got -1"),
+    (lambda m: m.fit(epochs=1, lr=float("nan")), "lr must be a finite number > 0, got .nan"),
+    (lambda m: m.fit(np.ones((5, 2)), epochs=1), "the arrays are given as type ndarray, "
+                                                 "expected a mapping {input name: array}"),
+    (lambda m: m.predict([[0.1, 0.2]]), "given as type list, expected a mapping"),
+    (lambda m: m.predict({"x": [[0.1, 0.2]]}, batch_size=0), "batch_size is 0, expected a "
+                                                            "whole number >= 1"),
+    (lambda m: m.step([[0.1, 0.2]]), "given as type list"),
+    (lambda m: m.step({"x": [[0.1, 0.2]], "y": [0]}), "node 'x': step feeds 'x' a list, but "
+                                                      "the input is float32"),
+    (lambda m: m.step({"x": np.ones((4, 2)), "y": np.zeros(4)}),
+     "node 'y': step feeds 'y' dtype float64, but the input is int64"),
+])
+def test_the_api_refuses_bad_arguments_with_graphcs_own_error(spiral, call, says):
+    with pytest.raises(SpecError) as caught:
+        call(spiral)
+    assert says in str(caught.value)
+
+
+def test_the_api_seed_must_be_a_whole_number():
+    with pytest.raises(SpecError, match="--seed must be a non-negative integer, got 'a'"):
+        graphc.load(SPIRAL, seed="a")
+
+
+def test_the_api_predicts_one_output_named_by_a_string(spiral):
+    x = {"x": [[0.1, 0.2]]}
+    assert spiral.predict(x, outputs="scores").keys() == {"scores"}
+    np.testing.assert_array_equal(spiral.predict(x, outputs="scores")["scores"],
+                                  spiral.predict(x)["scores"])
