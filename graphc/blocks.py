@@ -95,6 +95,10 @@ def _share_of(inst: Instance, block: Block, of_block: Mapping):
     """The instance whose params this one reads (None: its own; True: a repeated instance's
     first repetition), checked: an instance of the same block, whose layers can share."""
     share = inst.raw.get("share")
+    if share == inst.name:
+        raise SpecError(f"share '{share}' names the instance itself", node=inst.name,
+                        mark=inst.raw.mark_of("share"), hint="name another instance of block "
+                        f"'{block.name}' whose params this one reads, or drop share:")
     if share is None:
         return None
     unshared = next((n for n in block.nodes if OPS[n.op].group == "layer" and

@@ -80,8 +80,9 @@ def _mapping(value, what: str, mark: Mark) -> MarkedDict:
         value = MarkedDict()
         value.mark, value.key_marks, value.value_marks = mark, {}, {}
     if not isinstance(value, dict):
-        raise SpecError(f"'{what}' must be a mapping of name: value, got {type(value).__name__}",
-                        mark=mark)
+        raise SpecError(f"'{what}' must be a mapping of name: value, got {short(value)}",
+                        mark=mark, hint=f"write one NAME: VALUE per line, indented under "
+                                        f"{what}:")
     return value
 
 

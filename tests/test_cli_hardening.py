@@ -166,3 +166,22 @@ def test_the_api_predicts_one_output_named_by_a_string(spiral):
     assert spiral.predict(x, outputs="scores").keys() == {"scores"}
     np.testing.assert_array_equal(spiral.predict(x, outputs="scores")["scores"],
                                   spiral.predict(x)["scores"])
+
+
+def test_a_text_file_given_as_arrays_is_named_for_what_it_is_not(tmp_path):
+    """NumPy calls any file that is neither .npy nor .npz 'pickled (object) data'."""
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    line = one_error(run("grad", SPIRAL, "--params", tmp_path / "x.csv"))
+    assert "x.csv: it is neither an .npz archive nor an .npy array" in line
+    assert "pickle" not in line
+
+
+@pytest.mark.parametrize("keys, text, says", [
+    (", share: a", "", "b.yaml:9:40: node 'a': share 'a' names the instance itself"),
+    ("", "state:\n  - rm\n", "b.yaml:12:3: 'state' must be a mapping of name: value, got [rm]; "
+                             "write one NAME: VALUE per line"),
+])
+def test_blocks_and_sections_written_wrong_are_located(tmp_path, keys, text, says):
+    spec = tmp_path / "b.yaml"
+    spec.write_text(REPEATED.format(keys=keys) + text)
+    assert says in one_error(run("check", spec))
