@@ -27,8 +27,8 @@ MODE = click.option("--mode", type=click.Choice(["train", "eval"]), default="tra
 @click.option("--inputs", type=click.Path(dir_okay=False, path_type=Path),
               help="Load input values from an .npz (arrays named like the inputs).")
 @click.option("--dot", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the forward graph as Graphviz DOT, each node with its value and "
-                   "gradient, each edge with its local gradient.")
+              help="Write the forward graph as Graphviz DOT (FILE.dot or FILE.gv), each node "
+                   "with its value and gradient, each edge with its local gradient.")
 @click.option("--render", is_flag=True, help="Also render the DOT to SVG with Graphviz.")
 @MODE
 def grad(spec, as_json, out, everything, params, inputs, dot, render, mode):

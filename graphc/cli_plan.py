@@ -42,11 +42,11 @@ DIM = click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", callback
 @click.argument("spec", type=SPEC)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (contract §2).")
 @click.option("--dot", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the plan as Graphviz DOT.")
+              help="Write the plan as Graphviz DOT (FILE.dot or FILE.gv).")
 @BATCH_SIZE
 @DIM
 @click.option("--memory", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the arena over time as SVG: one bar per buffer.")
+              help="Write the arena over time as SVG (FILE.svg): one bar per buffer.")
 @click.option("--only", metavar="FIRST..LAST",
               help="With --dot: draw only these steps (node names or step numbers).")
 @click.option("--render", is_flag=True, help="Also render the DOT to SVG with Graphviz.")

@@ -13,7 +13,7 @@ from .cli_common import (MEMORY_BUDGET, SPEC, FiniteFloat, checkpoint_or_default
 @click.command()
 @click.argument("spec", type=SPEC)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Checkpoint path (default <name>.ckpt.npz here).")
+              help="Checkpoint path, named .npz (default <name>.ckpt.npz here).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final metrics as JSON.")
 @click.option("--epochs", type=click.IntRange(min=1))
 @click.option("--batch-size", type=click.IntRange(min=1))
