@@ -185,3 +185,10 @@ def test_blocks_and_sections_written_wrong_are_located(tmp_path, keys, text, say
     spec = tmp_path / "b.yaml"
     spec.write_text(REPEATED.format(keys=keys) + text)
     assert says in one_error(run("check", spec))
+
+
+def test_predict_on_a_spec_without_outputs_says_so_first(tmp_path):
+    """Not "train first": a lecture spec has no train.data to train on."""
+    np.save(tmp_path / "x.npy", np.ones((2, 2)))
+    line = one_error(run("predict", LECTURE, "--inputs", tmp_path / "x.npy"))
+    assert "spec 'lecture_cs231n_add_mul' lists no outputs to predict" in line
