@@ -22,7 +22,8 @@ from .data import COMMON_KEYS, apply_stats
 from .errors import SpecError
 from .model import GradResult, load_model, run_grads
 from .plan import Plan
-from .predict import CHUNK, Predictor, class_outputs, given_arrays, normalization
+from .predict import CHUNK, Predictor, class_outputs, given_arrays, normalization, \
+    not_a_mapping
 from .optim import LR, parse_optimizer
 from .evaluation import read_checkpoint
 from .train import EpochLog, TrainResult, step_runner, train
@@ -107,6 +108,8 @@ class Model:
 
     def _data_source(self, data: Mapping[str, ArrayLike]) -> dict:
         """`{arrays: data}` with the spec's own split and normalization settings."""
+        if not isinstance(data, Mapping):
+            raise not_a_mapping(data, sorted(self._fed))
         spec_data = self._model.spec.train.get("data")
         common = {k: spec_data[k] for k in COMMON_KEYS
                   if isinstance(spec_data, Mapping) and k in spec_data}
@@ -148,17 +151,38 @@ class Model:
             self._step = step_runner(self._model, step, memory_policy(self._model))
             self._model.store[LR][...] = parse_optimizer(raw.get("optimizer"),
                                                          raw.mark_of("optimizer")).lr
-        if feeds.keys() != self._fed:
-            missing, extra = self._fed - feeds.keys(), feeds.keys() - self._fed
-            what = f"missing: {', '.join(sorted(missing))}" if missing else \
-                f"not fed inputs: {', '.join(sorted(map(str, extra)))}"
-            raise SpecError(f"step feeds exactly the fed inputs ({', '.join(sorted(self._fed))}"
-                            f"); {what}", hint="a param or stored value is not fed")
-        loss = float(self._step.run(feeds)[self._model.graph.loss])
+        try:
+            if feeds.keys() != self._fed:
+                missing, extra = self._fed - feeds.keys(), feeds.keys() - self._fed
+                what = f"missing: {', '.join(sorted(missing))}" if missing else \
+                    f"not fed inputs: {', '.join(sorted(map(str, extra)))}"
+                raise SpecError(f"step feeds exactly the fed inputs "
+                                f"({', '.join(sorted(self._fed))}); {what}",
+                                hint="a param or stored value is not fed")
+            loss = float(self._step.run(feeds)[self._model.graph.loss])
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise self._bad_feed(feeds) or exc
         key = self._model.rng_key
         if key is not None:         # the next step draws the next dropout masks
             key[1] += 1
         return loss
+
+    def _bad_feed(self, feeds) -> Optional[SpecError]:
+        """Why `feeds` cannot be a step's batch, looked for once the step failed on it (the
+        timed path checks nothing up front): not a mapping, or an input given no NumPy
+        array of its dtype. None when the feeds are not to blame."""
+        if not isinstance(feeds, Mapping):
+            return not_a_mapping(feeds, sorted(self._fed))
+        for name in sorted(self._fed):      # float64 into float32 is cast: not to blame
+            arr, node = feeds[name], self._model.graph[name]
+            if not isinstance(arr, np.ndarray) or not np.can_cast(arr.dtype, node.dtype,
+                                                                  "same_kind"):
+                got = f"dtype {arr.dtype}" if isinstance(arr, np.ndarray) else \
+                    f"a {type(arr).__name__}"
+                return SpecError(f"step feeds '{name}' {got}, but the input is {node.dtype}",
+                                 mark=node.mark, node=name,
+                                 hint=f"feed np.asarray(..., dtype='{node.dtype}')")
+        return None
 
     def plan(self, batch: int = 64, *, reuse: bool = True,
              memory_budget: Optional[str] = None) -> Plan:

@@ -30,7 +30,7 @@ from .errors import Mark, SpecError, did_you_mean, short
 from .expr import NodeSpec
 from .layers import share_owner
 from .ops import OPS, written
-from .yamlload import MAX_VALUES, MarkedDict, check_keys
+from .yamlload import MAX_VALUES, MarkedDict, check_keys, without
 
 INSTANCE_KEYS = ("block", "inputs", "share", "params", "repeat", "chain", "per_step")
 
@@ -41,6 +41,13 @@ class Instance:
     name: str
     raw: MarkedDict
     mark: Mark
+
+
+def instance(name: str, raw: MarkedDict, mark: Mark) -> Instance:
+    """The instance `name: raw`. An optional key given null (`repeat: null`, `share: null`,
+    `chain: null`) is as if absent, as YAML users expect of a key left at its default."""
+    nulls = [k for k in INSTANCE_KEYS[1:] if k in raw and raw[k] is None]
+    return Instance(name, without(raw, nulls), mark)
 
 
 def expand_instances(items: list, blocks: Mapping[str, Block], leaves: dict) -> list:
@@ -88,6 +95,10 @@ def _share_of(inst: Instance, block: Block, of_block: Mapping):
     """The instance whose params this one reads (None: its own; True: a repeated instance's
     first repetition), checked: an instance of the same block, whose layers can share."""
     share = inst.raw.get("share")
+    if share == inst.name:
+        raise SpecError(f"share '{share}' names the instance itself", node=inst.name,
+                        mark=inst.raw.mark_of("share"), hint="name another instance of block "
+                        f"'{block.name}' whose params this one reads, or drop share:")
     if share is None:
         return None
     unshared = next((n for n in block.nodes if OPS[n.op].group == "layer" and

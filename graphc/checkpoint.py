@@ -22,7 +22,7 @@ from .datafiles import archive_nbytes, member, np_load
 from .errors import SpecError, short
 from .limits import check_memory
 from .leaves import misfit, misfit_message
-from .outfiles import atomic_write
+from .outfiles import NPZ, atomic_write
 from .model import Model
 
 RESERVED = "__graphc__/"
@@ -30,9 +30,9 @@ MAX_DIFF_LINES = 12
 
 
 def write(path, arrays: Mapping[str, np.ndarray], what: str = "checkpoint") -> Path:
-    """An .npz of `arrays`, written atomically (outfiles.atomic_write); failures are
-    user errors naming `what`."""
-    return atomic_write(path, lambda f: _savez(f, arrays), what)
+    """An .npz of `arrays`, written atomically (outfiles.atomic_write) to a path named
+    .npz; failures are user errors naming `what`."""
+    return atomic_write(path, lambda f: _savez(f, arrays), what, NPZ)
 
 
 def _savez(f, arrays: Mapping[str, np.ndarray]) -> None:

@@ -27,16 +27,17 @@ MODE = click.option("--mode", type=click.Choice(["train", "eval"]), default="tra
 @click.option("--inputs", type=click.Path(dir_okay=False, path_type=Path),
               help="Load input values from an .npz (arrays named like the inputs).")
 @click.option("--dot", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the forward graph as Graphviz DOT, each node with its value and "
-                   "gradient, each edge with its local gradient.")
+              help="Write the forward graph as Graphviz DOT (FILE.dot or FILE.gv), each node "
+                   "with its value and gradient, each edge with its local gradient.")
 @click.option("--render", is_flag=True, help="Also render the DOT to SVG with Graphviz.")
 @MODE
 def grad(spec, as_json, out, everything, params, inputs, dot, render, mode):
     """One forward + backward pass: the loss and d loss / d every leaf."""
     from .model import load_model, run_grads
     from .checkpoint import load_params, write
-    from .outfiles import check_outputs
-    check_outputs({"--out": out, **dot_outputs(dot, render)})   # before the work
+    from .outfiles import DOT, NPZ, check_outputs
+    check_outputs({"--out": out, **dot_outputs(dot, render)},   # before the work
+                  {"--out": NPZ, "--dot": DOT})
     model = load_model(spec, mode=mode)
     if params:
         load_params(params, model)

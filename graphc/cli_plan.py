@@ -42,11 +42,11 @@ DIM = click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", callback
 @click.argument("spec", type=SPEC)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (contract §2).")
 @click.option("--dot", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the plan as Graphviz DOT.")
+              help="Write the plan as Graphviz DOT (FILE.dot or FILE.gv).")
 @BATCH_SIZE
 @DIM
 @click.option("--memory", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the arena over time as SVG: one bar per buffer.")
+              help="Write the arena over time as SVG (FILE.svg): one bar per buffer.")
 @click.option("--only", metavar="FIRST..LAST",
               help="With --dot: draw only these steps (node names or step numbers).")
 @click.option("--render", is_flag=True, help="Also render the DOT to SVG with Graphviz.")
@@ -64,7 +64,7 @@ def plan(spec, as_json, dot, batch_size, dims, memory, only, render, no_reuse, m
          saved, emit, step_code):
     """Compile the training step; print its schedule, buffers and memory summary."""
     from .model import load_model
-    from .outfiles import check_outputs, write_text
+    from .outfiles import DOT, SVG, check_outputs, write_text
     from .plan import plan_json, plan_table
     from .remat_report import memory_json, saved_table
     from .trainconfig import training_remat
@@ -75,7 +75,8 @@ def plan(spec, as_json, dot, batch_size, dims, memory, only, render, no_reuse, m
     if step_code and not emit:
         raise click.UsageError("--step-code chooses the code --emit prints: give --emit "
                                "python too")
-    check_outputs({"--memory": memory, **dot_outputs(dot, render)})   # before the work
+    check_outputs({"--memory": memory, **dot_outputs(dot, render)},   # before the work
+                  {"--memory": SVG, "--dot": DOT})
     model = load_model(spec)
     step, remat = training_remat(model, batch_size, not no_reuse, dims, memory_budget)
     compiled, remat_on = remat.plan, remat.policy.kind != "none"

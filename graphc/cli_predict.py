@@ -34,12 +34,12 @@ def predict(spec, params, inputs, out, as_json, classes, batch_size):
     from .data import apply_stats, n_samples
     from .model import load_model
     from .outfiles import check_outputs
-    from .predict import CHUNK, Predictor, class_outputs, normalization, read_inputs
+    from .predict import CHUNK, Predictor, choose_outputs, class_outputs, normalization, \
+        read_inputs
     from .evaluation import read_checkpoint
-    if out is not None and out.suffix.lower() not in (".npz", ".csv"):
-        raise click.UsageError(f"--out {out}: expected a .npz or .csv file")
-    check_outputs({"--out": out})      # before the work
+    check_outputs({"--out": out}, {"--out": (".npz", ".csv")})      # before the work
     model = load_model(spec)
+    choose_outputs(model)       # a spec with no outputs says so before asking for a checkpoint
     ckpt = checkpoint_or_default(model, params)
     saved = read_checkpoint(model, ckpt)
     predictor = Predictor(model, chunk=batch_size or CHUNK)

@@ -13,7 +13,7 @@ from .cli_common import (MEMORY_BUDGET, SPEC, FiniteFloat, checkpoint_or_default
 @click.command()
 @click.argument("spec", type=SPEC)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Checkpoint path (default <name>.ckpt.npz here).")
+              help="Checkpoint path, named .npz (default <name>.ckpt.npz here).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final metrics as JSON.")
 @click.option("--epochs", type=click.IntRange(min=1))
 @click.option("--batch-size", type=click.IntRange(min=1))
@@ -37,7 +37,7 @@ def train(spec, out, as_json, epochs, batch_size, lr, seed, resume, init_from, s
     """Train SPEC on its train.data; save a checkpoint."""
     from .model import load_model
     from .checkpoint import check_same_spec_file, init_from as load_init
-    from .outfiles import destination
+    from .outfiles import NPZ, destination
     from .parallel import world
     from .plots import check_plot_folder
     from .train import train as run_train
@@ -51,7 +51,7 @@ def train(spec, out, as_json, epochs, batch_size, lr, seed, resume, init_from, s
                           memory_budget=memory_budget)
         chosen = out or resume
         path = chosen or default_checkpoint(model)
-        destination(path, "checkpoint")             # every output checked before the work
+        destination(path, "--out" if out else "checkpoint", NPZ)   # all checked before the work
         if not (chosen or force):
             check_same_spec_file(path, model)
         if plot:

@@ -107,9 +107,13 @@ def np_load(path: Path, shown: str, *, archive: bool, hint: Optional[str] = None
     `hint` says what to write instead when the file is of the other kind."""
     try:
         with open(path, "rb") as f:
-            if f.read(6) == np.lib.format.MAGIC_PREFIX:
+            head = f.read(6)
+            if head == np.lib.format.MAGIC_PREFIX:
                 f.seek(0)
                 check_memory(npy_nbytes(f, shown), f"reading {shown}")
+            elif not head.startswith(b"PK"):    # np.load would call it pickled data
+                raise SpecError(f"cannot read {shown}: it is neither an .npz archive nor an "
+                                ".npy array", hint=hint)
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise SpecError(f"cannot read {shown}: {e}") from None

@@ -202,7 +202,7 @@ class GraphBuilder:
             is_int = n.dtype.startswith("int")
             is_key = opdef.random and pos == opdef.arity
             if is_int != (pos in opdef.labels or is_key):
-                want, declare = (("integer class labels", "int64") if pos in opdef.labels
+                want, declare = ((f"integer {opdef.labels_are}", "int64") if pos in opdef.labels
                                  else ("floating-point values", "float32"))
                 raise node_error(probe(), f"input {pos + 1} of {user_op} is '{n.name}' "
                                         f"({n.dtype}), but must be {want}",

@@ -64,8 +64,8 @@ def load_model(path, seed: Optional[int] = None, dtype: Optional[str] = None,
 
 def spec_seed(spec: Spec, override: Optional[int] = None) -> int:
     if override is not None:
-        if int(override) < 0:
-            raise SpecError(f"--seed must be a non-negative integer, got {override}")
+        if not (S.is_int(override) or isinstance(override, np.integer)) or override < 0:
+            raise SpecError(f"--seed must be a non-negative integer, got {short(override)}")
         return int(override)
     seed = spec.train.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -179,11 +179,13 @@ def check_labels(graph: Graph, classes: Mapping, values: Mapping) -> None:
         arr = np.asarray(values[name])
         index = label_outside(arr, k)
         if index is not None:
-            raise SpecError(f"label {arr[index]} at index {list(index)} is out of range for "
-                            f"{k} classes (expected 0..{k - 1}): '{reader}' "
-                            f"({graph[reader].op}) reads it against {_read_against(graph, reader)}",
+            op = OPS[graph[reader].op]
+            word, unit = ("label", "classes") if op.label_range == (0, -1) else ("id", "rows")
+            raise SpecError(f"{word} {arr[index]} at index {list(index)} is out of range for "
+                            f"{k} {unit} (expected 0..{k - 1}): '{reader}' "
+                            f"({op.name}) reads it against {_read_against(graph, reader)}",
                             mark=graph[name].mark, node=name,
-                            hint=f"class labels count from 0; check the data fed to '{name}'")
+                            hint=f"{op.labels_are} count from 0; check the data fed to '{name}'")
 
 
 def labels_in_range(held: Callable[[str], np.ndarray], fed, classes: Mapping) -> Callable:

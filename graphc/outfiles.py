@@ -8,8 +8,9 @@ new path is replaced; a symlink to a regular file is followed (its target is
 replaced, the link stays); device nodes, FIFOs, sockets, folders and dangling or
 looping links are refused. `destination` runs the same checks, and creates and
 removes a temp file, before any work, so an unwritable folder or a name too long
-for the file system fails at once. `locked` holds an advisory lock on
-`{target}.lock` while a run writes the target.
+for the file system fails at once; given the suffixes of the format a flag writes
+(`NPZ`, `DOT`, `SVG`, ...), it also refuses a name that says another format.
+`locked` holds an advisory lock on `{target}.lock` while a run writes the target.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Optional
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 from .errors import SpecError
 
@@ -32,6 +33,8 @@ try:
 except ImportError:                 # not POSIX: no advisory locks
     fcntl = None
 
+# the names of each format graphc writes (docs/cli.md, "Output files")
+NPZ, DOT, SVG, ONNX, YAML = (".npz",), (".dot", ".gv"), (".svg",), (".onnx",), (".yaml", ".yml")
 TEMP_STEM = 100         # characters of the target's name kept in a temp file's name
 KINDS = {stat.S_IFDIR: "a folder", stat.S_IFCHR: "a character device",
          stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO (named pipe)",
@@ -56,10 +59,22 @@ def _refuse(what: str, path, problem: str, hint: Optional[str] = None) -> SpecEr
                      hint=hint or "choose another path")
 
 
-def destination(path, what: str) -> Path:
+def named_as(path, what: str, suffixes: Sequence[str]) -> None:
+    """SpecError unless `path`'s name ends in one of `suffixes` (any case), the format
+    graphc writes there: never an .npz or SVG under a name that says another format."""
+    path = Path(path)
+    if not suffixes or path.suffix.lower() in suffixes:
+        return
+    raise SpecError(f"{what} {path}: expected a {' or '.join(suffixes)} file",
+                    hint=f"name it {path.with_name(path.stem + suffixes[0])}")
+
+
+def destination(path, what: str, suffixes: Sequence[str] = ()) -> Path:
     """The file a write to `path` replaces: `path`, or the regular file its symlink points to.
-    SpecError (naming `what` and the path) for anything else, a missing or unwritable
-    folder, or a name too long; a temp file is created and removed to prove the folder."""
+    SpecError (naming `what` and the path) for a name without one of `suffixes` (where
+    given), anything but a regular file, a missing or unwritable folder, or a name too
+    long; a temp file is created and removed to prove the folder."""
+    named_as(path, what, suffixes)
     path = Path(path)
     try:
         st = os.stat(path)
@@ -95,12 +110,13 @@ def _probe_folder(target: Path, what: str, shown: Path) -> None:
         raise _refuse(what, shown, f"folder {folder}: {exc.strerror or exc}") from None
 
 
-def check_outputs(paths: Mapping[str, Optional[Path]]) -> None:
-    """destination() of every path given, keyed by its flag: all outputs checked before
-    the work that fills them."""
+def check_outputs(paths: Mapping[str, Optional[Path]],
+                  formats: Mapping[str, Sequence[str]] = {}) -> None:
+    """destination() of every path given, keyed by its flag, with the suffixes `formats`
+    gives that flag: all outputs checked before the work that fills them."""
     for what, path in paths.items():
         if path is not None:
-            destination(path, what)
+            destination(path, what, formats.get(what, ()))
 
 
 def writable_folder(folder, what: str, names: Iterable[str]) -> None:
@@ -126,10 +142,11 @@ def _name_max(folder: Path) -> int:
         return 255
 
 
-def atomic_write(path, write: Callable, what: str) -> Path:
-    """Call write(binary file) on a temp file beside `path`'s destination, fsync it and
-    os.replace it there: all or nothing. Returns the file written; SpecError on failure."""
-    target = destination(path, what)
+def atomic_write(path, write: Callable, what: str, suffixes: Sequence[str] = ()) -> Path:
+    """Call write(binary file) on a temp file beside `path`'s destination (named with one
+    of `suffixes`, where given), fsync it and os.replace it there: all or nothing.
+    Returns the file written; SpecError on failure."""
+    target = destination(path, what, suffixes)
     tmp = _temp_name(target)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -149,9 +166,9 @@ def atomic_write(path, write: Callable, what: str) -> Path:
     return target
 
 
-def write_text(path, text: str, what: str) -> Path:
+def write_text(path, text: str, what: str, suffixes: Sequence[str] = ()) -> Path:
     """atomic_write of UTF-8 text."""
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")), what)
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")), what, suffixes)
 
 
 def remove_stale_temps(path) -> None:

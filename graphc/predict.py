@@ -16,9 +16,10 @@ import networkx as nx
 import numpy as np
 
 from . import checkpoint as C
+from . import shapes as S
 from .data import Arrays, Stats, load_data, n_samples
 from .datafiles import csv_header, np_load, resolve
-from .errors import SpecError, did_you_mean
+from .errors import SpecError, did_you_mean, short
 from .ir import Graph
 from .model import Model, Runner
 from .evaluation import STATS
@@ -39,8 +40,10 @@ def forward_graph(graph: Graph, outputs: Sequence[str]) -> Graph:
 
 
 def choose_outputs(model: Model, outputs: Optional[Sequence[str]] = None) -> tuple:
-    """`outputs`, else the spec's `outputs:`; each must be a node of the spec."""
-    chosen = tuple(model.graph.outputs if outputs is None else outputs)
+    """`outputs` (one name, or several), else the spec's `outputs:`; each must be a node of
+    the spec."""
+    chosen = tuple(model.graph.outputs if outputs is None else
+                   [outputs] if isinstance(outputs, str) else outputs)
     if not chosen:
         raise SpecError(f"spec '{model.spec.name}' lists no outputs to predict",
                         hint="add outputs: [NODE, ...] to the spec, e.g. outputs: [scores]")
@@ -58,6 +61,9 @@ class Predictor:
 
     def __init__(self, model: Model, outputs: Optional[Sequence[str]] = None,
                  chunk: int = CHUNK):
+        if not (S.is_int(chunk) and chunk >= 1):
+            raise SpecError(f"batch_size is {short(chunk)}, expected a whole number >= 1",
+                            hint=f"samples per forward pass, e.g. batch_size={CHUNK}")
         model = model.in_mode("eval")
         self.model, self.outputs, self.chunk = model, choose_outputs(model, outputs), chunk
         self.graph = forward_graph(model.graph, self.outputs)
@@ -133,6 +139,8 @@ def given_arrays(predictor: Predictor, feeds: Mapping) -> Arrays:
     """The inputs the outputs need, from in-memory arrays keyed by input name (the Python
     API); a name that is no input of the spec is an error, as is a missing one."""
     inputs = predictor.model.fed_inputs
+    if not isinstance(feeds, Mapping):
+        raise not_a_mapping(feeds, predictor.inputs)
     for name in feeds:
         if name not in inputs:
             raise SpecError(f"'{name}' is not a fed input of spec "
@@ -142,6 +150,13 @@ def given_arrays(predictor: Predictor, feeds: Mapping) -> Arrays:
         if name not in feeds:
             raise predictor.missing(name, "the arrays given", [str(k) for k in feeds])
     return fed_arrays(predictor.model, {"arrays": dict(feeds)}, predictor.inputs)
+
+
+def not_a_mapping(feeds, inputs: Sequence[str]) -> SpecError:
+    """The Python API's error for feeds given as something other than {input: array}."""
+    return SpecError(f"the arrays are given as type {type(feeds).__name__}, expected a mapping "
+                     "{input name: array}", hint="e.g. {" + ", ".join(
+                         f"'{n}': array" for n in inputs) + "}")
 
 
 def read_inputs(predictor: Predictor, path) -> Arrays:

@@ -16,7 +16,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from .blockdefs import check_not_called, parse_blocks
-from .blocks import Instance, expand_instances
+from .blocks import expand_instances, instance
 from .errors import Mark, SpecError, did_you_mean, short
 from .limits import fmt_bytes, paused_gc
 from .expr import NodeSpec, check_attrs, layer_form, lookup_op, parse_expression, parse_stack
@@ -80,8 +80,9 @@ def _mapping(value, what: str, mark: Mark) -> MarkedDict:
         value = MarkedDict()
         value.mark, value.key_marks, value.value_marks = mark, {}, {}
     if not isinstance(value, dict):
-        raise SpecError(f"'{what}' must be a mapping of name: value, got {type(value).__name__}",
-                        mark=mark)
+        raise SpecError(f"'{what}' must be a mapping of name: value, got {short(value)}",
+                        mark=mark, hint=f"write one NAME: VALUE per line, indented under "
+                                        f"{what}:")
     return value
 
 
@@ -119,7 +120,7 @@ def _nodes(raw: MarkedDict, parse_node, seen: dict) -> list:
     for written, body in raw.items():
         name = _declare(written, raw.key_marks[written], "node", seen)
         if isinstance(body, dict) and "block" in body:
-            out.append(Instance(name, body, raw.key_marks[written]))
+            out.append(instance(name, body, raw.key_marks[written]))
         else:
             out += parse_node(name, body, raw.mark_of(written))
     return out

@@ -29,7 +29,7 @@ from .guard import diagnose
 from .interrupts import deferred_stop, exit_code, signal_name
 from .metrics import EarlyStopping
 from .model import Model, Runner, zero_state
-from .outfiles import destination, locked, remove_stale_temps
+from .outfiles import NPZ, destination, locked, remove_stale_temps
 from .optim import LR, SHARE, StepGraph, training_graph
 from .parallel import SOLO, World, everywhere, world as this_world
 from .remat import NONE, MemoryPolicy
@@ -124,7 +124,7 @@ class Run:
         self.model, self.cfg, self.out, self.save_every = model, cfg, out, save_every
         self.world, self.writes = world, out is not None and world.rank == 0
         if self.writes:
-            destination(out, "checkpoint")          # fail now, not after training
+            destination(out, "checkpoint", NPZ)     # fail now, not after training
             remove_stale_temps(out)
         self.data = load_dataset(model, cfg)
         if cfg.early_stopping and self.data.valid is None:

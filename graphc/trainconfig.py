@@ -5,6 +5,8 @@ so every later stage sees one effective configuration.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, replace
 from typing import Mapping, Optional
 
@@ -17,6 +19,7 @@ from .plan import batch_dims
 from .remat import NONE, MemoryPolicy, Remat, parse_memory, remat_plan
 from .shapes import is_number
 from .schedules import Schedule, parse_schedule
+from .yamlload import without
 from .spec import TRAIN_KEYS, check_keys
 from .optim import Optimizer, parse_optimizer, training_graph
 
@@ -58,7 +61,7 @@ def parse_train(model: Model, epochs=None, batch_size=None, lr=None, seed=None,
                         hint="e.g. data: {dataset: spiral, samples: 300, classes: 3}")
     optimizer = parse_optimizer(raw.get("optimizer"), raw.mark_of("optimizer"))
     if lr is not None:
-        optimizer = Optimizer(optimizer.name, {**optimizer.args, "lr": float(lr)})
+        optimizer = Optimizer(optimizer.name, {**optimizer.args, "lr": _lr(lr)})
     total = _positive_int(raw, "epochs", 10, epochs)
     metrics = parse_metrics(raw.get("metrics"), model.graph, raw.mark_of("metrics"))
     return TrainConfig(
@@ -79,6 +82,15 @@ def memory_policy(model: Model, budget=None) -> MemoryPolicy:
     raw = model.spec.train
     return parse_memory(raw.get("memory"), list(model.graph.nodes), raw.mark_of("memory"),
                         budget)
+
+
+def _lr(lr) -> float:
+    """An lr override (`--lr`, `fit(lr=)`): a finite number > 0, as the command line's
+    FiniteFloat checks it; a negative or NaN rate would train garbage or stop at step 1."""
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (
+            math.isfinite(lr) and lr > 0):
+        raise SpecError(f"lr must be a finite number > 0, got {short(lr)}", hint="e.g. lr=0.01")
+    return float(lr)
 
 
 def _clip(raw: Mapping) -> Optional[float]:
@@ -162,7 +174,7 @@ def load_dataset(model: Model, cfg: TrainConfig, stats=None):
     classes = fed_label_classes(model)
     cfg_data = cfg.data
     if stats and isinstance(cfg_data, Mapping) and cfg_data.get("normalize"):
-        cfg_data = _without(cfg_data, "normalize")
+        cfg_data = without(cfg_data, ("normalize",))
     data = load_data(cfg_data, spec_dir=model.spec.path.parent,
                      inputs={n: graph[n].shape for n in fed},
                      input_dtypes={n: graph[n].dtype for n in fed}, seed=cfg.seed,
@@ -171,12 +183,3 @@ def load_dataset(model: Model, cfg: TrainConfig, stats=None):
         return data
     valid = None if data.valid is None else apply_stats(data.valid, stats)
     return type(data)(apply_stats(data.train, stats), valid, stats, data.n_classes)
-
-
-def _without(mapping: Mapping, key: str) -> Mapping:
-    """A copy of a (marked) mapping without `key`, keeping its marks for error messages."""
-    copy = type(mapping)((k, v) for k, v in mapping.items() if k != key)
-    for attr in ("mark", "key_marks", "value_marks"):
-        if hasattr(mapping, attr):
-            setattr(copy, attr, getattr(mapping, attr))
-    return copy

@@ -8,7 +8,7 @@ so later stages can point at the YAML (`check_keys` names an unknown key's place
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Mapping, Optional
 
 import yaml
 
@@ -44,6 +44,15 @@ class MarkedList(list):
 
     def mark_of(self, i) -> Mark:
         return self.marks[i] if i < len(self.marks) else self.mark
+
+
+def without(mapping: Mapping, keys) -> Mapping:
+    """A copy of a (marked) mapping without `keys`, keeping its marks for error messages."""
+    copy = type(mapping)((k, v) for k, v in mapping.items() if k not in keys)
+    for attr in ("mark", "key_marks", "value_marks"):
+        if hasattr(mapping, attr):
+            setattr(copy, attr, getattr(mapping, attr))
+    return copy
 
 
 def check_keys(mapping: MarkedDict, allowed, where: str, node: Optional[str] = None):

@@ -8,6 +8,7 @@ from the issue (>= 0.97 in under a minute).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -25,11 +26,28 @@ SPIRAL = SPECS / "spiral_mlp.yaml"
 ALL_SPECS = sorted(p.name for p in SPECS.glob("*.yaml"))
 
 
+MAX_LOAD_SCALE = 8      # a hang still fails: after at most 8 times the row's own timeout
+
+
+def load_scaled(timeout: float) -> float:
+    """`timeout` stretched by how oversubscribed the CPUs are (1-minute load average per
+    core, from 1 up to MAX_LOAD_SCALE): a row that takes seconds alone can take minutes
+    on 2 cores shared by several test runs, and must not fail for it (a fixed 120 s did),
+    while a run that never ends still fails, only later."""
+    try:
+        per_core = os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:                 # no load average on this platform
+        per_core = 1.0
+    return timeout * min(MAX_LOAD_SCALE, max(1.0, per_core))
+
+
 def graphc(*args, cwd=REPO, timeout=120, exe=None) -> subprocess.CompletedProcess:
-    """Run graphc as a user does; `exe` overrides `python -m graphc` (e.g. the console script)."""
+    """Run graphc as a user does; `exe` overrides `python -m graphc` (e.g. the console script).
+    `timeout` is seconds on an idle machine (slow rows pass more, e.g. training a CNN),
+    stretched under load by `load_scaled`."""
     cmd = (exe or [sys.executable, "-m", "graphc"]) + [str(a) for a in args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd,
+                          timeout=load_scaled(timeout), stdin=subprocess.DEVNULL)
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

@@ -171,3 +171,11 @@ def test_the_readme_python_example_runs_verbatim(folder):
 def test_an_inline_command_runs(command, folder):
     r = run(command, folder)
     assert r.returncode == 0, f"`{command}` exited {r.returncode}:\n{r.stderr}"
+
+
+def test_the_readme_plan_session_ends_with_the_memory_summary():
+    """The tour says `plan` prints its steps "followed by a memory summary": the session
+    shows that line, not an elision in its place."""
+    shown = [doc for where, steps in sessions() if where.startswith("README.md")
+             for command, doc in steps if command.startswith("graphc plan ")]
+    assert shown and all(doc[-1].startswith("naive ") for doc in shown), shown

@@ -58,6 +58,7 @@ class OpDef:
     elementwise: Optional[bool] = None      # computed ops: the in-place permission
     mutates: tuple = ()                     # update ops: input positions written in place
     labels: tuple = ()                      # input positions that take integer class labels
+    labels_are: str = "class labels"        # what those integers are, in error messages
     label_range: tuple = (0, -1)            # (input, axis) whose size the labels index:
                                             # 0..size-1 (class scores' last axis by default)
     layer_init: Optional[str] = None        # activations: the init dense picks for its W
