@@ -11,6 +11,8 @@ has no other reader and is not kept). The planner is unchanged.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from .bind import source
@@ -21,11 +23,7 @@ COPIES = ("reshape", "transpose")
 def fold_copies(runs, values, buffers) -> list:
     """`runs` ((steps, call) pairs in order) with each reshape-then-transpose or
     transpose-then-reshape pair that `_folded` accepts run as one copy."""
-    readers: dict = {}
-    for steps, _ in runs:
-        for step in steps:
-            for name in step.inputs:
-                readers[name] = readers.get(name, 0) + 1
+    readers = reader_counts(runs)
     out, i = [], 0
     while i < len(runs):
         pair = runs[i:i + 2]
@@ -33,6 +31,11 @@ def fold_copies(runs, values, buffers) -> list:
         out.append(run or runs[i])
         i += 2 if run else 1
     return out
+
+
+def reader_counts(runs) -> Counter:
+    """value -> how many steps of `runs` ((steps, call) pairs) read it."""
+    return Counter(name for steps, _ in runs for step in steps for name in step.inputs)
 
 
 def _folded(pair, values, buffers, readers):

@@ -40,6 +40,7 @@ from numba import njit
 from numba.core.dispatcher import Dispatcher
 
 from .bind import source
+from .copies import reader_counts
 from .fused_conv import CONV_PATTERNS
 from .fused_seq import SEQUENCE_PATTERNS
 from .softmax import logit_rows, unpack_stats
@@ -192,11 +193,7 @@ class Facts:
 
     def __init__(self, runs, values, buffers):
         self.values, self.buffers = values, buffers
-        self.readers: dict = {}
-        for steps, _ in runs:
-            for step in steps:
-                for name in step.inputs:
-                    self.readers[name] = self.readers.get(name, 0) + 1
+        self.readers = reader_counts(runs)
 
     def arrays(self, step) -> list:
         return [self.values[n] for n in (*step.inputs, step.outputs[0])]
