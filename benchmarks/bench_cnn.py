@@ -6,7 +6,7 @@ For each model the script writes a graphc spec, compiles its training step (forw
 backward, plain SGD) through the Python API (`graphc.load(spec).step(feeds)`) and times
 it next to benchmarks/handwritten_cnn.py on the same layers, batch and initial weights,
 in the same process, interleaved rep by rep (A B, B A, ...) so machine noise hits all
-alike; PyTorch eager joins as a column when `import torch` works (never a
+alike, each timed step right after an untimed one of its own (harness.time_interleaved); PyTorch eager joins as a column when `import torch` works (never a
 dependency). graphc runs three ways, each its own model from the same initial weights:
 its default step code (`generated`: the `graphc` column; where numba imports, its window
 steps run on the numba kernels of backends/numpy/fused_conv.py, bit for bit NumPy's:

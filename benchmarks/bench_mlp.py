@@ -6,8 +6,10 @@
 For each MLP of the ladder the script writes a graphc spec, compiles its
 training step (forward + backward + plain SGD) through graphc's Python API
 (`graphc.load(spec).step(feeds)`, docs/api.md) and times it next to
-benchmarks/handwritten.py on the same model, batch and initial weights, in the same process, interleaved rep by rep (A B, B A, ...)
-so machine noise hits both alike. One rep is one step; the table shows the
+benchmarks/handwritten.py on the same model, batch and initial weights, in the same process,
+interleaved rep by rep (A B, B A, ...) so machine noise hits both alike, each timed step
+right after an untimed one of its own (a training loop's warm cache for every contender:
+harness.time_interleaved). One rep is one step; the table shows the
 median and p10 over the reps, the step of only the matmuls (the floor), and
 the memory figures of graphc's plan. BLAS runs on one thread.
 

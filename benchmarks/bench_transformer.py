@@ -11,7 +11,7 @@ and softmax cross-entropy, backends/numpy/fused_seq.py and fusion.py: the `fused
 column). PyTorch runs the same model written as a module (same shapes, same ops: tanh-GELU, pre-norm, causal `F.scaled_dot_product_attention`, tied output
 embedding, Adam) in eager mode, when torch is importable (an optional column, never a
 dependency). Both run on one thread, interleaved rep by rep in the same process, so
-machine noise hits both alike; the table shows medians, p10s and their ratio. It also
+machine noise hits both alike (each timed step right after an untimed one of its own); the table shows medians, p10s and their ratio. It also
 reports the plan's arena against its lower bound (the largest sum of bytes live at one
 step), and which BLAS kernel NumPy ran (harness.blas_info).
 """
