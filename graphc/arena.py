@@ -208,7 +208,8 @@ def memory_order(preds: Mapping[str, tuple], inputs: Mapping[str, tuple],
 
     A node's gain only falls (more of its inputs get it as their last reader), so the
     ready nodes sit in a heap and a node is pushed again when its gain falls; stale
-    entries are skipped: O((nodes + edges) log nodes).
+    entries are skipped. Each node's net bytes are kept up to date as its inputs' readers
+    run, not recounted: O((nodes + edges) log nodes).
     """
     data_inputs = {n: [p for p in dict.fromkeys(inputs.get(n, ())) if p in sizes]
                    for n in preds}
@@ -217,33 +218,32 @@ def memory_order(preds: Mapping[str, tuple], inputs: Mapping[str, tuple],
         for p in data_inputs[n]:
             readers_of.setdefault(p, []).append(n)
     readers = {p: len(r) for p, r in readers_of.items()}
+    net = {n: sizes.get(n, 0) for n in preds}      # bytes a node's step allocates, net
+    for p, rs in readers_of.items():
+        if len(rs) == 1 and p not in pinned:
+            net[rs[0]] -= sizes[p]                 # of the inputs it is the last reader of
     waiting = {n: len(set(ps)) for n, ps in preds.items()}
     done: set = set()
-
-    def gain(n):
-        net = sizes.get(n, 0)
-        for p in data_inputs[n]:
-            if readers[p] == 1 and p not in pinned:
-                net -= sizes[p]
-        return (net, rank[n], n)
-    ready = [gain(n) for n, w in waiting.items() if w == 0]
+    ready = [(net[n], rank[n], n) for n, w in waiting.items() if w == 0]
     heapq.heapify(ready)
     order = []
     while ready:
-        entry = heapq.heappop(ready)
-        n = entry[2]
-        if n in done or entry != gain(n):
+        gain, _, n = heapq.heappop(ready)
+        if n in done or gain != net[n]:
             continue                        # ran already, or pushed again with a lower gain
         done.add(n)
         order.append(n)
         for p in data_inputs[n]:
             readers[p] -= 1
             if readers[p] == 1 and p not in pinned:
-                _push_last_reader(ready, readers_of[p], done, waiting, gain)
+                last = next(r for r in readers_of[p] if r not in done)
+                net[last] -= sizes[p]       # it frees p now: if it is ready, push it again
+                if waiting[last] == 0:
+                    heapq.heappush(ready, (net[last], rank[last], last))
         for s in later[n]:
             waiting[s] -= 1
             if waiting[s] == 0:
-                heapq.heappush(ready, gain(s))
+                heapq.heappush(ready, (net[s], rank[s], s))
     return order
 
 
@@ -254,11 +254,3 @@ def _successors(preds: Mapping[str, tuple]) -> dict:
         for p in set(ps):
             later[p].append(n)
     return later
-
-
-def _push_last_reader(ready: list, readers: list, done: set, waiting: Mapping, gain) -> None:
-    """The one reader of a value left to run now frees it: if it is ready, push it again
-    with its lower gain."""
-    last = next(r for r in readers if r not in done)
-    if waiting[last] == 0:
-        heapq.heappush(ready, gain(last))
