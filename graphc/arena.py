@@ -213,16 +213,16 @@ def memory_order(preds: Mapping[str, tuple], inputs: Mapping[str, tuple],
     """
     data_inputs = {n: [p for p in dict.fromkeys(inputs.get(n, ())) if p in sizes]
                    for n in preds}
-    later, readers_of = _successors(preds), {}
-    for n in preds:
-        for p in data_inputs[n]:
+    later, waiting = _successors(preds)
+    readers_of: dict = {}
+    for n, ps in data_inputs.items():
+        for p in ps:
             readers_of.setdefault(p, []).append(n)
     readers = {p: len(r) for p, r in readers_of.items()}
     net = {n: sizes.get(n, 0) for n in preds}      # bytes a node's step allocates, net
     for p, rs in readers_of.items():
         if len(rs) == 1 and p not in pinned:
             net[rs[0]] -= sizes[p]                 # of the inputs it is the last reader of
-    waiting = {n: len(set(ps)) for n, ps in preds.items()}
     done: set = set()
     ready = [(net[n], rank[n], n) for n, w in waiting.items() if w == 0]
     heapq.heapify(ready)
@@ -247,10 +247,13 @@ def memory_order(preds: Mapping[str, tuple], inputs: Mapping[str, tuple],
     return order
 
 
-def _successors(preds: Mapping[str, tuple]) -> dict:
-    """name -> the names that follow it, each edge once."""
-    later = {n: [] for n in preds}
+def _successors(preds: Mapping[str, tuple]) -> tuple:
+    """(name -> the names that follow it, name -> how many names it follows), each edge
+    once."""
+    later, waiting = {n: [] for n in preds}, {}
     for n, ps in preds.items():
-        for p in set(ps):
+        ps = set(ps)
+        waiting[n] = len(ps)
+        for p in ps:
             later[p].append(n)
-    return later
+    return later, waiting
