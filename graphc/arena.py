@@ -8,6 +8,7 @@ from __future__ import annotations
 import bisect
 import heapq
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Iterable, Mapping
 
 
@@ -41,11 +42,7 @@ def sweep_peak(intervals) -> int:
     for first, last, nbytes in intervals:
         events[first] = events.get(first, 0) + nbytes
         events[last + 1] = events.get(last + 1, 0) - nbytes
-    peak = live = 0
-    for step in sorted(events):
-        live += events[step]
-        peak = max(peak, live)
-    return peak
+    return max(accumulate((events[step] for step in sorted(events)), initial=0))
 
 
 def merge_in_place(ranges: Mapping[str, tuple], sizes: Mapping[str, int],
