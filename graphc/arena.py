@@ -8,6 +8,7 @@ from __future__ import annotations
 import bisect
 import heapq
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Iterable, Mapping
 
 
@@ -41,11 +42,7 @@ def sweep_peak(intervals) -> int:
     for first, last, nbytes in intervals:
         events[first] = events.get(first, 0) + nbytes
         events[last + 1] = events.get(last + 1, 0) - nbytes
-    peak = live = 0
-    for step in sorted(events):
-        live += events[step]
-        peak = max(peak, live)
-    return peak
+    return max(accumulate((events[step] for step in sorted(events)), initial=0))
 
 
 def merge_in_place(ranges: Mapping[str, tuple], sizes: Mapping[str, int],
@@ -208,57 +205,52 @@ def memory_order(preds: Mapping[str, tuple], inputs: Mapping[str, tuple],
 
     A node's gain only falls (more of its inputs get it as their last reader), so the
     ready nodes sit in a heap and a node is pushed again when its gain falls; stale
-    entries are skipped: O((nodes + edges) log nodes).
+    entries are skipped. Each node's net bytes are kept up to date as its inputs' readers
+    run, not recounted: O((nodes + edges) log nodes).
     """
     data_inputs = {n: [p for p in dict.fromkeys(inputs.get(n, ())) if p in sizes]
                    for n in preds}
-    later, readers_of = _successors(preds), {}
-    for n in preds:
-        for p in data_inputs[n]:
+    later, waiting = _successors(preds)
+    readers_of: dict = {}
+    for n, ps in data_inputs.items():
+        for p in ps:
             readers_of.setdefault(p, []).append(n)
     readers = {p: len(r) for p, r in readers_of.items()}
-    waiting = {n: len(set(ps)) for n, ps in preds.items()}
+    net = {n: sizes.get(n, 0) for n in preds}      # bytes a node's step allocates, net
+    for p, rs in readers_of.items():
+        if len(rs) == 1 and p not in pinned:
+            net[rs[0]] -= sizes[p]                 # of the inputs it is the last reader of
     done: set = set()
-
-    def gain(n):
-        net = sizes.get(n, 0)
-        for p in data_inputs[n]:
-            if readers[p] == 1 and p not in pinned:
-                net -= sizes[p]
-        return (net, rank[n], n)
-    ready = [gain(n) for n, w in waiting.items() if w == 0]
+    ready = [(net[n], rank[n], n) for n, w in waiting.items() if w == 0]
     heapq.heapify(ready)
     order = []
     while ready:
-        entry = heapq.heappop(ready)
-        n = entry[2]
-        if n in done or entry != gain(n):
+        gain, _, n = heapq.heappop(ready)
+        if n in done or gain != net[n]:
             continue                        # ran already, or pushed again with a lower gain
         done.add(n)
         order.append(n)
         for p in data_inputs[n]:
             readers[p] -= 1
             if readers[p] == 1 and p not in pinned:
-                _push_last_reader(ready, readers_of[p], done, waiting, gain)
+                last = next(r for r in readers_of[p] if r not in done)
+                net[last] -= sizes[p]       # it frees p now: if it is ready, push it again
+                if waiting[last] == 0:
+                    heapq.heappush(ready, (net[last], rank[last], last))
         for s in later[n]:
             waiting[s] -= 1
             if waiting[s] == 0:
-                heapq.heappush(ready, gain(s))
+                heapq.heappush(ready, (net[s], rank[s], s))
     return order
 
 
-def _successors(preds: Mapping[str, tuple]) -> dict:
-    """name -> the names that follow it, each edge once."""
-    later = {n: [] for n in preds}
+def _successors(preds: Mapping[str, tuple]) -> tuple:
+    """(name -> the names that follow it, name -> how many names it follows), each edge
+    once."""
+    later, waiting = {n: [] for n in preds}, {}
     for n, ps in preds.items():
-        for p in set(ps):
+        ps = set(ps)
+        waiting[n] = len(ps)
+        for p in ps:
             later[p].append(n)
-    return later
-
-
-def _push_last_reader(ready: list, readers: list, done: set, waiting: Mapping, gain) -> None:
-    """The one reader of a value left to run now frees it: if it is ready, push it again
-    with its lower gain."""
-    last = next(r for r in readers if r not in done)
-    if waiting[last] == 0:
-        heapq.heappush(ready, gain(last))
+    return later, waiting

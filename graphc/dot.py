@@ -7,6 +7,7 @@ every data edge (the annotated lecture graph is annotate.py). DOT is plain text;
 """
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 from pathlib import Path
@@ -139,19 +140,9 @@ REGION_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02
                  "#a6761d", "#666666", "#1f78b4", "#b2df8a", "#fb9a99", "#cab2d6")
 
 
-def _region_attrs(plan: Plan, value: str, ranks: Mapping[int, int]) -> dict:
-    """A planned value's arena region: border colour by offset (`ranks`: each offset's
-    place among them), and the bytes it holds."""
-    b = plan.buffers.get(value)
-    if b is None:
-        return {}
-    color = REGION_COLORS[ranks[b.offset] % len(REGION_COLORS)]
-    return {"color": color, "penwidth": "2.5",
-            "arena": f"[{b.offset}, {b.offset + b.bytes})"}
-
-
 def _plan_nodes(graph: Graph, plan: Plan, steps) -> tuple:
-    """(node lines by cluster, ids of drawn values): steps, then the values they read."""
+    """(node lines' parts by cluster: name and attr list, ids of drawn values): steps, then
+    the values they read."""
     written = {s.node: s for s in steps if s.outputs == (s.node,)}
     offsets = sorted({b.offset for b in plan.buffers.values()})
     ranks = {off: i for i, off in enumerate(offsets)}
@@ -161,11 +152,17 @@ def _plan_nodes(graph: Graph, plan: Plan, steps) -> tuple:
         label = f"{s.node}\n{s.op} {shape}\nstep {s.index}"
         if OPS[s.op].mutates:
             label += "\nwrites " + ", ".join(s.inputs[p] for p in OPS[s.op].mutates)
-        region = _region_attrs(plan, s.outputs[0], ranks)
-        if region:
-            label += f"\narena {region['arena']}"
-        attrs = {**PLAN_STYLE[s.phase], **region, "label": label, "class": s.phase,
-                 "tooltip": f"step {s.index} ({s.phase}): {s.op}"}
+        b = plan.buffers.get(s.outputs[0])
+        if b is None:
+            front = _style_attrs(s.phase, None)
+        else:
+            arena = f"[{b.offset}, {b.offset + b.bytes})"
+            label += f"\narena {arena}"
+            front = (_style_attrs(s.phase, REGION_COLORS[ranks[b.offset] % len(REGION_COLORS)])
+                     + f', arena="{arena}"')
+        # phase and op come from closed vocabularies of plain words: nothing to escape
+        attrs = (f'[{front}, label={quote(label)}, class="{s.phase}", '
+                 f'tooltip="step {s.index} ({s.phase}): {s.op}"]')
         clusters.setdefault(_block(graph, s.node, s.phase), []).append((s.node, attrs))
         drawn.add(s.node)
     writer = {s.outputs[0]: s.index for s in plan.steps}
@@ -174,8 +171,20 @@ def _plan_nodes(graph: Graph, plan: Plan, steps) -> tuple:
             if v in drawn or v in written:
                 continue
             drawn.add(v)
-            clusters.setdefault(None, []).append((v, _outside_attrs(graph, plan, v, writer)))
+            clusters.setdefault(None, []).append(
+                (v, attr_list(_outside_attrs(graph, plan, v, writer))))
     return clusters, drawn
+
+
+@functools.lru_cache(maxsize=None)
+def _style_attrs(phase: str, color: Optional[str]) -> str:
+    """The front of a step's attr list, written once per phase and border colour: the
+    phase's style, with the colour and pen width of its value's arena region (None: the
+    value has no region)."""
+    style = PLAN_STYLE[phase]
+    if color is not None:
+        style = {**style, "color": color, "penwidth": "2.5"}
+    return attr_list(style)[1:-1]
 
 
 def _outside_attrs(graph: Graph, plan: Plan, v: str, writer: Mapping[str, int]) -> dict:
@@ -191,20 +200,27 @@ def _outside_attrs(graph: Graph, plan: Plan, v: str, writer: Mapping[str, int]) 
             "class": "external"}
 
 
+# The attr list of a backward node's link to the node it differentiates, before its tooltip.
+DIFFERENTIATES = attr_list({"class": "differentiates", "style": "dashed", "color": "#9ca3af",
+                            "arrowhead": "none", "constraint": "false"})[1:-1]
+
+
 def _plan_edges(graph: Graph, plan: Plan, steps, drawn: set) -> list:
     lines, tail = [], {}      # value -> (its quoted name, its data edges' attr list)
+    data = {}                 # shape -> the attr list of the data edges moving it
     for s in steps:
         dst = quote(s.node)
         for v in s.inputs:
             if v not in tail:       # a value feeds several steps: write its parts once
-                tail[v] = quote(v), attr_list({"label": S.fmt(_value_shape(plan, v)),
-                                               "class": "data"})
+                shape = _value_shape(plan, v)
+                if shape not in data:
+                    data[shape] = attr_list({"label": S.fmt(shape), "class": "data"})
+                tail[v] = quote(v), data[shape]
             lines.append(quoted_edge_line(tail[v][0], dst, tail[v][1]))
         target = forward_of(graph, s.node)
         if target in drawn:
-            lines.append(edge_line(s.node, target, {
-                "class": "differentiates", "style": "dashed", "color": "#9ca3af",
-                "arrowhead": "none", "constraint": "false", "tooltip": f"d of {target}"}))
+            lines.append(quoted_edge_line(dst, quote(target), f"[{DIFFERENTIATES}, "
+                                                             f"tooltip={quote(f'd of {target}')}]"))
     return lines
 
 
@@ -231,7 +247,8 @@ def plan_dot(graph: Graph, plan: Plan, only: Optional[str] = None,
         if boxed:
             lines += [f"  subgraph {quote('cluster_' + block)} {{",
                       f'    label={quote(block)}; style="dashed"; color="#9ca3af";']
-        lines += [node_line(n, attrs, "    " if boxed else "  ") for n, attrs in members]
+        indent = "    " if boxed else "  "
+        lines += [f"{indent}{quote(n)} {attrs};" for n, attrs in members]
         if boxed:
             lines.append("  }")
     return "\n".join(lines + _mirror(graph, drawn) + _plan_edges(graph, plan, steps, drawn)

@@ -245,11 +245,13 @@ def topological_order(preds: Mapping[str, Iterable[str]]) -> Optional[list]:
     return order if len(order) == len(names) else None
 
 
-def _in_order(preds: Mapping[str, Iterable[str]]) -> bool:
-    """Does every name of `preds` come after all the names it follows?"""
-    seen = set()
-    for name, before in preds.items():
-        if not seen.issuperset(before):
+def _in_order(graph: Graph) -> bool:
+    """Does every node come after its inputs and the nodes it must follow (`after`)?"""
+    follows, seen = {}, set()
+    for before, later in graph.after:
+        follows.setdefault(later, []).append(before)
+    for name, n in graph.nodes.items():
+        if not (seen.issuperset(n.inputs) and seen.issuperset(follows.get(name, ()))):
             return False
         seen.add(name)
     return True
@@ -272,10 +274,9 @@ def toposort(graph: Graph) -> Graph:
     A graph already in topological order is that order (each node is the first ready
     one), so it is returned as it is after one linear check; builders add nodes after
     their inputs, so this is the common case."""
-    preds = graph.predecessors()
-    if _in_order(preds):
+    if _in_order(graph):
         return graph
-    names = topological_order(preds)
+    names = topological_order(graph.predecessors())
     invariant(names is not None, "IR verifier: the graph has a cycle")
     return Graph({n: graph.nodes[n] for n in names}, graph.loss, graph.outputs,
                  graph.dtype, graph.after)
@@ -386,7 +387,7 @@ def verify_graph(graph: Graph, trusted: Optional[Graph] = None) -> None:
         if not seen.issuperset(n.inputs):
             i = next(i for i in n.inputs if i not in seen)
             broken(f"IR verifier: {n.name} reads {i} before it is computed", n)
-        if not opdef.attrs.keys() <= n.attrs.keys():
+        if opdef.attrs and not opdef.attrs.keys() <= n.attrs.keys():
             missing = opdef.attrs.keys() - n.attrs.keys()
             broken(f"IR verifier: {n.name} ({n.op}) lacks attrs {sorted(missing)}", n)
         if opdef.group != "leaf" and n.op != "const" and not (

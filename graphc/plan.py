@@ -12,6 +12,7 @@ import bisect
 import heapq
 from collections import namedtuple
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Mapping, Optional
 
 import numpy as np
@@ -264,7 +265,7 @@ def _check_disjoint(plan: Plan) -> None:
     two neighbours: O(n log n), not every pair."""
     live: list = []                                  # sorted (offset, value)
     ending: list = []                                # heap of (last step, offset, value)
-    for b in sorted(plan.buffers.values(), key=lambda b: (b.first_step, b.offset)):
+    for b in sorted(plan.buffers.values(), key=attrgetter("first_step", "offset")):
         while ending and ending[0][0] < b.first_step:
             _drop(live, heapq.heappop(ending)[1:])
         src = plan.buffers.get(b.in_place_of)

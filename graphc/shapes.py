@@ -52,8 +52,8 @@ def aligned(rows) -> list:
     """Rows of text cells as lines: each column padded to its widest cell, two spaces
     between columns, no trailing spaces (the tables of check, plan and gradcheck)."""
     rows = list(rows)
-    widths = [max(map(len, column)) for column in zip(*rows)]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    line = "  ".join(f"{{:<{max(map(len, column))}}}" for column in zip(*rows))
+    return [line.format(*r).rstrip() for r in rows]
 
 
 def broadcast(*shapes: Shape) -> Shape:
