@@ -25,9 +25,9 @@ def export(spec, params, out, opset, with_grad):
     inputs and outputs carry the spec's names (batch dims symbolic)."""
     from .onnx import require_onnx
     from .outfiles import ONNX, atomic_write, check_outputs
-    check_outputs({"--out": out}, {"--out": ONNX})      # before the work
     require_onnx("export")
     from .onnx.export import onnx_model
+    check_outputs({"--out": out}, {"--out": ONNX})      # before the work
     model, stats = _trained_model(spec, params)
     outputs = _export_outputs(model, with_grad)
     proto = onnx_model(model, stats, outputs, opset, with_grad)
@@ -74,10 +74,10 @@ def import_(model, out):
     from .onnx import require_onnx
     from .checkpoint import write
     from .outfiles import YAML, check_outputs, write_text
-    params_out = out.with_name(f"{out.stem}.ckpt.npz")
-    check_outputs({"--out": out, "params": params_out}, {"--out": YAML})  # before the work
     require_onnx("import")
     from .onnx.importer import read_onnx, spec_text
+    params_out = out.with_name(f"{out.stem}.ckpt.npz")
+    check_outputs({"--out": out, "params": params_out}, {"--out": YAML})  # before the work
     spec, params = read_onnx(model, str(model), out.stem)
     write(params_out, params, "params")
     write_text(out, spec_text(spec, model.name), "--out")
