@@ -61,30 +61,33 @@ def refused(proc: subprocess.CompletedProcess, *fragments: str) -> str:
 
 # --- 1. only regular files are replaced ---------------------------------------------------
 
-def odd_paths(folder: Path) -> dict:
-    """name -> (what the error says), each a path graphc must not write over."""
-    os.mkfifo(folder / "fifo")
-    (folder / "dangling").symlink_to("nowhere")
-    (folder / "loop1").symlink_to("loop2")
-    (folder / "loop2").symlink_to("loop1")
-    return {"fifo": "it is a FIFO", "dangling": "symlink to nothing",
-            "loop1": "Too many levels of symbolic links"}
+def odd_paths(folder: Path, suffix: str) -> dict:
+    """name -> (what the error says), each a path graphc must not write over, named with
+    the `suffix` of the format written (a name without it is refused before: outfiles)."""
+    os.mkfifo(folder / f"fifo{suffix}")
+    (folder / f"dangling{suffix}").symlink_to("nowhere")
+    (folder / f"loop1{suffix}").symlink_to(f"loop2{suffix}")
+    (folder / f"loop2{suffix}").symlink_to(f"loop1{suffix}")
+    return {f"fifo{suffix}": "it is a FIFO", f"dangling{suffix}": "symlink to nothing",
+            f"loop1{suffix}": "Too many levels of symbolic links"}
 
 
 WRITERS = [("grad", "--out", "--out"), ("grad", "--dot", "--dot"), ("plan", "--dot", "--dot"),
-           ("plan", "--memory", "--memory"), ("train", "--out", "checkpoint")]   # + the name
+           ("plan", "--memory", "--memory"), ("train", "--out", "--out")]   # + the name
+SUFFIX = {"--out": ".npz", "--dot": ".dot", "--memory": ".svg"}     # each flag's format
 
 
 @pytest.mark.parametrize("cmd,flag,what", WRITERS)
 def test_a_fifo_or_a_bad_symlink_is_refused_and_left_as_it_was(tmp_path, cmd, flag, what):
     spec = tiny_spec(tmp_path) if cmd != "grad" else GRAD_SPEC
-    for name, says in odd_paths(tmp_path).items():
+    suffix = SUFFIX[flag]
+    for name, says in odd_paths(tmp_path, suffix).items():
         refused(graphc(cmd, spec, flag, name, cwd=tmp_path), f"cannot write {what} {name}: ",
                 says)
-    assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo").st_mode)
-    assert os.readlink(tmp_path / "dangling") == "nowhere"
+    assert stat.S_ISFIFO(os.lstat(tmp_path / f"fifo{suffix}").st_mode)
+    assert os.readlink(tmp_path / f"dangling{suffix}") == "nowhere"
     assert not (tmp_path / "nowhere").exists()
-    assert os.readlink(tmp_path / "loop1") == "loop2"
+    assert os.readlink(tmp_path / f"loop1{suffix}") == f"loop2{suffix}"
 
 
 def test_a_symlink_to_a_file_is_followed_and_stays_a_link(tmp_path):
@@ -115,10 +118,10 @@ def test_glob_characters_in_out_delete_nothing(tmp_path):
                   "run.npz.x.tmp": "mine", ".run1.npz.graphc-1-0000000x.tmp": "not our scheme"}
     for name, text in bystanders.items():
         (tmp_path / name).write_text(text)
-    ok(graphc("train", spec, "--out", "g/*", cwd=tmp_path))
+    ok(graphc("train", spec, "--out", "g/*.npz", cwd=tmp_path))
     ok(graphc("train", spec, "--out", "run[1].npz", cwd=tmp_path))
     assert {n: (tmp_path / n).read_text() for n in bystanders} == bystanders
-    assert load_npz(tmp_path / "g" / "*")["W"].shape == (2, 3)
+    assert load_npz(tmp_path / "g" / "*.npz")["W"].shape == (2, 3)
     assert load_npz(tmp_path / "run[1].npz")["W"].shape == (2, 3)
 
 
@@ -164,8 +167,9 @@ def test_a_second_training_on_a_locked_checkpoint_names_the_holder(tmp_path):
 @pytest.mark.parametrize("cmd,flag,what", WRITERS)
 def test_a_missing_folder_is_a_user_error_found_first(tmp_path, cmd, flag, what):
     spec = tiny_spec(tmp_path) if cmd != "grad" else GRAD_SPEC
-    proc = graphc(cmd, spec, flag, "no/such/out.npz", cwd=tmp_path)
-    refused(proc, f"cannot write {what} no/such/out.npz: there is no folder no/such",
+    out = f"no/such/out{SUFFIX[flag]}"
+    proc = graphc(cmd, spec, flag, out, cwd=tmp_path)
+    refused(proc, f"cannot write {what} {out}: there is no folder no/such",
             "mkdir -p")
     assert proc.stdout == "", "nothing ran before the check"
 
@@ -173,7 +177,7 @@ def test_a_missing_folder_is_a_user_error_found_first(tmp_path, cmd, flag, what)
 def test_a_name_too_long_for_the_file_system_is_found_before_training(tmp_path):
     spec = tiny_spec(tmp_path)
     proc = graphc("train", spec, "--out", "x" * 300 + ".npz", cwd=tmp_path)
-    refused(proc, "cannot write checkpoint", "name too long")
+    refused(proc, "cannot write --out", "name too long")
     assert "epoch" not in proc.stdout
 
 

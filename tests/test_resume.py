@@ -231,7 +231,7 @@ def bad_npz_files(folder) -> dict:
     (folder / "empty.npz").write_bytes(b"")
     (folder / "notzip.npz").write_bytes(b"PK\x03\x04 not a zip archive")
     np.save(folder / "one.npy", np.zeros(3))
-    return {"empty.npz": "cannot read checkpoint .*empty.npz: No data left",
+    return {"empty.npz": "cannot read checkpoint .*empty.npz: it is neither an .npz archive nor an .npy array",
             "notzip.npz": "cannot read checkpoint .*notzip.npz: File is not a zip file",
             "one.npy": "one.npy holds one array, not an .npz archive"}
 
@@ -251,7 +251,7 @@ def test_grad_refuses_an_empty_npz_with_exit_2(tmp_path, flag):
     proc = subprocess.run([sys.executable, "-m", "graphc", "grad", spec.name, flag, "empty.npz"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60, env=ENV)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith("error: cannot read ") and "No data left" in proc.stderr
+    assert proc.stderr.startswith("error: cannot read ") and "it is neither an .npz archive" in proc.stderr
 
 
 # --- real signals ------------------------------------------------------------------------------

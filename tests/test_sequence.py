@@ -65,7 +65,7 @@ def test_embedding_ids_out_of_range_name_the_node(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     line = proc.stderr.strip()
     assert line.startswith("error: ") and len(line.splitlines()) == 1
-    assert "spec.yaml:3:3: node 'ids': label 3 at index [2] is out of range" in line
+    assert "spec.yaml:3:3: node 'ids': id 3 at index [2] is out of range" in line
     assert "'loss/embedding' (embedding) reads it against the 3 rows of 'W'" in line
 
 
@@ -73,7 +73,7 @@ def test_embedding_negative_id_is_refused_not_wrapped(tmp_path):
     # NumPy's take would read row -1 (the last one) without a word
     path = spec_file(tmp_path, EMBED.replace("[2, 0, 2, 2]", "[2, -1, 2, 2]"))
     proc = graphc("grad", path)
-    assert proc.returncode == 2 and "label -1 at index [1] is out of range" in proc.stderr
+    assert proc.returncode == 2 and "id -1 at index [1] is out of range" in proc.stderr
 
 
 def test_float_ids_are_refused(tmp_path):
