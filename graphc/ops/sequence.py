@@ -17,6 +17,7 @@ from .. import shapes as S
 from .record import REQUIRED, OpDef, attr_shape, grad_of
 
 _BW = {"group": "backward", "elementwise": False}
+IDS = "ids (row indices of the table)"      # what embedding's integer input is, in errors
 
 
 def _embedding(shapes, attrs):
@@ -185,15 +186,14 @@ def _onnx_layer_norm_grad(b, n, g, stats, gamma):
 OPS = (
     OpDef("embedding", 2, _embedding, "embedding(ids, W) = W[ids]: row ids of the table W "
           "[rows, width] (integer ids of any shape -> [..., width]; F.embedding)",
-          labels=(0,), label_range=(1, 0), labels_are="ids (row indices of the table)",
+          labels=(0,), label_range=(1, 0), labels_are=IDS,
           vjp=lambda e, n, g: (None, e("embedding_grad", g, n.inputs[0],
                                        shape=e.shape(n.inputs[1]))),
           formula=lambda a, o, attrs: (None, f"g ↦ g scatter-added at rows {a[0]}"),
           elementwise=False, onnx=lambda b, n, ids, w: b("Gather", w, ids, axis=0)),
     OpDef("embedding_grad", 2, attr_shape, "embedding_grad(g, ids, shape) = zeros(shape) with "
           "g's rows added at ids (repeated ids accumulate)", attrs={"shape": REQUIRED},
-          labels=(1,), labels_are="ids (row indices of the table)", onnx=_onnx_embedding_grad,
-          **_BW),
+          labels=(1,), labels_are=IDS, onnx=_onnx_embedding_grad, **_BW),
     OpDef("scaled_dot_product_attention", 3, _attention,
           "scaled_dot_product_attention(q, k, v, causal=False) = softmax(q kᵀ / sqrt(d) + "
           "mask) v over [..., T, d]; causal masks key j > query i "

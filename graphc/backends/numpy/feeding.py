@@ -51,10 +51,12 @@ def _allocation(arr: np.ndarray) -> np.ndarray:
 
 
 class Binding:
-    """The names of one input's buffer and its views in the step code's namespace."""
+    """The names of input `name`'s buffer and its views in the step code's namespace, and
+    its entry in the backend's `values`: both point at the buffer, or at a bound array."""
 
-    def __init__(self, buffer: np.ndarray, namespace: dict):
-        self.buffer, self.namespace = buffer, namespace
+    def __init__(self, name: str, values: dict, namespace: dict):
+        self.name, self.values, self.namespace = name, values, namespace
+        self.buffer = buffer = values[name]
         start = buffer.ctypes.data
         self.own = {k: v for k, v in namespace.items()
                     if isinstance(v, np.ndarray) and np.may_share_memory(v, buffer)}
@@ -77,12 +79,13 @@ class Binding:
             view = np.ndarray(shape, dtype, buffer=arr, offset=offset, strides=strides)
             view.flags.writeable = False
             ns[k] = view
-        self.bound = arr
+        self.bound = self.values[self.name] = arr
 
     def release(self) -> None:
+        """Point the names and the value back at the buffer (nothing when they are)."""
         if self.bound is not None:
             self.namespace.update(self.own)
-            self.bound = None
+            self.values[self.name], self.bound = self.buffer, None
 
 
 class Feeding:
@@ -100,7 +103,7 @@ class Feeding:
         them by name (`by_arguments`), where they overlap no memory it may write: any
         array it or the backend holds but the input buffers (each allocation checked
         once, by its base array)."""
-        self.bindings = {n: Binding(self.values[n], namespace) for n in self.own
+        self.bindings = {n: Binding(n, self.values, namespace) for n in self.own
                          if all(map(by_arguments, readers.get(n, ())))}
         fed = {id(v) for b in self.bindings.values() for v in b.own.values()}
         arrays = [v for v in [*namespace.values(), *self.values.values()]
@@ -110,10 +113,8 @@ class Feeding:
     def release(self, names) -> None:
         """Point the step code back at the buffers of `names` (before writing them)."""
         for name in names:
-            binding = self.bindings.get(name)
-            if binding is not None and binding.bound is not None:
-                binding.release()
-                self.values[name] = binding.buffer
+            if name in self.bindings:
+                self.bindings[name].release()
 
     def feed(self, feeds: Mapping[str, np.ndarray]) -> None:
         """Copy each fed array into its input's buffer."""
@@ -126,7 +127,7 @@ class Feeding:
         path: Model.step, every command's forward)."""
         self.release(names)
         entries = tuple((name, self.values[name], self.bindings.get(name)) for name in names)
-        copyto, values, written = np.copyto, self.values, self.written
+        copyto, written = np.copyto, self.written
 
         def feed(feeds: Mapping[str, np.ndarray]) -> None:
             for name, buffer, binding in entries:
@@ -136,10 +137,7 @@ class Feeding:
                         continue
                     if binding.readable(arr, written):
                         binding.bind(arr)
-                        values[name] = arr
                         continue
-                    if binding.bound is not None:
-                        binding.release()
-                        values[name] = buffer
+                    binding.release()
                 copyto(buffer, arr, casting="same_kind")
         return feed
