@@ -20,7 +20,8 @@ others', `calls` the kernel calls per step of each. jax.jit and PyTorch eager ru
 same step when they import (benchmarks/frameworks.py), on one thread too, each in a
 child process of its own next to the hand-written step (their ratio is measured there,
 in the same run): loaded into this process, their thread pools slowed NumPy's matmuls
-here by 2-4x.
+here by 2-4x. jax's child times graphc's fused step too, so `fused/jax` is a ratio of one
+run, not of two ratios to NumPy taken minutes apart.
 """
 from __future__ import annotations
 
@@ -142,39 +143,51 @@ def bench_model(name: str, reps: int, seconds: float, workdir: Path, paths,
     result = row(name, sizes, batch, reps, times, steps[default].plan(batch), default,
                  kernel_calls)
     for framework in (BUILDERS if frameworks else ()):
-        ratio = framework_ratio(name, framework, reps, seconds)
+        ratio = framework_ratio(name, framework, reps, seconds,
+                                "fused" in paths and framework == "jax.jit")
         if ratio is not None:
-            result["over_numpy"][framework] = ratio
+            result["over_numpy"][framework] = ratio["over_numpy"]
+            if ratio["fused_over"] is not None:
+                result["fused_over"][framework] = ratio["fused_over"]
     return result
 
 
-def framework_ratio(name: str, framework: str, reps: int, seconds: float):
-    """framework / hand-written NumPy, median over reps, measured in a child process
+def framework_ratio(name: str, framework: str, reps: int, seconds: float, fused: bool):
+    """{"over_numpy": framework / hand-written NumPy, "fused_over": graphc's fused step /
+    framework (None without numba)}, medians over reps measured in one child process
     (`--contender`), or None when the framework does not import there."""
     done = subprocess.run([sys.executable, os.path.abspath(__file__), "--models", name,
                            "--contender", framework, "--reps", str(reps),
-                           "--seconds", str(seconds)], capture_output=True, text=True)
+                           "--seconds", str(seconds)] + ([] if fused else ["--paths", "generated"]),
+                          capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the {framework} contender failed:\n{done.stderr}")
-    return json.loads(done.stdout)["over_numpy"]
+    result = json.loads(done.stdout)
+    return None if result["over_numpy"] is None else result
 
 
-def contender(name: str, framework: str, reps: int, seconds: float) -> dict:
-    """{"over_numpy": framework / hand-written NumPy} on model `name`, or None as the
+def contender(name: str, framework: str, reps: int, seconds: float, fused: bool) -> dict:
+    """{"over_numpy": framework / hand-written NumPy, "fused_over": graphc's fused step /
+    framework}, timed in one run (fused: where numba imports, else None), or None as the
     ratio when the framework does not import; the --contender child runs this."""
     sizes, batch = LADDER[name]
+    feeds = batch_of(sizes, batch)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"mlp_{name}.yaml"
         path.write_text(mlp_spec(name, sizes))
         weights, biases = build_graphc(path).params(len(sizes) - 1)
-    feeds = batch_of(sizes, batch)
+        graphc_fused = build_graphc(path, "fused") if fused else None
     hand = HandwrittenMLP(weights, biases, batch, LR)
     step = BUILDERS[framework](weights, biases, LR, feeds["x"], feeds["y"])
     if step is None:
-        return {"over_numpy": None}
-    times, _ = timed({"numpy": lambda: hand.step(feeds["x"], feeds["y"]), framework: step},
-                     reps, seconds)
-    return {"over_numpy": float(np.median(times[framework]) / np.median(times["numpy"]))}
+        return {"over_numpy": None, "fused_over": None}
+    calls = {"numpy": lambda: hand.step(feeds["x"], feeds["y"]), framework: step}
+    if graphc_fused is not None:
+        calls["fused"] = lambda: graphc_fused.run(feeds)
+    times, _ = timed(calls, reps, seconds)
+    median = {n: float(np.median(t)) for n, t in times.items()}
+    return {"over_numpy": median[framework] / median["numpy"],
+            "fused_over": median["fused"] / median[framework] if "fused" in median else None}
 
 
 def row(name, sizes, batch, reps, times, plan, default, kernel_calls) -> dict:
@@ -189,6 +202,7 @@ def row(name, sizes, batch, reps, times, plan, default, kernel_calls) -> dict:
         "graphc_over_numpy_p10": us[default][1] / us["numpy"][1],
         "numpy_over_floor": us["numpy"][0] / us["floor"][0],
         "over_numpy": {n: us[n][0] / us["numpy"][0] for n in us if n not in ("numpy", "floor")},
+        "fused_over": {},       # framework -> fused / framework, timed together (contender)
         "us": {n: us[n][0] for n in us},
         "kernel_calls": kernel_calls,
         "naive_bytes": getattr(plan, "naive_bytes", None),
@@ -203,7 +217,8 @@ def _mib(nbytes) -> str:
 
 def table(rows) -> str:
     head = ("model", "batch", "graphc us/step (p10)", "numpy us/step (p10)",
-            "graphc/numpy (p10)", "ref/np", "fused/np", "jax/np", "torch/np", "calls r/g/f",
+            "graphc/numpy (p10)", "ref/np", "fused/np", "jax/np", "torch/np", "fused/jax",
+            "calls r/g/f",
             "floor us", "numpy/floor", "naive MiB", "bound MiB", "arena MiB", "naive/arena")
     lines = [head]
     for r in rows:
@@ -216,6 +231,7 @@ def table(rows) -> str:
             f"{r['graphc_over_numpy']:.2f} ({r['graphc_over_numpy_p10']:.2f})",
             *(f"{ratio[n]:.2f}" if n in ratio else "-"
               for n in ("reference", "fused", "jax.jit", "torch")),
+            f"{r['fused_over']['jax.jit']:.2f}" if "jax.jit" in r["fused_over"] else "-",
             "/".join(str(r["kernel_calls"].get(c, "-")) for c in ("reference", "generated",
                                                                    "fused")),
             f"{r['floor_us']:.1f}",
@@ -245,7 +261,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.contender:
-        print(json.dumps(contender(args.models[0], args.contender, args.reps, args.seconds)))
+        print(json.dumps(contender(args.models[0], args.contender, args.reps, args.seconds,
+                                   "fused" in available_paths(args.paths))))
         return 0
     paths = available_paths(args.paths)
     return run_models(args, lambda name, workdir: bench_model(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import tracemalloc
 from pathlib import Path
 
@@ -200,7 +201,29 @@ def test_bench_times_every_step_code_and_counts_its_kernel_calls():
     text = run_bench("--models", "tiny", "--reps", "3", "--paths", "reference,generated")
     head, cells = text.stdout.splitlines()[-2:]
     assert "ref/np" in head and "fused/np" in head and "calls r/g/f" in head
-    assert cells.split()[9:13] == ["-", "-", "-", f"{calls['reference']}/{calls['generated']}/-"]
+    assert "fused/jax" in head
+    assert cells.split()[9:14] == ["-", "-", "-", "-",
+                                   f"{calls['reference']}/{calls['generated']}/-"]
+
+
+def test_the_jax_child_times_graphcs_fused_step_in_its_own_run(monkeypatch):
+    """`fused/jax` is one run's ratio: the contender times the framework, the hand-written
+    step and graphc's fused step together (a stand-in framework here: tests never import
+    jax): a framework twice as slow as the fused step shows as about 0.5."""
+    pytest.importorskip("numba", reason="the fused column needs graphc[numba]")
+    sizes, batch = bench_mlp.LADDER["tiny"]
+
+    def twice_the_fused_step(weights, biases, lr, x, y):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "twin.yaml"
+            path.write_text(bench_mlp.mlp_spec("twin", sizes))
+            twin = bench_mlp.build_graphc(path, "fused")
+        feeds = {"x": x, "y": y}
+        return lambda: (twin.run(feeds), twin.run(feeds))
+    monkeypatch.setitem(bench_mlp.BUILDERS, "twice", twice_the_fused_step)
+    r = bench_mlp.contender("tiny", "twice", 40, 0.0, fused=True)
+    assert 0.3 < r["fused_over"] < 0.8 and r["over_numpy"] > 0
+    assert bench_mlp.contender("tiny", "twice", 3, 0.0, fused=False)["fused_over"] is None
 
 
 def test_bench_rejects_an_unknown_model():
