@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from ...plan import ALIGN, Plan
-from . import conv, fast, kernels, modal, nn, sequence, softmax, updates
+from . import blas, conv, fast, kernels, modal, nn, sequence, softmax, updates
 from .codegen import generate, statements
 from .copies import fold_copies
 from .feeding import Feeding
@@ -88,8 +88,9 @@ class Backend:
     def _bind_all(self, ws: Workspace, steps) -> list:
         with ws.binding():
             calls = [self._bind_step(ws, s) for s in steps]
-            self.runs = fold_copies(updates.flat_updates(steps, calls, self.values, ws),
-                                    self.values, self.buffers)
+            runs = updates.flat_updates(steps, calls, self.values, ws)
+            runs = blas.gemm_updates(runs, self.values, self.buffers)
+            self.runs = fold_copies(runs, self.values, self.buffers)
             return calls
 
     def _bind_step(self, ws: Workspace, step):

@@ -29,14 +29,15 @@ import numpy as np
 def by_arguments(call) -> bool:
     """Whether a bound call reads its arrays through names of the step code: it has
     source text, and every name that is not an array is a number, a module, or a kernel
-    taking arrays as arguments (a NumPy function, a numba kernel), never a closure, a
-    container of views, or an array's bound method (`buffer.dot`), which would hold the
-    buffer itself."""
+    taking arrays as arguments (a NumPy function, a numba kernel, an object that says
+    `reads_arguments`: blas.GemmUpdate), never a closure, a container of views, or an
+    array's bound method (`buffer.dot`), which would hold the buffer itself."""
     return hasattr(call, "text") and all(
         isinstance(obj, _PLAIN) or (type(obj).__module__.startswith("numba")
                                     and not isinstance(getattr(obj, "__self__", None), np.ndarray))
         or (isinstance(obj, types.BuiltinFunctionType)
             and not isinstance(obj.__self__, np.ndarray))
+        or getattr(type(obj), "reads_arguments", False)
         for obj in call.names.values())
 
 
