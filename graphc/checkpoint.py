@@ -210,23 +210,23 @@ def load_params(path, model: Model, arrays: Optional[Mapping] = None) -> None:
 
 def init_from(path, model: Model) -> list:
     """Load the params and state leaves whose name and shape match; returns a note per one
-    left as it was."""
+    left as it was. SpecError, listing why each one did not match, where none does."""
     arrays = read(path)
     params = leaves_of(model)
-    notes, loaded = [], 0
+    misses, loaded = [], 0
     for name, have in params.items():
         if name not in arrays:
-            notes.append(f"'{name}' is not in {path}; it keeps its initializer")
+            misses.append(f"'{name}' is not in {path}")
         elif arrays[name].shape != have.shape:
-            notes.append(f"'{name}' has shape {list(arrays[name].shape)} in {path}, the spec "
-                         f"says {list(have.shape)}; it keeps its initializer")
+            misses.append(f"'{name}' has shape {list(arrays[name].shape)} in {path}, the spec "
+                          f"says {list(have.shape)}")
         else:
             have[...] = entry(arrays, name, path, have.shape, have.dtype)
             loaded += 1
     if not loaded:
         raise SpecError(f"--init-from {path}: no parameter of the spec matches the "
-                        "checkpoint's by name and shape", context=notes)
-    return notes
+                        "checkpoint's by name and shape", context=misses)
+    return [f"{miss}; it keeps its initializer" for miss in misses]
 
 
 def rng_array(state: Mapping) -> np.ndarray:

@@ -33,11 +33,11 @@ def predict(spec, params, inputs, out, as_json, classes, batch_size):
     params and normalization; no labels needed."""
     from .data import apply_stats, n_samples
     from .model import load_model
-    from .outfiles import check_outputs
+    from .outfiles import CSV, NPZ, check_outputs
     from .predict import CHUNK, Predictor, choose_outputs, class_outputs, normalization, \
         read_inputs
     from .evaluation import read_checkpoint
-    check_outputs({"--out": out}, {"--out": (".npz", ".csv")})      # before the work
+    check_outputs({"--out": out}, {"--out": NPZ + CSV})      # before the work
     model = load_model(spec)
     choose_outputs(model)       # a spec with no outputs says so before asking for a checkpoint
     ckpt = checkpoint_or_default(model, params)
@@ -81,8 +81,8 @@ def write_outputs(path: Path, outputs: dict, samples: int, per_sample: bool) -> 
     """.npz: one array per output; .csv: one row per sample, a column per value
     (NAME, or NAME[j] for the j-th of an output's flattened values per sample)."""
     from .checkpoint import write
-    from .outfiles import write_text
-    if path.suffix.lower() == ".npz":
+    from .outfiles import NPZ, write_text
+    if path.suffix.lower() in NPZ:
         write(path, outputs, "--out")
     elif not per_sample:
         raise SpecError(f"--out {path}: the outputs are not one row per sample, so they "

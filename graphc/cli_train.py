@@ -18,7 +18,7 @@ from .cli_common import (MEMORY_BUDGET, SPEC, FiniteFloat, checkpoint_or_default
 @click.option("--epochs", type=click.IntRange(min=1))
 @click.option("--batch-size", type=click.IntRange(min=1))
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True))
-@click.option("--seed", type=int)
+@click.option("--seed", type=click.IntRange(min=0))
 @click.option("--resume", type=click.Path(dir_okay=False, path_type=Path),
               help="Continue the run saved in this checkpoint (same spec and settings); "
                    "--out defaults to it.")

@@ -1,14 +1,16 @@
 """Training data for a spec's `train.data`: built-in datasets, CSV, .npz and .npy files.
 
     load_data(cfg, *, spec_dir, inputs, input_dtypes=None, seed=0, classes=None,
-              mark=None) -> Dataset
+              label_kinds=None, mark=None) -> Dataset
 
 `cfg` is the `train.data` mapping. `inputs` maps each fed input to its declared
 shape (ints, or strings for symbolic dims; dim 0 is the batch dim) and
 `input_dtypes` maps it to a numpy dtype name (float32 where absent). `seed` is the
 spec's seed; a `seed:` in cfg overrides it. `classes` maps a label input to the
-number of classes the graph expects, to check labels against. Every array of the
-result has N samples first, then the input's declared dims, in its declared dtype.
+number of classes the graph expects, to check labels against, and `label_kinds` maps it
+to what its op calls those integers in errors (ops.record.LabelKind: class labels where
+absent, embedding ids). Every array of the result has N samples first, then the input's
+declared dims, in its declared dtype.
 
 Mapping, normalization and splitting rules are in docs/data.md; `batches`,
 `first_batch` and `apply_stats` serve training and eval. The sources themselves are
@@ -28,6 +30,7 @@ from .datasources import (DEFAULT_SAMPLES, LOADERS, Arrays, Raw, generator,
                           key_mark, value_mark)
 from .errors import Mark, SpecError, did_you_mean, short
 from .leaves import misfit, misfit_message
+from .ops.record import CLASS_LABELS, LabelKind
 from .shapes import is_number
 
 __all__ = ["load_data", "Dataset", "batches", "first_batch", "n_samples", "compute_stats",
@@ -62,11 +65,12 @@ class Dataset:
 def load_data(cfg: Mapping, *, spec_dir: Path, inputs: Mapping[str, tuple],
               input_dtypes: Optional[Mapping[str, str]] = None, seed: int = 0,
               classes: Optional[Mapping[str, int]] = None,
+              label_kinds: Optional[Mapping[str, LabelKind]] = None,
               mark: Optional[Mark] = None) -> Dataset:
     """Read `train.data`, fit each array to its input, split off validation, normalize."""
     try:
         return _load(cfg, Path(spec_dir), dict(inputs), dict(input_dtypes or {}), seed,
-                     dict(classes or {}))
+                     dict(classes or {}), dict(label_kinds or {}))
     except SpecError as e:
         if e.mark is not None or mark is None:
             raise
@@ -74,7 +78,8 @@ def load_data(cfg: Mapping, *, spec_dir: Path, inputs: Mapping[str, tuple],
                         context=e.context) from None
 
 
-def _load(cfg, spec_dir: Path, inputs: dict, dtypes: dict, seed: int, classes: dict) -> Dataset:
+def _load(cfg, spec_dir: Path, inputs: dict, dtypes: dict, seed: int, classes: dict,
+          kinds: dict) -> Dataset:
     if not isinstance(cfg, Mapping):
         raise SpecError(f"train.data must be a mapping, got {short(cfg)}",
                         hint="e.g. data: {dataset: spiral, samples: 300}")
@@ -89,8 +94,8 @@ def _load(cfg, spec_dir: Path, inputs: dict, dtypes: dict, seed: int, classes: d
     # both the graph's K and a declared `classes:` hold: labels must fit the smaller
     label_classes = {name: min((k for k in (classes.get(name), raw.n_classes) if k),
                                default=None) for name in inputs}
-    arrays = {name: _fit(name, raw, inputs[name], dtypes[name], label_classes[name])
-              for name in inputs}
+    arrays = {name: _fit(name, raw, inputs[name], dtypes[name], label_classes[name],
+                         kinds.get(name, CLASS_LABELS)) for name in inputs}
     n_samples(arrays)
     train, valid = _split(arrays, cfg, seed)
     stats = compute_stats(train, _normalized_inputs(cfg, dtypes, raw.targets))
@@ -116,7 +121,8 @@ def _what(cfg: Mapping, kind: str) -> str:
 
 # --- fitting arrays to inputs --------------------------------------------------------------
 
-def _fit(name: str, raw: Raw, shape: tuple, dtype: np.dtype, n_classes: Optional[int]):
+def _fit(name: str, raw: Raw, shape: tuple, dtype: np.dtype, n_classes: Optional[int],
+         kind: LabelKind):
     """Check one input's raw array (finite, castable, labels in range), then reshape and cast."""
     arr = raw.arrays[name]
     if len(arr) == 0:
@@ -124,7 +130,7 @@ def _fit(name: str, raw: Raw, shape: tuple, dtype: np.dtype, n_classes: Optional
                         node=name, hint="each row along the first dimension is one sample")
     check_values(name, arr, dtype, raw.where)
     if dtype.kind in "iu" and n_classes is not None:
-        _check_labels(name, arr, n_classes, raw.where)
+        _check_labels(name, arr, n_classes, raw.where, kind, raw.n_classes is not None)
     return _fit_shape(name, arr, tuple(shape), raw.origin[name]).astype(dtype)
 
 
@@ -190,12 +196,15 @@ def label_outside(arr: np.ndarray, n_classes: int) -> Optional[tuple]:
     return tuple(int(i) for i in bad[0]) if len(bad) else None
 
 
-def _check_labels(name: str, arr: np.ndarray, n_classes: int, where) -> None:
+def _check_labels(name: str, arr: np.ndarray, n_classes: int, where, kind: LabelKind,
+                  declared: bool) -> None:
+    """SpecError for the first value outside 0..n_classes-1, in the words of `kind`; the
+    hint names the data's `classes:` where it `declared` one."""
     index = label_outside(arr, n_classes)
     if index is not None:
-        raise SpecError(f"{where(name, index)}: label {arr[index]:g} is out of range for "
-                        f"{n_classes} classes (expected 0..{n_classes - 1})", node=name,
-                        hint="check `classes:` against the model's number of outputs")
+        raise SpecError(f"{where(name, index)}: {kind.out_of_range(f'{arr[index]:g}', n_classes)}",
+                        node=name, hint="check `classes:` against the model's number of "
+                        "outputs" if declared else kind.hint(name))
 
 
 def n_samples(arrays: Mapping[str, np.ndarray]) -> int:

@@ -65,7 +65,7 @@ def load_model(path, seed: Optional[int] = None, dtype: Optional[str] = None,
 def spec_seed(spec: Spec, override: Optional[int] = None) -> int:
     if override is not None:
         if not (S.is_int(override) or isinstance(override, np.integer)) or override < 0:
-            raise SpecError(f"--seed must be a non-negative integer, got {short(override)}")
+            raise SpecError(f"seed must be a non-negative integer, got {short(override)}")
         return int(override)
     seed = spec.train.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -180,12 +180,10 @@ def check_labels(graph: Graph, classes: Mapping, values: Mapping) -> None:
         index = label_outside(arr, k)
         if index is not None:
             op = OPS[graph[reader].op]
-            word, unit = ("label", "classes") if op.label_range == (0, -1) else ("id", "rows")
-            raise SpecError(f"{word} {arr[index]} at index {list(index)} is out of range for "
-                            f"{k} {unit} (expected 0..{k - 1}): '{reader}' "
+            at = f" at index {list(index)}"
+            raise SpecError(f"{op.labels_are.out_of_range(arr[index], k, at)}: '{reader}' "
                             f"({op.name}) reads it against {_read_against(graph, reader)}",
-                            mark=graph[name].mark, node=name,
-                            hint=f"{op.labels_are} count from 0; check the data fed to '{name}'")
+                            mark=graph[name].mark, node=name, hint=op.labels_are.hint(name))
 
 
 def labels_in_range(held: Callable[[str], np.ndarray], fed, classes: Mapping) -> Callable:
@@ -221,11 +219,10 @@ def _unsigned(arr: np.ndarray) -> np.ndarray:
 
 def _read_against(graph: Graph, reader: str) -> str:
     """What a label indexes: "3 class scores", or "the 10 rows of 'W'" (embedding ids)."""
-    source, axis = OPS[graph[reader].op].label_range
+    op = OPS[graph[reader].op]
+    source, axis = op.label_range
     table = graph[graph[reader].inputs[source]]
-    if (source, axis) == (0, -1):
-        return f"{table.shape[-1]} class scores"
-    return f"the {table.shape[axis]} rows of '{table.origin or table.name}'"
+    return op.labels_are.against.format(size=table.shape[axis], table=table.origin or table.name)
 
 
 class Runner:

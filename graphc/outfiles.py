@@ -35,6 +35,7 @@ except ImportError:                 # not POSIX: no advisory locks
 
 # the names of each format graphc writes (docs/cli.md, "Output files")
 NPZ, DOT, SVG, ONNX, YAML = (".npz",), (".dot", ".gv"), (".svg",), (".onnx",), (".yaml", ".yml")
+CSV = (".csv",)
 TEMP_STEM = 100         # characters of the target's name kept in a temp file's name
 KINDS = {stat.S_IFDIR: "a folder", stat.S_IFCHR: "a character device",
          stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO (named pipe)",

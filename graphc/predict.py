@@ -23,7 +23,7 @@ from .errors import SpecError, did_you_mean, short
 from .ir import Graph
 from .model import Model, Runner
 from .evaluation import STATS
-from .trainconfig import fed_label_classes
+from .trainconfig import fed_labels
 
 CHUNK = 1024            # rows per forward pass, as eval's (evaluation.Evaluator)
 CLASS_SUFFIX = ".class"  # `--classes`: the predicted class of output NAME is NAME.class
@@ -126,10 +126,9 @@ def fed_arrays(model: Model, source: Mapping, inputs: Sequence[str]) -> Arrays:
     """The `inputs`' arrays from a `train.data`-style source ({npz: ...}, {arrays: ...}),
     checked and fitted as training data is (shapes, dtypes, finite values, label range)."""
     graph = model.graph
-    classes = {k: v for k, v in fed_label_classes(model).items() if k in inputs}
     data = load_data(source, spec_dir=Path.cwd(), inputs={n: graph[n].shape for n in inputs},
                      input_dtypes={n: graph[n].dtype for n in inputs}, seed=0,
-                     classes=classes)
+                     **fed_labels(model, inputs))
     if inputs and n_samples(data.train) == 0:
         raise SpecError("the inputs hold no samples", node=inputs[0])
     return data.train

@@ -10,11 +10,14 @@ import numbers
 from dataclasses import dataclass, replace
 from typing import Mapping, Optional
 
+import numpy as np
+
 from . import shapes as S
 from .data import apply_stats, load_data
 from .errors import SpecError, did_you_mean, short
 from .metrics import EarlyStoppingConfig, parse_early_stopping, parse_metrics
 from .model import Model, label_classes, spec_seed
+from .ops import OPS
 from .plan import batch_dims
 from .remat import NONE, MemoryPolicy, Remat, parse_memory, remat_plan
 from .shapes import is_number
@@ -43,11 +46,15 @@ class TrainConfig:
 
 
 def _positive_int(raw: Mapping, key: str, default: int, override=None) -> int:
-    value = override if override is not None else raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SpecError(f"train.{key} must be a positive integer, got {short(value)}",
-                        mark=raw.mark_of(key) if override is None else None)
-    return value
+    """`train.KEY` (else `default`), or the `override` a caller passed as `KEY=`, which an
+    error then names: fit(epochs=0) says epochs, where the command line's range check
+    speaks first."""
+    given = override is not None
+    value = override if given else raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise SpecError(f"{key if given else 'train.' + key} must be a positive integer, got "
+                        f"{short(value)}", mark=None if given else raw.mark_of(key))
+    return int(value)
 
 
 def parse_train(model: Model, epochs=None, batch_size=None, lr=None, seed=None,
@@ -159,11 +166,15 @@ def training_remat(model: Model, batch_size=None, reuse: bool = True, dims=None,
     return replace(step, graph=remat.graph), remat
 
 
-def fed_label_classes(model: Model) -> dict:
-    """Fed label input -> the number of classes the graph expects (the scores' last axis),
-    for every op that takes class labels."""
-    fed = model.fed_inputs
-    return {name: k for name, (k, _) in label_classes(model.graph).items() if name in fed}
+def fed_labels(model: Model, inputs=None) -> dict:
+    """load_data's `classes` and `label_kinds` for the fed label inputs (those of `inputs`
+    where given): the count the graph reads each against (the scores' last axis, the
+    embedding table's rows), and what its op calls them (class labels, ids)."""
+    fed = model.fed_inputs if inputs is None else inputs
+    found = {name: v for name, v in label_classes(model.graph).items() if name in fed}
+    return {"classes": {name: k for name, (k, _) in found.items()},
+            "label_kinds": {name: OPS[model.graph[reader].op].labels_are
+                            for name, (_, reader) in found.items()}}
 
 
 def load_dataset(model: Model, cfg: TrainConfig, stats=None):
@@ -171,14 +182,13 @@ def load_dataset(model: Model, cfg: TrainConfig, stats=None):
     normalization statistics computed on this data."""
     graph = model.graph
     fed = model.fed_inputs
-    classes = fed_label_classes(model)
     cfg_data = cfg.data
     if stats and isinstance(cfg_data, Mapping) and cfg_data.get("normalize"):
         cfg_data = without(cfg_data, ("normalize",))
     data = load_data(cfg_data, spec_dir=model.spec.path.parent,
                      inputs={n: graph[n].shape for n in fed},
                      input_dtypes={n: graph[n].dtype for n in fed}, seed=cfg.seed,
-                     classes=classes, mark=model.spec.train.mark_of("data"))
+                     mark=model.spec.train.mark_of("data"), **fed_labels(model))
     if cfg_data is cfg.data:
         return data
     valid = None if data.valid is None else apply_stats(data.valid, stats)

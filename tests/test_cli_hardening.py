@@ -157,7 +157,7 @@ def test_the_api_refuses_bad_arguments_with_graphcs_own_error(spiral, call, says
 
 
 def test_the_api_seed_must_be_a_whole_number():
-    with pytest.raises(SpecError, match="--seed must be a non-negative integer, got 'a'"):
+    with pytest.raises(SpecError, match="^seed must be a non-negative integer, got 'a'"):
         graphc.load(SPIRAL, seed="a")
 
 

@@ -40,6 +40,31 @@ MODES = ("train", "eval")   # the plans one spec compiles to (docs/design.md#mod
 
 
 @dataclass(frozen=True)
+class LabelKind:
+    """What an op's integer input holds, in every error about it: `plural` (its str():
+    "input 2 must be integer class labels"), `one` and `unit` ("label 5 is out of range
+    for 3 classes"), and `against`, what one indexes ("3 class scores"; a format of
+    {size}, and {table}, the name of what it indexes)."""
+    plural: str
+    one: str
+    unit: str
+    against: str
+
+    def __str__(self) -> str:
+        return self.plural
+
+    def out_of_range(self, value, k: int, at: str = "") -> str:
+        """"label 5 at index [2] is out of range for 3 classes (expected 0..2)"."""
+        return f"{self.one} {value}{at} is out of range for {k} {self.unit} (expected 0..{k - 1})"
+
+    def hint(self, name: str) -> str:
+        return f"{self.plural} count from 0; check the data fed to '{name}'"
+
+
+CLASS_LABELS = LabelKind("class labels", "label", "classes", "{size} class scores")
+
+
+@dataclass(frozen=True)
 class OpDef:
     """One op. `infer(input_shapes, attrs) -> shape`; `arity` None means variadic.
 
@@ -58,7 +83,7 @@ class OpDef:
     elementwise: Optional[bool] = None      # computed ops: the in-place permission
     mutates: tuple = ()                     # update ops: input positions written in place
     labels: tuple = ()                      # input positions that take integer class labels
-    labels_are: str = "class labels"        # what those integers are, in error messages
+    labels_are: LabelKind = CLASS_LABELS    # what those integers are, in error messages
     label_range: tuple = (0, -1)            # (input, axis) whose size the labels index:
                                             # 0..size-1 (class scores' last axis by default)
     layer_init: Optional[str] = None        # activations: the init dense picks for its W

@@ -14,10 +14,11 @@ from __future__ import annotations
 import math
 
 from .. import shapes as S
-from .record import REQUIRED, OpDef, attr_shape, grad_of
+from .record import REQUIRED, LabelKind, OpDef, attr_shape, grad_of
 
 _BW = {"group": "backward", "elementwise": False}
-IDS = "ids (row indices of the table)"      # what embedding's integer input is, in errors
+IDS = LabelKind("ids (row indices of the table)", "id", "rows",     # embedding's integers
+                "the {size} rows of '{table}'")
 
 
 def _embedding(shapes, attrs):

@@ -1,0 +1,170 @@
+"""User mistakes met by an audit of every command and of the Python API: each gets one
+`error:` line (exit 2) that says what the user gave and what was expected, in the words
+of the thing they gave it to; the API raises the same message as a SpecError.
+
+Oracles: hand-sized specs (a 3-row embedding table, a 2-class linear model) whose bad
+values are chosen by hand, the messages' words, and the files a refused run leaves.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import graphc  # noqa: E402
+from graphc.errors import SpecError  # noqa: E402
+from test_cli import SPECS, graphc as run, ok  # noqa: E402
+from test_cli_hardening import one_error  # noqa: E402
+
+LECTURE = SPECS / "lecture_cs231n_add_mul.yaml"
+
+# a 3-row table read by ids; t is a float target, so the ids are the only integers
+TABLE = """\
+name: table
+inputs:
+  ids: {shape: [batch], dtype: int64}
+  t: [batch, 2]
+params:
+  E: [3, 2]
+nodes:
+  e: embedding(ids, E)
+  loss: mean((e - t) * (e - t))
+outputs: [e]
+train:
+  data: {npz: data.npz}
+  batch_size: 2
+  epochs: 1
+  optimizer: {sgd: {lr: 0.1}}
+"""
+
+# two classes: labels 0 and 1, scores [batch, 2]
+CLASSES = """\
+name: two
+inputs:
+  x: [batch, 2]
+  y: {shape: [batch], dtype: int64}
+params:
+  W: [2, 2]
+nodes:
+  scores: x @ W
+  loss: softmax_cross_entropy(scores, y)
+outputs: [scores]
+train:
+  data: {npz: data.npz}
+  batch_size: 2
+  epochs: 1
+  optimizer: {sgd: {lr: 0.1}}
+"""
+
+
+def write(tmp_path: Path, text: str, **arrays) -> Path:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    np.savez(tmp_path / "data.npz", **arrays)
+    return spec
+
+
+@pytest.fixture
+def table(tmp_path):
+    """The table spec, trained for one epoch on good ids (checkpoint table.ckpt.npz)."""
+    spec = write(tmp_path, TABLE, ids=np.array([0, 1, 2, 2]), t=np.zeros((4, 2)))
+    ok(run("train", spec, "--out", "table.ckpt.npz", cwd=tmp_path))
+    return spec
+
+
+# --- ids and labels: the op's own words, on every path ------------------------------------
+
+def test_an_embedding_id_out_of_range_in_training_data_speaks_of_ids(tmp_path):
+    # before: "label 5 is out of range for 3 classes ...; check `classes:` ..."
+    spec = write(tmp_path, TABLE, ids=np.array([0, 1, 5, 2]), t=np.zeros((4, 2)))
+    line = one_error(run("train", spec, cwd=tmp_path))
+    assert "data.npz array 'ids' at index 2: id 5 is out of range for 3 rows " \
+           "(expected 0..2); ids (row indices of the table) count from 0" in line
+    assert "label" not in line and "class" not in line
+
+
+def test_an_embedding_id_out_of_range_in_predict_inputs_speaks_of_ids(table, tmp_path):
+    np.savez(tmp_path / "new.npz", ids=np.array([0, 1, 5]))
+    line = one_error(run("predict", table, "--params", "table.ckpt.npz",
+                         "--inputs", "new.npz", cwd=tmp_path))
+    assert "new.npz array 'ids' at index 2: id 5 is out of range for 3 rows" in line
+    assert "label" not in line and "class" not in line
+
+
+def test_the_api_says_id_for_an_embedding_id_out_of_range(tmp_path):
+    spec = write(tmp_path, TABLE, ids=np.array([0]), t=np.zeros((1, 2)))
+    model = graphc.load(spec)
+    with pytest.raises(SpecError, match="id 7 is out of range for 3 rows") as err:
+        model.grad({"ids": np.array([0, 7]), "t": np.zeros((2, 2))})
+    assert "label" not in str(err.value)
+
+
+def test_a_label_out_of_range_in_a_file_without_classes_hints_at_the_data(tmp_path):
+    """An .npz has no `classes:` to check: the hint points at the data fed to 'y'."""
+    spec = write(tmp_path, CLASSES, x=np.zeros((3, 2)), y=np.array([0, 2, 1]))
+    line = one_error(run("train", spec, cwd=tmp_path))
+    assert "data.npz array 'y' at index 1: label 2 is out of range for 2 classes " \
+           "(expected 0..1); class labels count from 0; check the data fed to 'y'" in line
+
+
+def test_the_model_and_the_data_paths_word_an_id_alike(tmp_path):
+    """`grad --inputs` checks ids on the model's path, `train` on the data's path: both
+    say id and rows (one LabelKind carries the words)."""
+    spec = write(tmp_path, TABLE, ids=np.array([0, 1, 5, 2]), t=np.zeros((4, 2)))
+    by_model = one_error(run("grad", spec, "--inputs", "data.npz", cwd=tmp_path))
+    by_data = one_error(run("train", spec, cwd=tmp_path))
+    for line in (by_model, by_data):
+        assert "id 5" in line and "is out of range for 3 rows (expected 0..2)" in line
+        assert "ids (row indices of the table) count from 0; check the data fed to 'ids'" \
+            in line
+
+
+# --- --init-from: an error is no warning ---------------------------------------------------
+
+def test_init_from_with_nothing_matching_lists_why_without_promising_training(tmp_path):
+    spec = write(tmp_path, TABLE, ids=np.array([0, 1]), t=np.zeros((2, 2)))
+    np.savez(tmp_path / "other.npz", E=np.zeros((4, 4)))
+    proc = run("train", spec, "--init-from", "other.npz", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "error: --init-from other.npz: no parameter of the spec matches the checkpoint's "
+        "by name and shape",
+        "  'E' has shape [4, 4] in other.npz, the spec says [3, 2]"]
+
+
+# --- the API names the argument the user passed ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("two")
+    return graphc.load(write(folder, CLASSES, x=np.eye(2), y=np.array([0, 1])))
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    ({"epochs": 0}, "epochs must be a positive integer, got 0"),
+    ({"epochs": 1.5}, "epochs must be a positive integer, got 1.5"),
+    ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+    ({"seed": -1}, "seed must be a non-negative integer, got -1"),
+])
+def test_fit_names_the_keyword_it_was_given(two, kwargs, says):
+    # before: "train.epochs must ..." (the spec's key) and "--seed must ..." (a CLI flag)
+    with pytest.raises(SpecError) as err:
+        two.fit(**kwargs)
+    assert str(err.value) == says
+
+
+def test_fit_takes_numpy_integers_for_counts(two):
+    # before: "train.epochs must be a positive integer, got 1" for np.int64(1)
+    result = two.fit(epochs=np.int64(1), batch_size=np.int64(2), log=lambda e: None)
+    assert result.epochs == 1
+
+
+def test_a_negative_seed_on_the_command_line_is_clicks_range_error(tmp_path):
+    line = one_error(run("train", LECTURE, "--seed", "-1", cwd=tmp_path))
+    assert line == "error: Invalid value for '--seed': -1 is not in the range x>=0. " \
+                   "(see `graphc train --help`)"
+    assert list(tmp_path.iterdir()) == []
