@@ -34,7 +34,7 @@ from typing import Optional
 import numpy as np
 
 from .bind import source
-from .copies import reader_counts
+from .copies import merged_pairs, reader_counts
 
 GEMM_UPDATE_BYTES = 256 * 1024      # smaller weights: NumPy's three calls, as before
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112      # CBLAS's enums
@@ -157,13 +157,7 @@ def gemm_updates(runs, values, buffers) -> list:
     """`runs` ((steps, call) pairs in order) with each weight gradient's GEMM and its
     plain-SGD update that `_fused` accepts run as one call."""
     readers = reader_counts(runs)
-    out, i = [], 0
-    while i < len(runs):
-        pair = runs[i:i + 2]
-        run = _fused(pair, values, buffers, readers) if len(pair) == 2 else None
-        out.append(run or runs[i])
-        i += 2 if run else 1
-    return out
+    return merged_pairs(runs, lambda pair: _fused(pair, values, buffers, readers))
 
 
 def _fused(pair, values, buffers, readers) -> Optional[tuple]:

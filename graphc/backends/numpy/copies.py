@@ -24,10 +24,16 @@ def fold_copies(runs, values, buffers) -> list:
     """`runs` ((steps, call) pairs in order) with each reshape-then-transpose or
     transpose-then-reshape pair that `_folded` accepts run as one copy."""
     readers = reader_counts(runs)
+    return merged_pairs(runs, lambda pair: _folded(pair, values, buffers, readers))
+
+
+def merged_pairs(runs, merge) -> list:
+    """`runs` with each two runs in a row that `merge(pair)` makes one run (else None)
+    replaced by it, left to right."""
     out, i = [], 0
     while i < len(runs):
         pair = runs[i:i + 2]
-        run = _folded(pair, values, buffers, readers) if len(pair) == 2 else None
+        run = merge(pair) if len(pair) == 2 else None
         out.append(run or runs[i])
         i += 2 if run else 1
     return out
