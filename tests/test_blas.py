@@ -66,7 +66,7 @@ def test_the_fused_update_gives_the_reference_bits(tmp_path, batch):
     a_shape, b_shape = (256, batch), (batch, 512)
     assert ("gemm_update(" in source) == blas.same_bits((a_shape, b_shape), ("F", "C"),
                                                   np.dtype(np.float32))
-    if batch <= 256:       # one block on every BLAS kernel we know of
+    if batch <= 64:        # one block on every OpenBLAS kernel tried (Prescott: < 256)
         assert source.count("gemm_update(") == 1      # W1 only: W2 (20 KiB) stays as it was
 
 

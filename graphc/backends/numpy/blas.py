@@ -11,7 +11,8 @@ Numbers and the guard are unchanged:
 - The fused call is used only where, at bind time, it gave bit for bit what NumPy's
   `a.dot(g, d)` then `np.subtract(w, d, out=w)` give, on arrays of the same shapes,
   dtype and layouts (`same_bits`): one BLAS block over the batch axis (OpenBLAS's
-  SkylakeX kernel: up to 384 rows), the subtraction then happens once per element.
+  SkylakeX kernel: up to 384 rows, Prescott's under 256), where w is added once per
+  element, as the subtraction did.
 - The update runs exactly when the unfused guard (`d . d` finite in the dtype) would let
   it. Before the call, `a . a * g . g` (two dot products over the operands, not over d)
   bounds d: d . d = ||d||_F^2 <= ||a||_F^2 ||g||_F^2 (Cauchy-Schwarz), so when 4 times
