@@ -102,7 +102,7 @@ def pack(store: dict, names: list, align: int = ALIGN) -> None:
     """Replace the store's arrays of `names` (values kept) by views of one new array, in
     that order, each starting `align` bytes (plan.aligned) after the one before, as the
     planner lays gradients side by side: an optimizer then updates every param and state
-    with one NumPy call per operation (backends/numpy/updates.flat_updates). Zeros pad
+    with one NumPy call per operation (backends/numpy/flat.flat_updates). Zeros pad
     the gaps. Arrays of mixed dtypes are left as they are."""
     arrays = [store[n] for n in names]
     if len({a.dtype for a in arrays}) != 1:

@@ -14,7 +14,7 @@ the learning rate instead of 1, so every gradient arrives scaled and each update
 is one subtract. Each update runs as soon as its gradient is complete (gradient
 buffers die early); the NumPy backend's generated code defers the other
 optimizers' arithmetic to the last update, one update over flat views of all
-params (backends/numpy/updates.flat_updates). Optimizer state leaves
+params (backends/numpy/flat.flat_updates). Optimizer state leaves
 (`<param>.velocity`, `.m`, ...) start at zero; the learning rate is the `hyper` leaf `opt:lr`, set by the
 trainer each epoch, so a schedule needs no recompile.
 """

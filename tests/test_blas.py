@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(blas.cblas_gemm(np.dtype(np.float32)) is None,
 
 def wide(hidden: int = 512) -> str:
     """x [batch, 256] -> relu -> [hidden] -> 10 classes: W1 is 256 x hidden (512 KiB at
-    512, past updates.FLAT_SGD_BYTES: each param updates on its own; at 256 every param
+    512, past flat.FLAT_SGD_BYTES: each param updates on its own; at 256 every param
     fits one flat update)."""
     return ("inputs: {x: [batch, 256], y: {shape: [batch], dtype: int64}}\n"
             f"params:\n  W1: {{shape: [256, {hidden}], init: he_normal}}\n  b1: [{hidden}]\n"
@@ -71,7 +71,7 @@ def test_the_fused_update_gives_the_reference_bits(tmp_path, batch):
 
 
 def test_a_flat_update_of_every_param_is_never_taken_for_one_params_own(tmp_path):
-    """Params that fit one flat update (updates._flat_sgd): W1's update step is the update
+    """Params that fit one flat update (flat._flat_sgd): W1's update step is the update
     of every param, so fusing it with W1's GEMM would skip the others'. The first version
     did, and b1, W2 and b2 came out wrong after one step."""
     feeds = wide_batches(2, 64)

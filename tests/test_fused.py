@@ -195,7 +195,7 @@ def test_bias_and_relu_fuse_only_when_the_relu_reads_the_sum_alone(tmp_path):
 
 def test_fused_plain_sgd_keeps_the_one_flat_update(tmp_path):
     """Plain SGD's four updates stay one check and one subtraction over the stashed
-    gradients (updates._flat_sgd), not four fused per-param loops."""
+    gradients (flat._flat_sgd), not four fused per-param loops."""
     tiny = tmp_path / "tiny.yaml"
     tiny.write_text(mlp_spec("tiny", [2, 100, 3]))
     source = emitted(tiny)

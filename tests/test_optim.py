@@ -306,7 +306,7 @@ PLAIN_FLAT = ("if math.isfinite(g.dot(g)):\n    np.subtract(w, g, out=w)\nelse:\
 
 def flat_calls(runs) -> dict:
     """update step -> what its generated call does, in plan order: its gradient's copy to
-    the stash, or that and then the flat update of every param (updates.flat_updates)."""
+    the stash, or that and then the flat update of every param (flat.flat_updates)."""
     kinds = {"np.copyto(stashed, g)": "copy",
              "copy()\nflat_update()": "copy, then the flat update",
              "pass": "nothing", PLAIN_FLAT: "the flat update"}

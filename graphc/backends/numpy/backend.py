@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from ...plan import ALIGN, Plan
-from . import blas, conv, fast, kernels, modal, nn, sequence, softmax, updates
+from . import blas, conv, fast, flat, kernels, modal, nn, sequence, softmax, updates
 from .codegen import generate, statements
 from .copies import fold_copies
 from .feeding import Feeding
@@ -71,7 +71,7 @@ class Backend:
         for b in plan.buffers.values():
             self.values[b.value] = np.ndarray(b.shape, dtype=b.dtype, buffer=self.arena,
                                               offset=base + b.offset)
-        updates.stash_gradients(plan.steps, self.values, plan.buffers)   # plain SGD's
+        flat.stash_gradients(plan.steps, self.values, plan.buffers)
         self.buffers = plan.buffers
         self.workspace = Workspace(0)
         self.runs: list = []                   # (steps, call) of the bound steps
@@ -88,7 +88,7 @@ class Backend:
     def _bind_all(self, ws: Workspace, steps) -> list:
         with ws.binding():
             calls = [self._bind_step(ws, s) for s in steps]
-            runs = updates.flat_updates(steps, calls, self.values, ws)
+            runs = flat.flat_updates(steps, calls, self.values, ws)
             runs = blas.gemm_updates(runs, self.values, self.buffers)
             self.runs = fold_copies(runs, self.values, self.buffers)
             return calls
@@ -107,7 +107,7 @@ class Backend:
         (copies.py, folded in `self.runs`)."""
         runs = [((s,), c) for s, c in zip(steps, calls)]
         if [s for run, _ in self.runs for s in run] == list(steps):
-            runs = self.runs        # with flat updates (updates.flat_updates), folded copies
+            runs = self.runs        # with flat updates (flat.flat_updates), folded copies
             if fuse:    # keeps plain SGD's flat update and the folded copies; the other
                 own = {id(s): c for s, c in zip(steps, calls)}    # updates fuse per param
                 runs = [(run, f if len(run) > 1 or getattr(f, "flat", False)

@@ -178,7 +178,7 @@ def _fused(pair, values, buffers, readers) -> Optional[tuple]:
         return None
     a, b, w = gemm.names["a"], gemm.names["b"], values[second.inputs[0]]
     if update.names.get("w") is not w or update.names.get("g") is not gemm.names["out"]:
-        return None         # a flat update of many params (updates._flat_sgd), not w's own
+        return None         # a flat update of many params (flat._flat_sgd), not w's own
     if w.nbytes < GEMM_UPDATE_BYTES or not all(_blasable(x, w.dtype) for x in (a, b, w)) or \
             not w.flags.c_contiguous or w.shape != (a.shape[0], b.shape[1]) or \
             np.may_share_memory(w, a) or np.may_share_memory(w, b) or \

@@ -16,7 +16,7 @@ matches; everything else, matmuls included (they stay on BLAS), runs as generate
 | im2col, col2im, max pooling, conv + relu | fused_conv.py       | bit for bit             |
 | gelu, layer_norm and their gradients    | fused_seq.py         | gelu: bit for bit       |
 
-[1] Where updates._flat_sgd made the plain SGD updates one flat update (small params),
+[1] Where flat._flat_sgd made the plain SGD updates one flat update (small params),
 it stays: one dot and one subtraction beat a numba loop per param.
 
 numba's exp is the C library's, NumPy's a SIMD one: they differ in the last bit for some
@@ -243,7 +243,7 @@ def _relu_grad(runs, i, facts):
 def _sgd(runs, i, facts):
     (step,), call = runs[i]
     if step.op != "sgd" or not step.attrs.get("folded") or step.attrs.get("max_norm") \
-            or getattr(call, "flat", False):      # one flat update already (updates._flat_sgd)
+            or getattr(call, "flat", False):      # one flat update already (flat._flat_sgd)
         return None
     w, g, guard = (facts.values[n] for n in step.inputs[:3])
     if not (_floats(w, g) and w.shape == g.shape):
