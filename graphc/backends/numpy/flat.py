@@ -58,18 +58,22 @@ FLAT_SGD_BYTES = 512 * 1024     # larger params: each update while its gradient 
 
 
 def stash_gradients(steps, values: dict, buffers) -> None:
-    """Plain SGD with the learning rate folded in (no clipping): where the params lie side
-    by side (model.pack), take at most FLAT_SGD_BYTES, and each gradient is a planned
-    value only its update reads, the gradients are placed in a stash laid out as the
-    params, outside the arena (their arena bytes stay unused), so that one check and one
-    subtraction update every param (`_flat_sgd`): on small params the calls, not the
-    bytes, are the cost. Call before binding: `values` (name -> array) is rewritten."""
+    """Where the updates of one optimizer and settings have their params side by side
+    (model.pack) and each gradient is a planned value only its update reads, place the
+    gradients in a stash laid out as the params, outside the arena (their arena bytes
+    stay unused), so that the flat update reads them where they were computed
+    (`_flat_sgd`, `_flat`) instead of a copy of each: plain SGD (the learning rate
+    folded in, no clipping) where the params take at most FLAT_SGD_BYTES (larger ones
+    update one by one, each while its gradient is in the cache), every other optimizer
+    at any size (its flat update needs the stash anyway). Call before binding: `values`
+    (name -> array) is rewritten."""
     readers = Counter(n for s in steps for n in s.inputs)
-    for group in _groups((s, None) for s in steps if s.attrs.get("folded")):
+    for group in _groups((s, None) for s in steps):
         by_place = sorted((s for s, _ in group), key=lambda s: address(values[s.inputs[0]]))
         span = _span([values[s.inputs[0]] for s in by_place])
         names = [s.inputs[1] for s in by_place]
-        if span is None or span[0].nbytes > FLAT_SGD_BYTES or any(
+        if span is None or (group[0][0].attrs.get("folded") and
+                            span[0].nbytes > FLAT_SGD_BYTES) or any(
                 n not in buffers or readers[n] != 1 or values[n].dtype != span[0].dtype
                 for n in names):
             continue
@@ -120,9 +124,13 @@ def _flat(group, values, workspace) -> Optional[dict]:
             return None
         else:
             counts.append(flat)
-    stash = np.zeros_like(w)        # the step's gradients, laid out as the params (gaps 0)
-    views = {s.index: stash[a:a + g.size].reshape(g.shape)
-             for (s, _), a, g in zip(by_place, at, grads)}
+    placed = _span(grads)           # where stash_gradients put them
+    if placed is not None and placed[1] == at and placed[0].size == w.size:
+        stash, views = placed[0], {s.index: g for (s, _), g in zip(by_place, grads)}
+    else:                           # the step's gradients, laid out as the params (gaps 0)
+        stash = np.zeros_like(w)
+        views = {s.index: stash[a:a + g.size].reshape(g.shape)
+                 for (s, _), a, g in zip(by_place, at, grads)}
     step, norm, lr = group[0][0], values[group[0][0].inputs[2]], values[group[0][0].inputs[3]]
     per_param = []
     for s, _ in by_place:
@@ -142,14 +150,16 @@ def _flat(group, values, workspace) -> Optional[dict]:
             if c.min() != c.max():
                 return each()
         update()
-    out = {s.index: source("np.copyto(stashed, g)", stashed=views[s.index],
-                           g=values[s.inputs[1]]) for s, _ in group}
+    out = {s.index: source("pass") if views[s.index] is values[s.inputs[1]] else
+           source("np.copyto(stashed, g)", stashed=views[s.index], g=values[s.inputs[1]])
+           for s, _ in group}
     last = group[-1][0]
     copy = out[last.index]
-    out[last.index] = source("""
-        copy()
-        flat_update()
-        """, copy=copy, flat_update=flat_update)
+    out[last.index] = source("flat_update()", flat_update=flat_update) if copy.text == "pass" \
+        else source("""
+            copy()
+            flat_update()
+            """, copy=copy, flat_update=flat_update)
     return out
 
 
