@@ -187,9 +187,9 @@ def _fused(pair, values, buffers, readers) -> Optional[tuple]:
     layouts = tuple("C" if x.flags.c_contiguous else "F" for x in (a, b))
     if not same_bits((a.shape, b.shape), layouts, w.dtype):
         return None
-    text = "\n".join(["if math.isfinite(af.dot(af) * bf.dot(bf) * 4.0):",
+    text = "\n".join(["if math.isfinite(a_flat.dot(a_flat) * b_flat.dot(b_flat) * 4.0):",
                       "    gemm_update(a, b, w)", "else:"] +
                      ["    " + line for line in (gemm.text + "\n" + update.text).splitlines()])
-    return (first, second), source(text, **gemm.names, **update.names, af=a.ravel(order="K"),
-                                   bf=b.ravel(order="K"),
+    return (first, second), source(text, **gemm.names, **update.names,
+                                   a_flat=a.ravel(order="K"), b_flat=b.ravel(order="K"),
                                    gemm_update=GemmUpdate(cblas_gemm(w.dtype), a, b, w))
