@@ -15,7 +15,20 @@ from .errors import SpecError, did_you_mean
 from .outfiles import write_text
 
 
-SPEC = click.Path(dir_okay=False, path_type=Path)
+class NamedPath(click.Path):
+    """click.Path that refuses an empty name: Path('') is '.', the current folder, which a
+    file option would then read as a folder, or a folder option fill unasked."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value:
+            self.fail(f"the path is empty; name a {'file' if self.file_okay else 'folder'}",
+                      param, ctx)
+        return super().convert(value, param, ctx)
+
+
+FILE = NamedPath(dir_okay=False, path_type=Path)        # every file option and argument
+FOLDER = NamedPath(file_okay=False, path_type=Path)
+SPEC = FILE
 MEMORY_BUDGET = click.option("--memory-budget", metavar="SIZE",
                              help="Fit the step's plan in SIZE (such as 64MiB) by recomputing "
                                   "forward values in the backward pass [default: "

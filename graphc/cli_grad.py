@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
-from .cli_common import SPEC, FiniteFloat, dot_outputs, input_feeds, fmt_result, nested, \
+from .cli_common import FILE, SPEC, FiniteFloat, dot_outputs, input_feeds, fmt_result, nested, \
     write_dot
 
 MODE = click.option("--mode", type=click.Choice(["train", "eval"]), default="train",
@@ -18,15 +17,15 @@ MODE = click.option("--mode", type=click.Choice(["train", "eval"]), default="tra
 @click.command()
 @click.argument("spec", type=SPEC)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", type=FILE,
               help="Write the gradients to FILE.npz, one array per leaf.")
 @click.option("--all", "everything", is_flag=True,
               help="Also print every node's value and gradient.")
-@click.option("--params", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--params", type=FILE,
               help="Load parameter values from a checkpoint .npz.")
-@click.option("--inputs", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--inputs", type=FILE,
               help="Load input values from an .npz (arrays named like the inputs).")
-@click.option("--dot", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--dot", type=FILE,
               help="Write the forward graph as Graphviz DOT (FILE.dot or FILE.gv), each node "
                    "with its value and gradient, each edge with its local gradient.")
 @click.option("--render", is_flag=True, help="Also render the DOT to SVG with Graphviz.")
@@ -81,9 +80,9 @@ def grad(spec, as_json, out, everything, params, inputs, dot, render, mode):
               help="Rows of train.data's first batch to feed [default: the spec's "
                    "batch_size].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--params", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--params", type=FILE,
               help="Load parameter values from a checkpoint .npz.")
-@click.option("--inputs", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--inputs", type=FILE,
               help="Load input values from an .npz (arrays named like the inputs).")
 @MODE
 def gradcheck(spec, eps, tol, atol, sample, batch_size, as_json, params, inputs, mode):
@@ -109,9 +108,9 @@ def gradcheck(spec, eps, tol, atol, sample, batch_size, as_json, params, inputs,
               help="The leaf (or node) whose gradient to take apart.")
 @click.option("--max-paths", type=click.IntRange(min=1), default=64, show_default=True,
               help="Print at most this many paths.")
-@click.option("--params", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--params", type=FILE,
               help="Load parameter values from a checkpoint .npz.")
-@click.option("--inputs", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--inputs", type=FILE,
               help="Load input values from an .npz (arrays named like the inputs).")
 def explain(spec, wrt, max_paths, params, inputs):
     """The chain rule for d loss / d LEAF: local gradients multiplied along each path,

@@ -8,18 +8,18 @@ from pathlib import Path
 
 import click
 import numpy as np
-from .cli_common import SPEC, checkpoint_or_default, fmt_result, nested
+from .cli_common import FILE, SPEC, checkpoint_or_default, fmt_result, nested
 from .errors import SpecError
 
 
 @click.command()
 @click.argument("spec", type=SPEC)
-@click.option("--params", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--params", type=FILE,
               help="The checkpoint .npz [default: <name>.ckpt.npz here].")
-@click.option("--inputs", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--inputs", required=True, type=FILE,
               help="New samples: .npz or .npy (arrays named like the inputs) or .csv "
                    "(columns as train.data's); labels may be there or not.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", type=FILE,
               help="Write the outputs to FILE.npz (one array per output) or FILE.csv "
                    "(one row per sample).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

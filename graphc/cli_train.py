@@ -6,28 +6,28 @@ import sys
 from pathlib import Path
 
 import click
-from .cli_common import (MEMORY_BUDGET, SPEC, FiniteFloat, checkpoint_or_default,
+from .cli_common import (FILE, FOLDER, MEMORY_BUDGET, SPEC, FiniteFloat, checkpoint_or_default,
                          default_checkpoint)
 
 
 @click.command()
 @click.argument("spec", type=SPEC)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", type=FILE,
               help="Checkpoint path, named .npz (default <name>.ckpt.npz here).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final metrics as JSON.")
 @click.option("--epochs", type=click.IntRange(min=1))
 @click.option("--batch-size", type=click.IntRange(min=1))
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True))
 @click.option("--seed", type=click.IntRange(min=0))
-@click.option("--resume", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--resume", type=FILE,
               help="Continue the run saved in this checkpoint (same spec and settings); "
                    "--out defaults to it.")
-@click.option("--init-from", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--init-from", type=FILE,
               help="Start from this checkpoint's params that match by name and shape.")
 @click.option("--save-every", type=click.IntRange(min=1),
               help="Save a checkpoint every N epochs [default: each epoch end, at most "
                    "once a second].")
-@click.option("--plot", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--plot", type=FOLDER,
               help="Write loss/metric curves per epoch (and a 2-D decision boundary) to DIR.")
 @click.option("--force", is_flag=True,
               help="Replace the default checkpoint even when another spec file saved it.")
@@ -145,7 +145,7 @@ class _progress:
 
 @click.command("eval")
 @click.argument("spec", type=SPEC)
-@click.option("--params", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--params", type=FILE,
               help="The checkpoint .npz to evaluate [default: <name>.ckpt.npz here].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def eval_(spec, params, as_json):

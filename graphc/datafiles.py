@@ -115,7 +115,12 @@ def np_load(path: Path, shown: str, *, archive: bool, hint: Optional[str] = None
                 raise SpecError(f"cannot read {shown}: it is neither an .npz archive nor an "
                                 ".npy array", hint=hint)
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except zipfile.BadZipFile:
+        raise SpecError(f"cannot read {shown}: it starts as an .npz archive but is cut short "
+                        "or damaged", hint="write or copy it again") from None
+    except OSError as e:        # "No such file or directory", not "[Errno 2] ...: 'x.npz'"
+        raise SpecError(f"cannot read {shown}: {e.strerror or e}") from None
+    except (ValueError, EOFError) as e:
         raise SpecError(f"cannot read {shown}: {e}") from None
     is_archive = isinstance(loaded, np.lib.npyio.NpzFile)
     if is_archive and not archive:

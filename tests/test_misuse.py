@@ -168,3 +168,62 @@ def test_a_negative_seed_on_the_command_line_is_clicks_range_error(tmp_path):
     assert line == "error: Invalid value for '--seed': -1 is not in the range x>=0. " \
                    "(see `graphc train --help`)"
     assert list(tmp_path.iterdir()) == []
+
+
+# --- paths: an empty name is no file, a missing or cut file says so plainly ----------------
+
+@pytest.mark.parametrize("args", [
+    ["grad", LECTURE, "--out", ""],
+    ["grad", LECTURE, "--dot", ""],
+    ["plan", LECTURE, "--memory", ""],
+    ["check", ""],
+    ["grad", LECTURE, "--params", ""],
+])
+def test_an_empty_path_is_refused_by_name(tmp_path, args):
+    # before: "internal error (ValueError: PosixPath('.') has an empty name)", exit 1,
+    # or "cannot read checkpoint .: [Errno 21] Is a directory: '.'"
+    line = one_error(run(*args, cwd=tmp_path))
+    assert "the path is empty; name a file" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_plot_folder_does_not_fill_the_current_one(tmp_path):
+    # before: the run trained and wrote its plots into the current folder
+    line = one_error(run("train", SPECS / "spiral_mlp.yaml", "--epochs", "1", "--plot", "",
+                         cwd=tmp_path))
+    assert "Invalid value for '--plot': the path is empty; name a folder" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, shown", [("", "out.npz"), ("..", "../out.npz")])
+def test_the_api_refuses_a_checkpoint_path_naming_a_folder(tmp_path, name, shown):
+    model = graphc.load(LECTURE)
+    with pytest.raises(SpecError) as err:
+        model.save(name)
+    assert str(err.value) == f"checkpoint {name!r}: expected a file name, got a folder's; " \
+                             f"name the file, e.g. {shown}"
+
+
+def test_a_missing_checkpoint_says_so_without_errno(tmp_path):
+    # before: "cannot read checkpoint nope.npz: [Errno 2] No such file or directory: 'nope.npz'"
+    line = one_error(run("grad", LECTURE, "--params", "nope.npz", cwd=tmp_path))
+    assert line == "error: cannot read checkpoint nope.npz: No such file or directory"
+
+
+def test_a_cut_short_archive_is_called_damaged(tmp_path):
+    # before: "... File is not a zip file"
+    spec = write(tmp_path, CLASSES, x=np.eye(2), y=np.array([0, 1]))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "data.npz").read_bytes()[:100])
+    line = one_error(run("grad", spec, "--inputs", "cut.npz", cwd=tmp_path))
+    assert line == "error: cannot read --inputs cut.npz: it starts as an .npz archive but is " \
+                   "cut short or damaged; write or copy it again"
+
+
+def test_a_nan_in_predict_inputs_does_not_speak_of_training(tmp_path):
+    spec = write(tmp_path, CLASSES, x=np.eye(2), y=np.array([0, 1]))
+    ok(run("train", spec, "--out", "two.ckpt.npz", cwd=tmp_path))
+    np.savez(tmp_path / "new.npz", x=np.array([[1.0, np.nan]]))
+    line = one_error(run("predict", spec, "--params", "two.ckpt.npz", "--inputs", "new.npz",
+                         cwd=tmp_path))
+    assert line == "error: node 'x': new.npz array 'x' at index (0, 1): NaN in the data; " \
+                   "drop or fill the missing values first"
