@@ -19,15 +19,16 @@ import numpy as np
 
 from . import checkpoint as C
 from .data import COMMON_KEYS, apply_stats
-from .errors import SpecError
+from .errors import SpecError, short
 from .model import GradResult, load_model, run_grads
 from .plan import Plan
+from .remat import parse_size
 from .predict import CHUNK, Predictor, class_outputs, given_arrays, normalization, \
     not_a_mapping
 from .optim import LR, parse_optimizer
 from .evaluation import read_checkpoint
 from .train import EpochLog, TrainResult, step_runner, train
-from .trainconfig import memory_policy, parse_train, training_plan, training_step
+from .trainconfig import memory_policy, parse_train, positive_int, training_plan, training_step
 
 PathLike = Union[str, os.PathLike]
 ArrayLike = Union[np.ndarray, Sequence]
@@ -98,6 +99,9 @@ class Model:
         defaults to load's). Each fit is a new run: optimizer state starts afresh. With
         `out`, checkpoints are written there as train writes them; `log` gets each epoch."""
         model = self._model
+        if log is not None and not callable(log):      # else a TypeError after an epoch
+            raise SpecError(f"log must be a function taking an EpochLog, got {short(log)}",
+                            hint="e.g. log=print")
         source = None if data is None else self._data_source(data)
         cfg = parse_train(model, epochs=epochs, batch_size=batch_size, lr=lr,
                           seed=self._seed if seed is None else seed, data=source)
@@ -189,7 +193,9 @@ class Model:
         """The memory plan of the training step at batch size `batch`, as `graphc plan
         --batch-size` prints it (`plan_json` and `plan_table` in graphc.plan), under the
         spec's `train.memory` policy or `memory_budget` (such as "64MiB")."""
-        return training_plan(self._model, batch, reuse, memory_budget=memory_budget)[1]
+        budget = None if memory_budget is None else parse_size(memory_budget, "memory_budget")
+        return training_plan(self._model, positive_int(batch, "batch"), reuse,
+                             memory_budget=budget)[1]
 
     def save(self, path: PathLike) -> Path:
         """Write a checkpoint atomically: the params, the spec, and what the last fit or

@@ -77,12 +77,30 @@ def input_feeds(model, inputs_path, batch_size=None):
     if missing and "data" in model.spec.train:
         cfg = parse_train(model, batch_size=batch_size)
         data = first_batch(load_dataset(model, cfg).train, cfg.batch_size)
+        _check_batches_agree(model, given, {n: data[n] for n in missing}, inputs_path)
         given = {**{n: data[n] for n in missing}, **given}
     elif missing:
         raise SpecError(f"input '{missing[0]}' has no value and the spec has no train.data",
                         mark=model.graph[missing[0]].mark, node=missing[0],
                         hint="give it a value: in the spec, or pass --inputs FILE.npz")
     return {n: given[n] for n in fed}
+
+
+def _check_batches_agree(model, given: dict, filled: dict, path) -> None:
+    """SpecError where an input of --inputs and one its file lacks (filled from train.data's
+    first batch) share a batch dim but not its size: name both sources, not only the dim."""
+    sizes: dict = {}        # dim -> (input, its rows, where they came from)
+    for arrays, where in ((given, f"--inputs {path}"), (filled, "train.data's first batch")):
+        for name, arr in arrays.items():
+            lead = model.graph[name].shape[:1]
+            if not (lead and isinstance(lead[0], str) and np.ndim(arr)):
+                continue
+            first = sizes.setdefault(lead[0], (name, len(arr), where))
+            if first[1] != len(arr):
+                raise SpecError(f"{first[2]} gives '{first[0]}' {first[1]} samples, but "
+                                f"'{name}', which it lacks, comes from {where}: "
+                                f"{len(arr)} samples", mark=model.graph[name].mark, node=name,
+                                hint=f"add '{name}' to {path}")
 
 
 def default_checkpoint(model) -> Path:

@@ -227,3 +227,27 @@ def test_a_nan_in_predict_inputs_does_not_speak_of_training(tmp_path):
                          cwd=tmp_path))
     assert line == "error: node 'x': new.npz array 'x' at index (0, 1): NaN in the data; " \
                    "drop or fill the missing values first"
+
+
+def test_inputs_of_another_batch_size_than_the_first_batch_name_both_sources(tmp_path):
+    # before: "node 'y': dim 'batch' is 5 in one input and 2 in 'y'" (y was never given)
+    spec = write(tmp_path, CLASSES, x=np.eye(2), y=np.array([0, 1]))
+    np.savez(tmp_path / "x5.npz", x=np.zeros((5, 2)))
+    line = one_error(run("grad", spec, "--inputs", "x5.npz", cwd=tmp_path))
+    assert line.endswith("node 'y': --inputs x5.npz gives 'x' 5 samples, but 'y', which it "
+                         "lacks, comes from train.data's first batch: 2 samples; add 'y' "
+                         "to x5.npz")
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda m: m.plan(0), "batch must be a positive integer, got 0"),
+    (lambda m: m.plan(memory_budget="lots"),
+     "memory_budget is 'lots', expected a size such as 64MiB or 1.5GiB"),
+    (lambda m: m.fit(epochs=1, log=3), "log must be a function taking an EpochLog, got 3; "
+                                       "e.g. log=print"),
+])
+def test_the_api_names_its_own_arguments(two, call, says):
+    # before: "batch_size must ..." / "--memory-budget is ..." / a TypeError after an epoch
+    with pytest.raises(SpecError) as err:
+        call(two)
+    assert str(err.value) == says
