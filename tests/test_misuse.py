@@ -251,3 +251,12 @@ def test_the_api_names_its_own_arguments(two, call, says):
     with pytest.raises(SpecError) as err:
         call(two)
     assert str(err.value) == says
+
+
+def test_a_zero_learning_rate_in_the_spec_is_refused_as_the_flag_is(tmp_path):
+    # before: `lr: 0` trained every epoch without moving a param (--lr 0 was refused)
+    spec = write(tmp_path, CLASSES.replace("lr: 0.1", "lr: 0"), x=np.eye(2), y=np.array([0, 1]))
+    line = one_error(run("train", spec, cwd=tmp_path))
+    assert line.endswith("spec.yaml:15:20: optimizer setting 'lr' must be a finite number "
+                         "> 0, got 0; e.g. lr: 0.01")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "spec.yaml"]
