@@ -260,3 +260,21 @@ def test_a_zero_learning_rate_in_the_spec_is_refused_as_the_flag_is(tmp_path):
     assert line.endswith("spec.yaml:15:20: optimizer setting 'lr' must be a finite number "
                          "> 0, got 0; e.g. lr: 0.01")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "spec.yaml"]
+
+
+def test_import_does_not_replace_a_trained_checkpoint_beside_its_spec(tmp_path):
+    # before: `import --out two.yaml` replaced two.ckpt.npz, the run `train` had saved
+    pytest.importorskip("onnx", reason="graphc import needs the extra: pip install 'graphc[onnx]'")
+    model = Path(__file__).resolve().parent / "fixtures" / "onnx" / "mlp_gemm.onnx"
+    spec = write(tmp_path, CLASSES, x=np.eye(2), y=np.array([0, 1]))
+    ok(run("train", spec, cwd=tmp_path))                # saves two.ckpt.npz, its default
+    trained = (tmp_path / "two.ckpt.npz").read_bytes()
+    line = one_error(run("import", model, "--out", "two.yaml", cwd=tmp_path))
+    assert line == "error: two.ckpt.npz holds a training run's checkpoint; import would " \
+                   "replace it with plain params; write the spec elsewhere with --out, or " \
+                   "replace the checkpoint with --force"
+    assert (tmp_path / "two.ckpt.npz").read_bytes() == trained
+    assert not (tmp_path / "two.yaml").exists()
+    ok(run("import", model, "--out", "two.yaml", "--force", cwd=tmp_path))
+    assert (tmp_path / "two.ckpt.npz").read_bytes() != trained
+    ok(run("import", model, "--out", "two.yaml", cwd=tmp_path))     # its own params: replaced
