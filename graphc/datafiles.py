@@ -54,7 +54,7 @@ def read_csv(path: Path, shown: str) -> tuple[list[str], list[list[str]], list[i
                     rows.append(row)
                     lines.append(reader.line_num)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise SpecError(f"cannot read {shown}: {e}") from None
+        raise _unreadable(e, shown) from None
     if not rows:
         raise SpecError(f"{shown} has no data rows" if header else f"{shown} is empty",
                         hint="the first row names the columns; each later row is one sample")
@@ -72,12 +72,30 @@ def csv_header(path: Path, shown: str) -> list[str]:
                     _check_header(header, shown, reader.line_num)
                     return header
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise SpecError(f"cannot read {shown}: {e}") from None
+        raise _unreadable(e, shown) from None
     raise SpecError(f"{shown} is empty",
                     hint="the first row names the columns; each later row is one sample")
 
 
+def _unreadable(e: Exception, shown: str) -> SpecError:
+    """The error for a CSV file that cannot be read as text: not UTF-8 says which byte."""
+    if isinstance(e, UnicodeDecodeError):
+        return SpecError(f"{shown} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                         f"{e.start})", hint="save the file as UTF-8")
+    return SpecError(f"cannot read {shown}: {getattr(e, 'strerror', None) or e}")
+
+
+SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "bars"}     # what spreadsheets also write
+
+
 def _check_header(header: list[str], shown: str, line: int) -> None:
+    """Distinct, non-empty column names; a header of one name holding another separator
+    is a file that is not comma-separated."""
+    other = [word for sep, word in SEPARATORS.items() if len(header) == 1 and sep in header[0]]
+    if other:
+        raise SpecError(f"{shown} line {line}: the header is one column, {header[0]!r}: the "
+                        f"file looks separated by {other[0]}", hint="graphc reads comma-"
+                        "separated values: export the file as CSV with commas")
     seen = set()
     for name in header:
         if not name or name in seen:

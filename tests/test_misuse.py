@@ -278,3 +278,27 @@ def test_import_does_not_replace_a_trained_checkpoint_beside_its_spec(tmp_path):
     ok(run("import", model, "--out", "two.yaml", "--force", cwd=tmp_path))
     assert (tmp_path / "two.ckpt.npz").read_bytes() != trained
     ok(run("import", model, "--out", "two.yaml", cwd=tmp_path))     # its own params: replaced
+
+
+CSV_SPEC = CLASSES.replace("{npz: data.npz}", "{csv: data.csv, columns: {x: [a, b], y: label}}")
+
+
+@pytest.mark.parametrize("text, says", [
+    # before: "data.csv has no column 'a' (wanted by input 'x'); its columns: a;b;label"
+    ("a;b;label\n1;2;0\n3;4;1\n", "data.csv line 1: the header is one column, 'a;b;label': "
+                                  "the file looks separated by semicolons; graphc reads "
+                                  "comma-separated values: export the file as CSV with commas"),
+    ("a\tb\tlabel\n1\t2\t0\n", "the file looks separated by tabs"),
+])
+def test_a_csv_separated_by_something_else_says_so(tmp_path, text, says):
+    spec = write(tmp_path, CSV_SPEC)
+    (tmp_path / "data.csv").write_text(text)
+    assert says in one_error(run("train", spec, cwd=tmp_path))
+
+
+def test_a_csv_that_is_not_utf8_names_the_byte(tmp_path):
+    # before: "cannot read data.csv: 'utf-8' codec can't decode byte 0xff in position 16: ..."
+    spec = write(tmp_path, CSV_SPEC)
+    (tmp_path / "data.csv").write_bytes(b"a,b,label\n1,2,0\n\xff\xfe\n")
+    assert one_error(run("train", spec, cwd=tmp_path)).endswith(
+        "data.csv is not UTF-8 text (byte 0xff at offset 16); save the file as UTF-8")
