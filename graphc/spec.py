@@ -225,10 +225,13 @@ def _outputs(raw: MarkedDict, names: set) -> tuple:
         raise SpecError(f"outputs is {short(outputs)}, expected a list of node names",
                         mark=raw.mark_of("outputs"))
     for i, o in enumerate(outputs):
+        where = getattr(outputs, "mark_of", lambda i: raw.mark_of("outputs"))(i)
         if not isinstance(o, str) or as_read(o) not in names:
-            where = getattr(outputs, "mark_of", lambda i: raw.mark_of("outputs"))(i)
             raise SpecError(f"output {short(o)} is not a node", mark=where,
                             hint=did_you_mean(str(o), names))
+        if as_read(o) in map(as_read, outputs[:i]):     # predict would give its rows twice
+            raise SpecError(f"output {short(o)} is listed twice", mark=where,
+                            hint="name each output once")
     return tuple(map(as_read, outputs))
 
 

@@ -302,3 +302,32 @@ def test_a_csv_that_is_not_utf8_names_the_byte(tmp_path):
     (tmp_path / "data.csv").write_bytes(b"a,b,label\n1,2,0\n\xff\xfe\n")
     assert one_error(run("train", spec, cwd=tmp_path)).endswith(
         "data.csv is not UTF-8 text (byte 0xff at offset 16); save the file as UTF-8")
+
+
+def test_an_output_listed_twice_is_refused_not_doubled(tmp_path):
+    # before: predict gave 'scores' 10 rows for 5 samples, and "samples": 5
+    spec = write(tmp_path, CLASSES.replace("outputs: [scores]", "outputs: [scores, scores]"))
+    line = one_error(run("check", spec, cwd=tmp_path))
+    assert line.endswith("spec.yaml:10:19: output 'scores' is listed twice; name each "
+                         "output once")
+
+
+def test_the_api_refuses_an_output_asked_for_twice(two):
+    with pytest.raises(SpecError, match="^output 'scores' is asked for twice; name each "
+                                        "output once$"):
+        two.predict({"x": np.eye(2)}, outputs=["scores", "scores"])
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda spec: graphc.load(123), "spec must be a file path (str or os.PathLike), got 123"),
+    (lambda spec: graphc.load(spec, params=0), "params must be a file path (str or "
+                                               "os.PathLike), got 0"),
+    (lambda spec: graphc.load(spec).save(None), "path must be a file path (str or "
+                                                "os.PathLike), got None"),
+])
+def test_the_api_takes_paths_only_where_it_reads_or_writes_files(tmp_path, call, says):
+    # before: TypeError, or params=0 read the checkpoint from file descriptor 0 (stdin)
+    spec = write(tmp_path, CLASSES, x=np.eye(2), y=np.array([0, 1]))
+    with pytest.raises(SpecError) as err:
+        call(spec)
+    assert str(err.value) == says
