@@ -140,6 +140,14 @@ def check_same_spec_file(path, model: Model) -> None:
                         hint="choose another checkpoint with --out, or replace it with --force")
 
 
+def check_not_a_checkpoint(keys, shown: str) -> None:
+    """SpecError where a file given as samples (`shown`, e.g. "--inputs FILE") holds the
+    reserved keys of a checkpoint graphc wrote."""
+    if any(str(k).startswith(RESERVED) for k in keys):
+        raise SpecError(f"{shown} is a checkpoint graphc wrote, not samples",
+                        hint="pass it with --params, and the samples with --inputs")
+
+
 def check_not_a_run(path, writer: str) -> None:
     """Refuse to let `writer` (a command writing plain params) replace a checkpoint that a
     training run or `Model.save` wrote (it holds a saved spec). A file that is missing,

@@ -62,14 +62,16 @@ def fmt_result(arr: np.ndarray) -> str:
 
 def input_feeds(model, inputs_path, batch_size=None):
     """Fed inputs for one pass: --inputs FILE.npz, else the first batch of train.data."""
-    from .checkpoint import read
+    from .checkpoint import check_not_a_checkpoint, read
     from .data import first_batch
     from .trainconfig import load_dataset, parse_train
     fed = model.fed_inputs
     given = {}
     if inputs_path:
+        arrays = read(inputs_path, "--inputs")
+        check_not_a_checkpoint(arrays, f"--inputs {inputs_path}")
         given = {name: _given_input(model, name, arr, inputs_path)
-                 for name, arr in read(inputs_path, "--inputs").items()}
+                 for name, arr in arrays.items()}
         for name, arr in given.items():
             if name not in fed:
                 model.store[name] = arr
@@ -134,8 +136,10 @@ def _given_input(model, name: str, arr: np.ndarray, path) -> np.ndarray:
     from .datafiles import numeric
     shown = f"--inputs {path} array '{name}'"
     if name not in model.graph.nodes or model.graph[name].op != "input":
+        leaf = name in model.graph.nodes and model.graph[name].op in ("param", "state")
         raise SpecError(f"--inputs {path}: '{name}' is not an input of the spec",
-                        hint=did_you_mean(name, model.fed_inputs))
+                        hint=f"'{name}' is a {model.graph[name].op}: pass its value with "
+                        "--params" if leaf else did_you_mean(name, model.fed_inputs))
     node = model.graph[name]
     arr = numeric(arr, shown, samples=name in model.fed_inputs)
     check_values(name, arr, np.dtype(node.dtype), lambda n, idx: f"{shown} at index {idx}")

@@ -174,6 +174,7 @@ def read_inputs(predictor: Predictor, path) -> Arrays:
     if kind == ".npz":
         with np_load(file, shown, archive=True) as archive:
             has = list(archive.files)
+        C.check_not_a_checkpoint(has, f"--inputs {shown}")
         for name in inputs:
             if name not in has:
                 raise predictor.missing(name, shown, has)

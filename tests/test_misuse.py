@@ -331,3 +331,37 @@ def test_the_api_takes_paths_only_where_it_reads_or_writes_files(tmp_path, call,
     with pytest.raises(SpecError) as err:
         call(spec)
     assert str(err.value) == says
+
+
+# --- files given to the wrong flag or argument ---------------------------------------------
+
+@pytest.fixture
+def trained(tmp_path):
+    """The two-class spec trained one epoch: (spec, its checkpoint two.ckpt.npz)."""
+    spec = write(tmp_path, CLASSES, x=np.eye(2), y=np.array([0, 1]))
+    ok(run("train", spec, cwd=tmp_path))
+    return spec, tmp_path / "two.ckpt.npz"
+
+
+def test_a_checkpoint_given_as_the_spec_says_which_comes_first(trained, tmp_path):
+    # before: "two.ckpt.npz:1:1: spec is not UTF-8 text (byte 0x..)"
+    line = one_error(run("eval", "two.ckpt.npz", "--params", "spec.yaml", cwd=tmp_path))
+    assert line == "error: two.ckpt.npz:1:1: spec is an .npz archive (a checkpoint or data), " \
+                   "not YAML text; the spec comes first: graphc COMMAND SPEC.yaml --params " \
+                   "CKPT.npz"
+
+
+@pytest.mark.parametrize("command", [["grad"], ["predict", "--params", "two.ckpt.npz"]])
+def test_a_checkpoint_given_as_inputs_is_named_one(trained, tmp_path, command):
+    # before: grad "'W' is not an input of the spec"; predict listed every reserved key
+    line = one_error(run(command[0], "spec.yaml", *command[1:], "--inputs", "two.ckpt.npz",
+                         cwd=tmp_path))
+    assert line == "error: --inputs two.ckpt.npz is a checkpoint graphc wrote, not samples; " \
+                   "pass it with --params, and the samples with --inputs"
+
+
+def test_a_param_given_as_an_input_points_at_params(trained, tmp_path):
+    np.savez(tmp_path / "w.npz", W=np.eye(2))
+    line = one_error(run("grad", "spec.yaml", "--inputs", "w.npz", cwd=tmp_path))
+    assert line == "error: --inputs w.npz: 'W' is not an input of the spec; 'W' is a param: " \
+                   "pass its value with --params"
