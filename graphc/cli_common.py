@@ -3,6 +3,7 @@ the default checkpoint, DOT writing, the training step as `train` builds it, BLA
 limits."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -48,6 +49,25 @@ class FiniteFloat(click.FloatRange):
 
 def nested(arr: np.ndarray):
     return np.asarray(arr).tolist()
+
+
+def json_text(obj) -> str:
+    """`obj` as strict JSON, one line: a NaN or infinity (which JSON cannot hold, and
+    Python would write as the non-JSON NaN) becomes null. docs/cli.md#exit-codes-and-output."""
+    try:
+        return json.dumps(obj, allow_nan=False)
+    except ValueError:          # rare: walk the object only when a non-finite number is there
+        return json.dumps(_finite_or_none(obj), allow_nan=False)
+
+
+def _finite_or_none(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
 
 
 def fmt_result(arr: np.ndarray) -> str:

@@ -1,11 +1,9 @@
 """`graphc grad`, `graphc gradcheck`, `graphc explain`: one pass, its checks, its paths."""
 from __future__ import annotations
 
-import json
-
 import click
-from .cli_common import FILE, SPEC, FiniteFloat, dot_outputs, input_feeds, fmt_result, nested, \
-    write_dot
+from .cli_common import FILE, SPEC, FiniteFloat, dot_outputs, input_feeds, fmt_result, json_text, \
+    nested, write_dot
 
 MODE = click.option("--mode", type=click.Choice(["train", "eval"]), default="train",
                     show_default=True,
@@ -50,7 +48,7 @@ def grad(spec, as_json, out, everything, params, inputs, dot, render, mode):
     if as_json:
         grads = {**{k: nested(v) for k, v in result.node_grads.items()},
                  **{k: nested(v) for k, v in result.grads.items()}}
-        click.echo(json.dumps({"loss": result.loss, "grads": grads,
+        click.echo(json_text({"loss": result.loss, "grads": grads,
                                "values": {k: nested(v) for k, v in result.values.items()}}))
         return
     click.echo(f"loss = {result.loss:.6g}")
@@ -96,7 +94,7 @@ def gradcheck(spec, eps, tol, atol, sample, batch_size, as_json, params, inputs,
         load_params(params, model)
     result = check_model(model, input_feeds(model, inputs, batch_size), eps=eps, tol=tol,
                          atol=atol, sample=sample)
-    click.echo(json.dumps(check_json(result)) if as_json else check_table(result))
+    click.echo(json_text(check_json(result)) if as_json else check_table(result))
     if not result.ok:
         failed = ", ".join(c.leaf for c in result.leaves if not c.ok)
         raise CheckFailed(f"gradient check failed for {failed} (tol {tol:g})")

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 import click
 import numpy as np
-from .cli_common import FILE, SPEC, checkpoint_or_default, fmt_result, nested
+from .cli_common import FILE, SPEC, checkpoint_or_default, fmt_result, json_text, nested
 from .errors import SpecError
 
 
@@ -52,7 +51,7 @@ def predict(spec, params, inputs, out, as_json, classes, batch_size):
     if out is not None:
         write_outputs(out, outputs, samples, predictor.per_sample())
     if as_json:
-        click.echo(json.dumps({"outputs": {k: nested(v) for k, v in outputs.items()},
+        click.echo(json_text({"outputs": {k: nested(v) for k, v in outputs.items()},
                                "samples": samples}))
     elif out is None:
         click.echo(table(outputs) if predictor.per_sample() else

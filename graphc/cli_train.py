@@ -1,13 +1,12 @@
 """`graphc train` and `graphc eval`: training with progress and plots; a checkpoint's metrics."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 from .cli_common import (FILE, FOLDER, MEMORY_BUDGET, SPEC, FiniteFloat, checkpoint_or_default,
-                         default_checkpoint)
+                         default_checkpoint, json_text)
 
 
 @click.command()
@@ -74,7 +73,7 @@ def train(spec, out, as_json, epochs, batch_size, lr, seed, resume, init_from, s
     if plot:
         _write_plots(plot, model, cfg, result.history, as_json)
     if as_json:
-        click.echo(json.dumps(result.json()))
+        click.echo(json_text(result.json()))
 
 
 def _write_plots(out_dir: Path, model, cfg, history, quiet_stdout: bool) -> None:
@@ -155,7 +154,7 @@ def eval_(spec, params, as_json):
     model = load_model(spec)
     result = evaluate_checkpoint(model, checkpoint_or_default(model, params))
     if as_json:
-        click.echo(json.dumps(result))
+        click.echo(json_text(result))
         return
     metrics = "".join(f"  {k} {v:.4f}" for k, v in result["metrics"].items())
     click.echo(f"loss {result['loss']:.4f}{metrics}  ({result['samples']} samples)")

@@ -365,3 +365,33 @@ def test_a_param_given_as_an_input_points_at_params(trained, tmp_path):
     line = one_error(run("grad", "spec.yaml", "--inputs", "w.npz", cwd=tmp_path))
     assert line == "error: --inputs w.npz: 'W' is not an input of the spec; 'W' is a param: " \
                    "pass its value with --params"
+
+
+# --- JSON stays JSON -----------------------------------------------------------------------
+
+def strict_json(text: str):
+    """json.loads refusing NaN and Infinity, as jq and JavaScript's JSON.parse do."""
+    import json
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_nan_loss_is_null_in_grad_json(tmp_path):
+    # before: {"loss": NaN, ...}, which no strict JSON parser reads
+    spec = tmp_path / "nan.yaml"
+    spec.write_text("params: {w: {value: [1, 2]}}\nnodes: {loss: sum(log(w - 5))}\n")
+    out = strict_json(ok(run("grad", spec, "--json", cwd=tmp_path)).stdout)
+    assert out["loss"] is None
+    assert out["grads"]["w"] == pytest.approx([1 / (1 - 5), 1 / (2 - 5)])    # d log(w-5) = 1/(w-5)
+
+
+def test_predict_json_writes_an_infinite_output_as_null(tmp_path):
+    spec = write(tmp_path, CLASSES.replace("outputs: [scores]", "outputs: [scores, r]").replace(
+        "  scores: x @ W", "  scores: x @ W\n  r: 1 / x"), x=np.eye(2), y=np.array([0, 1]))
+    ok(run("train", spec, "--out", "two.ckpt.npz", cwd=tmp_path))
+    np.savez(tmp_path / "new.npz", x=np.array([[0.0, 2.0]]))
+    out = strict_json(ok(run("predict", spec, "--params", "two.ckpt.npz", "--inputs",
+                             "new.npz", "--json", cwd=tmp_path)).stdout)
+    assert out["outputs"]["r"] == [[None, 0.5]]
