@@ -25,12 +25,19 @@ NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,
 
 
 def resolve(spec_dir: Path, text: str) -> Path:
-    """Relative paths are relative to the spec's folder, not the working directory."""
+    """Relative paths are relative to the spec's folder, not the working directory. A
+    SpecError unless the path names a regular file: missing, a folder, or a device or
+    pipe each say which."""
+    if not text:
+        raise SpecError("the data file's path is empty", hint="name the file, e.g. data.npz")
     path = Path(text).expanduser()
     path = path if path.is_absolute() else spec_dir / path
-    if not path.is_file():
+    if path.is_file():
+        return path
+    if not path.exists():
         raise SpecError(f"data file not found: {text}", hint=f"looked for {path}")
-    return path
+    what = "a folder" if path.is_dir() else "not a regular file (a device, pipe or socket)"
+    raise SpecError(f"data file {text} is {what}", hint="name a .npz, .npy or .csv file")
 
 
 def read_csv(path: Path, shown: str) -> tuple[list[str], list[list[str]], list[int]]:

@@ -395,3 +395,16 @@ def test_predict_json_writes_an_infinite_output_as_null(tmp_path):
     out = strict_json(ok(run("predict", spec, "--params", "two.ckpt.npz", "--inputs",
                              "new.npz", "--json", cwd=tmp_path)).stdout)
     assert out["outputs"]["r"] == [[None, 0.5]]
+
+
+@pytest.mark.parametrize("source, says", [
+    # before: "data file not found: sub" for a folder that is there, and "looked for ." for ''
+    ("{npz: sub}", "data file sub is a folder; name a .npz, .npy or .csv file"),
+    ("{npz: ''}", "the data file's path is empty; name the file, e.g. data.npz"),
+    ("{npz: /dev/null}", "data file /dev/null is not a regular file (a device, pipe or "
+                         "socket); name a .npz, .npy or .csv file"),
+])
+def test_a_data_path_that_is_no_file_says_what_it_is(tmp_path, source, says):
+    spec = write(tmp_path, CLASSES.replace("{npz: data.npz}", source))
+    (tmp_path / "sub").mkdir()
+    assert one_error(run("train", spec, cwd=tmp_path)).endswith(says)
