@@ -19,15 +19,16 @@ import numpy as np
 
 from . import checkpoint as C
 from .data import COMMON_KEYS, apply_stats
-from .errors import SpecError
+from .errors import SpecError, clip, short
 from .model import GradResult, load_model, run_grads
 from .plan import Plan
+from .remat import parse_size
 from .predict import CHUNK, Predictor, class_outputs, given_arrays, normalization, \
     not_a_mapping
 from .optim import LR, parse_optimizer
 from .evaluation import read_checkpoint
 from .train import EpochLog, TrainResult, step_runner, train
-from .trainconfig import memory_policy, parse_train, training_plan, training_step
+from .trainconfig import memory_policy, parse_train, positive_int, training_plan, training_step
 
 PathLike = Union[str, os.PathLike]
 ArrayLike = Union[np.ndarray, Sequence]
@@ -44,18 +45,27 @@ def load(spec: PathLike, params: Optional[PathLike] = None, *, seed: Optional[in
     return Model(spec, params, seed=seed, dtype=dtype)
 
 
+def _path(value, what: str) -> PathLike:
+    """`value`, a file path (str or os.PathLike); else a SpecError naming the argument
+    `what` (an int would be opened as a file descriptor: 0 reads stdin)."""
+    if isinstance(value, (str, os.PathLike)):
+        return value
+    raise SpecError(f"{what} must be a file path (str or os.PathLike), got {clip(repr(value))}")
+
+
 class Model:
     """A loaded spec with its params: `fit`, `predict`, `grad`, `plan`, `save`."""
 
     def __init__(self, spec: PathLike, params: Optional[PathLike] = None, *,
                  seed: Optional[int] = None, dtype: Optional[str] = None):
-        self._model = load_model(spec, seed, dtype)
+        self._model = load_model(_path(spec, "spec"), seed, dtype)
         self._seed = seed
         self._predictors: dict = {}
         self._step = None       # the compiled training step's runner, made by `step`
         self._fed = frozenset(self._model.fed_inputs)
         # the last checkpoint's arrays besides params (optimizer state, position, stats)
-        self._saved: dict = {} if params is None else read_checkpoint(self._model, params)
+        self._saved: dict = {} if params is None else read_checkpoint(
+            self._model, _path(params, "params"))
 
     @property
     def name(self) -> str:
@@ -98,10 +108,14 @@ class Model:
         defaults to load's). Each fit is a new run: optimizer state starts afresh. With
         `out`, checkpoints are written there as train writes them; `log` gets each epoch."""
         model = self._model
+        if log is not None and not callable(log):      # else a TypeError after an epoch
+            raise SpecError(f"log must be a function taking an EpochLog, got {short(log)}",
+                            hint="e.g. log=print")
         source = None if data is None else self._data_source(data)
         cfg = parse_train(model, epochs=epochs, batch_size=batch_size, lr=lr,
                           seed=self._seed if seed is None else seed, data=source)
-        result = train(model, cfg, out=out, log=log or (lambda e: None))
+        result = train(model, cfg, out=None if out is None else _path(out, "out"),
+                       log=log or (lambda e: None))
         self._saved = result.checkpoint
         self._step = None       # the fit's step replaced the lr and optimizer state arrays
         return result
@@ -189,7 +203,9 @@ class Model:
         """The memory plan of the training step at batch size `batch`, as `graphc plan
         --batch-size` prints it (`plan_json` and `plan_table` in graphc.plan), under the
         spec's `train.memory` policy or `memory_budget` (such as "64MiB")."""
-        return training_plan(self._model, batch, reuse, memory_budget=memory_budget)[1]
+        budget = None if memory_budget is None else parse_size(memory_budget, "memory_budget")
+        return training_plan(self._model, positive_int(batch, "batch"), reuse,
+                             memory_budget=budget)[1]
 
     def save(self, path: PathLike) -> Path:
         """Write a checkpoint atomically: the params, the spec, and what the last fit or
@@ -197,5 +213,5 @@ class Model:
         saved = self._saved
         settings = C.saved_settings(saved, "the model's last checkpoint")
         arrays = {**saved, **C.spec_arrays(self._model, settings), **C.leaves_of(self._model)}
-        C.write(path, arrays)
+        C.write(_path(path, "path"), arrays)
         return Path(path)

@@ -140,6 +140,29 @@ def check_same_spec_file(path, model: Model) -> None:
                         hint="choose another checkpoint with --out, or replace it with --force")
 
 
+def check_not_a_checkpoint(keys, shown: str) -> None:
+    """SpecError where a file given as samples (`shown`, e.g. "--inputs FILE") holds the
+    reserved keys of a checkpoint graphc wrote."""
+    if any(str(k).startswith(RESERVED) for k in keys):
+        raise SpecError(f"{shown} is a checkpoint graphc wrote, not samples",
+                        hint="pass it with --params, and the samples with --inputs")
+
+
+def check_not_a_run(path, writer: str) -> None:
+    """Refuse to let `writer` (a command writing plain params) replace a checkpoint that a
+    training run or `Model.save` wrote (it holds a saved spec). A file that is missing,
+    unreadable, or holds plain params (an earlier import's) is not refused."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            trained = RESERVED + "spec" in archive.files
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return
+    if trained:
+        raise SpecError(f"{path} holds a training run's checkpoint; {writer} would replace "
+                        "it with plain params", hint="write the spec elsewhere with --out, or "
+                        "replace the checkpoint with --force")
+
+
 def check_same_run(arrays: Mapping, model: Model, config: Mapping, path) -> None:
     """Refuse to resume from a checkpoint of another spec (with a diff) or other settings."""
     if RESERVED + "spec" not in arrays:

@@ -3,6 +3,7 @@ the default checkpoint, DOT writing, the training step as `train` builds it, BLA
 limits."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -15,7 +16,20 @@ from .errors import SpecError, did_you_mean
 from .outfiles import write_text
 
 
-SPEC = click.Path(dir_okay=False, path_type=Path)
+class NamedPath(click.Path):
+    """click.Path that refuses an empty name: Path('') is '.', the current folder, which a
+    file option would then read as a folder, or a folder option fill unasked."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value:
+            self.fail(f"the path is empty; name a {'file' if self.file_okay else 'folder'}",
+                      param, ctx)
+        return super().convert(value, param, ctx)
+
+
+FILE = NamedPath(dir_okay=False, path_type=Path)        # every file option and argument
+FOLDER = NamedPath(file_okay=False, path_type=Path)
+SPEC = FILE
 MEMORY_BUDGET = click.option("--memory-budget", metavar="SIZE",
                              help="Fit the step's plan in SIZE (such as 64MiB) by recomputing "
                                   "forward values in the backward pass [default: "
@@ -37,6 +51,25 @@ def nested(arr: np.ndarray):
     return np.asarray(arr).tolist()
 
 
+def json_text(obj) -> str:
+    """`obj` as strict JSON, one line: a NaN or infinity (which JSON cannot hold, and
+    Python would write as the non-JSON NaN) becomes null. docs/cli.md#exit-codes-and-output."""
+    try:
+        return json.dumps(obj, allow_nan=False)
+    except ValueError:          # rare: walk the object only when a non-finite number is there
+        return json.dumps(_finite_or_none(obj), allow_nan=False)
+
+
+def _finite_or_none(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
 def fmt_result(arr: np.ndarray) -> str:
     arr = np.asarray(arr)
     if arr.ndim == 0:
@@ -49,14 +82,16 @@ def fmt_result(arr: np.ndarray) -> str:
 
 def input_feeds(model, inputs_path, batch_size=None):
     """Fed inputs for one pass: --inputs FILE.npz, else the first batch of train.data."""
-    from .checkpoint import read
+    from .checkpoint import check_not_a_checkpoint, read
     from .data import first_batch
     from .trainconfig import load_dataset, parse_train
     fed = model.fed_inputs
     given = {}
     if inputs_path:
+        arrays = read(inputs_path, "--inputs")
+        check_not_a_checkpoint(arrays, f"--inputs {inputs_path}")
         given = {name: _given_input(model, name, arr, inputs_path)
-                 for name, arr in read(inputs_path, "--inputs").items()}
+                 for name, arr in arrays.items()}
         for name, arr in given.items():
             if name not in fed:
                 model.store[name] = arr
@@ -64,12 +99,30 @@ def input_feeds(model, inputs_path, batch_size=None):
     if missing and "data" in model.spec.train:
         cfg = parse_train(model, batch_size=batch_size)
         data = first_batch(load_dataset(model, cfg).train, cfg.batch_size)
+        _check_batches_agree(model, given, {n: data[n] for n in missing}, inputs_path)
         given = {**{n: data[n] for n in missing}, **given}
     elif missing:
         raise SpecError(f"input '{missing[0]}' has no value and the spec has no train.data",
                         mark=model.graph[missing[0]].mark, node=missing[0],
                         hint="give it a value: in the spec, or pass --inputs FILE.npz")
     return {n: given[n] for n in fed}
+
+
+def _check_batches_agree(model, given: dict, filled: dict, path) -> None:
+    """SpecError where an input of --inputs and one its file lacks (filled from train.data's
+    first batch) share a batch dim but not its size: name both sources, not only the dim."""
+    sizes: dict = {}        # dim -> (input, its rows, where they came from)
+    for arrays, where in ((given, f"--inputs {path}"), (filled, "train.data's first batch")):
+        for name, arr in arrays.items():
+            lead = model.graph[name].shape[:1]
+            if not (lead and isinstance(lead[0], str) and np.ndim(arr)):
+                continue
+            first = sizes.setdefault(lead[0], (name, len(arr), where))
+            if first[1] != len(arr):
+                raise SpecError(f"{first[2]} gives '{first[0]}' {first[1]} samples, but "
+                                f"'{name}', which it lacks, comes from {where}: "
+                                f"{len(arr)} samples", mark=model.graph[name].mark, node=name,
+                                hint=f"add '{name}' to {path}")
 
 
 def default_checkpoint(model) -> Path:
@@ -103,8 +156,10 @@ def _given_input(model, name: str, arr: np.ndarray, path) -> np.ndarray:
     from .datafiles import numeric
     shown = f"--inputs {path} array '{name}'"
     if name not in model.graph.nodes or model.graph[name].op != "input":
+        leaf = name in model.graph.nodes and model.graph[name].op in ("param", "state")
         raise SpecError(f"--inputs {path}: '{name}' is not an input of the spec",
-                        hint=did_you_mean(name, model.fed_inputs))
+                        hint=f"'{name}' is a {model.graph[name].op}: pass its value with "
+                        "--params" if leaf else did_you_mean(name, model.fed_inputs))
     node = model.graph[name]
     arr = numeric(arr, shown, samples=name in model.fed_inputs)
     check_values(name, arr, np.dtype(node.dtype), lambda n, idx: f"{shown} at index {idx}")

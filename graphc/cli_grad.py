@@ -1,12 +1,9 @@
 """`graphc grad`, `graphc gradcheck`, `graphc explain`: one pass, its checks, its paths."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import click
-from .cli_common import SPEC, FiniteFloat, dot_outputs, input_feeds, fmt_result, nested, \
-    write_dot
+from .cli_common import FILE, SPEC, FiniteFloat, dot_outputs, input_feeds, fmt_result, json_text, \
+    nested, write_dot
 
 MODE = click.option("--mode", type=click.Choice(["train", "eval"]), default="train",
                     show_default=True,
@@ -18,15 +15,15 @@ MODE = click.option("--mode", type=click.Choice(["train", "eval"]), default="tra
 @click.command()
 @click.argument("spec", type=SPEC)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", type=FILE,
               help="Write the gradients to FILE.npz, one array per leaf.")
 @click.option("--all", "everything", is_flag=True,
               help="Also print every node's value and gradient.")
-@click.option("--params", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--params", type=FILE,
               help="Load parameter values from a checkpoint .npz.")
-@click.option("--inputs", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--inputs", type=FILE,
               help="Load input values from an .npz (arrays named like the inputs).")
-@click.option("--dot", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--dot", type=FILE,
               help="Write the forward graph as Graphviz DOT (FILE.dot or FILE.gv), each node "
                    "with its value and gradient, each edge with its local gradient.")
 @click.option("--render", is_flag=True, help="Also render the DOT to SVG with Graphviz.")
@@ -51,7 +48,7 @@ def grad(spec, as_json, out, everything, params, inputs, dot, render, mode):
     if as_json:
         grads = {**{k: nested(v) for k, v in result.node_grads.items()},
                  **{k: nested(v) for k, v in result.grads.items()}}
-        click.echo(json.dumps({"loss": result.loss, "grads": grads,
+        click.echo(json_text({"loss": result.loss, "grads": grads,
                                "values": {k: nested(v) for k, v in result.values.items()}}))
         return
     click.echo(f"loss = {result.loss:.6g}")
@@ -81,9 +78,9 @@ def grad(spec, as_json, out, everything, params, inputs, dot, render, mode):
               help="Rows of train.data's first batch to feed [default: the spec's "
                    "batch_size].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--params", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--params", type=FILE,
               help="Load parameter values from a checkpoint .npz.")
-@click.option("--inputs", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--inputs", type=FILE,
               help="Load input values from an .npz (arrays named like the inputs).")
 @MODE
 def gradcheck(spec, eps, tol, atol, sample, batch_size, as_json, params, inputs, mode):
@@ -97,7 +94,7 @@ def gradcheck(spec, eps, tol, atol, sample, batch_size, as_json, params, inputs,
         load_params(params, model)
     result = check_model(model, input_feeds(model, inputs, batch_size), eps=eps, tol=tol,
                          atol=atol, sample=sample)
-    click.echo(json.dumps(check_json(result)) if as_json else check_table(result))
+    click.echo(json_text(check_json(result)) if as_json else check_table(result))
     if not result.ok:
         failed = ", ".join(c.leaf for c in result.leaves if not c.ok)
         raise CheckFailed(f"gradient check failed for {failed} (tol {tol:g})")
@@ -109,9 +106,9 @@ def gradcheck(spec, eps, tol, atol, sample, batch_size, as_json, params, inputs,
               help="The leaf (or node) whose gradient to take apart.")
 @click.option("--max-paths", type=click.IntRange(min=1), default=64, show_default=True,
               help="Print at most this many paths.")
-@click.option("--params", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--params", type=FILE,
               help="Load parameter values from a checkpoint .npz.")
-@click.option("--inputs", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--inputs", type=FILE,
               help="Load input values from an .npz (arrays named like the inputs).")
 def explain(spec, wrt, max_paths, params, inputs):
     """The chain rule for d loss / d LEAF: local gradients multiplied along each path,

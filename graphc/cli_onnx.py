@@ -4,16 +4,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from .cli_common import SPEC, checkpoint_or_default
+from .cli_common import FILE, SPEC, checkpoint_or_default
 from .onnx import DEFAULT_OPSET
 
 
 @click.command("export")
 @click.argument("spec", type=SPEC)
-@click.option("--params", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--params", type=FILE,
               help="The checkpoint .npz [default: <name>.ckpt.npz here; a spec without "
                    "train.data may go without: its values and initializers].")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", required=True, type=FILE,
               help="The ONNX model file to write (MODEL.onnx).")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True,
               help="The ONNX opset to write (13 up to the newest the onnx package knows).")
@@ -65,19 +65,23 @@ def _export_outputs(model, with_grad: bool) -> tuple:
 
 @click.command("import")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", required=True, type=FILE,
               help="The spec to write (SPEC.yaml); its params go to <stem>.ckpt.npz beside "
                    "it, the checkpoint `predict`, `export` and `train --init-from` read.")
-def import_(model, out):
+@click.option("--force", is_flag=True,
+              help="Replace <stem>.ckpt.npz even when a training run wrote it.")
+def import_(model, out, force):
     """An ONNX model (the MLP and CNN subset PyTorch exports) as a graphc spec and its
     params."""
     from .onnx import require_onnx
-    from .checkpoint import write
+    from .checkpoint import check_not_a_run, write
     from .outfiles import YAML, check_outputs, write_text
     require_onnx("import")
     from .onnx.importer import read_onnx, spec_text
     params_out = out.with_name(f"{out.stem}.ckpt.npz")
     check_outputs({"--out": out, "params": params_out}, {"--out": YAML})  # before the work
+    if not force:
+        check_not_a_run(params_out, "import")
     spec, params = read_onnx(model, str(model), out.stem)
     write(params_out, params, "params")
     write_text(out, spec_text(spec, model.name), "--out")

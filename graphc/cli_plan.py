@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 from .limits import paused_gc
-from .cli_common import (MEMORY_BUDGET, SPEC, dot_outputs, limit_threads, training_step,
+from .cli_common import (FILE, MEMORY_BUDGET, SPEC, dot_outputs, limit_threads, training_step,
                          write_dot)
 
 
@@ -41,11 +40,11 @@ DIM = click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", callback
 @click.command()
 @click.argument("spec", type=SPEC)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (contract §2).")
-@click.option("--dot", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--dot", type=FILE,
               help="Write the plan as Graphviz DOT (FILE.dot or FILE.gv).")
 @BATCH_SIZE
 @DIM
-@click.option("--memory", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--memory", type=FILE,
               help="Write the arena over time as SVG (FILE.svg): one bar per buffer.")
 @click.option("--only", metavar="FIRST..LAST",
               help="With --dot: draw only these steps (node names or step numbers).")

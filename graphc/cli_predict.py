@@ -3,23 +3,22 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 import click
 import numpy as np
-from .cli_common import SPEC, checkpoint_or_default, fmt_result, nested
+from .cli_common import FILE, SPEC, checkpoint_or_default, fmt_result, json_text, nested
 from .errors import SpecError
 
 
 @click.command()
 @click.argument("spec", type=SPEC)
-@click.option("--params", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--params", type=FILE,
               help="The checkpoint .npz [default: <name>.ckpt.npz here].")
-@click.option("--inputs", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--inputs", required=True, type=FILE,
               help="New samples: .npz or .npy (arrays named like the inputs) or .csv "
                    "(columns as train.data's); labels may be there or not.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", type=FILE,
               help="Write the outputs to FILE.npz (one array per output) or FILE.csv "
                    "(one row per sample).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -52,7 +51,7 @@ def predict(spec, params, inputs, out, as_json, classes, batch_size):
     if out is not None:
         write_outputs(out, outputs, samples, predictor.per_sample())
     if as_json:
-        click.echo(json.dumps({"outputs": {k: nested(v) for k, v in outputs.items()},
+        click.echo(json_text({"outputs": {k: nested(v) for k, v in outputs.items()},
                                "samples": samples}))
     elif out is None:
         click.echo(table(outputs) if predictor.per_sample() else

@@ -1,33 +1,32 @@
 """`graphc train` and `graphc eval`: training with progress and plots; a checkpoint's metrics."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
-from .cli_common import (MEMORY_BUDGET, SPEC, FiniteFloat, checkpoint_or_default,
-                         default_checkpoint)
+from .cli_common import (FILE, FOLDER, MEMORY_BUDGET, SPEC, FiniteFloat, checkpoint_or_default,
+                         default_checkpoint, json_text)
 
 
 @click.command()
 @click.argument("spec", type=SPEC)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", type=FILE,
               help="Checkpoint path, named .npz (default <name>.ckpt.npz here).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final metrics as JSON.")
 @click.option("--epochs", type=click.IntRange(min=1))
 @click.option("--batch-size", type=click.IntRange(min=1))
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True))
 @click.option("--seed", type=click.IntRange(min=0))
-@click.option("--resume", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--resume", type=FILE,
               help="Continue the run saved in this checkpoint (same spec and settings); "
                    "--out defaults to it.")
-@click.option("--init-from", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--init-from", type=FILE,
               help="Start from this checkpoint's params that match by name and shape.")
 @click.option("--save-every", type=click.IntRange(min=1),
               help="Save a checkpoint every N epochs [default: each epoch end, at most "
                    "once a second].")
-@click.option("--plot", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--plot", type=FOLDER,
               help="Write loss/metric curves per epoch (and a 2-D decision boundary) to DIR.")
 @click.option("--force", is_flag=True,
               help="Replace the default checkpoint even when another spec file saved it.")
@@ -74,7 +73,7 @@ def train(spec, out, as_json, epochs, batch_size, lr, seed, resume, init_from, s
     if plot:
         _write_plots(plot, model, cfg, result.history, as_json)
     if as_json:
-        click.echo(json.dumps(result.json()))
+        click.echo(json_text(result.json()))
 
 
 def _write_plots(out_dir: Path, model, cfg, history, quiet_stdout: bool) -> None:
@@ -145,7 +144,7 @@ class _progress:
 
 @click.command("eval")
 @click.argument("spec", type=SPEC)
-@click.option("--params", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--params", type=FILE,
               help="The checkpoint .npz to evaluate [default: <name>.ckpt.npz here].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def eval_(spec, params, as_json):
@@ -155,7 +154,7 @@ def eval_(spec, params, as_json):
     model = load_model(spec)
     result = evaluate_checkpoint(model, checkpoint_or_default(model, params))
     if as_json:
-        click.echo(json.dumps(result))
+        click.echo(json_text(result))
         return
     metrics = "".join(f"  {k} {v:.4f}" for k, v in result["metrics"].items())
     click.echo(f"loss {result['loss']:.4f}{metrics}  ({result['samples']} samples)")

@@ -159,7 +159,7 @@ def _check_finite(name: str, arr: np.ndarray, where) -> None:
     index = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
     what = "NaN" if np.isnan(arr[index]) else "an infinite value"
     raise SpecError(f"{where(name, index)}: {what} in the data", node=name,
-                    hint="drop or fill missing values before training")
+                    hint="drop or fill the missing values first")
 
 
 def check_values(name: str, arr: np.ndarray, dtype: np.dtype, where) -> None:

@@ -25,12 +25,19 @@ NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,
 
 
 def resolve(spec_dir: Path, text: str) -> Path:
-    """Relative paths are relative to the spec's folder, not the working directory."""
+    """Relative paths are relative to the spec's folder, not the working directory. A
+    SpecError unless the path names a regular file: missing, a folder, or a device or
+    pipe each say which."""
+    if not text:
+        raise SpecError("the data file's path is empty", hint="name the file, e.g. data.npz")
     path = Path(text).expanduser()
     path = path if path.is_absolute() else spec_dir / path
-    if not path.is_file():
+    if path.is_file():
+        return path
+    if not path.exists():
         raise SpecError(f"data file not found: {text}", hint=f"looked for {path}")
-    return path
+    what = "a folder" if path.is_dir() else "not a regular file (a device, pipe or socket)"
+    raise SpecError(f"data file {text} is {what}", hint="name a .npz, .npy or .csv file")
 
 
 def read_csv(path: Path, shown: str) -> tuple[list[str], list[list[str]], list[int]]:
@@ -54,7 +61,7 @@ def read_csv(path: Path, shown: str) -> tuple[list[str], list[list[str]], list[i
                     rows.append(row)
                     lines.append(reader.line_num)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise SpecError(f"cannot read {shown}: {e}") from None
+        raise _unreadable(e, shown) from None
     if not rows:
         raise SpecError(f"{shown} has no data rows" if header else f"{shown} is empty",
                         hint="the first row names the columns; each later row is one sample")
@@ -72,12 +79,30 @@ def csv_header(path: Path, shown: str) -> list[str]:
                     _check_header(header, shown, reader.line_num)
                     return header
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise SpecError(f"cannot read {shown}: {e}") from None
+        raise _unreadable(e, shown) from None
     raise SpecError(f"{shown} is empty",
                     hint="the first row names the columns; each later row is one sample")
 
 
+def _unreadable(e: Exception, shown: str) -> SpecError:
+    """The error for a CSV file that cannot be read as text: not UTF-8 says which byte."""
+    if isinstance(e, UnicodeDecodeError):
+        return SpecError(f"{shown} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                         f"{e.start})", hint="save the file as UTF-8")
+    return SpecError(f"cannot read {shown}: {getattr(e, 'strerror', None) or e}")
+
+
+SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "bars"}     # what spreadsheets also write
+
+
 def _check_header(header: list[str], shown: str, line: int) -> None:
+    """Distinct, non-empty column names; a header of one name holding another separator
+    is a file that is not comma-separated."""
+    other = [word for sep, word in SEPARATORS.items() if len(header) == 1 and sep in header[0]]
+    if other:
+        raise SpecError(f"{shown} line {line}: the header is one column, {header[0]!r}: the "
+                        f"file looks separated by {other[0]}", hint="graphc reads comma-"
+                        "separated values: export the file as CSV with commas")
     seen = set()
     for name in header:
         if not name or name in seen:
@@ -115,7 +140,12 @@ def np_load(path: Path, shown: str, *, archive: bool, hint: Optional[str] = None
                 raise SpecError(f"cannot read {shown}: it is neither an .npz archive nor an "
                                 ".npy array", hint=hint)
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except zipfile.BadZipFile:
+        raise SpecError(f"cannot read {shown}: it starts as an .npz archive but is cut short "
+                        "or damaged", hint="write or copy it again") from None
+    except OSError as e:        # "No such file or directory", not "[Errno 2] ...: 'x.npz'"
+        raise SpecError(f"cannot read {shown}: {e.strerror or e}") from None
+    except (ValueError, EOFError) as e:
         raise SpecError(f"cannot read {shown}: {e}") from None
     is_archive = isinstance(loaded, np.lib.npyio.NpzFile)
     if is_archive and not archive:

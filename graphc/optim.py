@@ -138,6 +138,9 @@ def _setting(name: str, key: str, value, mark):
         if key in FRACTIONS and not v < 1:
             raise SpecError(f"optimizer setting '{key}' must be in [0, 1), got {short(value)}",
                             mark=mark)
+        if key == "lr" and v == 0:     # as --lr and fit(lr=): a rate of 0 trains nothing
+            raise SpecError("optimizer setting 'lr' must be a finite number > 0, got 0",
+                            mark=mark, hint="e.g. lr: 0.01")
     return tuple(float(v) for v in values) if isinstance(default, tuple) else float(value)
 
 

@@ -62,8 +62,12 @@ def _refuse(what: str, path, problem: str, hint: Optional[str] = None) -> SpecEr
 
 def named_as(path, what: str, suffixes: Sequence[str]) -> None:
     """SpecError unless `path`'s name ends in one of `suffixes` (any case), the format
-    graphc writes there: never an .npz or SVG under a name that says another format."""
-    path = Path(path)
+    graphc writes there: never an .npz or SVG under a name that says another format.
+    A path that names no file ('', '.', '..', '/') is refused too."""
+    given, path = os.fspath(path), Path(path)
+    if path.name in ("", ".."):
+        raise SpecError(f"{what} {given!r}: expected a file name, got a folder's",
+                        hint=f"name the file, e.g. {path / ('out' + (suffixes or ('',))[0])}")
     if not suffixes or path.suffix.lower() in suffixes:
         return
     raise SpecError(f"{what} {path}: expected a {' or '.join(suffixes)} file",

@@ -47,11 +47,13 @@ def choose_outputs(model: Model, outputs: Optional[Sequence[str]] = None) -> tup
     if not chosen:
         raise SpecError(f"spec '{model.spec.name}' lists no outputs to predict",
                         hint="add outputs: [NODE, ...] to the spec, e.g. outputs: [scores]")
-    for name in chosen:
+    for i, name in enumerate(chosen):
         if name not in model.graph.nodes or "/" in name:
             users = [n for n in model.graph.nodes if "/" not in n]
             raise SpecError(f"'{name}' is not a node of spec '{model.spec.name}'",
                             hint=did_you_mean(str(name), users))
+        if name in chosen[:i]:      # its rows would come back twice, under one key
+            raise SpecError(f"output '{name}' is asked for twice", hint="name each output once")
     return chosen
 
 
@@ -172,6 +174,7 @@ def read_inputs(predictor: Predictor, path) -> Arrays:
     if kind == ".npz":
         with np_load(file, shown, archive=True) as archive:
             has = list(archive.files)
+        C.check_not_a_checkpoint(has, f"--inputs {shown}")
         for name in inputs:
             if name not in has:
                 raise predictor.missing(name, shown, has)

@@ -168,6 +168,10 @@ def _check_names(leaves, nodes):
                                 "define it under inputs, params or nodes")
 
 
+NUMPY_FILES = {b"PK\x03\x04": "an .npz archive (a checkpoint or data)",
+               b"\x93NUMPY": "an .npy array"}
+
+
 def _read(path: Path) -> str:
     """The spec's text (newlines as Python's text mode reads them), read at most
     MAX_SPEC_BYTES: a larger file, or a device such as /dev/zero, is refused unparsed."""
@@ -182,6 +186,11 @@ def _read(path: Path) -> str:
                         mark=Mark(str(path), 1, 1),
                         hint="a spec describes a model; put data and large values in files "
                              "(train.data, --init-from)")
+    for magic, what in NUMPY_FILES.items():
+        if data.startswith(magic):
+            raise SpecError(f"spec is {what}, not YAML text", mark=Mark(str(path), 1, 1),
+                            hint="the spec comes first: graphc COMMAND SPEC.yaml --params "
+                                 "CKPT.npz")
     try:
         return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
@@ -225,10 +234,13 @@ def _outputs(raw: MarkedDict, names: set) -> tuple:
         raise SpecError(f"outputs is {short(outputs)}, expected a list of node names",
                         mark=raw.mark_of("outputs"))
     for i, o in enumerate(outputs):
+        where = getattr(outputs, "mark_of", lambda i: raw.mark_of("outputs"))(i)
         if not isinstance(o, str) or as_read(o) not in names:
-            where = getattr(outputs, "mark_of", lambda i: raw.mark_of("outputs"))(i)
             raise SpecError(f"output {short(o)} is not a node", mark=where,
                             hint=did_you_mean(str(o), names))
+        if as_read(o) in map(as_read, outputs[:i]):     # predict would give its rows twice
+            raise SpecError(f"output {short(o)} is listed twice", mark=where,
+                            hint="name each output once")
     return tuple(map(as_read, outputs))
 
 

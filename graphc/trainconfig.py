@@ -45,16 +45,20 @@ class TrainConfig:
         return {"batch_size": self.batch_size, "lr": self.optimizer.lr, "seed": self.seed}
 
 
+def positive_int(value, name: str, mark=None) -> int:
+    """`value` as an int >= 1 (NumPy integers too); else a SpecError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise SpecError(f"{name} must be a positive integer, got {short(value)}", mark=mark)
+    return int(value)
+
+
 def _positive_int(raw: Mapping, key: str, default: int, override=None) -> int:
     """`train.KEY` (else `default`), or the `override` a caller passed as `KEY=`, which an
     error then names: fit(epochs=0) says epochs, where the command line's range check
     speaks first."""
-    given = override is not None
-    value = override if given else raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise SpecError(f"{key if given else 'train.' + key} must be a positive integer, got "
-                        f"{short(value)}", mark=None if given else raw.mark_of(key))
-    return int(value)
+    if override is not None:
+        return positive_int(override, key)
+    return positive_int(raw.get(key, default), f"train.{key}", raw.mark_of(key))
 
 
 def parse_train(model: Model, epochs=None, batch_size=None, lr=None, seed=None,
