@@ -408,3 +408,11 @@ def test_a_data_path_that_is_no_file_says_what_it_is(tmp_path, source, says):
     spec = write(tmp_path, CLASSES.replace("{npz: data.npz}", source))
     (tmp_path / "sub").mkdir()
     assert one_error(run("train", spec, cwd=tmp_path)).endswith(says)
+
+
+def test_fit_on_given_arrays_does_not_blame_the_specs_data_line(two):
+    # before: "spec.yaml:12:9: node 'y': no array for input 'y'; given: x", the line of
+    # train.data, which fit(data) replaced
+    with pytest.raises(SpecError) as err:
+        two.fit({"x": np.eye(2)}, epochs=1)
+    assert str(err.value) == "node 'y': no array for input 'y'; given: x"
