@@ -248,9 +248,10 @@ def _load_arrays(cfg: Mapping, spec_dir: Path, inputs: dict, seed: int) -> Raw:
                             node=name, hint=did_you_mean(name, names))
         try:
             arrays[name] = numeric(np.asarray(given[name]), f"the array for input '{name}'")
-        except ValueError as e:
-            raise SpecError(f"the array for input '{name}' is not rectangular: {e}",
-                            node=name) from None
+        except ValueError as e:     # numpy's words on ragged lists run to three sentences
+            why = "its rows differ in length" if "inhomogeneous" in str(e) else str(e)
+            raise SpecError(f"the array for input '{name}' is not rectangular: {why}",
+                            node=name, hint="give every sample the same shape") from None
     return Raw(arrays, {n: f"the array for '{n}'" for n in inputs},
                lambda n, idx: f"the array for '{n}' at index {_index(idx)}",
                _file_targets(inputs), _classes_option(cfg))

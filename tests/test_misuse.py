@@ -416,3 +416,11 @@ def test_fit_on_given_arrays_does_not_blame_the_specs_data_line(two):
     with pytest.raises(SpecError) as err:
         two.fit({"x": np.eye(2)}, epochs=1)
     assert str(err.value) == "node 'y': no array for input 'y'; given: x"
+
+
+def test_ragged_rows_are_named_in_a_sentence(two):
+    # before: numpy's "setting an array element with a sequence. The requested array ..."
+    with pytest.raises(SpecError) as err:
+        two.predict({"x": [[1.0, 2.0], [3.0]]})
+    assert str(err.value) == "node 'x': the array for input 'x' is not rectangular: its rows " \
+                             "differ in length; give every sample the same shape"
