@@ -276,6 +276,17 @@ def _classes_option(cfg: Mapping) -> Optional[int]:
     return k
 
 
+def data_files(cfg, spec_dir: Path) -> list[Path]:
+    """The files a `train.data` mapping names (csv, npz, each npy), where the loaders look
+    for them; nothing is checked here (the loaders do)."""
+    if not isinstance(cfg, Mapping):
+        return []
+    npy = cfg.get("npy")
+    named = [cfg.get("csv"), cfg.get("npz")] + (list(npy.values()) if isinstance(npy, Mapping)
+                                                else [npy])
+    return [spec_dir / Path(p).expanduser() for p in named if isinstance(p, str) and p]
+
+
 def _data_path(cfg: Mapping, key: str, spec_dir: Path) -> Path:
     if not isinstance(cfg[key], str):
         raise SpecError(f"{key} must be a file path, got {short(cfg[key])}",
