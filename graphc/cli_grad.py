@@ -34,7 +34,7 @@ def grad(spec, as_json, out, everything, params, inputs, dot, render, mode):
     from .checkpoint import load_params, write
     from .outfiles import DOT, NPZ, check_outputs
     check_outputs({"--out": out, **dot_outputs(dot, render)},   # before the work
-                  {"--out": NPZ, "--dot": DOT})
+                  {"--out": NPZ, "--dot": DOT}, {"--params": params, "--inputs": inputs})
     model = load_model(spec, mode=mode)
     if params:
         load_params(params, model)

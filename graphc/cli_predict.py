@@ -36,7 +36,8 @@ def predict(spec, params, inputs, out, as_json, classes, batch_size):
     from .predict import CHUNK, Predictor, choose_outputs, class_outputs, normalization, \
         read_inputs
     from .evaluation import read_checkpoint
-    check_outputs({"--out": out}, {"--out": NPZ + CSV})      # before the work
+    check_outputs({"--out": out}, {"--out": NPZ + CSV},      # before the work
+                  {"--inputs": inputs, "--params": params})
     model = load_model(spec)
     choose_outputs(model)       # a spec with no outputs says so before asking for a checkpoint
     ckpt = checkpoint_or_default(model, params)

@@ -248,9 +248,10 @@ def _load_arrays(cfg: Mapping, spec_dir: Path, inputs: dict, seed: int) -> Raw:
                             node=name, hint=did_you_mean(name, names))
         try:
             arrays[name] = numeric(np.asarray(given[name]), f"the array for input '{name}'")
-        except ValueError as e:
-            raise SpecError(f"the array for input '{name}' is not rectangular: {e}",
-                            node=name) from None
+        except ValueError as e:     # numpy's words on ragged lists run to three sentences
+            why = "its rows differ in length" if "inhomogeneous" in str(e) else str(e)
+            raise SpecError(f"the array for input '{name}' is not rectangular: {why}",
+                            node=name, hint="give every sample the same shape") from None
     return Raw(arrays, {n: f"the array for '{n}'" for n in inputs},
                lambda n, idx: f"the array for '{n}' at index {_index(idx)}",
                _file_targets(inputs), _classes_option(cfg))
@@ -273,6 +274,17 @@ def _classes_option(cfg: Mapping) -> Optional[int]:
         raise SpecError(f"classes must be a positive integer, got {short(k)}",
                         mark=value_mark(cfg, "classes"))
     return k
+
+
+def data_files(cfg, spec_dir: Path) -> list[Path]:
+    """The files a `train.data` mapping names (csv, npz, each npy), where the loaders look
+    for them; nothing is checked here (the loaders do)."""
+    if not isinstance(cfg, Mapping):
+        return []
+    npy = cfg.get("npy")
+    named = [cfg.get("csv"), cfg.get("npz")] + (list(npy.values()) if isinstance(npy, Mapping)
+                                                else [npy])
+    return [spec_dir / Path(p).expanduser() for p in named if isinstance(p, str) and p]
 
 
 def _data_path(cfg: Mapping, key: str, spec_dir: Path) -> Path:

@@ -116,12 +116,29 @@ def _probe_folder(target: Path, what: str, shown: Path) -> None:
 
 
 def check_outputs(paths: Mapping[str, Optional[Path]],
-                  formats: Mapping[str, Sequence[str]] = {}) -> None:
+                  formats: Mapping[str, Sequence[str]] = {},
+                  reads: Mapping[str, Optional[Path]] = {}) -> None:
     """destination() of every path given, keyed by its flag, with the suffixes `formats`
-    gives that flag: all outputs checked before the work that fills them."""
+    gives that flag, and not_read() against the files the run `reads`: all outputs
+    checked before the work that fills them."""
     for what, path in paths.items():
         if path is not None:
             destination(path, what, formats.get(what, ()))
+            not_read(path, what, reads)
+
+
+def not_read(path, what: str, reads: Mapping[str, Optional[Path]]) -> None:
+    """SpecError where output `path` (flag `what`) is a file the same run reads, keyed by
+    what reads it: writing it would replace the user's input (predict --inputs x.npz
+    --out x.npz)."""
+    for source, read in reads.items():
+        try:
+            same = read is not None and os.path.samefile(path, read)
+        except OSError:             # either is missing: nothing to replace
+            same = False
+        if same:
+            raise SpecError(f"{what} {path} is the file {source} reads; writing it would "
+                            "replace it", hint=f"name another file for {what}")
 
 
 def writable_folder(folder, what: str, names: Iterable[str]) -> None:

@@ -186,13 +186,15 @@ def load_dataset(model: Model, cfg: TrainConfig, stats=None):
     normalization statistics computed on this data."""
     graph = model.graph
     fed = model.fed_inputs
+    raw = model.spec.train.get("data")      # errors in arrays fit() was given have no line
     cfg_data = cfg.data
     if stats and isinstance(cfg_data, Mapping) and cfg_data.get("normalize"):
         cfg_data = without(cfg_data, ("normalize",))
     data = load_data(cfg_data, spec_dir=model.spec.path.parent,
                      inputs={n: graph[n].shape for n in fed},
                      input_dtypes={n: graph[n].dtype for n in fed}, seed=cfg.seed,
-                     mark=model.spec.train.mark_of("data"), **fed_labels(model))
+                     mark=model.spec.train.mark_of("data") if cfg.data is raw else None,
+                     **fed_labels(model))
     if cfg_data is cfg.data:
         return data
     valid = None if data.valid is None else apply_stats(data.valid, stats)

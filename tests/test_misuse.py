@@ -408,3 +408,52 @@ def test_a_data_path_that_is_no_file_says_what_it_is(tmp_path, source, says):
     spec = write(tmp_path, CLASSES.replace("{npz: data.npz}", source))
     (tmp_path / "sub").mkdir()
     assert one_error(run("train", spec, cwd=tmp_path)).endswith(says)
+
+
+def test_fit_on_given_arrays_does_not_blame_the_specs_data_line(two):
+    # before: "spec.yaml:12:9: node 'y': no array for input 'y'; given: x", the line of
+    # train.data, which fit(data) replaced
+    with pytest.raises(SpecError) as err:
+        two.fit({"x": np.eye(2)}, epochs=1)
+    assert str(err.value) == "node 'y': no array for input 'y'; given: x"
+
+
+def test_ragged_rows_are_named_in_a_sentence(two):
+    # before: numpy's "setting an array element with a sequence. The requested array ..."
+    with pytest.raises(SpecError) as err:
+        two.predict({"x": [[1.0, 2.0], [3.0]]})
+    assert str(err.value) == "node 'x': the array for input 'x' is not rectangular: its rows " \
+                             "differ in length; give every sample the same shape"
+
+
+# --- an output never replaces a file the same run reads ------------------------------------
+
+def test_predict_out_onto_its_inputs_is_refused_and_the_samples_stay(trained, tmp_path):
+    # before: the outputs replaced new.npz, the user's samples
+    np.savez(tmp_path / "new.npz", x=np.eye(2))
+    samples = (tmp_path / "new.npz").read_bytes()
+    line = one_error(run("predict", "spec.yaml", "--params", "two.ckpt.npz", "--inputs",
+                         "new.npz", "--out", "new.npz", cwd=tmp_path))
+    assert line == "error: --out new.npz is the file --inputs reads; writing it would replace " \
+                   "it; name another file for --out"
+    assert (tmp_path / "new.npz").read_bytes() == samples
+
+
+def test_grad_out_onto_its_params_is_refused(trained, tmp_path):
+    checkpoint = (tmp_path / "two.ckpt.npz").read_bytes()
+    line = one_error(run("grad", "spec.yaml", "--params", "two.ckpt.npz", "--out",
+                         "two.ckpt.npz", cwd=tmp_path))
+    assert "--out two.ckpt.npz is the file --params reads" in line
+    assert (tmp_path / "two.ckpt.npz").read_bytes() == checkpoint
+
+
+def test_train_out_onto_its_training_data_is_refused(tmp_path):
+    # before: the checkpoint replaced data.npz, through a link too
+    spec = write(tmp_path, CLASSES, x=np.eye(2), y=np.array([0, 1]))
+    data = (tmp_path / "data.npz").read_bytes()
+    (tmp_path / "link.npz").symlink_to("data.npz")
+    for out in ("data.npz", "./data.npz", "link.npz"):
+        line = one_error(run("train", spec, "--out", out, cwd=tmp_path))
+        assert line.endswith("is the file train.data reads; writing it would replace it; name "
+                             "another file for --out")
+    assert (tmp_path / "data.npz").read_bytes() == data

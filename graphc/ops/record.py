@@ -54,7 +54,7 @@ class LabelKind:
         return self.plural
 
     def out_of_range(self, value, k: int, at: str = "") -> str:
-        """"label 5 at index [2] is out of range for 3 classes (expected 0..2)"."""
+        """The message: 'label 5 at index [2] is out of range for 3 classes (expected 0..2)'."""
         return f"{self.one} {value}{at} is out of range for {k} {self.unit} (expected 0..{k - 1})"
 
     def hint(self, name: str) -> str:
