@@ -24,11 +24,12 @@ pytestmark = pytest.mark.skipif(blas.cblas_gemm(np.dtype(np.float32)) is None,
                                 reason="no CBLAS gemm found in NumPy's BLAS here")
 
 
-def wide(hidden: int = 512) -> str:
+def wide(hidden: int = 512, dtype: str = "float32") -> str:
     """x [batch, 256] -> relu -> [hidden] -> 10 classes: W1 is 256 x hidden (512 KiB at
     512, past flat.FLAT_SGD_BYTES: each param updates on its own; at 256 every param
     fits one flat update)."""
-    return ("inputs: {x: [batch, 256], y: {shape: [batch], dtype: int64}}\n"
+    return (f"dtype: {dtype}\n"
+            "inputs: {x: [batch, 256], y: {shape: [batch], dtype: int64}}\n"
             f"params:\n  W1: {{shape: [256, {hidden}], init: he_normal}}\n  b1: [{hidden}]\n"
             f"  W2: {{shape: [{hidden}, 10], init: he_normal}}\n  b2: [10]\n"
             "nodes:\n  h: relu(x @ W1 + b1)\n  s: h @ W2 + b2\n"
@@ -36,15 +37,15 @@ def wide(hidden: int = 512) -> str:
             "train: {optimizer: {sgd: {lr: 0.05}}, seed: 0}\n")
 
 
-def wide_batches(count: int, batch: int, scale: float = 1.0) -> list:
+def wide_batches(count: int, batch: int, scale: float = 1.0, dtype=np.float32) -> list:
     rng = np.random.default_rng(7)
-    return [{"x": (scale * rng.standard_normal((batch, 256))).astype(np.float32),
+    return [{"x": (scale * rng.standard_normal((batch, 256))).astype(dtype),
              "y": rng.integers(0, 10, batch)} for _ in range(count)]
 
 
-def steps(tmp_path, code: str, feeds: list, hidden: int = 512) -> tuple:
+def steps(tmp_path, code: str, feeds: list, hidden: int = 512, dtype="float32") -> tuple:
     spec = tmp_path / "wide.yaml"
-    spec.write_text(wide(hidden))
+    spec.write_text(wide(hidden, dtype))
     model = graphc.load(spec)
     with using_step_code(code):
         losses = [model.step(f) for f in feeds]
@@ -68,6 +69,15 @@ def test_the_fused_update_gives_the_reference_bits(tmp_path, batch):
                                                   np.dtype(np.float32))
     if batch <= 64:        # one block on every OpenBLAS kernel tried (Prescott: < 256)
         assert source.count("gemm_update(") == 1      # W1 only: W2 (20 KiB) stays as it was
+
+
+def test_a_float64_weight_is_updated_by_dgemm_with_the_reference_bits(tmp_path):
+    feeds = wide_batches(3, 64, dtype=np.float64)
+    ref_losses, ref_params, _, _ = steps(tmp_path, "reference", feeds, dtype="float64")
+    losses, params, source, _ = steps(tmp_path, "generated", feeds, dtype="float64")
+    assert source.count("gemm_update(") == 1        # W1 (1 MiB); W2 (40 KiB) as it was
+    assert losses == ref_losses
+    assert all(np.array_equal(params[k], ref_params[k]) for k in ref_params)
 
 
 def test_a_flat_update_of_every_param_is_never_taken_for_one_params_own(tmp_path):
