@@ -254,3 +254,15 @@ def test_bench_transformer_times_both_step_codes_and_keeps_the_arena_at_its_boun
     assert "graphc/torch  - (no torch column: --no-torch" in out.stdout
     assert "fused/torch   - (no torch column: --no-torch" in out.stdout
     assert lines[-1].endswith("arena/bound 1.000"), lines[-1]
+
+
+def test_passes_bench_times_each_pass_with_and_without_it():
+    out = subprocess.run([sys.executable, str(BENCH / "bench_passes.py"), "--seconds", "0.3",
+                          "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = {r["pass"]: r for r in json.loads(out.stdout)["rows"]}
+    assert set(rows) == {"blas", "flat stash"}
+    assert (rows["blas"]["model"], rows["flat stash"]["optimizer"]) == ("medium", "adam")
+    assert all(r["with_us"] > 0 and r["without_us"] > 0 and r["reps"] > 0 for r in rows.values())
+    # each pass was on in one compile and off in the other: fewer calls with it
+    assert all(r["kernel_calls"][0] < r["kernel_calls"][1] for r in rows.values())
