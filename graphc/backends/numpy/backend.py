@@ -71,7 +71,7 @@ class Backend:
         for b in plan.buffers.values():
             self.values[b.value] = np.ndarray(b.shape, dtype=b.dtype, buffer=self.arena,
                                               offset=base + b.offset)
-        flat.stash_gradients(plan.steps, self.values, plan.buffers)
+        self.stashed = flat.stash_gradients(plan.steps, self.values, plan.buffers)
         self.buffers = plan.buffers
         self.workspace = Workspace(0)
         self.runs: list = []                   # (steps, call) of the bound steps
@@ -88,7 +88,7 @@ class Backend:
     def _bind_all(self, ws: Workspace, steps) -> list:
         with ws.binding():
             calls = [self._bind_step(ws, s) for s in steps]
-            runs = flat.flat_updates(steps, calls, self.values, ws)
+            runs = flat.flat_updates(steps, calls, self.values, ws, self.stashed)
             runs = blas.gemm_updates(runs, self.values, self.buffers)
             self.runs = fold_copies(runs, self.values, self.buffers)
             return calls

@@ -10,7 +10,7 @@ per operation where each param made its own (docs/design.md, "The training step"
   computed (plain SGD: params up to FLAT_SGD_BYTES; other optimizers: any size);
 - `flat_updates` (after binding) makes every update step but the last of a group run
   nothing, and the last update every param at once (`_flat_sgd`, `_flat`); gradients
-  not placed in the stash are copied into one.
+  not placed in the stash are copied into one, each by its own update step.
 Every element sees the same operations, so the numbers are the per-param updates'.
 """
 from __future__ import annotations
@@ -24,13 +24,14 @@ from .bind import source
 from .updates import BIND, FLAT, address, side_by_side
 
 
-def flat_updates(steps, calls, values, workspace) -> list:
+def flat_updates(steps, calls, values, workspace, stashed=frozenset()) -> list:
     """(steps, call) runs of the bound `calls` of `steps`, one per step, where the updates
     of one op, attrs, guard and learning rate whose params and states each lie side by
-    side in one array with the same gaps (model.pack) run as one: each copies its
-    gradient into a stash laid out as the params, and the last of them in the plan
-    updates every param over flat views, one NumPy call per operation where each param
-    made its own. Each update follows every reader of its param, so every param is read
+    side in one array with the same gaps (model.pack) run as one: each gradient is in a
+    stash laid out as the params (`stashed`: the gradients `stash_gradients` computed
+    into one; the others each update step copies into one), and the last of them in the
+    plan updates every param over flat views, one NumPy call per operation where each
+    param made its own. Each update follows every reader of its param, so every param is read
     before the last update writes it; gradients die where they did. Every element sees
     the same operations, so the numbers are the per-param updates'. When the whole
     gradient is not finite, or Adam's step counts differ, the last update runs the
@@ -39,7 +40,7 @@ def flat_updates(steps, calls, values, workspace) -> list:
     chosen: dict = {}
     for group in _groups(zip(steps, calls)):
         flat = _flat_sgd if group[0][0].attrs.get("folded") else _flat
-        chosen.update(flat(group, values, workspace) or {})
+        chosen.update(flat(group, values, workspace, stashed) or {})
     return [((s,), chosen.get(s.index, c)) for s, c in zip(steps, calls)]
 
 
@@ -57,7 +58,7 @@ def _groups(pairs) -> list:
 FLAT_SGD_BYTES = 512 * 1024     # larger params: each update while its gradient is in cache
 
 
-def stash_gradients(steps, values: dict, buffers) -> None:
+def stash_gradients(steps, values: dict, buffers) -> frozenset:
     """Where the updates of one optimizer and settings have their params side by side
     (model.pack) and each gradient is a planned value only its update reads, place the
     gradients in a stash laid out as the params, outside the arena (their arena bytes
@@ -66,8 +67,8 @@ def stash_gradients(steps, values: dict, buffers) -> None:
     folded in, no clipping) where the params take at most FLAT_SGD_BYTES (larger ones
     update one by one, each while its gradient is in the cache), every other optimizer
     at any size (its flat update needs the stash anyway). Call before binding: `values`
-    (name -> array) is rewritten."""
-    readers = Counter(n for s in steps for n in s.inputs)
+    (name -> array) is rewritten. Returns the names of the gradients placed."""
+    readers, placed = Counter(n for s in steps for n in s.inputs), set()
     for group in _groups((s, None) for s in steps):
         by_place = sorted((s for s, _ in group), key=lambda s: address(values[s.inputs[0]]))
         span = _span([values[s.inputs[0]] for s in by_place])
@@ -80,15 +81,19 @@ def stash_gradients(steps, values: dict, buffers) -> None:
         stash = np.zeros_like(span[0])
         for name, at in zip(names, span[1]):
             values[name] = stash[at:at + values[name].size].reshape(values[name].shape)
+        placed.update(names)
+    return frozenset(placed)
 
 
-def _flat_sgd(group, values, workspace) -> Optional[dict]:
+def _flat_sgd(group, values, workspace, stashed) -> Optional[dict]:
     """step index -> its call for plain SGD with the learning rate folded in, where
     `stash_gradients` placed the gradients as the params lie: each update step but the
     last runs nothing, and the last checks the whole stash once and subtracts it from
     every param, or, when it is not finite, runs each param's own update (each skipping
     itself or not, as always). Every element sees the same subtraction: the per-param
     updates' numbers. None where the gradients were not stashed so."""
+    if not all(s.inputs[1] in stashed for s, _ in group):
+        return None
     by_place = sorted(group, key=lambda sc: address(values[sc[0].inputs[0]]))
     w, g = (_span([values[s.inputs[k]] for s, _ in by_place]) for k in (0, 1))
     if w is None or g is None or w[1] != g[1] or w[0].size != g[0].size:
@@ -106,7 +111,7 @@ def _flat_sgd(group, values, workspace) -> Optional[dict]:
     return out
 
 
-def _flat(group, values, workspace) -> Optional[dict]:
+def _flat(group, values, workspace, stashed) -> Optional[dict]:
     """step index -> its call in the flat update of `group` ((step, call) pairs in plan
     order), or None where the arrays do not lie side by side alike."""
     by_place = sorted(group, key=lambda sc: address(values[sc[0].inputs[0]]))
@@ -124,7 +129,7 @@ def _flat(group, values, workspace) -> Optional[dict]:
             return None
         else:
             counts.append(flat)
-    placed = _span(grads)           # where stash_gradients put them
+    placed = _span(grads) if all(s.inputs[1] in stashed for s, _ in group) else None
     if placed is not None and placed[1] == at and placed[0].size == w.size:
         stash, views = placed[0], {s.index: g for (s, _), g in zip(by_place, grads)}
     else:                           # the step's gradients, laid out as the params (gaps 0)
