@@ -97,9 +97,10 @@ def _agrees(fn, dtype) -> bool:
 
 class GemmUpdate:
     """`update(a, b, w)`: w -= a @ b in one CBLAS call, for arrays of the shapes, dtype and
-    layouts it was made for (a, b C- or F-contiguous; w C-contiguous). It takes the arrays
-    as arguments and holds none (the step code may point a name at a fed batch,
-    feeding.py); each one's address is looked up again only when another array comes."""
+    layouts it was made for (a, b C- or F-contiguous; w C-contiguous). It reads the arrays
+    it is called with (the step code may point a name at a fed batch, feeding.py); it
+    keeps the last ones only to reuse their addresses, looked up again when another
+    array comes."""
     reads_arguments = True
 
     def __init__(self, fn, a: np.ndarray, b: np.ndarray, w: np.ndarray):
