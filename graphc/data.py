@@ -31,7 +31,7 @@ from .datasources import (DEFAULT_SAMPLES, LOADERS, Arrays, Raw, generator,
 from .errors import Mark, SpecError, did_you_mean, short
 from .leaves import misfit, misfit_message
 from .ops.record import CLASS_LABELS, LabelKind
-from .shapes import is_number
+from .shapes import is_number, is_whole
 
 __all__ = ["load_data", "Dataset", "batches", "first_batch", "n_samples", "compute_stats",
            "apply_stats", "stats_to_arrays", "stats_from_arrays", "Arrays", "Stats",
@@ -332,8 +332,7 @@ def first_batch(arrays: Mapping[str, np.ndarray], batch_size: int) -> Arrays:
 
 
 def _check_batch_size(batch_size) -> None:
-    integer = isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
-    if not integer or batch_size < 1:
+    if not is_whole(batch_size) or batch_size < 1:
         raise SpecError(f"batch_size must be a positive integer, got {short(batch_size)}")
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import Mark, SpecError, did_you_mean, short
 from .limits import check_memory, memory_limit
-from .shapes import is_number
+from .shapes import is_number, is_whole
 
 Shape = tuple[int, ...]
 
@@ -238,8 +238,7 @@ def _type_word(annotation) -> str:
 
 def _check_shape(shape, mark, node) -> Shape:
     dims = tuple(shape)
-    if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0
-               for d in dims):
+    if not all(is_whole(d) and d >= 0 for d in dims):
         raise SpecError(f"cannot initialize a param of shape {list(dims)}: dims must be "
                         f"non-negative integers", mark=mark, node=node)
     return tuple(int(d) for d in dims)

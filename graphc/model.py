@@ -64,7 +64,7 @@ def load_model(path, seed: Optional[int] = None, dtype: Optional[str] = None,
 
 def spec_seed(spec: Spec, override: Optional[int] = None) -> int:
     if override is not None:
-        if not (S.is_int(override) or isinstance(override, np.integer)) or override < 0:
+        if not S.is_whole(override) or override < 0:
             raise SpecError(f"seed must be a non-negative integer, got {short(override)}")
         return int(override)
     seed = spec.train.get("seed", 0)

@@ -7,6 +7,7 @@ where it happened.
 from __future__ import annotations
 
 from math import isfinite, prod
+from numbers import Integral
 from typing import Mapping, Sequence, Union
 
 from .errors import short
@@ -22,6 +23,12 @@ class ShapeError(ValueError):
 def is_int(v) -> bool:
     """An integer that is not a bool (YAML and Python read `true` as 1 otherwise)."""
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_whole(v) -> bool:
+    """An integer of Python or NumPy (numbers.Integral) that is not a bool: a count an API
+    caller may pass as np.int64."""
+    return isinstance(v, Integral) and not isinstance(v, bool)
 
 
 def is_number(v) -> bool:

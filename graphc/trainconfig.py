@@ -10,7 +10,6 @@ import numbers
 from dataclasses import dataclass, replace
 from typing import Mapping, Optional
 
-import numpy as np
 
 from . import shapes as S
 from .data import apply_stats, load_data
@@ -47,7 +46,7 @@ class TrainConfig:
 
 def positive_int(value, name: str, mark=None) -> int:
     """`value` as an int >= 1 (NumPy integers too); else a SpecError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not S.is_whole(value) or value < 1:
         raise SpecError(f"{name} must be a positive integer, got {short(value)}", mark=mark)
     return int(value)
 
