@@ -175,15 +175,15 @@ def contender(name: str, framework: str, reps: int, seconds: float, fused: bool)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"mlp_{name}.yaml"
         path.write_text(mlp_spec(name, sizes))
-        weights, biases = build_graphc(path).params(len(sizes) - 1)
-        graphc_fused = build_graphc(path, "fused") if fused else None
+        graphc_step = build_graphc(path, "fused" if fused else DEFAULT_STEP_CODE)
+    weights, biases = graphc_step.params(len(sizes) - 1)      # copied by each contender
     hand = HandwrittenMLP(weights, biases, batch, LR)
     step = BUILDERS[framework](weights, biases, LR, feeds["x"], feeds["y"])
     if step is None:
         return {"over_numpy": None, "fused_over": None}
     calls = {"numpy": lambda: hand.step(feeds["x"], feeds["y"]), framework: step}
-    if graphc_fused is not None:
-        calls["fused"] = lambda: graphc_fused.run(feeds)
+    if fused:
+        calls["fused"] = lambda: graphc_step.run(feeds)
     times, _ = timed(calls, reps, seconds)
     median = {n: float(np.median(t)) for n, t in times.items()}
     return {"over_numpy": median[framework] / median["numpy"],
