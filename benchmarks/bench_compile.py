@@ -55,6 +55,8 @@ PASSES = (    # (label, module, function): the passes timed, in pipeline order; 
               # this checkout lacks is skipped, so the script times older revisions too
     ("yaml load", graphc.yamlload, "load_yaml"),
     ("spec (incl. yaml)", graphc.spec, "load_spec"),
+    ("  leaves", graphc.spec, "_leaves"),
+    ("  nodes (expressions)", graphc.spec, "_nodes"),
     ("IR build (all)", graphc.ir, "build_graph"),
     ("  acyclicity (fd09fc1)", graphc.ir, "_check_acyclic"),
     ("  topological orders", graphc.ir, "topological_order"),
