@@ -15,6 +15,7 @@ import yaml
 from graphc import yamlload
 from graphc.errors import GraphcError
 from graphc.spec import load_spec
+from test_compile_scaling import _marked as marked   # values with every mark, and types
 
 TESTS = Path(__file__).resolve().parent
 FILES = sorted((TESTS.parent / "specs").glob("*.yaml")) + sorted(
@@ -28,16 +29,6 @@ TEXTS = ["a: [010, 0, 00, 1_000, +5, -3, 7, 0x1f, 0b11, 1:30, 12]\n",
          "a: 8\nb: '8'\nc: \"8\"\nd: [8, 8]\ne: !!str 8\nf: 8\n", "a: ['8', 8, \"8\"]\n"]
 needs_libyaml = pytest.mark.skipif(not yaml.__with_libyaml__,
                                    reason="PyYAML without libyaml: one loader, nothing to compare")
-
-
-def marked(value):
-    """A loaded YAML value with every mark it carries, and each scalar's type."""
-    if isinstance(value, dict):
-        return {k: (marked(v), value.key_marks[k], value.value_marks[k])
-                for k, v in value.items()}, value.mark
-    if isinstance(value, list):
-        return [marked(v) for v in value], value.mark, list(value.marks)
-    return value, type(value)
 
 
 def outcome(load, *args):
