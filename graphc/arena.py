@@ -208,39 +208,42 @@ def memory_order(preds: Mapping[str, tuple], inputs: Mapping[str, tuple],
     entries are skipped. Each node's net bytes are kept up to date as its inputs' readers
     run, not recounted: O((nodes + edges) log nodes).
     """
-    data_inputs = {n: [p for p in dict.fromkeys(inputs.get(n, ())) if p in sizes]
-                   for n in preds}
     later, waiting = _successors(preds)
-    readers_of: dict = {}
-    for n, ps in data_inputs.items():
-        for p in ps:
-            readers_of.setdefault(p, []).append(n)
+    data_inputs, readers_of = {}, {}
+    for n in preds:
+        ins = inputs.get(n, ())
+        ins = [p for p in (dict.fromkeys(ins) if len(ins) > 1 else ins) if p in sizes]
+        data_inputs[n] = ins
+        for p in ins:
+            if p in readers_of:
+                readers_of[p].append(n)
+            else:
+                readers_of[p] = [n]
     readers = {p: len(r) for p, r in readers_of.items()}
     net = {n: sizes.get(n, 0) for n in preds}      # bytes a node's step allocates, net
     for p, rs in readers_of.items():
         if len(rs) == 1 and p not in pinned:
             net[rs[0]] -= sizes[p]                 # of the inputs it is the last reader of
-    done: set = set()
     ready = [(net[n], rank[n], n) for n, w in waiting.items() if w == 0]
     heapq.heapify(ready)
-    order = []
+    order, push, pop = [], heapq.heappush, heapq.heappop
     while ready:
-        gain, _, n = heapq.heappop(ready)
-        if n in done or gain != net[n]:
+        gain, _, n = pop(ready)
+        if gain != net[n]:
             continue                        # ran already, or pushed again with a lower gain
-        done.add(n)
+        net[n] = None                       # ran: no gain compares equal to it again
         order.append(n)
         for p in data_inputs[n]:
-            readers[p] -= 1
-            if readers[p] == 1 and p not in pinned:
-                last = next(r for r in readers_of[p] if r not in done)
+            left = readers[p] = readers[p] - 1
+            if left == 1 and p not in pinned:
+                last = next(r for r in readers_of[p] if net[r] is not None)
                 net[last] -= sizes[p]       # it frees p now: if it is ready, push it again
-                if waiting[last] == 0:
-                    heapq.heappush(ready, (net[last], rank[last], last))
+                if not waiting[last]:
+                    push(ready, (net[last], rank[last], last))
         for s in later[n]:
-            waiting[s] -= 1
-            if waiting[s] == 0:
-                heapq.heappush(ready, (net[s], rank[s], s))
+            left = waiting[s] = waiting[s] - 1
+            if not left:
+                push(ready, (net[s], rank[s], s))
     return order
 
 
@@ -249,7 +252,8 @@ def _successors(preds: Mapping[str, tuple]) -> tuple:
     once."""
     later, waiting = {n: [] for n in preds}, {}
     for n, ps in preds.items():
-        ps = set(ps)
+        if len(ps) > 1:
+            ps = set(ps)
         waiting[n] = len(ps)
         for p in ps:
             later[p].append(n)

@@ -26,7 +26,8 @@ from typing import Mapping, Optional
 from .autodiff import check_params_reach_loss, grad_graph, trained_params
 from .errors import SpecError, did_you_mean, short
 from .shapes import is_number
-from .ir import Graph, GraphBuilder, Node, reach, toposort, verify_graph
+from .ir import Graph, GraphBuilder, Node, toposort, verify_graph
+from .topo import reach
 from .limits import paused_gc
 
 LR = "opt:lr"
