@@ -199,62 +199,58 @@ def memory_order(preds: Mapping[str, tuple], inputs: Mapping[str, tuple],
 
     Among ready nodes, run first the one whose step frees the most bytes net of what it
     allocates (an update frees its gradient; an add frees two partial sums); ties keep
-    the original order `rank`. `pinned` values (kept to the end) are never freed.
-    `preds` has every node's data and ordering predecessors; `inputs` the data inputs
-    alone; `sizes` the bytes of planned values.
+    the original order `rank` (each name's distinct position). `pinned` values (kept to
+    the end) are never freed. `preds` has every node's data and ordering predecessors;
+    `inputs` the data inputs alone; `sizes` the bytes of planned values.
 
     A node's gain only falls (more of its inputs get it as their last reader), so the
     ready nodes sit in a heap and a node is pushed again when its gain falls; stale
     entries are skipped. Each node's net bytes are kept up to date as its inputs' readers
-    run, not recounted: O((nodes + edges) log nodes).
+    run, not recounted: O((nodes + edges) log nodes). Nodes are numbered in rank order
+    and a heap entry is one int, net * count + number, which sorts as (net, rank).
     """
-    later, waiting = _successors(preds)
-    data_inputs, readers_of = {}, {}
-    for n in preds:
+    names = sorted(preds, key=rank.__getitem__)
+    count, number = len(names), {n: i for i, n in enumerate(names)}
+    later, waiting, data_inputs = [[] for _ in names], [0] * count, [()] * count
+    readers_of: dict = {}                       # value -> the nodes reading it
+    for i, n in enumerate(names):
+        ps = preds[n]
+        ps = set(ps) if len(ps) > 1 else ps
+        waiting[i] = len(ps)
+        for p in ps:
+            later[number[p]].append(i)
         ins = inputs.get(n, ())
-        ins = [p for p in (dict.fromkeys(ins) if len(ins) > 1 else ins) if p in sizes]
-        data_inputs[n] = ins
+        ins = data_inputs[i] = [number[p] for p in (dict.fromkeys(ins) if len(ins) > 1
+                                                    else ins) if p in sizes]
         for p in ins:
-            if p in readers_of:
-                readers_of[p].append(n)
-            else:
-                readers_of[p] = [n]
-    readers = {p: len(r) for p, r in readers_of.items()}
-    net = {n: sizes.get(n, 0) for n in preds}      # bytes a node's step allocates, net
+            readers_of.setdefault(p, []).append(i)
+    size = [sizes.get(n, 0) for n in names]
+    freeable = [n not in pinned for n in names]
+    readers = [0] * count
+    net = size[:]                               # bytes a node's step allocates, net
     for p, rs in readers_of.items():
-        if len(rs) == 1 and p not in pinned:
-            net[rs[0]] -= sizes[p]                 # of the inputs it is the last reader of
-    ready = [(net[n], rank[n], n) for n, w in waiting.items() if w == 0]
+        readers[p] = len(rs)
+        if len(rs) == 1 and freeable[p]:
+            net[rs[0]] -= size[p]               # of the inputs it is the last reader of
+    ready = [net[i] * count + i for i in range(count) if not waiting[i]]
     heapq.heapify(ready)
     order, push, pop = [], heapq.heappush, heapq.heappop
     while ready:
-        gain, _, n = pop(ready)
-        if gain != net[n]:
+        i = pop(ready)
+        gain, i = divmod(i, count)
+        if gain != net[i]:
             continue                        # ran already, or pushed again with a lower gain
-        net[n] = None                       # ran: no gain compares equal to it again
-        order.append(n)
-        for p in data_inputs[n]:
+        net[i] = None                       # ran: no gain compares equal to it again
+        order.append(names[i])
+        for p in data_inputs[i]:
             left = readers[p] = readers[p] - 1
-            if left == 1 and p not in pinned:
+            if left == 1 and freeable[p]:
                 last = next(r for r in readers_of[p] if net[r] is not None)
-                net[last] -= sizes[p]       # it frees p now: if it is ready, push it again
+                net[last] -= size[p]        # it frees p now: if it is ready, push it again
                 if not waiting[last]:
-                    push(ready, (net[last], rank[last], last))
-        for s in later[n]:
+                    push(ready, net[last] * count + last)
+        for s in later[i]:
             left = waiting[s] = waiting[s] - 1
             if not left:
-                push(ready, (net[s], rank[s], s))
+                push(ready, net[s] * count + s)
     return order
-
-
-def _successors(preds: Mapping[str, tuple]) -> tuple:
-    """(name -> the names that follow it, name -> how many names it follows), each edge
-    once."""
-    later, waiting = {n: [] for n in preds}, {}
-    for n, ps in preds.items():
-        if len(ps) > 1:
-            ps = set(ps)
-        waiting[n] = len(ps)
-        for p in ps:
-            later[p].append(n)
-    return later, waiting

@@ -85,7 +85,8 @@ def grad_graph(graph: Graph, wrt, seed: Optional[str] = None) -> GradGraph:
             if gx is not None and x in need:
                 pending[x].append(gx)
     # backward nodes no total depends on are dead (d/d x of a matmul whose x is data)
-    live = reach({k: n.inputs for k, n in b.nodes.items()}, set(totals.values()))
+    live = reach({k: n.inputs for k, n in b.nodes.items() if k not in graph.nodes},
+                 set(totals.values()))         # stops at forward nodes: all of them stay
     nodes = {k: v for k, v in b.nodes.items() if k in graph.nodes or k in live}
     out = toposort(Graph(nodes, graph.loss, graph.outputs, graph.dtype, graph.after))
     verify_graph(out, trusted=graph)

@@ -105,11 +105,13 @@ class Graph:
         g.add_edges_from(self.after)
         return g
 
-    def consumers(self) -> dict:
-        out = {name: [] for name in self.nodes}
+    def consumers(self, names: Optional[Iterable[str]] = None) -> dict:
+        """name -> the nodes that read it, for `names` (default: every node)."""
+        out = {name: [] for name in (self.nodes if names is None else names)}
         for n in self.nodes.values():
             for i in n.inputs:
-                out[i].append(n.name)
+                if i in out:
+                    out[i].append(n.name)
         return out
 
     def dump(self) -> str:
@@ -343,12 +345,13 @@ def verify_graph(graph: Graph, trusted: Optional[Graph] = None) -> None:
     objects, keeps the attrs and shape verified there: they are not checked again."""
     seen, nodes = set(), graph.nodes
     known = trusted.nodes if trusted is not None else {}
+    new = {name for name, n in nodes.items() if known.get(name) is not n}
     for name, n in nodes.items():
         if not seen.issuperset(n.inputs):
             i = next(i for i in n.inputs if i not in seen)
             broken(f"IR verifier: {name} reads {i} before it is computed", n)
         seen.add(name)
-        if known.get(name) is n and all(known.get(i) is nodes[i] for i in n.inputs):
+        if name not in new and new.isdisjoint(n.inputs):
             continue                    # verified in `trusted`, over the same inputs
         opdef = OPS[n.op]
         if opdef.attrs and not opdef.attrs.keys() <= n.attrs.keys():

@@ -172,7 +172,7 @@ def training_graph(graph: Graph, optimizer: Optimizer,
     attrs["max_norm"] = float(clip_grad_norm or 0.0)
     if optimizer.name == "sgd":
         attrs["folded"] = folded
-    readers = gg.graph.consumers()
+    readers = gg.graph.consumers(params)
     after, states = list(gg.graph.after), {}
     for p in params:
         states[p] = tuple(_state_leaf(b, graph, p, s) for s in optimizer.state_names())

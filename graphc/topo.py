@@ -38,10 +38,11 @@ def topological_order(preds: Mapping[str, Iterable[str]]) -> Optional[list]:
 def reach(edges: Mapping[str, Iterable[str]], roots: Iterable[str]) -> set:
     """The roots and every name reachable from them along `edges` (name -> next names),
     in one iterative sweep: O(nodes + edges), no recursion."""
-    seen, stack = set(), list(roots)
+    seen = set(roots)
+    stack = list(seen)
     while stack:
-        name = stack.pop()
-        if name not in seen:
-            seen.add(name)
-            stack.extend(edges.get(name, ()))
+        for name in edges.get(stack.pop(), ()):
+            if name not in seen:
+                seen.add(name)
+                stack.append(name)
     return seen
