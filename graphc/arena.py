@@ -37,12 +37,15 @@ def peak_bytes(blocks: Iterable[Block]) -> int:
 
 
 def sweep_peak(intervals) -> int:
-    """max over steps of the bytes of the (first, last, bytes) intervals covering it."""
-    events: dict = {}
+    """max over steps of the bytes of the (first, last, bytes) intervals covering it; steps
+    are non-negative ints (an interval with last < first covers none)."""
+    intervals = list(intervals)
+    change = [0] * (max((last for _, last, _ in intervals), default=0) + 2)
     for first, last, nbytes in intervals:
-        events[first] = events.get(first, 0) + nbytes
-        events[last + 1] = events.get(last + 1, 0) - nbytes
-    return max(accumulate((events[step] for step in sorted(events)), initial=0))
+        if first <= last:
+            change[first] += nbytes             # bytes come live at first, go after last
+            change[last + 1] -= nbytes
+    return max(accumulate(change, initial=0))
 
 
 def merge_in_place(ranges: Mapping[str, tuple], sizes: Mapping[str, int],
