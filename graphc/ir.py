@@ -222,14 +222,15 @@ class GraphBuilder:
 
 def _in_order(graph: Graph) -> bool:
     """Does every node come after its inputs and the nodes it must follow (`after`)?"""
-    follows, seen = {}, set()
-    for before, later in graph.after:
-        follows.setdefault(later, []).append(before)
+    seen = set()
     for name, n in graph.nodes.items():
-        if not (seen.issuperset(n.inputs) and seen.issuperset(follows.get(name, ()))):
+        if not seen.issuperset(n.inputs):
             return False
         seen.add(name)
-    return True
+    position = {name: i for i, name in enumerate(graph.nodes)} if graph.after else {}
+    end = len(position)         # a `before` that is no node never ran; a missing `later` never runs
+    return all(position.get(before, end) < position.get(later, end + 1)
+               for before, later in graph.after)
 
 
 def toposort(graph: Graph) -> Graph:
