@@ -255,7 +255,7 @@ def _check_disjoint(plan: Plan) -> None:
     other at the step where the other dies. A sweep in step order keeps the live buffers
     sorted by offset; they are disjoint, so a new buffer need only be checked against its
     two neighbours: O(n log n), not every pair."""
-    live: list = []                                  # sorted (offset, value)
+    live: list = []                                  # sorted (offset, value, end)
     ending: list = []                                # heap of (last step, offset, value)
     for b in sorted(plan.buffers.values(), key=attrgetter("first_step", "offset")):
         while ending and ending[0][0] < b.first_step:
@@ -265,20 +265,20 @@ def _check_disjoint(plan: Plan) -> None:
             _drop(live, (src.offset, src.value))     # the pair shares bytes at this one step
         if b.bytes == 0:
             continue
-        i = bisect.bisect_left(live, (b.offset, b.value))
+        start, end = b.offset, b.offset + b.bytes
+        i = bisect.bisect_left(live, (start, b.value))
         for j in (i - 1, i):
-            if 0 <= j < len(live):
-                other = plan.buffers[live[j][1]]
-                if other.offset < b.offset + b.bytes and b.offset < other.offset + other.bytes:
-                    broken(f"plan verifier: {other.value} and {b.value} overlap while both live")
-        live.insert(i, (b.offset, b.value))
-        heapq.heappush(ending, (b.last_step, b.offset, b.value))
+            if 0 <= j < len(live) and live[j][0] < end and start < live[j][2]:
+                broken(f"plan verifier: {live[j][1]} and {b.value} overlap while both live")
+        live.insert(i, (start, b.value, end))
+        heapq.heappush(ending, (b.last_step, start, b.value))
 
 
 def _drop(live: list, key: tuple) -> None:
-    """Remove `key` from the sorted list `live`, if it is there."""
+    """Remove the entry of `key` (offset, value) from the sorted list `live`, if it is
+    there."""
     i = bisect.bisect_left(live, key)
-    if i < len(live) and live[i] == key:
+    if i < len(live) and live[i][:2] == key:
         del live[i]
 
 
