@@ -86,7 +86,7 @@ class Graph:
         return self.nodes[name]
 
     def leaves(self, op: Optional[str] = None) -> list:
-        return [n for n in self.nodes.values() if n.is_leaf and (op is None or n.op == op)]
+        return [n for n in self.nodes.values() if (op is None or n.op == op) and n.is_leaf]
 
     def predecessors(self) -> dict:
         """name -> the nodes it must follow: its data inputs, then its `after` edges."""
