@@ -171,8 +171,7 @@ def _plan_nodes(graph: Graph, plan: Plan, steps) -> tuple:
             if v in drawn or v in written:
                 continue
             drawn.add(v)
-            clusters.setdefault(None, []).append(
-                (v, attr_list(_outside_attrs(graph, plan, v, writer))))
+            clusters.setdefault(None, []).append((v, _outside_attrs(graph, plan, v, writer)))
     return clusters, drawn
 
 
@@ -187,17 +186,25 @@ def _style_attrs(phase: str, color: Optional[str]) -> str:
     return attr_list(style)[1:-1]
 
 
-def _outside_attrs(graph: Graph, plan: Plan, v: str, writer: Mapping[str, int]) -> dict:
-    """A value the drawn steps read but do not write: a leaf, or a step outside --only
-    (`writer`: the step writing each value)."""
+def _outside_attrs(graph: Graph, plan: Plan, v: str, writer: Mapping[str, int]) -> str:
+    """The attr list of a value the drawn steps read but do not write: a leaf, or a step
+    outside --only (`writer`: the step writing each value)."""
     if v in plan.persistent:
         op, shape, _, const = plan.persistent[v]
         label = f"{v}\n{op} {S.fmt(shape)}"
         if op == "const":     # a number in an expression; the seed d:loss = 1 keeps its name
             label = f"{v} = {const:g}" if graph[v].role == "gradient" else f"{const:g}"
-        return {**PLAN_STYLE.get(op, PLAN_STYLE["input"]), "label": label, "class": op}
-    return {**PLAN_STYLE["external"], "label": f"{v}\n(step {writer[v]}, not drawn)",
-            "class": "external"}
+        kind = op
+    else:
+        label, kind = f"{v}\n(step {writer[v]}, not drawn)", "external"
+    # the class is an op or "external": a plain word, nothing to escape
+    return f'[{_outside_style(kind)}, label={quote(label)}, class="{kind}"]'
+
+
+@functools.lru_cache(maxsize=None)
+def _outside_style(kind: str) -> str:
+    """The front of an outside value's attr list: the style of its op (or "external")."""
+    return attr_list(PLAN_STYLE.get(kind, PLAN_STYLE["input"]))[1:-1]
 
 
 # The attr list of a backward node's link to the node it differentiates, before its tooltip.
@@ -205,22 +212,23 @@ DIFFERENTIATES = attr_list({"class": "differentiates", "style": "dashed", "color
                             "arrowhead": "none", "constraint": "false"})[1:-1]
 
 
-def _plan_edges(graph: Graph, plan: Plan, steps, drawn: set) -> list:
-    lines, tail = [], {}      # value -> (its quoted name, its data edges' attr list)
+def _plan_edges(plan: Plan, steps, targets: Mapping[str, str],
+                quoted: Mapping[str, str]) -> list:
+    lines, tail = [], {}      # value -> its data edges' attr list
     data = {}                 # shape -> the attr list of the data edges moving it
     for s in steps:
-        dst = quote(s.node)
+        dst = quoted[s.node]
         for v in s.inputs:
             if v not in tail:       # a value feeds several steps: write its parts once
                 shape = _value_shape(plan, v)
                 if shape not in data:
                     data[shape] = attr_list({"label": S.fmt(shape), "class": "data"})
-                tail[v] = quote(v), data[shape]
-            lines.append(quoted_edge_line(tail[v][0], dst, tail[v][1]))
-        target = forward_of(graph, s.node)
-        if target in drawn:
-            lines.append(quoted_edge_line(dst, quote(target), f"[{DIFFERENTIATES}, "
-                                                             f"tooltip={quote(f'd of {target}')}]"))
+                tail[v] = data[shape]
+            lines.append(quoted_edge_line(quoted[v], dst, tail[v]))
+        target = targets.get(s.node)
+        if target is not None:
+            lines.append(quoted_edge_line(dst, quoted[target], f"[{DIFFERENTIATES}, "
+                                                               f"tooltip={quote(f'd of {target}')}]"))
     return lines
 
 
@@ -242,25 +250,34 @@ def plan_dot(graph: Graph, plan: Plan, only: Optional[str] = None,
              f'  label={quote(title)}; labelloc="t"; fontsize="12";',
              '  node [fontname="Helvetica", fontsize="10"];',
              '  edge [fontname="Helvetica", fontsize="9", color="#4b5563"];']
+    quoted = _Quoted()
     for block, members in groups.items():
         boxed = clusters and block is not None and len(members) > 1
         if boxed:
             lines += [f"  subgraph {quote('cluster_' + block)} {{",
                       f'    label={quote(block)}; style="dashed"; color="#9ca3af";']
         indent = "    " if boxed else "  "
-        lines += [f"{indent}{quote(n)} {attrs};" for n, attrs in members]
+        lines += [f"{indent}{quoted[n]} {attrs};" for n, attrs in members]
         if boxed:
             lines.append("  }")
-    return "\n".join(lines + _mirror(graph, drawn) + _plan_edges(graph, plan, steps, drawn)
-                     + ["}"]) + "\n"
+    targets = {n: t for n in drawn if (t := forward_of(graph, n)) in drawn}
+    return "\n".join(lines + _mirror(targets, quoted)
+                     + _plan_edges(plan, steps, targets, quoted) + ["}"]) + "\n"
 
 
-def _mirror(graph: Graph, drawn: set) -> list:
-    """Each backward node on the row of the forward node it differentiates."""
+class _Quoted(dict):
+    """name -> quote(name), each name quoted once however many lines name it."""
+
+    def __missing__(self, name: str) -> str:
+        text = self[name] = quote(name)
+        return text
+
+
+def _mirror(targets: Mapping[str, str], quoted: Mapping[str, str]) -> list:
+    """Each backward node on the row of the forward node it differentiates (`targets`:
+    drawn node -> the drawn node it differentiates)."""
     rows = {}
-    for name in sorted(drawn):
-        target = forward_of(graph, name)
-        if target in drawn:
-            rows.setdefault(target, [target]).append(name)
-    return ["  { rank=\"same\"; " + " ".join(quote(n) + ";" for n in row) + " }"
+    for name in sorted(targets):
+        rows.setdefault(targets[name], [targets[name]]).append(name)
+    return ["  { rank=\"same\"; " + " ".join(quoted[n] + ";" for n in row) + " }"
             for row in rows.values()]
