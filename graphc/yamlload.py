@@ -24,6 +24,7 @@ PLAIN_KEY_TAGS = {"tag:yaml.org,2002:" + t for t in ("str", "int", "float", "boo
 BOOL_TAG = "tag:yaml.org,2002:bool"
 FLOAT_TAG = "tag:yaml.org,2002:float"
 STR_TAG = "tag:yaml.org,2002:str"
+INT_TAG = "tag:yaml.org,2002:int"
 REJECTED_TAGS = ("binary", "omap", "pairs", "set")
 
 
@@ -74,6 +75,18 @@ class _Bounded:
         self.expansion = 0
         self.values = 0
         self.sizes: dict = {}    # id(node) -> values in its alias-expanded tree
+        self.tags: dict = {}     # (scalar text, implicit) -> its resolved tag
+
+    def resolve(self, kind, value, implicit):
+        """yaml's tag of a node, remembered per scalar text: a spec repeats its sizes and
+        names (the resolver tables are the class's, fixed; no path resolvers)."""
+        if kind is not yaml.ScalarNode:
+            return super().resolve(kind, value, implicit)
+        key = (value, implicit)
+        tag = self.tags.get(key)
+        if tag is None:
+            tag = self.tags[key] = super().resolve(kind, value, implicit)
+        return tag
 
     def mark(self, node) -> Mark:
         return self.at(node.start_mark)
@@ -244,9 +257,15 @@ def _describe(node) -> str:
 
 def _value(loader: _Loader, node):
     """construct_object(node, deep=True), without its bookkeeping for a string (what
-    construct_yaml_str returns): most of a spec's values are names and expressions."""
-    if node.tag == STR_TAG and isinstance(node, yaml.ScalarNode):
-        return node.value
+    construct_yaml_str returns) or a plain decimal int (construct_yaml_int's int(text)):
+    most of a spec's values are names, expressions and sizes."""
+    if isinstance(node, yaml.ScalarNode):
+        if node.tag == STR_TAG:
+            return node.value
+        text = node.value
+        if node.tag == INT_TAG and text.isascii() and text.isdigit() and (
+                text[0] != "0" or text == "0"):      # a leading 0 is octal in YAML 1.1
+            return int(text)
     return loader.construct_object(node, deep=True)
 
 
