@@ -15,7 +15,7 @@ from typing import Mapping, Optional
 
 from . import shapes as S
 from .errors import GraphcError, SpecError, did_you_mean
-from .ir import Graph
+from .ir import Graph, Node
 from .ops import OPS
 from .outfiles import atomic_write, destination
 from .plan import Plan
@@ -114,17 +114,17 @@ def forward_of(graph: Graph, name: str) -> Optional[str]:
     return node.differentiates if node is not None else None
 
 
-def _block(graph: Graph, name: str, phase: str) -> Optional[str]:
+def _block(nodes: Mapping[str, Node], name: str, phase: str) -> Optional[str]:
     """The user's node a step belongs to (`h/matmul` -> `h`), or the block instance its
     node lies in (`h1/z` -> `h1`); its backward steps -> `d:h`, `d:h1`; the steps
     recomputing it (remat.py) -> `re:h`."""
-    node = graph[name]
+    node = nodes[name]
     if node.role == "recompute":
         prefix = "re:"
     elif phase == "forward":
         prefix = ""
     elif phase == "backward":
-        node, prefix = graph[forward_of(graph, name)], "d:"
+        node, prefix = nodes[node.differentiates], "d:"
     else:
         return None
     return prefix + (node.mark.instance if node.mark and node.mark.instance else node.origin)
@@ -163,7 +163,7 @@ def _plan_nodes(graph: Graph, plan: Plan, steps) -> tuple:
         # phase and op come from closed vocabularies of plain words: nothing to escape
         attrs = (f'[{front}, label={quote(label)}, class="{s.phase}", '
                  f'tooltip="step {s.index} ({s.phase}): {s.op}"]')
-        clusters.setdefault(_block(graph, s.node, s.phase), []).append((s.node, attrs))
+        clusters.setdefault(_block(graph.nodes, s.node, s.phase), []).append((s.node, attrs))
         drawn.add(s.node)
     writer = {s.outputs[0]: s.index for s in plan.steps}
     for s in steps:
