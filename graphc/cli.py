@@ -13,23 +13,59 @@ import signal
 import sys
 
 import click
-import numpy as np
 
 from .errors import GraphcError
 from .limits import paused_gc, set_memory_limit
 from .parallel import current as current_world
 from .interrupts import exit_code, signal_name, stop_on_signals
 from .cli_common import SPEC
-from .cli_grad import explain, grad, gradcheck
-from .cli_onnx import export, import_
-from .cli_plan import plan, time_
-from .cli_predict import predict
-from .cli_train import eval_, train
-from .ops import OPS, ops_in
+
+
+def _grad_family():
+    from .cli_grad import explain, grad, gradcheck
+    return explain, grad, gradcheck
+
+
+def _onnx_family():
+    from .cli_onnx import export, import_
+    return export, import_
+
+
+def _plan_family():
+    from .cli_plan import plan, time_
+    return plan, time_
+
+
+def _predict_family():
+    from .cli_predict import predict
+    return (predict,)
+
+
+def _train_family():
+    from .cli_train import eval_, train
+    return eval_, train
+
+
+# command name -> its family's module, imported when the command runs (or --help lists
+# it), so `graphc plan` never imports what train, predict or export need
+LAZY_COMMANDS = {"grad": _grad_family, "gradcheck": _grad_family, "explain": _grad_family,
+                 "export": _onnx_family, "import": _onnx_family,
+                 "plan": _plan_family, "time": _plan_family, "predict": _predict_family,
+                 "train": _train_family, "eval": _train_family}
 
 
 class Group(click.Group):
-    """Turns errors into `error: ...` lines with the right exit code, never a traceback."""
+    """Turns errors into `error: ...` lines with the right exit code, never a traceback.
+    The commands of LAZY_COMMANDS are registered on first lookup, their family at once."""
+
+    def list_commands(self, ctx):
+        return sorted(set(self.commands) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx, cmd_name):
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            for command in LAZY_COMMANDS[cmd_name]():
+                self.add_command(command)
+        return super().get_command(ctx, cmd_name)
 
     def main(self, *args, **kwargs):
         kwargs["standalone_mode"] = False
@@ -99,6 +135,7 @@ def main():
 def check(spec):
     """Validate SPEC; print nodes, shapes, the parameter and state counts, and what the
     eval-mode plan computes differently."""
+    import numpy as np
     from .autodiff import check_params_reach_loss, grad_graph, trained_params
     from .model import load_model
     model = load_model(spec)
@@ -129,6 +166,7 @@ def check(spec):
 @main.command()
 def ops():
     """List the op catalog with signatures."""
+    from .ops import OPS, ops_in
     groups = {"forward": "ops to write in expressions and {op:} nodes; docs/ops.md has each "
                          "one's math and gradient",
               "layer": "expand into their own params and forward ops",
@@ -140,8 +178,3 @@ def ops():
             click.echo(f"  {OPS[name].doc}")
     from .expr import ALIASES
     click.echo("[aliases] " + ", ".join(f"{a} = {op}" for a, op in ALIASES.items()))
-
-
-for _command in (grad, gradcheck, explain, train, eval_, predict, plan, time_, export,
-                 import_):
-    main.add_command(_command)
