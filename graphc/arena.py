@@ -217,14 +217,14 @@ def memory_order(preds: Mapping[str, tuple], inputs: Mapping[str, tuple],
     later, waiting, data_inputs = [[] for _ in names], [0] * count, [()] * count
     readers_of: dict = {}                       # value -> the nodes reading it
     for i, n in enumerate(names):
-        ps = preds[n]
-        ps = set(ps) if len(ps) > 1 else ps
+        ps = preds[n]             # an edge given twice is counted and released twice
         waiting[i] = len(ps)
         for p in ps:
             later[number[p]].append(i)
         ins = inputs.get(n, ())
-        ins = data_inputs[i] = [number[p] for p in (dict.fromkeys(ins) if len(ins) > 1
-                                                    else ins) if p in sizes]
+        if len(ins) > 2 or len(ins) == 2 and ins[0] == ins[1]:
+            ins = dict.fromkeys(ins)            # each input once (x * x reads x once)
+        ins = data_inputs[i] = [number[p] for p in ins if p in sizes]
         for p in ins:
             readers_of.setdefault(p, []).append(i)
     size = [sizes.get(n, 0) for n in names]
