@@ -22,6 +22,7 @@ INPUT = re.compile(r"(?<![\w.])[A-Za-z_]\w*(?!\w)(?!\s*\()", re.ASCII)
 CALLED = re.compile(r"\)\s*\(")     # `(relu)(x)`: a callee that is no name before `(`
 FORMS: dict = {}
 MAX_FORMS = 4096
+NO_PLACE = -1           # a form's place index for a node or input the parse gave no mark
 KEYWORDS = frozenset(keyword.kwlist)
 
 
@@ -42,28 +43,33 @@ def form_of(body: str, name: str) -> tuple:
 class Form:
     """A parse with its names as slots: per node, its name after the node's own name
     (`/add`, or '' for the node itself), op, inputs (('slot', k): the k-th name of the
-    text; ('node', j): the j-th node's output), attrs, column and the inputs' columns
-    (relative to the expression's first column; None where the parse had no mark)."""
+    text; ('node', j): the j-th node's output), attrs, and where the node and each of its
+    inputs are, as indexes into `columns` (the form's distinct columns, relative to the
+    expression's first column; NO_PLACE where the parse had no mark)."""
     rows: tuple
+    columns: tuple
     node_type: type           # expr.NodeSpec (passed in: expr imports this module)
 
     @staticmethod
     def of(nodes: list, name: str, names: list, col0: int) -> "Form":
         slot = {n: ("slot", names.index(n)) for n in names}
         made = {n.name: ("node", j) for j, n in enumerate(nodes)}
-        rel = lambda m: None if m is None else m.col - col0
+        columns = sorted({m.col - col0 for n in nodes for m in (n.mark, *n.input_marks)
+                          if m is not None})
+        place = {c: k for k, c in enumerate(columns)}
+        at = lambda m: NO_PLACE if m is None else place[m.col - col0]
         return Form(tuple((n.name[len(name):], n.op, tuple(slot.get(i) or made[i]
                                                             for i in n.inputs),
-                            dict(n.attrs), rel(n.mark), tuple(map(rel, n.input_marks)))
-                           for n in nodes), type(nodes[0]))
+                            dict(n.attrs), at(n.mark), tuple(map(at, n.input_marks)))
+                          for n in nodes), tuple(columns), type(nodes[0]))
 
     def nodes(self, name: str, names: list, mark: Mark, col0: int) -> list:
-        """The node specs of this form for node `name` over `names`, at `mark`."""
+        """The node specs of this form for node `name` over `names`, at `mark`; one Mark
+        per place, shared by the nodes there (a Mark is immutable)."""
         out, file, line = [], mark.file, mark.line
-        for suffix, op, inputs, attrs, col, cols in self.rows:
-            ins = tuple(names[k] if kind == "slot" else out[k].name for kind, k in inputs)
-            out.append(self.node_type(name + suffix, op, ins, dict(attrs),
-                                      Mark(file, line, col0 + col),
-                                      tuple(None if c is None else Mark(file, line, col0 + c)
-                                            for c in cols)))
+        at = [Mark(file, line, col0 + c) for c in self.columns] + [None]
+        for suffix, op, inputs, attrs, k, ks in self.rows:
+            ins = tuple(names[j] if kind == "slot" else out[j].name for kind, j in inputs)
+            out.append(self.node_type(name + suffix, op, ins, dict(attrs), at[k],
+                                      tuple(at[j] for j in ks)))
         return out

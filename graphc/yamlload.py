@@ -25,6 +25,8 @@ BOOL_TAG = "tag:yaml.org,2002:bool"
 FLOAT_TAG = "tag:yaml.org,2002:float"
 STR_TAG = "tag:yaml.org,2002:str"
 INT_TAG = "tag:yaml.org,2002:int"
+MAP_TAG = yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG
+SEQ_TAG = yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG
 REJECTED_TAGS = ("binary", "omap", "pairs", "set")
 
 
@@ -68,6 +70,7 @@ def check_keys(mapping: MarkedDict, allowed, where: str, node: Optional[str] = N
 class _Bounded:
     """SafeLoader's hooks: marks in graphc's form, bounded values, depth and aliases, and
     bad scalars as spec errors. Mixed into a loader ahead of yaml's Composer."""
+    reached_once = False    # True where the text holds no anchor: no node has two parents
 
     def _start(self, filename):
         self.filename = filename
@@ -174,6 +177,7 @@ if yaml.__with_libyaml__:
         again, for texts whose nesting `_shallow` bounds (libyaml's composer recurses in
         C without a limit) and that hold no anchors; the depth and value limits are
         checked on the composed tree (`_within_limits`)."""
+        reached_once = True     # `_shallow` texts hold no anchors, so no aliases
 
         def __init__(self, stream, filename):
             CParser.__init__(self, stream)
@@ -256,39 +260,53 @@ def _describe(node) -> str:
 
 
 def _value(loader: _Loader, node):
-    """construct_object(node, deep=True), without its bookkeeping for a string (what
-    construct_yaml_str returns) or a plain decimal int (construct_yaml_int's int(text)):
-    most of a spec's values are names, expressions and sizes."""
-    if isinstance(node, yaml.ScalarNode):
-        if node.tag == STR_TAG:
-            return node.value
-        text = node.value
-        if node.tag == INT_TAG and text.isascii() and text.isdigit() and (
-                text[0] != "0" or text == "0"):      # a leading 0 is octal in YAML 1.1
-            return int(text)
+    """construct_object(node, deep=True), without its bookkeeping where that changes
+    nothing: a string or a plain decimal int (most of a spec's values: names, expressions,
+    dims), and, in a text without anchors (`reached_once`), a plain map or list."""
+    tag = node.tag
+    if tag == STR_TAG and type(node) is yaml.ScalarNode:
+        return node.value
+    if tag == INT_TAG and type(node) is yaml.ScalarNode and _decimal(node.value):
+        return int(node.value)
+    if loader.reached_once:
+        if tag == MAP_TAG and type(node) is yaml.MappingNode:
+            return _construct_mapping(loader, node)
+        if tag == SEQ_TAG and type(node) is yaml.SequenceNode:
+            return _construct_sequence(loader, node)
     return loader.construct_object(node, deep=True)
+
+
+def _decimal(text: str) -> bool:
+    """Digits 0-9 with no leading zero (YAML reads 010 as octal): int(text) is its value."""
+    return text.isascii() and text.isdigit() and (text[0] != "0" or text == "0")
 
 
 def _construct_mapping(loader: _Loader, node, deep=False):
     out = MarkedDict()
-    out.mark, out.key_marks, out.value_marks = loader.mark(node), {}, {}
+    filename = loader.filename
+    out.mark, key_marks, value_marks = loader.mark(node), {}, {}
+    out.key_marks, out.value_marks = key_marks, value_marks
     loader.flatten_mapping(node)
     for key_node, value_node in node.value:
         key = _key(loader, key_node)
         if key in out:
-            first = out.key_marks[key]
+            first = key_marks[key]
             raise SpecError(f"duplicate key '{key}' (first defined at line {first.line})",
                             mark=loader.mark(key_node), hint="remove or rename one of them")
         out[key] = _value(loader, value_node)
-        out.key_marks[key] = loader.mark(key_node)
-        out.value_marks[key] = loader.mark(value_node)
+        m = key_node.start_mark
+        key_marks[key] = Mark(filename, m.line + 1, m.column + 1)
+        m = value_node.start_mark
+        value_marks[key] = Mark(filename, m.line + 1, m.column + 1)
     return out
 
 
 def _construct_sequence(loader: _Loader, node, deep=False):
     out = MarkedList(_value(loader, child) for child in node.value)
     out.mark = loader.mark(node)
-    out.marks = [loader.mark(child) for child in node.value]
+    filename = loader.filename
+    out.marks = [Mark(filename, child.start_mark.line + 1, child.start_mark.column + 1)
+                 for child in node.value]
     return out
 
 
