@@ -83,9 +83,9 @@ def fmt_bytes(n: int) -> str:
 
 
 def fmt_bytes_exact(n: int) -> str:
-    """1536 -> '1.5 KiB (1536 bytes)': the unit, then the exact count where the unit
-    rounds (below 1 KiB the count alone)."""
-    return f"{fmt_bytes(n)} ({n} bytes)" if 2**10 <= n < HUGE else fmt_bytes(n)
+    """2000 -> '2.0 KiB (2000 bytes)': the unit for reading and the count for typing back;
+    below 1 KiB the count alone ('1 byte', '512 bytes'), never said twice."""
+    return f"{fmt_bytes(n)} ({n} bytes)" if 1024 <= n < HUGE else fmt_bytes(n)
 
 
 def check_memory(nbytes: int, what: str, *, mark: Optional[Mark] = None,

@@ -202,8 +202,8 @@ class BudgetError(SpecError):
 
     def __init__(self, budget: int, smallest: int, mark: Optional[Mark] = None):
         self.smallest = smallest
-        super().__init__(f"memory budget {fmt_bytes_exact(budget)} is below every plan "
-                         f"graphc finds: the smallest needs {fmt_bytes_exact(smallest)}",
+        super().__init__(f"memory budget {fmt_bytes_exact(budget)} is below every plan graphc "
+                         f"finds: the smallest needs {fmt_bytes_exact(smallest)}",
                          mark=mark,
                          hint=f"give a budget of at least {smallest} bytes, or a smaller batch")
 
