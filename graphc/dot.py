@@ -227,8 +227,9 @@ def _plan_edges(plan: Plan, steps, targets: Mapping[str, str],
             lines.append(quoted_edge_line(quoted[v], dst, tail[v]))
         target = targets.get(s.node)
         if target is not None:
-            lines.append(quoted_edge_line(dst, quoted[target], f"[{DIFFERENTIATES}, "
-                                                               f"tooltip={quote(f'd of {target}')}]"))
+            tooltip = quote(f"d of {target}")
+            lines.append(quoted_edge_line(dst, quoted[target],
+                                          f"[{DIFFERENTIATES}, tooltip={tooltip}]"))
     return lines
 
 

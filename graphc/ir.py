@@ -228,7 +228,7 @@ def _in_order(graph: Graph) -> bool:
             return False
         seen.add(name)
     position = {name: i for i, name in enumerate(graph.nodes)} if graph.after else {}
-    end = len(position)         # a `before` that is no node never ran; a missing `later` never runs
+    end = len(position)     # a `before` that is no node never ran; a missing `later` never runs
     return all(position.get(before, end) < position.get(later, end + 1)
                for before, later in graph.after)
 

@@ -296,5 +296,6 @@ def check_classifier(model: Model, name: str) -> None:
     raise SpecError(f"output '{name}' is the prediction of regression loss '{loss.name}' "
                     f"({loss.op}), not class scores: it has no classes to give",
                     mark=node.mark, node=name,
-                    hint=f"leave out --classes (classes=True in the API); if '{name}' is a 0/1 classifier, say so with "
-                         f"train.metrics: {{accuracy: [{name}, TARGET]}}")
+                    hint=f"leave out --classes (classes=True in the API); if '{name}' is a "
+                         f"0/1 classifier, say so with train.metrics: "
+                         f"{{accuracy: [{name}, TARGET]}}")
