@@ -78,24 +78,25 @@ class _Bounded:
         self.expansion = 0
         self.values = 0
         self.sizes: dict = {}    # id(node) -> values in its alias-expanded tree
-        self.tags: dict = {}     # (scalar text, implicit) -> its resolved tag
-
-    def resolve(self, kind, value, implicit):
-        """yaml's tag of a node, remembered per scalar text: a spec repeats its sizes and
-        names (the resolver tables are the class's, fixed; no path resolvers)."""
-        if kind is not yaml.ScalarNode:
-            return super().resolve(kind, value, implicit)
-        key = (value, implicit)
-        tag = self.tags.get(key)
-        if tag is None:
-            tag = self.tags[key] = super().resolve(kind, value, implicit)
-        return tag
+        self.tags: dict = {}     # (scalar text, how it was written) -> its resolved tag
 
     def mark(self, node) -> Mark:
         return self.at(node.start_mark)
 
     def at(self, yaml_mark) -> Mark:
         return Mark(self.filename, yaml_mark.line + 1, yaml_mark.column + 1)
+
+    def resolve(self, kind, value, implicit):
+        """The tag of a node, resolved once per distinct scalar: with no path resolvers
+        (graphc adds none) a scalar's tag depends only on its text and how it was written,
+        and a spec repeats many (`8` in every [8, 8])."""
+        if kind is not yaml.ScalarNode or self.yaml_path_resolvers:
+            return super().resolve(kind, value, implicit)
+        key = (value, implicit)
+        tag = self.tags.get(key)
+        if tag is None:
+            tag = self.tags[key] = super().resolve(kind, value, implicit)
+        return tag
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):

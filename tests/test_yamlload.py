@@ -24,7 +24,8 @@ FILES = sorted((TESTS.parent / "specs").glob("*.yaml")) + sorted(
 TEXTS = ["a: [010, 0, 00, 1_000, +5, -3, 7, 0x1f, 0b11, 1:30, 12]\n",
          "a: !!int \u0663\n", "a: !!int 12\n", "a: !!str 12\n", "a: {b: !!map {c: 1}}\n",
          "a: !!seq [1, 2]\n", "a: &x {b: [1, 2]}\nc: {<<: *x, d: 2}\nd: *x\n",
-         "a: &x [1]\nb: [*x, *x]\n", "a:\n  - {b: 1, b: 2}\n", "a: [1, {b: [c, 1.5e3]}]\n"]
+         "a: &x [1]\nb: [*x, *x]\n", "a:\n  - {b: 1, b: 2}\n", "a: [1, {b: [c, 1.5e3]}]\n",
+         "a: 8\nb: '8'\nc: \"8\"\nd: [8, 8]\ne: !!str 8\nf: 8\n", "a: ['8', 8, \"8\"]\n"]
 needs_libyaml = pytest.mark.skipif(not yaml.__with_libyaml__,
                                    reason="PyYAML without libyaml: one loader, nothing to compare")
 
@@ -49,10 +50,11 @@ def outcome(load, *args):
 
 def python_only(monkeypatch):
     """load_yaml as it runs where PyYAML has no libyaml, every int through PyYAML's own
-    constructor."""
+    constructor and every tag resolved anew."""
     monkeypatch.setattr(yamlload, "_shallow", lambda text: False)
     monkeypatch.setattr(yamlload, "_FastLoader", yamlload._Loader)
     monkeypatch.setattr(yamlload, "_decimal", lambda text: False)
+    monkeypatch.setattr(yamlload._Bounded, "resolve", yaml.resolver.BaseResolver.resolve)
 
 
 def load_marked(text):
