@@ -174,3 +174,58 @@ def test_classes_on_a_reshaped_sigmoid_cuts_at_one_half(tmp_path):
     spec = write(tmp_path, text, x=np.eye(2), y=np.array([0.0, 1.0]))
     got = graphc.load(spec).predict({"x": np.array([[-3.0, 0.0], [3.0, 0.0]])}, classes=True)
     assert got["scores.class"].tolist() == [0, 1]
+
+
+# --- time, checkpoints and ONNX import ------------------------------------------------------
+
+def test_time_with_more_steps_than_memory_holds_is_refused_before_timing():
+    # before: "internal error (MemoryError: Unable to allocate 7.28 TiB ...)", exit 1
+    line = one_error(run("time", SPIRAL, "--steps", "1000000000000", "--warmup", "0"))
+    assert "error: timing 1000000000000 steps (a time per step and per kernel call) needs " \
+           in line and "above the memory limit" in line
+
+
+def test_a_checkpoint_holding_nan_says_nan_and_where(tmp_path):
+    # before: "'W' holds .nan, but float32 needs a number from -3.40282e+38 to 3.40282e+38"
+    spec = write(tmp_path, REGRESSION, x=np.ones((2, 2)), t=np.ones(2))
+    ok(run("train", spec, "--out", "c.npz", cwd=tmp_path))
+    arrays = dict(np.load(tmp_path / "c.npz"))
+    arrays["w"] = np.array([1.0, np.nan], np.float32)
+    np.savez(tmp_path / "nan.npz", **arrays)
+    line = one_error(run("predict", spec, "--params", "nan.npz", "--inputs", "data.npz",
+                         cwd=tmp_path))
+    assert line == "error: checkpoint nan.npz: 'w' holds NaN at index [1]; the file was " \
+                   "edited or damaged: use a checkpoint graphc wrote"
+
+
+def _onnx_model(tmp_path, name: str, nodes, outputs, weights=()):
+    """An ONNX model of `nodes` over input x [N, 2] (float32), written to NAME.onnx."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
+    graph = helper.make_graph(nodes, "g", [x], outputs,
+                              [numpy_helper.from_array(w, n) for n, w in weights])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / f"{name}.onnx")
+
+
+def test_import_of_a_model_without_outputs_says_so(tmp_path):
+    # before: "internal error (IndexError: list index out of range)", exit 1
+    _onnx_model(tmp_path, "none", [], [])
+    line = one_error(run("import", "none.onnx", "--out", "none.yaml", cwd=tmp_path))
+    assert line == "error: none.onnx: the model lists no outputs, so there is nothing to " \
+                   "predict and no loss to add; export the model with its outputs"
+    assert not (tmp_path / "none.yaml").exists()
+
+
+def test_import_of_a_nan_weight_is_refused_naming_it(tmp_path):
+    # before: imported (exit 0) into a checkpoint every command then refused as damaged
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+    _onnx_model(tmp_path, "nan", [helper.make_node("MatMul", ["x", "W"], ["y"])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+                [("W", np.array([[1, 0], [0, np.nan]], np.float32))])
+    line = one_error(run("import", "nan.onnx", "--out", "nan.yaml", cwd=tmp_path))
+    assert line.endswith("nan.onnx: node 'y' (MatMul): weight 'W' holds NaN at index [1, 1]; "
+                         "export the model from weights that are finite numbers")
+    assert not (tmp_path / "nan.yaml").exists() and not (tmp_path / "nan.ckpt.npz").exists()
