@@ -19,6 +19,7 @@ import numpy as np
 
 from . import checkpoint as C
 from .data import COMMON_KEYS, apply_stats
+from .datasources import check_not_inputs
 from .errors import SpecError, clip, short
 from .model import GradResult, load_model, run_grads
 from .plan import Plan
@@ -114,7 +115,7 @@ class Model:
         source = None if data is None else self._data_source(data)
         cfg = parse_train(model, epochs=epochs, batch_size=batch_size, lr=lr,
                           seed=self._seed if seed is None else seed, data=source)
-        result = train(model, cfg, out=None if out is None else _path(out, "out"),
+        result = train(model, cfg, out=None if out is None else self._target(out, "out"),
                        log=log or (lambda e: None))
         self._saved = result.checkpoint
         self._step = None       # the fit's step replaced the lr and optimizer state arrays
@@ -213,5 +214,12 @@ class Model:
         saved = self._saved
         settings = C.saved_settings(saved, "the model's last checkpoint")
         arrays = {**saved, **C.spec_arrays(self._model, settings), **C.leaves_of(self._model)}
-        C.write(_path(path, "path"), arrays)
+        C.write(self._target(path, "path"), arrays)
         return Path(path)
+
+    def _target(self, path, what: str) -> PathLike:
+        """`path` for a checkpoint, unless it is the spec file or a file the spec's
+        `train.data` names (as `graphc train --out` checks): SpecError naming `what`."""
+        spec = self._model.spec
+        check_not_inputs(_path(path, what), what, spec.path, spec.train.get("data"))
+        return path

@@ -37,12 +37,15 @@ def peak_bytes(blocks: Iterable[Block]) -> int:
 
 
 def sweep_peak(intervals) -> int:
-    """max over steps of the bytes of the (first, last, bytes) intervals covering it."""
-    events: dict = {}
+    """max over steps of the bytes of the (first, last, bytes) intervals covering it; steps
+    are non-negative ints (an interval with last < first covers none)."""
+    intervals = list(intervals)
+    change = [0] * (max((last for _, last, _ in intervals), default=0) + 2)
     for first, last, nbytes in intervals:
-        events[first] = events.get(first, 0) + nbytes
-        events[last + 1] = events.get(last + 1, 0) - nbytes
-    return max(accumulate((events[step] for step in sorted(events)), initial=0))
+        if first <= last:
+            change[first] += nbytes             # bytes come live at first, go after last
+            change[last + 1] -= nbytes
+    return max(accumulate(change, initial=0))
 
 
 def merge_in_place(ranges: Mapping[str, tuple], sizes: Mapping[str, int],
@@ -199,58 +202,58 @@ def memory_order(preds: Mapping[str, tuple], inputs: Mapping[str, tuple],
 
     Among ready nodes, run first the one whose step frees the most bytes net of what it
     allocates (an update frees its gradient; an add frees two partial sums); ties keep
-    the original order `rank`. `pinned` values (kept to the end) are never freed.
-    `preds` has every node's data and ordering predecessors; `inputs` the data inputs
-    alone; `sizes` the bytes of planned values.
+    the original order `rank` (each name's distinct position). `pinned` values (kept to
+    the end) are never freed. `preds` has every node's data and ordering predecessors;
+    `inputs` the data inputs alone; `sizes` the bytes of planned values.
 
     A node's gain only falls (more of its inputs get it as their last reader), so the
     ready nodes sit in a heap and a node is pushed again when its gain falls; stale
     entries are skipped. Each node's net bytes are kept up to date as its inputs' readers
-    run, not recounted: O((nodes + edges) log nodes).
+    run, not recounted: O((nodes + edges) log nodes). Nodes are numbered in rank order
+    and a heap entry is one int, net * count + number, which sorts as (net, rank).
     """
-    data_inputs = {n: [p for p in dict.fromkeys(inputs.get(n, ())) if p in sizes]
-                   for n in preds}
-    later, waiting = _successors(preds)
-    readers_of: dict = {}
-    for n, ps in data_inputs.items():
+    names = sorted(preds, key=rank.__getitem__)
+    count, number = len(names), {n: i for i, n in enumerate(names)}
+    later, waiting, data_inputs = [[] for _ in names], [0] * count, [()] * count
+    readers_of: dict = {}                       # value -> the nodes reading it
+    for i, n in enumerate(names):
+        ps = preds[n]             # an edge given twice is counted and released twice
+        waiting[i] = len(ps)
         for p in ps:
-            readers_of.setdefault(p, []).append(n)
-    readers = {p: len(r) for p, r in readers_of.items()}
-    net = {n: sizes.get(n, 0) for n in preds}      # bytes a node's step allocates, net
+            later[number[p]].append(i)
+        ins = inputs.get(n, ())
+        if len(ins) > 2 or len(ins) == 2 and ins[0] == ins[1]:
+            ins = dict.fromkeys(ins)            # each input once (x * x reads x once)
+        ins = data_inputs[i] = [number[p] for p in ins if p in sizes]
+        for p in ins:
+            readers_of.setdefault(p, []).append(i)
+    size = [sizes.get(n, 0) for n in names]
+    freeable = [n not in pinned for n in names]
+    readers = [0] * count
+    net = size[:]                               # bytes a node's step allocates, net
     for p, rs in readers_of.items():
-        if len(rs) == 1 and p not in pinned:
-            net[rs[0]] -= sizes[p]                 # of the inputs it is the last reader of
-    done: set = set()
-    ready = [(net[n], rank[n], n) for n, w in waiting.items() if w == 0]
+        readers[p] = len(rs)
+        if len(rs) == 1 and freeable[p]:
+            net[rs[0]] -= size[p]               # of the inputs it is the last reader of
+    ready = [net[i] * count + i for i in range(count) if not waiting[i]]
     heapq.heapify(ready)
-    order = []
+    order, push, pop = [], heapq.heappush, heapq.heappop
     while ready:
-        gain, _, n = heapq.heappop(ready)
-        if n in done or gain != net[n]:
+        i = pop(ready)
+        gain, i = divmod(i, count)
+        if gain != net[i]:
             continue                        # ran already, or pushed again with a lower gain
-        done.add(n)
-        order.append(n)
-        for p in data_inputs[n]:
-            readers[p] -= 1
-            if readers[p] == 1 and p not in pinned:
-                last = next(r for r in readers_of[p] if r not in done)
-                net[last] -= sizes[p]       # it frees p now: if it is ready, push it again
-                if waiting[last] == 0:
-                    heapq.heappush(ready, (net[last], rank[last], last))
-        for s in later[n]:
-            waiting[s] -= 1
-            if waiting[s] == 0:
-                heapq.heappush(ready, (net[s], rank[s], s))
+        net[i] = None                       # ran: no gain compares equal to it again
+        order.append(names[i])
+        for p in data_inputs[i]:
+            left = readers[p] = readers[p] - 1
+            if left == 1 and freeable[p]:
+                last = next(r for r in readers_of[p] if net[r] is not None)
+                net[last] -= size[p]        # it frees p now: if it is ready, push it again
+                if not waiting[last]:
+                    push(ready, net[last] * count + last)
+        for s in later[i]:
+            left = waiting[s] = waiting[s] - 1
+            if not left:
+                push(ready, net[s] * count + s)
     return order
-
-
-def _successors(preds: Mapping[str, tuple]) -> tuple:
-    """(name -> the names that follow it, name -> how many names it follows), each edge
-    once."""
-    later, waiting = {n: [] for n in preds}, {}
-    for n, ps in preds.items():
-        ps = set(ps)
-        waiting[n] = len(ps)
-        for p in ps:
-            later[p].append(n)
-    return later, waiting

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Mapping, Optional
 
 from .errors import SpecError
-from .ir import Graph, GraphBuilder, Node, reach, toposort, verify_graph
+from .ir import Graph, GraphBuilder, Node, toposort, verify_graph
+from .topo import reach
 from .limits import paused_gc
 from .ops import OPS
 
@@ -53,7 +54,8 @@ def path_nodes(graph: Graph, wrt) -> set:
 
 @paused_gc
 def grad_graph(graph: Graph, wrt, seed: Optional[str] = None) -> GradGraph:
-    """Append the reverse graph of d loss / d each of `wrt` (leaves) to `graph`.
+    """Append the reverse graph of d loss / d each of `wrt` (leaves) to `graph`, a
+    verified forward graph (build_graph's): the verifier re-infers the new nodes alone.
 
     The backward pass starts from d loss / d loss = 1, or from the scalar leaf `seed`:
     every gradient is then scaled by it (training folds the learning rate in this way).
@@ -83,10 +85,11 @@ def grad_graph(graph: Graph, wrt, seed: Optional[str] = None) -> GradGraph:
             if gx is not None and x in need:
                 pending[x].append(gx)
     # backward nodes no total depends on are dead (d/d x of a matmul whose x is data)
-    live = reach({k: n.inputs for k, n in b.nodes.items()}, set(totals.values()))
+    live = reach({k: n.inputs for k, n in b.nodes.items() if k not in graph.nodes},
+                 set(totals.values()))         # stops at forward nodes: all of them stay
     nodes = {k: v for k, v in b.nodes.items() if k in graph.nodes or k in live}
     out = toposort(Graph(nodes, graph.loss, graph.outputs, graph.dtype, graph.after))
-    verify_graph(out)
+    verify_graph(out, trusted=graph)
     return GradGraph(out, {**totals, **{w: totals.get(w) for w in wrt}})
 
 

@@ -94,10 +94,18 @@ def _problem(arr: np.ndarray, shape, dtype, nonnegative: bool) -> Optional[str]:
         return f"has shape {list(arr.shape)}, expected {list(shape)}"
     index = None if dtype is None else misfit(arr, dtype)
     if index is not None:
-        return misfit_message(arr[index], dtype)
+        return _nonfinite(arr, index) or misfit_message(arr[index], dtype)
     if nonnegative and np.any(arr < 0):
         return f"holds {short(float(arr[arr < 0].flat[0]))}, expected numbers >= 0"
     return None
+
+
+def _nonfinite(arr: np.ndarray, index: tuple) -> Optional[str]:
+    """'holds NaN at index [0, 0]' where arr[index] is NaN or infinite, else None."""
+    value = arr[index]
+    if arr.dtype.kind != "f" or np.isfinite(value):
+        return None
+    return f"holds {'NaN' if np.isnan(value) else 'an infinite value'} at index {list(index)}"
 
 
 def text_array(text: str) -> np.ndarray:

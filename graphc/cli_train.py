@@ -36,8 +36,8 @@ def train(spec, out, as_json, epochs, batch_size, lr, seed, resume, init_from, s
     """Train SPEC on its train.data; save a checkpoint."""
     from .model import load_model
     from .checkpoint import check_same_spec_file, init_from as load_init
-    from .datasources import data_files
-    from .outfiles import NPZ, destination, not_read
+    from .datasources import check_not_inputs
+    from .outfiles import NPZ, destination
     from .parallel import world
     from .plots import check_plot_folder
     from .train import train as run_train
@@ -52,8 +52,7 @@ def train(spec, out, as_json, epochs, batch_size, lr, seed, resume, init_from, s
         chosen = out or resume
         path = chosen or default_checkpoint(model)
         destination(path, "--out" if out else "checkpoint", NPZ)   # all checked before the work
-        for data in data_files(cfg.data, model.spec.path.parent):
-            not_read(path, "--out" if out else "checkpoint", {"train.data": data})
+        check_not_inputs(path, "--out" if out else "checkpoint", model.spec.path, cfg.data)
         if not (chosen or force):
             check_same_spec_file(path, model)
         if plot:

@@ -113,18 +113,31 @@ def _check_header(header: list[str], shown: str, line: int) -> None:
 
 
 def parse_cells(rows, lines, picks: list[int], cols: list[str], shown: str) -> np.ndarray:
-    """The picked columns as float64 [rows, len(picks)]; a cell float() rejects is an error."""
+    """The picked columns as float64 [rows, len(picks)]. A cell is an ASCII number as
+    float() reads it; float()'s extras, digit separators ('1_000') and non-ASCII digits,
+    are errors like a cell float() rejects: a spreadsheet never writes them."""
     out = np.empty((len(rows), len(picks)))
     for i, row in enumerate(rows):
         for j, pick in enumerate(picks):
             cell = row[pick].strip()
             try:
+                if "_" in cell or not cell.isascii():
+                    raise ValueError(cell)
                 out[i, j] = float(cell)
             except ValueError:
-                what = "empty cell" if not cell else f"{cell!r} is not a number"
-                raise SpecError(f"{shown} line {lines[i]}, column '{cols[j]}': {what}",
-                                hint="every data cell must be a number") from None
+                raise SpecError(f"{shown} line {lines[i]}, column '{cols[j]}': "
+                                f"{_not_a_number(cell)}",
+                                hint="every data cell must be a number, written with ASCII "
+                                     "digits (1000 or 1e3)") from None
     return out
+
+
+def _not_a_number(cell: str) -> str:
+    if not cell:
+        return "empty cell"
+    if "_" in cell:
+        return f"{cell!r} is not a number (digit separators such as '_' are not read)"
+    return f"{cell!r} is not a number"
 
 
 def np_load(path: Path, shown: str, *, archive: bool, hint: Optional[str] = None):

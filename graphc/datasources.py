@@ -20,6 +20,7 @@ from .datafiles import member, np_load, numeric, parse_cells, read_csv, resolve
 from .datasets import DATASETS, FULL_SIZE, options
 from .errors import Mark, SpecError, did_you_mean, short
 from .limits import check_memory
+from .outfiles import not_read, not_same
 from .shapes import is_number
 
 Arrays = dict[str, np.ndarray]
@@ -285,6 +286,14 @@ def data_files(cfg, spec_dir: Path) -> list[Path]:
     named = [cfg.get("csv"), cfg.get("npz")] + (list(npy.values()) if isinstance(npy, Mapping)
                                                 else [npy])
     return [spec_dir / Path(p).expanduser() for p in named if isinstance(p, str) and p]
+
+
+def check_not_inputs(path, what: str, spec_file: Path, cfg) -> None:
+    """SpecError where checkpoint `path` (named by `what`) is the spec file or a file its
+    `train.data` mapping `cfg` names: writing there would replace the user's input."""
+    not_same(path, what, spec_file, "the spec file")
+    for data in data_files(cfg, spec_file.parent):
+        not_read(path, what, {"train.data": data})
 
 
 def _data_path(cfg: Mapping, key: str, spec_dir: Path) -> Path:

@@ -15,7 +15,7 @@ from typing import Mapping, Optional
 
 from . import shapes as S
 from .errors import GraphcError, SpecError, did_you_mean
-from .ir import Graph
+from .ir import Graph, Node
 from .ops import OPS
 from .outfiles import atomic_write, destination
 from .plan import Plan
@@ -43,10 +43,17 @@ class Html(str):
 
 def quote(text: str) -> str:
     """A DOT double-quoted string; a newline becomes DOT's \\n."""
+    return f'"{escape(text)}"'
+
+
+def escape(text: str) -> str:
+    """The inside of `quote(text)`: backslash, double quote and newline escaped, one
+    character at a time (so the escape of a concatenation is the concatenation of the
+    escapes, and a label can be written from pieces escaped once each)."""
     text = str(text)
     if "\\" in text or '"' in text or "\n" in text:    # most names and labels need no escape
         text = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{text}"'
+    return text
 
 
 def attr_list(attrs: Mapping) -> str:
@@ -65,7 +72,14 @@ def edge_line(src: str, dst: str, attrs: Mapping) -> str:
 
 def quoted_edge_line(src: str, dst: str, attrs: str) -> str:
     """`edge_line` from its parts already written out: the quoted ends, the attr list."""
-    return f"  {src} -> {dst} {attrs};"
+    head, tail = edge_ends(src, attrs)
+    return head + dst + tail
+
+
+def edge_ends(src: str, attrs: str) -> tuple:
+    """The text of an edge line before and after its quoted head node: (the quoted
+    source and arrow, the attr list and semicolon), for many edges from one source."""
+    return f"  {src} -> ", f" {attrs};"
 
 
 def render(dot_path: Path, fmt: str = "svg") -> Optional[Path]:
@@ -114,17 +128,17 @@ def forward_of(graph: Graph, name: str) -> Optional[str]:
     return node.differentiates if node is not None else None
 
 
-def _block(graph: Graph, name: str, phase: str) -> Optional[str]:
+def _block(nodes: Mapping[str, Node], name: str, phase: str) -> Optional[str]:
     """The user's node a step belongs to (`h/matmul` -> `h`), or the block instance its
     node lies in (`h1/z` -> `h1`); its backward steps -> `d:h`, `d:h1`; the steps
     recomputing it (remat.py) -> `re:h`."""
-    node = graph[name]
+    node = nodes[name]
     if node.role == "recompute":
         prefix = "re:"
     elif phase == "forward":
         prefix = ""
     elif phase == "backward":
-        node, prefix = graph[forward_of(graph, name)], "d:"
+        node, prefix = nodes[node.differentiates], "d:"
     else:
         return None
     return prefix + (node.mark.instance if node.mark and node.mark.instance else node.origin)
@@ -140,30 +154,32 @@ REGION_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02
                  "#a6761d", "#666666", "#1f78b4", "#b2df8a", "#fb9a99", "#cab2d6")
 
 
-def _plan_nodes(graph: Graph, plan: Plan, steps) -> tuple:
-    """(node lines' parts by cluster: name and attr list, ids of drawn values): steps, then
-    the values they read."""
-    written = {s.node: s for s in steps if s.outputs == (s.node,)}
-    offsets = sorted({b.offset for b in plan.buffers.values()})
-    ranks = {off: i for i, off in enumerate(offsets)}
+def _plan_nodes(graph: Graph, plan: Plan, steps, quoted: Mapping[str, str]) -> tuple:
+    """(node lines by cluster, each `NAME [ATTRS];` without its indent; the names of the
+    drawn values): steps, then the values they read. A step's label is written escaped,
+    from pieces escaped once each (`escape`): its quoted name, its op and shape."""
+    written = {s.node for s in steps if s.outputs == (s.node,)}
+    colors = _region_colors(plan)
+    nodes, buffers = graph.nodes, plan.buffers
     clusters, drawn = {}, set()
     shapes = S.fmt_all(_value_shape(plan, s.outputs[0]) for s in steps)
     for s, shape in zip(steps, shapes):
-        label = f"{s.node}\n{s.op} {shape}\nstep {s.index}"
-        if OPS[s.op].mutates:
-            label += "\nwrites " + ", ".join(s.inputs[p] for p in OPS[s.op].mutates)
-        b = plan.buffers.get(s.outputs[0])
+        name = quoted[s.node]
+        label = f"{name[:-1]}\\n{s.op} {escape(shape)}\\nstep {s.index}"
+        mutates = OPS[s.op].mutates
+        if mutates:
+            label += "\\nwrites " + ", ".join(quoted[s.inputs[p]][1:-1] for p in mutates)
+        b = buffers.get(s.outputs[0])
         if b is None:
             front = _style_attrs(s.phase, None)
         else:
             arena = f"[{b.offset}, {b.offset + b.bytes})"
-            label += f"\narena {arena}"
-            front = (_style_attrs(s.phase, REGION_COLORS[ranks[b.offset] % len(REGION_COLORS)])
-                     + f', arena="{arena}"')
+            label += "\\narena " + arena
+            front = _style_attrs(s.phase, colors[b.offset]) + f', arena="{arena}"'
         # phase and op come from closed vocabularies of plain words: nothing to escape
-        attrs = (f'[{front}, label={quote(label)}, class="{s.phase}", '
-                 f'tooltip="step {s.index} ({s.phase}): {s.op}"]')
-        clusters.setdefault(_block(graph, s.node, s.phase), []).append((s.node, attrs))
+        clusters.setdefault(_block(nodes, s.node, s.phase), []).append(
+            f'{name} [{front}, label={label}", class="{s.phase}", '
+            f'tooltip="step {s.index} ({s.phase}): {s.op}"];')
         drawn.add(s.node)
     writer = {s.outputs[0]: s.index for s in plan.steps}
     for s in steps:
@@ -172,8 +188,15 @@ def _plan_nodes(graph: Graph, plan: Plan, steps) -> tuple:
                 continue
             drawn.add(v)
             clusters.setdefault(None, []).append(
-                (v, attr_list(_outside_attrs(graph, plan, v, writer))))
+                f"{quoted[v]} {_outside_attrs(graph, plan, v, writer)};")
     return clusters, drawn
+
+
+def _region_colors(plan: Plan) -> dict:
+    """Arena offset -> the border colour of its region: the regions by offset, colours
+    taken in turn."""
+    offsets = sorted({b.offset for b in plan.buffers.values()})
+    return {off: REGION_COLORS[i % len(REGION_COLORS)] for i, off in enumerate(offsets)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -187,17 +210,25 @@ def _style_attrs(phase: str, color: Optional[str]) -> str:
     return attr_list(style)[1:-1]
 
 
-def _outside_attrs(graph: Graph, plan: Plan, v: str, writer: Mapping[str, int]) -> dict:
-    """A value the drawn steps read but do not write: a leaf, or a step outside --only
-    (`writer`: the step writing each value)."""
+def _outside_attrs(graph: Graph, plan: Plan, v: str, writer: Mapping[str, int]) -> str:
+    """The attr list of a value the drawn steps read but do not write: a leaf, or a step
+    outside --only (`writer`: the step writing each value)."""
     if v in plan.persistent:
         op, shape, _, const = plan.persistent[v]
         label = f"{v}\n{op} {S.fmt(shape)}"
         if op == "const":     # a number in an expression; the seed d:loss = 1 keeps its name
             label = f"{v} = {const:g}" if graph[v].role == "gradient" else f"{const:g}"
-        return {**PLAN_STYLE.get(op, PLAN_STYLE["input"]), "label": label, "class": op}
-    return {**PLAN_STYLE["external"], "label": f"{v}\n(step {writer[v]}, not drawn)",
-            "class": "external"}
+        kind = op
+    else:
+        label, kind = f"{v}\n(step {writer[v]}, not drawn)", "external"
+    # the class is an op or "external": a plain word, nothing to escape
+    return f'[{_outside_style(kind)}, label={quote(label)}, class="{kind}"]'
+
+
+@functools.lru_cache(maxsize=None)
+def _outside_style(kind: str) -> str:
+    """The front of an outside value's attr list: the style of its op (or "external")."""
+    return attr_list(PLAN_STYLE.get(kind, PLAN_STYLE["input"]))[1:-1]
 
 
 # The attr list of a backward node's link to the node it differentiates, before its tooltip.
@@ -205,22 +236,28 @@ DIFFERENTIATES = attr_list({"class": "differentiates", "style": "dashed", "color
                             "arrowhead": "none", "constraint": "false"})[1:-1]
 
 
-def _plan_edges(graph: Graph, plan: Plan, steps, drawn: set) -> list:
-    lines, tail = [], {}      # value -> (its quoted name, its data edges' attr list)
+def _plan_edges(plan: Plan, steps, targets: Mapping[str, str],
+                quoted: Mapping[str, str]) -> list:
+    """The data edges into each step (their shape as label), then its link to the node it
+    differentiates; each edge line written as its source's head and attr list around the
+    quoted step name."""
+    lines, ends = [], {}      # value -> (`  "v" -> `, its data edges' ` [attrs];`)
     data = {}                 # shape -> the attr list of the data edges moving it
     for s in steps:
-        dst = quote(s.node)
+        dst = quoted[s.node]
         for v in s.inputs:
-            if v not in tail:       # a value feeds several steps: write its parts once
+            if v not in ends:       # a value feeds several steps: write its parts once
                 shape = _value_shape(plan, v)
                 if shape not in data:
                     data[shape] = attr_list({"label": S.fmt(shape), "class": "data"})
-                tail[v] = quote(v), data[shape]
-            lines.append(quoted_edge_line(tail[v][0], dst, tail[v][1]))
-        target = forward_of(graph, s.node)
-        if target in drawn:
-            lines.append(quoted_edge_line(dst, quote(target), f"[{DIFFERENTIATES}, "
-                                                             f"tooltip={quote(f'd of {target}')}]"))
+                ends[v] = edge_ends(quoted[v], data[shape])
+            head, tail = ends[v]
+            lines.append(head + dst + tail)
+        target = targets.get(s.node)
+        if target is not None:
+            tooltip = quote(f"d of {target}")
+            lines.append(quoted_edge_line(dst, quoted[target],
+                                          f"[{DIFFERENTIATES}, tooltip={tooltip}]"))
     return lines
 
 
@@ -234,7 +271,8 @@ def plan_dot(graph: Graph, plan: Plan, only: Optional[str] = None,
     """
     a, b = parse_range(plan, only) if only else (0, len(plan.steps) - 1)
     steps = plan.steps[a:b + 1]
-    groups, drawn = _plan_nodes(graph, plan, steps)
+    quoted = _Quoted()
+    groups, drawn = _plan_nodes(graph, plan, steps, quoted)
     batch = f", batch {plan.batch_size}" if plan.batch_size else ""
     title = (f"training step, steps {a}..{b}{batch}: forward (blue), backward (red, dashed "
              f"link to the node it differentiates), update (orange)")
@@ -248,19 +286,37 @@ def plan_dot(graph: Graph, plan: Plan, only: Optional[str] = None,
             lines += [f"  subgraph {quote('cluster_' + block)} {{",
                       f'    label={quote(block)}; style="dashed"; color="#9ca3af";']
         indent = "    " if boxed else "  "
-        lines += [f"{indent}{quote(n)} {attrs};" for n, attrs in members]
+        lines.append(indent + ("\n" + indent).join(members))
         if boxed:
             lines.append("  }")
-    return "\n".join(lines + _mirror(graph, drawn) + _plan_edges(graph, plan, steps, drawn)
-                     + ["}"]) + "\n"
+    targets = _targets(graph, drawn)
+    return "\n".join(lines + _mirror(targets, quoted)
+                     + _plan_edges(plan, steps, targets, quoted) + ["}"]) + "\n"
 
 
-def _mirror(graph: Graph, drawn: set) -> list:
-    """Each backward node on the row of the forward node it differentiates."""
+def _targets(graph: Graph, drawn) -> dict:
+    """Each drawn node -> the drawn forward node it differentiates (`forward_of`)."""
+    nodes, targets = graph.nodes, {}
+    for name in drawn:
+        node = nodes.get(name)
+        if node is not None and node.differentiates in drawn:
+            targets[name] = node.differentiates
+    return targets
+
+
+class _Quoted(dict):
+    """name -> quote(name), each name quoted once however many lines name it."""
+
+    def __missing__(self, name: str) -> str:
+        text = self[name] = quote(name)
+        return text
+
+
+def _mirror(targets: Mapping[str, str], quoted: Mapping[str, str]) -> list:
+    """Each backward node on the row of the forward node it differentiates (`targets`:
+    drawn node -> the drawn node it differentiates)."""
     rows = {}
-    for name in sorted(drawn):
-        target = forward_of(graph, name)
-        if target in drawn:
-            rows.setdefault(target, [target]).append(name)
-    return ["  { rank=\"same\"; " + " ".join(quote(n) + ";" for n in row) + " }"
+    for name in sorted(targets):
+        rows.setdefault(targets[name], [targets[name]]).append(name)
+    return ["  { rank=\"same\"; " + " ".join(quoted[n] + ";" for n in row) + " }"
             for row in rows.values()]

@@ -189,7 +189,7 @@ def parse_init(init, *, mark: Optional[Mark] = None,
         raise SpecError(f"unknown initializer '{name}'", mark=mark, node=node,
                         hint=did_you_mean(name, INITIALIZERS)
                         or f"known: {', '.join(sorted(INITIALIZERS))}")
-    if not isinstance(kwargs, Mapping):
+    if not isinstance(kwargs, (dict, Mapping)):      # dict first: Mapping is an ABC check
         raise SpecError(f"arguments of initializer '{name}' must be a mapping, got {short(kwargs)}",
                         mark=mark, node=node, hint=f"write {{{name}: {{ARG: VALUE}}}}")
     _check_args(name, dict(kwargs), mark, node)

@@ -6,7 +6,6 @@ such as `batch` bound consistently) and orders the nodes deterministically.
 """
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Mapping, Optional
 
@@ -16,6 +15,7 @@ from .limits import paused_gc
 from .ops import OPS
 from .ops.modal import stream
 from .ops.record import MODES
+from .topo import topological_order
 
 RNG_KEY = "rng:key"     # int64 [train seed, step]: the trainer writes it before each step
 
@@ -86,7 +86,7 @@ class Graph:
         return self.nodes[name]
 
     def leaves(self, op: Optional[str] = None) -> list:
-        return [n for n in self.nodes.values() if n.is_leaf and (op is None or n.op == op)]
+        return [n for n in self.nodes.values() if (op is None or n.op == op) and n.is_leaf]
 
     def predecessors(self) -> dict:
         """name -> the nodes it must follow: its data inputs, then its `after` edges."""
@@ -105,11 +105,13 @@ class Graph:
         g.add_edges_from(self.after)
         return g
 
-    def consumers(self) -> dict:
-        out = {name: [] for name in self.nodes}
+    def consumers(self, names: Optional[Iterable[str]] = None) -> dict:
+        """name -> the nodes that read it, for `names` (default: every node)."""
+        out = {name: [] for name in (self.nodes if names is None else names)}
         for n in self.nodes.values():
             for i in n.inputs:
-                out[i].append(n.name)
+                if i in out:
+                    out[i].append(n.name)
         return out
 
     def dump(self) -> str:
@@ -218,55 +220,17 @@ class GraphBuilder:
         return Graph(dict(self.nodes), loss, tuple(outputs), self.dtype, tuple(after))
 
 
-def topological_order(preds: Mapping[str, Iterable[str]]) -> Optional[list]:
-    """The names of `preds` (name -> the names it follows) in topological order, or None
-    when they hold a cycle. Among ready names the earliest in `preds` goes first, as in
-    `nx.lexicographical_topological_sort` keyed by position. Kahn's algorithm over a heap,
-    O((nodes + edges) log nodes); names outside `preds` are ignored."""
-    names = list(preds)
-    rank = {name: i for i, name in enumerate(names)}
-    later = {name: [] for name in names}
-    waiting = dict.fromkeys(names, 0)
-    for name, before in preds.items():
-        for p in set(before):
-            if p in rank:
-                later[p].append(name)
-                waiting[name] += 1
-    ready = [rank[name] for name, n in waiting.items() if n == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        name = names[heapq.heappop(ready)]
-        order.append(name)
-        for s in later[name]:
-            waiting[s] -= 1
-            if waiting[s] == 0:
-                heapq.heappush(ready, rank[s])
-    return order if len(order) == len(names) else None
-
-
 def _in_order(graph: Graph) -> bool:
     """Does every node come after its inputs and the nodes it must follow (`after`)?"""
-    follows, seen = {}, set()
-    for before, later in graph.after:
-        follows.setdefault(later, []).append(before)
+    seen = set()
     for name, n in graph.nodes.items():
-        if not (seen.issuperset(n.inputs) and seen.issuperset(follows.get(name, ()))):
+        if not seen.issuperset(n.inputs):
             return False
         seen.add(name)
-    return True
-
-
-def reach(edges: Mapping[str, Iterable[str]], roots: Iterable[str]) -> set:
-    """The roots and every name reachable from them along `edges` (name -> next names),
-    in one iterative sweep: O(nodes + edges), no recursion."""
-    seen, stack = set(), list(roots)
-    while stack:
-        name = stack.pop()
-        if name not in seen:
-            seen.add(name)
-            stack.extend(edges.get(name, ()))
-    return seen
+    position = {name: i for i, name in enumerate(graph.nodes)} if graph.after else {}
+    end = len(position)     # a `before` that is no node never ran; a missing `later` never runs
+    return all(position.get(before, end) < position.get(later, end + 1)
+               for before, later in graph.after)
 
 
 def toposort(graph: Graph) -> Graph:
@@ -379,22 +343,24 @@ def build_graph(spec, mode: str = "train") -> Graph:
 def verify_graph(graph: Graph, trusted: Optional[Graph] = None) -> None:
     """Stage-boundary check: inputs defined earlier, shapes re-infer, attrs complete. A node
     that `trusted` (a graph verified before) holds, the same object over the same input
-    objects, keeps the shape verified there: its shape is not inferred again."""
+    objects, keeps the attrs and shape verified there: they are not checked again."""
     seen, nodes = set(), graph.nodes
     known = trusted.nodes if trusted is not None else {}
-    for n in nodes.values():
-        opdef = OPS[n.op]
+    new = {name for name, n in nodes.items() if known.get(name) is not n}
+    for name, n in nodes.items():
         if not seen.issuperset(n.inputs):
             i = next(i for i in n.inputs if i not in seen)
-            broken(f"IR verifier: {n.name} reads {i} before it is computed", n)
+            broken(f"IR verifier: {name} reads {i} before it is computed", n)
+        seen.add(name)
+        if name not in new and new.isdisjoint(n.inputs):
+            continue                    # verified in `trusted`, over the same inputs
+        opdef = OPS[n.op]
         if opdef.attrs and not opdef.attrs.keys() <= n.attrs.keys():
             missing = opdef.attrs.keys() - n.attrs.keys()
-            broken(f"IR verifier: {n.name} ({n.op}) lacks attrs {sorted(missing)}", n)
-        if opdef.group != "leaf" and n.op != "const" and not (
-                known.get(n.name) is n and all(known.get(i) is nodes[i] for i in n.inputs)):
+            broken(f"IR verifier: {name} ({n.op}) lacks attrs {sorted(missing)}", n)
+        if opdef.group != "leaf" and n.op != "const":
             shape = tuple(opdef.infer([nodes[i].shape for i in n.inputs], n.attrs))
             if shape != n.shape:
-                broken(f"IR verifier: {n.name} ({n.op}) has shape {S.fmt(n.shape)}, its "
+                broken(f"IR verifier: {name} ({n.op}) has shape {S.fmt(n.shape)}, its "
                        f"inputs give {S.fmt(shape)}", n)
-        seen.add(n.name)
     invariant(graph.loss in graph.nodes, f"IR verifier: the loss '{graph.loss}' is no node")

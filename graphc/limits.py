@@ -79,7 +79,13 @@ def fmt_bytes(n: int) -> str:
     for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= size:
             return f"{n / size:.1f} {unit}"
-    return f"{n} bytes"
+    return "1 byte" if n == 1 else f"{n} bytes"
+
+
+def fmt_bytes_exact(n: int) -> str:
+    """2000 -> '2.0 KiB (2000 bytes)': the unit for reading and the count for typing back;
+    below 1 KiB the count alone ('1 byte', '512 bytes'), never said twice."""
+    return f"{fmt_bytes(n)} ({n} bytes)" if 1024 <= n < HUGE else fmt_bytes(n)
 
 
 def check_memory(nbytes: int, what: str, *, mark: Optional[Mark] = None,

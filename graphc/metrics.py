@@ -97,11 +97,21 @@ def binary_threshold(graph: Graph, node: str) -> float:
     """Where accuracy cuts `node` for 0/1 targets: 0.5 for a probability (a sigmoid's output)
     or a regression onto the targets (the prediction of mse, l1 or huber); else 0, for a
     logit or a margin score (binary_cross_entropy_with_logits, hinge)."""
+    return 0.5 if is_probability(graph, node) or regression_loss(graph, node) else 0.0
+
+
+def is_probability(graph: Graph, node: str) -> bool:
+    """`node` is a sigmoid's output, maybe reshaped or transposed."""
     producer = graph[node]
     while producer.op in PASS_THROUGH:
         producer = graph[producer.inputs[0]]
-    regression = any(n.op in REGRESSION and n.inputs[0] == node for n in graph.nodes.values())
-    return 0.5 if producer.op == "sigmoid" or regression else 0.0
+    return producer.op == "sigmoid"
+
+
+def regression_loss(graph: Graph, node: str):
+    """The mse, l1 or huber node whose prediction (first argument) `node` is, else None."""
+    return next((n for n in graph.nodes.values() if n.op in REGRESSION and n.inputs[0] == node),
+                None)
 
 
 def parse_metrics(raw, graph: Graph, mark=None) -> dict:

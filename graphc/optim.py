@@ -26,7 +26,8 @@ from typing import Mapping, Optional
 from .autodiff import check_params_reach_loss, grad_graph, trained_params
 from .errors import SpecError, did_you_mean, short
 from .shapes import is_number
-from .ir import Graph, GraphBuilder, Node, reach, toposort, verify_graph
+from .ir import Graph, GraphBuilder, Node, toposort, verify_graph
+from .topo import reach
 from .limits import paused_gc
 
 LR = "opt:lr"
@@ -171,7 +172,7 @@ def training_graph(graph: Graph, optimizer: Optimizer,
     attrs["max_norm"] = float(clip_grad_norm or 0.0)
     if optimizer.name == "sgd":
         attrs["folded"] = folded
-    readers = gg.graph.consumers()
+    readers = gg.graph.consumers(params)
     after, states = list(gg.graph.after), {}
     for p in params:
         states[p] = tuple(_state_leaf(b, graph, p, s) for s in optimizer.state_names())

@@ -132,13 +132,19 @@ def not_read(path, what: str, reads: Mapping[str, Optional[Path]]) -> None:
     what reads it: writing it would replace the user's input (predict --inputs x.npz
     --out x.npz)."""
     for source, read in reads.items():
-        try:
-            same = read is not None and os.path.samefile(path, read)
-        except OSError:             # either is missing: nothing to replace
-            same = False
-        if same:
-            raise SpecError(f"{what} {path} is the file {source} reads; writing it would "
-                            "replace it", hint=f"name another file for {what}")
+        not_same(path, what, read, f"the file {source} reads")
+
+
+def not_same(path, what: str, other: Optional[Path], called: str) -> None:
+    """SpecError where output `path` (flag `what`) is the file `other`, which the user
+    knows as `called` ("the spec file"): writing it would replace it."""
+    try:
+        same = other is not None and os.path.samefile(path, other)
+    except OSError:                 # either is missing: nothing to replace
+        same = False
+    if same:
+        raise SpecError(f"{what} {path} is {called}; writing it would replace it",
+                        hint=f"name another file for {what}")
 
 
 def writable_folder(folder, what: str, names: Iterable[str]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections import namedtuple
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Mapping, Optional
@@ -75,10 +74,9 @@ def aligned(nbytes: int) -> int:
     return -(-nbytes // ALIGN) * ALIGN
 
 
-def phase_of(graph: Graph, forward: set, name: str) -> str:
-    if OPS[graph[name].op].group == "update":
-        return "update"
-    return "forward" if name in forward else "backward"
+def _phase(op: str, name: str, forward: set) -> str:
+    return "update" if OPS[op].group == "update" else (
+        "forward" if name in forward else "backward")
 
 
 def _steps(graph: Graph, order, forward: set) -> tuple:
@@ -86,7 +84,7 @@ def _steps(graph: Graph, order, forward: set) -> tuple:
     for name in order:
         n = nodes[name]
         if n.op not in PERSISTENT_OPS:
-            steps.append(Step(len(steps), name, n.op, phase_of(graph, forward, name),
+            steps.append(Step(len(steps), name, n.op, _phase(n.op, name, forward),
                               n.inputs, _outputs(n), n.attrs, n.origin, n.mark))
     return tuple(steps)
 
@@ -97,36 +95,30 @@ def _outputs(n) -> tuple:
     return (n.inputs[mutates[0]],) if mutates else (n.name,)
 
 
-_Slot = namedtuple("_Slot", "index inputs outputs")     # what liveness reads of a Step
-
-
 def _plain_liveness(graph: Graph, planned: set, keep: set) -> dict:
     """`liveness` of the plain schedule (the graph's own order), which only the lower
-    bound reads: its steps' positions, inputs and outputs, not the steps themselves."""
-    slots = []
-    for n in graph.nodes.values():
-        if n.op not in PERSISTENT_OPS:
-            slots.append(_Slot(len(slots), n.inputs, _outputs(n)))
-    return liveness(slots, planned, keep)
+    bound reads: its steps' inputs and outputs, not the steps themselves."""
+    return liveness([(n.inputs, _outputs(n)) for n in graph.nodes.values()
+                     if n.op not in PERSISTENT_OPS], planned, keep)
 
 
-def liveness(steps, planned: set, keep: set) -> dict:
+def liveness(steps: list, planned: set, keep: set) -> dict:
     """value -> (first_step, last_step): from its writer to its last reader, inclusive.
+    `steps`: each step's (inputs, outputs), in order.
 
     Values in `keep` (the loss, outputs, reported gradients) live to the last step.
     """
-    last = len(steps) - 1
     ranges = {}
-    for s in steps:
-        for v in s.outputs:
+    for index, (inputs, outputs) in enumerate(steps):
+        for v in outputs:
             if v in planned:
-                ranges[v] = [s.index, s.index]
-        for v in s.inputs:
+                ranges[v] = [index, index]
+        for v in inputs:
             if v in ranges:
-                ranges[v][1] = s.index
+                ranges[v][1] = index
     for v in keep:
         if v in ranges:
-            ranges[v][1] = last
+            ranges[v][1] = len(steps) - 1
     return {v: tuple(r) for v, r in ranges.items()}
 
 
@@ -207,7 +199,7 @@ def compile_plan(graph: Graph, dims: Mapping[str, int], keep=(), forward=None,
     plain = _plain_liveness(graph, set(sizes), keep)
     plain_bound = A.sweep_peak((first, last, sizes[v]) for v, (first, last) in plain.items())
     steps = _steps(graph, _order(graph, sizes, keep, reuse), forward)
-    ranges = liveness(steps, set(sizes), keep)
+    ranges = liveness([(s.inputs, s.outputs) for s in steps], set(sizes), keep)
     together = tuple(v for v in dict.fromkeys(together) if v in sizes)
     pairs = in_place_pairs(steps, ranges, layout, keep) if reuse else {}
     pairs = {o: i for o, i in pairs.items() if o not in together and i not in together}
@@ -263,7 +255,7 @@ def _check_disjoint(plan: Plan) -> None:
     other at the step where the other dies. A sweep in step order keeps the live buffers
     sorted by offset; they are disjoint, so a new buffer need only be checked against its
     two neighbours: O(n log n), not every pair."""
-    live: list = []                                  # sorted (offset, value)
+    live: list = []                                  # sorted (offset, value, end)
     ending: list = []                                # heap of (last step, offset, value)
     for b in sorted(plan.buffers.values(), key=attrgetter("first_step", "offset")):
         while ending and ending[0][0] < b.first_step:
@@ -273,20 +265,20 @@ def _check_disjoint(plan: Plan) -> None:
             _drop(live, (src.offset, src.value))     # the pair shares bytes at this one step
         if b.bytes == 0:
             continue
-        i = bisect.bisect_left(live, (b.offset, b.value))
+        start, end = b.offset, b.offset + b.bytes
+        i = bisect.bisect_left(live, (start, b.value))
         for j in (i - 1, i):
-            if 0 <= j < len(live):
-                other = plan.buffers[live[j][1]]
-                if other.offset < b.offset + b.bytes and b.offset < other.offset + other.bytes:
-                    broken(f"plan verifier: {other.value} and {b.value} overlap while both live")
-        live.insert(i, (b.offset, b.value))
-        heapq.heappush(ending, (b.last_step, b.offset, b.value))
+            if 0 <= j < len(live) and live[j][0] < end and start < live[j][2]:
+                broken(f"plan verifier: {live[j][1]} and {b.value} overlap while both live")
+        live.insert(i, (start, b.value, end))
+        heapq.heappush(ending, (b.last_step, start, b.value))
 
 
 def _drop(live: list, key: tuple) -> None:
-    """Remove `key` from the sorted list `live`, if it is there."""
+    """Remove the entry of `key` (offset, value) from the sorted list `live`, if it is
+    there."""
     i = bisect.bisect_left(live, key)
-    if i < len(live) and live[i] == key:
+    if i < len(live) and live[i][:2] == key:
         del live[i]
 
 

@@ -23,6 +23,7 @@ from .errors import SpecError, did_you_mean, short
 from .ir import Graph
 from .model import Model, Runner
 from .evaluation import STATS
+from .metrics import binary_threshold, is_probability, parse_metrics, regression_loss
 from .trainconfig import fed_labels
 
 CHUNK = 1024            # rows per forward pass, as eval's (evaluation.Evaluator)
@@ -265,14 +266,36 @@ def class_outputs(model: Model, outputs: Mapping[str, np.ndarray]) -> dict:
 
 def predicted_classes(model: Model, name: str, values: np.ndarray) -> np.ndarray:
     """The class of each sample from output `name`: argmax over its last axis when that
-    holds several classes; for one score per sample, 1 above the threshold (0.5 after a
-    sigmoid, 0 for a logit or margin) and 0 otherwise."""
+    holds several classes; for one score per sample, 1 above the threshold training's
+    accuracy uses (metrics.binary_threshold: 0.5 after a sigmoid or for a regression onto
+    0/1 targets, 0 for a logit or margin) and 0 otherwise."""
     node = model.graph[name]
     if values.ndim >= 2 and values.shape[-1] > 1:
         return values.argmax(axis=-1)
     if values.ndim >= 1 and values.size == len(values):
-        threshold = 0.5 if node.op == "sigmoid" else 0.0
+        check_classifier(model, name)
+        threshold = binary_threshold(model.graph, name)
         return (values.reshape(len(values)) > threshold).astype(np.int64)
     raise SpecError(f"output '{name}' of shape {list(values.shape)} holds no class scores",
                     mark=node.mark, node=name,
                     hint="--classes needs scores of shape [batch, classes] or [batch]")
+
+
+def check_classifier(model: Model, name: str) -> None:
+    """SpecError where one-score output `name` is a regression's prediction (of mse, l1 or
+    huber) that is no probability and that no `accuracy` metric of the spec reads: its
+    values are quantities, and a cut at 0.5 would be made up."""
+    graph = model.graph
+    loss = regression_loss(graph, name)
+    if loss is None or is_probability(graph, name):
+        return
+    metrics = parse_metrics(model.spec.train.get("metrics"), graph)
+    if any(m.kind == "accuracy" and m.nodes[0] == name for m in metrics.values()):
+        return
+    node = graph[name]
+    raise SpecError(f"output '{name}' is the prediction of regression loss '{loss.name}' "
+                    f"({loss.op}), not class scores: it has no classes to give",
+                    mark=node.mark, node=name,
+                    hint=f"leave out --classes (classes=True in the API); if '{name}' is a "
+                         f"0/1 classifier, say so with train.metrics: "
+                         f"{{accuracy: [{name}, TARGET]}}")

@@ -26,7 +26,7 @@ from typing import Mapping, Optional
 from . import shapes as S
 from .errors import Mark, SpecError, did_you_mean, short
 from .ir import Graph, Node, toposort, verify_graph
-from .limits import fmt_bytes, parse_bytes
+from .limits import fmt_bytes, fmt_bytes_exact, parse_bytes
 from .ops import OPS
 from .plan import PERSISTENT_OPS, Plan, compile_plan, verify_plan
 
@@ -202,9 +202,8 @@ class BudgetError(SpecError):
 
     def __init__(self, budget: int, smallest: int, mark: Optional[Mark] = None):
         self.smallest = smallest
-        super().__init__(f"memory budget {fmt_bytes(budget)} ({budget} bytes) is below every "
-                         f"plan graphc finds: the smallest needs {fmt_bytes(smallest)} "
-                         f"({smallest} bytes)",
+        super().__init__(f"memory budget {fmt_bytes_exact(budget)} is below every plan graphc "
+                         f"finds: the smallest needs {fmt_bytes_exact(smallest)}",
                          mark=mark,
                          hint=f"give a budget of at least {smallest} bytes, or a smaller batch")
 

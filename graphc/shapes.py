@@ -28,7 +28,7 @@ def is_int(v) -> bool:
 def is_whole(v) -> bool:
     """An integer of Python or NumPy (numbers.Integral) that is not a bool: a count an API
     caller may pass as np.int64."""
-    return isinstance(v, Integral) and not isinstance(v, bool)
+    return type(v) is int or (isinstance(v, Integral) and not isinstance(v, bool))
 
 
 def is_number(v) -> bool:
@@ -65,13 +65,19 @@ def aligned(rows) -> list:
 
 def broadcast(*shapes: Shape) -> Shape:
     """NumPy broadcasting of symbolic shapes: align right, 1 stretches, else dims must be equal."""
-    ndim = max(len(s) for s in shapes)
+    first = shapes[0]
+    if all(s == first for s in shapes):     # the common case: nothing to stretch
+        return tuple(first)
     out = []
-    for i in range(-ndim, 0):
-        dims = {s[i] for s in shapes if len(s) >= -i} - {1}
-        if len(dims) > 1:
-            raise ShapeError("cannot broadcast " + " and ".join(fmt(s) for s in shapes))
-        out.append(dims.pop() if dims else 1)
+    for i in range(-max(map(len, shapes)), 0):
+        dim = 1
+        for s in shapes:
+            d = s[i] if len(s) >= -i else 1
+            if d != 1:
+                if dim != 1 and d != dim:
+                    raise ShapeError("cannot broadcast " + " and ".join(map(fmt, shapes)))
+                dim = d
+        out.append(dim)
     return tuple(out)
 
 

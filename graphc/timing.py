@@ -69,6 +69,8 @@ def time_step(model: Model, step: StepGraph, batch: int, dims: Mapping[str, int]
     is the batch size they give), planned under `memory`, then per-kernel time summed by
     (op, phase)."""
     ex = step_executor(model, step, dims, reuse, memory)
+    check_memory(8 * steps * (1 + len(ex.timed_runs)), f"timing {steps} steps (a time per "
+                 f"step and per kernel call)")
     feeds = synthetic_batch(model, dims)
     ex.feed(feeds)
     for _ in range(warmup):

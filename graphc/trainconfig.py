@@ -18,7 +18,7 @@ from .metrics import EarlyStoppingConfig, parse_early_stopping, parse_metrics
 from .model import Model, label_classes, spec_seed
 from .ops import OPS
 from .plan import batch_dims
-from .remat import NONE, MemoryPolicy, Remat, parse_memory, remat_plan
+from .remat import NONE, MemoryPolicy, parse_memory, remat_plan
 from .shapes import is_number
 from .schedules import Schedule, parse_schedule
 from .yamlload import without

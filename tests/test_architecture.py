@@ -28,7 +28,7 @@ STAGES = [
     "shapes", "ops",                                        # the vocabulary (ops/: records)
     "yamlload", "leaves", "exprforms", "expr", "layers", "seqlayers",   # spec text
     "blockdefs", "blocks", "spec",                          # -> validated spec
-    "ir", "autodiff", "optim",                              # graph, reverse graph, updates
+    "topo", "ir", "autodiff", "optim",                      # graph, reverse graph, updates
     "arena", "plan", "remat", "remat_report", "dot", "memsvg",   # the planner, its pictures
     "backends", "executor",                                 # kernels behind one interface
     "initializers", "datasets", "datafiles", "datasources", "data",  # data and init

@@ -18,7 +18,8 @@ from hypothesis import given, settings, strategies as st
 from graphc import arena as A
 from graphc import plan as P
 from graphc.autodiff import check_params_reach_loss, grad_graph, path_nodes, trained_params
-from graphc.ir import build_graph, reach, topological_order
+from graphc.ir import build_graph
+from graphc.topo import reach, topological_order
 from graphc.model import load_model
 from graphc.spec import load_spec
 

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, strategies as st
 
 from graphc import shapes as S
 from graphc.annotate import GRAD, VALUE, grad_dot
-from graphc.dot import forward_of, parse_range, plan_dot, render
+from graphc.dot import escape, forward_of, parse_range, plan_dot, quote, render
 from graphc.errors import SpecError
 from graphc.explain import LocalGrads, all_values, chain_paths, edge_local, explain, multigraph
 from graphc.backends.numpy import run_kernel
@@ -317,6 +318,38 @@ def test_plan_picture_colours_each_value_by_its_arena_region():
         by_offset.setdefault(b.offset, set()).add(attrs.get("color"))
     assert all(len(colors) == 1 for colors in by_offset.values())
     assert len({c for cs in by_offset.values() for c in cs}) > 1
+
+
+def test_plan_picture_labels_each_step_by_name_op_shape_step_writes_and_arena():
+    """plan_dot writes a step's label from pieces escaped once each: the whole label reads
+    as written out here, in this order, for every step."""
+    model, step, plan = spiral_step()
+    nodes = all_nodes(parse_dot(plan_dot(step.graph, plan)))
+    shapes = {**{v: b.shape for v, b in plan.buffers.items()},
+              **{v: p[1] for v, p in plan.persistent.items()}}
+    writes = 0
+    for s in plan.steps:
+        label = f"{s.node}\n{s.op} {S.fmt(shapes[s.outputs[0]])}\nstep {s.index}"
+        if s.phase == "update":
+            label += f"\nwrites {s.inputs[0]}"
+            writes += 1
+        b = plan.buffers.get(s.outputs[0])
+        if b is not None:
+            label += f"\narena [{b.offset}, {b.offset + b.bytes})"
+        assert nodes[s.node].get_label() == quote(label), s.node
+    assert writes == 4
+
+
+ODD_TEXT = st.text(alphabet=st.sampled_from(['a', '/', ':', '"', '\\', '\n', ' ', 'é']))
+
+
+@given(ODD_TEXT, ODD_TEXT)
+def test_dot_escapes_a_text_in_pieces_as_a_whole(head, rest):
+    """A label escaped piece by piece reads as the whole escaped at once, and reads back
+    (in DOT a backslash escapes a backslash or a quote; backslash n is a newline)."""
+    assert quote(head + rest) == f'"{escape(head)}{escape(rest)}"'
+    back = re.sub(r'\\(.)', lambda m: {"n": "\n"}.get(m[1], m[1]), escape(head + rest))
+    assert back == head + rest
 
 
 def test_plan_only_draws_the_sub_range():

@@ -111,7 +111,8 @@ def test_predict_writes_npz_and_csv(lin):
 
 def test_classes_are_the_argmax_or_the_threshold(tmp_path):
     spec = LINEAR.replace("outputs: [s]", "outputs: [s, p, q]").replace(
-        "  loss: mse(s, y)", "  q: x * 1.0\n  loss: mse(s, y)")
+        # s trained as a logit (an mse prediction would be a quantity: no classes)
+        "  loss: mse(s, y)", "  q: x * 1.0\n  loss: binary_cross_entropy_with_logits(s, y)")
     (tmp_path / "lin.yaml").write_text(spec)
     np.savez(tmp_path / "p.npz", W=np.array([[1.0], [2.0]], np.float32),
              b=np.array([-0.5], np.float32))

@@ -76,6 +76,12 @@ class Reader:
             if arr.dtype.kind != "f":
                 raise self.error(f"'{onnx_name}' holds {arr.dtype} values where graphc reads "
                                  "a tensor", hint="graphc's params are floating-point")
+            bad = np.argwhere(~np.isfinite(arr))
+            if len(bad):        # else a checkpoint that every command then refuses
+                raise self.error(f"weight '{onnx_name}' holds "
+                                 f"{'NaN' if np.isnan(arr[tuple(bad[0])]) else 'infinity'} at "
+                                 f"index {bad[0].tolist()}", hint="export the model from "
+                                 "weights that are finite numbers")
             name = self.fresh(self.rename.get(onnx_name, onnx_name))
             self.params[name] = arr
         elif onnx_name in self.constants:
@@ -185,6 +191,9 @@ def read_onnx(path, shown: str, name: str) -> tuple:
                           + ", ".join(sorted(IMPORTERS)) + " (docs/onnx.md)")
         IMPORTERS[node.op_type](r, node, attrs)
     r.node = None
+    if not model.graph.output:
+        raise SpecError(f"{shown}: the model lists no outputs, so there is nothing to predict "
+                        "and no loss to add", hint="export the model with its outputs")
     outputs = [r.value(o.name) for o in model.graph.output]
     loss = add_loss(r, outputs[0], model.graph.output[0].name)
     spec = {"graphc": 1, "name": name, "dtype": _dtype(r), "inputs": r.inputs,

@@ -211,7 +211,7 @@ OPS = (
     OpDef("layer_norm", 3, _layer_norm, "layer_norm(x, gamma, beta, eps=1e-5) = (x - mean) / "
           "sqrt(var + eps) * gamma + beta over the last axis (biased var; F.layer_norm)",
           attrs={"eps": 1e-5}, saves="layer_norm_stats", vjp=_layer_norm_vjp,
-          formula=lambda a, o, attrs: (f"g ↦ (γg - mean(γg) - x̂·mean(γg·x̂)) / σ",
+          formula=lambda a, o, attrs: ("g ↦ (γg - mean(γg) - x̂·mean(γg·x̂)) / σ",
                                        "x̂ = (x - mean) / σ", "1", None),
           elementwise=False, onnx=_onnx_layer_norm, layer_form="layer_norm_layer"),
     OpDef("layer_norm_stats", 3, _layer_norm_stats, "layer_norm_stats(x, gamma, beta, eps) = "
