@@ -8,6 +8,7 @@ stages and prints.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
@@ -21,37 +22,20 @@ from .interrupts import exit_code, signal_name, stop_on_signals
 from .cli_common import SPEC
 
 
-def _grad_family():
-    from .cli_grad import explain, grad, gradcheck
-    return explain, grad, gradcheck
+# family module -> the click names of its commands; a family is imported when one of its
+# commands runs (or --help lists them all), so `graphc plan` never imports what train,
+# predict or export need
+FAMILIES = {"cli_grad": ("explain", "grad", "gradcheck"), "cli_onnx": ("export", "import"),
+            "cli_plan": ("plan", "time"), "cli_predict": ("predict",),
+            "cli_train": ("eval", "train")}
+LAZY_COMMANDS = {name: module for module, names in FAMILIES.items() for name in names}
 
 
-def _onnx_family():
-    from .cli_onnx import export, import_
-    return export, import_
-
-
-def _plan_family():
-    from .cli_plan import plan, time_
-    return plan, time_
-
-
-def _predict_family():
-    from .cli_predict import predict
-    return (predict,)
-
-
-def _train_family():
-    from .cli_train import eval_, train
-    return eval_, train
-
-
-# command name -> its family's module, imported when the command runs (or --help lists
-# it), so `graphc plan` never imports what train, predict or export need
-LAZY_COMMANDS = {"grad": _grad_family, "gradcheck": _grad_family, "explain": _grad_family,
-                 "export": _onnx_family, "import": _onnx_family,
-                 "plan": _plan_family, "time": _plan_family, "predict": _predict_family,
-                 "train": _train_family, "eval": _train_family}
+def family_commands(module: str) -> list:
+    """The click commands FAMILIES names in `module`, which is imported here."""
+    family = importlib.import_module(f".{module}", __package__)
+    return [c for c in vars(family).values()
+            if isinstance(c, click.Command) and c.name in FAMILIES[module]]
 
 
 class Group(click.Group):
@@ -63,7 +47,7 @@ class Group(click.Group):
 
     def get_command(self, ctx, cmd_name):
         if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
-            for command in LAZY_COMMANDS[cmd_name]():
+            for command in family_commands(LAZY_COMMANDS[cmd_name]):
                 self.add_command(command)
         return super().get_command(ctx, cmd_name)
 
