@@ -182,10 +182,12 @@ def _plan_nodes(graph: Graph, plan: Plan, steps, quoted: Mapping[str, str]) -> t
             f'tooltip="step {s.index} ({s.phase}): {s.op}"];')
         drawn.add(s.node)
     writer = {s.outputs[0]: s.index for s in plan.steps}
+    seen = drawn | written
     for s in steps:
         for v in s.inputs:
-            if v in drawn or v in written:
+            if v in seen:
                 continue
+            seen.add(v)
             drawn.add(v)
             clusters.setdefault(None, []).append(
                 f"{quoted[v]} {_outside_attrs(graph, plan, v, writer)};")
@@ -255,9 +257,9 @@ def _plan_edges(plan: Plan, steps, targets: Mapping[str, str],
             lines.append(head + dst + tail)
         target = targets.get(s.node)
         if target is not None:
-            tooltip = quote(f"d of {target}")
-            lines.append(quoted_edge_line(dst, quoted[target],
-                                          f"[{DIFFERENTIATES}, tooltip={tooltip}]"))
+            end = quoted[target]            # the tooltip "d of NAME" reuses NAME's quoting
+            lines.append(quoted_edge_line(dst, end,
+                                          f'[{DIFFERENTIATES}, tooltip="d of {end[1:]}]'))
     return lines
 
 
