@@ -229,3 +229,25 @@ def test_import_of_a_nan_weight_is_refused_naming_it(tmp_path):
     assert line.endswith("nan.onnx: node 'y' (MatMul): weight 'W' holds NaN at index [1, 1]; "
                          "export the model from weights that are finite numbers")
     assert not (tmp_path / "nan.yaml").exists() and not (tmp_path / "nan.ckpt.npz").exists()
+
+
+# --- the API's flags are booleans -----------------------------------------------------------
+
+@pytest.mark.parametrize("call, says", [
+    # before: "no" is truthy: classes were added, the plan reused memory (no error)
+    (lambda m: m.predict({"x": np.ones((1, 2))}, classes="no"),
+     "classes must be True or False, got 'no'; e.g. classes=True"),
+    (lambda m: m.plan(4, reuse="no"), "reuse must be True or False, got 'no'; e.g. reuse=True"),
+])
+def test_an_api_flag_given_a_string_is_refused(reg, call, says):
+    spec, _ = reg
+    model = graphc.load(spec)
+    with pytest.raises(SpecError) as err:
+        call(model)
+    assert str(err.value) == says
+
+
+def test_an_api_flag_takes_numpy_bools(reg):
+    spec, _ = reg
+    plan = graphc.load(spec).plan(4, reuse=np.bool_(False))
+    assert plan.reuse is False
