@@ -251,3 +251,14 @@ def test_an_api_flag_takes_numpy_bools(reg):
     spec, _ = reg
     plan = graphc.load(spec).plan(4, reuse=np.bool_(False))
     assert plan.reuse is False
+
+
+def test_a_resume_with_nothing_left_to_train_claims_no_speed(reg, tmp_path):
+    # before: "final: loss ... (2 samples)  (0 samples/s) -> c.npz"
+    spec, _ = reg
+    ok(run("train", spec, "--out", "c.npz", "--epochs", "2", cwd=tmp_path))
+    proc = ok(run("train", spec, "--resume", "c.npz", "--epochs", "1", cwd=tmp_path))
+    assert "c.npz is already at epoch 2 of 1: nothing left to train" in proc.stdout
+    final = proc.stdout.splitlines()[-1]
+    assert final.startswith("final: loss ") and final.endswith(
+        " on the training set (2 samples) -> c.npz"), final
