@@ -54,6 +54,15 @@ def _path(value, what: str) -> PathLike:
     raise SpecError(f"{what} must be a file path (str or os.PathLike), got {clip(repr(value))}")
 
 
+def _flag(value, what: str) -> bool:
+    """`value`, a bool (Python's or NumPy's); else a SpecError naming the keyword `what`:
+    a string such as "no" is truthy, so it would switch the flag on."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise SpecError(f"{what} must be True or False, got {short(value)}",
+                    hint=f"e.g. {what}=True")
+
+
 class Model:
     """A loaded spec with its params: `fit`, `predict`, `grad`, `plan`, `save`."""
 
@@ -135,6 +144,7 @@ class Model:
         """{output: array} of the eval-mode forward pass on raw samples `inputs` ({input:
         array}, labels not needed), normalized as in training, as `graphc predict` does.
         `outputs` defaults to the spec's; `classes` adds NAME.class, each sample's class."""
+        classes = _flag(classes, "classes")         # before the work
         key = (None if outputs is None else tuple(outputs), batch_size)
         if key not in self._predictors:
             self._predictors[key] = Predictor(self._model, outputs, batch_size)
@@ -205,7 +215,7 @@ class Model:
         --batch-size` prints it (`plan_json` and `plan_table` in graphc.plan), under the
         spec's `train.memory` policy or `memory_budget` (such as "64MiB")."""
         budget = None if memory_budget is None else parse_size(memory_budget, "memory_budget")
-        return training_plan(self._model, positive_int(batch, "batch"), reuse,
+        return training_plan(self._model, positive_int(batch, "batch"), _flag(reuse, "reuse"),
                              memory_budget=budget)[1]
 
     def save(self, path: PathLike) -> Path:

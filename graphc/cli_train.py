@@ -97,8 +97,8 @@ def _final_line(result, out) -> str:
     summary = " ".join(f"{'val_' if valid else ''}{k} {v:.4f}" for k, v in numbers.items())
     where = "the validation split" if valid else "the training set"
     params = f", params of epoch {result.restored_epoch}" if result.restored_epoch else ""
-    return (f"final: {summary} on {where} ({result.samples} samples{params})  "
-            f"({result.samples_per_s:.0f} samples/s) -> {out}")
+    rate = f"  ({result.samples_per_s:.0f} samples/s)" if result.samples_per_s else ""
+    return f"final: {summary} on {where} ({result.samples} samples{params}){rate} -> {out}"
 
 
 class _progress:

@@ -260,8 +260,21 @@ def normalization(model: Model, saved: Mapping, source: str) -> Stats:
 
 
 def class_outputs(model: Model, outputs: Mapping[str, np.ndarray]) -> dict:
-    """`--classes`: NAME.class, the predicted class of each sample, for every output NAME."""
-    return {k + CLASS_SUFFIX: predicted_classes(model, k, v) for k, v in outputs.items()}
+    """`--classes`: NAME.class, the predicted class of each sample, for every output NAME
+    that holds classes; a regression's prediction holds quantities and gets none (a SpecError
+    where no output holds classes)."""
+    quantities = {k: quantity_of(model, k) for k in outputs}
+    if all(quantities.values()):
+        name = next(iter(outputs))
+        loss, node = quantities[name], model.graph[name]
+        raise SpecError(f"output '{name}' is the prediction of regression loss '{loss.name}' "
+                        f"({loss.op}), not class scores: it has no classes to give",
+                        mark=node.mark, node=name,
+                        hint=f"leave out --classes (classes=True in the API); if '{name}' is "
+                             f"a classifier, say so with train.metrics: "
+                             f"{{accuracy: [{name}, TARGET]}}")
+    return {k + CLASS_SUFFIX: predicted_classes(model, k, v) for k, v in outputs.items()
+            if not quantities[k]}
 
 
 def predicted_classes(model: Model, name: str, values: np.ndarray) -> np.ndarray:
@@ -273,7 +286,6 @@ def predicted_classes(model: Model, name: str, values: np.ndarray) -> np.ndarray
     if values.ndim >= 2 and values.shape[-1] > 1:
         return values.argmax(axis=-1)
     if values.ndim >= 1 and values.size == len(values):
-        check_classifier(model, name)
         threshold = binary_threshold(model.graph, name)
         return (values.reshape(len(values)) > threshold).astype(np.int64)
     raise SpecError(f"output '{name}' of shape {list(values.shape)} holds no class scores",
@@ -281,21 +293,15 @@ def predicted_classes(model: Model, name: str, values: np.ndarray) -> np.ndarray
                     hint="--classes needs scores of shape [batch, classes] or [batch]")
 
 
-def check_classifier(model: Model, name: str) -> None:
-    """SpecError where one-score output `name` is a regression's prediction (of mse, l1 or
-    huber) that is no probability and that no `accuracy` metric of the spec reads: its
-    values are quantities, and a cut at 0.5 would be made up."""
+def quantity_of(model: Model, name: str):
+    """The regression loss (mse, l1 or huber) whose prediction output `name` is, unless
+    `name` is a probability (a sigmoid's) or an `accuracy` metric of the spec reads it (a
+    regression onto 0/1 targets); else None: `name` may hold class scores."""
     graph = model.graph
     loss = regression_loss(graph, name)
     if loss is None or is_probability(graph, name):
-        return
+        return None
     metrics = parse_metrics(model.spec.train.get("metrics"), graph)
     if any(m.kind == "accuracy" and m.nodes[0] == name for m in metrics.values()):
-        return
-    node = graph[name]
-    raise SpecError(f"output '{name}' is the prediction of regression loss '{loss.name}' "
-                    f"({loss.op}), not class scores: it has no classes to give",
-                    mark=node.mark, node=name,
-                    hint=f"leave out --classes (classes=True in the API); if '{name}' is a "
-                         f"0/1 classifier, say so with train.metrics: "
-                         f"{{accuracy: [{name}, TARGET]}}")
+        return None
+    return loss

@@ -140,11 +140,27 @@ def test_classes_on_a_regression_output_is_refused(reg, tmp_path):
     assert line.endswith("spec.yaml:8:9: node 'pred': output 'pred' is the prediction of "
                          "regression loss 'loss' (mse), not class scores: it has no classes "
                          "to give; leave out --classes (classes=True in the API); if 'pred' "
-                         "is a 0/1 classifier, say so with train.metrics: {accuracy: [pred, "
+                         "is a classifier, say so with train.metrics: {accuracy: [pred, "
                          "TARGET]}")
     model = graphc.load(spec, tmp_path / "c.npz")
     with pytest.raises(SpecError, match="not class scores"):
         model.predict({"x": np.ones((1, 2))}, classes=True)
+
+
+def test_classes_skip_a_regression_head_beside_a_classifier(tmp_path):
+    """Two heads: class scores (softmax cross-entropy) and a regression r [batch, 2] (mse).
+    Only scores get scores.class (before: r.class was the argmax of two quantities).
+    W = 0: scores = x, so x = [2, 1] is class 0 and x = [0, 3] class 1."""
+    text = CLASSES.replace("  W: [2, 2]\n", "  W: {shape: [2, 2], init: zeros}\n  "
+                           "V: [2, 2]\n").replace(
+        "  scores: x @ W\n  loss: softmax_cross_entropy(scores, y)\n",
+        "  scores: x + x @ W\n  r: x @ V\n"
+        "  loss: softmax_cross_entropy(scores, y) + mse(r, x)\n").replace(
+        "outputs: [scores]", "outputs: [scores, r]")
+    spec = write(tmp_path, text, x=np.eye(2), y=np.array([0, 1]))
+    got = graphc.load(spec).predict({"x": np.array([[2.0, 1.0], [0.0, 3.0]])}, classes=True)
+    assert sorted(got) == ["r", "scores", "scores.class"]
+    assert got["scores.class"].tolist() == [0, 1]
 
 
 def test_a_regression_declared_a_classifier_cuts_at_one_half(tmp_path):
@@ -229,3 +245,36 @@ def test_import_of_a_nan_weight_is_refused_naming_it(tmp_path):
     assert line.endswith("nan.onnx: node 'y' (MatMul): weight 'W' holds NaN at index [1, 1]; "
                          "export the model from weights that are finite numbers")
     assert not (tmp_path / "nan.yaml").exists() and not (tmp_path / "nan.ckpt.npz").exists()
+
+
+# --- the API's flags are booleans -----------------------------------------------------------
+
+@pytest.mark.parametrize("call, says", [
+    # before: "no" is truthy: classes were added, the plan reused memory (no error)
+    (lambda m: m.predict({"x": np.ones((1, 2))}, classes="no"),
+     "classes must be True or False, got 'no'; e.g. classes=True"),
+    (lambda m: m.plan(4, reuse="no"), "reuse must be True or False, got 'no'; e.g. reuse=True"),
+])
+def test_an_api_flag_given_a_string_is_refused(reg, call, says):
+    spec, _ = reg
+    model = graphc.load(spec)
+    with pytest.raises(SpecError) as err:
+        call(model)
+    assert str(err.value) == says
+
+
+def test_an_api_flag_takes_numpy_bools(reg):
+    spec, _ = reg
+    plan = graphc.load(spec).plan(4, reuse=np.bool_(False))
+    assert plan.reuse is False
+
+
+def test_a_resume_with_nothing_left_to_train_claims_no_speed(reg, tmp_path):
+    # before: "final: loss ... (2 samples)  (0 samples/s) -> c.npz"
+    spec, _ = reg
+    ok(run("train", spec, "--out", "c.npz", "--epochs", "2", cwd=tmp_path))
+    proc = ok(run("train", spec, "--resume", "c.npz", "--epochs", "1", cwd=tmp_path))
+    assert "c.npz is already at epoch 2 of 1: nothing left to train" in proc.stdout
+    final = proc.stdout.splitlines()[-1]
+    assert final.startswith("final: loss ") and final.endswith(
+        " on the training set (2 samples) -> c.npz"), final
