@@ -257,9 +257,9 @@ def _plan_edges(plan: Plan, steps, targets: Mapping[str, str],
             lines.append(head + dst + tail)
         target = targets.get(s.node)
         if target is not None:
-            end = quoted[target]            # the tooltip "d of NAME" reuses NAME's quoting
-            lines.append(quoted_edge_line(dst, end,
-                                          f'[{DIFFERENTIATES}, tooltip="d of {end[1:]}]'))
+            end = quoted[target]      # its tooltip: "d of " and the quoted name's rest
+            lines.append(quoted_edge_line(dst, end, f'[{DIFFERENTIATES}, '
+                                                    f'tooltip="d of {end[1:]}]'))
     return lines
 
 
