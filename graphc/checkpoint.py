@@ -94,18 +94,22 @@ def _problem(arr: np.ndarray, shape, dtype, nonnegative: bool) -> Optional[str]:
         return f"has shape {list(arr.shape)}, expected {list(shape)}"
     index = None if dtype is None else misfit(arr, dtype)
     if index is not None:
-        return _nonfinite(arr, index) or misfit_message(arr[index], dtype)
+        bad = nonfinite(arr)
+        return f"holds {bad}" if bad else misfit_message(arr[index], dtype)
     if nonnegative and np.any(arr < 0):
         return f"holds {short(float(arr[arr < 0].flat[0]))}, expected numbers >= 0"
     return None
 
 
-def _nonfinite(arr: np.ndarray, index: tuple) -> Optional[str]:
-    """'holds NaN at index [0, 0]' where arr[index] is NaN or infinite, else None."""
-    value = arr[index]
-    if arr.dtype.kind != "f" or np.isfinite(value):
+def nonfinite(arr: np.ndarray) -> Optional[str]:
+    """'NaN at index [0, 1]' for the first NaN or infinity of a float array, else None."""
+    if arr.dtype.kind != "f":
         return None
-    return f"holds {'NaN' if np.isnan(value) else 'an infinite value'} at index {list(index)}"
+    bad = np.argwhere(~np.isfinite(arr))
+    if not len(bad):
+        return None
+    index = bad[0].tolist()
+    return f"{'NaN' if np.isnan(arr[tuple(index)]) else 'an infinite value'} at index {index}"
 
 
 def text_array(text: str) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..checkpoint import nonfinite
 from ..errors import SpecError
 from .build import DTYPES
 
@@ -76,12 +77,10 @@ class Reader:
             if arr.dtype.kind != "f":
                 raise self.error(f"'{onnx_name}' holds {arr.dtype} values where graphc reads "
                                  "a tensor", hint="graphc's params are floating-point")
-            bad = np.argwhere(~np.isfinite(arr))
-            if len(bad):        # else a checkpoint that every command then refuses
-                raise self.error(f"weight '{onnx_name}' holds "
-                                 f"{'NaN' if np.isnan(arr[tuple(bad[0])]) else 'infinity'} at "
-                                 f"index {bad[0].tolist()}", hint="export the model from "
-                                 "weights that are finite numbers")
+            bad = nonfinite(arr)
+            if bad:             # else a checkpoint that every command then refuses
+                raise self.error(f"weight '{onnx_name}' holds {bad}",
+                                 hint="export the model from weights that are finite numbers")
             name = self.fresh(self.rename.get(onnx_name, onnx_name))
             self.params[name] = arr
         elif onnx_name in self.constants:
