@@ -78,7 +78,6 @@ class _Bounded:
         self.expansion = 0
         self.values = 0
         self.sizes: dict = {}    # id(node) -> values in its alias-expanded tree
-        self.tags: dict = {}     # (scalar text, how it was written) -> its resolved tag
 
     def mark(self, node) -> Mark:
         return self.at(node.start_mark)
@@ -87,16 +86,14 @@ class _Bounded:
         return Mark(self.filename, yaml_mark.line + 1, yaml_mark.column + 1)
 
     def resolve(self, kind, value, implicit):
-        """The tag of a node, resolved once per distinct scalar: with no path resolvers
-        (graphc adds none) a scalar's tag depends only on its text and how it was written,
-        and a spec repeats many (`8` in every [8, 8])."""
-        if kind is not yaml.ScalarNode or self.yaml_path_resolvers:
-            return super().resolve(kind, value, implicit)
-        key = (value, implicit)
-        tag = self.tags.get(key)
-        if tag is None:
-            tag = self.tags[key] = super().resolve(kind, value, implicit)
-        return tag
+        """The tag of a node, as PyYAML resolves it, without trying the implicit resolvers
+        where none applies: a quoted scalar, or one whose first character starts none
+        (names such as `h1`; graphc adds no path resolvers)."""
+        if kind is yaml.ScalarNode and not self.yaml_path_resolvers:
+            table = self.yaml_implicit_resolvers
+            if not implicit[0] or (value[:1] not in table and None not in table):
+                return self.DEFAULT_SCALAR_TAG
+        return super().resolve(kind, value, implicit)
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
