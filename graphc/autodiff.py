@@ -55,7 +55,8 @@ def path_nodes(graph: Graph, wrt) -> set:
 @paused_gc
 def grad_graph(graph: Graph, wrt, seed: Optional[str] = None) -> GradGraph:
     """Append the reverse graph of d loss / d each of `wrt` (leaves) to `graph`, a
-    verified forward graph (build_graph's): the verifier re-infers the new nodes alone.
+    forward graph verified before (build_graph's, or by verify_graph): the verifier
+    checks the new nodes alone.
 
     The backward pass starts from d loss / d loss = 1, or from the scalar leaf `seed`:
     every gradient is then scaled by it (training folds the learning rate in this way).

@@ -18,7 +18,7 @@ import numpy as np
 
 from .autodiff import grad_graph
 from .errors import CheckFailed, SpecError, did_you_mean
-from .ir import Graph, GraphBuilder, Node, toposort
+from .ir import Graph, GraphBuilder, Node, toposort, verify_graph
 from .model import Model, Runner, run_grads
 from .ops import OPS
 
@@ -100,6 +100,7 @@ class LocalGrads:
         b.add("out_g", "mul", ("out", "g"))
         b.add("loss", "sum", ("out_g",), {"axis": None, "keepdims": False})
         forward = toposort(b.graph("loss"))
+        verify_graph(forward)           # grad_graph trusts its forward graph verified
         gg = grad_graph(forward, wrt)
         keep = {gg.grads[w] for w in wrt if gg.grads.get(w)}
         runner = Runner(gg.graph, store, keep, forward=set(forward.nodes))

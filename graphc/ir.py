@@ -345,8 +345,8 @@ def verify_graph(graph: Graph, trusted: Optional[Graph] = None) -> None:
     that `trusted` (a graph verified before) holds, the same object over the same input
     objects, keeps the attrs and shape verified there: they are not checked again."""
     seen, nodes = set(), graph.nodes
-    known = trusted.nodes if trusted is not None else {}
-    new = {name for name, n in nodes.items() if known.get(name) is not n}
+    new = nodes.keys() if trusted is None else {      # names whose node is not trusted's
+        name for name, n in nodes.items() if trusted.nodes.get(name) is not n}
     for name, n in nodes.items():
         if not seen.issuperset(n.inputs):
             i = next(i for i in n.inputs if i not in seen)
